@@ -1,0 +1,16 @@
+//! Emulated Stash and Plex Media Server for PlexSync's tests, benchmarks and
+//! demo: real HTTP servers on loopback that speak the real wire formats.
+//!
+//! - [`plex`]: Plex's XML/JSON API, edits, scans, request log, fault injection.
+//! - [`stash`]: Stash's GraphQL API, auth, images, and plugin invocation.
+//! - [`fixtures`]: seeded sample libraries shared by both.
+//! - [`plugin`]: running a `raw` plugin binary exactly as Stash does.
+
+pub mod fixtures;
+pub mod plex;
+pub mod plugin;
+pub mod stash;
+
+pub use fixtures::{Library, LibrarySpec};
+pub use plex::{PlexEmulator, PlexState};
+pub use stash::{StashAuth, StashEmulator, StashState};

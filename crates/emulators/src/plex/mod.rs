@@ -1,0 +1,236 @@
+//! A Plex Media Server emulator: real HTTP on loopback, Plex's XML and JSON,
+//! its query-string edit API, partial scans, a request log and fault
+//! injection. See `facts/plex-api.md` for the contract it follows.
+
+pub mod render;
+mod server;
+pub mod state;
+pub mod views;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+pub use state::{DiskFile, Image, Item, PlexState, Section, TagKind};
+
+/// How a request presented its token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TokenUse {
+    None,
+    Header,
+    Query,
+}
+
+/// One request as the emulator saw it. The token itself is never recorded.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RequestRecord {
+    pub method: String,
+    pub path: String,
+    /// Decoded query parameters, the token removed.
+    pub query: Vec<(String, String)>,
+    pub status: u16,
+    pub json: bool,
+    pub token: TokenUse,
+    /// The injected fault that answered, if any.
+    pub fault: Option<String>,
+}
+
+impl RequestRecord {
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// Whether this request changed an item (an edit, image or refresh).
+    pub fn is_write(&self) -> bool {
+        matches!(self.method.as_str(), "PUT" | "POST")
+    }
+}
+
+/// Faults to inject; every field can be changed while the server runs.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FaultConfig {
+    /// Added to every response.
+    pub latency_ms: u64,
+    /// Requests stall (no answer) while set, for client timeouts.
+    pub hang: bool,
+    /// Share of requests answered with a random 500/502/503.
+    pub error_rate: f64,
+    /// Share of responses cut off halfway through the body.
+    pub drop_rate: f64,
+    /// The next N responses are cut off halfway.
+    pub drop_next: u32,
+    /// The next N requests get `429` with `Retry-After`.
+    pub throttle_next: u32,
+    pub retry_after_secs: u64,
+    /// Every token is refused with `401`.
+    pub token_revoked: bool,
+}
+
+/// Fault state: the configuration plus timed windows and the seeded RNG.
+#[derive(Debug)]
+pub struct Faults {
+    pub config: FaultConfig,
+    pub maintenance_until: Option<Instant>,
+    rng: ChaCha8Rng,
+}
+
+impl Faults {
+    fn new(seed: u64) -> Self {
+        Self { config: FaultConfig::default(), maintenance_until: None, rng: ChaCha8Rng::seed_from_u64(seed) }
+    }
+
+    /// Reseeds the random faults, so a test's fault sequence is repeatable.
+    pub fn reseed(&mut self, seed: u64) {
+        self.rng = ChaCha8Rng::seed_from_u64(seed);
+    }
+}
+
+/// What the handlers share.
+pub(crate) struct Shared {
+    pub state: Mutex<PlexState>,
+    pub faults: Mutex<Faults>,
+    pub log: Mutex<Vec<RequestRecord>>,
+    pub token: String,
+    pub up: watch::Sender<bool>,
+    /// Whether the listener is open, as the accept loop last set it.
+    pub listening: watch::Sender<bool>,
+}
+
+impl Shared {
+    /// Closes the port for `duration` (connections refused), then reopens it.
+    pub(crate) fn down_for(self: &Arc<Self>, duration: Duration) {
+        self.up.send_replace(false);
+        let shared = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(duration).await;
+            shared.up.send_replace(true);
+        });
+    }
+}
+
+/// A running Plex emulator. Dropping it stops the server.
+pub struct PlexEmulator {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PlexEmulator {
+    /// Starts on a free loopback port.
+    pub async fn start(state: PlexState, token: &str) -> std::io::Result<Self> {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), state, token).await
+    }
+
+    /// Starts on `addr` (port 0 picks a free one).
+    pub async fn start_on(addr: SocketAddr, state: PlexState, token: &str) -> std::io::Result<Self> {
+        let (up, _) = watch::channel(true);
+        let (listening, _) = watch::channel(true);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(state),
+            faults: Mutex::new(Faults::new(0)),
+            log: Mutex::new(Vec::new()),
+            token: token.to_string(),
+            up,
+            listening,
+        });
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(server::serve(listener, Arc::clone(&shared)));
+        Ok(Self { addr, shared, task })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Base URL, e.g. `http://127.0.0.1:32400`.
+    pub fn url(&self) -> url::Url {
+        url::Url::parse(&format!("http://{}", self.addr)).expect("socket address makes a valid URL")
+    }
+
+    pub fn token(&self) -> &str {
+        &self.shared.token
+    }
+
+    /// Reads or changes the server's data.
+    pub fn with_state<R>(&self, f: impl FnOnce(&mut PlexState) -> R) -> R {
+        f(&mut self.shared.state.lock())
+    }
+
+    pub fn item(&self, rating_key: u64) -> Option<Item> {
+        self.shared.state.lock().items.get(&rating_key).cloned()
+    }
+
+    /// The item whose part is `file`, if Plex has scanned it.
+    pub fn item_by_file(&self, file: &str) -> Option<Item> {
+        let state = self.shared.state.lock();
+        state.items.values().find(|i| i.files().any(|p| p.file == file)).cloned()
+    }
+
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.shared.log.lock().clone()
+    }
+
+    pub fn clear_requests(&self) {
+        self.shared.log.lock().clear();
+    }
+
+    /// Changes fault injection.
+    pub fn faults(&self, f: impl FnOnce(&mut Faults)) {
+        f(&mut self.shared.faults.lock());
+    }
+
+    /// Clears every fault, including a maintenance window.
+    pub fn heal(&self) {
+        let mut faults = self.shared.faults.lock();
+        faults.config = FaultConfig::default();
+        faults.maintenance_until = None;
+        self.shared.up.send_replace(true);
+    }
+
+    /// Answers `503 Maintenance` to everything for `duration`.
+    pub fn maintenance_for(&self, duration: Duration) {
+        self.shared.faults.lock().maintenance_until = Some(Instant::now() + duration);
+    }
+
+    /// Closes the port: new connections are refused and open ones are cut.
+    pub fn go_down(&self) {
+        self.shared.up.send_replace(false);
+    }
+
+    /// Reopens the port after [`Self::go_down`].
+    pub fn come_up(&self) {
+        self.shared.up.send_replace(true);
+    }
+
+    /// Closes the port for `duration`, then reopens it by itself.
+    pub fn down_for(&self, duration: Duration) {
+        self.shared.down_for(duration);
+    }
+
+    /// Whether the port is open right now.
+    pub fn is_up(&self) -> bool {
+        *self.shared.listening.borrow()
+    }
+
+    /// Waits until the port is as last asked (closed after [`Self::go_down`],
+    /// open after [`Self::come_up`]).
+    pub async fn settled(&self) {
+        let mut listening = self.shared.listening.subscribe();
+        let want = *self.shared.up.borrow();
+        let _ = listening.wait_for(|l| *l == want).await;
+    }
+}
+
+impl Drop for PlexEmulator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,526 @@
+//! HTTP side of the Plex emulator: accept loop (so the port can really
+//! close), fault and auth middleware, request log, and the handlers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use hyper_util::rt::TokioIo;
+use rand::RngExt;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use super::render::Node;
+use super::state::{in_folder, Image, Item};
+use super::{views, FaultConfig, RequestRecord, Shared, TokenUse};
+
+type Shr = State<Arc<Shared>>;
+
+/// Serves until aborted; closes the listener and cuts open connections
+/// while the emulator is "down", and rebinds the same port when it is up.
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let addr = listener.local_addr().expect("bound listener has an address");
+    let app = router(Arc::clone(&shared));
+    let mut up = shared.up.subscribe();
+    let mut listener = Some(listener);
+    let mut conns = JoinSet::new();
+    loop {
+        match &listener {
+            Some(l) => {
+                tokio::select! {
+                    accepted = l.accept() => {
+                        if let Ok((stream, _)) = accepted {
+                            conns.spawn(serve_connection(stream, app.clone()));
+                        }
+                    }
+                    changed = up.changed() => {
+                        if changed.is_err() { return; }
+                        if !*up.borrow_and_update() {
+                            listener = None;
+                            conns.abort_all();
+                            shared.listening.send_replace(false);
+                        }
+                    }
+                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                }
+            }
+            None => {
+                if up.changed().await.is_err() {
+                    return;
+                }
+                if *up.borrow_and_update() {
+                    listener = Some(rebind(addr).await);
+                    shared.listening.send_replace(true);
+                }
+            }
+        }
+    }
+}
+
+async fn rebind(addr: SocketAddr) -> TcpListener {
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return l,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+async fn serve_connection(stream: tokio::net::TcpStream, app: Router) {
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let app = app.clone();
+        async move { tower::ServiceExt::oneshot(app, req.map(Body::new)).await }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    let admin = Router::new()
+        .route("/faults", get(admin_get_faults).post(admin_set_faults))
+        .route("/down", post(admin_down))
+        .route("/maintenance", post(admin_maintenance))
+        .route("/requests", get(admin_requests).delete(admin_clear_requests))
+        .route("/files", post(admin_add_file));
+    Router::new()
+        .route("/", get(root))
+        .route("/identity", get(identity))
+        .route("/library", get(library_root))
+        .route("/library/sections", get(sections))
+        .route("/library/sections/{key}/all", get(section_all).put(section_edit))
+        .route("/library/sections/{key}/refresh", get(section_scan).put(section_scan).post(section_scan))
+        .route("/library/metadata/{rk}", get(metadata).put(metadata_edit))
+        .route("/library/metadata/{rk}/refresh", put(item_refresh).post(item_refresh))
+        .route("/library/metadata/{rk}/posters", post(upload_poster).put(upload_poster))
+        .route("/library/metadata/{rk}/arts", post(upload_art).put(upload_art))
+        .route("/library/metadata/{rk}/thumb/{ts}", get(get_poster))
+        .route("/library/metadata/{rk}/art/{ts}", get(get_art))
+        .route("/hubs/search", get(hub_search))
+        .nest("/_emulator", admin)
+        .fallback(|| async { html(StatusCode::NOT_FOUND, "Not Found") })
+        .layer(middleware::from_fn_with_state(Arc::clone(&shared), fault_layer))
+        .with_state(shared)
+}
+
+fn html(status: StatusCode, reason: &str) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/html")], views::html_error(status.as_u16(), reason)).into_response()
+}
+
+fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(raw.unwrap_or("").as_bytes()).into_owned().collect()
+}
+
+fn wants_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/json"))
+}
+
+/// Answers `node` as XML, or JSON when the client asked for it.
+fn reply(headers: &HeaderMap, node: &Node) -> Response {
+    if wants_json(headers) {
+        Json(node.to_json()).into_response()
+    } else {
+        ([(header::CONTENT_TYPE, "text/xml;charset=utf-8")], node.to_xml()).into_response()
+    }
+}
+
+/// Faults, auth and the request log, in the order a real outage shows them.
+async fn fault_layer(State(shared): Shr, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    if path.starts_with("/_emulator/") {
+        return next.run(req).await;
+    }
+    let mut query = query_pairs(req.uri().query());
+    let header_token = req.headers().get("X-Plex-Token").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let query_token = query.iter().find(|(k, _)| k == "X-Plex-Token").map(|(_, v)| v.clone());
+    query.retain(|(k, _)| k != "X-Plex-Token");
+    let token_use = match (&header_token, &query_token) {
+        (Some(_), _) => TokenUse::Header,
+        (None, Some(_)) => TokenUse::Query,
+        _ => TokenUse::None,
+    };
+    let mut record = RequestRecord {
+        method: req.method().to_string(),
+        path: path.clone(),
+        query,
+        status: 0,
+        json: wants_json(req.headers()),
+        token: token_use,
+        fault: None,
+    };
+
+    let config = shared.faults.lock().config.clone();
+    if config.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(config.latency_ms)).await;
+    }
+    while shared.faults.lock().config.hang {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shared.state.lock().materialize_due(Instant::now());
+
+    let (fault_response, drop_body) = decide_fault(&shared, &config);
+    let response = if let Some((fault, response)) = fault_response {
+        record.fault = Some(fault.to_string());
+        response
+    } else if path != "/identity" && !token_ok(&shared, &config, header_token.or(query_token)) {
+        html(StatusCode::UNAUTHORIZED, "Unauthorized")
+    } else {
+        let response = next.run(req).await;
+        if drop_body {
+            record.fault = Some("dropped".into());
+            truncate(response).await
+        } else {
+            response
+        }
+    };
+    record.status = response.status().as_u16();
+    shared.log.lock().push(record);
+    response
+}
+
+fn token_ok(shared: &Shared, config: &FaultConfig, token: Option<String>) -> bool {
+    !config.token_revoked && token.is_some_and(|t| t == shared.token)
+}
+
+/// Picks the fault, if any, that answers this request instead of the
+/// handler, and whether the handler's answer is to be cut off.
+fn decide_fault(shared: &Shared, config: &FaultConfig) -> (Option<(&'static str, Response)>, bool) {
+    let mut faults = shared.faults.lock();
+    if faults.maintenance_until.is_some_and(|until| Instant::now() < until) {
+        let resp = (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, "text/xml;charset=utf-8")],
+            views::MAINTENANCE_XML,
+        )
+            .into_response();
+        return (Some(("maintenance", resp)), false);
+    }
+    if faults.config.throttle_next > 0 {
+        faults.config.throttle_next -= 1;
+        let mut resp = html(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests");
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(config.retry_after_secs));
+        return (Some(("throttled", resp)), false);
+    }
+    if config.error_rate > 0.0 && faults.rng.random_bool(config.error_rate.min(1.0)) {
+        let status = [StatusCode::INTERNAL_SERVER_ERROR, StatusCode::BAD_GATEWAY, StatusCode::SERVICE_UNAVAILABLE]
+            [faults.rng.random_range(0..3)];
+        let reason = status.canonical_reason().unwrap_or("Error");
+        return (Some(("random_5xx", html(status, reason))), false);
+    }
+    let drop = if faults.config.drop_next > 0 {
+        faults.config.drop_next -= 1;
+        true
+    } else {
+        config.drop_rate > 0.0 && faults.rng.random_bool(config.drop_rate.min(1.0))
+    };
+    (None, drop)
+}
+
+/// Sends the headers and half the body, then cuts the connection.
+async fn truncate(response: Response) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    let full = bytes.len().max(1);
+    let half = bytes.slice(0..bytes.len() / 2);
+    parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(full));
+    let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+        Ok(half),
+        Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection dropped by fault injection")),
+    ];
+    Response::from_parts(parts, Body::from_stream(futures_util::stream::iter(chunks)))
+}
+
+async fn identity(State(s): Shr, headers: HeaderMap) -> Response {
+    reply(&headers, &views::identity(&s.state.lock()))
+}
+
+async fn root(State(s): Shr, headers: HeaderMap) -> Response {
+    reply(&headers, &views::root(&s.state.lock()))
+}
+
+async fn library_root(headers: HeaderMap) -> Response {
+    reply(&headers, &views::library_root())
+}
+
+async fn sections(State(s): Shr, headers: HeaderMap) -> Response {
+    reply(&headers, &views::sections(&s.state.lock()))
+}
+
+/// Paging from headers or query parameters, as Plex accepts both.
+fn paging(headers: &HeaderMap, query: &[(String, String)]) -> (usize, Option<usize>) {
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+    };
+    (get("X-Plex-Container-Start").unwrap_or(0), get("X-Plex-Container-Size"))
+}
+
+/// Whether `item` passes the listing filters Plex supports that we use:
+/// `title=` (contains, any case), `file=` (folder of the path),
+/// `addedAt>>=`/`updatedAt>>=` (after) and `<<=` (before).
+fn matches_filters(item: &Item, query: &[(String, String)]) -> bool {
+    query.iter().all(|(key, value)| match key.as_str() {
+        "title" => item.field("title").unwrap_or("").to_lowercase().contains(&value.to_lowercase()),
+        "file" => {
+            let folder = value.rsplit_once(['/', '\\']).map_or(value.as_str(), |(dir, _)| dir);
+            item.files().any(|p| in_folder(&p.file, folder))
+        }
+        "addedAt>>" | "updatedAt>>" | "addedAt<<" | "updatedAt<<" => {
+            let at = if key.starts_with("added") { item.added_at } else { item.updated_at };
+            let Ok(bound) = value.parse::<i64>() else { return false };
+            if key.ends_with(">>") {
+                at > bound
+            } else {
+                at < bound
+            }
+        }
+        _ => true,
+    })
+}
+
+fn sort_items(items: &mut [&Item], sort: Option<&str>) {
+    let (field, desc) = match sort {
+        Some(s) => s.split_once(':').map_or((s, false), |(f, dir)| (f, dir == "desc")),
+        None => ("titleSort", false),
+    };
+    match field {
+        "addedAt" => items.sort_by_key(|i| (i.added_at, i.rating_key)),
+        "updatedAt" => items.sort_by_key(|i| (i.updated_at, i.rating_key)),
+        "id" | "ratingKey" => items.sort_by_key(|i| i.rating_key),
+        _ => items.sort_by_cached_key(|i| {
+            let title = i.field("titleSort").or(i.field("title")).unwrap_or("").to_lowercase();
+            (title, i.rating_key)
+        }),
+    }
+    if desc {
+        items.reverse();
+    }
+}
+
+async fn section_all(State(s): Shr, Path(key): Path<u32>, RawQuery(raw): RawQuery, headers: HeaderMap) -> Response {
+    let query = query_pairs(raw.as_deref());
+    let state = s.state.lock();
+    let Some(section) = state.section(key).cloned() else {
+        return html(StatusCode::NOT_FOUND, "Not Found");
+    };
+    let wanted_type = query.iter().find(|(k, _)| k == "type").map(|(_, v)| v.as_str());
+    if wanted_type.is_some_and(|t| t != "1") {
+        let node = views::section_container(&section, Vec::new(), 0, 0);
+        return paged(reply(&headers, &node), 0, 0);
+    }
+    let mut items: Vec<&Item> =
+        state.items.values().filter(|i| i.section == key && matches_filters(i, &query)).collect();
+    let sort = query.iter().find(|(k, _)| k == "sort").map(|(_, v)| v.as_str());
+    sort_items(&mut items, sort);
+    let total = items.len();
+    let (start, size) = paging(&headers, &query);
+    let page = items.into_iter().skip(start).take(size.unwrap_or(usize::MAX)).map(|i| views::item(&state, i, false));
+    let node = views::section_container(&section, page.collect(), start, total);
+    paged(reply(&headers, &node), start, total)
+}
+
+fn paged(mut response: Response, start: usize, total: usize) -> Response {
+    let h = response.headers_mut();
+    h.insert("X-Plex-Container-Start", HeaderValue::from(start));
+    h.insert("X-Plex-Container-Total-Size", HeaderValue::from(total));
+    response
+}
+
+fn apply_edit(s: &Shared, section: Option<u32>, ids: &[u64], raw: Option<&str>) -> Response {
+    let mut state = s.state.lock();
+    for id in ids {
+        match state.items.get(id) {
+            Some(item) if section.is_none_or(|sec| sec == item.section) => {}
+            _ => return html(StatusCode::NOT_FOUND, "Not Found"),
+        }
+    }
+    match state.apply_edit(ids, &query_pairs(raw)) {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(_) => html(StatusCode::BAD_REQUEST, "Bad Request"),
+    }
+}
+
+async fn section_edit(State(s): Shr, Path(key): Path<u32>, RawQuery(raw): RawQuery) -> Response {
+    let query = query_pairs(raw.as_deref());
+    let Some((_, ids)) = query.iter().find(|(k, _)| k == "id") else {
+        return html(StatusCode::BAD_REQUEST, "Bad Request");
+    };
+    let ids: Result<Vec<u64>, _> = ids.split(',').map(|id| id.trim().parse()).collect();
+    match ids {
+        Ok(ids) if !ids.is_empty() => apply_edit(&s, Some(key), &ids, raw.as_deref()),
+        _ => html(StatusCode::BAD_REQUEST, "Bad Request"),
+    }
+}
+
+async fn metadata_edit(State(s): Shr, Path(rk): Path<String>, RawQuery(raw): RawQuery) -> Response {
+    match rk.parse::<u64>() {
+        Ok(rk) => apply_edit(&s, None, &[rk], raw.as_deref()),
+        Err(_) => html(StatusCode::NOT_FOUND, "Not Found"),
+    }
+}
+
+async fn metadata(State(s): Shr, Path(rk): Path<String>, headers: HeaderMap) -> Response {
+    let state = s.state.lock();
+    match rk.parse::<u64>().ok().and_then(|rk| state.items.get(&rk)) {
+        Some(item) => reply(&headers, &views::metadata_container(&state, item)),
+        None => html(StatusCode::NOT_FOUND, "Not Found"),
+    }
+}
+
+async fn section_scan(State(s): Shr, Path(key): Path<u32>, RawQuery(raw): RawQuery) -> Response {
+    let query = query_pairs(raw.as_deref());
+    let folder = query.iter().find(|(k, _)| k == "path").map(|(_, v)| v.clone());
+    let mut state = s.state.lock();
+    if state.section(key).is_none() {
+        return html(StatusCode::NOT_FOUND, "Not Found");
+    }
+    state.request_scan(key, folder.as_deref());
+    StatusCode::OK.into_response()
+}
+
+fn with_item(s: &Shared, rk: &str, f: impl FnOnce(&mut Item)) -> Response {
+    let mut state = s.state.lock();
+    match rk.parse::<u64>().ok().and_then(|rk| state.items.get_mut(&rk)) {
+        Some(item) => {
+            f(item);
+            item.updated_at = super::state::unix_now().max(item.updated_at);
+            StatusCode::OK.into_response()
+        }
+        None => html(StatusCode::NOT_FOUND, "Not Found"),
+    }
+}
+
+async fn item_refresh(State(s): Shr, Path(rk): Path<String>) -> Response {
+    with_item(&s, &rk, |item| item.refreshes += 1)
+}
+
+/// A poster or background from `?url=` (Plex fetches it) or from the body.
+fn image_from(raw: Option<&str>, body: Bytes) -> Option<Image> {
+    let url = query_pairs(raw).into_iter().find(|(k, _)| k == "url").map(|(_, v)| v);
+    match url {
+        Some(url) if !url.is_empty() => Some(Image::Url(url)),
+        _ if !body.is_empty() => Some(Image::Upload(body.to_vec())),
+        _ => None,
+    }
+}
+
+async fn upload_poster(State(s): Shr, Path(rk): Path<String>, RawQuery(raw): RawQuery, body: Bytes) -> Response {
+    match image_from(raw.as_deref(), body) {
+        Some(image) => with_item(&s, &rk, |item| item.poster = Some(image)),
+        None => html(StatusCode::BAD_REQUEST, "Bad Request"),
+    }
+}
+
+async fn upload_art(State(s): Shr, Path(rk): Path<String>, RawQuery(raw): RawQuery, body: Bytes) -> Response {
+    match image_from(raw.as_deref(), body) {
+        Some(image) => with_item(&s, &rk, |item| item.art = Some(image)),
+        None => html(StatusCode::BAD_REQUEST, "Bad Request"),
+    }
+}
+
+fn serve_image(s: &Shared, rk: &str, pick: impl Fn(&Item) -> Option<&Image>) -> Response {
+    let state = s.state.lock();
+    let image = rk.parse::<u64>().ok().and_then(|rk| state.items.get(&rk)).and_then(pick);
+    match image {
+        Some(Image::Upload(bytes)) => ([(header::CONTENT_TYPE, "image/jpeg")], bytes.clone()).into_response(),
+        // The emulator does not fetch URLs; it shows where the image came from.
+        Some(Image::Url(url)) => (StatusCode::FOUND, [(header::LOCATION, url.clone())]).into_response(),
+        None => html(StatusCode::NOT_FOUND, "Not Found"),
+    }
+}
+
+async fn get_poster(State(s): Shr, Path((rk, _ts)): Path<(String, String)>) -> Response {
+    serve_image(&s, &rk, |i| i.poster.as_ref())
+}
+
+async fn get_art(State(s): Shr, Path((rk, _ts)): Path<(String, String)>) -> Response {
+    serve_image(&s, &rk, |i| i.art.as_ref())
+}
+
+async fn hub_search(State(s): Shr, RawQuery(raw): RawQuery, headers: HeaderMap) -> Response {
+    let query = query_pairs(raw.as_deref());
+    let needle = query.iter().find(|(k, _)| k == "query").map(|(_, v)| v.to_lowercase()).unwrap_or_default();
+    let limit = query.iter().find(|(k, _)| k == "limit").and_then(|(_, v)| v.parse().ok()).unwrap_or(10);
+    let state = s.state.lock();
+    let found = state
+        .items
+        .values()
+        .filter(|i| !needle.is_empty() && i.field("title").unwrap_or("").to_lowercase().contains(&needle))
+        .take(limit)
+        .collect();
+    reply(&headers, &views::hubs(&state, found))
+}
+
+// ---- admin endpoints (no token; for tests and people at a terminal) ----
+
+async fn admin_get_faults(State(s): Shr) -> Json<FaultConfig> {
+    Json(s.faults.lock().config.clone())
+}
+
+#[derive(Deserialize)]
+struct FaultUpdate {
+    #[serde(flatten)]
+    config: FaultConfig,
+    seed: Option<u64>,
+}
+
+async fn admin_set_faults(State(s): Shr, Json(update): Json<FaultUpdate>) -> Json<FaultConfig> {
+    let mut faults = s.faults.lock();
+    faults.config = update.config;
+    if let Some(seed) = update.seed {
+        faults.reseed(seed);
+    }
+    Json(faults.config.clone())
+}
+
+#[derive(Deserialize)]
+struct Seconds {
+    secs: f64,
+}
+
+async fn admin_down(State(s): Shr, Json(d): Json<Seconds>) -> StatusCode {
+    s.down_for(Duration::from_secs_f64(d.secs.max(0.0)));
+    StatusCode::ACCEPTED
+}
+
+async fn admin_maintenance(State(s): Shr, Json(d): Json<Seconds>) -> StatusCode {
+    s.faults.lock().maintenance_until = Some(Instant::now() + Duration::from_secs_f64(d.secs.max(0.0)));
+    StatusCode::NO_CONTENT
+}
+
+async fn admin_requests(State(s): Shr) -> Json<Vec<RequestRecord>> {
+    Json(s.log.lock().clone())
+}
+
+async fn admin_clear_requests(State(s): Shr) -> StatusCode {
+    s.log.lock().clear();
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+struct NewFile {
+    path: String,
+    size: u64,
+    #[serde(default)]
+    duration_ms: u64,
+}
+
+async fn admin_add_file(State(s): Shr, Json(f): Json<NewFile>) -> StatusCode {
+    s.state.lock().add_disk_file(&f.path, f.size, f.duration_ms, None);
+    StatusCode::CREATED
+}

@@ -1,0 +1,566 @@
+//! The Plex emulator's data: sections, items, the disk it scans, and edits.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::fixtures::Library;
+
+/// Scalar fields the edit API accepts as `<field>.value`.
+pub const SCALAR_FIELDS: &[&str] = &[
+    "title",
+    "titleSort",
+    "originalTitle",
+    "summary",
+    "studio",
+    "tagline",
+    "originallyAvailableAt",
+    "year",
+    "contentRating",
+];
+
+/// Tag fields, by their edit-API name; each renders as its own element.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TagKind {
+    Genre,
+    Collection,
+    Actor,
+    Director,
+    Label,
+}
+
+impl TagKind {
+    pub const ALL: [TagKind; 5] = [Self::Genre, Self::Collection, Self::Actor, Self::Director, Self::Label];
+
+    /// Name in edit parameters and in the `filter` attribute.
+    pub fn param(self) -> &'static str {
+        match self {
+            Self::Genre => "genre",
+            Self::Collection => "collection",
+            Self::Actor => "actor",
+            Self::Director => "director",
+            Self::Label => "label",
+        }
+    }
+
+    /// Element name in responses.
+    pub fn element(self) -> &'static str {
+        match self {
+            Self::Genre => "Genre",
+            Self::Collection => "Collection",
+            Self::Actor => "Role",
+            Self::Director => "Director",
+            Self::Label => "Label",
+        }
+    }
+
+    pub fn from_param(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.param() == name)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Section {
+    pub key: u32,
+    pub title: String,
+    pub kind: String,
+    pub agent: String,
+    pub scanner: String,
+    pub uuid: String,
+    pub locations: Vec<String>,
+    pub updated_at: i64,
+    pub scanned_at: i64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Part {
+    pub id: u64,
+    pub file: String,
+    pub size: u64,
+    pub duration_ms: u64,
+    pub container: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Media {
+    pub id: u64,
+    pub duration_ms: u64,
+    pub container: String,
+    pub parts: Vec<Part>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tag {
+    pub id: u64,
+    pub tag: String,
+    /// Actors only: the role played.
+    pub role: Option<String>,
+    /// Actors only: a photo URL.
+    pub thumb: Option<String>,
+}
+
+/// A poster or background: set from a URL Plex would fetch, or uploaded.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Image {
+    Url(String),
+    Upload(Vec<u8>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Item {
+    pub rating_key: u64,
+    pub section: u32,
+    pub guid: String,
+    /// Scalar fields by Plex name (see [`SCALAR_FIELDS`]); absent when unset.
+    pub fields: BTreeMap<String, String>,
+    pub added_at: i64,
+    pub updated_at: i64,
+    pub media: Vec<Media>,
+    pub tags: BTreeMap<TagKind, Vec<Tag>>,
+    /// Locked field names (`title`, `genre`, …).
+    pub locked: BTreeSet<String>,
+    pub poster: Option<Image>,
+    pub art: Option<Image>,
+    /// How often `/refresh` was called for this item.
+    pub refreshes: u32,
+}
+
+impl Item {
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.fields.get(name).map(String::as_str)
+    }
+
+    pub fn tag_names(&self, kind: TagKind) -> Vec<&str> {
+        self.tags.get(&kind).map(|t| t.iter().map(|t| t.tag.as_str()).collect()).unwrap_or_default()
+    }
+
+    pub fn files(&self) -> impl Iterator<Item = &Part> {
+        self.media.iter().flat_map(|m| m.parts.iter())
+    }
+
+    pub fn duration_ms(&self) -> u64 {
+        self.media.first().map(|m| m.duration_ms).unwrap_or(0)
+    }
+}
+
+/// A file on the emulated disk that Plex has not scanned yet.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DiskFile {
+    pub path: String,
+    pub size: u64,
+    pub duration_ms: u64,
+    /// When it becomes an item: set by a scan of its folder or by the
+    /// automatic scan delay; `None` waits for a scan.
+    pub due: Option<Instant>,
+}
+
+/// Why an edit was refused (answered with `400`).
+#[derive(Debug, PartialEq)]
+pub struct EditError(pub String);
+
+/// Everything the Plex emulator knows.
+#[derive(Debug)]
+pub struct PlexState {
+    pub machine_identifier: String,
+    pub version: String,
+    pub friendly_name: String,
+    pub sections: Vec<Section>,
+    pub items: BTreeMap<u64, Item>,
+    pub disk: Vec<DiskFile>,
+    /// Files added with [`PlexState::add_disk_file`] appear after this delay
+    /// even without a scan request (Plex's "scan automatically").
+    pub auto_scan_delay: Option<Duration>,
+    /// How long a requested partial scan takes before its files appear.
+    pub scan_duration: Duration,
+    next_id: u64,
+    tag_ids: HashMap<(TagKind, String), u64>,
+}
+
+pub fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+fn file_stem(path: &str) -> &str {
+    let name = path.rsplit(['/', '\\']).next().unwrap_or(path);
+    name.rsplit_once('.').map(|(stem, _)| stem).unwrap_or(name)
+}
+
+fn extension(path: &str) -> String {
+    path.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default()
+}
+
+/// Whether `path` lies in `folder` (or is it), by whole path components.
+pub fn in_folder(path: &str, folder: &str) -> bool {
+    let folder = folder.trim_end_matches('/');
+    path == folder || path.strip_prefix(folder).is_some_and(|rest| rest.starts_with('/'))
+}
+
+impl PlexState {
+    /// An empty server with one movie section at `movie_location`.
+    pub fn new(movie_location: &str) -> Self {
+        let now = unix_now();
+        Self {
+            machine_identifier: "5f1e3c0b2a6d4e8f9a7b6c5d4e3f2a1b0c9d8e7f".into(),
+            version: "1.40.1.8227-c0dd5a73e".into(),
+            friendly_name: "PlexSync Emulator".into(),
+            sections: vec![Section {
+                key: 1,
+                title: "Movies".into(),
+                kind: "movie".into(),
+                agent: "tv.plex.agents.movie".into(),
+                scanner: "Plex Movie".into(),
+                uuid: "0e2f5b8a-4c1d-4f7e-9a3b-2d6c8e1f0a5b".into(),
+                locations: vec![movie_location.trim_end_matches('/').to_string()],
+                updated_at: now,
+                scanned_at: now,
+            }],
+            items: BTreeMap::new(),
+            disk: Vec::new(),
+            auto_scan_delay: None,
+            scan_duration: Duration::from_millis(50),
+            next_id: 100,
+            tag_ids: HashMap::new(),
+        }
+    }
+
+    /// A server that has scanned `lib`: every scene Plex has as an item
+    /// (multi-file scenes stacked into one item), duplicates as second items,
+    /// and the scenes Plex lacks as files on disk waiting for a scan.
+    pub fn from_library(lib: &Library) -> Self {
+        let mut state = Self::new(&lib.plex_prefix);
+        for scene in &lib.scenes {
+            let files: Vec<(String, u64, u64)> = scene
+                .files
+                .iter()
+                .map(|f| (f.plex_path.clone(), f.size, (f.duration_secs * 1000.0) as u64))
+                .collect();
+            if !scene.in_plex {
+                for (path, size, duration) in files {
+                    state.add_disk_file(&path, size, duration, None);
+                }
+                continue;
+            }
+            state.add_item(1, &files);
+            if scene.plex_duplicate {
+                let (path, size, duration) = &files[0];
+                let copy = path.replacen(&lib.plex_prefix, &format!("{}/Backup", lib.plex_prefix), 1);
+                state.add_item(1, &[(copy, *size, *duration)]);
+            }
+        }
+        state
+    }
+
+    fn next(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Adds an item for `files` (path, size, duration in ms) to `section`,
+    /// titled after the first file as Plex does before any agent ran.
+    pub fn add_item(&mut self, section: u32, files: &[(String, u64, u64)]) -> u64 {
+        let rating_key = self.next();
+        let parts: Vec<Part> = files
+            .iter()
+            .map(|(path, size, duration)| Part {
+                id: self.next(),
+                file: path.clone(),
+                size: *size,
+                duration_ms: *duration,
+                container: extension(path),
+            })
+            .collect();
+        let duration_ms = parts.iter().map(|p| p.duration_ms).sum();
+        let container = parts.first().map(|p| p.container.clone()).unwrap_or_default();
+        let now = unix_now();
+        let mut fields = BTreeMap::new();
+        fields.insert("title".to_string(), file_stem(&files[0].0).to_string());
+        let item = Item {
+            rating_key,
+            section,
+            guid: format!("local://{rating_key}"),
+            fields,
+            added_at: now,
+            updated_at: now,
+            media: vec![Media { id: self.next(), duration_ms, container, parts }],
+            tags: BTreeMap::new(),
+            locked: BTreeSet::new(),
+            poster: None,
+            art: None,
+            refreshes: 0,
+        };
+        self.items.insert(rating_key, item);
+        rating_key
+    }
+
+    /// Puts a file on the emulated disk; it becomes an item when a scan of
+    /// its folder finishes, or at `due`.
+    pub fn add_disk_file(&mut self, path: &str, size: u64, duration_ms: u64, due: Option<Instant>) {
+        let due = due.or_else(|| self.auto_scan_delay.map(|d| Instant::now() + d));
+        self.disk.push(DiskFile { path: path.to_string(), size, duration_ms, due });
+    }
+
+    pub fn section(&self, key: u32) -> Option<&Section> {
+        self.sections.iter().find(|s| s.key == key)
+    }
+
+    fn section_for_path(&self, path: &str) -> Option<u32> {
+        self.sections
+            .iter()
+            .find(|s| s.locations.iter().any(|l| in_folder(path, l)))
+            .map(|s| s.key)
+    }
+
+    /// Schedules a scan of `section`, limited to `folder` when given;
+    /// returns how many waiting files it will add.
+    pub fn request_scan(&mut self, section: u32, folder: Option<&str>) -> usize {
+        let due = Instant::now() + self.scan_duration;
+        let Some(sec) = self.section(section).cloned() else { return 0 };
+        let mut count = 0;
+        for file in &mut self.disk {
+            let in_section = sec.locations.iter().any(|l| in_folder(&file.path, l));
+            let in_scope = folder.is_none_or(|f| in_folder(&file.path, f));
+            if in_section && in_scope {
+                file.due = Some(file.due.map_or(due, |d| d.min(due)));
+                count += 1;
+            }
+        }
+        count
+    }
+
+    /// Turns disk files whose scan has finished into items.
+    pub fn materialize_due(&mut self, now: Instant) {
+        if !self.disk.iter().any(|f| f.due.is_some_and(|d| d <= now)) {
+            return;
+        }
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.disk).into_iter().partition(|f| f.due.is_some_and(|d| d <= now));
+        self.disk = waiting;
+        for file in ready {
+            if let Some(section) = self.section_for_path(&file.path) {
+                self.add_item(section, &[(file.path, file.size, file.duration_ms)]);
+                let now = unix_now();
+                if let Some(s) = self.sections.iter_mut().find(|s| s.key == section) {
+                    s.scanned_at = now;
+                    s.updated_at = now;
+                }
+            }
+        }
+    }
+
+    fn tag_id(&mut self, kind: TagKind, name: &str) -> u64 {
+        let key = (kind, name.to_lowercase());
+        if let Some(id) = self.tag_ids.get(&key) {
+            return *id;
+        }
+        let id = self.next();
+        self.tag_ids.insert(key, id);
+        id
+    }
+
+    /// Applies one edit request (the query string of an edit `PUT`) to every
+    /// item in `ids`. All or nothing: a bad value refuses the whole edit.
+    pub fn apply_edit(&mut self, ids: &[u64], params: &[(String, String)]) -> Result<(), EditError> {
+        let edit = Edit::parse(params)?;
+        for id in ids {
+            if !self.items.contains_key(id) {
+                return Err(EditError(format!("no item {id}")));
+            }
+        }
+        let tag_lists: Vec<(TagKind, Vec<Tag>)> = edit
+            .tag_sets
+            .iter()
+            .map(|(kind, entries)| {
+                let tags = entries
+                    .values()
+                    .filter(|e| !e.tag.is_empty())
+                    .map(|e| Tag {
+                        id: self.tag_id(*kind, &e.tag),
+                        tag: e.tag.clone(),
+                        role: e.role.clone(),
+                        thumb: e.thumb.clone(),
+                    })
+                    .collect();
+                (*kind, tags)
+            })
+            .collect();
+        let now = unix_now();
+        for id in ids {
+            let item = self.items.get_mut(id).expect("checked above");
+            for (field, value) in &edit.values {
+                if value.is_empty() {
+                    item.fields.remove(field);
+                } else {
+                    item.fields.insert(field.clone(), value.clone());
+                }
+            }
+            for (kind, tags) in &tag_lists {
+                item.tags.insert(*kind, tags.clone());
+            }
+            for (kind, removed) in &edit.tag_removals {
+                if let Some(list) = item.tags.get_mut(kind) {
+                    list.retain(|t| !removed.iter().any(|r| r.eq_ignore_ascii_case(&t.tag)));
+                }
+            }
+            for (field, locked) in &edit.locks {
+                if *locked {
+                    item.locked.insert(field.clone());
+                } else {
+                    item.locked.remove(field);
+                }
+            }
+            item.updated_at = now;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default, Debug)]
+struct TagEntry {
+    tag: String,
+    role: Option<String>,
+    thumb: Option<String>,
+}
+
+/// A parsed edit query string.
+#[derive(Default, Debug)]
+struct Edit {
+    values: Vec<(String, String)>,
+    locks: Vec<(String, bool)>,
+    tag_sets: BTreeMap<TagKind, BTreeMap<usize, TagEntry>>,
+    tag_removals: Vec<(TagKind, Vec<String>)>,
+}
+
+impl Edit {
+    fn parse(params: &[(String, String)]) -> Result<Self, EditError> {
+        let mut edit = Edit::default();
+        for (key, value) in params {
+            if let Some(field) = key.strip_suffix(".value") {
+                if SCALAR_FIELDS.contains(&field) {
+                    validate_scalar(field, value)?;
+                    edit.values.push((field.to_string(), value.clone()));
+                }
+            } else if let Some(field) = key.strip_suffix(".locked") {
+                let known = SCALAR_FIELDS.contains(&field) || TagKind::from_param(field).is_some();
+                if known {
+                    edit.locks.push((field.to_string(), value == "1"));
+                }
+            } else if let Some((kind, index, rest)) = split_tag_param(key) {
+                edit.tag_param(kind, index, rest, value)?;
+            }
+        }
+        Ok(edit)
+    }
+
+    fn tag_param(&mut self, kind: TagKind, index: Option<usize>, rest: &str, value: &str) -> Result<(), EditError> {
+        match (index, rest) {
+            (None, "tag.tag-") => {
+                // Each name was percent-encoded before the comma join.
+                let names = value
+                    .split(',')
+                    .map(|v| percent_decode(v))
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.tag_removals.push((kind, names));
+            }
+            (Some(i), field) => {
+                let entry = self.tag_sets.entry(kind).or_default().entry(i).or_default();
+                match field {
+                    "tag.tag" => entry.tag = value.to_string(),
+                    "tagging.text" => entry.role = Some(value.to_string()).filter(|v| !v.is_empty()),
+                    "tag.thumb" => entry.thumb = Some(value.to_string()).filter(|v| !v.is_empty()),
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Splits `genre[3].tag.tag` into (Genre, Some(3), "tag.tag") and
+/// `genre[].tag.tag-` into (Genre, None, "tag.tag-").
+fn split_tag_param(key: &str) -> Option<(TagKind, Option<usize>, &str)> {
+    let (kind, rest) = key.split_once('[')?;
+    let kind = TagKind::from_param(kind)?;
+    let (index, rest) = rest.split_once("].")?;
+    let index = if index.is_empty() { None } else { Some(index.parse().ok()?) };
+    Some((kind, index, rest))
+}
+
+fn percent_decode(s: &str) -> Result<String, EditError> {
+    url::form_urlencoded::parse(format!("v={}", s.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .ok_or_else(|| EditError(format!("bad tag list entry {s:?}")))
+}
+
+fn validate_scalar(field: &str, value: &str) -> Result<(), EditError> {
+    if value.is_empty() {
+        return Ok(());
+    }
+    match field {
+        "year" if value.parse::<u16>().is_err() => Err(EditError(format!("year must be a number, got {value:?}"))),
+        "originallyAvailableAt" if chrono::NaiveDate::parse_from_str(value, "%Y-%m-%d").is_err() => {
+            Err(EditError(format!("originallyAvailableAt must be YYYY-MM-DD, got {value:?}")))
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn edit_sets_values_locks_and_tags() {
+        let mut plex = PlexState::new("/m");
+        let rk = plex.add_item(1, &[("/m/a.mp4".into(), 10, 1000)]);
+        plex.apply_edit(
+            &[rk],
+            &params(&[
+                ("title.value", "New"),
+                ("title.locked", "1"),
+                ("genre[0].tag.tag", "B"),
+                ("genre[1].tag.tag", "A"),
+                ("actor[0].tag.tag", "Zoë"),
+                ("actor[0].tagging.text", "Lead"),
+                ("genre.locked", "1"),
+            ]),
+        )
+        .unwrap();
+        let item = &plex.items[&rk];
+        assert_eq!(item.field("title"), Some("New"));
+        assert_eq!(item.tag_names(TagKind::Genre), ["B", "A"]);
+        assert_eq!(item.tags[&TagKind::Actor][0].role.as_deref(), Some("Lead"));
+        assert!(item.locked.contains("title") && item.locked.contains("genre"));
+        plex.apply_edit(&[rk], &params(&[("genre[].tag.tag-", "B,C%2CD"), ("title.locked", "0")])).unwrap();
+        let item = &plex.items[&rk];
+        assert_eq!(item.tag_names(TagKind::Genre), ["A"]);
+        assert!(!item.locked.contains("title"));
+    }
+
+    #[test]
+    fn bad_values_refuse_the_whole_edit() {
+        let mut plex = PlexState::new("/m");
+        let rk = plex.add_item(1, &[("/m/a.mp4".into(), 10, 1000)]);
+        let err = plex
+            .apply_edit(&[rk], &params(&[("title.value", "X"), ("originallyAvailableAt.value", "0000-00-00")]))
+            .unwrap_err();
+        assert!(err.0.contains("originallyAvailableAt"));
+        assert_eq!(plex.items[&rk].field("title"), Some("a"));
+    }
+
+    #[test]
+    fn scan_adds_only_files_in_the_scanned_folder() {
+        let mut plex = PlexState::new("/m");
+        plex.scan_duration = Duration::ZERO;
+        plex.add_disk_file("/m/x/1.mp4", 1, 1, None);
+        plex.add_disk_file("/m/xy/2.mp4", 1, 1, None);
+        assert_eq!(plex.request_scan(1, Some("/m/x")), 1);
+        plex.materialize_due(Instant::now());
+        assert_eq!(plex.items.len(), 1);
+        assert_eq!(plex.disk.len(), 1);
+    }
+}

@@ -1,0 +1,785 @@
+//! The part of Stash's GraphQL schema PlexSync and common plugin clients
+//! use, with Stash's names (snake_case fields, `Time`/`Int64`/`Map` scalars).
+//! A real GraphQL engine validates queries, so a malformed query fails here
+//! as it would on Stash.
+
+use std::sync::Arc;
+
+use async_graphql::{
+    Context, EmptySubscription, Enum, InputObject, MaybeUndefined, Object, Result, Scalar, ScalarType, Schema,
+    SimpleObject, Value as GqlValue, ID,
+};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use serde_json::Value;
+
+use super::state::{MutationRecord, StashScene, StashState};
+use super::Shared;
+
+pub type StashSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
+
+pub(crate) fn build(shared: Arc<Shared>) -> StashSchema {
+    Schema::build(QueryRoot, MutationRoot, EmptySubscription).data(shared).finish()
+}
+
+// ---- scalars ----
+
+/// RFC 3339 time, as Stash's `Time` scalar.
+pub struct Time(pub DateTime<Utc>);
+
+#[Scalar(name = "Time")]
+impl ScalarType for Time {
+    fn parse(value: GqlValue) -> async_graphql::InputValueResult<Self> {
+        match &value {
+            GqlValue::String(s) => Ok(Time(parse_time(s).ok_or("invalid time")?)),
+            _ => Err(async_graphql::InputValueError::expected_type(value)),
+        }
+    }
+    fn to_value(&self) -> GqlValue {
+        GqlValue::String(self.0.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+    }
+}
+
+/// Stash's `Int64` scalar (file sizes).
+pub struct Int64(pub i64);
+
+#[Scalar(name = "Int64")]
+impl ScalarType for Int64 {
+    fn parse(value: GqlValue) -> async_graphql::InputValueResult<Self> {
+        match &value {
+            GqlValue::Number(n) => Ok(Int64(n.as_i64().ok_or("not an integer")?)),
+            _ => Err(async_graphql::InputValueError::expected_type(value)),
+        }
+    }
+    fn to_value(&self) -> GqlValue {
+        GqlValue::from(self.0)
+    }
+}
+
+/// Stash's `PluginConfigMap` scalar: plugin id → settings object.
+pub struct PluginConfigMap(pub Value);
+
+#[Scalar(name = "PluginConfigMap")]
+impl ScalarType for PluginConfigMap {
+    fn parse(value: GqlValue) -> async_graphql::InputValueResult<Self> {
+        Ok(PluginConfigMap(value.into_json()?))
+    }
+    fn to_value(&self) -> GqlValue {
+        GqlValue::from_json(self.0.clone()).unwrap_or(GqlValue::Null)
+    }
+}
+
+/// Times as Stash's filters accept them: RFC 3339, `YYYY-MM-DD HH:MM`, or a date.
+pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .ok()
+        .or_else(|| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M").ok().map(|t| t.and_utc()))
+        .or_else(|| NaiveDate::parse_from_str(s, "%Y-%m-%d").ok().and_then(|d| d.and_hms_opt(0, 0, 0)).map(|t| t.and_utc()))
+}
+
+// ---- output types ----
+
+#[derive(SimpleObject)]
+#[graphql(rename_fields = "snake_case")]
+pub struct Fingerprint {
+    #[graphql(name = "type")]
+    pub kind: String,
+    pub value: String,
+}
+
+#[derive(SimpleObject)]
+#[graphql(rename_fields = "snake_case")]
+pub struct VideoFile {
+    pub id: ID,
+    pub path: String,
+    pub basename: String,
+    pub size: Int64,
+    pub duration: f64,
+    pub width: i32,
+    pub height: i32,
+    pub video_codec: String,
+    pub audio_codec: String,
+    pub format: String,
+    pub fingerprints: Vec<Fingerprint>,
+    pub created_at: Time,
+    pub updated_at: Time,
+}
+
+#[derive(SimpleObject)]
+#[graphql(rename_fields = "snake_case")]
+pub struct ScenePathsType {
+    pub screenshot: Option<String>,
+    pub preview: Option<String>,
+    pub stream: Option<String>,
+}
+
+#[derive(SimpleObject)]
+#[graphql(rename_fields = "snake_case")]
+pub struct Studio {
+    pub id: ID,
+    pub name: String,
+    pub parent_studio: Option<Box<Studio>>,
+    pub image_path: Option<String>,
+}
+
+#[derive(SimpleObject)]
+#[graphql(rename_fields = "snake_case")]
+pub struct Performer {
+    pub id: ID,
+    pub name: String,
+    pub disambiguation: Option<String>,
+    pub image_path: Option<String>,
+}
+
+#[derive(SimpleObject)]
+#[graphql(rename_fields = "snake_case")]
+pub struct Tag {
+    pub id: ID,
+    pub name: String,
+}
+
+#[derive(SimpleObject)]
+#[graphql(rename_fields = "snake_case", name = "StashID")]
+pub struct StashId {
+    pub endpoint: String,
+    pub stash_id: String,
+}
+
+#[derive(SimpleObject)]
+#[graphql(rename_fields = "snake_case")]
+pub struct Scene {
+    pub id: ID,
+    pub title: Option<String>,
+    pub code: Option<String>,
+    pub details: Option<String>,
+    pub director: Option<String>,
+    /// Before Stash 0.25 the only URL field; now the first of `urls`.
+    #[graphql(deprecation = "Use urls")]
+    pub url: Option<String>,
+    pub urls: Vec<String>,
+    pub date: Option<String>,
+    pub rating100: Option<i32>,
+    pub organized: bool,
+    pub interactive: bool,
+    pub created_at: Time,
+    pub updated_at: Time,
+    pub files: Vec<VideoFile>,
+    pub paths: ScenePathsType,
+    pub studio: Option<Studio>,
+    pub performers: Vec<Performer>,
+    pub tags: Vec<Tag>,
+    pub stash_ids: Vec<StashId>,
+}
+
+#[derive(SimpleObject)]
+#[graphql(rename_fields = "snake_case")]
+pub struct FindScenesResultType {
+    pub count: i32,
+    pub duration: f64,
+    pub filesize: f64,
+    pub scenes: Vec<Scene>,
+}
+
+#[derive(SimpleObject)]
+#[graphql(rename_fields = "snake_case")]
+pub struct Version {
+    pub version: Option<String>,
+    pub hash: String,
+    pub build_time: String,
+}
+
+#[derive(SimpleObject)]
+#[graphql(rename_fields = "camelCase")]
+pub struct ConfigGeneralResult {
+    pub api_key: String,
+    pub database_path: String,
+}
+
+pub struct ConfigResult {
+    general: ConfigGeneralResult,
+    plugins: Value,
+}
+
+#[Object]
+impl ConfigResult {
+    async fn general(&self) -> &ConfigGeneralResult {
+        &self.general
+    }
+
+    /// Settings of each plugin, optionally only those named in `include`.
+    async fn plugins(&self, include: Option<Vec<ID>>) -> PluginConfigMap {
+        let mut map = self.plugins.as_object().cloned().unwrap_or_default();
+        if let Some(include) = include {
+            map.retain(|k, _| include.iter().any(|id| id.as_str() == k));
+        }
+        PluginConfigMap(Value::Object(map))
+    }
+}
+
+// ---- input types ----
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq)]
+pub enum SortDirectionEnum {
+    Asc,
+    Desc,
+}
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq)]
+pub enum CriterionModifier {
+    Equals,
+    NotEquals,
+    GreaterThan,
+    LessThan,
+    IsNull,
+    NotNull,
+    IncludesAll,
+    Includes,
+    Excludes,
+    MatchesRegex,
+    NotMatchesRegex,
+    Between,
+    NotBetween,
+}
+
+#[derive(InputObject, Default)]
+#[graphql(rename_fields = "snake_case")]
+pub struct FindFilterType {
+    pub q: Option<String>,
+    pub page: Option<i32>,
+    /// `-1` returns every result.
+    pub per_page: Option<i32>,
+    pub sort: Option<String>,
+    pub direction: Option<SortDirectionEnum>,
+}
+
+#[derive(InputObject)]
+#[graphql(rename_fields = "snake_case")]
+pub struct StringCriterionInput {
+    pub value: String,
+    pub modifier: CriterionModifier,
+}
+
+#[derive(InputObject)]
+#[graphql(rename_fields = "snake_case")]
+pub struct TimestampCriterionInput {
+    pub value: String,
+    pub value2: Option<String>,
+    pub modifier: CriterionModifier,
+}
+
+#[derive(InputObject, Default)]
+#[graphql(rename_fields = "snake_case")]
+pub struct SceneFilterType {
+    pub title: Option<StringCriterionInput>,
+    pub path: Option<StringCriterionInput>,
+    pub organized: Option<bool>,
+    pub updated_at: Option<TimestampCriterionInput>,
+    pub created_at: Option<TimestampCriterionInput>,
+}
+
+#[derive(InputObject)]
+#[graphql(rename_fields = "snake_case", name = "StashIDInput")]
+pub struct StashIdInput {
+    pub endpoint: String,
+    pub stash_id: String,
+}
+
+#[derive(InputObject)]
+#[graphql(rename_fields = "snake_case")]
+pub struct SceneUpdateInput {
+    #[graphql(name = "clientMutationId")]
+    pub client_mutation_id: Option<String>,
+    pub id: ID,
+    pub title: MaybeUndefined<String>,
+    pub code: MaybeUndefined<String>,
+    pub details: MaybeUndefined<String>,
+    pub director: MaybeUndefined<String>,
+    pub url: MaybeUndefined<String>,
+    pub urls: MaybeUndefined<Vec<String>>,
+    pub date: MaybeUndefined<String>,
+    pub rating100: MaybeUndefined<i32>,
+    pub organized: Option<bool>,
+    pub studio_id: MaybeUndefined<ID>,
+    pub performer_ids: MaybeUndefined<Vec<ID>>,
+    pub tag_ids: MaybeUndefined<Vec<ID>>,
+    pub stash_ids: MaybeUndefined<Vec<StashIdInput>>,
+}
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq)]
+pub enum BulkUpdateIdMode {
+    Set,
+    Add,
+    Remove,
+}
+
+#[derive(InputObject)]
+#[graphql(rename_fields = "snake_case")]
+pub struct BulkUpdateIds {
+    pub ids: Option<Vec<ID>>,
+    pub mode: BulkUpdateIdMode,
+}
+
+#[derive(InputObject)]
+#[graphql(rename_fields = "snake_case")]
+pub struct BulkUpdateStrings {
+    pub values: Option<Vec<String>>,
+    pub mode: BulkUpdateIdMode,
+}
+
+#[derive(InputObject)]
+#[graphql(rename_fields = "snake_case")]
+pub struct BulkSceneUpdateInput {
+    #[graphql(name = "clientMutationId")]
+    pub client_mutation_id: Option<String>,
+    pub ids: Option<Vec<ID>>,
+    pub title: Option<String>,
+    pub code: Option<String>,
+    pub details: Option<String>,
+    pub director: Option<String>,
+    pub urls: Option<BulkUpdateStrings>,
+    pub date: Option<String>,
+    pub rating100: Option<i32>,
+    pub organized: Option<bool>,
+    pub studio_id: Option<ID>,
+    pub performer_ids: Option<BulkUpdateIds>,
+    pub tag_ids: Option<BulkUpdateIds>,
+}
+
+// ---- resolvers ----
+
+fn shared<'a>(ctx: &'a Context<'_>) -> &'a Arc<Shared> {
+    ctx.data_unchecked::<Arc<Shared>>()
+}
+
+fn parse_id(id: &ID, what: &str) -> Result<u64> {
+    id.parse::<u64>().map_err(|_| format!("invalid {what} id {:?}", id.as_str()).into())
+}
+
+fn time_matches(at: DateTime<Utc>, c: &TimestampCriterionInput) -> Result<bool> {
+    let value = parse_time(&c.value).ok_or_else(|| format!("invalid time value {:?}", c.value))?;
+    let value2 = c.value2.as_deref().and_then(parse_time);
+    Ok(match (c.modifier, value2) {
+        (CriterionModifier::Equals, _) => at == value,
+        (CriterionModifier::NotEquals, _) => at != value,
+        (CriterionModifier::GreaterThan, _) => at > value,
+        (CriterionModifier::LessThan, _) => at < value,
+        (CriterionModifier::Between, Some(v2)) => at >= value && at <= v2,
+        (CriterionModifier::NotBetween, Some(v2)) => at < value || at > v2,
+        _ => return Err("unsupported time modifier".into()),
+    })
+}
+
+/// Stash's string criteria: `INCLUDES` matches any of the words (or a
+/// quoted phrase), case-insensitively; `EQUALS` the whole value.
+fn string_matches(s: &str, c: &StringCriterionInput) -> Result<bool> {
+    let hay = s.to_lowercase();
+    let value = c.value.to_lowercase();
+    let includes = || {
+        if let Some(phrase) = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
+            hay.contains(phrase)
+        } else {
+            value.split_whitespace().any(|w| hay.contains(w))
+        }
+    };
+    Ok(match c.modifier {
+        CriterionModifier::Equals => hay == value,
+        CriterionModifier::NotEquals => hay != value,
+        CriterionModifier::Includes => includes(),
+        CriterionModifier::Excludes => !includes(),
+        CriterionModifier::IsNull => s.is_empty(),
+        CriterionModifier::NotNull => !s.is_empty(),
+        _ => return Err("unsupported string modifier".into()),
+    })
+}
+
+fn scene_matches(scene: &StashScene, f: &SceneFilterType) -> Result<bool> {
+    if let Some(c) = &f.title {
+        if !string_matches(scene.title.as_deref().unwrap_or(""), c)? {
+            return Ok(false);
+        }
+    }
+    if let Some(c) = &f.path {
+        let mut any = false;
+        for file in &scene.files {
+            any |= string_matches(&file.path, c)?;
+        }
+        if !any {
+            return Ok(false);
+        }
+    }
+    if f.organized.is_some_and(|o| o != scene.organized) {
+        return Ok(false);
+    }
+    if let Some(c) = &f.updated_at {
+        if !time_matches(scene.updated_at, c)? {
+            return Ok(false);
+        }
+    }
+    if let Some(c) = &f.created_at {
+        if !time_matches(scene.created_at, c)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn studio_view(state: &StashState, id: u64, base: &url::Url, depth: u8) -> Option<Studio> {
+    let s = state.studios.get(&id)?;
+    Some(Studio {
+        id: ID(s.id.to_string()),
+        name: s.name.clone(),
+        parent_studio: s
+            .parent
+            .filter(|_| depth < 4)
+            .and_then(|p| studio_view(state, p, base, depth + 1))
+            .map(Box::new),
+        image_path: Some(base.join(&format!("studio/{id}/image")).expect("relative path joins").to_string()),
+    })
+}
+
+/// The GraphQL view of a scene; image paths point at this server.
+pub fn scene_view(state: &StashState, scene: &StashScene, base: &url::Url) -> Scene {
+    let url_for = |path: String| Some(base.join(&path).expect("relative path joins").to_string());
+    Scene {
+        id: ID(scene.id.to_string()),
+        title: scene.title.clone(),
+        code: scene.code.clone(),
+        details: scene.details.clone(),
+        director: scene.director.clone(),
+        url: scene.urls.first().cloned(),
+        urls: scene.urls.clone(),
+        date: scene.date.clone(),
+        rating100: scene.rating100,
+        organized: scene.organized,
+        interactive: false,
+        created_at: Time(scene.created_at),
+        updated_at: Time(scene.updated_at),
+        files: scene
+            .files
+            .iter()
+            .map(|f| VideoFile {
+                id: ID(f.id.to_string()),
+                path: f.path.clone(),
+                basename: f.basename().to_string(),
+                size: Int64(f.size as i64),
+                duration: f.duration,
+                width: 1920,
+                height: 1080,
+                video_codec: "h264".into(),
+                audio_codec: "aac".into(),
+                format: f.path.rsplit_once('.').map(|(_, e)| e.to_lowercase()).unwrap_or_default(),
+                fingerprints: f
+                    .fingerprints
+                    .iter()
+                    .map(|(k, v)| Fingerprint { kind: k.clone(), value: v.clone() })
+                    .collect(),
+                created_at: Time(scene.created_at),
+                updated_at: Time(scene.created_at),
+            })
+            .collect(),
+        paths: ScenePathsType {
+            screenshot: url_for(format!("scene/{}/screenshot?t={}", scene.id, scene.updated_at.timestamp())),
+            preview: url_for(format!("scene/{}/preview", scene.id)),
+            stream: url_for(format!("scene/{}/stream", scene.id)),
+        },
+        studio: scene.studio.and_then(|id| studio_view(state, id, base, 0)),
+        performers: scene
+            .performers
+            .iter()
+            .filter_map(|id| state.performers.get(id))
+            .map(|p| Performer {
+                id: ID(p.id.to_string()),
+                name: p.name.clone(),
+                disambiguation: p.disambiguation.clone(),
+                image_path: url_for(format!("performer/{}/image", p.id)),
+            })
+            .collect(),
+        tags: scene
+            .tags
+            .iter()
+            .filter_map(|id| state.tags.get(id))
+            .map(|t| Tag { id: ID(t.id.to_string()), name: t.name.clone() })
+            .collect(),
+        stash_ids: scene
+            .stash_ids
+            .iter()
+            .map(|(e, s)| StashId { endpoint: e.clone(), stash_id: s.clone() })
+            .collect(),
+    }
+}
+
+fn sort_scenes(scenes: &mut [&StashScene], filter: &FindFilterType) -> Result<()> {
+    match filter.sort.as_deref().unwrap_or("id") {
+        "id" => scenes.sort_by_key(|s| s.id),
+        "updated_at" => scenes.sort_by_key(|s| (s.updated_at, s.id)),
+        "created_at" => scenes.sort_by_key(|s| (s.created_at, s.id)),
+        "title" => scenes.sort_by_cached_key(|s| (s.title.clone().unwrap_or_default().to_lowercase(), s.id)),
+        "date" => scenes.sort_by_cached_key(|s| (s.date.clone(), s.id)),
+        "path" => scenes.sort_by_cached_key(|s| (s.files.first().map(|f| f.path.clone()), s.id)),
+        other => return Err(format!("unsupported sort {other:?}").into()),
+    }
+    if filter.direction == Some(SortDirectionEnum::Desc) {
+        scenes.reverse();
+    }
+    Ok(())
+}
+
+pub struct QueryRoot;
+
+#[Object(rename_args = "snake_case")]
+impl QueryRoot {
+    async fn find_scene(&self, ctx: &Context<'_>, id: Option<ID>) -> Result<Option<Scene>> {
+        let sh = shared(ctx);
+        let Some(id) = id else { return Ok(None) };
+        let id = parse_id(&id, "scene")?;
+        let state = sh.state.lock();
+        Ok(state.scenes.get(&id).map(|s| scene_view(&state, s, &sh.base_url)))
+    }
+
+    async fn find_scenes(
+        &self,
+        ctx: &Context<'_>,
+        scene_filter: Option<SceneFilterType>,
+        scene_ids: Option<Vec<i32>>,
+        ids: Option<Vec<ID>>,
+        filter: Option<FindFilterType>,
+    ) -> Result<FindScenesResultType> {
+        let sh = shared(ctx);
+        let filter = filter.unwrap_or_default();
+        let scene_filter = scene_filter.unwrap_or_default();
+        let wanted: Option<Vec<u64>> = match (scene_ids, ids) {
+            (Some(a), _) => Some(a.into_iter().map(|i| i as u64).collect()),
+            (None, Some(b)) => Some(b.iter().map(|i| parse_id(i, "scene")).collect::<Result<_>>()?),
+            (None, None) => None,
+        };
+        let state = sh.state.lock();
+        let mut found = Vec::new();
+        for scene in state.scenes.values() {
+            if wanted.as_ref().is_some_and(|w| !w.contains(&scene.id)) {
+                continue;
+            }
+            let q_ok = filter.q.as_deref().filter(|q| !q.is_empty()).is_none_or(|q| {
+                let q = q.to_lowercase();
+                scene.title.as_deref().unwrap_or("").to_lowercase().contains(&q)
+                    || scene.files.iter().any(|f| f.path.to_lowercase().contains(&q))
+            });
+            if q_ok && scene_matches(scene, &scene_filter)? {
+                found.push(scene);
+            }
+        }
+        sort_scenes(&mut found, &filter)?;
+        let count = found.len();
+        let duration = found.iter().flat_map(|s| &s.files).map(|f| f.duration).sum();
+        let filesize = found.iter().flat_map(|s| &s.files).map(|f| f.size as f64).sum();
+        let per_page = filter.per_page.unwrap_or(25);
+        let page = filter.page.unwrap_or(1).max(1) as usize;
+        let page_scenes: Vec<&StashScene> = if per_page < 0 {
+            found
+        } else {
+            let per_page = per_page as usize;
+            found.into_iter().skip((page - 1) * per_page).take(per_page).collect()
+        };
+        Ok(FindScenesResultType {
+            count: count as i32,
+            duration,
+            filesize,
+            scenes: page_scenes.into_iter().map(|s| scene_view(&state, s, &sh.base_url)).collect(),
+        })
+    }
+
+    async fn configuration(&self, ctx: &Context<'_>) -> ConfigResult {
+        let sh = shared(ctx);
+        let state = sh.state.lock();
+        ConfigResult {
+            general: ConfigGeneralResult {
+                api_key: sh.auth.api_key.clone().unwrap_or_default(),
+                database_path: "/root/.stash/stash-go.sqlite".into(),
+            },
+            plugins: Value::Object(state.plugins.clone()),
+        }
+    }
+
+    async fn version(&self) -> Version {
+        Version { version: Some("v0.28.1".into()), hash: "emulator".into(), build_time: "2026-01-01 00:00:00".into() }
+    }
+}
+
+/// Names of the input fields a client set, as Stash passes them to hooks
+/// in `inputFields`.
+fn input_fields(ctx: &Context<'_>) -> (Vec<String>, Value) {
+    let raw = ctx
+        .field()
+        .arguments()
+        .ok()
+        .and_then(|args| args.into_iter().find(|(name, _)| name.as_str() == "input"))
+        .and_then(|(_, v)| v.into_json().ok())
+        .unwrap_or(Value::Null);
+    let fields = raw.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+    (fields, raw)
+}
+
+fn ids_of(list: &[ID], what: &str) -> Result<Vec<u64>> {
+    list.iter().map(|i| parse_id(i, what)).collect()
+}
+
+fn apply_bulk_ids(current: &mut Vec<u64>, ids: &[u64], mode: BulkUpdateIdMode) {
+    let ids = ids.to_vec();
+    match mode {
+        BulkUpdateIdMode::Set => *current = ids,
+        BulkUpdateIdMode::Add => {
+            for id in ids {
+                if !current.contains(&id) {
+                    current.push(id);
+                }
+            }
+        }
+        BulkUpdateIdMode::Remove => current.retain(|c| !ids.contains(c)),
+    }
+}
+
+fn check_refs(state: &StashState, performers: &[u64], tags: &[u64], studio: Option<u64>) -> Result<()> {
+    if let Some(p) = performers.iter().find(|p| !state.performers.contains_key(p)) {
+        return Err(format!("performer {p} not found").into());
+    }
+    if let Some(t) = tags.iter().find(|t| !state.tags.contains_key(t)) {
+        return Err(format!("tag {t} not found").into());
+    }
+    if let Some(s) = studio.filter(|s| !state.studios.contains_key(s)) {
+        return Err(format!("studio {s} not found").into());
+    }
+    Ok(())
+}
+
+fn set_opt<T: Clone>(target: &mut Option<T>, value: &MaybeUndefined<T>) {
+    match value {
+        MaybeUndefined::Undefined => {}
+        MaybeUndefined::Null => *target = None,
+        MaybeUndefined::Value(v) => *target = Some(v.clone()),
+    }
+}
+
+pub struct MutationRoot;
+
+#[Object(rename_args = "snake_case")]
+impl MutationRoot {
+    async fn scene_update(&self, ctx: &Context<'_>, input: SceneUpdateInput) -> Result<Option<Scene>> {
+        let sh = shared(ctx);
+        let (fields, raw) = input_fields(ctx);
+        let id = parse_id(&input.id, "scene")?;
+        let performers = input.performer_ids.value().map(|p| ids_of(p, "performer")).transpose()?;
+        let tags = input.tag_ids.value().map(|t| ids_of(t, "tag")).transpose()?;
+        let studio = input.studio_id.value().map(|s| parse_id(s, "studio")).transpose()?;
+        let mut state = sh.state.lock();
+        if !state.scenes.contains_key(&id) {
+            return Err(format!("scene with id {id} not found").into());
+        }
+        check_refs(&state, performers.as_deref().unwrap_or(&[]), tags.as_deref().unwrap_or(&[]), studio)?;
+        state.update_scene(id, |s| {
+            set_opt(&mut s.title, &input.title);
+            set_opt(&mut s.code, &input.code);
+            set_opt(&mut s.details, &input.details);
+            set_opt(&mut s.director, &input.director);
+            set_opt(&mut s.date, &input.date);
+            set_opt(&mut s.rating100, &input.rating100);
+            match (&input.urls, &input.url) {
+                (MaybeUndefined::Value(urls), _) => s.urls = urls.clone(),
+                (MaybeUndefined::Null, _) => s.urls.clear(),
+                (_, MaybeUndefined::Value(url)) => s.urls = vec![url.clone()],
+                (_, MaybeUndefined::Null) => s.urls.clear(),
+                _ => {}
+            }
+            if let Some(o) = input.organized {
+                s.organized = o;
+            }
+            if !input.studio_id.is_undefined() {
+                s.studio = studio;
+            }
+            if let Some(p) = performers {
+                s.performers = p;
+            }
+            if let Some(t) = tags {
+                s.tags = t;
+            }
+            if let Some(ids) = input.stash_ids.value() {
+                s.stash_ids = ids.iter().map(|i| (i.endpoint.clone(), i.stash_id.clone())).collect();
+            }
+        });
+        state.mutations.push(MutationRecord {
+            operation: "sceneUpdate".into(),
+            scene_ids: vec![id],
+            input_fields: fields,
+            input: raw,
+        });
+        Ok(state.scenes.get(&id).map(|s| scene_view(&state, s, &sh.base_url)))
+    }
+
+    async fn bulk_scene_update(&self, ctx: &Context<'_>, input: BulkSceneUpdateInput) -> Result<Vec<Scene>> {
+        let sh = shared(ctx);
+        let (fields, raw) = input_fields(ctx);
+        let ids = ids_of(input.ids.as_deref().unwrap_or(&[]), "scene")?;
+        let studio = input.studio_id.as_ref().map(|s| parse_id(s, "studio")).transpose()?;
+        let mut state = sh.state.lock();
+        if let Some(missing) = ids.iter().find(|id| !state.scenes.contains_key(id)) {
+            return Err(format!("scene with id {missing} not found").into());
+        }
+        let new_tags = input.tag_ids.as_ref().map(|t| ids_of(t.ids.as_deref().unwrap_or(&[]), "tag")).transpose()?;
+        let new_performers =
+            input.performer_ids.as_ref().map(|p| ids_of(p.ids.as_deref().unwrap_or(&[]), "performer")).transpose()?;
+        check_refs(&state, new_performers.as_deref().unwrap_or(&[]), new_tags.as_deref().unwrap_or(&[]), studio)?;
+        for id in &ids {
+            state.update_scene(*id, |s| {
+                if let Some(v) = &input.title {
+                    s.title = Some(v.clone());
+                }
+                if let Some(v) = &input.code {
+                    s.code = Some(v.clone());
+                }
+                if let Some(v) = &input.details {
+                    s.details = Some(v.clone());
+                }
+                if let Some(v) = &input.director {
+                    s.director = Some(v.clone());
+                }
+                if let Some(v) = &input.date {
+                    s.date = Some(v.clone());
+                }
+                if let Some(v) = input.rating100 {
+                    s.rating100 = Some(v);
+                }
+                if let Some(o) = input.organized {
+                    s.organized = o;
+                }
+                if studio.is_some() {
+                    s.studio = studio;
+                }
+                if let Some(u) = &input.urls {
+                    let values = u.values.clone().unwrap_or_default();
+                    match u.mode {
+                        BulkUpdateIdMode::Set => s.urls = values,
+                        BulkUpdateIdMode::Add => {
+                            for v in values {
+                                if !s.urls.contains(&v) {
+                                    s.urls.push(v);
+                                }
+                            }
+                        }
+                        BulkUpdateIdMode::Remove => s.urls.retain(|x| !values.contains(x)),
+                    }
+                }
+                if let (Some(t), Some(ids)) = (&input.tag_ids, &new_tags) {
+                    apply_bulk_ids(&mut s.tags, ids, t.mode);
+                }
+                if let (Some(p), Some(ids)) = (&input.performer_ids, &new_performers) {
+                    apply_bulk_ids(&mut s.performers, ids, p.mode);
+                }
+            });
+        }
+        state.mutations.push(MutationRecord {
+            operation: "bulkSceneUpdate".into(),
+            scene_ids: ids.clone(),
+            input_fields: fields,
+            input: raw,
+        });
+        Ok(ids.iter().filter_map(|id| state.scenes.get(id)).map(|s| scene_view(&state, s, &sh.base_url)).collect())
+    }
+}

@@ -1,0 +1,208 @@
+//! The Stash emulator's data: scenes with files, studios, performers, tags,
+//! plugin settings, and a log of the mutations clients made.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use serde_json::{Map, Value};
+
+use crate::fixtures::Library;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct StashFile {
+    pub id: u64,
+    pub path: String,
+    pub size: u64,
+    pub duration: f64,
+    /// (type, value): `oshash`, `md5`, `phash`.
+    pub fingerprints: Vec<(String, String)>,
+}
+
+impl StashFile {
+    pub fn basename(&self) -> &str {
+        self.path.rsplit(['/', '\\']).next().unwrap_or(&self.path)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct StashScene {
+    pub id: u64,
+    pub title: Option<String>,
+    pub code: Option<String>,
+    pub details: Option<String>,
+    pub director: Option<String>,
+    pub urls: Vec<String>,
+    pub date: Option<String>,
+    pub rating100: Option<i32>,
+    pub organized: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub files: Vec<StashFile>,
+    pub studio: Option<u64>,
+    pub performers: Vec<u64>,
+    pub tags: Vec<u64>,
+    /// (endpoint, stash_id) pairs from stash-box matches.
+    pub stash_ids: Vec<(String, String)>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct StashStudio {
+    pub id: u64,
+    pub name: String,
+    pub parent: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct StashPerformer {
+    pub id: u64,
+    pub name: String,
+    pub disambiguation: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct StashTag {
+    pub id: u64,
+    pub name: String,
+}
+
+/// A mutation a client made: what real Stash would fire an
+/// `Scene.Update.Post` hook for, with the fields the input named.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MutationRecord {
+    pub operation: String,
+    pub scene_ids: Vec<u64>,
+    pub input_fields: Vec<String>,
+    pub input: Value,
+}
+
+/// Everything the Stash emulator knows.
+#[derive(Debug, Default)]
+pub struct StashState {
+    pub scenes: BTreeMap<u64, StashScene>,
+    pub studios: BTreeMap<u64, StashStudio>,
+    pub performers: BTreeMap<u64, StashPerformer>,
+    pub tags: BTreeMap<u64, StashTag>,
+    /// `configuration.plugins`: plugin id → settings.
+    pub plugins: Map<String, Value>,
+    pub mutations: Vec<MutationRecord>,
+    next_id: u64,
+    last_stamp: Option<DateTime<Utc>>,
+}
+
+impl StashState {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A Stash that holds every scene of `lib`.
+    pub fn from_library(lib: &Library) -> Self {
+        let mut state = Self::new();
+        let studio_ids: Vec<u64> = lib
+            .studios
+            .iter()
+            .map(|s| state.add_studio(&s.name, None))
+            .collect();
+        for (i, s) in lib.studios.iter().enumerate() {
+            if let Some(parent) = s.parent {
+                state.studios.get_mut(&studio_ids[i]).expect("just added").parent = Some(studio_ids[parent]);
+            }
+        }
+        let performer_ids: Vec<u64> = lib.performers.iter().map(|p| state.add_performer(p)).collect();
+        let tag_ids: Vec<u64> = lib.tags.iter().map(|t| state.add_tag(t)).collect();
+        for scene in &lib.scenes {
+            let files = scene
+                .files
+                .iter()
+                .map(|f| (f.stash_path.clone(), f.size, f.duration_secs))
+                .collect::<Vec<_>>();
+            let id = state.add_scene(&files);
+            let s = state.scenes.get_mut(&id).expect("just added");
+            s.title = Some(scene.title.clone());
+            s.code = scene.code.clone();
+            s.details = scene.details.clone();
+            s.director = scene.director.clone();
+            s.urls = scene.urls.clone();
+            s.date = scene.date.clone();
+            s.rating100 = scene.rating100;
+            s.organized = scene.organized;
+            s.studio = scene.studio.map(|i| studio_ids[i]);
+            s.performers = scene.performers.iter().map(|i| performer_ids[*i]).collect();
+            s.tags = scene.tags.iter().map(|i| tag_ids[*i]).collect();
+        }
+        state
+    }
+
+    fn next(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Current time at Stash's precision (seconds), never going backwards.
+    pub fn stamp(&mut self) -> DateTime<Utc> {
+        let now = Utc::now().trunc_subsecs(0);
+        let now = self.last_stamp.map_or(now, |last| last.max(now));
+        self.last_stamp = Some(now);
+        now
+    }
+
+    pub fn add_studio(&mut self, name: &str, parent: Option<u64>) -> u64 {
+        let id = self.next();
+        self.studios.insert(id, StashStudio { id, name: name.into(), parent });
+        id
+    }
+
+    pub fn add_performer(&mut self, name: &str) -> u64 {
+        let id = self.next();
+        self.performers.insert(id, StashPerformer { id, name: name.into(), disambiguation: None });
+        id
+    }
+
+    pub fn add_tag(&mut self, name: &str) -> u64 {
+        let id = self.next();
+        self.tags.insert(id, StashTag { id, name: name.into() });
+        id
+    }
+
+    /// Adds a scene for `files` (path, size, duration in seconds), as a
+    /// scan does: no metadata yet.
+    pub fn add_scene(&mut self, files: &[(String, u64, f64)]) -> u64 {
+        let id = self.next();
+        let files = files
+            .iter()
+            .map(|(path, size, duration)| {
+                let file_id = self.next();
+                StashFile {
+                    id: file_id,
+                    path: path.clone(),
+                    size: *size,
+                    duration: *duration,
+                    fingerprints: vec![("oshash".into(), format!("{:016x}", fnv(path) ^ size))],
+                }
+            })
+            .collect();
+        let now = self.stamp();
+        self.scenes.insert(id, StashScene { id, created_at: now, updated_at: now, files, ..Default::default() });
+        id
+    }
+
+    /// Changes a scene and bumps its `updated_at`, as every Stash edit does.
+    pub fn update_scene(&mut self, id: u64, f: impl FnOnce(&mut StashScene)) -> bool {
+        let now = self.stamp();
+        match self.scenes.get_mut(&id) {
+            Some(scene) => {
+                f(scene);
+                scene.updated_at = now;
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn tag_by_name(&self, name: &str) -> Option<u64> {
+        self.tags.values().find(|t| t.name.eq_ignore_ascii_case(name)).map(|t| t.id)
+    }
+}
+
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3))
+}
