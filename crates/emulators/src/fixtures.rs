@@ -89,30 +89,83 @@ impl Default for LibrarySpec {
 }
 
 const WORDS: &[&str] = &[
-    "Summer", "Night", "Beach", "City", "Lights", "Morning", "Session", "Holiday", "Garden",
-    "Studio", "Rooftop", "Sunset", "Weekend", "Escape", "Secret", "Golden", "Velvet", "River",
-    "Mountain", "Winter", "Coffee", "Dance", "Paris", "Tokyo", "Road", "Trip", "Party", "Pool",
+    "Summer", "Night", "Beach", "City", "Lights", "Morning", "Session", "Holiday", "Garden", "Studio", "Rooftop",
+    "Sunset", "Weekend", "Escape", "Secret", "Golden", "Velvet", "River", "Mountain", "Winter", "Coffee", "Dance",
+    "Paris", "Tokyo", "Road", "Trip", "Party", "Pool",
 ];
 /// Non-ASCII words, both precomposed and with combining marks, so that
 /// Unicode normalization matters.
 const WORDS_UNICODE: &[&str] = &[
-    "Café", "Über", "Niño", "Crème Brûlée", "Zoë", "東京", "Ñandú", "Ångström", "Fiancée", "Señorita",
-    "Smörgåsbord", "Łódź", "Dvořák", "🌅 Dawn", "Straße",
+    "Café",
+    "Über",
+    "Niño",
+    "Crème Brûlée",
+    "Zoë",
+    "東京",
+    "Ñandú",
+    "Ångström",
+    "Fiancée",
+    "Señorita",
+    "Smörgåsbord",
+    "Łódź",
+    "Dvořák",
+    "🌅 Dawn",
+    "Straße",
 ];
 const FIRST: &[&str] = &[
-    "Anna", "Bella", "Chloe", "Dana", "Eva", "Fiona", "Gina", "Hana", "Iris", "Jade", "Kira",
-    "Lena", "Mia", "Nora", "Olga", "Paula", "Rosa", "Sara", "Tina", "Vera", "Zoé", "Élodie",
-    "Björk", "Yuki",
+    "Anna", "Bella", "Chloe", "Dana", "Eva", "Fiona", "Gina", "Hana", "Iris", "Jade", "Kira", "Lena", "Mia", "Nora",
+    "Olga", "Paula", "Rosa", "Sara", "Tina", "Vera", "Zoé", "Élodie", "Björk", "Yuki",
 ];
 const LAST: &[&str] = &[
-    "Adams", "Brook", "Clark", "Dior", "Evans", "Frost", "Grey", "Hart", "Ivy", "Jones", "Knight",
-    "Lane", "Moon", "North", "Owens", "Pierce", "Quinn", "Rivers", "Stone", "Taylor", "Müller",
+    "Adams",
+    "Brook",
+    "Clark",
+    "Dior",
+    "Evans",
+    "Frost",
+    "Grey",
+    "Hart",
+    "Ivy",
+    "Jones",
+    "Knight",
+    "Lane",
+    "Moon",
+    "North",
+    "Owens",
+    "Pierce",
+    "Quinn",
+    "Rivers",
+    "Stone",
+    "Taylor",
+    "Müller",
     "Østergaard",
 ];
 const TAGS: &[&str] = &[
-    "Outdoor", "Indoor", "HD", "4K", "POV", "Romantic", "Amateur", "Professional", "Vintage",
-    "Behind the Scenes", "Interview", "Compilation", "Solo", "Duo", "Group", "Music", "Travel",
-    "Comedy", "Drama", "Documentary", "Short", "Series", "Classic", "Fan Favourite", "Award Winner",
+    "Outdoor",
+    "Indoor",
+    "HD",
+    "4K",
+    "POV",
+    "Romantic",
+    "Amateur",
+    "Professional",
+    "Vintage",
+    "Behind the Scenes",
+    "Interview",
+    "Compilation",
+    "Solo",
+    "Duo",
+    "Group",
+    "Music",
+    "Travel",
+    "Comedy",
+    "Drama",
+    "Documentary",
+    "Short",
+    "Series",
+    "Classic",
+    "Fan Favourite",
+    "Award Winner",
 ];
 const EXTENSIONS: &[&str] = &["mp4", "mkv", "mov", "wmv", "avi", "m4v"];
 
@@ -123,9 +176,8 @@ impl Library {
         let studios = gen_studios(&mut rng);
         let performers = gen_performers(&mut rng, (spec.scenes / 4).clamp(10, 2_000));
         let tags = TAGS.iter().map(|t| t.to_string()).collect::<Vec<_>>();
-        let scenes = (0..spec.scenes)
-            .map(|i| gen_scene(&mut rng, spec, i, &studios, performers.len(), tags.len()))
-            .collect();
+        let scenes =
+            (0..spec.scenes).map(|i| gen_scene(&mut rng, spec, i, &studios, performers.len(), tags.len())).collect();
         Self {
             stash_prefix: spec.stash_prefix.clone(),
             plex_prefix: spec.plex_prefix.clone(),
@@ -138,11 +190,7 @@ impl Library {
 
     /// A small library for quick starts and the demo.
     pub fn sample(scenes: usize, seed: u64) -> Self {
-        Self::generate(&LibrarySpec {
-            scenes,
-            seed,
-            ..LibrarySpec::default()
-        })
+        Self::generate(&LibrarySpec { scenes, seed, ..LibrarySpec::default() })
     }
 }
 
@@ -185,13 +233,7 @@ fn gen_performers<R: Rng>(rng: &mut R, n: usize) -> Vec<String> {
 fn gen_title<R: Rng>(rng: &mut R) -> String {
     let words = rng.random_range(2..5);
     (0..words)
-        .map(|_| {
-            if rng.random_bool(0.12) {
-                pick(rng, WORDS_UNICODE)
-            } else {
-                pick(rng, WORDS)
-            }
-        })
+        .map(|_| if rng.random_bool(0.12) { pick(rng, WORDS_UNICODE) } else { pick(rng, WORDS) })
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -213,19 +255,12 @@ fn gen_scene<R: Rng>(
     let file_count = if rng.random_bool(spec.multi_file_rate) { 2 } else { 1 };
     // Every 97th scene reuses a common file name in its own folder, so that
     // a file name alone is not always unique.
-    let base = if index % 97 == 5 {
-        "video".to_string()
-    } else {
-        format!("{} [{index:05}]", title.replace('/', "-"))
-    };
+    let base = if index % 97 == 5 { "video".to_string() } else { format!("{} [{index:05}]", title.replace('/', "-")) };
     let ext = pick(rng, EXTENSIONS);
     let files = (0..file_count)
         .map(|part| {
-            let name = if file_count > 1 {
-                format!("{base} - part {}.{ext}", part + 1)
-            } else {
-                format!("{base}.{ext}")
-            };
+            let name =
+                if file_count > 1 { format!("{base} - part {}.{ext}", part + 1) } else { format!("{base}.{ext}") };
             let rel = format!("{folder}/{index:05}/{name}");
             FixtureFile {
                 stash_path: format!("{}/{rel}", spec.stash_prefix),
@@ -235,34 +270,26 @@ fn gen_scene<R: Rng>(
             }
         })
         .collect();
-    let mut performers: Vec<usize> = (0..rng.random_range(0..4)).map(|_| rng.random_range(0..performer_count)).collect();
+    let mut performers: Vec<usize> =
+        (0..rng.random_range(0..4)).map(|_| rng.random_range(0..performer_count)).collect();
     performers.sort_unstable();
     performers.dedup();
     let mut tags: Vec<usize> = (0..rng.random_range(0..6)).map(|_| rng.random_range(0..tag_count)).collect();
     tags.sort_unstable();
     tags.dedup();
     let date = rng.random_bool(0.85).then(|| {
-        format!(
-            "{}-{:02}-{:02}",
-            rng.random_range(2005..2026),
-            rng.random_range(1..13),
-            rng.random_range(1..29)
-        )
+        format!("{}-{:02}-{:02}", rng.random_range(2005..2026), rng.random_range(1..13), rng.random_range(1..29))
     });
     FixtureScene {
         code: rng.random_bool(0.5).then(|| format!("SC-{:04}", rng.random_range(0..10_000))),
-        details: rng.random_bool(0.7).then(|| {
-            format!("{title}: a scene shot on location.\nSecond paragraph with & and = and # characters.")
-        }),
+        details: rng
+            .random_bool(0.7)
+            .then(|| format!("{title}: a scene shot on location.\nSecond paragraph with & and = and # characters.")),
         director: rng.random_bool(0.3).then(|| format!("{} {}", pick(rng, FIRST), pick(rng, LAST))),
         date,
         rating100: rng.random_bool(0.4).then(|| rng.random_range(0..=100)),
         organized: rng.random_bool(0.8),
-        urls: if rng.random_bool(0.6) {
-            vec![format!("https://example.com/scenes/{index}")]
-        } else {
-            Vec::new()
-        },
+        urls: if rng.random_bool(0.6) { vec![format!("https://example.com/scenes/{index}")] } else { Vec::new() },
         studio,
         performers,
         tags,
@@ -295,10 +322,7 @@ mod tests {
         for scene in &lib.scenes {
             for f in &scene.files {
                 assert!(f.stash_path.starts_with("/data/videos/"));
-                assert_eq!(
-                    f.stash_path.strip_prefix("/data/videos"),
-                    f.plex_path.strip_prefix("/media/library")
-                );
+                assert_eq!(f.stash_path.strip_prefix("/data/videos"), f.plex_path.strip_prefix("/media/library"));
             }
         }
     }

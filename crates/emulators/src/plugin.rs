@@ -114,9 +114,8 @@ pub fn parse_stdout(stdout: &str) -> (Option<Value>, Option<String>) {
 /// Starts `exec` (argv), writes `input` to stdin, closes it, and waits for
 /// the exit and for both pipes to close, at most 120 s.
 pub async fn run(exec: &[String], input: &Value, default_level: LogLevel) -> std::io::Result<PluginRun> {
-    let (program, args) = exec
-        .split_first()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty exec"))?;
+    let (program, args) =
+        exec.split_first().ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty exec"))?;
     let started = Instant::now();
     let mut child = Command::new(program)
         .args(args)

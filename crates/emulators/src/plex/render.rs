@@ -8,8 +8,8 @@
 use std::borrow::Cow;
 
 use quick_xml::events::attributes::Attribute;
-use quick_xml::name::QName;
 use quick_xml::events::{BytesDecl, BytesEnd, BytesStart, Event};
+use quick_xml::name::QName;
 use quick_xml::Writer;
 use serde_json::{Map, Value};
 
@@ -142,24 +142,15 @@ impl Node {
         for (name, value) in &self.attrs {
             // Built from raw parts: the value is escaped once, by us, so that
             // newlines and tabs survive too.
-            start.push_attribute(Attribute {
-                key: QName(name),
-                value: Cow::Owned(xml_attr_escape(&value.xml())),
-            });
+            start.push_attribute(Attribute { key: QName(name), value: Cow::Owned(xml_attr_escape(&value.xml())) });
         }
-        let event = if self.children.is_empty() {
-            Event::Empty(start)
-        } else {
-            Event::Start(start)
-        };
+        let event = if self.children.is_empty() { Event::Empty(start) } else { Event::Start(start) };
         writer.write_event(event).expect("writing to a Vec cannot fail");
         if !self.children.is_empty() {
             for child in &self.children {
                 child.write_xml(writer);
             }
-            writer
-                .write_event(Event::End(BytesEnd::new(self.xml_name)))
-                .expect("writing to a Vec cannot fail");
+            writer.write_event(Event::End(BytesEnd::new(self.xml_name))).expect("writing to a Vec cannot fail");
         }
     }
 
@@ -176,9 +167,7 @@ impl Node {
             map.insert((*name).to_string(), value.json());
         }
         for child in &self.children {
-            let entry = map
-                .entry(child.json_name.to_string())
-                .or_insert_with(|| Value::Array(Vec::new()));
+            let entry = map.entry(child.json_name.to_string()).or_insert_with(|| Value::Array(Vec::new()));
             if let Value::Array(list) = entry {
                 list.push(child.json_object());
             }
@@ -199,15 +188,12 @@ mod tests {
     use super::*;
 
     fn sample() -> Node {
-        Node::new("MediaContainer")
-            .attr("size", 1usize)
-            .attr("allowSync", true)
-            .child(
-                Node::named("Video", "Metadata")
-                    .attr("ratingKey", "7")
-                    .attr("title", "A & B <\"c\">\nline")
-                    .child(Node::new("Genre").attr("tag", "x")),
-            )
+        Node::new("MediaContainer").attr("size", 1usize).attr("allowSync", true).child(
+            Node::named("Video", "Metadata")
+                .attr("ratingKey", "7")
+                .attr("title", "A & B <\"c\">\nline")
+                .child(Node::new("Genre").attr("tag", "x")),
+        )
     }
 
     #[test]

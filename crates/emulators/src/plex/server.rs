@@ -79,9 +79,7 @@ async fn serve_connection(stream: tokio::net::TcpStream, app: Router) {
         let app = app.clone();
         async move { tower::ServiceExt::oneshot(app, req.map(Body::new)).await }
     });
-    let _ = hyper::server::conn::http1::Builder::new()
-        .serve_connection(TokioIo::new(stream), service)
-        .await;
+    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
 }
 
 fn router(shared: Arc<Shared>) -> Router {
@@ -120,10 +118,7 @@ fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
 }
 
 fn wants_json(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("application/json"))
+    headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("application/json"))
 }
 
 /// Answers `node` as XML, or JSON when the client asked for it.

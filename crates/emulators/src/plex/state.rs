@@ -228,11 +228,8 @@ impl PlexState {
     pub fn from_library(lib: &Library) -> Self {
         let mut state = Self::new(&lib.plex_prefix);
         for scene in &lib.scenes {
-            let files: Vec<(String, u64, u64)> = scene
-                .files
-                .iter()
-                .map(|f| (f.plex_path.clone(), f.size, (f.duration_secs * 1000.0) as u64))
-                .collect();
+            let files: Vec<(String, u64, u64)> =
+                scene.files.iter().map(|f| (f.plex_path.clone(), f.size, (f.duration_secs * 1000.0) as u64)).collect();
             if !scene.in_plex {
                 for (path, size, duration) in files {
                     state.add_disk_file(&path, size, duration, None);
@@ -303,10 +300,7 @@ impl PlexState {
     }
 
     fn section_for_path(&self, path: &str) -> Option<u32> {
-        self.sections
-            .iter()
-            .find(|s| s.locations.iter().any(|l| in_folder(path, l)))
-            .map(|s| s.key)
+        self.sections.iter().find(|s| s.locations.iter().any(|l| in_folder(path, l))).map(|s| s.key)
     }
 
     /// Schedules a scan of `section`, limited to `folder` when given;
@@ -454,10 +448,7 @@ impl Edit {
         match (index, rest) {
             (None, "tag.tag-") => {
                 // Each name was percent-encoded before the comma join.
-                let names = value
-                    .split(',')
-                    .map(|v| percent_decode(v))
-                    .collect::<Result<Vec<_>, _>>()?;
+                let names = value.split(',').map(percent_decode).collect::<Result<Vec<_>, _>>()?;
                 self.tag_removals.push((kind, names));
             }
             (Some(i), field) => {

@@ -30,9 +30,11 @@ pub fn root(state: &PlexState) -> Node {
         .attr("transcoderActiveVideoSessions", 0usize)
         .attr("updatedAt", super::state::unix_now())
         .attr("version", &state.version)
-        .children(dirs.iter().map(|(key, title)| {
-            Node::new("Directory").attr("count", 1usize).attr("key", *key).attr("title", *title)
-        }))
+        .children(
+            dirs.iter().map(|(key, title)| {
+                Node::new("Directory").attr("count", 1usize).attr("key", *key).attr("title", *title)
+            }),
+        )
 }
 
 pub fn library_root() -> Node {
@@ -45,9 +47,13 @@ pub fn library_root() -> Node {
         .attr("mediaTagPrefix", "/system/bundle/media/flags/")
         .attr("title1", "Plex Library")
         .children(
-            [("sections", "Library Sections"), ("recentlyAdded", "Recently Added Content"), ("onDeck", "On Deck Content")]
-                .iter()
-                .map(|(key, title)| Node::new("Directory").attr("key", *key).attr("title", *title)),
+            [
+                ("sections", "Library Sections"),
+                ("recentlyAdded", "Recently Added Content"),
+                ("onDeck", "On Deck Content"),
+            ]
+            .iter()
+            .map(|(key, title)| Node::new("Directory").attr("key", *key).attr("title", *title)),
         )
 }
 
@@ -73,9 +79,9 @@ fn section_node(s: &Section) -> Node {
         .attr("directory", true)
         .attr("contentChangedAt", s.updated_at)
         .attr("hidden", 0i64)
-        .children(s.locations.iter().enumerate().map(|(i, path)| {
-            Node::new("Location").attr("id", i + 1).attr("path", path)
-        }))
+        .children(
+            s.locations.iter().enumerate().map(|(i, path)| Node::new("Location").attr("id", i + 1).attr("path", path)),
+        )
 }
 
 pub fn sections(state: &PlexState) -> Node {

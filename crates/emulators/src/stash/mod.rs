@@ -152,7 +152,8 @@ impl StashEmulator {
         input: Value,
         input_fields: &[&str],
     ) -> std::io::Result<PluginRun> {
-        let args = json!({"hookContext": {"id": scene_id, "type": hook_type, "input": input, "inputFields": input_fields}});
+        let args =
+            json!({"hookContext": {"id": scene_id, "type": hook_type, "input": input, "inputFields": input_fields}});
         self.run_plugin(exec, dir, args).await
     }
 
@@ -162,11 +163,7 @@ impl StashEmulator {
     }
 
     async fn run_plugin(&self, exec: &[String], dir: &Path, args: Value) -> std::io::Result<PluginRun> {
-        let plugin_dir = exec
-            .first()
-            .and_then(|e| Path::new(e).parent())
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
+        let plugin_dir = exec.first().and_then(|e| Path::new(e).parent()).map(Path::to_path_buf).unwrap_or_default();
         let input = json!({"server_connection": self.server_connection(dir, &plugin_dir), "args": args});
         plugin::run(exec, &input, plugin::LogLevel::Error).await
     }
@@ -223,9 +220,10 @@ async fn auth_layer(State(sh): State<Arc<Shared>>, req: Request, next: Next) -> 
     if auth.api_key.is_none() && auth.session.is_none() {
         return next.run(req).await;
     }
-    let key_ok = auth.api_key.as_ref().is_some_and(|k| {
-        req.headers().get("ApiKey").and_then(|v| v.to_str().ok()) == Some(k.as_str())
-    });
+    let key_ok = auth
+        .api_key
+        .as_ref()
+        .is_some_and(|k| req.headers().get("ApiKey").and_then(|v| v.to_str().ok()) == Some(k.as_str()));
     let session_ok = auth.session.as_ref().is_some_and(|s| session_cookie(req.headers()).as_deref() == Some(s));
     if key_ok || session_ok {
         next.run(req).await

@@ -74,7 +74,9 @@ pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
         .ok()
         .or_else(|| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M").ok().map(|t| t.and_utc()))
-        .or_else(|| NaiveDate::parse_from_str(s, "%Y-%m-%d").ok().and_then(|d| d.and_hms_opt(0, 0, 0)).map(|t| t.and_utc()))
+        .or_else(|| {
+            NaiveDate::parse_from_str(s, "%Y-%m-%d").ok().and_then(|d| d.and_hms_opt(0, 0, 0)).map(|t| t.and_utc())
+        })
 }
 
 // ---- output types ----
@@ -158,6 +160,7 @@ pub struct Scene {
     pub url: Option<String>,
     pub urls: Vec<String>,
     pub date: Option<String>,
+    #[graphql(name = "rating100")]
     pub rating100: Option<i32>,
     pub organized: bool,
     pub interactive: bool,
@@ -297,6 +300,7 @@ pub struct SceneUpdateInput {
     pub url: MaybeUndefined<String>,
     pub urls: MaybeUndefined<Vec<String>>,
     pub date: MaybeUndefined<String>,
+    #[graphql(name = "rating100")]
     pub rating100: MaybeUndefined<i32>,
     pub organized: Option<bool>,
     pub studio_id: MaybeUndefined<ID>,
@@ -338,6 +342,7 @@ pub struct BulkSceneUpdateInput {
     pub director: Option<String>,
     pub urls: Option<BulkUpdateStrings>,
     pub date: Option<String>,
+    #[graphql(name = "rating100")]
     pub rating100: Option<i32>,
     pub organized: Option<bool>,
     pub studio_id: Option<ID>,
@@ -500,11 +505,7 @@ pub fn scene_view(state: &StashState, scene: &StashScene, base: &url::Url) -> Sc
             .filter_map(|id| state.tags.get(id))
             .map(|t| Tag { id: ID(t.id.to_string()), name: t.name.clone() })
             .collect(),
-        stash_ids: scene
-            .stash_ids
-            .iter()
-            .map(|(e, s)| StashId { endpoint: e.clone(), stash_id: s.clone() })
-            .collect(),
+        stash_ids: scene.stash_ids.iter().map(|(e, s)| StashId { endpoint: e.clone(), stash_id: s.clone() }).collect(),
     }
 }
 

@@ -97,11 +97,7 @@ impl StashState {
     /// A Stash that holds every scene of `lib`.
     pub fn from_library(lib: &Library) -> Self {
         let mut state = Self::new();
-        let studio_ids: Vec<u64> = lib
-            .studios
-            .iter()
-            .map(|s| state.add_studio(&s.name, None))
-            .collect();
+        let studio_ids: Vec<u64> = lib.studios.iter().map(|s| state.add_studio(&s.name, None)).collect();
         for (i, s) in lib.studios.iter().enumerate() {
             if let Some(parent) = s.parent {
                 state.studios.get_mut(&studio_ids[i]).expect("just added").parent = Some(studio_ids[parent]);
@@ -109,12 +105,10 @@ impl StashState {
         }
         let performer_ids: Vec<u64> = lib.performers.iter().map(|p| state.add_performer(p)).collect();
         let tag_ids: Vec<u64> = lib.tags.iter().map(|t| state.add_tag(t)).collect();
-        for scene in &lib.scenes {
-            let files = scene
-                .files
-                .iter()
-                .map(|f| (f.stash_path.clone(), f.size, f.duration_secs))
-                .collect::<Vec<_>>();
+        // Scenes were added and edited over the past weeks, one a minute.
+        let start = Utc::now().trunc_subsecs(0) - chrono::Duration::minutes(lib.scenes.len() as i64 + 24 * 60);
+        for (i, scene) in lib.scenes.iter().enumerate() {
+            let files = scene.files.iter().map(|f| (f.stash_path.clone(), f.size, f.duration_secs)).collect::<Vec<_>>();
             let id = state.add_scene(&files);
             let s = state.scenes.get_mut(&id).expect("just added");
             s.title = Some(scene.title.clone());
@@ -128,6 +122,8 @@ impl StashState {
             s.studio = scene.studio.map(|i| studio_ids[i]);
             s.performers = scene.performers.iter().map(|i| performer_ids[*i]).collect();
             s.tags = scene.tags.iter().map(|i| tag_ids[*i]).collect();
+            s.created_at = start + chrono::Duration::minutes(i as i64);
+            s.updated_at = s.created_at;
         }
         state
     }
