@@ -1,3 +1,242 @@
-fn main() {
-    println!("Hello, world!");
+//! `plexsync`: one binary, several faces (see ARCHITECTURE.md).
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde_json::{json, Map, Value};
+
+use plexsync::app::{Context, Sources};
+use plexsync::queue::Reason;
+use plexsync::sync::db;
+use plexsync::worker::{self, WorkerOptions};
+use plexsync::{logging, plugin, tasks};
+
+#[derive(Parser)]
+#[command(version, about = "Keeps Plex's metadata in step with Stash")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// TOML file with settings (same names as the plugin settings).
+    #[arg(long, global = true, env = "PLEXSYNC_CONFIG")]
+    config: Option<PathBuf>,
+    /// Folder of the queue database (default: ~/.local/share/plexsync).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Stash's URL, e.g. http://localhost:9999.
+    #[arg(long, global = true)]
+    stash_url: Option<String>,
+    /// Plex's URL, e.g. http://192.168.1.10:32400.
+    #[arg(long, global = true)]
+    plex_url: Option<String>,
+    /// More detail in the log.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run as Stash's plugin (Stash starts this with JSON on stdin).
+    Plugin,
+    /// Deliver the queue, waiting out retries and outages; exits when empty.
+    Worker {
+        /// Exit as soon as nothing is due instead of waiting for retries.
+        #[arg(long)]
+        exit_when_idle: bool,
+    },
+    /// Queue scenes and deliver them now, with progress.
+    Sync {
+        /// Every scene.
+        #[arg(long, conflicts_with_all = ["recent", "scene"])]
+        all: bool,
+        /// Scenes changed in the last 24 hours.
+        #[arg(long, conflicts_with = "scene")]
+        recent: bool,
+        /// These scene ids.
+        #[arg(long, num_args = 1..)]
+        scene: Vec<String>,
+    },
+    /// Queue and sync state.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queue maintenance.
+    Queue {
+        #[command(subcommand)]
+        action: QueueAction,
+    },
+    /// Check settings, Stash, Plex and libraries.
+    Health,
+    /// Sync a sample library between the bundled emulators, through a Plex outage.
+    #[cfg(feature = "demo")]
+    Demo {
+        #[arg(long, default_value_t = 200)]
+        scenes: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Seconds Plex stays down during the demo.
+        #[arg(long, default_value_t = 3.0)]
+        outage_secs: f64,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueAction {
+    /// Remove every waiting scene.
+    Clear,
+}
+
+impl Command {
+    fn is_demo(&self) -> bool {
+        #[cfg(feature = "demo")]
+        if matches!(self, Command::Demo { .. }) {
+            return true;
+        }
+        false
+    }
+}
+
+impl Cli {
+    fn sources(&self) -> Sources {
+        let mut cli = Map::new();
+        let mut put = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                cli.insert(k.into(), Value::String(v));
+            }
+        };
+        put("dataDir", self.data_dir.as_ref().map(|p| p.display().to_string()));
+        put("stashUrl", self.stash_url.clone());
+        put("plexUrl", self.plex_url.clone());
+        Sources { config_file: self.config.clone(), cli }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if matches!(cli.command, Command::Plugin) {
+        logging::init_stash();
+    } else {
+        let quiet_by_default = cfg!(feature = "demo") && cli.command.is_demo();
+        let level = match (cli.verbose, quiet_by_default) {
+            (true, _) => "debug",
+            (false, true) => "warn",
+            (false, false) => "info",
+        };
+        logging::init_plain(level, matches!(cli.command, Command::Worker { .. }));
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("plexsync: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let sources = cli.sources();
+    match &cli.command {
+        Command::Plugin => {
+            let mut stdin = String::new();
+            let _ = std::io::stdin().read_to_string(&mut stdin);
+            Ok(ExitCode::from(plugin::run(&stdin).await as u8))
+        }
+        Command::Worker { exit_when_idle } => {
+            let ctx = Context::from_local(&sources).await?;
+            for w in &ctx.warnings {
+                tracing::warn!("setting: {w}");
+            }
+            let Some(_lock) = worker::try_lock(&ctx.data_dir)? else {
+                tracing::debug!("another worker is delivering; nothing to do");
+                return Ok(ExitCode::SUCCESS);
+            };
+            let queue = ctx.queue()?;
+            let mut pipeline = ctx.pipeline()?;
+            let mut options = WorkerOptions::default();
+            if *exit_when_idle {
+                options.max_wait = std::time::Duration::ZERO;
+            }
+            tracing::info!("worker started ({} waiting)", queue.stats().map_err(db)?.pending);
+            let result = worker::run(&mut pipeline, &queue, &options, |_, _| {}).await;
+            let s = &pipeline.stats;
+            tracing::info!(
+                "worker done: {} synced, {} unchanged, {} skipped, {} failed tries",
+                s.synced,
+                s.unchanged,
+                s.skipped,
+                s.failed
+            );
+            if let Err(e) = result {
+                tracing::error!("delivery stopped, nothing is lost (the queue waits): {e}");
+                return Ok(ExitCode::FAILURE);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sync { all, recent, scene } => {
+            let ctx = Context::from_local(&sources).await?;
+            let mut progress = cli_progress("queued");
+            if *all {
+                tasks::enqueue_changed(&ctx, None, &mut progress).await?;
+            } else if *recent {
+                let since = (chrono::Utc::now() - chrono::Duration::hours(24)).to_rfc3339();
+                tasks::enqueue_changed(&ctx, Some(&since), &mut progress).await?;
+            } else if !scene.is_empty() {
+                let mut queue = ctx.queue()?;
+                queue.enqueue_many(scene.iter().map(String::as_str), Reason::Manual).map_err(db)?;
+            } else {
+                anyhow::bail!("say what to sync: --all, --recent or --scene ID");
+            }
+            let options = WorkerOptions { max_wait: std::time::Duration::ZERO, ..WorkerOptions::default() };
+            let result = tasks::process_queue(&ctx, options, &mut cli_progress("delivered")).await?;
+            println!("{}", serde_json::to_string_pretty(&result)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json } => {
+            let ctx = Context::from_local(&sources).await?;
+            let status = tasks::status(&ctx)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Queue { action: QueueAction::Clear } => {
+            let ctx = Context::from_local(&sources).await?;
+            let removed = tasks::run(&ctx, "clear_queue", &mut |_, _| {}).await?;
+            println!("{}", json!(removed));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Health => {
+            let ctx = Context::from_local(&sources).await?;
+            let report = tasks::health(&ctx).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        #[cfg(feature = "demo")]
+        Command::Demo { scenes, seed, outage_secs } => {
+            plexsync::demo::run(*scenes, *seed, std::time::Duration::from_secs_f64(outage_secs.max(0.0))).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Prints progress at every tenth of the work.
+fn cli_progress(what: &'static str) -> impl FnMut(usize, usize) {
+    let mut shown = usize::MAX;
+    move |done, total| {
+        let tenth = done * 10 / total.max(1);
+        if tenth != shown || done == total {
+            shown = tenth;
+            eprintln!("{what} {done}/{total}");
+        }
+    }
 }

@@ -1,0 +1,112 @@
+//! Putting a run together: settings from every source, the Stash client,
+//! the data folder, the queue. Shared by the plugin, the worker and the CLI.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+use url::Url;
+
+use crate::config::{self, Loaded, Settings};
+use crate::error::{Error, ErrorClass};
+use crate::http::HttpOptions;
+use crate::queue::Queue;
+use crate::stash::{StashClient, StashCredentials};
+use crate::sync::{db, Pipeline};
+
+/// Settings sources other than Stash, highest precedence last.
+#[derive(Clone, Debug, Default)]
+pub struct Sources {
+    pub config_file: Option<PathBuf>,
+    /// Command-line flags, as setting name → value.
+    pub cli: Map<String, Value>,
+}
+
+impl Sources {
+    /// TOML file, environment, flags (lowest first). A broken file is
+    /// reported as a warning, not fatal.
+    pub fn local_layers(&self, warnings: &mut Vec<String>) -> Vec<Map<String, Value>> {
+        let mut layers = Vec::new();
+        if let Some(path) = &self.config_file {
+            match config::toml_layer(path) {
+                Ok(layer) => layers.push(layer),
+                Err(e) => warnings.push(e),
+            }
+        }
+        layers.push(config::env_layer());
+        layers.push(self.cli.clone());
+        layers
+    }
+
+    /// Settings without asking Stash (to find Stash itself).
+    pub fn local(&self) -> Loaded {
+        let mut warnings = Vec::new();
+        let mut loaded = config::load(&self.local_layers(&mut warnings));
+        warnings.append(&mut loaded.warnings);
+        loaded.warnings = warnings;
+        loaded
+    }
+}
+
+/// Everything a face needs.
+pub struct Context {
+    pub settings: Settings,
+    pub warnings: Vec<String>,
+    pub stash: StashClient,
+    pub data_dir: PathBuf,
+}
+
+impl Context {
+    /// Reads the plugin settings from Stash and merges the local sources
+    /// over them.
+    pub async fn new(
+        stash_url: &Url,
+        credentials: StashCredentials,
+        default_data_dir: PathBuf,
+        sources: &Sources,
+    ) -> Result<Self, Error> {
+        let stash = StashClient::new(stash_url, credentials, &HttpOptions::default())?;
+        let from_stash = stash.plugin_settings(config::PLUGIN_ID).await?;
+        let mut warnings = Vec::new();
+        let mut layers = vec![from_stash];
+        layers.extend(sources.local_layers(&mut warnings));
+        let loaded = config::load(&layers);
+        warnings.extend(loaded.warnings);
+        let data_dir = loaded.settings.data_dir.clone().unwrap_or(default_data_dir);
+        Ok(Self { settings: loaded.settings, warnings, stash, data_dir })
+    }
+
+    /// For the CLI: Stash's URL and key come from the local sources.
+    pub async fn from_local(sources: &Sources) -> Result<Self, Error> {
+        let local = sources.local().settings;
+        let url = local.stash_url.clone().ok_or_else(|| {
+            Error::new(
+                ErrorClass::Config,
+                "Stash's URL is not set: pass --stash-url, set PLEXSYNC_STASH_URL, or stashUrl in the config file",
+            )
+        })?;
+        let credentials =
+            StashCredentials { api_key: local.stash_api_key.clone(), session_cookie: local.stash_session.clone() };
+        Self::new(&url, credentials, default_data_dir(), sources).await
+    }
+
+    pub fn queue(&self) -> Result<Queue, Error> {
+        open_queue(&self.data_dir)
+    }
+
+    pub fn pipeline(&self) -> Result<Pipeline, Error> {
+        Pipeline::new(self.settings.clone(), self.stash.clone())
+    }
+}
+
+pub fn open_queue(data_dir: &Path) -> Result<Queue, Error> {
+    Queue::open(&data_dir.join("queue.sqlite")).map_err(db)
+}
+
+/// Where a person's CLI keeps its data when nothing else is set.
+pub fn default_data_dir() -> PathBuf {
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("plexsync")
+}

@@ -1,0 +1,538 @@
+//! Settings: one table of every setting, read from layers in order of
+//! precedence (CLI flags, `PLEXSYNC_*` environment, TOML file, Stash's
+//! plugin settings). Names are matched case-insensitively and without `_`
+//! or `-`, so `plexUrl`, `plex_url` and `PLEXSYNC_PLEX_URL` are one setting.
+//! A bad value never stops the program: it is reported with the fix and the
+//! default is used.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use url::Url;
+
+use crate::http::HttpOptions;
+use crate::secret::Secret;
+
+/// The plugin id Stash keeps our settings under (the old plugin's id).
+pub const PLUGIN_ID: &str = "PlexSync";
+
+/// Kind of a setting, as Stash's manifest declares it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    String,
+    Number,
+    Boolean,
+}
+
+/// One setting: its name, type, what it does. The manifest's `settings`
+/// must list exactly the `in_stash` ones (a test checks).
+pub struct SettingDef {
+    pub key: &'static str,
+    pub kind: Kind,
+    pub display: &'static str,
+    pub description: &'static str,
+    /// Shown in Stash's plugin settings (others: CLI, env, TOML only).
+    pub in_stash: bool,
+}
+
+macro_rules! settings {
+    ($( $key:literal, $kind:ident, $stash:literal, $display:literal, $desc:literal; )*) => {
+        pub const SETTINGS: &[SettingDef] = &[
+            $( SettingDef { key: $key, kind: Kind::$kind, display: $display, description: $desc, in_stash: $stash }, )*
+        ];
+    };
+}
+
+settings! {
+    "plexUrl", String, true, "Plex URL", "Plex server URL, e.g. http://192.168.1.10:32400. Overrides plexHost/plexPort.";
+    "plexHost", String, true, "Plex host (old)", "Old setting: Plex host name or IP; used as https://<host>:<port> when plexUrl is empty.";
+    "plexPort", String, true, "Plex port (old)", "Old setting: Plex port (default 32400).";
+    "plexToken", String, true, "Plex token", "X-Plex-Token of a Plex user allowed to edit the library.";
+    "plexLibraries", String, true, "Plex libraries", "Comma-separated library names to match in; empty means every movie library.";
+    "pathMappings", String, true, "Path mappings", "Stash path prefix => Plex path prefix, separated by ';', e.g. /data => /media; D:\\Videos => /mnt/videos. Longest prefix wins.";
+    "syncMode", String, true, "Sync mode", "push (default): write metadata into Plex. refresh: only ask Plex to refresh items named by a Plex URL on the scene (old behaviour).";
+    "syncFields", String, true, "Fields to sync", "Comma-separated: title, summary, studio, date, genres, actors, directors, collection, tagline, poster, background; 'all' (default) for every one.";
+    "actorImages", Boolean, true, "Actor images", "Send performer image URLs with actors. Plex fetches them itself, so Stash must be reachable by Plex without a login.";
+    "collectionParentStudio", Boolean, true, "Parent studio collection", "Also put the item in a collection named after the studio's parent studio.";
+    "taglineSource", String, true, "Tagline source", "What becomes the Plex tagline: none (default), code (studio code), url (first URL), director.";
+    "preservePlexEdits", Boolean, true, "Preserve Plex edits", "Only fill Plex fields that are empty; never overwrite a value already in Plex.";
+    "skipUnorganized", Boolean, true, "Skip unorganized", "Old setting (default on): scenes not marked organized in Stash are not synced. Set it off to sync every scene.";
+    "cleanTitles", Boolean, true, "Clean titles", "Old setting (opt-in): rewrite Stash titles to ASCII without leading punctuation or file-type words, in Stash.";
+    "tagStashIDs", Boolean, true, "Tag stash-box ids", "Old setting: add the tagID_* Stash tags to scenes according to their stash-box endpoints.";
+    "tagID_emptystashid", String, true, "Tag id: no stash id", "Stash tag id added to scenes without any stash-box id (with tagStashIDs).";
+    "tagID_stashdb", String, true, "Tag id: StashDB", "Stash tag id for scenes matched on stashdb.org.";
+    "tagID_pmvstash", String, true, "Tag id: PMV Stash", "Stash tag id for scenes matched on pmvstash.org.";
+    "tagID_porndb", String, true, "Tag id: ThePornDB", "Stash tag id for scenes matched on theporndb.net.";
+    "tagID_fansdb", String, true, "Tag id: FansDB", "Stash tag id for scenes matched on fansdb.cc.";
+    "tagID_javstash", String, true, "Tag id: JAVStash", "Stash tag id for scenes matched on javstash.org.";
+    "plexCaFile", String, true, "Plex CA file", "PEM file of a CA to trust for Plex's HTTPS certificate (self-signed servers).";
+    "plexInsecure", Boolean, true, "Skip TLS verification", "Accept any Plex certificate (what the old plugin did). Logged as a warning at every start.";
+    "requestTimeoutSecs", Number, true, "Request timeout", "Seconds before a Plex request counts as failed (default 30).";
+    "stashUrl", String, false, "Stash URL", "CLI/daemon: Stash's URL, e.g. http://localhost:9999 (the plugin gets it from Stash).";
+    "stashApiKey", String, false, "Stash API key", "CLI/daemon: Stash API key, when Stash has a login.";
+    "stashSession", String, false, "Stash session", "Stash session cookie value (the plugin hands its own to the worker it starts).";
+    "dataDir", String, false, "Data folder", "Where the queue database lives (default: <Stash config folder>/plexsync).";
+}
+
+/// Push (write metadata) or refresh (old behaviour: ask the agent to pull).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Push,
+    Refresh,
+}
+
+/// A Plex field PlexSync can own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Field {
+    Title,
+    Summary,
+    Studio,
+    Date,
+    Genres,
+    Actors,
+    Directors,
+    Collection,
+    Tagline,
+    Poster,
+    Background,
+}
+
+impl Field {
+    pub const ALL: [Field; 11] = [
+        Self::Title,
+        Self::Summary,
+        Self::Studio,
+        Self::Date,
+        Self::Genres,
+        Self::Actors,
+        Self::Directors,
+        Self::Collection,
+        Self::Tagline,
+        Self::Poster,
+        Self::Background,
+    ];
+
+    /// Name in `syncFields` and in the stored hashes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Title => "title",
+            Self::Summary => "summary",
+            Self::Studio => "studio",
+            Self::Date => "date",
+            Self::Genres => "genres",
+            Self::Actors => "actors",
+            Self::Directors => "directors",
+            Self::Collection => "collection",
+            Self::Tagline => "tagline",
+            Self::Poster => "poster",
+            Self::Background => "background",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.name().eq_ignore_ascii_case(s.trim()))
+    }
+}
+
+/// Where the Plex tagline comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaglineSource {
+    None,
+    Code,
+    Url,
+    Director,
+}
+
+/// One `stash prefix => plex prefix` rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathMap {
+    pub stash: String,
+    pub plex: String,
+}
+
+/// Stash tag ids the old `tagStashIDs` behaviour adds, by endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StashIdTags {
+    pub empty: Option<String>,
+    /// (endpoint host fragment, tag id)
+    pub by_endpoint: Vec<(&'static str, String)>,
+}
+
+/// Resolved settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub plex_url: Option<Url>,
+    pub plex_token: Option<Secret>,
+    pub libraries: Vec<String>,
+    pub path_maps: Vec<PathMap>,
+    pub mode: Mode,
+    pub fields: Vec<Field>,
+    pub actor_images: bool,
+    pub collection_parent_studio: bool,
+    pub tagline: TaglineSource,
+    pub preserve_plex_edits: bool,
+    pub skip_unorganized: bool,
+    pub clean_titles: bool,
+    pub tag_stash_ids: bool,
+    pub stash_id_tags: StashIdTags,
+    pub plex_http: HttpOptions,
+    pub stash_url: Option<Url>,
+    pub stash_api_key: Option<Secret>,
+    pub stash_session: Option<Secret>,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            plex_url: None,
+            plex_token: None,
+            libraries: Vec::new(),
+            path_maps: Vec::new(),
+            mode: Mode::Push,
+            fields: Field::ALL.to_vec(),
+            actor_images: false,
+            collection_parent_studio: false,
+            tagline: TaglineSource::None,
+            preserve_plex_edits: false,
+            skip_unorganized: true,
+            clean_titles: false,
+            tag_stash_ids: false,
+            stash_id_tags: StashIdTags::default(),
+            plex_http: HttpOptions::default(),
+            stash_url: None,
+            stash_api_key: None,
+            stash_session: None,
+            data_dir: None,
+        }
+    }
+}
+
+/// Settings plus what was wrong with the input, each naming setting and fix.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    pub settings: Settings,
+    pub warnings: Vec<String>,
+}
+
+fn canonical(key: &str) -> String {
+    key.chars().filter(|c| *c != '_' && *c != '-').flat_map(char::to_lowercase).collect()
+}
+
+/// Settings from the environment: `PLEXSYNC_<NAME>` for every setting.
+pub fn env_layer() -> Map<String, Value> {
+    std::env::vars()
+        .filter_map(|(k, v)| k.strip_prefix("PLEXSYNC_").map(|name| (name.to_string(), Value::String(v))))
+        .collect()
+}
+
+/// Settings from a TOML file (same names as the plugin settings).
+pub fn toml_layer(path: &std::path::Path) -> Result<Map<String, Value>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))?;
+    let value = serde_json::to_value(table).map_err(|e| format!("config file {}: {e}", path.display()))?;
+    Ok(value.as_object().cloned().unwrap_or_default())
+}
+
+/// Reads `layers`, lowest precedence first.
+pub fn load(layers: &[Map<String, Value>]) -> Loaded {
+    let mut merged: Map<String, Value> = Map::new();
+    let mut warnings = Vec::new();
+    for layer in layers {
+        for (key, value) in layer {
+            let canon = canonical(key);
+            match SETTINGS.iter().find(|d| canonical(d.key) == canon) {
+                Some(def) if !value.is_null() => {
+                    merged.insert(def.key.to_string(), value.clone());
+                }
+                Some(_) => {}
+                None => warnings.push(format!("unknown setting '{key}' is ignored; see the README for the list")),
+            }
+        }
+    }
+    let mut r = Reader { values: merged, warnings };
+    let settings = r.settings();
+    Loaded { settings, warnings: r.warnings }
+}
+
+struct Reader {
+    values: Map<String, Value>,
+    warnings: Vec<String>,
+}
+
+impl Reader {
+    fn string(&mut self, key: &str) -> Option<String> {
+        match self.values.get(key)? {
+            Value::String(s) if s.trim().is_empty() => None,
+            Value::String(s) => Some(s.trim().to_string()),
+            Value::Number(n) => Some(n.to_string()),
+            other => {
+                self.warnings.push(format!("setting '{key}' must be text, got {other}; it is ignored"));
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, key: &str, default: bool) -> bool {
+        match self.values.get(key) {
+            None => default,
+            Some(Value::Bool(b)) => *b,
+            Some(Value::String(s)) => match s.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => true,
+                "false" | "0" | "no" | "off" => false,
+                "" => default,
+                other => {
+                    self.warnings
+                        .push(format!("setting '{key}' must be true or false, got '{other}'; using {default}"));
+                    default
+                }
+            },
+            Some(Value::Number(n)) => n.as_f64().is_some_and(|n| n != 0.0),
+            Some(other) => {
+                self.warnings.push(format!("setting '{key}' must be true or false, got {other}; using {default}"));
+                default
+            }
+        }
+    }
+
+    fn number(&mut self, key: &str, default: f64, min: f64, max: f64) -> f64 {
+        let value = match self.values.get(key) {
+            None => return default,
+            Some(Value::Number(n)) => n.as_f64(),
+            Some(Value::String(s)) if s.trim().is_empty() => return default,
+            Some(Value::String(s)) => s.trim().parse::<f64>().ok(),
+            Some(_) => None,
+        };
+        match value {
+            Some(v) if (min..=max).contains(&v) => v,
+            _ => {
+                self.warnings.push(format!("setting '{key}' must be a number from {min} to {max}; using {default}"));
+                default
+            }
+        }
+    }
+
+    fn url(&mut self, key: &str) -> Option<Url> {
+        let raw = self.string(key)?;
+        match Url::parse(&raw) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(u),
+            _ => {
+                self.warnings.push(format!(
+                    "setting '{key}' must be a URL like http://192.168.1.10:32400, got '{raw}'; it is ignored"
+                ));
+                None
+            }
+        }
+    }
+
+    fn plex_url(&mut self) -> Option<Url> {
+        if let Some(url) = self.url("plexUrl") {
+            return Some(url);
+        }
+        let host = self.string("plexHost")?;
+        let port = self.string("plexPort").unwrap_or_else(|| "32400".into());
+        // The old plugin's form; built with the URL library, not by concatenation.
+        let mut url = Url::parse("https://localhost/").expect("static URL parses");
+        let port_ok = port.parse::<u16>().ok();
+        if url.set_host(Some(host.trim_start_matches("https://").trim_start_matches("http://"))).is_err()
+            || port_ok.is_none()
+        {
+            self.warnings.push(format!(
+                "settings 'plexHost'/'plexPort' do not make a valid address ('{host}', '{port}'); set plexUrl instead"
+            ));
+            return None;
+        }
+        url.set_port(port_ok).ok()?;
+        Some(url)
+    }
+
+    fn list(&mut self, key: &str) -> Vec<String> {
+        self.string(key)
+            .map(|s| s.split(',').map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect())
+            .unwrap_or_default()
+    }
+
+    fn fields(&mut self) -> Vec<Field> {
+        let names = self.list("syncFields");
+        if names.is_empty() || names.iter().any(|n| n.eq_ignore_ascii_case("all")) {
+            return Field::ALL.to_vec();
+        }
+        let mut fields = Vec::new();
+        for name in names {
+            match Field::parse(&name) {
+                Some(f) if !fields.contains(&f) => fields.push(f),
+                Some(_) => {}
+                None => self.warnings.push(format!(
+                    "setting 'syncFields' names an unknown field '{name}'; known: {}",
+                    Field::ALL.map(Field::name).join(", ")
+                )),
+            }
+        }
+        fields
+    }
+
+    fn path_maps(&mut self) -> Vec<PathMap> {
+        let Some(raw) = self.string("pathMappings") else { return Vec::new() };
+        let mut maps = Vec::new();
+        for rule in raw.split([';', '\n']).map(str::trim).filter(|r| !r.is_empty()) {
+            match rule.split_once("=>") {
+                Some((a, b)) if !a.trim().is_empty() && !b.trim().is_empty() => {
+                    maps.push(PathMap { stash: a.trim().to_string(), plex: b.trim().to_string() })
+                }
+                _ => self.warnings.push(format!(
+                    "setting 'pathMappings' has a rule '{rule}' without 'stash prefix => plex prefix'; it is ignored"
+                )),
+            }
+        }
+        // Longest Stash prefix first, so the most specific rule wins.
+        maps.sort_by_key(|m| std::cmp::Reverse(m.stash.len()));
+        maps
+    }
+
+    fn choice<T: Copy>(&mut self, key: &str, default: T, options: &[(&str, T)]) -> T {
+        let Some(raw) = self.string(key) else { return default };
+        match options.iter().find(|(name, _)| name.eq_ignore_ascii_case(&raw)) {
+            Some((_, v)) => *v,
+            None => {
+                let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+                self.warnings.push(format!("setting '{key}' must be one of {}, got '{raw}'", names.join(", ")));
+                default
+            }
+        }
+    }
+
+    fn tag_id(&mut self, key: &str) -> Option<String> {
+        let id = self.string(key)?;
+        if id.chars().all(|c| c.is_ascii_digit()) {
+            Some(id)
+        } else {
+            self.warnings.push(format!("setting '{key}' must be a Stash tag id (a number), got '{id}'"));
+            None
+        }
+    }
+
+    fn settings(&mut self) -> Settings {
+        let plex_http = HttpOptions {
+            request_timeout: Duration::from_secs_f64(self.number("requestTimeoutSecs", 30.0, 1.0, 600.0)),
+            ca_file: self.string("plexCaFile").map(PathBuf::from),
+            insecure: self.boolean("plexInsecure", false),
+            ..HttpOptions::default()
+        };
+        let mut by_endpoint = Vec::new();
+        for (key, host) in [
+            ("tagID_stashdb", "stashdb.org"),
+            ("tagID_pmvstash", "pmvstash.org"),
+            ("tagID_porndb", "theporndb.net"),
+            ("tagID_fansdb", "fansdb.cc"),
+            ("tagID_javstash", "javstash.org"),
+        ] {
+            if let Some(id) = self.tag_id(key) {
+                by_endpoint.push((host, id));
+            }
+        }
+        Settings {
+            plex_url: self.plex_url(),
+            plex_token: self.string("plexToken").map(Secret::new),
+            libraries: self.list("plexLibraries"),
+            path_maps: self.path_maps(),
+            mode: self.choice("syncMode", Mode::Push, &[("push", Mode::Push), ("refresh", Mode::Refresh)]),
+            fields: self.fields(),
+            actor_images: self.boolean("actorImages", false),
+            collection_parent_studio: self.boolean("collectionParentStudio", false),
+            tagline: self.choice(
+                "taglineSource",
+                TaglineSource::None,
+                &[
+                    ("none", TaglineSource::None),
+                    ("code", TaglineSource::Code),
+                    ("url", TaglineSource::Url),
+                    ("director", TaglineSource::Director),
+                ],
+            ),
+            preserve_plex_edits: self.boolean("preservePlexEdits", false),
+            skip_unorganized: self.boolean("skipUnorganized", true),
+            clean_titles: self.boolean("cleanTitles", false),
+            tag_stash_ids: self.boolean("tagStashIDs", false),
+            stash_id_tags: StashIdTags { empty: self.tag_id("tagID_emptystashid"), by_endpoint },
+            plex_http,
+            stash_url: self.url("stashUrl"),
+            stash_api_key: self.string("stashApiKey").map(Secret::new),
+            stash_session: self.string("stashSession").map(Secret::new),
+            data_dir: self.string("dataDir").map(PathBuf::from),
+        }
+    }
+}
+
+impl Settings {
+    /// What is missing for delivery, as an instruction to the user.
+    pub fn delivery_problem(&self) -> Option<String> {
+        if self.plex_url.is_none() {
+            return Some(
+                "Plex is not configured: set plexUrl (e.g. http://192.168.1.10:32400) in PlexSync's settings".into(),
+            );
+        }
+        if self.plex_token.as_ref().is_none_or(Secret::is_empty) {
+            return Some("plexToken is empty: set it to your X-Plex-Token in PlexSync's settings".into());
+        }
+        None
+    }
+
+    pub fn owns(&self, field: Field) -> bool {
+        self.fields.contains(&field)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn layer(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn old_settings_still_work() {
+        let l = load(&[layer(
+            json!({"plexHost": "plex.lan", "plexPort": "32401", "plexToken": "t", "skipUnorganized": false, "tagStashIDs": true, "tagID_stashdb": 12}),
+        )]);
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+        let s = l.settings;
+        assert_eq!(s.plex_url.unwrap().as_str(), "https://plex.lan:32401/");
+        assert!(!s.skip_unorganized && s.tag_stash_ids);
+        assert_eq!(s.stash_id_tags.by_endpoint, [("stashdb.org", "12".to_string())]);
+    }
+
+    #[test]
+    fn later_layers_win_and_names_are_loose() {
+        let l = load(&[
+            layer(json!({"plexUrl": "http://a:1", "syncFields": "title, genres"})),
+            layer(json!({"PLEX_URL": "http://b:2"})),
+        ]);
+        assert_eq!(l.settings.plex_url.unwrap().as_str(), "http://b:2/");
+        assert_eq!(l.settings.fields, [Field::Title, Field::Genres]);
+    }
+
+    #[test]
+    fn bad_values_name_the_setting_and_fall_back() {
+        let l = load(&[layer(json!({"plexUrl": "plex:32400", "skipUnorganized": "maybe", "syncMode": "pull",
+            "pathMappings": "/a => /b; nonsense", "syncFields": "title,colour", "bogus": 1, "requestTimeoutSecs": -3}))]);
+        let all = l.warnings.join("\n");
+        for needle in [
+            "'plexUrl'",
+            "'skipUnorganized'",
+            "'syncMode'",
+            "'pathMappings'",
+            "'colour'",
+            "'bogus'",
+            "'requestTimeoutSecs'",
+        ] {
+            assert!(all.contains(needle), "{needle} missing from {all}");
+        }
+        assert!(l.settings.skip_unorganized);
+        assert_eq!(l.settings.mode, Mode::Push);
+        assert_eq!(l.settings.path_maps, [PathMap { stash: "/a".into(), plex: "/b".into() }]);
+        assert!(l.settings.delivery_problem().unwrap().contains("plexUrl"));
+    }
+}

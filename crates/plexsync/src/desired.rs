@@ -1,0 +1,261 @@
+//! The mapping table: what each Plex field should hold for a Stash scene,
+//! and the edit that gets Plex there.
+//!
+//! | Plex field                    | from Stash                          | `syncFields` name |
+//! |-------------------------------|-------------------------------------|-------------------|
+//! | title                         | title (file name when empty)        | title             |
+//! | summary                       | details                             | summary           |
+//! | studio                        | studio.name                         | studio            |
+//! | originallyAvailableAt, year   | date                                | date              |
+//! | genres                        | tags[].name                         | genres            |
+//! | actors (roles)                | performers[].name (+ image_path with `actorImages`) | actors |
+//! | directors                     | director                            | directors         |
+//! | collections                   | studio.name (+ parent studio with `collectionParentStudio`) | collection |
+//! | tagline                       | per `taglineSource`: code, first URL, director | tagline |
+//! | poster                        | paths.screenshot                    | poster            |
+//! | background (art)              | paths.screenshot                    | background        |
+//!
+//! Every field written is locked in Plex so agents leave it alone; a field
+//! dropped from `syncFields` is unlocked, never cleared.
+
+use std::collections::BTreeMap;
+
+use sha2::{Digest, Sha256};
+
+use crate::config::{Field, Settings, TaglineSource};
+use crate::plex::PlexItem;
+use crate::sanitize;
+use crate::stash::Scene;
+
+/// A tag entry: name, and for actors an optional photo URL.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct TagValue {
+    pub name: String,
+    pub thumb: Option<String>,
+}
+
+/// The value one field should have.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub enum Value {
+    /// Plex scalar fields (name, value); an empty value clears.
+    Scalars(Vec<(&'static str, String)>),
+    /// A tag field (`genre`, `actor`, …) and its whole list.
+    Tags(&'static str, Vec<TagValue>),
+    /// An image from Stash (URL on the Stash server), or none.
+    Image(Option<String>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Desired {
+    pub field: Field,
+    pub value: Value,
+}
+
+impl Desired {
+    /// Stable hash of the value, stored to detect changes.
+    pub fn hash(&self) -> String {
+        let json = serde_json::to_vec(&self.value).expect("values serialize");
+        hex::encode(&Sha256::digest(&json)[..12])
+    }
+}
+
+/// Plex names a field occupies, for locking and unlocking.
+pub fn plex_names(field: Field) -> &'static [&'static str] {
+    match field {
+        Field::Title => &["title"],
+        Field::Summary => &["summary"],
+        Field::Studio => &["studio"],
+        Field::Date => &["originallyAvailableAt", "year"],
+        Field::Genres => &["genre"],
+        Field::Actors => &["actor"],
+        Field::Directors => &["director"],
+        Field::Collection => &["collection"],
+        Field::Tagline => &["tagline"],
+        Field::Poster => &["thumb"],
+        Field::Background => &["art"],
+    }
+}
+
+fn scene_title(scene: &Scene) -> String {
+    match scene.title.as_deref().map(str::trim) {
+        Some(t) if !t.is_empty() => t.to_string(),
+        // Stash shows the file name when a scene has no title; so do we.
+        _ => scene
+            .files
+            .first()
+            .map(|f| f.basename.rsplit_once('.').map_or(f.basename.as_str(), |(stem, _)| stem).to_string())
+            .unwrap_or_default(),
+    }
+}
+
+fn tags(kind: &'static str, names: Vec<String>) -> Value {
+    Value::Tags(kind, names.into_iter().map(|name| TagValue { name, thumb: None }).collect())
+}
+
+/// Computes the desired value of every owned field; `warnings` gets one
+/// line per value that had to be dropped (naming scene and field).
+pub fn desired(scene: &Scene, settings: &Settings, warnings: &mut Vec<String>) -> Vec<Desired> {
+    let mut out = Vec::new();
+    let line = |s: &str| sanitize::one_line(s, sanitize::ONE_LINE_MAX).value;
+    for field in settings.fields.iter().copied() {
+        let value = match field {
+            Field::Title => Value::Scalars(vec![("title", line(&scene_title(scene)))]),
+            Field::Summary => Value::Scalars(vec![(
+                "summary",
+                sanitize::multi_line(scene.details.as_deref().unwrap_or(""), sanitize::MULTI_LINE_MAX).value,
+            )]),
+            Field::Studio => {
+                Value::Scalars(vec![("studio", scene.studio.as_ref().map(|s| line(&s.name)).unwrap_or_default())])
+            }
+            Field::Date => {
+                let (date, year) = match scene.date.as_deref().filter(|d| !d.trim().is_empty()).map(sanitize::date) {
+                    Some(Ok(d)) => (d.date.unwrap_or_default(), d.year.to_string()),
+                    Some(Err(e)) => {
+                        warnings.push(format!("scene {}: date dropped: {e}", scene.id));
+                        (String::new(), String::new())
+                    }
+                    None => (String::new(), String::new()),
+                };
+                Value::Scalars(vec![("originallyAvailableAt", date), ("year", year)])
+            }
+            Field::Genres => {
+                tags("genre", sanitize::name_list(scene.tags.iter().map(|t| t.name.as_str()), sanitize::LIST_MAX).value)
+            }
+            Field::Actors => {
+                let names =
+                    sanitize::name_list(scene.performers.iter().map(|p| p.name.as_str()), sanitize::LIST_MAX).value;
+                let list = names
+                    .into_iter()
+                    .map(|name| {
+                        let thumb = settings
+                            .actor_images
+                            .then(|| scene.performers.iter().find(|p| line(&p.name) == name))
+                            .flatten()
+                            .and_then(|p| p.image_path.clone());
+                        TagValue { name, thumb }
+                    })
+                    .collect();
+                Value::Tags("actor", list)
+            }
+            Field::Directors => {
+                let raw = scene.director.as_deref().unwrap_or("");
+                tags("director", sanitize::name_list(raw.split(','), sanitize::LIST_MAX).value)
+            }
+            Field::Collection => {
+                let mut names = Vec::new();
+                if let Some(studio) = &scene.studio {
+                    names.push(studio.name.as_str());
+                    if settings.collection_parent_studio {
+                        if let Some(parent) = &studio.parent_studio {
+                            names.push(parent.name.as_str());
+                        }
+                    }
+                }
+                tags("collection", sanitize::name_list(names, sanitize::LIST_MAX).value)
+            }
+            Field::Tagline => {
+                let raw = match settings.tagline {
+                    TaglineSource::None => continue,
+                    TaglineSource::Code => scene.code.clone(),
+                    TaglineSource::Url => scene.urls.first().cloned(),
+                    TaglineSource::Director => scene.director.clone(),
+                };
+                Value::Scalars(vec![("tagline", line(raw.as_deref().unwrap_or("")))])
+            }
+            Field::Poster | Field::Background => Value::Image(scene.paths.screenshot.clone().filter(|s| !s.is_empty())),
+        };
+        out.push(Desired { field, value });
+    }
+    out
+}
+
+/// Whether Plex's current value of `d` is empty (for `preservePlexEdits`).
+pub fn plex_is_empty(d: &Desired, item: &PlexItem) -> bool {
+    let empty = |v: &Option<String>| v.as_deref().is_none_or(str::is_empty);
+    match &d.value {
+        Value::Scalars(_) => match d.field {
+            Field::Title => empty(&item.title),
+            Field::Summary => empty(&item.summary),
+            Field::Studio => empty(&item.studio),
+            Field::Tagline => empty(&item.tagline),
+            Field::Date => empty(&item.originally_available_at) && item.year.is_none(),
+            _ => true,
+        },
+        Value::Tags(kind, _) => match *kind {
+            "genre" => item.genres.is_empty(),
+            "actor" => item.actors.is_empty(),
+            "director" => item.directors.is_empty(),
+            "collection" => item.collections.is_empty(),
+            _ => true,
+        },
+        Value::Image(_) => match d.field {
+            Field::Poster => empty(&item.thumb),
+            _ => empty(&item.art),
+        },
+    }
+}
+
+fn current_tags<'a>(item: &'a PlexItem, kind: &str) -> &'a [crate::plex::PlexTag] {
+    match kind {
+        "genre" => &item.genres,
+        "actor" => &item.actors,
+        "director" => &item.directors,
+        "collection" => &item.collections,
+        _ => &[],
+    }
+}
+
+/// Query parameters of the one edit that writes `changes` (scalars and
+/// tags; images are uploaded separately) and unlocks `released` fields.
+/// Current tags not wanted any more are removed explicitly, so the edit is
+/// right whether Plex treats an indexed list as replacing or extending.
+pub fn edit_params(changes: &[&Desired], released: &[Field], item: &PlexItem) -> Vec<(String, String)> {
+    let mut params = Vec::new();
+    for d in changes {
+        match &d.value {
+            Value::Scalars(values) => {
+                for (name, value) in values {
+                    params.push((format!("{name}.value"), value.clone()));
+                    params.push((format!("{name}.locked"), "1".into()));
+                }
+            }
+            Value::Tags(kind, list) => {
+                for (i, tag) in list.iter().enumerate() {
+                    params.push((format!("{kind}[{i}].tag.tag"), tag.name.clone()));
+                    if let Some(thumb) = &tag.thumb {
+                        params.push((format!("{kind}[{i}].tag.thumb"), thumb.clone()));
+                    }
+                }
+                let stale: Vec<String> = current_tags(item, kind)
+                    .iter()
+                    .filter(|t| !list.iter().any(|w| w.name.eq_ignore_ascii_case(&t.tag)))
+                    // Each name is encoded before the comma join (so a comma in a
+                    // name survives); the URL library encodes the whole again.
+                    .map(|t| {
+                        percent_encoding::utf8_percent_encode(&t.tag, percent_encoding::NON_ALPHANUMERIC).to_string()
+                    })
+                    .collect();
+                if !stale.is_empty() {
+                    params.push((format!("{kind}[].tag.tag-"), stale.join(",")));
+                }
+                params.push((format!("{kind}.locked"), "1".into()));
+            }
+            Value::Image(_) => {
+                for name in plex_names(d.field) {
+                    params.push((format!("{name}.locked"), "1".into()));
+                }
+            }
+        }
+    }
+    for field in released {
+        for name in plex_names(*field) {
+            params.push((format!("{name}.locked"), "0".into()));
+        }
+    }
+    params
+}
+
+/// Hashes of the desired values, by field name, as stored after a write.
+pub fn hashes(desired: &[Desired]) -> BTreeMap<String, String> {
+    desired.iter().map(|d| (d.field.name().to_string(), d.hash())).collect()
+}

@@ -1,0 +1,193 @@
+//! Errors and their failure classes, in one place.
+//!
+//! Every client error is mapped here to a [`ErrorClass`]; the queue's retry
+//! policy (see `retry.rs`) is keyed by class only, so a new error source
+//! only needs a mapping here.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Failure classes of DESIGN.md; each has one retry policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// Connection refused/reset, DNS, timeout, 502/503/504, maintenance.
+    PlexUnavailable,
+    /// 429 with Retry-After.
+    Throttled,
+    /// No Plex item for the scene (yet).
+    NotInPlex,
+    /// Several Plex items could be the scene's: nothing is written until
+    /// the library or the path mappings make it clear.
+    Ambiguous,
+    /// 401/403: the token or API key is wrong.
+    Auth,
+    /// Bad URL, unknown library, unreadable CA file, bad settings.
+    Config,
+    /// A value Plex refused (400) or Stash data we cannot use.
+    BadData,
+    /// Stash unreachable or answering GraphQL errors.
+    StashUnavailable,
+    /// Anything unexpected: kept, recorded, the rest continues.
+    Bug,
+}
+
+impl ErrorClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PlexUnavailable => "plex_unavailable",
+            Self::Throttled => "throttled",
+            Self::NotInPlex => "not_in_plex",
+            Self::Ambiguous => "ambiguous",
+            Self::Auth => "auth",
+            Self::Config => "config",
+            Self::BadData => "bad_data",
+            Self::StashUnavailable => "stash_unavailable",
+            Self::Bug => "bug",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::PlexUnavailable,
+            Self::Throttled,
+            Self::NotInPlex,
+            Self::Ambiguous,
+            Self::Auth,
+            Self::Config,
+            Self::BadData,
+            Self::StashUnavailable,
+            Self::Bug,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == s)
+    }
+}
+
+impl fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which server an HTTP error came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Server {
+    Plex,
+    Stash,
+}
+
+impl Server {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Plex => "Plex",
+            Self::Stash => "Stash",
+        }
+    }
+
+    fn unavailable(self) -> ErrorClass {
+        match self {
+            Self::Plex => ErrorClass::PlexUnavailable,
+            Self::Stash => ErrorClass::StashUnavailable,
+        }
+    }
+}
+
+/// An error with its class. Messages never contain credentials: requests
+/// carry them in headers, and URLs are stripped from transport errors.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Error {
+    pub class: ErrorClass,
+    pub message: String,
+    /// From a `Retry-After` header.
+    pub retry_after: Option<Duration>,
+}
+
+impl Error {
+    pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
+        Self { class, message: message.into(), retry_after: None }
+    }
+
+    /// Classifies a transport error (no HTTP status was received).
+    pub fn transport(server: Server, what: &str, err: reqwest::Error) -> Self {
+        let kind = if err.is_timeout() {
+            "timed out"
+        } else if err.is_connect() {
+            "could not connect"
+        } else if err.is_decode() {
+            return Self::new(server.unavailable(), format!("{what}: {} sent an unreadable answer", server.name()));
+        } else {
+            "connection failed"
+        };
+        // `without_url` keeps query strings (and anything in them) out of the message.
+        let detail = root_cause(&err.without_url());
+        Self::new(server.unavailable(), format!("{what}: {} {kind} ({detail})", server.name()))
+    }
+
+    /// Classifies an HTTP status other than success.
+    pub fn status(server: Server, what: &str, status: u16, retry_after: Option<Duration>) -> Self {
+        let name = server.name();
+        let (class, hint) = match status {
+            401 | 403 => (
+                ErrorClass::Auth,
+                match server {
+                    Server::Plex => "the Plex token was refused; set plexToken to a valid token",
+                    Server::Stash => "Stash refused our credentials; check the API key",
+                },
+            ),
+            404 => (ErrorClass::NotInPlex, "not found"),
+            429 => (ErrorClass::Throttled, "too many requests"),
+            400 | 422 => (ErrorClass::BadData, "the server refused a value"),
+            408 | 500 | 502 | 503 | 504 => (server.unavailable(), "server unavailable"),
+            _ => (ErrorClass::Bug, "unexpected answer"),
+        };
+        Self { class, message: format!("{what}: {name} answered {status} ({hint})"), retry_after }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+fn root_cause(err: &dyn std::error::Error) -> String {
+    let mut cause = err;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is not used by Plex).
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_classes() {
+        let class = |s| Error::status(Server::Plex, "x", s, None).class;
+        assert_eq!(class(401), ErrorClass::Auth);
+        assert_eq!(class(404), ErrorClass::NotInPlex);
+        assert_eq!(class(429), ErrorClass::Throttled);
+        assert_eq!(class(400), ErrorClass::BadData);
+        assert_eq!(class(503), ErrorClass::PlexUnavailable);
+        assert_eq!(class(418), ErrorClass::Bug);
+        assert_eq!(Error::status(Server::Stash, "x", 502, None).class, ErrorClass::StashUnavailable);
+        for c in ["plex_unavailable", "not_in_plex", "bug"] {
+            assert_eq!(ErrorClass::parse(c).unwrap().as_str(), c);
+        }
+    }
+}

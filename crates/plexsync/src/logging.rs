@@ -1,0 +1,57 @@
+//! Log output for each face: Stash's stderr protocol for the plugin,
+//! timestamped lines for the worker's log file, plain lines for the CLI.
+
+use std::fmt;
+
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::EnvFilter;
+
+/// Formats each event as one Stash log line: `\x01<level>\x02message`.
+struct StashFormat;
+
+impl<S, N> FormatEvent<S, N> for StashFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+        let level = match *event.metadata().level() {
+            Level::TRACE => 't',
+            Level::DEBUG => 'd',
+            Level::INFO => 'i',
+            Level::WARN => 'w',
+            Level::ERROR => 'e',
+        };
+        write!(writer, "\x01{level}\x02")?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}
+
+fn filter(default: &str) -> EnvFilter {
+    EnvFilter::try_from_env("PLEXSYNC_LOG").unwrap_or_else(|_| EnvFilter::new(default))
+}
+
+/// The plugin face: Stash shows these lines in its log at their level.
+pub fn init_stash() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter("plexsync=info"))
+        .with_writer(std::io::stderr)
+        .event_format(StashFormat)
+        .try_init();
+}
+
+/// The worker (stderr is its log file) and the CLI, at `level` unless
+/// `PLEXSYNC_LOG` says otherwise.
+pub fn init_plain(level: &str, timestamps: bool) {
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter(&format!("plexsync={level}")))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false);
+    let _ = if timestamps { builder.try_init() } else { builder.without_time().try_init() };
+}

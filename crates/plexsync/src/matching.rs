@@ -1,0 +1,357 @@
+//! Finding a scene's Plex item: an in-memory index of the Plex library
+//! (read once, paged) and the signals of DESIGN.md, strongest first:
+//! recorded ratingKey (verified) → Plex URL on the scene → mapped path →
+//! file name + size → unique file name. Every result says why; an
+//! ambiguous result is never written.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use unicode_normalization::UnicodeNormalization;
+
+use crate::config::{PathMap, Settings};
+use crate::error::{Error, ErrorClass};
+use crate::plex::{PlexClient, PlexItem, PlexSection};
+use crate::stash::Scene;
+
+/// A Plex item as the index keeps it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IndexedItem {
+    pub rating_key: String,
+    pub section: String,
+    pub title: String,
+    /// (raw path, size)
+    pub files: Vec<(String, Option<u64>)>,
+}
+
+/// How sure a match is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub enum Confidence {
+    Low,
+    Medium,
+    High,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub enum Match {
+    Found { rating_key: String, section: String, confidence: Confidence, reason: String },
+    Ambiguous { candidates: Vec<String>, reason: String },
+    NotFound { tried: Vec<String> },
+}
+
+/// Normalizes a path for comparison: `\` → `/`, Unicode NFC, repeated
+/// separators collapsed, trailing spaces and dots of each component
+/// dropped (Windows ignores them), optionally case-folded.
+pub fn normalize(path: &str, fold_case: bool) -> String {
+    let unified: String = path.replace('\\', "/").nfc().collect();
+    let mut out = String::with_capacity(unified.len());
+    for (i, part) in unified.split('/').enumerate() {
+        if part.is_empty() && i > 0 {
+            continue;
+        }
+        if i > 0 {
+            out.push('/');
+        }
+        out.push_str(part.trim_end_matches([' ', '.']));
+    }
+    if fold_case {
+        out.to_lowercase()
+    } else {
+        out
+    }
+}
+
+/// Decodes `%XX` sequences when the result is valid UTF-8 and differs
+/// (paths that went through a URL somewhere).
+fn percent_decoded(path: &str) -> Option<String> {
+    if !path.contains('%') {
+        return None;
+    }
+    let decoded = percent_encoding::percent_decode_str(path).decode_utf8().ok()?;
+    (decoded != path).then(|| decoded.into_owned())
+}
+
+/// Applies the longest matching `stash => plex` prefix rule, comparing
+/// normalized forms and only at component boundaries.
+pub fn map_path(stash_path: &str, maps: &[PathMap], fold_case: bool) -> String {
+    let path = normalize(stash_path, fold_case);
+    let mut best: Option<(usize, String)> = None;
+    for m in maps {
+        let from = normalize(&m.stash, fold_case);
+        let from = from.trim_end_matches('/');
+        let rest = match path.strip_prefix(from) {
+            Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
+            _ => continue,
+        };
+        if best.as_ref().is_none_or(|(len, _)| from.len() > *len) {
+            let to = normalize(&m.plex, fold_case);
+            best = Some((from.len(), format!("{}{rest}", to.trim_end_matches('/'))));
+        }
+    }
+    best.map(|(_, p)| p).unwrap_or(path)
+}
+
+fn file_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// The ratingKey in a Plex URL the agent left on a scene
+/// (`plex/library/metadata/12345`, possibly with more after it).
+pub fn rating_key_in_url(url: &str) -> Option<String> {
+    let rest = url.split("/library/metadata/").nth(1)?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    (!digits.is_empty()).then_some(digits)
+}
+
+/// The library index.
+#[derive(Debug, Default)]
+pub struct LibraryIndex {
+    pub items: HashMap<String, IndexedItem>,
+    by_path: HashMap<String, Vec<String>>,
+    by_path_folded: HashMap<String, Vec<String>>,
+    by_name_size: HashMap<(String, u64), Vec<String>>,
+    by_name: HashMap<String, Vec<String>>,
+    pub sections: Vec<PlexSection>,
+    pub built_at: Option<Instant>,
+    /// Plex reads the last build took.
+    pub reads: usize,
+}
+
+fn push(map: &mut HashMap<String, Vec<String>>, key: String, rk: &str) {
+    let list = map.entry(key).or_default();
+    if !list.iter().any(|k| k == rk) {
+        list.push(rk.to_string());
+    }
+}
+
+impl LibraryIndex {
+    /// Reads every configured movie section (all movie sections when none
+    /// is named) page by page.
+    pub async fn build(plex: &PlexClient, settings: &Settings) -> Result<Self, Error> {
+        let all = plex.sections().await?;
+        let mut index = LibraryIndex { reads: 1, ..Default::default() };
+        let sections: Vec<PlexSection> = if settings.libraries.is_empty() {
+            all.into_iter().filter(|s| s.kind == "movie").collect()
+        } else {
+            let mut chosen = Vec::new();
+            for name in &settings.libraries {
+                match all.iter().find(|s| s.title.eq_ignore_ascii_case(name)) {
+                    Some(s) => chosen.push(s.clone()),
+                    None => {
+                        let known: Vec<&str> = all.iter().map(|s| s.title.as_str()).collect();
+                        return Err(Error::new(
+                            ErrorClass::Config,
+                            format!(
+                                "plexLibraries names '{name}', which Plex does not have; Plex has: {}",
+                                known.join(", ")
+                            ),
+                        ));
+                    }
+                }
+            }
+            chosen
+        };
+        for section in &sections {
+            let mut pages = 0;
+            let items = plex.section_items(&section.key, |_, _| pages += 1).await?;
+            index.reads += pages;
+            for item in items {
+                index.insert(&section.key, &item);
+            }
+        }
+        index.sections = sections;
+        index.built_at = Some(Instant::now());
+        Ok(index)
+    }
+
+    pub fn insert(&mut self, section: &str, item: &PlexItem) {
+        let rk = item.rating_key.clone();
+        let files: Vec<(String, Option<u64>)> = item.files().map(|p| (p.file.clone(), p.size)).collect();
+        for (path, size) in &files {
+            let norm = normalize(path, false);
+            let name = file_name(&norm).to_lowercase();
+            push(&mut self.by_path, norm.clone(), &rk);
+            push(&mut self.by_path_folded, norm.to_lowercase(), &rk);
+            if let Some(size) = size {
+                let list = self.by_name_size.entry((name.clone(), *size)).or_default();
+                if !list.contains(&rk) {
+                    list.push(rk.clone());
+                }
+            }
+            push(&mut self.by_name, name, &rk);
+        }
+        self.items.insert(
+            rk.clone(),
+            IndexedItem {
+                rating_key: rk,
+                section: section.to_string(),
+                title: item.title.clone().unwrap_or_default(),
+                files,
+            },
+        );
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Whether any of the item's files is one of the scene's (after mapping).
+    fn item_has_scene_file(&self, rk: &str, scene: &Scene, maps: &[PathMap]) -> bool {
+        let Some(item) = self.items.get(rk) else { return false };
+        scene.files.iter().any(|f| {
+            let mapped = map_path(&f.path, maps, true);
+            item.files.iter().any(|(p, size)| {
+                normalize(p, true) == mapped
+                    || (file_name(&normalize(p, true)) == file_name(&mapped) && *size == Some(f.size))
+            })
+        })
+    }
+
+    fn found(&self, rk: &str, confidence: Confidence, reason: String) -> Match {
+        let section = self.items.get(rk).map(|i| i.section.clone()).unwrap_or_default();
+        Match::Found { rating_key: rk.to_string(), section, confidence, reason }
+    }
+
+    /// Finds the scene's item. `recorded` is the ratingKey we wrote to last time.
+    pub fn find(&self, scene: &Scene, recorded: Option<&str>, maps: &[PathMap]) -> Match {
+        let mut tried = Vec::new();
+        if let Some(rk) = recorded {
+            if self.item_has_scene_file(rk, scene, maps) {
+                return self.found(rk, Confidence::High, format!("recorded ratingKey {rk}, same file"));
+            }
+            tried.push(format!("recorded ratingKey {rk}: no longer holds the scene's file"));
+        }
+        if let Some(rk) = scene.urls.iter().rev().find_map(|u| rating_key_in_url(u)) {
+            if self.items.contains_key(&rk) {
+                return self.found(&rk, Confidence::High, format!("Plex URL on the scene names {rk}"));
+            }
+            tried.push(format!("Plex URL on the scene names {rk}, which is not in the library"));
+        }
+        let mut candidates: Vec<(String, Confidence, String)> = Vec::new();
+        for file in &scene.files {
+            let mapped = map_path(&file.path, maps, false);
+            let mut keys = vec![mapped.clone()];
+            keys.extend(percent_decoded(&mapped).map(|p| normalize(&p, false)));
+            let exact: Vec<&String> = keys.iter().filter_map(|k| self.by_path.get(k)).flatten().collect();
+            if !exact.is_empty() {
+                candidates.extend(exact.into_iter().map(|rk| (rk.clone(), Confidence::High, format!("path {mapped}"))));
+                continue;
+            }
+            if let Some(rks) = self.by_path_folded.get(&mapped.to_lowercase()) {
+                candidates.extend(
+                    rks.iter().map(|rk| (rk.clone(), Confidence::Medium, format!("path {mapped} (ignoring case)"))),
+                );
+                continue;
+            }
+            let name = file_name(&mapped).to_lowercase();
+            if let Some(rks) = self.by_name_size.get(&(name.clone(), file.size)) {
+                candidates
+                    .extend(rks.iter().map(|rk| {
+                        (rk.clone(), Confidence::Medium, format!("file name {name} and size {}", file.size))
+                    }));
+                continue;
+            }
+            match self.by_name.get(&name).map(Vec::as_slice) {
+                Some([rk]) => candidates.push((rk.clone(), Confidence::Low, format!("unique file name {name}"))),
+                Some(many) => tried.push(format!("file name {name} is in {} items", many.len())),
+                None => tried.push(format!("{mapped}: no item has this path or file name")),
+            }
+        }
+        candidates.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        candidates.dedup_by(|a, b| a.0 == b.0);
+        match candidates.as_slice() {
+            [] => Match::NotFound { tried },
+            [(rk, confidence, reason)] => self.found(rk, *confidence, reason.clone()),
+            many => Match::Ambiguous {
+                candidates: many.iter().map(|(rk, _, _)| rk.clone()).collect(),
+                reason: format!("{} Plex items hold the scene's files", many.len()),
+            },
+        }
+    }
+
+    /// The section holding `path` (after mapping), for a partial scan.
+    pub fn section_for(&self, plex_path: &str) -> Option<&PlexSection> {
+        let p = normalize(plex_path, true);
+        self.sections.iter().find(|s| {
+            s.locations.iter().any(|l| {
+                let l = normalize(&l.path, true);
+                p.strip_prefix(l.trim_end_matches('/')).is_some_and(|r| r.starts_with('/'))
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plex::{PlexMedia, PlexPart};
+    use crate::stash::SceneFile;
+
+    fn item(rk: &str, path: &str, size: u64) -> PlexItem {
+        PlexItem {
+            rating_key: rk.into(),
+            media: vec![PlexMedia { parts: vec![PlexPart { file: path.into(), size: Some(size), duration: None }] }],
+            ..Default::default()
+        }
+    }
+
+    fn scene(path: &str, size: u64) -> Scene {
+        Scene {
+            id: "1".into(),
+            files: vec![SceneFile { path: path.into(), size, ..Default::default() }],
+            ..Default::default()
+        }
+    }
+
+    fn maps() -> Vec<PathMap> {
+        vec![
+            PathMap { stash: "/data".into(), plex: "/media".into() },
+            PathMap { stash: "/data/special".into(), plex: "/other".into() },
+        ]
+    }
+
+    #[test]
+    fn normalization_and_longest_prefix_mapping() {
+        assert_eq!(normalize("D:\\\\Videos\\a.mp4", false), "D:/Videos/a.mp4");
+        assert_eq!(normalize("/x//Cafe\u{301} ./a.mp4", false), "/x/Café/a.mp4");
+        assert_eq!(map_path("/data/special/a.mp4", &maps(), false), "/other/a.mp4");
+        assert_eq!(map_path("/data/a.mp4", &maps(), false), "/media/a.mp4");
+        assert_eq!(map_path("/database/a.mp4", &maps(), false), "/database/a.mp4", "component boundary");
+        assert_eq!(rating_key_in_url("plex/library/metadata/123"), Some("123".into()));
+        assert_eq!(rating_key_in_url("https://x/library/metadata/77/refresh"), Some("77".into()));
+        assert_eq!(rating_key_in_url("https://example.com/scene/1"), None);
+    }
+
+    #[test]
+    fn signals_in_order_and_ambiguity() {
+        let mut index = LibraryIndex::default();
+        index.insert("1", &item("10", "/media/a/x.mp4", 5));
+        index.insert("1", &item("11", "/media/b/dup.mp4", 7));
+        index.insert("1", &item("12", "/media/c/dup.mp4", 7));
+        index.insert("1", &item("13", "/media/d/Y.MP4", 9));
+        let m = maps();
+        assert!(
+            matches!(index.find(&scene("/data/a/x.mp4", 5), None, &m), Match::Found { ref rating_key, confidence: Confidence::High, .. } if rating_key == "10")
+        );
+        assert!(
+            matches!(index.find(&scene("/data/b/dup.mp4", 7), None, &m), Match::Found { ref rating_key, .. } if rating_key == "11")
+        );
+        assert!(matches!(index.find(&scene("/elsewhere/dup.mp4", 7), None, &m), Match::Ambiguous { .. }));
+        assert!(matches!(
+            index.find(&scene("/data/d/y.mp4", 9), None, &m),
+            Match::Found { confidence: Confidence::Medium, .. }
+        ));
+        assert!(matches!(index.find(&scene("/data/zzz.mp4", 1), None, &m), Match::NotFound { .. }));
+        // A recorded key that still holds the file wins; a stale one is reported and skipped.
+        assert!(
+            matches!(index.find(&scene("/data/a/x.mp4", 5), Some("10"), &m), Match::Found { ref reason, .. } if reason.contains("recorded"))
+        );
+        let mut s = scene("/data/a/x.mp4", 5);
+        s.urls = vec!["plex/library/metadata/13".into()];
+        assert!(matches!(index.find(&s, Some("12"), &m), Match::Found { ref rating_key, .. } if rating_key == "13"));
+    }
+}

@@ -1,0 +1,347 @@
+//! Plex Media Server client: identity, sections, paged listings, item
+//! reads, query-string edits with locks, images, refresh and partial scans.
+//!
+//! Every request carries the token in the `X-Plex-Token` header (never in
+//! the URL) and asks for JSON. Every URL is built with the `url` crate.
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use url::Url;
+
+use crate::error::{retry_after, Error, ErrorClass, Server};
+use crate::http::HttpOptions;
+use crate::secret::Secret;
+
+/// Page size for section listings (python-plexapi uses 100 too).
+pub const PAGE_SIZE: usize = 200;
+
+#[derive(Clone)]
+pub struct PlexClient {
+    http: reqwest::Client,
+    base: Url,
+    token: Secret,
+}
+
+#[derive(Debug, Deserialize)]
+struct Envelope<T> {
+    #[serde(rename = "MediaContainer")]
+    container: T,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Identity {
+    pub machine_identifier: String,
+    pub version: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct Container {
+    size: usize,
+    total_size: Option<usize>,
+    #[serde(rename = "Metadata")]
+    metadata: Vec<PlexItem>,
+    #[serde(rename = "Directory")]
+    directory: Vec<PlexSection>,
+    #[serde(rename = "librarySectionID")]
+    library_section_id: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PlexLocation {
+    pub path: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PlexSection {
+    #[serde(deserialize_with = "string_or_number")]
+    pub key: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub agent: String,
+    #[serde(rename = "Location")]
+    pub locations: Vec<PlexLocation>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PlexPart {
+    pub file: String,
+    pub size: Option<u64>,
+    pub duration: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PlexMedia {
+    #[serde(rename = "Part")]
+    pub parts: Vec<PlexPart>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct PlexTag {
+    pub tag: String,
+    pub role: Option<String>,
+    pub thumb: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct PlexField {
+    pub name: String,
+    pub locked: bool,
+}
+
+/// A movie item, from a listing (abbreviated tags) or a detail read.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PlexItem {
+    pub rating_key: String,
+    pub title: Option<String>,
+    pub summary: Option<String>,
+    pub studio: Option<String>,
+    pub tagline: Option<String>,
+    pub originally_available_at: Option<String>,
+    #[serde(deserialize_with = "opt_number")]
+    pub year: Option<i64>,
+    pub thumb: Option<String>,
+    pub art: Option<String>,
+    pub added_at: Option<i64>,
+    pub updated_at: Option<i64>,
+    #[serde(rename = "librarySectionID")]
+    pub library_section_id: Option<u32>,
+    #[serde(rename = "Media")]
+    pub media: Vec<PlexMedia>,
+    #[serde(rename = "Genre")]
+    pub genres: Vec<PlexTag>,
+    #[serde(rename = "Role")]
+    pub actors: Vec<PlexTag>,
+    #[serde(rename = "Director")]
+    pub directors: Vec<PlexTag>,
+    #[serde(rename = "Collection")]
+    pub collections: Vec<PlexTag>,
+    #[serde(rename = "Field")]
+    pub fields: Vec<PlexField>,
+}
+
+impl PlexItem {
+    pub fn files(&self) -> impl Iterator<Item = &PlexPart> {
+        self.media.iter().flat_map(|m| m.parts.iter())
+    }
+
+    pub fn is_locked(&self, field: &str) -> bool {
+        self.fields.iter().any(|f| f.locked && f.name == field)
+    }
+}
+
+/// One page of a section listing.
+#[derive(Debug)]
+pub struct Page {
+    pub items: Vec<PlexItem>,
+    pub total: usize,
+}
+
+fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => s,
+        other => other.to_string(),
+    })
+}
+
+fn opt_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Number(n) => n.as_i64(),
+        serde_json::Value::String(s) => s.parse().ok(),
+        _ => None,
+    })
+}
+
+impl PlexClient {
+    /// `base` is the server URL (`http://host:32400`, any path kept as a prefix).
+    pub fn new(base: Url, token: Secret, options: &HttpOptions) -> Result<Self, Error> {
+        if !matches!(base.scheme(), "http" | "https") || base.host().is_none() {
+            return Err(Error::new(
+                ErrorClass::Config,
+                format!("plexUrl must be an http(s) URL with a host, got {base}"),
+            ));
+        }
+        let mut base = base;
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        Ok(Self { http: options.client()?, base, token })
+    }
+
+    pub fn base_url(&self) -> &Url {
+        &self.base
+    }
+
+    /// `path` relative to the base, with `query` encoded by the URL library.
+    fn url(&self, path: &str, query: &[(&str, &str)]) -> Url {
+        let mut url = self.base.join(path.trim_start_matches('/')).expect("relative path joins a base URL");
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        url
+    }
+
+    fn request(&self, method: reqwest::Method, url: Url) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, url)
+            .header("X-Plex-Token", self.token.expose())
+            .header("Accept", "application/json")
+            .header("X-Plex-Client-Identifier", "plexsync")
+            .header("X-Plex-Product", "PlexSync")
+            .header("X-Plex-Version", env!("CARGO_PKG_VERSION"))
+    }
+
+    /// Sends, retrying once on a fresh connection when a pooled keep-alive
+    /// connection turns out to be stale (Plex closes idle ones).
+    async fn send(&self, what: &str, build: impl Fn() -> reqwest::RequestBuilder) -> Result<reqwest::Response, Error> {
+        let response = match build().send().await {
+            Ok(r) => r,
+            Err(e) if e.is_request() && !e.is_timeout() && !e.is_connect() => {
+                build().send().await.map_err(|e| Error::transport(Server::Plex, what, e))?
+            }
+            Err(e) => return Err(Error::transport(Server::Plex, what, e)),
+        };
+        let status = response.status();
+        if status.is_success() {
+            Ok(response)
+        } else {
+            Err(Error::status(Server::Plex, what, status.as_u16(), retry_after(response.headers())))
+        }
+    }
+
+    async fn get_json<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        url: Url,
+        headers: &[(&str, String)],
+    ) -> Result<T, Error> {
+        let response = self
+            .send(what, || {
+                headers.iter().fold(self.request(reqwest::Method::GET, url.clone()), |r, (k, v)| r.header(*k, v))
+            })
+            .await?;
+        let body = response.bytes().await.map_err(|e| Error::transport(Server::Plex, what, e))?;
+        serde_json::from_slice(&body)
+            .map_err(|e| Error::new(ErrorClass::PlexUnavailable, format!("{what}: unreadable Plex answer ({e})")))
+    }
+
+    /// `GET /identity`: the cheap health probe (answers without a token).
+    pub async fn identity(&self) -> Result<Identity, Error> {
+        let env: Envelope<Identity> = self.get_json("identity", self.url("identity", &[]), &[]).await?;
+        Ok(env.container)
+    }
+
+    pub async fn sections(&self) -> Result<Vec<PlexSection>, Error> {
+        let env: Envelope<Container> = self.get_json("list libraries", self.url("library/sections", &[]), &[]).await?;
+        Ok(env.container.directory)
+    }
+
+    /// One page of a movie section, `start`-based.
+    pub async fn section_page(&self, section: &str, start: usize, size: usize) -> Result<Page, Error> {
+        let url = self.url(&format!("library/sections/{section}/all"), &[("type", "1")]);
+        let headers = [("X-Plex-Container-Start", start.to_string()), ("X-Plex-Container-Size", size.to_string())];
+        let env: Envelope<Container> = self.get_json("list library items", url, &headers).await?;
+        let c = env.container;
+        let total = c.total_size.unwrap_or(c.size);
+        let mut items = c.metadata;
+        if let Some(id) = c.library_section_id {
+            items.iter_mut().for_each(|i| i.library_section_id = i.library_section_id.or(Some(id)));
+        }
+        Ok(Page { items, total })
+    }
+
+    /// Every item of a section, paged; `progress(done, total)` after each page.
+    pub async fn section_items(
+        &self,
+        section: &str,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<Vec<PlexItem>, Error> {
+        let mut items = Vec::new();
+        loop {
+            let page = self.section_page(section, items.len(), PAGE_SIZE).await?;
+            let got = page.items.len();
+            items.extend(page.items);
+            progress(items.len(), page.total);
+            if got == 0 || items.len() >= page.total {
+                return Ok(items);
+            }
+        }
+    }
+
+    /// `GET /library/metadata/{ratingKey}`; `None` when Plex has no such item.
+    pub async fn item(&self, rating_key: &str) -> Result<Option<PlexItem>, Error> {
+        let url = self.url(&format!("library/metadata/{rating_key}"), &[]);
+        match self.get_json::<Envelope<Container>>("read item", url, &[]).await {
+            Ok(env) => {
+                let section = env.container.library_section_id;
+                Ok(env.container.metadata.into_iter().next().map(|mut i| {
+                    i.library_section_id = i.library_section_id.or(section);
+                    i
+                }))
+            }
+            Err(e) if e.class == ErrorClass::NotInPlex => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn put(&self, what: &str, url: Url) -> Result<(), Error> {
+        let response = self.send(what, || self.request(reqwest::Method::PUT, url.clone())).await?;
+        // Read the body: a connection cut mid-answer is a failure, not a success.
+        response.bytes().await.map_err(|e| Error::transport(Server::Plex, what, e))?;
+        Ok(())
+    }
+
+    /// Applies one edit (Plex's query-string edit API) to an item of `section`.
+    pub async fn edit(&self, section: &str, rating_key: &str, params: &[(String, String)]) -> Result<(), Error> {
+        let mut url = self.url(&format!("library/sections/{section}/all"), &[("type", "1"), ("id", rating_key)]);
+        url.query_pairs_mut().extend_pairs(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        self.put("edit item", url).await
+    }
+
+    /// Uploads poster (`posters`) or background (`arts`) bytes.
+    pub async fn upload_image(&self, rating_key: &str, kind: ImageKind, bytes: Vec<u8>) -> Result<(), Error> {
+        let url = self.url(&format!("library/metadata/{rating_key}/{}", kind.endpoint()), &[]);
+        let what = kind.endpoint();
+        let response = self.send(what, || self.request(reqwest::Method::POST, url.clone()).body(bytes.clone())).await?;
+        response.bytes().await.map_err(|e| Error::transport(Server::Plex, what, e))?;
+        Ok(())
+    }
+
+    /// `PUT /library/metadata/{ratingKey}/refresh`: the agent pulls again.
+    pub async fn refresh(&self, rating_key: &str) -> Result<(), Error> {
+        self.put("refresh item", self.url(&format!("library/metadata/{rating_key}/refresh"), &[])).await
+    }
+
+    /// Partial scan of one folder of a section.
+    pub async fn scan_folder(&self, section: &str, folder: &str) -> Result<(), Error> {
+        let url = self.url(&format!("library/sections/{section}/refresh"), &[("path", folder)]);
+        let response = self.send("scan folder", || self.request(reqwest::Method::GET, url.clone())).await?;
+        response.bytes().await.map_err(|e| Error::transport(Server::Plex, "scan folder", e))?;
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageKind {
+    Poster,
+    Background,
+}
+
+impl ImageKind {
+    fn endpoint(self) -> &'static str {
+        match self {
+            Self::Poster => "posters",
+            Self::Background => "arts",
+        }
+    }
+}

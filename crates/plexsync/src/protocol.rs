@@ -1,0 +1,194 @@
+//! Stash's `raw` plugin protocol: the JSON Stash writes to stdin, the log
+//! lines it reads from stderr, and the JSON it reads from stdout.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use url::Url;
+
+use crate::secret::Secret;
+use crate::stash::StashCredentials;
+
+#[derive(Debug, Deserialize)]
+pub struct Cookie {
+    #[serde(rename = "Value", default)]
+    pub value: String,
+}
+
+/// `server_connection` of the plugin input.
+#[derive(Debug, Deserialize)]
+pub struct ServerConnection {
+    #[serde(rename = "Scheme", default = "default_scheme")]
+    pub scheme: String,
+    #[serde(rename = "Host", default)]
+    pub host: String,
+    #[serde(rename = "Port")]
+    pub port: u16,
+    #[serde(rename = "SessionCookie", default)]
+    pub session_cookie: Option<Cookie>,
+    #[serde(rename = "ApiKey", default)]
+    pub api_key: Option<String>,
+    #[serde(rename = "Dir", default)]
+    pub dir: Option<PathBuf>,
+    #[serde(rename = "PluginDir", default)]
+    pub plugin_dir: Option<PathBuf>,
+}
+
+fn default_scheme() -> String {
+    "http".into()
+}
+
+impl ServerConnection {
+    /// Stash's base URL; `0.0.0.0` (listen on all) means connect to localhost.
+    pub fn url(&self) -> Result<Url, String> {
+        let host = match self.host.as_str() {
+            "" | "0.0.0.0" | "::" | "[::]" => "localhost",
+            h => h,
+        };
+        let mut url = Url::parse("http://localhost/").expect("static URL parses");
+        url.set_scheme(&self.scheme)
+            .map_err(|_| format!("server_connection.Scheme {:?} is not http(s)", self.scheme))?;
+        url.set_host(Some(host)).map_err(|e| format!("server_connection.Host {:?}: {e}", self.host))?;
+        url.set_port(Some(self.port)).map_err(|_| "server_connection.Port is invalid".to_string())?;
+        Ok(url)
+    }
+
+    pub fn credentials(&self) -> StashCredentials {
+        StashCredentials {
+            api_key: self.api_key.clone().filter(|k| !k.is_empty()).map(Secret::new),
+            session_cookie: self.session_cookie.as_ref().filter(|c| !c.value.is_empty()).map(|c| Secret::new(&c.value)),
+        }
+    }
+}
+
+/// A hook event's context.
+#[derive(Debug, Deserialize)]
+pub struct HookContext {
+    pub id: Value,
+    #[serde(rename = "type")]
+    pub hook_type: String,
+    #[serde(default)]
+    pub input: Value,
+    #[serde(rename = "inputFields", default)]
+    pub input_fields: Vec<String>,
+}
+
+impl HookContext {
+    /// The scene id, whether Stash sent it as a number or a string.
+    pub fn scene_id(&self) -> Option<String> {
+        match &self.id {
+            Value::Number(n) => n.as_u64().map(|n| n.to_string()),
+            Value::String(s) if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()) => Some(s.clone()),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub struct Args {
+    #[serde(rename = "hookContext", default)]
+    pub hook: Option<HookContext>,
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// Other task arguments (e.g. a scene id for `explain`).
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, Value>,
+}
+
+/// What Stash writes to the plugin's stdin.
+#[derive(Debug, Deserialize)]
+pub struct PluginInput {
+    pub server_connection: ServerConnection,
+    #[serde(default)]
+    pub args: Args,
+}
+
+/// Parses stdin, with an error that says what was wrong with it.
+pub fn parse_input(raw: &str) -> Result<PluginInput, String> {
+    if raw.trim().is_empty() {
+        return Err("no input on stdin: PlexSync must be started by Stash (or given Stash's plugin JSON)".into());
+    }
+    let value: Value = serde_json::from_str(raw).map_err(|e| format!("stdin is not JSON: {e}"))?;
+    if value.get("server_connection").is_none() {
+        return Err("the input has no server_connection: PlexSync must be started by Stash".into());
+    }
+    serde_json::from_value(value).map_err(|e| format!("the input from Stash has an unexpected shape: {e}"))
+}
+
+/// Stash's log levels on stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Trace,
+    Debug,
+    Info,
+    Warning,
+    Error,
+}
+
+impl Level {
+    fn code(self) -> char {
+        match self {
+            Self::Trace => 't',
+            Self::Debug => 'd',
+            Self::Info => 'i',
+            Self::Warning => 'w',
+            Self::Error => 'e',
+        }
+    }
+}
+
+/// Writes one log line in Stash's format. Newlines inside the message are
+/// split into several lines, each with the prefix, so none loses its level.
+pub fn log(level: Level, message: &str) {
+    let mut err = std::io::stderr().lock();
+    for line in message.lines() {
+        let _ = writeln!(err, "\x01{}\x02{line}", level.code());
+    }
+}
+
+/// Reports task progress (0..=1) to Stash.
+pub fn progress(fraction: f64) {
+    let _ = writeln!(std::io::stderr().lock(), "\x01p\x02{:.3}", fraction.clamp(0.0, 1.0));
+}
+
+/// Writes the single output JSON Stash reads from stdout.
+pub fn output(result: Result<Value, String>) {
+    let body = match result {
+        Ok(output) => json!({ "output": output }),
+        Err(error) => json!({ "error": error }),
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{body}");
+    let _ = out.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hook_input_parses_and_host_zero_means_localhost() {
+        let raw = r#"{"server_connection": {"Scheme": "http", "Host": "0.0.0.0", "Port": 9999,
+            "SessionCookie": {"Name": "session", "Value": "abc"}, "Dir": "/root/.stash"},
+            "args": {"hookContext": {"id": 42, "type": "Scene.Update.Post", "input": {"id": "42"}, "inputFields": ["id", "title"]}}}"#;
+        let input = parse_input(raw).unwrap();
+        assert_eq!(input.server_connection.url().unwrap().as_str(), "http://localhost:9999/");
+        assert_eq!(input.server_connection.credentials().session_cookie.unwrap().expose(), "abc");
+        let hook = input.args.hook.unwrap();
+        assert_eq!(hook.scene_id().as_deref(), Some("42"));
+        assert_eq!(hook.input_fields, ["id", "title"]);
+    }
+
+    #[test]
+    fn bad_input_says_what_is_wrong() {
+        assert!(parse_input("").unwrap_err().contains("no input"));
+        assert!(parse_input("{not json").unwrap_err().contains("not JSON"));
+        assert!(parse_input("{}").unwrap_err().contains("server_connection"));
+        assert!(parse_input(r#"{"server_connection": {"Port": "x"}}"#).unwrap_err().contains("unexpected shape"));
+        let task = parse_input(r#"{"server_connection": {"Port": 1}, "args": {"mode": "sync_all"}}"#).unwrap();
+        assert_eq!(task.args.mode.as_deref(), Some("sync_all"));
+        assert!(task.args.hook.is_none());
+    }
+}

@@ -1,0 +1,54 @@
+//! Credentials that must never reach a log line, an error or a panic.
+
+use std::fmt;
+
+/// A secret string (Plex token, Stash API key, session cookie). `Debug` and
+/// `Display` print a placeholder; the value is only reachable through
+/// [`Secret::expose`], at the few places that put it on the wire.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The raw value, for an HTTP header. Never format it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Removes every occurrence of the given secrets from `text`: a last line of
+/// defence for messages that quote foreign text (a server's error body).
+pub fn redact(text: &str, secrets: &[&Secret]) -> String {
+    secrets.iter().filter(|s| s.expose().len() >= 4).fold(text.to_string(), |acc, s| acc.replace(s.expose(), "***"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn never_formats_the_value() {
+        let s = Secret::new("hunter22");
+        assert_eq!(format!("{s} {s:?}"), "*** Secret(***)");
+        assert_eq!(redact("token=hunter22&x", &[&s]), "token=***&x");
+    }
+}

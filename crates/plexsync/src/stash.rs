@@ -1,0 +1,321 @@
+//! Stash GraphQL client: scenes (one, paged, changed since), plugin
+//! settings, scene mutations, and image downloads from Stash's own origin.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use url::Url;
+
+use crate::error::{Error, ErrorClass, Server};
+use crate::http::HttpOptions;
+use crate::secret::Secret;
+
+/// How we authenticate to Stash.
+#[derive(Clone, Debug, Default)]
+pub struct StashCredentials {
+    pub api_key: Option<Secret>,
+    pub session_cookie: Option<Secret>,
+}
+
+#[derive(Clone)]
+pub struct StashClient {
+    http: reqwest::Client,
+    endpoint: Url,
+    origin: Url,
+    credentials: StashCredentials,
+}
+
+/// The fields of a scene PlexSync reads (facts/stash.md, `SceneData`).
+pub const SCENE_FRAGMENT: &str = "fragment SceneData on Scene {
+  id title code details director urls date rating100 organized created_at updated_at
+  files { path basename size duration fingerprints { type value } }
+  paths { screenshot }
+  studio { id name parent_studio { name } }
+  performers { id name disambiguation image_path }
+  tags { id name }
+  stash_ids { endpoint stash_id }
+}";
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct SceneFile {
+    pub path: String,
+    pub basename: String,
+    pub size: u64,
+    pub duration: f64,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct Named {
+    pub id: String,
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct ParentStudio {
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct Studio {
+    pub id: String,
+    pub name: String,
+    pub parent_studio: Option<ParentStudio>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct Performer {
+    pub id: String,
+    pub name: String,
+    pub disambiguation: Option<String>,
+    pub image_path: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct StashIdRef {
+    pub endpoint: String,
+    pub stash_id: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct ScenePaths {
+    pub screenshot: Option<String>,
+}
+
+/// A scene as read at delivery time.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct Scene {
+    pub id: String,
+    pub title: Option<String>,
+    pub code: Option<String>,
+    pub details: Option<String>,
+    pub director: Option<String>,
+    pub urls: Vec<String>,
+    pub date: Option<String>,
+    pub rating100: Option<i64>,
+    pub organized: bool,
+    pub created_at: String,
+    pub updated_at: String,
+    pub files: Vec<SceneFile>,
+    pub paths: ScenePaths,
+    pub studio: Option<Studio>,
+    pub performers: Vec<Performer>,
+    pub tags: Vec<Named>,
+    pub stash_ids: Vec<StashIdRef>,
+}
+
+#[derive(Deserialize)]
+struct GraphQlResponse<T> {
+    data: Option<T>,
+    #[serde(default)]
+    errors: Vec<GraphQlError>,
+}
+
+#[derive(Deserialize)]
+struct GraphQlError {
+    message: String,
+}
+
+/// One page of `findScenes`.
+#[derive(Debug, Default, Deserialize)]
+pub struct ScenePage {
+    pub count: usize,
+    pub scenes: Vec<Scene>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct IdOnly {
+    id: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct IdPage {
+    count: usize,
+    scenes: Vec<IdOnly>,
+}
+
+impl StashClient {
+    /// `base` is Stash's URL (`http://localhost:9999`); GraphQL lives at `/graphql`.
+    pub fn new(base: &Url, credentials: StashCredentials, options: &HttpOptions) -> Result<Self, Error> {
+        if !matches!(base.scheme(), "http" | "https") || base.host().is_none() {
+            return Err(Error::new(ErrorClass::Config, format!("Stash URL must be http(s) with a host, got {base}")));
+        }
+        let origin = base.join("/").expect("root joins");
+        let endpoint = origin.join("graphql").expect("relative path joins");
+        Ok(Self { http: options.client()?, endpoint, origin, credentials })
+    }
+
+    pub fn origin(&self) -> &Url {
+        &self.origin
+    }
+
+    fn authed(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        let mut b = builder;
+        if let Some(key) = &self.credentials.api_key {
+            b = b.header("ApiKey", key.expose());
+        }
+        if let Some(cookie) = &self.credentials.session_cookie {
+            b = b.header(reqwest::header::COOKIE, format!("session={}", cookie.expose()));
+        }
+        b
+    }
+
+    /// Runs a GraphQL operation; GraphQL errors are `StashUnavailable`
+    /// (retried) unless they say a scene is missing.
+    pub async fn query<T: DeserializeOwned>(&self, what: &str, query: &str, variables: Value) -> Result<T, Error> {
+        let request = self.authed(self.http.post(self.endpoint.clone())).json(&json!({
+            "query": query,
+            "variables": variables,
+        }));
+        let response = request.send().await.map_err(|e| Error::transport(Server::Stash, what, e))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(Error::status(Server::Stash, what, status.as_u16(), None));
+        }
+        let body: GraphQlResponse<T> = response
+            .json()
+            .await
+            .map_err(|e| Error::new(ErrorClass::StashUnavailable, format!("{what}: unreadable Stash answer ({e})")))?;
+        if let Some(err) = body.errors.first() {
+            return Err(Error::new(ErrorClass::StashUnavailable, format!("{what}: Stash said: {}", err.message)));
+        }
+        body.data.ok_or_else(|| Error::new(ErrorClass::StashUnavailable, format!("{what}: Stash sent no data")))
+    }
+
+    /// The scene, or `None` when it no longer exists.
+    pub async fn find_scene(&self, id: &str) -> Result<Option<Scene>, Error> {
+        #[derive(Deserialize)]
+        struct Data {
+            #[serde(rename = "findScene")]
+            scene: Option<Scene>,
+        }
+        let q = format!("query Scene($id: ID!) {{ findScene(id: $id) {{ ...SceneData }} }} {SCENE_FRAGMENT}");
+        let data: Data = self.query("read scene", &q, json!({"id": id})).await?;
+        Ok(data.scene)
+    }
+
+    /// One page (1-based) of scenes sorted by `updated_at`, optionally only
+    /// those updated after `since` (RFC 3339).
+    pub async fn scenes_page(&self, page: usize, per_page: usize, since: Option<&str>) -> Result<ScenePage, Error> {
+        #[derive(Deserialize)]
+        struct Data {
+            #[serde(rename = "findScenes")]
+            page: ScenePage,
+        }
+        let q = format!(
+            "query Changed($f: FindFilterType, $sf: SceneFilterType) {{ findScenes(filter: $f, scene_filter: $sf) {{ count scenes {{ ...SceneData }} }} }} {SCENE_FRAGMENT}"
+        );
+        let data: Data = self.query("list scenes", &q, page_vars(page, per_page, since)).await?;
+        Ok(data.page)
+    }
+
+    /// Ids of every scene (updated after `since`, when given), paged.
+    pub async fn scene_ids(
+        &self,
+        since: Option<&str>,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<Vec<String>, Error> {
+        #[derive(Deserialize)]
+        struct Data {
+            #[serde(rename = "findScenes")]
+            page: IdPage,
+        }
+        let q = "query Ids($f: FindFilterType, $sf: SceneFilterType) { findScenes(filter: $f, scene_filter: $sf) { count scenes { id } } }";
+        let mut ids = Vec::new();
+        for page in 1.. {
+            let data: Data = self.query("list scene ids", q, page_vars(page, 1000, since)).await?;
+            let got = data.page.scenes.len();
+            ids.extend(data.page.scenes.into_iter().map(|s| s.id));
+            progress(ids.len(), data.page.count);
+            if got == 0 || ids.len() >= data.page.count {
+                break;
+            }
+        }
+        Ok(ids)
+    }
+
+    /// `configuration.plugins[plugin_id]`: the plugin's settings in Stash.
+    pub async fn plugin_settings(&self, plugin_id: &str) -> Result<Map<String, Value>, Error> {
+        #[derive(Deserialize)]
+        struct Config {
+            plugins: Map<String, Value>,
+        }
+        #[derive(Deserialize)]
+        struct Data {
+            configuration: Config,
+        }
+        let q = "query Config($ids: [ID!]) { configuration { plugins(include: $ids) } }";
+        let data: Data = self.query("read plugin settings", q, json!({"ids": [plugin_id]})).await?;
+        Ok(data.configuration.plugins.get(plugin_id).and_then(Value::as_object).cloned().unwrap_or_default())
+    }
+
+    /// `sceneUpdate` with the given input fields (plus `id`).
+    pub async fn update_scene(&self, id: &str, fields: Map<String, Value>) -> Result<(), Error> {
+        let mut input = fields;
+        input.insert("id".into(), Value::String(id.to_string()));
+        let q = "mutation Update($input: SceneUpdateInput!) { sceneUpdate(input: $input) { id } }";
+        let _: Value = self.query("update scene", q, json!({"input": input})).await?;
+        Ok(())
+    }
+
+    /// Adds tags to a scene without touching its other tags (`bulkSceneUpdate`
+    /// in `ADD` mode, as the old plugin did).
+    pub async fn add_tags(&self, id: &str, tag_ids: &[String]) -> Result<(), Error> {
+        let q = "mutation Bulk($input: BulkSceneUpdateInput!) { bulkSceneUpdate(input: $input) { id } }";
+        let input = json!({"ids": [id], "tag_ids": {"ids": tag_ids, "mode": "ADD"}});
+        let _: Value = self.query("add tags", q, json!({"input": input})).await?;
+        Ok(())
+    }
+
+    /// Downloads an image from Stash, only from Stash's own origin (our
+    /// credentials go nowhere else), at most `max_bytes`, images only.
+    pub async fn image(&self, url: &str, max_bytes: usize) -> Result<Vec<u8>, Error> {
+        let url = Url::parse(url).map_err(|e| Error::new(ErrorClass::BadData, format!("image URL {url:?}: {e}")))?;
+        if url.origin() != self.origin.origin() {
+            return Err(Error::new(
+                ErrorClass::BadData,
+                format!("image URL is not on the Stash server: {}", url.origin().ascii_serialization()),
+            ));
+        }
+        let response = self
+            .authed(self.http.get(url))
+            .send()
+            .await
+            .map_err(|e| Error::transport(Server::Stash, "fetch image", e))?;
+        if !response.status().is_success() {
+            return Err(Error::status(Server::Stash, "fetch image", response.status().as_u16(), None));
+        }
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        if !content_type.starts_with("image/") {
+            return Err(Error::new(ErrorClass::BadData, format!("image is {content_type:?}, not an image")));
+        }
+        if response.content_length().is_some_and(|l| l as usize > max_bytes) {
+            return Err(Error::new(ErrorClass::BadData, format!("image larger than {max_bytes} bytes")));
+        }
+        let bytes = response.bytes().await.map_err(|e| Error::transport(Server::Stash, "fetch image", e))?;
+        if bytes.len() > max_bytes {
+            return Err(Error::new(ErrorClass::BadData, format!("image larger than {max_bytes} bytes")));
+        }
+        Ok(bytes.to_vec())
+    }
+}
+
+fn page_vars(page: usize, per_page: usize, since: Option<&str>) -> Value {
+    let mut vars = json!({"f": {"page": page, "per_page": per_page, "sort": "updated_at", "direction": "ASC"}});
+    if let Some(since) = since {
+        vars["sf"] = json!({"updated_at": {"value": since, "modifier": "GREATER_THAN"}});
+    }
+    vars
+}

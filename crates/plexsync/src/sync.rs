@@ -1,0 +1,311 @@
+//! Delivering one scene: fetch (at delivery time) → old Stash-side
+//! behaviours → match → sanitize → diff → write → record.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::config::{Field, Mode, Settings};
+use crate::desired::{self, Desired, Value};
+use crate::error::{Error, ErrorClass};
+use crate::legacy;
+use crate::matching::{rating_key_in_url, LibraryIndex, Match};
+use crate::plex::{ImageKind, PlexClient, PlexItem};
+use crate::queue::{now_ms, Queue, SyncRecord};
+use crate::stash::{Scene, StashClient};
+
+/// Largest image we copy from Stash to Plex.
+pub const MAX_IMAGE_BYTES: usize = 20 * 1024 * 1024;
+/// An index older than this is re-read before a scene counts as not in Plex.
+const INDEX_MAX_AGE_ON_MISS: Duration = Duration::from_secs(30);
+
+/// How one delivery ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// Fields written to the Plex item.
+    Synced { rating_key: String, fields: usize },
+    /// Plex already has what we would write.
+    Unchanged,
+    /// Not synced on purpose (e.g. not organized), with the reason.
+    Skipped(String),
+    /// The scene no longer exists in Stash.
+    Gone,
+    /// Refresh mode: the item was asked to refresh.
+    Refreshed(String),
+}
+
+/// Totals of a run, for summaries and tests.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Stats {
+    pub synced: usize,
+    pub unchanged: usize,
+    pub skipped: usize,
+    pub gone: usize,
+    pub refreshed: usize,
+    pub failed: usize,
+    pub fields_written: usize,
+    pub plex_writes: usize,
+    pub warnings: usize,
+}
+
+impl Stats {
+    pub fn count(&mut self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Synced { fields, .. } => {
+                self.synced += 1;
+                self.fields_written += fields;
+            }
+            Outcome::Unchanged => self.unchanged += 1,
+            Outcome::Skipped(_) => self.skipped += 1,
+            Outcome::Gone => self.gone += 1,
+            Outcome::Refreshed(_) => self.refreshed += 1,
+        }
+    }
+}
+
+/// Everything a delivery needs; the index is read lazily and kept.
+pub struct Pipeline {
+    pub settings: Settings,
+    pub stash: StashClient,
+    pub plex: Option<PlexClient>,
+    pub index: Option<LibraryIndex>,
+    pub stats: Stats,
+}
+
+impl Pipeline {
+    pub fn new(settings: Settings, stash: StashClient) -> Result<Self, Error> {
+        let plex = match (&settings.plex_url, &settings.plex_token) {
+            (Some(url), Some(token)) => Some(PlexClient::new(url.clone(), token.clone(), &settings.plex_http)?),
+            _ => None,
+        };
+        if settings.plex_http.insecure {
+            tracing::warn!("plexInsecure is on: Plex's TLS certificate is not checked");
+        }
+        Ok(Self { settings, stash, plex, index: None, stats: Stats::default() })
+    }
+
+    fn plex(&self) -> Result<&PlexClient, Error> {
+        match (&self.plex, self.settings.delivery_problem()) {
+            (Some(plex), None) => Ok(plex),
+            (_, problem) => {
+                Err(Error::new(ErrorClass::Config, problem.unwrap_or_else(|| "Plex is not configured".into())))
+            }
+        }
+    }
+
+    async fn ensure_index(&mut self, max_age: Option<Duration>) -> Result<(), Error> {
+        let stale = match (&self.index, max_age) {
+            (None, _) => true,
+            (Some(i), Some(age)) => i.built_at.is_none_or(|t| t.elapsed() > age),
+            (Some(_), None) => false,
+        };
+        if stale {
+            let started = Instant::now();
+            let index = LibraryIndex::build(self.plex()?, &self.settings).await?;
+            tracing::info!(
+                "read the Plex library: {} items in {} requests, {:.1?}",
+                index.len(),
+                index.reads,
+                started.elapsed()
+            );
+            self.index = Some(index);
+        }
+        Ok(())
+    }
+
+    /// Delivers the scene `id` as it is in Stash now.
+    pub async fn deliver(&mut self, queue: &Queue, id: &str) -> Result<Outcome, Error> {
+        let Some(mut scene) = self.stash.find_scene(id).await? else {
+            queue.forget(id).map_err(db)?;
+            return Ok(Outcome::Gone);
+        };
+        if self.settings.skip_unorganized && !scene.organized {
+            return Ok(Outcome::Skipped("not organized in Stash (skipUnorganized is on)".into()));
+        }
+        if self.apply_stash_side(&scene).await? {
+            scene = self.stash.find_scene(id).await?.ok_or_else(|| Error::new(ErrorClass::Bug, "scene vanished"))?;
+        }
+        match self.settings.mode {
+            Mode::Refresh => self.refresh(&scene).await,
+            Mode::Push => self.push(queue, &scene).await,
+        }
+    }
+
+    /// `tagStashIDs` and `cleanTitles`; returns whether Stash was changed.
+    async fn apply_stash_side(&self, scene: &Scene) -> Result<bool, Error> {
+        let mut changed = false;
+        if self.settings.tag_stash_ids {
+            let add = legacy::stash_id_tags(scene, &self.settings.stash_id_tags);
+            if !add.is_empty() {
+                tracing::info!("scene {}: adding stash-box tags {add:?}", scene.id);
+                self.stash.add_tags(&scene.id, &add).await?;
+                changed = true;
+            }
+        }
+        if self.settings.clean_titles {
+            if let Some(title) = scene.title.as_deref().filter(|t| !t.is_empty()) {
+                let clean = legacy::clean_title(title);
+                if clean != title {
+                    tracing::info!("scene {}: new title {clean:?} from {title:?}", scene.id);
+                    let mut fields = serde_json::Map::new();
+                    fields.insert("title".into(), serde_json::Value::String(clean));
+                    self.stash.update_scene(&scene.id, fields).await?;
+                    changed = true;
+                }
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Old behaviour: refresh the item named by the Plex URL on the scene
+    /// (the most recent such URL, as the old plugin preferred).
+    async fn refresh(&mut self, scene: &Scene) -> Result<Outcome, Error> {
+        let Some(rk) = scene.urls.iter().rev().find_map(|u| rating_key_in_url(u)) else {
+            return Ok(Outcome::Skipped("no Plex URL on the scene; refresh mode needs the agent's URL".into()));
+        };
+        self.plex()?.refresh(&rk).await?;
+        self.stats.plex_writes += 1;
+        Ok(Outcome::Refreshed(rk))
+    }
+
+    /// Finds the scene's item, re-reading a stale index once on a miss.
+    pub async fn find(&mut self, scene: &Scene, recorded: Option<&str>) -> Result<Match, Error> {
+        self.ensure_index(None).await?;
+        let maps = self.settings.path_maps.clone();
+        let found = self.index.as_ref().expect("index ensured").find(scene, recorded, &maps);
+        if matches!(found, Match::Found { .. }) {
+            return Ok(found);
+        }
+        self.ensure_index(Some(INDEX_MAX_AGE_ON_MISS)).await?;
+        Ok(self.index.as_ref().expect("index ensured").find(scene, recorded, &maps))
+    }
+
+    async fn push(&mut self, queue: &Queue, scene: &Scene) -> Result<Outcome, Error> {
+        self.plex()?;
+        let record = queue.record(&scene.id).map_err(db)?;
+        let (rk, section) = match self.find(scene, record.as_ref().map(|r| r.rating_key.as_str())).await? {
+            Match::Found { rating_key, section, .. } => (rating_key, section),
+            Match::Ambiguous { candidates, reason } => {
+                return Err(Error::new(
+                    ErrorClass::Ambiguous,
+                    format!("{reason} ({}); nothing written", candidates.join(", ")),
+                ))
+            }
+            Match::NotFound { tried } => {
+                return Err(Error::new(ErrorClass::NotInPlex, format!("not in Plex yet ({})", tried.join("; "))))
+            }
+        };
+        let Some(item) = self.plex()?.item(&rk).await? else {
+            self.index = None;
+            return Err(Error::new(ErrorClass::NotInPlex, format!("Plex item {rk} disappeared")));
+        };
+        let mut warnings = Vec::new();
+        let wanted = desired::desired(scene, &self.settings, &mut warnings);
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
+        self.stats.warnings += warnings.len();
+
+        let previous = record.filter(|r| r.rating_key == rk).map(|r| r.field_hashes).unwrap_or_default();
+        let changes: Vec<&Desired> = wanted
+            .iter()
+            .filter(|d| previous.get(d.field.name()) != Some(&d.hash()))
+            .filter(|d| !self.settings.preserve_plex_edits || desired::plex_is_empty(d, &item))
+            .collect();
+        let released: Vec<Field> =
+            previous.keys().filter_map(|name| Field::parse(name)).filter(|f| !self.settings.owns(*f)).collect();
+
+        let mut written = self.write(&section, &rk, &changes, &released, &item, scene).await?;
+        let mut hashes = previous;
+        hashes.retain(|name, _| Field::parse(name).is_some_and(|f| self.settings.owns(f)));
+        for d in &changes {
+            if let Some(hash) = written.remove(&d.field) {
+                hashes.insert(d.field.name().to_string(), hash);
+            }
+        }
+        let fields = changes.len();
+        queue
+            .save_record(
+                &scene.id,
+                &SyncRecord {
+                    plex_server: self.settings.plex_url.as_ref().map(|u| u.to_string()).unwrap_or_default(),
+                    rating_key: rk.clone(),
+                    section,
+                    field_hashes: hashes,
+                    stash_updated_at: scene.updated_at.clone(),
+                    synced_at: now_ms(),
+                },
+            )
+            .map_err(db)?;
+        if fields == 0 && released.is_empty() {
+            Ok(Outcome::Unchanged)
+        } else {
+            Ok(Outcome::Synced { rating_key: rk, fields })
+        }
+    }
+
+    /// Writes `changes` in one edit (falling back to one edit per field when
+    /// Plex refuses a value), then the images. Returns the hashes of what
+    /// was written; a refused field is left out and warned about.
+    async fn write(
+        &mut self,
+        section: &str,
+        rk: &str,
+        changes: &[&Desired],
+        released: &[Field],
+        item: &PlexItem,
+        scene: &Scene,
+    ) -> Result<std::collections::HashMap<Field, String>, Error> {
+        let plex = self.plex()?.clone();
+        let mut written = std::collections::HashMap::new();
+        let params = desired::edit_params(changes, released, item);
+        if !params.is_empty() {
+            self.stats.plex_writes += 1;
+            match plex.edit(section, rk, &params).await {
+                Ok(()) => written.extend(changes.iter().map(|d| (d.field, d.hash()))),
+                Err(e) if e.class == ErrorClass::BadData => {
+                    for d in changes {
+                        self.stats.plex_writes += 1;
+                        match plex.edit(section, rk, &desired::edit_params(&[d], &[], item)).await {
+                            Ok(()) => {
+                                written.insert(d.field, d.hash());
+                            }
+                            Err(e) if e.class == ErrorClass::BadData => {
+                                self.stats.warnings += 1;
+                                tracing::warn!(
+                                    "scene {}: Plex refused the {} value; field skipped ({e})",
+                                    scene.id,
+                                    d.field.name()
+                                );
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        for d in changes {
+            let Value::Image(Some(url)) = &d.value else { continue };
+            let kind = if d.field == Field::Poster { ImageKind::Poster } else { ImageKind::Background };
+            match self.stash.image(url, MAX_IMAGE_BYTES).await {
+                Ok(bytes) => {
+                    self.stats.plex_writes += 1;
+                    plex.upload_image(rk, kind, bytes).await?;
+                }
+                Err(e) if e.class == ErrorClass::BadData => {
+                    self.stats.warnings += 1;
+                    written.remove(&d.field);
+                    tracing::warn!("scene {}: {} not copied: {e}", scene.id, d.field.name());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(written)
+    }
+}
+
+/// A database error is a bug of ours or a broken disk: kept and reported.
+pub fn db(e: rusqlite::Error) -> Error {
+    Error::new(ErrorClass::Bug, format!("queue database: {e}"))
+}
