@@ -70,6 +70,8 @@ enum Command {
     },
     /// Check settings, Stash, Plex and libraries.
     Health,
+    /// Print the Stash plugin manifest (PlexSync.yml).
+    Manifest,
     /// Sync a sample library between the bundled emulators, through a Plex outage.
     #[cfg(feature = "demo")]
     Demo {
@@ -219,6 +221,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let ctx = Context::from_local(&sources).await?;
             let report = tasks::health(&ctx).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Manifest => {
+            print!("{}", plugin::manifest());
             Ok(ExitCode::SUCCESS)
         }
         #[cfg(feature = "demo")]

@@ -85,6 +85,10 @@ pub async fn run(
     let owner = format!("{}-{}", std::process::id(), now_ms());
     let mut done = 0usize;
     let result = loop {
+        if !queue.path().exists() {
+            tracing::info!("the queue database was removed; stopping");
+            break Ok(());
+        }
         if let Err(e) = wait_for_breaker(pipeline, queue, options).await {
             break Err(e);
         }

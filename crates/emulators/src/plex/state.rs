@@ -433,7 +433,10 @@ impl Edit {
                     edit.values.push((field.to_string(), value.clone()));
                 }
             } else if let Some(field) = key.strip_suffix(".locked") {
-                let known = SCALAR_FIELDS.contains(&field) || TagKind::from_param(field).is_some();
+                // Posters and backgrounds lock as `thumb` and `art`.
+                let known = SCALAR_FIELDS.contains(&field)
+                    || TagKind::from_param(field).is_some()
+                    || matches!(field, "thumb" | "art");
                 if known {
                     edit.locks.push((field.to_string(), value == "1"));
                 }
