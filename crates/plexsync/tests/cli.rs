@@ -1,0 +1,64 @@
+//! The CLI face, configured by a TOML file and environment variables.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Bed, PLEX_TOKEN, SESSION};
+use serde_json::{json, Value};
+
+fn plexsync(bed: &Bed, args: &[&str]) -> (bool, String, String) {
+    let config = bed.dir.path().join("plexsync.toml");
+    std::fs::write(&config, format!("stashUrl = \"{}\"\nplexToken = \"{PLEX_TOKEN}\"\n", bed.stash.url())).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_plexsync"))
+        .args(["--config", config.to_str().unwrap(), "--data-dir", bed.data_dir().to_str().unwrap()])
+        .args(args)
+        .env("PLEXSYNC_STASH_SESSION", SESSION)
+        .env("PLEXSYNC_PLEX_URL", bed.plex.url().as_str())
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+// Multi-threaded: the blocking CLI run must not stall the emulators.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_all_and_status_from_a_terminal() {
+    // Stash holds only the path mapping; URL and token come from file and environment.
+    let bed = Bed::new(30, json!({})).await;
+    bed.stash.set_plugin_settings(
+        "PlexSync",
+        json!({"pathMappings": "/data/videos => /media/library", "skipUnorganized": false}),
+    );
+    let (ok, stdout, stderr) = plexsync(&bed, &["sync", "--all"]);
+    assert!(ok, "{stderr}");
+    let result: Value = serde_json::from_str(&stdout).unwrap();
+    let in_plex = bed.scenes_in_plex().len();
+    assert_eq!(result["stats"]["synced"], in_plex);
+    assert!(stderr.contains("delivered"), "progress shown: {stderr}");
+    for id in bed.scenes_in_plex() {
+        assert_eq!(bed.item_of(id).field("title"), bed.stash.scene(id).unwrap().title.as_deref());
+    }
+
+    let (ok, stdout, _) = plexsync(&bed, &["status", "--json"]);
+    assert!(ok);
+    let status: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(status["queue"]["synced"], in_plex);
+    assert_eq!(status["queue"]["pending"], 30 - in_plex);
+    assert!(!stdout.contains(PLEX_TOKEN) && !stdout.contains(SESSION), "no secret in status");
+
+    let (ok, stdout, stderr) = plexsync(&bed, &["health"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("Movies"));
+}
+
+#[tokio::test]
+async fn missing_stash_url_says_how_to_set_it() {
+    let out = Command::new(env!("CARGO_BIN_EXE_plexsync"))
+        .args(["status"])
+        .env_remove("PLEXSYNC_STASH_URL")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--stash-url") && stderr.contains("PLEXSYNC_STASH_URL"), "{stderr}");
+}
