@@ -69,6 +69,12 @@ settings! {
     "plexCaFile", String, true, "Plex CA file", "PEM file of a CA to trust for Plex's HTTPS certificate (self-signed servers).";
     "plexInsecure", Boolean, true, "Skip TLS verification", "Accept any Plex certificate (what the old plugin did). Logged as a warning at every start.";
     "requestTimeoutSecs", Number, true, "Request timeout", "Seconds before a Plex request counts as failed (default 30).";
+    "partialScan", Boolean, true, "Scan new folders", "When a scene is not in Plex yet, ask Plex to scan that scene's folder (default on).";
+    "notInPlexHours", Number, true, "Wait for Plex (hours)", "How long a scene Plex has not scanned is retried before it becomes a dead letter (default 24).";
+    "outageMaxDays", Number, true, "Outage limit (days)", "How long updates wait through a Plex or Stash outage before they become dead letters (default 7).";
+    "drainPerSec", Number, true, "Drain rate after outage", "Scenes per second delivered in the first minute after Plex comes back (default 10).";
+    "retryScale", Number, false, "Retry scale", "Multiplies every retry and probe delay (default 1); smaller values are for tests.";
+    "leaseSecs", Number, false, "Lease", "Seconds a worker owns a claimed scene; a killed worker's scenes return after this (default 300).";
     "stashUrl", String, false, "Stash URL", "CLI/daemon: Stash's URL, e.g. http://localhost:9999 (the plugin gets it from Stash).";
     "stashApiKey", String, false, "Stash API key", "CLI/daemon: Stash API key, when Stash has a login.";
     "stashSession", String, false, "Stash session", "Stash session cookie value (the plugin hands its own to the worker it starts).";
@@ -181,6 +187,31 @@ pub struct Settings {
     pub stash_api_key: Option<Secret>,
     pub stash_session: Option<Secret>,
     pub data_dir: Option<PathBuf>,
+    pub retry: RetrySettings,
+}
+
+/// Retry knobs (see `retry.rs` for the policy table they scale).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RetrySettings {
+    pub partial_scan: bool,
+    pub not_in_plex_window: Duration,
+    pub outage_max_age: Duration,
+    pub drain_per_sec: f64,
+    pub scale: f64,
+    pub lease: Duration,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        Self {
+            partial_scan: true,
+            not_in_plex_window: Duration::from_secs(24 * 3600),
+            outage_max_age: Duration::from_secs(7 * 86_400),
+            drain_per_sec: 10.0,
+            scale: 1.0,
+            lease: Duration::from_secs(300),
+        }
+    }
 }
 
 impl Default for Settings {
@@ -205,6 +236,7 @@ impl Default for Settings {
             stash_api_key: None,
             stash_session: None,
             data_dir: None,
+            retry: RetrySettings::default(),
         }
     }
 }
@@ -460,6 +492,16 @@ impl Reader {
             stash_api_key: self.string("stashApiKey").map(Secret::new),
             stash_session: self.string("stashSession").map(Secret::new),
             data_dir: self.string("dataDir").map(PathBuf::from),
+            retry: RetrySettings {
+                partial_scan: self.boolean("partialScan", true),
+                not_in_plex_window: Duration::from_secs_f64(
+                    self.number("notInPlexHours", 24.0, 0.0, 24.0 * 365.0) * 3600.0,
+                ),
+                outage_max_age: Duration::from_secs_f64(self.number("outageMaxDays", 7.0, 0.0, 365.0) * 86_400.0),
+                drain_per_sec: self.number("drainPerSec", 10.0, 0.1, 10_000.0),
+                scale: self.number("retryScale", 1.0, 0.0001, 100.0),
+                lease: Duration::from_secs_f64(self.number("leaseSecs", 300.0, 0.1, 86_400.0)),
+            },
         }
     }
 }

@@ -195,6 +195,31 @@ pub fn plex_is_empty(d: &Desired, item: &PlexItem) -> bool {
     }
 }
 
+/// Whether Plex's current value differs from `d` (for reconcile).
+pub fn differs(d: &Desired, item: &PlexItem) -> bool {
+    let current = |name: &str| -> String {
+        match name {
+            "title" => item.title.clone(),
+            "summary" => item.summary.clone(),
+            "studio" => item.studio.clone(),
+            "tagline" => item.tagline.clone(),
+            "originallyAvailableAt" => item.originally_available_at.clone(),
+            "year" => item.year.map(|y| y.to_string()),
+            _ => None,
+        }
+        .unwrap_or_default()
+    };
+    match &d.value {
+        Value::Scalars(values) => values.iter().any(|(name, value)| current(name) != *value),
+        Value::Tags(kind, list) => {
+            let have: Vec<String> = current_tags(item, kind).iter().map(|t| t.tag.to_lowercase()).collect();
+            let want: Vec<String> = list.iter().map(|t| t.name.to_lowercase()).collect();
+            have.len() != want.len() || want.iter().any(|w| !have.contains(w))
+        }
+        Value::Image(url) => url.is_some() && plex_is_empty(d, item),
+    }
+}
+
 fn current_tags<'a>(item: &'a PlexItem, kind: &str) -> &'a [crate::plex::PlexTag] {
     match kind {
         "genre" => &item.genres,

@@ -7,6 +7,7 @@
 //! record in the queue database ([`queue`]).
 
 pub mod app;
+pub mod capture;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;

@@ -68,6 +68,15 @@ enum Command {
         #[command(subcommand)]
         action: QueueAction,
     },
+    /// Compare Stash with Plex and queue every scene whose Plex item differs or is missing.
+    Reconcile {
+        /// Only scenes changed in the last 24 hours.
+        #[arg(long, conflicts_with = "since")]
+        recent: bool,
+        /// Only scenes changed after this date (YYYY-MM-DD or RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+    },
     /// Check settings, Stash, Plex and libraries.
     Health,
     /// Print the Stash plugin manifest (PlexSync.yml).
@@ -89,6 +98,16 @@ enum Command {
 enum QueueAction {
     /// Remove every waiting scene.
     Clear,
+    /// Queue dead letters again (all, or of one failure class).
+    Retry {
+        #[arg(long)]
+        class: Option<String>,
+    },
+    /// Delete dead letters (all, or of one failure class).
+    Purge {
+        #[arg(long)]
+        class: Option<String>,
+    },
 }
 
 impl Command {
@@ -211,10 +230,43 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Queue { action: QueueAction::Clear } => {
+        Command::Queue { action } => {
             let ctx = Context::from_local(&sources).await?;
-            let removed = tasks::run(&ctx, "clear_queue", &mut |_, _| {}).await?;
-            println!("{}", json!(removed));
+            let queue = ctx.queue()?;
+            let check = |class: &Option<String>| -> anyhow::Result<()> {
+                if let Some(c) = class {
+                    anyhow::ensure!(
+                        plexsync::error::ErrorClass::parse(c).is_some(),
+                        "unknown failure class '{c}' (see the README's failure table)"
+                    );
+                }
+                Ok(())
+            };
+            let result = match action {
+                QueueAction::Clear => json!({"removed": queue.clear().map_err(db)?}),
+                QueueAction::Retry { class } => {
+                    check(class)?;
+                    json!({"retried": queue.retry_dead(class.as_deref()).map_err(db)?})
+                }
+                QueueAction::Purge { class } => {
+                    check(class)?;
+                    json!({"purged": queue.purge_dead(class.as_deref()).map_err(db)?})
+                }
+            };
+            println!("{result}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reconcile { recent, since } => {
+            let ctx = Context::from_local(&sources).await?;
+            let since = match (recent, since) {
+                (true, _) => Some((chrono::Utc::now() - chrono::Duration::hours(24)).to_rfc3339()),
+                (false, Some(s)) if s.len() == 10 => Some(format!("{s}T00:00:00Z")),
+                (false, s) => s.clone(),
+            };
+            let found = tasks::reconcile(&ctx, since.as_deref(), &mut cli_progress("checked")).await?;
+            let options = WorkerOptions { max_wait: std::time::Duration::ZERO, ..WorkerOptions::default() };
+            let delivered = tasks::process_queue(&ctx, options, &mut cli_progress("delivered")).await?;
+            println!("{}", serde_json::to_string_pretty(&json!({"reconcile": found, "delivery": delivered}))?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Health => {

@@ -23,6 +23,14 @@ pub const MODES: &[(&str, &str, &str)] = &[
     ("queue_status", "Queue status", "Show waiting scenes, failures by class, and dead letters."),
     ("clear_queue", "Clear queue", "Remove every waiting scene from the queue."),
     ("health_check", "Health check", "Check settings, Stash, Plex and the libraries, naming what to fix."),
+    (
+        "reconcile",
+        "Reconcile all",
+        "Compare every scene with Plex and queue those whose Plex values differ or are missing.",
+    ),
+    ("reconcile_recent", "Reconcile recent", "Compare scenes changed in the last 24 hours with Plex."),
+    ("retry_dead", "Retry dead letters", "Queue every scene that was given up on again, with fresh attempts."),
+    ("purge_dead", "Purge dead letters", "Remove every scene that was given up on from the queue."),
 ];
 
 /// The plugin manifest (`PlexSync.yml`), generated from the settings table
@@ -198,7 +206,7 @@ async fn handle_task(input: &PluginInput) -> Result<Value, String> {
     .await;
     match result {
         Ok(value) => {
-            if matches!(mode.as_str(), "sync_all" | "sync_recent") {
+            if matches!(mode.as_str(), "sync_all" | "sync_recent" | "reconcile" | "reconcile_recent" | "retry_dead") {
                 ensure_worker(&ctx.data_dir, conn)?;
             }
             Ok(value)

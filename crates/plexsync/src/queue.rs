@@ -315,6 +315,37 @@ impl Queue {
         rows.collect()
     }
 
+    /// Whether the scene waits in the queue (not dead).
+    pub fn is_pending(&self, scene_id: &str) -> rusqlite::Result<bool> {
+        self.conn.query_row(
+            "SELECT EXISTS(SELECT 1 FROM queue WHERE scene_id = ?1 AND state = 'pending')",
+            params![scene_id],
+            |r| r.get(0),
+        )
+    }
+
+    /// Dead letters back into the queue (all, or of one class), due now
+    /// with fresh attempts; returns how many.
+    pub fn retry_dead(&self, class: Option<&str>) -> rusqlite::Result<usize> {
+        self.conn.execute(
+            "UPDATE queue SET state = 'pending', attempts = 0, next_due = ?2, enqueued_at = ?2
+             WHERE state = 'dead' AND (?1 IS NULL OR error_class = ?1)",
+            params![class, now_ms()],
+        )
+    }
+
+    /// Deletes dead letters (all, or of one class); returns how many.
+    pub fn purge_dead(&self, class: Option<&str>) -> rusqlite::Result<usize> {
+        self.conn.execute("DELETE FROM queue WHERE state = 'dead' AND (?1 IS NULL OR error_class = ?1)", params![class])
+    }
+
+    /// Forgets the stored hashes of a scene, so its next delivery writes
+    /// every field again (reconcile found Plex different).
+    pub fn reset_hashes(&self, scene_id: &str) -> rusqlite::Result<()> {
+        self.conn.execute("UPDATE synced SET field_hashes = '{}' WHERE scene_id = ?1", params![scene_id])?;
+        Ok(())
+    }
+
     /// Empties the queue (not the sync record); returns how many rows went.
     pub fn clear(&self) -> rusqlite::Result<usize> {
         self.conn.execute("DELETE FROM queue", [])

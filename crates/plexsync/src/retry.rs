@@ -1,7 +1,8 @@
 //! One retry policy per failure class (DESIGN.md, failure classes).
 //!
 //! Backoff is full jitter: `random(0, min(cap, base · 2^attempt))`, never
-//! less than `floor` so a failing row cannot spin.
+//! less than `floor` so a failing row cannot spin. `retryScale` multiplies
+//! every delay; `notInPlexHours` and `outageMaxDays` set the two windows.
 //!
 //! | class              | base  | cap   | burns attempts | gives up (dead letter)            |
 //! |--------------------|-------|-------|----------------|-----------------------------------|
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use rand::RngExt;
 
+use crate::config::RetrySettings;
 use crate::error::{Error, ErrorClass};
 
 pub struct Policy {
@@ -30,9 +32,8 @@ pub struct Policy {
 
 const MIN: Duration = Duration::from_secs(60);
 const HOUR: Duration = Duration::from_secs(3600);
-const DAY: Duration = Duration::from_secs(86_400);
 
-pub fn policy(class: ErrorClass) -> Policy {
+pub fn policy(class: ErrorClass, knobs: &RetrySettings) -> Policy {
     let p = |base, cap, burns, max_attempts, max_age| Policy {
         base,
         cap,
@@ -43,10 +44,10 @@ pub fn policy(class: ErrorClass) -> Policy {
     };
     match class {
         ErrorClass::PlexUnavailable | ErrorClass::StashUnavailable => {
-            p(Duration::from_secs(5), 5 * MIN, false, None, Some(7 * DAY))
+            p(Duration::from_secs(5), 5 * MIN, false, None, Some(knobs.outage_max_age))
         }
-        ErrorClass::Throttled => p(Duration::from_secs(30), 5 * MIN, false, None, Some(7 * DAY)),
-        ErrorClass::NotInPlex | ErrorClass::Ambiguous => p(MIN, 2 * HOUR, true, None, Some(DAY)),
+        ErrorClass::Throttled => p(Duration::from_secs(30), 5 * MIN, false, None, Some(knobs.outage_max_age)),
+        ErrorClass::NotInPlex | ErrorClass::Ambiguous => p(MIN, 2 * HOUR, true, None, Some(knobs.not_in_plex_window)),
         ErrorClass::Auth | ErrorClass::Config => p(MIN, MIN, false, None, None),
         ErrorClass::BadData => p(MIN, HOUR, true, Some(5), None),
         ErrorClass::Bug => p(Duration::from_secs(30), HOUR, true, Some(10), None),
@@ -60,12 +61,12 @@ pub struct Decision {
     pub dead: bool,
 }
 
-pub fn decide(err: &Error, attempts: i64, age: Duration) -> Decision {
-    let p = policy(err.class);
+pub fn decide(err: &Error, attempts: i64, age: Duration, knobs: &RetrySettings) -> Decision {
+    let p = policy(err.class, knobs);
     let exp = p.base.saturating_mul(2u32.saturating_pow(attempts.clamp(0, 20) as u32));
     let ceiling = exp.min(p.cap).max(p.floor);
-    let mut delay =
-        Duration::from_millis(rand::rng().random_range(p.floor.as_millis() as u64..=ceiling.as_millis() as u64));
+    let jittered = rand::rng().random_range(p.floor.as_millis() as u64..=ceiling.as_millis() as u64);
+    let mut delay = Duration::from_millis(jittered).mul_f64(knobs.scale);
     if let Some(after) = err.retry_after {
         delay = delay.max(after);
     }
@@ -80,23 +81,25 @@ mod tests {
 
     #[test]
     fn backoff_stays_within_bounds_and_honours_retry_after() {
+        let k = RetrySettings::default();
         for attempts in 0..30 {
-            let d = decide(&Error::new(ErrorClass::PlexUnavailable, "x"), attempts, Duration::ZERO);
+            let d = decide(&Error::new(ErrorClass::PlexUnavailable, "x"), attempts, Duration::ZERO, &k);
             assert!(d.delay <= Duration::from_secs(300) && d.delay >= Duration::from_millis(500));
             assert!(!d.burn && !d.dead);
         }
         let mut throttled = Error::new(ErrorClass::Throttled, "x");
         throttled.retry_after = Some(Duration::from_secs(900));
-        assert_eq!(decide(&throttled, 0, Duration::ZERO).delay, Duration::from_secs(900));
+        assert_eq!(decide(&throttled, 0, Duration::ZERO, &k).delay, Duration::from_secs(900));
     }
 
     #[test]
     fn classes_give_up_by_their_rule() {
         let e = |c| Error::new(c, "x");
-        assert!(decide(&e(ErrorClass::NotInPlex), 3, Duration::from_secs(90_000)).dead);
-        assert!(!decide(&e(ErrorClass::NotInPlex), 3, Duration::from_secs(3_600)).dead);
-        assert!(decide(&e(ErrorClass::BadData), 4, Duration::ZERO).dead);
-        assert!(!decide(&e(ErrorClass::Auth), 1_000, Duration::from_secs(10_000_000)).dead);
-        assert!(!decide(&e(ErrorClass::PlexUnavailable), 1_000, Duration::from_secs(86_400)).dead);
+        let k = RetrySettings::default();
+        assert!(decide(&e(ErrorClass::NotInPlex), 3, Duration::from_secs(90_000), &k).dead);
+        assert!(!decide(&e(ErrorClass::NotInPlex), 3, Duration::from_secs(3_600), &k).dead);
+        assert!(decide(&e(ErrorClass::BadData), 4, Duration::ZERO, &k).dead);
+        assert!(!decide(&e(ErrorClass::Auth), 1_000, Duration::from_secs(10_000_000), &k).dead);
+        assert!(!decide(&e(ErrorClass::PlexUnavailable), 1_000, Duration::from_secs(86_400), &k).dead);
     }
 }

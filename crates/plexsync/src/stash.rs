@@ -241,6 +241,57 @@ impl StashClient {
         Ok(ids)
     }
 
+    /// (id, updated_at) of scenes updated after `since`, oldest first.
+    pub async fn changed_since(&self, since: &str) -> Result<Vec<(String, String)>, Error> {
+        #[derive(Deserialize)]
+        struct Row {
+            id: String,
+            updated_at: String,
+        }
+        #[derive(Deserialize)]
+        struct Page {
+            count: usize,
+            scenes: Vec<Row>,
+        }
+        #[derive(Deserialize)]
+        struct Data {
+            #[serde(rename = "findScenes")]
+            page: Page,
+        }
+        let q = "query Changed($f: FindFilterType, $sf: SceneFilterType) { findScenes(filter: $f, scene_filter: $sf) { count scenes { id updated_at } } }";
+        let mut out = Vec::new();
+        for page in 1.. {
+            let data: Data = self.query("find changed scenes", q, page_vars(page, 500, Some(since))).await?;
+            let got = data.page.scenes.len();
+            out.extend(data.page.scenes.into_iter().map(|r| (r.id, r.updated_at)));
+            if got == 0 || out.len() >= data.page.count {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The latest `updated_at` of any scene (Stash's clock, not ours).
+    pub async fn newest_update(&self) -> Result<Option<String>, Error> {
+        #[derive(Deserialize)]
+        struct Row {
+            updated_at: String,
+        }
+        #[derive(Deserialize)]
+        struct Page {
+            scenes: Vec<Row>,
+        }
+        #[derive(Deserialize)]
+        struct Data {
+            #[serde(rename = "findScenes")]
+            page: Page,
+        }
+        let q = "query Newest($f: FindFilterType) { findScenes(filter: $f) { scenes { updated_at } } }";
+        let vars = json!({"f": {"per_page": 1, "sort": "updated_at", "direction": "DESC"}});
+        let data: Data = self.query("find newest change", q, vars).await?;
+        Ok(data.page.scenes.into_iter().next().map(|r| r.updated_at))
+    }
+
     /// `configuration.plugins[plugin_id]`: the plugin's settings in Stash.
     pub async fn plugin_settings(&self, plugin_id: &str) -> Result<Map<String, Value>, Error> {
         #[derive(Deserialize)]

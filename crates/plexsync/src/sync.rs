@@ -114,7 +114,8 @@ impl Pipeline {
     }
 
     /// Delivers the scene `id` as it is in Stash now.
-    pub async fn deliver(&mut self, queue: &Queue, id: &str) -> Result<Outcome, Error> {
+    /// `attempts` is how often the row failed before (for partial scans).
+    pub async fn deliver(&mut self, queue: &Queue, id: &str, attempts: i64) -> Result<Outcome, Error> {
         let Some(mut scene) = self.stash.find_scene(id).await? else {
             queue.forget(id).map_err(db)?;
             return Ok(Outcome::Gone);
@@ -126,8 +127,8 @@ impl Pipeline {
             scene = self.stash.find_scene(id).await?.ok_or_else(|| Error::new(ErrorClass::Bug, "scene vanished"))?;
         }
         match self.settings.mode {
-            Mode::Refresh => self.refresh(&scene).await,
-            Mode::Push => self.push(queue, &scene).await,
+            Mode::Refresh => self.refresh(queue, &scene).await,
+            Mode::Push => self.push(queue, &scene, attempts).await,
         }
     }
 
@@ -159,12 +160,21 @@ impl Pipeline {
 
     /// Old behaviour: refresh the item named by the Plex URL on the scene
     /// (the most recent such URL, as the old plugin preferred).
-    async fn refresh(&mut self, scene: &Scene) -> Result<Outcome, Error> {
+    async fn refresh(&mut self, queue: &Queue, scene: &Scene) -> Result<Outcome, Error> {
         let Some(rk) = scene.urls.iter().rev().find_map(|u| rating_key_in_url(u)) else {
             return Ok(Outcome::Skipped("no Plex URL on the scene; refresh mode needs the agent's URL".into()));
         };
         self.plex()?.refresh(&rk).await?;
         self.stats.plex_writes += 1;
+        // Recorded so change capture knows this version was delivered.
+        let record = SyncRecord {
+            plex_server: self.settings.plex_url.as_ref().map(|u| u.to_string()).unwrap_or_default(),
+            rating_key: rk.clone(),
+            stash_updated_at: scene.updated_at.clone(),
+            synced_at: now_ms(),
+            ..SyncRecord::default()
+        };
+        queue.save_record(&scene.id, &record).map_err(db)?;
         Ok(Outcome::Refreshed(rk))
     }
 
@@ -180,7 +190,29 @@ impl Pipeline {
         Ok(self.index.as_ref().expect("index ensured").find(scene, recorded, &maps))
     }
 
-    async fn push(&mut self, queue: &Queue, scene: &Scene) -> Result<Outcome, Error> {
+    /// Partial scans of the Plex folders holding the scene's files.
+    async fn scan_folders(&mut self, scene: &Scene) -> Result<(), Error> {
+        let plex = self.plex()?.clone();
+        let Some(index) = &self.index else { return Ok(()) };
+        let mut scanned = Vec::new();
+        for file in &scene.files {
+            let path = crate::matching::map_path(&file.path, &self.settings.path_maps, false);
+            let Some((folder, _)) = path.rsplit_once('/') else { continue };
+            let Some(section) = index.section_for(&path) else {
+                tracing::warn!("scene {}: {path} is in no Plex library folder; check pathMappings", scene.id);
+                continue;
+            };
+            if !scanned.contains(&folder.to_string()) {
+                plex.scan_folder(&section.key, folder).await?;
+                self.stats.plex_writes += 1;
+                tracing::info!("scene {}: asked Plex to scan {folder}", scene.id);
+                scanned.push(folder.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    async fn push(&mut self, queue: &Queue, scene: &Scene, attempts: i64) -> Result<Outcome, Error> {
         self.plex()?;
         let record = queue.record(&scene.id).map_err(db)?;
         let (rk, section) = match self.find(scene, record.as_ref().map(|r| r.rating_key.as_str())).await? {
@@ -192,7 +224,13 @@ impl Pipeline {
                 ))
             }
             Match::NotFound { tried } => {
-                return Err(Error::new(ErrorClass::NotInPlex, format!("not in Plex yet ({})", tried.join("; "))))
+                // On the first miss and every fourth after, ask Plex to scan
+                // the scene's folders: new files then arrive without waiting
+                // for Plex's own schedule.
+                if self.settings.retry.partial_scan && attempts % 4 == 0 {
+                    self.scan_folders(scene).await?;
+                }
+                return Err(Error::new(ErrorClass::NotInPlex, format!("not in Plex yet ({})", tried.join("; "))));
             }
         };
         let Some(item) = self.plex()?.item(&rk).await? else {

@@ -34,8 +34,81 @@ pub async fn run(ctx: &Context, mode: &str, progress: &mut dyn FnMut(usize, usiz
             Ok(json!({"removed": removed}))
         }
         "health_check" => health(ctx).await,
+        "reconcile" => reconcile(ctx, None, progress).await,
+        "reconcile_recent" => {
+            let since = (chrono::Utc::now() - chrono::Duration::hours(24)).to_rfc3339();
+            reconcile(ctx, Some(&since), progress).await
+        }
+        "retry_dead" => {
+            let n = ctx.queue()?.retry_dead(None).map_err(db)?;
+            tracing::info!("{n} dead letters queued again");
+            Ok(json!({"retried": n}))
+        }
+        "purge_dead" => {
+            let n = ctx.queue()?.purge_dead(None).map_err(db)?;
+            tracing::info!("{n} dead letters removed");
+            Ok(json!({"purged": n}))
+        }
         other => Err(Error::new(ErrorClass::Config, format!("unknown task mode '{other}'"))),
     }
+}
+
+/// Compares Stash's desired state with Plex's current values for every
+/// scene (changed after `since`, when given) and queues each scene whose
+/// Plex item differs or is missing; its stored hashes are reset so the
+/// delivery rewrites every field.
+pub async fn reconcile(
+    ctx: &Context,
+    since: Option<&str>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Value, Error> {
+    if ctx.settings.mode == crate::config::Mode::Refresh {
+        return Ok(json!({"message": "reconcile compares pushed values; refresh mode pushes none"}));
+    }
+    let mut pipeline = ctx.pipeline()?;
+    let queue = ctx.queue()?;
+    let (mut checked, mut differ, mut missing) = (0usize, 0usize, 0usize);
+    for page in 1.. {
+        let batch = ctx.stash.scenes_page(page, 100, since).await?;
+        let got = batch.scenes.len();
+        for scene in batch.scenes {
+            checked += 1;
+            if ctx.settings.skip_unorganized && !scene.organized {
+                continue;
+            }
+            let recorded = queue.record(&scene.id).map_err(db)?.map(|r| r.rating_key);
+            let rk = match pipeline.find(&scene, recorded.as_deref()).await? {
+                crate::matching::Match::Found { rating_key, .. } => rating_key,
+                _ => {
+                    missing += 1;
+                    queue.enqueue(&scene.id, Reason::Reconcile).map_err(db)?;
+                    continue;
+                }
+            };
+            let Some(item) = pipeline.plex.as_ref().expect("find needs Plex").item(&rk).await? else {
+                missing += 1;
+                queue.enqueue(&scene.id, Reason::Reconcile).map_err(db)?;
+                continue;
+            };
+            let mut warnings = Vec::new();
+            let wanted = crate::desired::desired(&scene, &ctx.settings, &mut warnings);
+            let preserve = ctx.settings.preserve_plex_edits;
+            if wanted
+                .iter()
+                .any(|d| crate::desired::differs(d, &item) && (!preserve || crate::desired::plex_is_empty(d, &item)))
+            {
+                differ += 1;
+                queue.reset_hashes(&scene.id).map_err(db)?;
+                queue.enqueue(&scene.id, Reason::Reconcile).map_err(db)?;
+            }
+        }
+        progress(checked, batch.count);
+        if got == 0 || checked >= batch.count {
+            break;
+        }
+    }
+    tracing::info!("reconcile: {checked} scenes checked, {differ} differ in Plex, {missing} not found in Plex; queued");
+    Ok(json!({"checked": checked, "differ": differ, "missing": missing, "queued": differ + missing}))
 }
 
 /// Queues every scene (updated after `since`, when given).

@@ -45,8 +45,6 @@ pub fn is_running(data_dir: &Path) -> bool {
 
 #[derive(Clone, Debug)]
 pub struct WorkerOptions {
-    /// How long a claimed row stays ours; a killed worker's rows come back after it.
-    pub lease: Duration,
     /// Rows claimed at once.
     pub batch: usize,
     /// Keep running (sleeping) while the next row is due within this long;
@@ -54,8 +52,8 @@ pub struct WorkerOptions {
     /// to the longest retry window, so delivery resumes after an outage with
     /// no new event.
     pub max_wait: Duration,
-    /// Pause between deliveries, so a drain after an outage stays gentle.
-    pub pace: Duration,
+    /// Check Stash for changes no hook reported, at start and this often.
+    pub capture_every: Option<Duration>,
     /// Longest single sleep, so new rows from hooks are noticed.
     pub max_sleep: Duration,
 }
@@ -63,10 +61,9 @@ pub struct WorkerOptions {
 impl Default for WorkerOptions {
     fn default() -> Self {
         Self {
-            lease: Duration::from_secs(300),
             batch: 25,
             max_wait: Duration::from_secs(8 * 86_400),
-            pace: Duration::ZERO,
+            capture_every: Some(Duration::from_secs(30)),
             max_sleep: Duration::from_secs(15),
         }
     }
@@ -74,6 +71,17 @@ impl Default for WorkerOptions {
 
 const BREAKER_KEY: &str = "plex_breaker_until";
 const BREAKER_FAILS_KEY: &str = "plex_breaker_failures";
+/// Deliveries after Plex comes back are paced for this long.
+const GENTLE_PERIOD: Duration = Duration::from_secs(60);
+
+/// Per-run state of the loop.
+struct RunState {
+    owner: String,
+    done: usize,
+    /// Until when deliveries are paced (after an outage).
+    gentle_until: Option<Instant>,
+    last_capture: Option<Instant>,
+}
 
 /// Runs until the queue is empty or nothing is due within `max_wait`. `progress(done, total)` after each delivery.
 pub async fn run(
@@ -82,17 +90,27 @@ pub async fn run(
     options: &WorkerOptions,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<(), Error> {
-    let owner = format!("{}-{}", std::process::id(), now_ms());
-    let mut done = 0usize;
+    let mut st = RunState {
+        owner: format!("{}-{}", std::process::id(), now_ms()),
+        done: 0,
+        gentle_until: None,
+        last_capture: None,
+    };
+    let lease = pipeline.settings.retry.lease;
     let result = loop {
         if !queue.path().exists() {
             tracing::info!("the queue database was removed; stopping");
             break Ok(());
         }
-        if let Err(e) = wait_for_breaker(pipeline, queue, options).await {
-            break Err(e);
+        if let Err(e) = capture_if_due(pipeline, queue, options, &mut st).await {
+            tracing::warn!("change capture: {e}");
         }
-        let rows = queue.claim(&owner, options.lease, options.batch).map_err(db)?;
+        match wait_for_breaker(pipeline, queue, options).await {
+            Ok(true) => st.gentle_until = Some(Instant::now() + GENTLE_PERIOD),
+            Ok(false) => {}
+            Err(e) => break Err(e),
+        }
+        let rows = queue.claim(&st.owner, lease, options.batch).map_err(db)?;
         if rows.is_empty() {
             match queue.next_due().map_err(db)? {
                 Some(due) if due - now_ms() <= options.max_wait.as_millis() as i64 => {
@@ -103,38 +121,62 @@ pub async fn run(
                 _ => break Ok(()),
             }
         }
-        let total = done + queue.stats().map_err(db)?.pending as usize;
-        if let Err(e) = deliver_batch(pipeline, queue, &rows, options, &mut done, total, &mut progress).await {
+        let total = st.done + queue.stats().map_err(db)?.pending as usize;
+        if let Err(e) = deliver_batch(pipeline, queue, &rows, &mut st, total, &mut progress).await {
             break Err(e);
         }
     };
-    queue.release_owner(&owner).map_err(db)?;
+    queue.release_owner(&st.owner).map_err(db)?;
     result
+}
+
+/// Watermark change capture, at the first loop and then every
+/// `capture_every`: scenes changed in Stash since the last look that no
+/// hook queued (and that we have not synced at that version) are queued.
+async fn capture_if_due(
+    pipeline: &Pipeline,
+    queue: &Queue,
+    options: &WorkerOptions,
+    st: &mut RunState,
+) -> Result<(), Error> {
+    let Some(every) = options.capture_every else { return Ok(()) };
+    if st.last_capture.is_some_and(|t| t.elapsed() < every) {
+        return Ok(());
+    }
+    st.last_capture = Some(Instant::now());
+    let n = crate::capture::capture(&pipeline.stash, queue).await?;
+    if n > 0 {
+        tracing::info!("queued {n} scenes changed in Stash without a hook");
+    }
+    Ok(())
 }
 
 async fn deliver_batch(
     pipeline: &mut Pipeline,
     queue: &Queue,
     rows: &[Claimed],
-    options: &WorkerOptions,
-    done: &mut usize,
+    st: &mut RunState,
     total: usize,
     progress: &mut impl FnMut(usize, usize),
 ) -> Result<(), Error> {
+    let knobs = pipeline.settings.retry.clone();
     for (i, row) in rows.iter().enumerate() {
-        match pipeline.deliver(queue, &row.scene_id).await {
+        if st.gentle_until.is_some_and(|t| Instant::now() < t) {
+            tokio::time::sleep(Duration::from_secs_f64(1.0 / knobs.drain_per_sec)).await;
+        }
+        match pipeline.deliver(queue, &row.scene_id, row.attempts).await {
             Ok(outcome) => {
                 log_outcome(&row.scene_id, &outcome);
                 pipeline.stats.count(&outcome);
                 queue.complete(row).map_err(db)?;
                 queue.set_kv(BREAKER_FAILS_KEY, "0").map_err(db)?;
-                *done += 1;
-                progress(*done, total.max(*done));
+                st.done += 1;
+                progress(st.done, total.max(st.done));
             }
             Err(err) => {
                 pipeline.stats.failed += 1;
                 let age = Duration::from_millis((now_ms() - row.enqueued_at).max(0) as u64);
-                let decision = retry::decide(&err, row.attempts, age);
+                let decision = retry::decide(&err, row.attempts, age, &knobs);
                 let due = now_ms() + decision.delay.as_millis() as i64;
                 queue.fail(row, err.class, &err.message, decision.burn, due, decision.dead).map_err(db)?;
                 if decision.dead {
@@ -145,7 +187,7 @@ async fn deliver_batch(
                 let rest = &rows[i + 1..];
                 match err.class {
                     ErrorClass::PlexUnavailable | ErrorClass::Throttled => {
-                        open_breaker(queue, &err)?;
+                        open_breaker(queue, &err, knobs.scale)?;
                         release_all(queue, rest, now_ms())?;
                         return Ok(());
                     }
@@ -161,9 +203,6 @@ async fn deliver_batch(
                     _ => {}
                 }
             }
-        }
-        if !options.pace.is_zero() {
-            tokio::time::sleep(options.pace).await;
         }
     }
     Ok(())
@@ -190,9 +229,9 @@ fn release_all(queue: &Queue, rows: &[Claimed], due: i64) -> Result<(), Error> {
 
 /// Opens the breaker (persisted, so a new process during the outage waits
 /// too) for a jittered, growing delay, or Retry-After when Plex gave one.
-fn open_breaker(queue: &Queue, err: &Error) -> Result<(), Error> {
+fn open_breaker(queue: &Queue, err: &Error, scale: f64) -> Result<(), Error> {
     let fails: u32 = queue.get_kv(BREAKER_FAILS_KEY).map_err(db)?.and_then(|v| v.parse().ok()).unwrap_or(0);
-    let delay = probe_delay(fails, err.retry_after);
+    let delay = probe_delay(fails, err.retry_after, scale);
     queue.set_kv(BREAKER_FAILS_KEY, &(fails + 1).to_string()).map_err(db)?;
     queue.set_kv(BREAKER_KEY, &(now_ms() + delay.as_millis() as i64).to_string()).map_err(db)?;
     tracing::warn!("Plex unavailable: the queue waits ({:.0?} before the next probe)", delay);
@@ -200,36 +239,37 @@ fn open_breaker(queue: &Queue, err: &Error) -> Result<(), Error> {
 }
 
 /// Capped exponential delay with jitter: 1 s, 2 s, 4 s … 60 s, ±50 %.
-fn probe_delay(fails: u32, retry_after: Option<Duration>) -> Duration {
+fn probe_delay(fails: u32, retry_after: Option<Duration>, scale: f64) -> Duration {
     let base = Duration::from_secs(1).saturating_mul(2u32.saturating_pow(fails.min(6))).min(Duration::from_secs(60));
-    let jittered = base.mul_f64(rand::rng().random_range(0.5..1.0));
+    let jittered = base.mul_f64(rand::rng().random_range(0.5..1.0) * scale);
     retry_after.map_or(jittered, |r| jittered.max(r))
 }
 
-/// While the breaker is open, sleeps and probes `/identity` until Plex answers.
-async fn wait_for_breaker(pipeline: &Pipeline, queue: &Queue, options: &WorkerOptions) -> Result<(), Error> {
+/// While the breaker is open, sleeps and probes `/identity` until Plex
+/// answers; returns whether it was open.
+async fn wait_for_breaker(pipeline: &Pipeline, queue: &Queue, options: &WorkerOptions) -> Result<bool, Error> {
     let started = Instant::now();
     loop {
         let until: i64 = queue.get_kv(BREAKER_KEY).map_err(db)?.and_then(|v| v.parse().ok()).unwrap_or(0);
         if until == 0 {
-            return Ok(());
+            return Ok(false);
         }
         let wait = until - now_ms();
         if wait > 0 {
             tokio::time::sleep(Duration::from_millis(wait as u64).min(options.max_sleep)).await;
             continue;
         }
-        let Some(plex) = &pipeline.plex else { return Ok(()) };
+        let Some(plex) = &pipeline.plex else { return Ok(false) };
         match plex.identity().await {
             Ok(_) => {
                 queue.set_kv(BREAKER_KEY, "0").map_err(db)?;
                 queue.set_kv(BREAKER_FAILS_KEY, "0").map_err(db)?;
-                tracing::info!("Plex is back after {:.0?}; delivering", started.elapsed());
-                return Ok(());
+                tracing::info!("Plex is back after {:.0?}; delivering gently for a minute", started.elapsed());
+                return Ok(true);
             }
             Err(e) => {
                 tracing::debug!("probe: {e}");
-                open_breaker(queue, &e)?;
+                open_breaker(queue, &e, pipeline.settings.retry.scale)?;
             }
         }
     }
