@@ -113,7 +113,11 @@ pub struct LibraryIndex {
     by_name: HashMap<String, Vec<String>>,
     pub sections: Vec<PlexSection>,
     pub built_at: Option<Instant>,
-    /// Plex reads the last build took.
+    /// When new and changed items were last fetched.
+    pub refreshed_at: Option<Instant>,
+    /// Newest `updatedAt` seen, for incremental refreshes.
+    pub newest_update: i64,
+    /// Plex reads the index has made.
     pub reads: usize,
 }
 
@@ -161,11 +165,33 @@ impl LibraryIndex {
         }
         index.sections = sections;
         index.built_at = Some(Instant::now());
+        index.refreshed_at = index.built_at;
         Ok(index)
+    }
+
+    /// Fetches only items added or changed since the newest one seen (one
+    /// request per section, usually tiny), so newly scanned files are found
+    /// without re-reading the library.
+    pub async fn refresh_recent(&mut self, plex: &PlexClient) -> Result<usize, Error> {
+        // A minute of overlap: Plex's updatedAt has second precision and
+        // clocks of scans in progress may lag.
+        let since = (self.newest_update - 60).max(0);
+        let mut found = 0;
+        for section in self.sections.clone() {
+            let items = plex.section_changed_since(&section.key, since).await?;
+            self.reads += 1;
+            found += items.len();
+            for item in items {
+                self.insert(&section.key, &item);
+            }
+        }
+        self.refreshed_at = Some(Instant::now());
+        Ok(found)
     }
 
     pub fn insert(&mut self, section: &str, item: &PlexItem) {
         let rk = item.rating_key.clone();
+        self.newest_update = self.newest_update.max(item.updated_at.or(item.added_at).unwrap_or(0));
         let files: Vec<(String, Option<u64>)> = item.files().map(|p| (p.file.clone(), p.size)).collect();
         for (path, size) in &files {
             let norm = normalize(path, false);

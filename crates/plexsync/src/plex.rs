@@ -278,6 +278,25 @@ impl PlexClient {
         }
     }
 
+    /// Items of a section added or changed after `since` (Unix seconds),
+    /// with Plex's `updatedAt>>=` filter; paged like a full listing.
+    pub async fn section_changed_since(&self, section: &str, since: i64) -> Result<Vec<PlexItem>, Error> {
+        let since = since.to_string();
+        let mut items = Vec::new();
+        loop {
+            let url = self.url(&format!("library/sections/{section}/all"), &[("type", "1"), ("updatedAt>>", &since)]);
+            let headers =
+                [("X-Plex-Container-Start", items.len().to_string()), ("X-Plex-Container-Size", PAGE_SIZE.to_string())];
+            let env: Envelope<Container> = self.get_json("list changed items", url, &headers).await?;
+            let total = env.container.total_size.unwrap_or(env.container.size);
+            let got = env.container.metadata.len();
+            items.extend(env.container.metadata);
+            if got == 0 || items.len() >= total {
+                return Ok(items);
+            }
+        }
+    }
+
     /// `GET /library/metadata/{ratingKey}`; `None` when Plex has no such item.
     pub async fn item(&self, rating_key: &str) -> Result<Option<PlexItem>, Error> {
         let url = self.url(&format!("library/metadata/{rating_key}"), &[]);

@@ -94,7 +94,7 @@ pub async fn run(stdin: &str) -> i32 {
         }
     };
     let result = match &input.args.hook {
-        Some(hook) => handle_hook(&input, hook),
+        Some(hook) => handle_hook(&input, hook).await,
         None => handle_task(&input).await,
     };
     match result {
@@ -120,7 +120,7 @@ fn data_dir(conn: &ServerConnection) -> PathBuf {
     })
 }
 
-fn handle_hook(input: &PluginInput, hook: &HookContext) -> Result<Value, String> {
+async fn handle_hook(input: &PluginInput, hook: &HookContext) -> Result<Value, String> {
     let id =
         hook.scene_id().ok_or_else(|| format!("hook {} came without a scene id (got {})", hook.hook_type, hook.id))?;
     let dir = data_dir(&input.server_connection);
@@ -128,6 +128,7 @@ fn handle_hook(input: &PluginInput, hook: &HookContext) -> Result<Value, String>
     match hook.hook_type.as_str() {
         "Scene.Create.Post" | "Scene.Update.Post" => {
             queue.enqueue(&id, Reason::Hook).map_err(|e| format!("cannot queue scene {id}: {e}"))?;
+            capture_changes(&input.server_connection, &queue).await;
             ensure_worker(&dir, &input.server_connection)?;
             Ok(json!(format!("scene {id} queued for Plex")))
         }
@@ -139,6 +140,24 @@ fn handle_hook(input: &PluginInput, hook: &HookContext) -> Result<Value, String>
         other => Err(format!(
             "PlexSync does not handle the hook {other}; the manifest should only route Scene.Create.Post, Scene.Update.Post and Scene.Destroy.Post to it"
         )),
+    }
+}
+
+/// Watermark capture at every hook: one small Stash query, bounded so a
+/// slow Stash cannot slow the hook down; a failure only means the worker's
+/// next capture finds the changes.
+async fn capture_changes(conn: &ServerConnection, queue: &crate::queue::Queue) {
+    let options = crate::http::HttpOptions {
+        connect_timeout: std::time::Duration::from_millis(500),
+        request_timeout: std::time::Duration::from_millis(1500),
+        ..Default::default()
+    };
+    let Ok(url) = conn.url() else { return };
+    let Ok(stash) = crate::stash::StashClient::new(&url, conn.credentials(), &options) else { return };
+    match crate::capture::capture(&stash, queue).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("queued {n} scenes changed in Stash without a hook"),
+        Err(e) => tracing::debug!("change capture skipped: {e}"),
     }
 }
 

@@ -17,7 +17,9 @@ use crate::stash::{Scene, StashClient};
 /// Largest image we copy from Stash to Plex.
 pub const MAX_IMAGE_BYTES: usize = 20 * 1024 * 1024;
 /// An index older than this is re-read before a scene counts as not in Plex.
-const INDEX_MAX_AGE_ON_MISS: Duration = Duration::from_secs(30);
+const INDEX_MAX_AGE_ON_MISS: Duration = Duration::from_secs(600);
+/// Misses within this long of the last incremental refresh reuse it.
+const INDEX_REFRESH_GAP: Duration = Duration::from_secs(1);
 
 /// How one delivery ended.
 #[derive(Clone, Debug, PartialEq)]
@@ -178,7 +180,9 @@ impl Pipeline {
         Ok(Outcome::Refreshed(rk))
     }
 
-    /// Finds the scene's item, re-reading a stale index once on a miss.
+    /// Finds the scene's item. On a miss, first fetches what Plex added or
+    /// changed since the index was read (cheap), and re-reads the whole
+    /// index only when it is older than [`INDEX_MAX_AGE_ON_MISS`].
     pub async fn find(&mut self, scene: &Scene, recorded: Option<&str>) -> Result<Match, Error> {
         self.ensure_index(None).await?;
         let maps = self.settings.path_maps.clone();
@@ -186,7 +190,14 @@ impl Pipeline {
         if matches!(found, Match::Found { .. }) {
             return Ok(found);
         }
-        self.ensure_index(Some(INDEX_MAX_AGE_ON_MISS)).await?;
+        let plex = self.plex()?.clone();
+        let index = self.index.as_mut().expect("index ensured");
+        if index.built_at.is_some_and(|t| t.elapsed() > INDEX_MAX_AGE_ON_MISS) {
+            self.index = None;
+            self.ensure_index(None).await?;
+        } else if index.refreshed_at.is_none_or(|t| t.elapsed() > INDEX_REFRESH_GAP) {
+            index.refresh_recent(&plex).await?;
+        }
         Ok(self.index.as_ref().expect("index ensured").find(scene, recorded, &maps))
     }
 

@@ -54,7 +54,8 @@ pub struct WorkerOptions {
     pub max_wait: Duration,
     /// Check Stash for changes no hook reported, at start and this often.
     pub capture_every: Option<Duration>,
-    /// Longest single sleep, so new rows from hooks are noticed.
+    /// Longest single sleep, so new rows from hooks are noticed soon (one
+    /// indexed SQLite read per wake-up).
     pub max_sleep: Duration,
 }
 
@@ -64,7 +65,7 @@ impl Default for WorkerOptions {
             batch: 25,
             max_wait: Duration::from_secs(8 * 86_400),
             capture_every: Some(Duration::from_secs(30)),
-            max_sleep: Duration::from_secs(15),
+            max_sleep: Duration::from_secs(2),
         }
     }
 }
