@@ -181,6 +181,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 tracing::debug!("another worker is delivering; nothing to do");
                 return Ok(ExitCode::SUCCESS);
             };
+            // For people and tools that need to find the worker (status, kill).
+            let _ = std::fs::write(ctx.data_dir.join("worker.pid"), std::process::id().to_string());
             let queue = ctx.queue()?;
             let mut pipeline = ctx.pipeline()?;
             let mut options = WorkerOptions::default();
