@@ -123,6 +123,15 @@ impl Error {
         };
         // `without_url` keeps query strings (and anything in them) out of the message.
         let detail = root_cause(&err.without_url());
+        if detail.to_ascii_lowercase().contains("certificate") {
+            return Self::new(
+                ErrorClass::Config,
+                format!(
+                    "{what}: {}'s TLS certificate was not accepted ({detail}); set plexCaFile to its CA, use an http:// plexUrl, or plexInsecure (what the old plugin did)",
+                    server.name()
+                ),
+            );
+        }
         Self::new(server.unavailable(), format!("{what}: {} {kind} ({detail})", server.name()))
     }
 

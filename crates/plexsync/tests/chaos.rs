@@ -25,7 +25,8 @@ fn env_num(name: &str, default: u64) -> u64 {
 async fn chaos() {
     let secs = env_num("CHAOS_SECS", 45);
     let seed = env_num("CHAOS_SEED", 1);
-    let bed = Bed::new(300, json!({"retryScale": 0.01, "leaseSecs": 1, "drainPerSec": 1000, "requestTimeoutSecs": 1})).await;
+    let bed =
+        Bed::new(300, json!({"retryScale": 0.01, "leaseSecs": 1, "drainPerSec": 1000, "requestTimeoutSecs": 1})).await;
     let ids = bed.scenes_in_plex();
     let tags: Vec<u64> = bed.stash.with_state(|s| s.tags.keys().copied().collect());
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
@@ -69,7 +70,9 @@ async fn chaos() {
                 }
             }
             90..=94 => {
-                let pid = std::fs::read_to_string(bed.data_dir().join("worker.pid")).ok().and_then(|p| p.trim().parse::<i32>().ok());
+                let pid = std::fs::read_to_string(bed.data_dir().join("worker.pid"))
+                    .ok()
+                    .and_then(|p| p.trim().parse::<i32>().ok());
                 if let Some(pid) = pid.filter(|_| plexsync::worker::is_running(&bed.data_dir())) {
                     // SAFETY: sending a signal to a process id we started.
                     unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -89,7 +92,8 @@ async fn chaos() {
         ids.iter().all(|id| {
             let want = expected(*id);
             let item = bed.item_of(*id);
-            let tag_names: Vec<String> = bed.stash.with_state(|s| want.tags.iter().map(|t| s.tags[t].name.clone()).collect());
+            let tag_names: Vec<String> =
+                bed.stash.with_state(|s| want.tags.iter().map(|t| s.tags[t].name.clone()).collect());
             item.field("title") == want.title.as_deref() && item.tag_names(TagKind::Genre) == tag_names
         })
     };
@@ -104,7 +108,8 @@ async fn chaos() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let converge_time = calm.elapsed();
-    let lost: Vec<u64> = ids.iter().copied().filter(|id| bed.item_of(*id).field("title") != expected(*id).title.as_deref()).collect();
+    let lost: Vec<u64> =
+        ids.iter().copied().filter(|id| bed.item_of(*id).field("title") != expected(*id).title.as_deref()).collect();
     // A wrong-item write: an item titled after another scene.
     let wrong = ids
         .iter()
