@@ -6,6 +6,7 @@
 //! - [`fixtures`]: seeded sample libraries shared by both.
 //! - [`plugin`]: running a `raw` plugin binary exactly as Stash does.
 
+pub mod corpus;
 pub mod fixtures;
 pub mod plex;
 pub mod plugin;

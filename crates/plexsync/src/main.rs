@@ -77,6 +77,16 @@ enum Command {
         #[arg(long)]
         since: Option<String>,
     },
+    /// Show how a scene is matched to a Plex item.
+    Explain {
+        /// Stash scene id.
+        scene: String,
+    },
+    /// Path mappings.
+    Paths {
+        #[command(subcommand)]
+        action: PathsAction,
+    },
     /// Check settings, Stash, Plex and libraries.
     Health,
     /// Print the Stash plugin manifest (PlexSync.yml).
@@ -92,6 +102,12 @@ enum Command {
         #[arg(long, default_value_t = 3.0)]
         outage_secs: f64,
     },
+}
+
+#[derive(Subcommand)]
+enum PathsAction {
+    /// Propose `stash => plex` prefix rules from files present in both.
+    Suggest,
 }
 
 #[derive(Subcommand)]
@@ -269,6 +285,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let options = WorkerOptions { max_wait: std::time::Duration::ZERO, ..WorkerOptions::default() };
             let delivered = tasks::process_queue(&ctx, options, &mut cli_progress("delivered")).await?;
             println!("{}", serde_json::to_string_pretty(&json!({"reconcile": found, "delivery": delivered}))?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Explain { scene } => {
+            let ctx = Context::from_local(&sources).await?;
+            let out = tasks::explain(&ctx, scene).await?;
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Paths { action: PathsAction::Suggest } => {
+            let ctx = Context::from_local(&sources).await?;
+            let out = tasks::suggest_paths(&ctx).await?;
+            println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Health => {

@@ -22,6 +22,8 @@ pub struct IndexedItem {
     pub title: String,
     /// (raw path, size)
     pub files: Vec<(String, Option<u64>)>,
+    /// Part durations in ms, for tie-breaks.
+    pub durations: Vec<u64>,
 }
 
 /// How sure a match is.
@@ -95,6 +97,14 @@ fn file_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
+/// The path without its extension (the part after the last dot of the name).
+fn stem(path: &str) -> &str {
+    match path.rsplit_once('.') {
+        Some((stem, ext)) if !ext.contains('/') => stem,
+        _ => path,
+    }
+}
+
 /// The ratingKey in a Plex URL the agent left on a scene
 /// (`plex/library/metadata/12345`, possibly with more after it).
 pub fn rating_key_in_url(url: &str) -> Option<String> {
@@ -111,6 +121,7 @@ pub struct LibraryIndex {
     by_path_folded: HashMap<String, Vec<String>>,
     by_name_size: HashMap<(String, u64), Vec<String>>,
     by_name: HashMap<String, Vec<String>>,
+    by_stem_size: HashMap<(String, u64), Vec<String>>,
     pub sections: Vec<PlexSection>,
     pub built_at: Option<Instant>,
     /// When new and changed items were last fetched.
@@ -199,22 +210,26 @@ impl LibraryIndex {
             push(&mut self.by_path, norm.clone(), &rk);
             push(&mut self.by_path_folded, norm.to_lowercase(), &rk);
             if let Some(size) = size {
-                let list = self.by_name_size.entry((name.clone(), *size)).or_default();
-                if !list.contains(&rk) {
-                    list.push(rk.clone());
+                for (map, key) in
+                    [(&mut self.by_name_size, name.clone()), (&mut self.by_stem_size, stem(&norm).to_lowercase())]
+                {
+                    let list = map.entry((key, *size)).or_default();
+                    if !list.contains(&rk) {
+                        list.push(rk.clone());
+                    }
                 }
             }
             push(&mut self.by_name, name, &rk);
         }
-        self.items.insert(
-            rk.clone(),
-            IndexedItem {
-                rating_key: rk,
-                section: section.to_string(),
-                title: item.title.clone().unwrap_or_default(),
-                files,
-            },
-        );
+        let durations = item.files().filter_map(|p| p.duration).collect();
+        let indexed = IndexedItem {
+            rating_key: rk.clone(),
+            section: section.to_string(),
+            title: item.title.clone().unwrap_or_default(),
+            files,
+            durations,
+        };
+        self.items.insert(rk, indexed);
     }
 
     pub fn len(&self) -> usize {
@@ -244,58 +259,125 @@ impl LibraryIndex {
 
     /// Finds the scene's item. `recorded` is the ratingKey we wrote to last time.
     pub fn find(&self, scene: &Scene, recorded: Option<&str>, maps: &[PathMap]) -> Match {
-        let mut tried = Vec::new();
+        self.explain(scene, recorded, maps).0
+    }
+
+    /// Finds the scene's item and says how: one line per signal tried.
+    pub fn explain(&self, scene: &Scene, recorded: Option<&str>, maps: &[PathMap]) -> (Match, Vec<String>) {
+        let mut trace = Vec::new();
         if let Some(rk) = recorded {
             if self.item_has_scene_file(rk, scene, maps) {
-                return self.found(rk, Confidence::High, format!("recorded ratingKey {rk}, same file"));
+                trace.push(format!("recorded ratingKey {rk}: still holds the scene's file — match"));
+                return (self.found(rk, Confidence::High, format!("recorded ratingKey {rk}, same file")), trace);
             }
-            tried.push(format!("recorded ratingKey {rk}: no longer holds the scene's file"));
+            trace.push(format!("recorded ratingKey {rk}: no longer holds the scene's file"));
         }
         if let Some(rk) = scene.urls.iter().rev().find_map(|u| rating_key_in_url(u)) {
             if self.items.contains_key(&rk) {
-                return self.found(&rk, Confidence::High, format!("Plex URL on the scene names {rk}"));
+                trace.push(format!("Plex URL on the scene names {rk} — match"));
+                return (self.found(&rk, Confidence::High, format!("Plex URL on the scene names {rk}")), trace);
             }
-            tried.push(format!("Plex URL on the scene names {rk}, which is not in the library"));
+            trace.push(format!("Plex URL on the scene names {rk}, which is not in the library"));
         }
         let mut candidates: Vec<(String, Confidence, String)> = Vec::new();
         for file in &scene.files {
-            let mapped = map_path(&file.path, maps, false);
-            let mut keys = vec![mapped.clone()];
-            keys.extend(percent_decoded(&mapped).map(|p| normalize(&p, false)));
-            let exact: Vec<&String> = keys.iter().filter_map(|k| self.by_path.get(k)).flatten().collect();
-            if !exact.is_empty() {
-                candidates.extend(exact.into_iter().map(|rk| (rk.clone(), Confidence::High, format!("path {mapped}"))));
-                continue;
+            let found = self.file_candidates(file, maps, &mut trace);
+            candidates.extend(found);
+        }
+        // Only the strongest signal counts: a weaker one never outvotes it.
+        let best = candidates.iter().map(|c| c.1).max();
+        candidates.retain(|c| Some(c.1) == best);
+        candidates.sort_by(|a, b| a.0.cmp(&b.0));
+        candidates.dedup_by(|a, b| a.0 == b.0);
+        let decision = match candidates.as_slice() {
+            [] => Match::NotFound { tried: trace.clone() },
+            [(rk, confidence, reason)] => self.found(rk, *confidence, reason.clone()),
+            many => self.break_tie(scene, many),
+        };
+        trace.push(match &decision {
+            Match::Found { rating_key, confidence, reason, .. } => {
+                format!("decision: item {rating_key} ({confidence:?} confidence: {reason})")
             }
-            if let Some(rks) = self.by_path_folded.get(&mapped.to_lowercase()) {
-                candidates.extend(
-                    rks.iter().map(|rk| (rk.clone(), Confidence::Medium, format!("path {mapped} (ignoring case)"))),
-                );
-                continue;
+            Match::Ambiguous { candidates, reason } => {
+                format!("decision: ambiguous, nothing written: {reason} ({})", candidates.join(", "))
             }
-            let name = file_name(&mapped).to_lowercase();
-            if let Some(rks) = self.by_name_size.get(&(name.clone(), file.size)) {
-                candidates
-                    .extend(rks.iter().map(|rk| {
-                        (rk.clone(), Confidence::Medium, format!("file name {name} and size {}", file.size))
-                    }));
-                continue;
+            Match::NotFound { .. } => "decision: not in Plex".to_string(),
+        });
+        (decision, trace)
+    }
+
+    /// The candidates of one scene file, by the first signal that has any.
+    fn file_candidates(
+        &self,
+        file: &crate::stash::SceneFile,
+        maps: &[PathMap],
+        trace: &mut Vec<String>,
+    ) -> Vec<(String, Confidence, String)> {
+        let mapped = map_path(&file.path, maps, false);
+        let mut keys = vec![mapped.clone()];
+        keys.extend(percent_decoded(&mapped).map(|p| normalize(&p, false)));
+        trace.push(format!("file {} → {}", file.path, keys.join(" | ")));
+        let with = |rks: &[String], c: Confidence, why: String| -> Vec<(String, Confidence, String)> {
+            rks.iter().map(|rk| (rk.clone(), c, why.clone())).collect()
+        };
+        let exact: Vec<String> = keys.iter().filter_map(|k| self.by_path.get(k)).flatten().cloned().collect();
+        if !exact.is_empty() {
+            trace.push(format!("  exact path: items {}", exact.join(", ")));
+            return with(&exact, Confidence::High, format!("path {mapped}"));
+        }
+        trace.push("  exact path: none".into());
+        let folded: Vec<String> =
+            keys.iter().filter_map(|k| self.by_path_folded.get(&k.to_lowercase())).flatten().cloned().collect();
+        if !folded.is_empty() {
+            trace.push(format!("  path ignoring case: items {}", folded.join(", ")));
+            return with(&folded, Confidence::Medium, format!("path {mapped} (ignoring case)"));
+        }
+        trace.push("  path ignoring case: none".into());
+        let decoded = keys.last().expect("at least the mapped path");
+        let name = file_name(decoded).to_lowercase();
+        if let Some(rks) = self.by_name_size.get(&(name.clone(), file.size)) {
+            trace.push(format!("  file name {name} + size {}: items {}", file.size, rks.join(", ")));
+            return with(rks, Confidence::Medium, format!("file name {name} and size {}", file.size));
+        }
+        trace.push(format!("  file name {name} + size {}: none", file.size));
+        if let Some(rks) = self.by_stem_size.get(&(stem(decoded).to_lowercase(), file.size)) {
+            trace.push(format!("  same name, other extension, same size: items {}", rks.join(", ")));
+            return with(rks, Confidence::Medium, format!("{} with another extension, same size", stem(decoded)));
+        }
+        trace.push("  same name with another extension: none".into());
+        match self.by_name.get(&name).map(Vec::as_slice) {
+            Some([rk]) => {
+                trace.push(format!("  file name {name} alone: only item {rk}"));
+                vec![(rk.clone(), Confidence::Low, format!("unique file name {name}"))]
             }
-            match self.by_name.get(&name).map(Vec::as_slice) {
-                Some([rk]) => candidates.push((rk.clone(), Confidence::Low, format!("unique file name {name}"))),
-                Some(many) => tried.push(format!("file name {name} is in {} items", many.len())),
-                None => tried.push(format!("{mapped}: no item has this path or file name")),
+            Some(many) => {
+                trace.push(format!("  file name {name} alone: {} items, not unique", many.len()));
+                Vec::new()
+            }
+            None => {
+                trace.push(format!("  file name {name} alone: none"));
+                Vec::new()
             }
         }
-        candidates.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-        candidates.dedup_by(|a, b| a.0 == b.0);
-        match candidates.as_slice() {
-            [] => Match::NotFound { tried },
-            [(rk, confidence, reason)] => self.found(rk, *confidence, reason.clone()),
-            many => Match::Ambiguous {
-                candidates: many.iter().map(|(rk, _, _)| rk.clone()).collect(),
-                reason: format!("{} Plex items hold the scene's files", many.len()),
-            },
+    }
+
+    /// Several candidates: the scene's duration may single one out (within
+    /// 2 s); otherwise the scene is ambiguous.
+    fn break_tie(&self, scene: &Scene, many: &[(String, Confidence, String)]) -> Match {
+        let close = |rk: &str| {
+            self.items.get(rk).is_some_and(|item| {
+                item.durations
+                    .iter()
+                    .any(|d| scene.files.iter().any(|f| (f.duration - *d as f64 / 1000.0).abs() <= 2.0))
+            })
+        };
+        let by_duration: Vec<&(String, Confidence, String)> = many.iter().filter(|c| close(&c.0)).collect();
+        if let [(rk, _, reason)] = by_duration.as_slice() {
+            return self.found(rk, Confidence::Low, format!("{reason}; duration breaks a tie"));
+        }
+        Match::Ambiguous {
+            candidates: many.iter().map(|(rk, _, _)| rk.clone()).collect(),
+            reason: format!("{} Plex items could hold the scene's files", many.len()),
         }
     }
 
@@ -309,6 +391,52 @@ impl LibraryIndex {
             })
         })
     }
+}
+
+/// A proposed `stash => plex` prefix rule and how many files it explains.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Suggestion {
+    pub stash: String,
+    pub plex: String,
+    pub files: usize,
+}
+
+/// Proposes path mappings: every Stash file whose name and size exist once
+/// in Plex is paired with that Plex file; the components both paths share
+/// at the end are dropped, and what is left of each is a prefix rule. Rules
+/// are ranked by how many files they explain.
+pub fn suggest_mappings(stash_files: &[(String, u64)], index: &LibraryIndex) -> Vec<Suggestion> {
+    let mut counts: HashMap<(String, String), usize> = HashMap::new();
+    for (path, size) in stash_files {
+        let stash = normalize(path, false);
+        let Some([rk]) = index.by_name_size.get(&(file_name(&stash).to_lowercase(), *size)).map(Vec::as_slice) else {
+            continue;
+        };
+        let Some((plex, _)) = index.items[rk].files.iter().find(|(p, s)| {
+            *s == Some(*size) && file_name(&normalize(p, false)).eq_ignore_ascii_case(file_name(&stash))
+        }) else {
+            continue;
+        };
+        let plex = normalize(plex, false);
+        let (a, b): (Vec<&str>, Vec<&str>) = (stash.split('/').collect(), plex.split('/').collect());
+        let common = a.iter().rev().zip(b.iter().rev()).take_while(|(x, y)| x.eq_ignore_ascii_case(y)).count();
+        let prefix = |parts: &[&str]| {
+            let p = parts.join("/");
+            if p.is_empty() {
+                "/".to_string()
+            } else {
+                p
+            }
+        };
+        *counts.entry((prefix(&a[..a.len() - common]), prefix(&b[..b.len() - common]))).or_default() += 1;
+    }
+    let mut rules: Vec<Suggestion> = counts
+        .into_iter()
+        .filter(|((s, p), _)| s != p)
+        .map(|((stash, plex), files)| Suggestion { stash, plex, files })
+        .collect();
+    rules.sort_by(|x, y| y.files.cmp(&x.files).then(x.stash.cmp(&y.stash)));
+    rules
 }
 
 #[cfg(test)]

@@ -29,6 +29,8 @@ pub const MODES: &[(&str, &str, &str)] = &[
         "Compare every scene with Plex and queue those whose Plex values differ or are missing.",
     ),
     ("reconcile_recent", "Reconcile recent", "Compare scenes changed in the last 24 hours with Plex."),
+    ("paths_suggest", "Suggest path mappings", "Compare file names and sizes in Stash and Plex and propose pathMappings rules."),
+    ("explain", "Explain matches", "Show how scenes are matched: the scene in args.scene_id, or up to ten scenes waiting as not in Plex or ambiguous."),
     ("retry_dead", "Retry dead letters", "Queue every scene that was given up on again, with fresh attempts."),
     ("purge_dead", "Purge dead letters", "Remove every scene that was given up on from the queue."),
 ];
@@ -217,7 +219,11 @@ async fn handle_task(input: &PluginInput) -> Result<Value, String> {
     for w in &ctx.warnings {
         tracing::warn!("setting: {w}");
     }
-    let result = crate::tasks::run(&ctx, &mode, &mut |done, total| {
+    let scene_arg = input.args.extra.get("scene_id").map(|v| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    });
+    let result = crate::tasks::run_with(&ctx, &mode, scene_arg, &mut |done, total| {
         if total > 0 {
             protocol::progress(done as f64 / total as f64)
         }

@@ -241,6 +241,36 @@ impl StashClient {
         Ok(ids)
     }
 
+    /// Every file of every scene: (path, size), paged.
+    pub async fn all_files(&self) -> Result<Vec<(String, u64)>, Error> {
+        #[derive(Deserialize)]
+        struct Scene {
+            files: Vec<SceneFile>,
+        }
+        #[derive(Deserialize)]
+        struct Page {
+            count: usize,
+            scenes: Vec<Scene>,
+        }
+        #[derive(Deserialize)]
+        struct Data {
+            #[serde(rename = "findScenes")]
+            page: Page,
+        }
+        let q = "query Files($f: FindFilterType) { findScenes(filter: $f) { count scenes { files { path basename size duration } } } }";
+        let (mut out, mut seen) = (Vec::new(), 0);
+        for page in 1.. {
+            let data: Data = self.query("list scene files", q, page_vars(page, 1000, None)).await?;
+            let got = data.page.scenes.len();
+            seen += got;
+            out.extend(data.page.scenes.into_iter().flat_map(|s| s.files).map(|f| (f.path, f.size)));
+            if got == 0 || seen >= data.page.count {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     /// (id, updated_at) of scenes updated after `since`, oldest first.
     pub async fn changed_since(&self, since: &str) -> Result<Vec<(String, String)>, Error> {
         #[derive(Deserialize)]

@@ -13,6 +13,16 @@ use crate::worker::{self, WorkerOptions};
 
 /// Runs task `mode`; `progress(done, total)` as work advances.
 pub async fn run(ctx: &Context, mode: &str, progress: &mut dyn FnMut(usize, usize)) -> Result<Value, Error> {
+    run_with(ctx, mode, None, progress).await
+}
+
+/// Like [`run`], with a scene id for `explain`.
+pub async fn run_with(
+    ctx: &Context,
+    mode: &str,
+    scene_arg: Option<String>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Value, Error> {
     match mode {
         "sync_all" => enqueue_changed(ctx, None, progress).await,
         "sync_recent" => {
@@ -38,6 +48,13 @@ pub async fn run(ctx: &Context, mode: &str, progress: &mut dyn FnMut(usize, usiz
         "reconcile_recent" => {
             let since = (chrono::Utc::now() - chrono::Duration::hours(24)).to_rfc3339();
             reconcile(ctx, Some(&since), progress).await
+        }
+        "paths_suggest" => suggest_paths(ctx).await,
+        "explain" => {
+            let Some(id) = scene_arg else {
+                return explain_failing(ctx).await;
+            };
+            explain(ctx, &id).await
         }
         "retry_dead" => {
             let n = ctx.queue()?.retry_dead(None).map_err(db)?;
@@ -109,6 +126,73 @@ pub async fn reconcile(
     }
     tracing::info!("reconcile: {checked} scenes checked, {differ} differ in Plex, {missing} not found in Plex; queued");
     Ok(json!({"checked": checked, "differ": differ, "missing": missing, "queued": differ + missing}))
+}
+
+/// Proposes path mappings from files present in both Stash and Plex.
+pub async fn suggest_paths(ctx: &Context) -> Result<Value, Error> {
+    let pipeline = ctx.pipeline()?;
+    let plex = pipeline
+        .plex
+        .as_ref()
+        .ok_or_else(|| Error::new(ErrorClass::Config, ctx.settings.delivery_problem().unwrap_or_default()))?;
+    let index = LibraryIndex::build(plex, &ctx.settings).await?;
+    let files = ctx.stash.all_files().await?;
+    let rules = crate::matching::suggest_mappings(&files, &index);
+    for r in rules.iter().take(5) {
+        tracing::info!("suggested mapping: {} => {}  ({} of {} Stash files)", r.stash, r.plex, r.files, files.len());
+    }
+    if rules.is_empty() {
+        tracing::info!("no mapping needed or none found: no Stash file has a single same-named, same-sized file in Plex under another folder");
+    }
+    let setting = rules.iter().take(3).map(|r| format!("{} => {}", r.stash, r.plex)).collect::<Vec<_>>().join("; ");
+    Ok(
+        json!({"suggestions": rules.iter().take(10).collect::<Vec<_>>(), "stash_files": files.len(), "pathMappings": setting}),
+    )
+}
+
+/// How scene `id` is matched: files, mapped paths, candidates, decision.
+pub async fn explain(ctx: &Context, id: &str) -> Result<Value, Error> {
+    let scene = ctx
+        .stash
+        .find_scene(id)
+        .await?
+        .ok_or_else(|| Error::new(ErrorClass::BadData, format!("scene {id} does not exist in Stash")))?;
+    let mut pipeline = ctx.pipeline()?;
+    let recorded = ctx.queue()?.record(id).map_err(db)?.map(|r| r.rating_key);
+    pipeline.find(&scene, recorded.as_deref()).await?;
+    let index = pipeline.index.as_ref().expect("find built the index");
+    let (decision, trace) = index.explain(&scene, recorded.as_deref(), &ctx.settings.path_maps);
+    tracing::info!("scene {id}: {}", scene.title.as_deref().unwrap_or("(no title)"));
+    for line in &trace {
+        tracing::info!("{line}");
+    }
+    let mut notes = Vec::new();
+    crate::desired::desired(&scene, &ctx.settings, &mut notes);
+    for n in &notes {
+        tracing::info!("sanitizer: {n}");
+    }
+    Ok(
+        json!({"scene": id, "files": scene.files.iter().map(|f| &f.path).collect::<Vec<_>>(), "trace": trace, "decision": decision, "sanitizer": notes}),
+    )
+}
+
+/// Explains up to ten scenes that wait as not in Plex or ambiguous.
+async fn explain_failing(ctx: &Context) -> Result<Value, Error> {
+    let rows = ctx.queue()?.rows("pending", 500).map_err(db)?;
+    let failing: Vec<String> = rows
+        .into_iter()
+        .filter(|r| matches!(r.error_class.as_deref(), Some("not_in_plex" | "ambiguous")))
+        .map(|r| r.scene_id)
+        .take(10)
+        .collect();
+    if failing.is_empty() {
+        tracing::info!("no scene waits as not in Plex or ambiguous; pass scene_id to explain one");
+    }
+    let mut out = Vec::new();
+    for id in failing {
+        out.push(explain(ctx, &id).await?);
+    }
+    Ok(json!(out))
 }
 
 /// Queues every scene (updated after `since`, when given).
