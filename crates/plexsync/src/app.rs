@@ -94,7 +94,9 @@ impl Context {
     }
 
     pub fn pipeline(&self) -> Result<Pipeline, Error> {
-        Pipeline::new(self.settings.clone(), self.stash.clone())
+        let mut pipeline = Pipeline::new(self.settings.clone(), self.stash.clone())?;
+        pipeline.index_store = Some(self.data_dir.join("queue.sqlite"));
+        Ok(pipeline)
     }
 }
 

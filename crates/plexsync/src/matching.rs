@@ -15,7 +15,7 @@ use crate::plex::{PlexClient, PlexItem, PlexSection};
 use crate::stash::Scene;
 
 /// A Plex item as the index keeps it.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct IndexedItem {
     pub rating_key: String,
     pub section: String,
@@ -201,10 +201,19 @@ impl LibraryIndex {
     }
 
     pub fn insert(&mut self, section: &str, item: &PlexItem) {
-        let rk = item.rating_key.clone();
         self.newest_update = self.newest_update.max(item.updated_at.or(item.added_at).unwrap_or(0));
-        let files: Vec<(String, Option<u64>)> = item.files().map(|p| (p.file.clone(), p.size)).collect();
-        for (path, size) in &files {
+        self.insert_indexed(IndexedItem {
+            rating_key: item.rating_key.clone(),
+            section: section.to_string(),
+            title: item.title.clone().unwrap_or_default(),
+            files: item.files().map(|p| (p.file.clone(), p.size)).collect(),
+            durations: item.files().filter_map(|p| p.duration).collect(),
+        });
+    }
+
+    fn insert_indexed(&mut self, item: IndexedItem) {
+        let rk = item.rating_key.clone();
+        for (path, size) in &item.files {
             let norm = normalize(path, false);
             let name = file_name(&norm).to_lowercase();
             push(&mut self.by_path, norm.clone(), &rk);
@@ -221,15 +230,49 @@ impl LibraryIndex {
             }
             push(&mut self.by_name, name, &rk);
         }
-        let durations = item.files().filter_map(|p| p.duration).collect();
-        let indexed = IndexedItem {
-            rating_key: rk.clone(),
-            section: section.to_string(),
-            title: item.title.clone().unwrap_or_default(),
-            files,
-            durations,
+        self.items.insert(rk, item);
+    }
+
+    /// What to store: a description (which server and libraries, when read,
+    /// newest update, sections) and one JSON row per item.
+    pub fn snapshot(&self, key: &str) -> (String, Vec<(String, String)>) {
+        let age_ms = self.built_at.map_or(0, |t| t.elapsed().as_millis() as i64);
+        let meta = serde_json::json!({
+            "key": key,
+            "built_at_ms": crate::queue::now_ms() - age_ms,
+            "newest_update": self.newest_update,
+            "sections": self.sections,
+        });
+        let rows = self
+            .items
+            .values()
+            .map(|i| (i.rating_key.clone(), serde_json::to_string(i).expect("items serialize")))
+            .collect();
+        (meta.to_string(), rows)
+    }
+
+    /// Rebuilds a stored index, unless it was read for another `key`
+    /// (server or libraries changed) or is older than `max_age`.
+    pub fn restore(key: &str, meta: &str, rows: Vec<String>, max_age: std::time::Duration) -> Option<Self> {
+        let meta: serde_json::Value = serde_json::from_str(meta).ok()?;
+        if meta["key"].as_str() != Some(key) {
+            return None;
+        }
+        let age_ms = (crate::queue::now_ms() - meta["built_at_ms"].as_i64()?).max(0) as u64;
+        let age = std::time::Duration::from_millis(age_ms);
+        if age > max_age {
+            return None;
+        }
+        let mut index = LibraryIndex {
+            sections: serde_json::from_value(meta["sections"].clone()).ok()?,
+            newest_update: meta["newest_update"].as_i64().unwrap_or(0),
+            built_at: Instant::now().checked_sub(age),
+            ..Default::default()
         };
-        self.items.insert(rk, indexed);
+        for row in rows {
+            index.insert_indexed(serde_json::from_str(&row).ok()?);
+        }
+        Some(index)
     }
 
     pub fn len(&self) -> usize {
@@ -478,6 +521,21 @@ mod tests {
         assert_eq!(rating_key_in_url("plex/library/metadata/123"), Some("123".into()));
         assert_eq!(rating_key_in_url("https://x/library/metadata/77/refresh"), Some("77".into()));
         assert_eq!(rating_key_in_url("https://example.com/scene/1"), None);
+    }
+
+    #[test]
+    fn stored_index_is_reused_only_for_the_same_server_and_while_young() {
+        let mut index = LibraryIndex::default();
+        index.insert("1", &item("10", "/media/a/x.mp4", 5));
+        index.built_at = Some(Instant::now());
+        let (meta, rows) = index.snapshot("http://plex/|");
+        let rows: Vec<String> = rows.into_iter().map(|(_, r)| r).collect();
+        let hour = std::time::Duration::from_secs(3600);
+        let back = LibraryIndex::restore("http://plex/|", &meta, rows.clone(), hour).unwrap();
+        assert!(matches!(back.find(&scene("/data/a/x.mp4", 5), None, &maps()), Match::Found { .. }));
+        assert!(LibraryIndex::restore("http://other/|", &meta, rows.clone(), hour).is_none(), "other server");
+        let old = meta.replace("\"built_at_ms\":", "\"built_at_ms\":0,\"x\":");
+        assert!(LibraryIndex::restore("http://plex/|", &old, rows, hour).is_none(), "too old");
     }
 
     #[test]

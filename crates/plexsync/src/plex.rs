@@ -48,13 +48,13 @@ struct Container {
     library_section_id: Option<u32>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct PlexLocation {
     pub path: String,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct PlexSection {
     #[serde(deserialize_with = "string_or_number")]
@@ -63,7 +63,7 @@ pub struct PlexSection {
     pub kind: String,
     pub title: String,
     pub agent: String,
-    #[serde(rename = "Location")]
+    #[serde(rename = "Location", alias = "locations")]
     pub locations: Vec<PlexLocation>,
 }
 

@@ -48,6 +48,10 @@ CREATE TABLE IF NOT EXISTS synced (
     stash_updated_at  TEXT NOT NULL,
     synced_at         INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS plex_index (
+    rating_key TEXT PRIMARY KEY,
+    item       TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS kv (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -394,6 +398,38 @@ impl Queue {
 
     pub fn forget(&self, scene_id: &str) -> rusqlite::Result<()> {
         self.conn.execute("DELETE FROM synced WHERE scene_id = ?1", params![scene_id])?;
+        Ok(())
+    }
+
+    /// Replaces the stored library index.
+    pub fn save_index(&mut self, meta: &str, rows: &[(String, String)]) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM plex_index", [])?;
+        {
+            let mut stmt = tx.prepare("INSERT INTO plex_index (rating_key, item) VALUES (?1, ?2)")?;
+            for (rk, item) in rows {
+                stmt.execute(params![rk, item])?;
+            }
+        }
+        tx.execute(
+            "INSERT INTO kv (key, value) VALUES ('plex_index_meta', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![meta],
+        )?;
+        tx.commit()
+    }
+
+    /// The stored library index: its description and item rows.
+    pub fn load_index(&self) -> rusqlite::Result<Option<(String, Vec<String>)>> {
+        let Some(meta) = self.get_kv("plex_index_meta")? else { return Ok(None) };
+        let mut stmt = self.conn.prepare("SELECT item FROM plex_index")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(Some((meta, rows)))
+    }
+
+    /// Forgets the stored index (an item vanished: the next run reads Plex again).
+    pub fn drop_index(&self) -> rusqlite::Result<()> {
+        self.conn.execute("DELETE FROM kv WHERE key = 'plex_index_meta'", [])?;
+        self.conn.execute("DELETE FROM plex_index", [])?;
         Ok(())
     }
 

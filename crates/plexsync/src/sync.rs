@@ -16,8 +16,10 @@ use crate::stash::{Scene, StashClient};
 
 /// Largest image we copy from Stash to Plex.
 pub const MAX_IMAGE_BYTES: usize = 20 * 1024 * 1024;
-/// An index older than this is re-read before a scene counts as not in Plex.
-const INDEX_MAX_AGE_ON_MISS: Duration = Duration::from_secs(600);
+/// The index is re-read in full when older than this (so items deleted
+/// from Plex leave it); in between, misses fetch only what changed. The same
+/// rule decides whether a stored index may be used by a new process.
+const INDEX_MAX_AGE_ON_MISS: Duration = Duration::from_secs(6 * 3600);
 /// Misses within this long of the last incremental refresh reuse it.
 const INDEX_REFRESH_GAP: Duration = Duration::from_secs(1);
 
@@ -71,6 +73,8 @@ pub struct Pipeline {
     pub stash: StashClient,
     pub plex: Option<PlexClient>,
     pub index: Option<LibraryIndex>,
+    /// Queue database where the index is kept between processes.
+    pub index_store: Option<std::path::PathBuf>,
     pub stats: Stats,
 }
 
@@ -83,7 +87,7 @@ impl Pipeline {
         if settings.plex_http.insecure {
             tracing::warn!("plexInsecure is on: Plex's TLS certificate is not checked");
         }
-        Ok(Self { settings, stash, plex, index: None, stats: Stats::default() })
+        Ok(Self { settings, stash, plex, index: None, index_store: None, stats: Stats::default() })
     }
 
     fn plex(&self) -> Result<&PlexClient, Error> {
@@ -95,7 +99,16 @@ impl Pipeline {
         }
     }
 
+    /// Which server and libraries an index belongs to.
+    fn index_key(&self) -> String {
+        let url = self.settings.plex_url.as_ref().map(|u| u.to_string()).unwrap_or_default();
+        format!("{url}|{}", self.settings.libraries.join(","))
+    }
+
     async fn ensure_index(&mut self, max_age: Option<Duration>) -> Result<(), Error> {
+        if self.index.is_none() {
+            self.index = self.load_index();
+        }
         let stale = match (&self.index, max_age) {
             (None, _) => true,
             (Some(i), Some(age)) => i.built_at.is_none_or(|t| t.elapsed() > age),
@@ -111,8 +124,35 @@ impl Pipeline {
                 started.elapsed()
             );
             self.index = Some(index);
+            self.save_index();
         }
         Ok(())
+    }
+
+    /// The index a previous process stored, when it is for this server and
+    /// libraries and young enough.
+    fn load_index(&self) -> Option<LibraryIndex> {
+        let queue = Queue::open(self.index_store.as_ref()?).ok()?;
+        let (meta, rows) = queue.load_index().ok()??;
+        let index = LibraryIndex::restore(&self.index_key(), &meta, rows, INDEX_MAX_AGE_ON_MISS)?;
+        tracing::debug!("using the stored Plex library index ({} items)", index.len());
+        Some(index)
+    }
+
+    fn save_index(&self) {
+        let (Some(path), Some(index)) = (&self.index_store, &self.index) else { return };
+        let (meta, rows) = index.snapshot(&self.index_key());
+        if let Err(e) = Queue::open(path).and_then(|mut q| q.save_index(&meta, &rows)) {
+            tracing::warn!("could not store the Plex library index: {e}");
+        }
+    }
+
+    /// Forgets the index here and on disk: the next match reads Plex again.
+    fn drop_index(&mut self) {
+        self.index = None;
+        if let Some(Ok(q)) = self.index_store.as_ref().map(|p| Queue::open(p)) {
+            let _ = q.drop_index();
+        }
     }
 
     /// Delivers the scene `id` as it is in Stash now.
@@ -193,10 +233,12 @@ impl Pipeline {
         let plex = self.plex()?.clone();
         let index = self.index.as_mut().expect("index ensured");
         if index.built_at.is_some_and(|t| t.elapsed() > INDEX_MAX_AGE_ON_MISS) {
-            self.index = None;
+            self.drop_index();
             self.ensure_index(None).await?;
         } else if index.refreshed_at.is_none_or(|t| t.elapsed() > INDEX_REFRESH_GAP) {
-            index.refresh_recent(&plex).await?;
+            if index.refresh_recent(&plex).await? > 0 {
+                self.save_index();
+            }
         }
         Ok(self.index.as_ref().expect("index ensured").find(scene, recorded, &maps))
     }
@@ -245,7 +287,7 @@ impl Pipeline {
             }
         };
         let Some(item) = self.plex()?.item(&rk).await? else {
-            self.index = None;
+            self.drop_index();
             return Err(Error::new(ErrorClass::NotInPlex, format!("Plex item {rk} disappeared")));
         };
         let mut warnings = Vec::new();

@@ -328,3 +328,29 @@ async fn committed_manifest_matches_the_settings_table() {
         assert!(committed.contains(&format!("  {key}:\n")), "old setting {key} kept");
     }
 }
+
+#[tokio::test]
+async fn a_new_worker_reuses_the_stored_library_index() {
+    let bed = Bed::new(300, json!({})).await;
+    let ids = bed.scenes_in_plex();
+    assert!(!bed.update_hook(ids[0]).await.failed());
+    bed.settle().await;
+    let full_reads = |bed: &Bed| {
+        bed.plex
+            .requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path == "/library/sections/1/all" && r.param("updatedAt>>").is_none())
+            .count()
+    };
+    assert!(full_reads(&bed) >= 2, "the first worker read the library");
+    // Wait for that worker to exit, so the next hook starts a new process.
+    while plexsync::worker::is_running(&bed.data_dir()) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bed.plex.clear_requests();
+    bed.stash.update_scene(ids[1], |s| s.title = Some("Second Process".into()));
+    assert!(!bed.update_hook(ids[1]).await.failed());
+    bed.settle().await;
+    assert_eq!(bed.item_of(ids[1]).field("title"), Some("Second Process"));
+    assert_eq!(full_reads(&bed), 0, "no full library read: {:?}", bed.plex.requests());
+}
