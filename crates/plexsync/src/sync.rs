@@ -235,10 +235,10 @@ impl Pipeline {
         if index.built_at.is_some_and(|t| t.elapsed() > INDEX_MAX_AGE_ON_MISS) {
             self.drop_index();
             self.ensure_index(None).await?;
-        } else if index.refreshed_at.is_none_or(|t| t.elapsed() > INDEX_REFRESH_GAP) {
-            if index.refresh_recent(&plex).await? > 0 {
-                self.save_index();
-            }
+        } else if index.refreshed_at.is_none_or(|t| t.elapsed() > INDEX_REFRESH_GAP)
+            && index.refresh_recent(&plex).await? > 0
+        {
+            self.save_index();
         }
         Ok(self.index.as_ref().expect("index ensured").find(scene, recorded, &maps))
     }
