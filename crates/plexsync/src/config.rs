@@ -350,8 +350,12 @@ impl Reader {
         match Url::parse(&raw) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(u),
             _ => {
+                // Only the part before any query or credentials is echoed: a
+                // token pasted into the URL must not reach the log.
+                let shown = raw.split(['?', '#']).next().unwrap_or("");
+                let shown = shown.rsplit_once('@').map_or(shown, |(_, host)| host);
                 self.warnings.push(format!(
-                    "setting '{key}' must be a URL like http://192.168.1.10:32400, got '{raw}'; it is ignored"
+                    "setting '{key}' must be a URL like http://192.168.1.10:32400, got '{shown}'; it is ignored"
                 ));
                 None
             }

@@ -92,66 +92,38 @@ fn tags(kind: &'static str, names: Vec<String>) -> Value {
     Value::Tags(kind, names.into_iter().map(|name| TagValue { name, thumb: None }).collect())
 }
 
-/// Computes the desired value of every owned field; `warnings` gets one
-/// line per value that had to be dropped (naming scene and field).
-pub fn desired(scene: &Scene, settings: &Settings, warnings: &mut Vec<String>) -> Vec<Desired> {
+/// What the sanitizer did to a scene's values: `dropped` values (a warning
+/// each, naming scene and field) and `changed` ones (shown at debug level
+/// and by `explain`).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Report {
+    pub dropped: Vec<String>,
+    pub changed: Vec<String>,
+}
+
+impl Report {
+    fn note<T>(&mut self, scene: &Scene, field: Field, clean: sanitize::Clean<T>) -> T {
+        for n in clean.notes {
+            self.changed.push(format!("scene {}: {}: {n}", scene.id, field.name()));
+        }
+        clean.value
+    }
+
+    fn drop(&mut self, scene: &Scene, field: Field, why: String) {
+        self.dropped.push(format!("scene {}: {} dropped: {why}", scene.id, field.name()));
+    }
+}
+
+/// Computes the desired value of every owned field, recording in `report`
+/// what the sanitizer changed or dropped.
+pub fn desired(scene: &Scene, settings: &Settings, report: &mut Report) -> Vec<Desired> {
     let mut out = Vec::new();
-    let line = |s: &str| sanitize::one_line(s, sanitize::ONE_LINE_MAX).value;
     for field in settings.fields.iter().copied() {
+        let mut line = |s: &str| report.note(scene, field, sanitize::one_line(s, sanitize::ONE_LINE_MAX));
         let value = match field {
             Field::Title => Value::Scalars(vec![("title", line(&scene_title(scene)))]),
-            Field::Summary => Value::Scalars(vec![(
-                "summary",
-                sanitize::multi_line(scene.details.as_deref().unwrap_or(""), sanitize::MULTI_LINE_MAX).value,
-            )]),
             Field::Studio => {
                 Value::Scalars(vec![("studio", scene.studio.as_ref().map(|s| line(&s.name)).unwrap_or_default())])
-            }
-            Field::Date => {
-                let (date, year) = match scene.date.as_deref().filter(|d| !d.trim().is_empty()).map(sanitize::date) {
-                    Some(Ok(d)) => (d.date.unwrap_or_default(), d.year.to_string()),
-                    Some(Err(e)) => {
-                        warnings.push(format!("scene {}: date dropped: {e}", scene.id));
-                        (String::new(), String::new())
-                    }
-                    None => (String::new(), String::new()),
-                };
-                Value::Scalars(vec![("originallyAvailableAt", date), ("year", year)])
-            }
-            Field::Genres => {
-                tags("genre", sanitize::name_list(scene.tags.iter().map(|t| t.name.as_str()), sanitize::LIST_MAX).value)
-            }
-            Field::Actors => {
-                let names =
-                    sanitize::name_list(scene.performers.iter().map(|p| p.name.as_str()), sanitize::LIST_MAX).value;
-                let list = names
-                    .into_iter()
-                    .map(|name| {
-                        let thumb = settings
-                            .actor_images
-                            .then(|| scene.performers.iter().find(|p| line(&p.name) == name))
-                            .flatten()
-                            .and_then(|p| p.image_path.clone());
-                        TagValue { name, thumb }
-                    })
-                    .collect();
-                Value::Tags("actor", list)
-            }
-            Field::Directors => {
-                let raw = scene.director.as_deref().unwrap_or("");
-                tags("director", sanitize::name_list(raw.split(','), sanitize::LIST_MAX).value)
-            }
-            Field::Collection => {
-                let mut names = Vec::new();
-                if let Some(studio) = &scene.studio {
-                    names.push(studio.name.as_str());
-                    if settings.collection_parent_studio {
-                        if let Some(parent) = &studio.parent_studio {
-                            names.push(parent.name.as_str());
-                        }
-                    }
-                }
-                tags("collection", sanitize::name_list(names, sanitize::LIST_MAX).value)
             }
             Field::Tagline => {
                 let raw = match settings.tagline {
@@ -161,6 +133,67 @@ pub fn desired(scene: &Scene, settings: &Settings, warnings: &mut Vec<String>) -
                     TaglineSource::Director => scene.director.clone(),
                 };
                 Value::Scalars(vec![("tagline", line(raw.as_deref().unwrap_or("")))])
+            }
+            Field::Summary => {
+                let clean = sanitize::multi_line(scene.details.as_deref().unwrap_or(""), sanitize::MULTI_LINE_MAX);
+                Value::Scalars(vec![("summary", report.note(scene, field, clean))])
+            }
+            Field::Date => {
+                let (date, year) = match scene.date.as_deref().filter(|d| !d.trim().is_empty()).map(sanitize::date) {
+                    Some(Ok(d)) => (d.date.unwrap_or_default(), d.year.to_string()),
+                    Some(Err(e)) => {
+                        report.drop(scene, field, e);
+                        (String::new(), String::new())
+                    }
+                    None => (String::new(), String::new()),
+                };
+                Value::Scalars(vec![("originallyAvailableAt", date), ("year", year)])
+            }
+            Field::Genres => {
+                let names = sanitize::name_list(scene.tags.iter().map(|t| t.name.as_str()), sanitize::LIST_MAX);
+                tags("genre", report.note(scene, field, names))
+            }
+            Field::Actors => {
+                let names = sanitize::name_list(scene.performers.iter().map(|p| p.name.as_str()), sanitize::LIST_MAX);
+                let names = report.note(scene, field, names);
+                let mut list = Vec::new();
+                for name in names {
+                    let photo = settings
+                        .actor_images
+                        .then(|| {
+                            scene
+                                .performers
+                                .iter()
+                                .find(|p| sanitize::one_line(&p.name, sanitize::ONE_LINE_MAX).value == name)
+                        })
+                        .flatten()
+                        .and_then(|p| p.image_path.as_deref());
+                    let thumb = match photo.map(sanitize::url) {
+                        Some(Ok(u)) => Some(u),
+                        Some(Err(e)) => {
+                            report.drop(scene, field, format!("photo of {name}: {e}"));
+                            None
+                        }
+                        None => None,
+                    };
+                    list.push(TagValue { name, thumb });
+                }
+                Value::Tags("actor", list)
+            }
+            Field::Directors => {
+                let raw = scene.director.as_deref().unwrap_or("");
+                let names = sanitize::name_list(raw.split(','), sanitize::LIST_MAX);
+                tags("director", report.note(scene, field, names))
+            }
+            Field::Collection => {
+                let mut names = Vec::new();
+                if let Some(studio) = &scene.studio {
+                    names.push(studio.name.as_str());
+                    if let Some(parent) = studio.parent_studio.as_ref().filter(|_| settings.collection_parent_studio) {
+                        names.push(parent.name.as_str());
+                    }
+                }
+                tags("collection", report.note(scene, field, sanitize::name_list(names, sanitize::LIST_MAX)))
             }
             Field::Poster | Field::Background => Value::Image(scene.paths.screenshot.clone().filter(|s| !s.is_empty())),
         };

@@ -146,6 +146,22 @@ pub struct Page {
     pub total: usize,
 }
 
+fn page_of(c: Container) -> Page {
+    let total = c.total_size.unwrap_or(c.size);
+    let mut items = c.metadata;
+    if let Some(id) = c.library_section_id {
+        items.iter_mut().for_each(|i| i.library_section_id = i.library_section_id.or(Some(id)));
+    }
+    Page { items, total }
+}
+
+/// Parses a Plex JSON listing (`{"MediaContainer": …}`); an error, never a
+/// panic, for anything else.
+pub fn parse_listing(body: &[u8]) -> Result<Page, String> {
+    let env: Envelope<Container> = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    Ok(page_of(env.container))
+}
+
 fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     Ok(match serde_json::Value::deserialize(d)? {
         serde_json::Value::String(s) => s,
@@ -251,13 +267,7 @@ impl PlexClient {
         let url = self.url(&format!("library/sections/{section}/all"), &[("type", "1")]);
         let headers = [("X-Plex-Container-Start", start.to_string()), ("X-Plex-Container-Size", size.to_string())];
         let env: Envelope<Container> = self.get_json("list library items", url, &headers).await?;
-        let c = env.container;
-        let total = c.total_size.unwrap_or(c.size);
-        let mut items = c.metadata;
-        if let Some(id) = c.library_section_id {
-            items.iter_mut().for_each(|i| i.library_section_id = i.library_section_id.or(Some(id)));
-        }
-        Ok(Page { items, total })
+        Ok(page_of(env.container))
     }
 
     /// Every item of a section, paged; `progress(done, total)` after each page.

@@ -7,10 +7,14 @@
 //! | multi-line  | NFC; control characters removed except newline and tab; CRLF → LF; trimmed | 10 000 chars |
 //! | date        | `YYYY-MM-DD` real calendar date, year 1800–2200; `YYYY-MM` → first of month; `YYYY` → year only | — |
 //! | name / tag  | one-line rules; empty dropped; duplicates (ignoring case) dropped          | 255 chars, 100 entries |
+//! | rating      | Stash's 0–100 clamped, mapped to Plex's 0–10                              | —            |
+//! | URL         | http(s) with a host, no credentials in it                                 | 2 048 chars  |
 //!
-//! Cuts happen at a character boundary and never split a combining sequence.
+//! Cuts happen between grapheme clusters: never inside an emoji sequence or
+//! between a letter and its accents.
 
 use unicode_normalization::UnicodeNormalization;
+use unicode_segmentation::UnicodeSegmentation;
 
 pub const ONE_LINE_MAX: usize = 255;
 pub const MULTI_LINE_MAX: usize = 10_000;
@@ -28,18 +32,22 @@ fn is_invisible(c: char) -> bool {
     matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}' | '\u{2029}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}')
 }
 
-/// Cuts `s` to at most `max` characters, backing off so that a base
-/// character is never separated from the combining marks after it.
+/// Cuts `s` to at most `max` characters, at a grapheme cluster boundary.
 fn truncate(s: &str, max: usize) -> (String, bool) {
     if s.chars().count() <= max {
         return (s.to_string(), false);
     }
-    let chars: Vec<char> = s.chars().collect();
-    let mut end = max;
-    while end > 0 && unicode_normalization::char::is_combining_mark(chars[end]) {
-        end -= 1;
+    let mut out = String::new();
+    let mut count = 0;
+    for g in s.graphemes(true) {
+        let n = g.chars().count();
+        if count + n > max {
+            break;
+        }
+        out.push_str(g);
+        count += n;
     }
-    (chars[..end].iter().collect::<String>().trim_end().to_string(), true)
+    (out.trim_end().to_string(), true)
 }
 
 /// A one-line text field (title, studio, tagline, a name).
@@ -131,6 +139,30 @@ pub fn date(raw: &str) -> Result<PlexDate, String> {
     }
 }
 
+/// Stash's `rating100` as Plex's 0–10 rating, clamped.
+pub fn rating(raw: i64) -> Clean<f64> {
+    let clamped = raw.clamp(0, 100);
+    let notes = if clamped == raw { Vec::new() } else { vec![format!("rating {raw} clamped to {clamped}")] };
+    Clean { value: clamped as f64 / 10.0, notes }
+}
+
+/// A URL that may be handed to Plex (performer photos): http(s) with a
+/// host, at most 2 048 characters, no user or password in it.
+pub fn url(raw: &str) -> Result<String, String> {
+    let trimmed = raw.trim();
+    if trimmed.len() > 2048 {
+        return Err("URL longer than 2048 characters".into());
+    }
+    let parsed = url::Url::parse(trimmed).map_err(|e| format!("not a URL ({e})"))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        return Err(format!("only http(s) URLs with a host are allowed, got {}:", parsed.scheme()));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("URL carries credentials".into());
+    }
+    Ok(parsed.to_string())
+}
+
 /// A list of names (tags, performers): cleaned, empty and duplicate
 /// (ignoring case) entries dropped, at most `max` kept, order kept.
 pub fn name_list<'a>(raw: impl IntoIterator<Item = &'a str>, max: usize) -> Clean<Vec<String>> {
@@ -167,10 +199,23 @@ mod tests {
         assert!(!c.notes.is_empty());
         // NFD input comes out NFC.
         assert_eq!(one_line("Cafe\u{301}", 255).value, "Café");
-        // Cutting never leaves a base without its combining mark.
+        // Cutting never leaves a base without its combining mark, nor splits an emoji.
         let cut = truncate("abe\u{301}\u{302}x", 3);
         assert_eq!(cut.0, "ab");
+        let family = "\u{1F468}\u{200D}\u{1F469}\u{200D}\u{1F467}";
+        assert_eq!(truncate(&format!("ab{family}"), 4).0, "ab");
         assert_eq!(one_line("Tom & Jerry = #1", 255), Clean { value: "Tom & Jerry = #1".into(), notes: vec![] });
+    }
+
+    #[test]
+    fn ratings_and_urls() {
+        assert_eq!(rating(85).value, 8.5);
+        assert_eq!(rating(150).value, 10.0);
+        assert!(!rating(-3).notes.is_empty());
+        assert_eq!(url(" http://stash:9999/performer/1/image ").unwrap(), "http://stash:9999/performer/1/image");
+        assert!(url("file:///etc/passwd").is_err());
+        assert!(url("javascript:alert(1)").is_err());
+        assert!(url("http://user:pw@host/x").is_err());
     }
 
     #[test]

@@ -290,12 +290,15 @@ impl Pipeline {
             self.drop_index();
             return Err(Error::new(ErrorClass::NotInPlex, format!("Plex item {rk} disappeared")));
         };
-        let mut warnings = Vec::new();
-        let wanted = desired::desired(scene, &self.settings, &mut warnings);
-        for w in &warnings {
+        let mut report = desired::Report::default();
+        let wanted = desired::desired(scene, &self.settings, &mut report);
+        for w in &report.dropped {
             tracing::warn!("{w}");
         }
-        self.stats.warnings += warnings.len();
+        for c in &report.changed {
+            tracing::debug!("sanitized: {c}");
+        }
+        self.stats.warnings += report.dropped.len();
 
         let previous = record.filter(|r| r.rating_key == rk).map(|r| r.field_hashes).unwrap_or_default();
         let changes: Vec<&Desired> = wanted

@@ -107,8 +107,7 @@ pub async fn reconcile(
                 queue.enqueue(&scene.id, Reason::Reconcile).map_err(db)?;
                 continue;
             };
-            let mut warnings = Vec::new();
-            let wanted = crate::desired::desired(&scene, &ctx.settings, &mut warnings);
+            let wanted = crate::desired::desired(&scene, &ctx.settings, &mut Default::default());
             let preserve = ctx.settings.preserve_plex_edits;
             if wanted
                 .iter()
@@ -166,9 +165,9 @@ pub async fn explain(ctx: &Context, id: &str) -> Result<Value, Error> {
     for line in &trace {
         tracing::info!("{line}");
     }
-    let mut notes = Vec::new();
+    let mut notes = crate::desired::Report::default();
     crate::desired::desired(&scene, &ctx.settings, &mut notes);
-    for n in &notes {
+    for n in notes.dropped.iter().chain(&notes.changed) {
         tracing::info!("sanitizer: {n}");
     }
     Ok(
