@@ -125,24 +125,25 @@ fn data_dir(conn: &ServerConnection) -> PathBuf {
 async fn handle_hook(input: &PluginInput, hook: &HookContext) -> Result<Value, String> {
     let id =
         hook.scene_id().ok_or_else(|| format!("hook {} came without a scene id (got {})", hook.hook_type, hook.id))?;
+    let known = ["Scene.Create.Post", "Scene.Update.Post", "Scene.Destroy.Post"];
+    if !known.contains(&hook.hook_type.as_str()) {
+        return Err(format!(
+            "PlexSync does not handle the hook {}; the manifest should only route {} to it",
+            hook.hook_type,
+            known.join(", ")
+        ));
+    }
     let dir = data_dir(&input.server_connection);
     let queue = open_queue(&dir).map_err(|e| e.to_string())?;
-    match hook.hook_type.as_str() {
-        "Scene.Create.Post" | "Scene.Update.Post" => {
-            queue.enqueue(&id, Reason::Hook).map_err(|e| format!("cannot queue scene {id}: {e}"))?;
-            capture_changes(&input.server_connection, &queue).await;
-            ensure_worker(&dir, &input.server_connection)?;
-            Ok(json!(format!("scene {id} queued for Plex")))
-        }
-        "Scene.Destroy.Post" => {
-            queue.forget(&id).map_err(|e| e.to_string())?;
-            // A waiting row delivers as "gone" and ends there.
-            Ok(json!(format!("scene {id} forgotten")))
-        }
-        other => Err(format!(
-            "PlexSync does not handle the hook {other}; the manifest should only route Scene.Create.Post, Scene.Update.Post and Scene.Destroy.Post to it"
-        )),
+    if hook.hook_type == "Scene.Destroy.Post" {
+        queue.forget(&id).map_err(|e| e.to_string())?;
+        // A waiting row delivers as "gone" and ends there.
+        return Ok(json!(format!("scene {id} forgotten")));
     }
+    queue.enqueue(&id, Reason::Hook).map_err(|e| format!("cannot queue scene {id}: {e}"))?;
+    capture_changes(&input.server_connection, &queue).await;
+    ensure_worker(&dir, &input.server_connection)?;
+    Ok(json!(format!("scene {id} queued for Plex")))
 }
 
 /// Watermark capture at every hook: one small Stash query, bounded so a
