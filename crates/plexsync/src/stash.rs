@@ -130,15 +130,17 @@ pub struct ScenePage {
     pub scenes: Vec<Scene>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-struct IdOnly {
-    id: String,
+/// `findScenes { count scenes { … } }` with rows of type `T`.
+#[derive(Deserialize)]
+struct Rows<T> {
+    #[serde(rename = "findScenes")]
+    page: RowPage<T>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-struct IdPage {
+#[derive(Deserialize)]
+struct RowPage<T> {
     count: usize,
-    scenes: Vec<IdOnly>,
+    scenes: Vec<T>,
 }
 
 impl StashClient {
@@ -216,6 +218,31 @@ impl StashClient {
         Ok(data.page)
     }
 
+    /// Every row of a `findScenes` query (`$f`, `$sf` variables) whose scene
+    /// fields are `fields`, oldest update first, page by page.
+    async fn all_rows<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        fields: &str,
+        since: Option<&str>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Vec<T>, Error> {
+        let q = format!(
+            "query Rows($f: FindFilterType, $sf: SceneFilterType) {{ findScenes(filter: $f, scene_filter: $sf) {{ count scenes {{ {fields} }} }} }}"
+        );
+        let mut rows = Vec::new();
+        for page in 1.. {
+            let data: Rows<T> = self.query(what, &q, page_vars(page, 1000, since)).await?;
+            let got = data.page.scenes.len();
+            rows.extend(data.page.scenes);
+            progress(rows.len(), data.page.count);
+            if got == 0 || rows.len() >= data.page.count {
+                break;
+            }
+        }
+        Ok(rows)
+    }
+
     /// Ids of every scene (updated after `since`, when given), paged.
     pub async fn scene_ids(
         &self,
@@ -223,52 +250,22 @@ impl StashClient {
         mut progress: impl FnMut(usize, usize),
     ) -> Result<Vec<String>, Error> {
         #[derive(Deserialize)]
-        struct Data {
-            #[serde(rename = "findScenes")]
-            page: IdPage,
+        struct Row {
+            id: String,
         }
-        let q = "query Ids($f: FindFilterType, $sf: SceneFilterType) { findScenes(filter: $f, scene_filter: $sf) { count scenes { id } } }";
-        let mut ids = Vec::new();
-        for page in 1.. {
-            let data: Data = self.query("list scene ids", q, page_vars(page, 1000, since)).await?;
-            let got = data.page.scenes.len();
-            ids.extend(data.page.scenes.into_iter().map(|s| s.id));
-            progress(ids.len(), data.page.count);
-            if got == 0 || ids.len() >= data.page.count {
-                break;
-            }
-        }
-        Ok(ids)
+        let rows: Vec<Row> = self.all_rows("list scene ids", "id", since, &mut progress).await?;
+        Ok(rows.into_iter().map(|r| r.id).collect())
     }
 
     /// Every file of every scene: (path, size), paged.
     pub async fn all_files(&self) -> Result<Vec<(String, u64)>, Error> {
         #[derive(Deserialize)]
-        struct Scene {
+        struct Row {
             files: Vec<SceneFile>,
         }
-        #[derive(Deserialize)]
-        struct Page {
-            count: usize,
-            scenes: Vec<Scene>,
-        }
-        #[derive(Deserialize)]
-        struct Data {
-            #[serde(rename = "findScenes")]
-            page: Page,
-        }
-        let q = "query Files($f: FindFilterType) { findScenes(filter: $f) { count scenes { files { path basename size duration } } } }";
-        let (mut out, mut seen) = (Vec::new(), 0);
-        for page in 1.. {
-            let data: Data = self.query("list scene files", q, page_vars(page, 1000, None)).await?;
-            let got = data.page.scenes.len();
-            seen += got;
-            out.extend(data.page.scenes.into_iter().flat_map(|s| s.files).map(|f| (f.path, f.size)));
-            if got == 0 || seen >= data.page.count {
-                break;
-            }
-        }
-        Ok(out)
+        let rows: Vec<Row> =
+            self.all_rows("list scene files", "files { path basename size duration }", None, &mut |_, _| {}).await?;
+        Ok(rows.into_iter().flat_map(|r| r.files).map(|f| (f.path, f.size)).collect())
     }
 
     /// (id, updated_at) of scenes updated after `since`, oldest first.
@@ -278,27 +275,8 @@ impl StashClient {
             id: String,
             updated_at: String,
         }
-        #[derive(Deserialize)]
-        struct Page {
-            count: usize,
-            scenes: Vec<Row>,
-        }
-        #[derive(Deserialize)]
-        struct Data {
-            #[serde(rename = "findScenes")]
-            page: Page,
-        }
-        let q = "query Changed($f: FindFilterType, $sf: SceneFilterType) { findScenes(filter: $f, scene_filter: $sf) { count scenes { id updated_at } } }";
-        let mut out = Vec::new();
-        for page in 1.. {
-            let data: Data = self.query("find changed scenes", q, page_vars(page, 500, Some(since))).await?;
-            let got = data.page.scenes.len();
-            out.extend(data.page.scenes.into_iter().map(|r| (r.id, r.updated_at)));
-            if got == 0 || out.len() >= data.page.count {
-                break;
-            }
-        }
-        Ok(out)
+        let rows: Vec<Row> = self.all_rows("find changed scenes", "id updated_at", Some(since), &mut |_, _| {}).await?;
+        Ok(rows.into_iter().map(|r| (r.id, r.updated_at)).collect())
     }
 
     /// The latest `updated_at` of any scene (Stash's clock, not ours).
