@@ -245,13 +245,14 @@ pub fn status(ctx: &Context) -> Result<Value, Error> {
     let dead = queue.rows("dead", 50).map_err(db)?;
     let waiting: Vec<_> =
         queue.rows("pending", 200).map_err(db)?.into_iter().filter(|r| r.error_class.is_some()).take(50).collect();
+    let worker_running = worker::is_running(&ctx.data_dir);
     tracing::info!(
         "queue: {} waiting ({} due now), {} dead letters, {} scenes synced; worker {}",
         stats.pending,
         stats.due_now,
         stats.dead,
         stats.synced,
-        if worker::is_running(&ctx.data_dir) { "running" } else { "not running" }
+        if worker_running { "running" } else { "not running" }
     );
     for row in waiting.iter().chain(dead.iter()) {
         tracing::info!(
@@ -264,7 +265,7 @@ pub fn status(ctx: &Context) -> Result<Value, Error> {
     }
     Ok(json!({
         "queue": stats,
-        "worker_running": worker::is_running(&ctx.data_dir),
+        "worker_running": worker_running,
         "failing": waiting,
         "dead": dead,
         "setting_warnings": ctx.warnings,
