@@ -262,23 +262,33 @@ impl PlexClient {
         Ok(env.container.directory)
     }
 
-    /// One page of a movie section, `start`-based.
-    pub async fn section_page(&self, section: &str, start: usize, size: usize) -> Result<Page, Error> {
-        let url = self.url(&format!("library/sections/{section}/all"), &[("type", "1")]);
+    /// One page of a movie section, `start`-based, narrowed by `filter`
+    /// (Plex listing filters such as `updatedAt>>`).
+    pub async fn section_page(
+        &self,
+        section: &str,
+        filter: &[(&str, &str)],
+        start: usize,
+        size: usize,
+    ) -> Result<Page, Error> {
+        let mut url = self.url(&format!("library/sections/{section}/all"), &[("type", "1")]);
+        url.query_pairs_mut().extend_pairs(filter);
         let headers = [("X-Plex-Container-Start", start.to_string()), ("X-Plex-Container-Size", size.to_string())];
         let env: Envelope<Container> = self.get_json("list library items", url, &headers).await?;
         Ok(page_of(env.container))
     }
 
-    /// Every item of a section, paged; `progress(done, total)` after each page.
-    pub async fn section_items(
+    /// Every item of a section matching `filter`, page by page;
+    /// `progress(done, total)` after each page.
+    async fn section_items_where(
         &self,
         section: &str,
-        mut progress: impl FnMut(usize, usize),
+        filter: &[(&str, &str)],
+        progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Vec<PlexItem>, Error> {
         let mut items = Vec::new();
         loop {
-            let page = self.section_page(section, items.len(), PAGE_SIZE).await?;
+            let page = self.section_page(section, filter, items.len(), PAGE_SIZE).await?;
             let got = page.items.len();
             items.extend(page.items);
             progress(items.len(), page.total);
@@ -288,23 +298,19 @@ impl PlexClient {
         }
     }
 
+    /// Every item of a section; `progress(done, total)` after each page.
+    pub async fn section_items(
+        &self,
+        section: &str,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<Vec<PlexItem>, Error> {
+        self.section_items_where(section, &[], &mut progress).await
+    }
+
     /// Items of a section added or changed after `since` (Unix seconds),
-    /// with Plex's `updatedAt>>=` filter; paged like a full listing.
+    /// with Plex's `updatedAt>>=` filter.
     pub async fn section_changed_since(&self, section: &str, since: i64) -> Result<Vec<PlexItem>, Error> {
-        let since = since.to_string();
-        let mut items = Vec::new();
-        loop {
-            let url = self.url(&format!("library/sections/{section}/all"), &[("type", "1"), ("updatedAt>>", &since)]);
-            let headers =
-                [("X-Plex-Container-Start", items.len().to_string()), ("X-Plex-Container-Size", PAGE_SIZE.to_string())];
-            let env: Envelope<Container> = self.get_json("list changed items", url, &headers).await?;
-            let total = env.container.total_size.unwrap_or(env.container.size);
-            let got = env.container.metadata.len();
-            items.extend(env.container.metadata);
-            if got == 0 || items.len() >= total {
-                return Ok(items);
-            }
-        }
+        self.section_items_where(section, &[("updatedAt>>", &since.to_string())], &mut |_, _| {}).await
     }
 
     /// `GET /library/metadata/{ratingKey}`; `None` when Plex has no such item.

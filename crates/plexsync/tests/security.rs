@@ -136,7 +136,12 @@ async fn secrets_never_appear_in_any_output() {
     // 5xx, a scene not in Plex (dead letter), a Plex URL carrying the token.
     bed.plex.faults(|f| f.config.token_revoked = true);
     record(&bed.update_hook(ids[1]).await);
-    bed.settle().await;
+    // The worker stops on the auth error and keeps the row; do not wait for
+    // the queue to empty, wait for the failure to be recorded.
+    let started = std::time::Instant::now();
+    while !bed.queue().stats().unwrap().by_class.contains_key("auth") && started.elapsed() < Duration::from_secs(15) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     record(&bed.task("health_check").await);
     bed.plex.heal();
     bed.plex.faults(|f| f.config.hang = true);
