@@ -58,6 +58,18 @@ CREATE TABLE IF NOT EXISTS kv (
 );
 ";
 
+/// Marks a scene dirty (`?1` id, `?2` reason, `?3` now): a new row, or the
+/// waiting row's generation bumped and made due now; a dead row comes back
+/// to life with fresh attempts and a fresh age.
+const ENQUEUE: &str = "INSERT INTO queue (scene_id, reason, enqueued_at, next_due) VALUES (?1, ?2, ?3, ?3)
+     ON CONFLICT(scene_id) DO UPDATE SET
+        generation = generation + 1,
+        reason = excluded.reason,
+        next_due = MIN(next_due, excluded.next_due),
+        attempts = CASE WHEN state = 'dead' THEN 0 ELSE attempts END,
+        enqueued_at = CASE WHEN state = 'dead' THEN excluded.enqueued_at ELSE enqueued_at END,
+        state = 'pending'";
+
 /// Why a scene was queued.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
@@ -148,17 +160,7 @@ impl Queue {
     /// and made due now. A dead row comes back to life with fresh attempts.
     pub fn enqueue(&self, scene_id: &str, reason: Reason) -> rusqlite::Result<()> {
         let now = now_ms();
-        self.conn.execute(
-            "INSERT INTO queue (scene_id, reason, enqueued_at, next_due) VALUES (?1, ?2, ?3, ?3)
-             ON CONFLICT(scene_id) DO UPDATE SET
-                generation = generation + 1,
-                reason = excluded.reason,
-                next_due = MIN(next_due, excluded.next_due),
-                attempts = CASE WHEN state = 'dead' THEN 0 ELSE attempts END,
-                enqueued_at = CASE WHEN state = 'dead' THEN excluded.enqueued_at ELSE enqueued_at END,
-                state = 'pending'",
-            params![scene_id, reason.as_str(), now],
-        )?;
+        self.conn.execute(ENQUEUE, params![scene_id, reason.as_str(), now])?;
         Ok(())
     }
 
@@ -172,12 +174,7 @@ impl Queue {
         let now = now_ms();
         let mut n = 0;
         {
-            let mut stmt = tx.prepare(
-                "INSERT INTO queue (scene_id, reason, enqueued_at, next_due) VALUES (?1, ?2, ?3, ?3)
-                 ON CONFLICT(scene_id) DO UPDATE SET generation = generation + 1, reason = excluded.reason,
-                    next_due = MIN(next_due, excluded.next_due),
-                    attempts = CASE WHEN state = 'dead' THEN 0 ELSE attempts END, state = 'pending'",
-            )?;
+            let mut stmt = tx.prepare(ENQUEUE)?;
             for id in ids {
                 stmt.execute(params![id, reason.as_str(), now])?;
                 n += 1;
@@ -482,7 +479,7 @@ mod tests {
 
     #[test]
     fn expired_leases_come_back_and_failures_are_recorded() {
-        let (_d, q) = queue();
+        let (_d, mut q) = queue();
         q.enqueue("1", Reason::Hook).unwrap();
         let row = q.claim("dead-worker", Duration::from_millis(0), 10).unwrap().remove(0);
         std::thread::sleep(Duration::from_millis(5));
@@ -497,5 +494,14 @@ mod tests {
         q.enqueue("1", Reason::Hook).unwrap();
         let revived = q.rows("pending", 10).unwrap();
         assert_eq!(revived[0].attempts, 0, "a new event revives a dead row");
+        // A bulk enqueue revives the same way, with a fresh age.
+        let again = q.claim("w", Duration::from_secs(60), 10).unwrap().remove(0);
+        q.fail(&again, ErrorClass::NotInPlex, "no item", true, now_ms(), true).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        let before = now_ms();
+        q.enqueue_many(["1"], Reason::Manual).unwrap();
+        let fresh = q.claim("w", Duration::from_secs(60), 10).unwrap().remove(0);
+        assert_eq!(fresh.attempts, 0);
+        assert!(fresh.enqueued_at >= before, "the dead row's old age is gone");
     }
 }
