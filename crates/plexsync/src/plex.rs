@@ -194,10 +194,6 @@ impl PlexClient {
         Ok(Self { http: options.client()?, base, token })
     }
 
-    pub fn base_url(&self) -> &Url {
-        &self.base
-    }
-
     /// `path` relative to the base, with `query` encoded by the URL library.
     fn url(&self, path: &str, query: &[(&str, &str)]) -> Url {
         let mut url = self.base.join(path.trim_start_matches('/')).expect("relative path joins a base URL");

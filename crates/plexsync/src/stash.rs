@@ -154,10 +154,6 @@ impl StashClient {
         Ok(Self { http: options.client()?, endpoint, origin, credentials })
     }
 
-    pub fn origin(&self) -> &Url {
-        &self.origin
-    }
-
     fn authed(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         let mut b = builder;
         if let Some(key) = &self.credentials.api_key {
