@@ -1,11 +1,16 @@
-//! Runs a `raw` interface plugin the way Stash does: one JSON object on
-//! stdin (then closed), log lines on stderr with Stash's level prefix, one
-//! JSON object on stdout; Stash waits until the process exits *and* both
-//! pipes are closed, so a child that keeps them open keeps the run going.
+//! Runs a `raw` interface plugin the way Stash does (pkg/plugin): the
+//! manifest is read strictly from a plugin folder, `exec` is resolved as
+//! `Config.getExecCommand` resolves it, one JSON object goes to stdin (then
+//! closed), log lines come on stderr with Stash's level prefix, one JSON
+//! object on stdout. Stash reads stdout to its end, then waits for the
+//! process, so a child that keeps stdout open keeps the run going.
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use serde::Deserialize;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
@@ -21,6 +26,18 @@ pub enum LogLevel {
 }
 
 impl LogLevel {
+    /// The manifest's `errLog` (default `error`; `none` and `progress` log
+    /// nothing we assert on, so they read as trace).
+    fn from_err_log(name: Option<&str>) -> Self {
+        match name.unwrap_or("error") {
+            "debug" => Self::Debug,
+            "info" => Self::Info,
+            "warning" => Self::Warning,
+            "error" => Self::Error,
+            _ => Self::Trace,
+        }
+    }
+
     fn from_char(c: char) -> Option<Self> {
         match c {
             't' => Some(Self::Trace),
@@ -69,11 +86,18 @@ impl PluginRun {
     }
 }
 
+/// `bufio.Scanner`'s default limit: a longer stderr line stops Stash's
+/// reader, and nothing after it is logged.
+pub const MAX_STDERR_LINE: usize = 64 * 1024;
+
 /// Parses stderr by Stash's rules; `default_level` is the manifest's `errLog`.
 pub fn parse_stderr(stderr: &str, default_level: LogLevel) -> (Vec<LogLine>, Vec<f64>) {
     let mut logs = Vec::new();
     let mut progress = Vec::new();
     for line in stderr.lines() {
+        if line.len() > MAX_STDERR_LINE {
+            break;
+        }
         let mut chars = line.chars();
         let prefixed = match (chars.next(), chars.next(), chars.next()) {
             (Some('\x01'), Some(level), Some('\x02')) => Some((level, chars.as_str())),
@@ -96,23 +120,246 @@ pub fn parse_stderr(stderr: &str, default_level: LogLevel) -> (Vec<LogLine>, Vec
     (logs, progress)
 }
 
-/// Parses stdout: the output JSON, or the raw text as output.
+/// Parses stdout as Stash's `getOutput` does: `{"output", "error"}`, or
+/// the raw text as output. Any non-null `error`, even `""`, is a failure;
+/// `error` of another type than text is kept as its JSON text.
 pub fn parse_stdout(stdout: &str) -> (Option<Value>, Option<String>) {
-    if stdout.trim().is_empty() {
-        return (None, None);
-    }
-    match serde_json::from_str::<Value>(stdout.trim()) {
+    match serde_json::from_str::<Value>(stdout) {
         Ok(Value::Object(map)) => {
-            let error = map.get("error").and_then(Value::as_str).map(str::to_string);
-            (map.get("output").cloned(), error)
+            let error = match map.get("error") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(e)) => Some(e.clone()),
+                Some(other) => Some(other.to_string()),
+            };
+            (map.get("output").cloned().filter(|o| !o.is_null()), error)
         }
-        Ok(other) => (Some(other), None),
-        Err(_) => (Some(Value::String(stdout.to_string())), None),
+        Ok(Value::Null) => (None, None),
+        _ if stdout.is_empty() => (Some(Value::String(String::new())), None),
+        Ok(_) | Err(_) => (Some(Value::String(stdout.to_string())), None),
     }
 }
 
-/// Starts `exec` (argv), writes `input` to stdin, closes it, and waits for
-/// the exit and for both pipes to close, at most 120 s.
+/// One hook or task of a manifest (pkg/plugin `OperationConfig`,
+/// `HookConfig`): unknown keys are refused, as yaml.v2 strict mode does.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Operation {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub exec_args: Vec<String>,
+    #[serde(default)]
+    pub default_args: BTreeMap<String, String>,
+    #[serde(default)]
+    pub triggered_by: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Csp {
+    #[serde(default, rename = "script-src")]
+    pub script_src: Vec<String>,
+    #[serde(default, rename = "style-src")]
+    pub style_src: Vec<String>,
+    #[serde(default, rename = "connect-src")]
+    pub connect_src: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ui {
+    #[serde(default)]
+    pub requires: Vec<String>,
+    #[serde(default)]
+    pub csp: Csp,
+    #[serde(default)]
+    pub javascript: Vec<String>,
+    #[serde(default)]
+    pub css: Vec<String>,
+    #[serde(default)]
+    pub assets: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Setting {
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub display_name: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// A plugin manifest, read as Stash reads it (pkg/plugin/config.go).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    #[serde(default)]
+    pub name: String,
+    pub description: Option<String>,
+    pub url: Option<String>,
+    pub version: Option<String>,
+    #[serde(default)]
+    pub interface: Option<String>,
+    #[serde(default)]
+    pub exec: Vec<String>,
+    #[serde(default, rename = "errLog")]
+    pub err_log: Option<String>,
+    #[serde(default)]
+    pub tasks: Vec<Operation>,
+    #[serde(default)]
+    pub hooks: Vec<Operation>,
+    #[serde(default)]
+    pub ui: Ui,
+    #[serde(default)]
+    pub settings: BTreeMap<String, Setting>,
+}
+
+/// A plugin as Stash loaded it: id (the file name), its `.yml`, the manifest.
+#[derive(Clone, Debug)]
+pub struct Plugin {
+    pub id: String,
+    pub yml: PathBuf,
+    pub manifest: Manifest,
+}
+
+const SETTING_TYPES: [&str; 3] = ["STRING", "NUMBER", "BOOLEAN"];
+
+impl Plugin {
+    /// Loads `<plugin folder>/<id>.yml` strictly: an unknown key, an
+    /// unknown interface or setting type, or a hook trigger Stash does not
+    /// have is refused (Stash then does not load the plugin).
+    pub fn load(yml: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(yml).map_err(|e| format!("{}: {e}", yml.display()))?;
+        let manifest: Manifest = serde_norway::from_str(&text).map_err(|e| format!("{}: {e}", yml.display()))?;
+        if let Some(i) = manifest.interface.as_deref().filter(|i| !["raw", "rpc", "js"].contains(i)) {
+            return Err(format!("{}: invalid interface {i:?}", yml.display()));
+        }
+        for (key, s) in &manifest.settings {
+            if let Some(t) = s.kind.as_deref().filter(|t| !SETTING_TYPES.contains(t)) {
+                return Err(format!("{}: setting {key} has invalid type {t:?}", yml.display()));
+            }
+        }
+        for hook in &manifest.hooks {
+            if let Some(t) = hook.triggered_by.iter().find(|t| !HOOK_TRIGGERS.contains(&t.as_str())) {
+                return Err(format!("{}: hook {:?} has invalid trigger {t:?}", yml.display(), hook.name));
+            }
+        }
+        let id = yml.file_stem().and_then(|s| s.to_str()).ok_or("plugin file has no name")?.to_string();
+        Ok(Self { id, yml: yml.to_path_buf(), manifest })
+    }
+
+    /// The plugin's folder (`filepath.Dir(c.path)`).
+    pub fn dir(&self) -> PathBuf {
+        self.yml.parent().map(Path::to_path_buf).unwrap_or_default()
+    }
+
+    /// `Config.getExecCommand`: `exec` plus the operation's `execArgs`; the
+    /// first element, unless it is `python`/`python3`, is looked up on
+    /// `PATH` (Go's `exec.LookPath`) and otherwise joined to the plugin
+    /// folder; `{pluginDir}` is replaced only in the later elements.
+    pub fn exec_command(&self, operation: Option<&Operation>) -> Vec<String> {
+        let mut ret = self.manifest.exec.clone();
+        if let Some(op) = operation {
+            ret.extend(op.exec_args.iter().cloned());
+        }
+        if let Some(first) = ret.first_mut() {
+            if !is_python(first) && look_path(first).is_none() {
+                *first = self.dir().join(&*first).to_string_lossy().into_owned();
+            }
+        }
+        let dir = self.dir().to_string_lossy().into_owned();
+        for arg in ret.iter_mut().skip(1) {
+            *arg = arg.replace("{pluginDir}", &dir);
+        }
+        ret
+    }
+
+    /// Hooks of this plugin triggered by `hook_type`.
+    pub fn hooks_for<'a>(&'a self, hook_type: &'a str) -> impl Iterator<Item = &'a Operation> + 'a {
+        self.manifest.hooks.iter().filter(move |h| h.triggered_by.iter().any(|t| t == hook_type))
+    }
+
+    pub fn task(&self, name: &str) -> Option<&Operation> {
+        self.manifest.tasks.iter().find(|t| t.name == name)
+    }
+
+    pub fn err_log(&self) -> LogLevel {
+        LogLevel::from_err_log(self.manifest.err_log.as_deref())
+    }
+}
+
+/// The post hooks Stash knows (pkg/plugin/hook/hooks.go).
+pub const HOOK_TRIGGERS: &[&str] = &[
+    "SceneMarker.Create.Post",
+    "SceneMarker.Update.Post",
+    "SceneMarker.Destroy.Post",
+    "Scene.Create.Post",
+    "Scene.Update.Post",
+    "Scene.Destroy.Post",
+    "Image.Create.Post",
+    "Image.Update.Post",
+    "Image.Destroy.Post",
+    "Gallery.Create.Post",
+    "Gallery.Update.Post",
+    "Gallery.Destroy.Post",
+    "GalleryChapter.Create.Post",
+    "GalleryChapter.Update.Post",
+    "GalleryChapter.Destroy.Post",
+    "Movie.Create.Post",
+    "Movie.Update.Post",
+    "Movie.Destroy.Post",
+    "Group.Create.Post",
+    "Group.Update.Post",
+    "Group.Destroy.Post",
+    "Performer.Create.Post",
+    "Performer.Update.Post",
+    "Performer.Destroy.Post",
+    "Studio.Create.Post",
+    "Studio.Update.Post",
+    "Studio.Destroy.Post",
+    "Tag.Create.Post",
+    "Tag.Update.Post",
+    "Tag.Merge.Post",
+    "Tag.Destroy.Post",
+];
+
+/// pkg/python `IsPythonCommand`.
+fn is_python(arg: &str) -> bool {
+    arg == "python" || arg == "python3"
+}
+
+/// Go's `exec.LookPath` on Unix: a name with a slash is checked as it is
+/// (relative to the working directory); otherwise each `PATH` entry is
+/// tried. Only an executable regular file counts.
+fn look_path(name: &str) -> Option<PathBuf> {
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                m.is_file() && m.permissions().mode() & 0o111 != 0
+            }
+            #[cfg(not(unix))]
+            {
+                m.is_file()
+            }
+        })
+    };
+    if name.contains('/') || name.contains(std::path::MAIN_SEPARATOR) {
+        return executable(Path::new(name)).then(|| PathBuf::from(name));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| executable(p))
+}
+
+/// Starts `exec` (argv), writes `input` to stdin, closes it, reads stdout
+/// and stderr to their ends and waits for the exit, at most 120 s (Stash
+/// has no limit; a test must end). The working directory is ours, as
+/// Stash's is its own.
 pub async fn run(exec: &[String], input: &Value, default_level: LogLevel) -> std::io::Result<PluginRun> {
     let (program, args) =
         exec.split_first().ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty exec"))?;

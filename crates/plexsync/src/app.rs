@@ -66,6 +66,10 @@ impl Context {
     ) -> Result<Self, Error> {
         let stash = StashClient::new(stash_url, credentials, &HttpOptions::default())?;
         let from_stash = stash.plugin_settings(config::PLUGIN_ID).await?;
+        // A session cookie expires; Stash's API key, read while it is valid, does not.
+        if let Err(e) = stash.adopt_api_key().await {
+            tracing::debug!("Stash's API key could not be read: {e}");
+        }
         let mut warnings = Vec::new();
         let mut layers = vec![from_stash];
         layers.extend(sources.local_layers(&mut warnings));

@@ -1,72 +1,157 @@
 //! Change capture by `updated_at` watermark: finds scenes changed in Stash
-//! that no hook reported (a hook that failed, a plugin that was disabled,
-//! a database restore) and queues them. Cheap when nothing changed: one
-//! small query.
+//! that no hook reported (auto-tag, cover generation, merges, a disabled
+//! plugin, a lost hook) and queues them.
+//!
+//! Stash stores `updated_at` as RFC 3339 text in the server's local offset,
+//! to the second, and filters with a plain text comparison
+//! (facts/stash.md). So the cursor is text too, built from a time Stash
+//! returned:
+//!
+//! - the **narrow look** (every call) sends the newest time seen, minus
+//!   [`OVERLAP`], in the offset Stash wrote that time with. Rows in the same
+//!   offset compare exactly; a DST change moves the offset by at most an
+//!   hour, which the overlap covers.
+//! - the **wide look** (at the first call of a process and every
+//!   [`WIDE_EVERY`]) keeps its own cursor and sends it in the most western
+//!   offset in use, `-12:00`. Any stored time `T` in any offset from
+//!   `-12:00` to `+14:00` then compares greater whenever `T` is later than
+//!   the cursor, because its wall-clock text is at least the cursor's
+//!   instant minus 12 hours. It catches what no narrow look can see: a
+//!   server whose zone moved west by more than the overlap.
+//!
+//! Rows the overlap returns again are de-duplicated by scene and version
+//! (the `seen` table): a version counts as taken care of only when it was
+//! read or queued at least [`SAME_SECOND`] after its second, so a second
+//! edit within the same second as an earlier look is queued once more.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
 
 use crate::error::Error;
-use crate::queue::{Queue, Reason};
+use crate::queue::{now_ms, Queue, Reason};
 use crate::stash::StashClient;
 use crate::sync::db;
 
-const WATERMARK_KEY: &str = "stash_watermark";
-/// Scenes already looked at within the overlap, so the overlap does not
-/// queue them again.
-const SEEN_KEY: &str = "stash_watermark_seen";
-/// Stash keeps `updated_at` to the second: look again at the last seconds,
-/// or an edit made in the same second as the last one seen is missed.
-const OVERLAP_SECS: i64 = 2;
+const NARROW_KEY: &str = "stash_watermark";
+const WIDE_KEY: &str = "stash_watermark_wide";
+const WIDE_AT_KEY: &str = "stash_watermark_wide_at";
+/// A DST change shifts the server's offset by up to an hour; a little more
+/// covers same-second edits and a slow clock.
+pub const OVERLAP: chrono::Duration = chrono::Duration::minutes(65);
+/// How often the wide look runs (also at every worker start).
+pub const WIDE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+/// A version read this long after its second cannot be followed by another
+/// edit in that same second.
+const SAME_SECOND: i64 = 2000;
+/// The most western UTC offset in use (Baker Island, UTC−12).
+const WESTMOST: i32 = -12 * 3600;
 
-fn parse(t: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(t).ok().map(|t| t.with_timezone(&Utc))
+fn parse(t: &str) -> Option<DateTime<FixedOffset>> {
+    DateTime::parse_from_rfc3339(t).ok()
 }
 
-/// Queues scenes changed since the watermark and moves it; returns how many
-/// were queued. The first run only sets the watermark (a full sync is the
-/// `sync_all` task's job).
-pub async fn capture(stash: &StashClient, queue: &Queue) -> Result<usize, Error> {
-    let Some(mark) = queue.get_kv(WATERMARK_KEY).map_err(db)?.as_deref().and_then(parse) else {
-        if let Some(newest) = stash.newest_update().await?.as_deref().and_then(parse) {
-            let recent = stash.changed_since(&overlap_start(newest)).await?;
-            remember(queue, newest, recent.into_iter().map(|(id, _)| id).collect())?;
+/// `t` as Go's `time.RFC3339` writes it in `offset` (`Z` at zero).
+fn format_in(t: DateTime<Utc>, offset: FixedOffset) -> String {
+    t.with_timezone(&offset).to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// A cursor that compares, as text, below every stored time later than
+/// `t`, whatever offset the server wrote it in.
+pub fn superset_cursor(t: DateTime<Utc>) -> String {
+    format_in(t, FixedOffset::east_opt(WESTMOST).expect("valid offset"))
+}
+
+/// Which look to make.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Look {
+    Narrow,
+    Wide,
+}
+
+/// Queues scenes changed since the last look; returns how many were queued.
+/// The first look only sets the cursors (a full sync is `sync_all`'s job).
+pub async fn capture(stash: &StashClient, queue: &Queue, look: Look) -> Result<usize, Error> {
+    let key = match look {
+        Look::Narrow => NARROW_KEY,
+        Look::Wide => WIDE_KEY,
+    };
+    let Some(mark) = queue.get_kv(key).map_err(db)?.as_deref().and_then(parse) else {
+        if let Some(newest) = stash.newest_update().await? {
+            queue.set_kv(NARROW_KEY, &newest).map_err(db)?;
+            queue.set_kv(WIDE_KEY, &newest).map_err(db)?;
         }
         return Ok(0);
     };
-    let seen: Vec<String> =
-        queue.get_kv(SEEN_KEY).map_err(db)?.and_then(|v| serde_json::from_str(&v).ok()).unwrap_or_default();
-    let changed = stash.changed_since(&overlap_start(mark)).await?;
+    let from = mark.with_timezone(&Utc) - OVERLAP;
+    let cursor = match look {
+        Look::Narrow => format_in(from, *mark.offset()),
+        Look::Wide => superset_cursor(from),
+    };
+    let rows = stash.changed_since(&cursor).await?;
     let mut newest = mark;
     let mut queued = 0;
-    let mut parsed = Vec::new();
-    for (id, updated) in changed {
-        let Some(updated) = parse(&updated) else { continue };
-        newest = newest.max(updated);
-        parsed.push((id, updated));
-    }
-    for (id, updated) in &parsed {
-        if *updated <= mark && seen.contains(id) {
+    let now = now_ms();
+    for (id, updated) in &rows {
+        let Some(at) = parse(updated) else { continue };
+        if at > newest {
+            newest = at;
+        }
+        if taken_care_of(queue, id, at)? {
             continue;
         }
-        let synced_at_version =
-            queue.record(id).map_err(db)?.and_then(|r| parse(&r.stash_updated_at)).is_some_and(|at| at >= *updated);
-        if synced_at_version || queue.is_pending(id).map_err(db)? {
-            continue;
+        if !queue.is_pending(id).map_err(db)? {
+            queue.enqueue(id, Reason::Watermark).map_err(db)?;
+            queued += 1;
         }
-        queue.enqueue(id, Reason::Watermark).map_err(db)?;
-        queued += 1;
+        queue.mark_seen(id, updated, now).map_err(db)?;
     }
-    let cutoff = newest - chrono::Duration::seconds(OVERLAP_SECS);
-    remember(queue, newest, parsed.into_iter().filter(|(_, at)| *at >= cutoff).map(|(id, _)| id).collect())?;
+    // Keep Stash's own text of the newest time: its offset is the server's.
+    let newest_text = rows.iter().find(|(_, u)| parse(u) == Some(newest)).map(|(_, u)| u.clone());
+    if let Some(text) = newest_text {
+        queue.set_kv(key, &text).map_err(db)?;
+        if look == Look::Wide && queue.get_kv(NARROW_KEY).map_err(db)?.as_deref().and_then(parse) < Some(newest) {
+            queue.set_kv(NARROW_KEY, &text).map_err(db)?;
+        }
+    }
+    if look == Look::Wide {
+        queue.set_kv(WIDE_AT_KEY, &now.to_string()).map_err(db)?;
+    }
     Ok(queued)
 }
 
-fn overlap_start(mark: DateTime<Utc>) -> String {
-    (mark - chrono::Duration::seconds(OVERLAP_SECS)).to_rfc3339()
+/// Whether the wide look is due (never made, or [`WIDE_EVERY`] ago).
+pub fn wide_due(queue: &Queue) -> Result<bool, Error> {
+    let at: i64 = queue.get_kv(WIDE_AT_KEY).map_err(db)?.and_then(|v| v.parse().ok()).unwrap_or(0);
+    Ok(now_ms() - at >= WIDE_EVERY.as_millis() as i64)
 }
 
-fn remember(queue: &Queue, mark: DateTime<Utc>, seen: Vec<String>) -> Result<(), Error> {
-    queue.set_kv(WATERMARK_KEY, &mark.to_rfc3339()).map_err(db)?;
-    queue.set_kv(SEEN_KEY, &serde_json::to_string(&seen).expect("ids serialize")).map_err(db)?;
-    Ok(())
+/// Whether version `at` of the scene was already read or queued late
+/// enough that no later edit can share its second.
+fn taken_care_of(queue: &Queue, id: &str, at: DateTime<FixedOffset>) -> Result<bool, Error> {
+    let Some((version, seen_at)) = queue.seen(id).map_err(db)? else { return Ok(false) };
+    let Some(seen_version) = parse(&version) else { return Ok(false) };
+    Ok(seen_version > at || (seen_version == at && seen_at >= at.timestamp_millis() + SAME_SECOND))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_superset_cursor_is_below_every_later_time_in_any_offset_as_text() {
+        let t = Utc::now();
+        let cursor = superset_cursor(t);
+        for offset_h in -12..=14 {
+            let later = t + chrono::Duration::seconds(1);
+            let text = format_in(later, FixedOffset::east_opt(offset_h * 3600).unwrap());
+            assert!(text.as_str() > cursor.as_str(), "{text} vs {cursor}");
+        }
+    }
+
+    #[test]
+    fn cursors_look_like_stash_times() {
+        let t = DateTime::parse_from_rfc3339("2026-11-24T10:00:00Z").unwrap().with_timezone(&Utc);
+        assert_eq!(format_in(t, FixedOffset::east_opt(0).unwrap()), "2026-11-24T10:00:00Z");
+        assert_eq!(format_in(t, FixedOffset::east_opt(-5 * 3600).unwrap()), "2026-11-24T05:00:00-05:00");
+        assert_eq!(superset_cursor(t), "2026-11-23T22:00:00-12:00");
+    }
 }

@@ -17,11 +17,7 @@ use crate::worker::{self, WorkerOptions};
 pub async fn run(scenes: usize, seed: u64, outage: Duration) -> anyhow::Result<()> {
     let lib = Library::sample(scenes, seed);
     let api_key = "demo-api-key";
-    let stash = StashEmulator::start(
-        StashState::from_library(&lib),
-        StashAuth { api_key: Some(api_key.into()), session: None },
-    )
-    .await?;
+    let stash = StashEmulator::start(StashState::from_library(&lib), StashAuth::login(Some(api_key))).await?;
     let plex = PlexEmulator::start(PlexState::from_library(&lib), "demo-plex-token").await?;
     stash.set_plugin_settings(
         PLUGIN_ID,
@@ -39,7 +35,7 @@ pub async fn run(scenes: usize, seed: u64, outage: Duration) -> anyhow::Result<(
     let data_dir = std::env::temp_dir().join(format!("plexsync-demo-{}", std::process::id()));
     let creds = StashCredentials { api_key: Some(Secret::new(api_key)), session_cookie: None };
     let ctx = Context::new(&stash.url(), creds, data_dir.clone(), &Sources::default()).await?;
-    let mut queue = ctx.queue()?;
+    let queue = ctx.queue()?;
     let ids = ctx.stash.scene_ids(None, |_, _| {}).await?;
     queue.enqueue_many(ids.iter().map(String::as_str), Reason::Manual).map_err(db)?;
     println!("queued {} scenes; Plex is down for the first {:.1?} (a simulated restart)", ids.len(), outage);

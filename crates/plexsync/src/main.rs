@@ -44,6 +44,9 @@ enum Command {
         /// Exit as soon as nothing is due instead of waiting for retries.
         #[arg(long)]
         exit_when_idle: bool,
+        /// Started by the plugin: stay alive a while after the queue empties.
+        #[arg(long, hide = true)]
+        plugin: bool,
     },
     /// Queue scenes and deliver them now, with progress.
     Sync {
@@ -188,7 +191,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let _ = std::io::stdin().read_to_string(&mut stdin);
             Ok(ExitCode::from(plugin::run(&stdin).await as u8))
         }
-        Command::Worker { exit_when_idle } => {
+        Command::Worker { exit_when_idle, plugin } => {
             let ctx = Context::from_local(&sources).await?;
             for w in &ctx.warnings {
                 tracing::warn!("setting: {w}");
@@ -201,10 +204,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let _ = std::fs::write(ctx.data_dir.join("worker.pid"), std::process::id().to_string());
             let queue = ctx.queue()?;
             let mut pipeline = ctx.pipeline()?;
-            let mut options = WorkerOptions::default();
-            if *exit_when_idle {
-                options.max_wait = std::time::Duration::ZERO;
-            }
+            let options = match (exit_when_idle, plugin) {
+                (true, _) => WorkerOptions::foreground(),
+                (false, true) => WorkerOptions::detached(),
+                (false, false) => WorkerOptions::default(),
+            };
             tracing::info!("worker started ({} waiting)", queue.stats().map_err(db)?.pending);
             let result = worker::run(&mut pipeline, &queue, &options, |_, _| {}).await;
             let s = &pipeline.stats;
@@ -227,16 +231,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if *all {
                 tasks::enqueue_changed(&ctx, None, &mut progress).await?;
             } else if *recent {
-                let since = (chrono::Utc::now() - chrono::Duration::hours(24)).to_rfc3339();
-                tasks::enqueue_changed(&ctx, Some(&since), &mut progress).await?;
+                tasks::enqueue_changed(&ctx, Some(tasks::day_ago()), &mut progress).await?;
             } else if !scene.is_empty() {
-                let mut queue = ctx.queue()?;
+                let queue = ctx.queue()?;
                 queue.enqueue_many(scene.iter().map(String::as_str), Reason::Manual).map_err(db)?;
             } else {
                 anyhow::bail!("say what to sync: --all, --recent or --scene ID");
             }
-            let options = WorkerOptions { max_wait: std::time::Duration::ZERO, ..WorkerOptions::default() };
-            let result = tasks::process_queue(&ctx, options, &mut cli_progress("delivered")).await?;
+            let result =
+                tasks::process_queue(&ctx, WorkerOptions::foreground(), &mut cli_progress("delivered")).await?;
             println!("{}", serde_json::to_string_pretty(&result)?);
             Ok(ExitCode::SUCCESS)
         }
@@ -277,13 +280,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reconcile { recent, since } => {
             let ctx = Context::from_local(&sources).await?;
             let since = match (recent, since) {
-                (true, _) => Some((chrono::Utc::now() - chrono::Duration::hours(24)).to_rfc3339()),
-                (false, Some(s)) if s.len() == 10 => Some(format!("{s}T00:00:00Z")),
-                (false, s) => s.clone(),
+                (true, _) => Some(tasks::day_ago()),
+                (false, Some(s)) => Some(parse_since(s)?),
+                (false, None) => None,
             };
-            let found = tasks::reconcile(&ctx, since.as_deref(), &mut cli_progress("checked")).await?;
-            let options = WorkerOptions { max_wait: std::time::Duration::ZERO, ..WorkerOptions::default() };
-            let delivered = tasks::process_queue(&ctx, options, &mut cli_progress("delivered")).await?;
+            let found =
+                tasks::reconcile(&mut ctx.pipeline()?, &ctx.queue()?, since, &mut cli_progress("checked")).await?;
+            let delivered =
+                tasks::process_queue(&ctx, WorkerOptions::foreground(), &mut cli_progress("delivered")).await?;
             println!("{}", serde_json::to_string_pretty(&json!({"reconcile": found, "delivery": delivered}))?);
             Ok(ExitCode::SUCCESS)
         }
@@ -315,6 +319,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `--since`: a date (midnight UTC) or an RFC 3339 time.
+fn parse_since(s: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    let t = chrono::DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&chrono::Utc)).or_else(|_| {
+        chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").map(|d| d.and_time(Default::default()).and_utc())
+    });
+    t.map_err(|_| anyhow::anyhow!("--since must be a date (2026-01-31) or an RFC 3339 time, got '{s}'"))
 }
 
 /// Prints progress at every tenth of the work.

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::app::{open_queue, Context, Sources};
 use crate::protocol::{self, HookContext, PluginInput, ServerConnection};
 use crate::queue::Reason;
-use crate::worker;
+use crate::worker::{self, Work};
 
 /// Task modes (the manifest's `defaultArgs.mode`), with their names and
 /// descriptions in Stash's task list.
@@ -49,15 +49,17 @@ pub fn manifest() -> String {
         q("Keeps Plex's metadata in step with Stash: queued, retried through Plex outages, matched by file path.")
     );
     let _ = writeln!(m, "version: {}", q(env!("CARGO_PKG_VERSION")));
-    let _ = writeln!(m, "exec:\n  - \"{{pluginDir}}/plexsync\"\n  - plugin");
+    // Stash looks the first element up on PATH, else joins it to the plugin
+    // folder; `{pluginDir}` is replaced only in the later elements.
+    let _ = writeln!(m, "exec:\n  - plexsync\n  - plugin");
     let _ = writeln!(m, "interface: raw");
     let _ = writeln!(m, "errLog: error");
     let _ = writeln!(m, "hooks:\n  - name: Queue scene for Plex");
     let _ = writeln!(m, "    description: {}", q("Records the scene for delivery to Plex and returns at once."));
-    let _ = writeln!(
-        m,
-        "    triggeredBy:\n      - Scene.Create.Post\n      - Scene.Update.Post\n      - Scene.Destroy.Post"
-    );
+    let _ = writeln!(m, "    triggeredBy:");
+    for hook in HOOKS {
+        let _ = writeln!(m, "      - {hook}");
+    }
     let _ = writeln!(m, "tasks:");
     for (mode, name, description) in MODES {
         let _ = writeln!(
@@ -122,18 +124,27 @@ fn data_dir(conn: &ServerConnection) -> PathBuf {
     })
 }
 
+/// Hooks this plugin handles (the manifest's `triggeredBy`).
+pub const HOOKS: [&str; 3] = ["Scene.Create.Post", "Scene.Update.Post", "Scene.Destroy.Post"];
+
+/// Where the newest session cookie a hook brought waits for the worker.
+pub const SESSION_KEY: &str = "stash_session";
+
+/// A hook runs inside the person's request (a bulk edit runs one per scene,
+/// in a row), so it only writes to the queue and makes sure a worker runs:
+/// no Stash or Plex request, whatever the size of the edit.
 async fn handle_hook(input: &PluginInput, hook: &HookContext) -> Result<Value, String> {
     let id =
         hook.scene_id().ok_or_else(|| format!("hook {} came without a scene id (got {})", hook.hook_type, hook.id))?;
-    let known = ["Scene.Create.Post", "Scene.Update.Post", "Scene.Destroy.Post"];
-    if !known.contains(&hook.hook_type.as_str()) {
+    if !HOOKS.contains(&hook.hook_type.as_str()) {
         return Err(format!(
             "PlexSync does not handle the hook {}; the manifest should only route {} to it",
             hook.hook_type,
-            known.join(", ")
+            HOOKS.join(", ")
         ));
     }
-    let dir = data_dir(&input.server_connection);
+    let conn = &input.server_connection;
+    let dir = data_dir(conn);
     let queue = open_queue(&dir).map_err(|e| e.to_string())?;
     if hook.hook_type == "Scene.Destroy.Post" {
         queue.forget(&id).map_err(|e| e.to_string())?;
@@ -141,26 +152,18 @@ async fn handle_hook(input: &PluginInput, hook: &HookContext) -> Result<Value, S
         return Ok(json!(format!("scene {id} forgotten")));
     }
     queue.enqueue(&id, Reason::Hook).map_err(|e| format!("cannot queue scene {id}: {e}"))?;
-    capture_changes(&input.server_connection, &queue).await;
-    ensure_worker(&dir, &input.server_connection)?;
+    hand_session(&queue, conn);
+    ensure_worker(&dir, conn)?;
     Ok(json!(format!("scene {id} queued for Plex")))
 }
 
-/// Watermark capture at every hook: one small Stash query, bounded so a
-/// slow Stash cannot slow the hook down; a failure only means the worker's
-/// next capture finds the changes.
-async fn capture_changes(conn: &ServerConnection, queue: &crate::queue::Queue) {
-    let options = crate::http::HttpOptions {
-        connect_timeout: std::time::Duration::from_millis(500),
-        request_timeout: std::time::Duration::from_millis(1500),
-        ..Default::default()
-    };
-    let Ok(url) = conn.url() else { return };
-    let Ok(stash) = crate::stash::StashClient::new(&url, conn.credentials(), &options) else { return };
-    match crate::capture::capture(&stash, queue).await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!("queued {n} scenes changed in Stash without a hook"),
-        Err(e) => tracing::debug!("change capture skipped: {e}"),
+/// Leaves the session cookie Stash just gave us for a running worker,
+/// whose own cookie may have expired.
+fn hand_session(queue: &crate::queue::Queue, conn: &ServerConnection) {
+    if let Some(cookie) = conn.credentials().session_cookie {
+        if let Err(e) = queue.set_kv(SESSION_KEY, cookie.expose()) {
+            tracing::debug!("could not hand the session to the worker: {e}");
+        }
     }
 }
 
@@ -172,9 +175,9 @@ pub fn ensure_worker(data_dir: &Path, conn: &ServerConnection) -> Result<(), Str
     spawn_worker(data_dir, conn).map_err(|e| format!("cannot start the PlexSync worker: {e}"))
 }
 
-/// The worker must not hold Stash's pipes (Stash would wait for it) nor die
-/// with the plugin's process group: null stdin/stdout, stderr to a log file,
-/// its own session. Credentials travel in its environment, not its argv.
+/// The worker must not hold Stash's pipes (Stash reads stdout to its end)
+/// nor die with the plugin: null stdin/stdout, stderr to a log file, its
+/// own session. Credentials travel in its environment, not its argv.
 fn spawn_worker(data_dir: &Path, conn: &ServerConnection) -> std::io::Result<()> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe()?;
@@ -182,12 +185,8 @@ fn spawn_worker(data_dir: &Path, conn: &ServerConnection) -> std::io::Result<()>
     let log = std::fs::OpenOptions::new().create(true).append(true).open(data_dir.join("worker.log"))?;
     let url = conn.url().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.arg("worker").arg("--data-dir").arg(data_dir).env("PLEXSYNC_STASH_URL", url.as_str());
-    let creds = conn.credentials();
-    if let Some(key) = &creds.api_key {
-        cmd.env("PLEXSYNC_STASH_API_KEY", key.expose());
-    }
-    if let Some(cookie) = &creds.session_cookie {
+    cmd.arg("worker").arg("--plugin").arg("--data-dir").arg(data_dir).env("PLEXSYNC_STASH_URL", url.as_str());
+    if let Some(cookie) = &conn.credentials().session_cookie {
         cmd.env("PLEXSYNC_STASH_SESSION", cookie.expose());
     }
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(log));
@@ -224,6 +223,28 @@ async fn handle_task(input: &PluginInput) -> Result<Value, String> {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     });
+    let queue = ctx.queue().map_err(|e| e.to_string())?;
+    hand_session(&queue, conn);
+    // A task is one of Stash's jobs, and Stash runs one job at a time: what
+    // could take long goes to the worker, and the task reports at once.
+    let work = match mode.as_str() {
+        "sync_all" => Some(Work::Sync { since: None }),
+        "sync_recent" => Some(Work::Sync { since: Some(crate::tasks::day_ago()) }),
+        "reconcile" => Some(Work::Reconcile { since: None }),
+        "reconcile_recent" => Some(Work::Reconcile { since: Some(crate::tasks::day_ago()) }),
+        _ => None,
+    };
+    if let Some(work) = work {
+        worker::request(&queue, &work).map_err(|e| e.to_string())?;
+        ensure_worker(&ctx.data_dir, conn)?;
+        let msg = format!("{} handed to the background worker; run Queue status to follow it", work.describe());
+        tracing::info!("{msg}");
+        return Ok(json!({"message": msg}));
+    }
+    if mode == "process_queue" {
+        ensure_worker(&ctx.data_dir, conn)?;
+        return Ok(watch_queue(&queue).await);
+    }
     let result = crate::tasks::run_with(&ctx, &mode, scene_arg, &mut |done, total| {
         if total > 0 {
             protocol::progress(done as f64 / total as f64)
@@ -232,11 +253,34 @@ async fn handle_task(input: &PluginInput) -> Result<Value, String> {
     .await;
     match result {
         Ok(value) => {
-            if matches!(mode.as_str(), "sync_all" | "sync_recent" | "reconcile" | "reconcile_recent" | "retry_dead") {
+            if mode == "retry_dead" {
                 ensure_worker(&ctx.data_dir, conn)?;
             }
             Ok(value)
         }
         Err(e) => Err(e.to_string()),
+    }
+}
+
+/// How long "Process queue" shows the worker's progress before it hands
+/// Stash's job queue back.
+const WATCH: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Shows the worker's progress for a few seconds, then the queue's state.
+async fn watch_queue(queue: &crate::queue::Queue) -> Value {
+    let started = std::time::Instant::now();
+    let first = queue.stats().map(|s| s.pending).unwrap_or(0).max(1);
+    loop {
+        let stats = queue.stats().unwrap_or_default();
+        protocol::progress(1.0 - stats.pending as f64 / first as f64);
+        if (stats.due_now == 0 && stats.leased == 0 && stats.requests == 0) || started.elapsed() >= WATCH {
+            let msg = format!(
+                "{} waiting ({} due now), {} dead letters; the background worker delivers the rest",
+                stats.pending, stats.due_now, stats.dead
+            );
+            tracing::info!("{msg}");
+            return json!({"message": msg, "queue": stats});
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }

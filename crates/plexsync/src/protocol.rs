@@ -26,10 +26,9 @@ pub struct ServerConnection {
     pub host: String,
     #[serde(rename = "Port")]
     pub port: u16,
+    /// Stash passes only a session cookie, never an API key.
     #[serde(rename = "SessionCookie", default)]
     pub session_cookie: Option<Cookie>,
-    #[serde(rename = "ApiKey", default)]
-    pub api_key: Option<String>,
     #[serde(rename = "Dir", default)]
     pub dir: Option<PathBuf>,
     #[serde(rename = "PluginDir", default)]
@@ -57,7 +56,7 @@ impl ServerConnection {
 
     pub fn credentials(&self) -> StashCredentials {
         StashCredentials {
-            api_key: self.api_key.clone().filter(|k| !k.is_empty()).map(Secret::new),
+            api_key: None,
             session_cookie: self.session_cookie.as_ref().filter(|c| !c.value.is_empty()).map(|c| Secret::new(&c.value)),
         }
     }
@@ -139,13 +138,30 @@ impl Level {
     }
 }
 
+/// Longest stderr line we write: Stash reads stderr with Go's
+/// `bufio.Scanner`, whose 64 KiB limit stops its reader for good.
+pub const MAX_LINE: usize = 16 * 1024;
+
 /// Writes one log line in Stash's format. Newlines inside the message are
-/// split into several lines, each with the prefix, so none loses its level.
+/// split into several lines, each with the prefix, so none loses its level;
+/// a longer line is cut at a character boundary and marked.
 pub fn log(level: Level, message: &str) {
     let mut err = std::io::stderr().lock();
     for line in message.lines() {
-        let _ = writeln!(err, "\x01{}\x02{line}", level.code());
+        let _ = writeln!(err, "\x01{}\x02{}", level.code(), cut(line, MAX_LINE));
     }
+}
+
+/// `line` cut to at most `max` bytes at a character boundary, marked `…`.
+fn cut(line: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if line.len() <= max {
+        return line.into();
+    }
+    let mut end = max - '…'.len_utf8();
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &line[..end]).into()
 }
 
 /// Reports task progress (0..=1) to Stash.
@@ -179,6 +195,14 @@ mod tests {
         let hook = input.args.hook.unwrap();
         assert_eq!(hook.scene_id().as_deref(), Some("42"));
         assert_eq!(hook.input_fields, ["id", "title"]);
+    }
+
+    #[test]
+    fn long_lines_are_cut_below_stashs_limit_at_a_char_boundary() {
+        let long = "é".repeat(MAX_LINE);
+        let c = cut(&long, MAX_LINE);
+        assert!(c.len() <= MAX_LINE && c.ends_with('…'));
+        assert_eq!(cut("short", MAX_LINE), "short");
     }
 
     #[test]

@@ -52,6 +52,15 @@ CREATE TABLE IF NOT EXISTS plex_index (
     rating_key TEXT PRIMARY KEY,
     item       TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS seen (
+    scene_id    TEXT PRIMARY KEY,
+    updated_at  TEXT NOT NULL,
+    seen_at     INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS work (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    request  TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS kv (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -120,6 +129,8 @@ pub struct QueueStats {
     pub synced: i64,
     pub by_class: BTreeMap<String, i64>,
     pub next_due_in_secs: Option<i64>,
+    /// Long operations (sync all, reconcile) handed to the worker, not begun.
+    pub requests: i64,
 }
 
 /// A row of the dead-letter or waiting list, for `status` and the CLI.
@@ -165,12 +176,8 @@ impl Queue {
     }
 
     /// Enqueues many scenes in one transaction.
-    pub fn enqueue_many<'a>(
-        &mut self,
-        ids: impl IntoIterator<Item = &'a str>,
-        reason: Reason,
-    ) -> rusqlite::Result<usize> {
-        let tx = self.conn.transaction()?;
+    pub fn enqueue_many<'a>(&self, ids: impl IntoIterator<Item = &'a str>, reason: Reason) -> rusqlite::Result<usize> {
+        let tx = self.conn.unchecked_transaction()?;
         let now = now_ms();
         let mut n = 0;
         {
@@ -294,6 +301,7 @@ impl Queue {
             synced: count("SELECT COUNT(*) FROM synced WHERE ?1 = ?1")?,
             by_class,
             next_due_in_secs: next.map(|n| ((n - now).max(0)) / 1000),
+            requests: count("SELECT COUNT(*) FROM work WHERE ?1 = ?1")?,
         })
     }
 
@@ -395,7 +403,28 @@ impl Queue {
 
     pub fn forget(&self, scene_id: &str) -> rusqlite::Result<()> {
         self.conn.execute("DELETE FROM synced WHERE scene_id = ?1", params![scene_id])?;
+        self.conn.execute("DELETE FROM seen WHERE scene_id = ?1", params![scene_id])?;
         Ok(())
+    }
+
+    /// Records that the scene's version `updated_at` (Stash's text) was
+    /// taken care of (read for delivery, or queued) at `at_ms`, our clock.
+    pub fn mark_seen(&self, scene_id: &str, updated_at: &str, at_ms: i64) -> rusqlite::Result<()> {
+        self.conn.execute(
+            "INSERT INTO seen (scene_id, updated_at, seen_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT(scene_id) DO UPDATE SET updated_at = excluded.updated_at, seen_at = excluded.seen_at",
+            params![scene_id, updated_at, at_ms],
+        )?;
+        Ok(())
+    }
+
+    /// The version of the scene last taken care of, and when.
+    pub fn seen(&self, scene_id: &str) -> rusqlite::Result<Option<(String, i64)>> {
+        self.conn
+            .query_row("SELECT updated_at, seen_at FROM seen WHERE scene_id = ?1", params![scene_id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
     }
 
     /// Replaces the stored library index.
@@ -428,6 +457,30 @@ impl Queue {
         self.conn.execute("DELETE FROM kv WHERE key = 'plex_index_meta'", [])?;
         self.conn.execute("DELETE FROM plex_index", [])?;
         Ok(())
+    }
+
+    /// Makes every waiting row of `class` due now (its cause was fixed).
+    pub fn wake(&self, class: ErrorClass) -> rusqlite::Result<usize> {
+        self.conn.execute(
+            "UPDATE queue SET next_due = ?1 WHERE state = 'pending' AND error_class = ?2",
+            params![now_ms(), class.as_str()],
+        )
+    }
+
+    /// Hands a long operation to the worker (a JSON request).
+    pub fn push_work(&self, request: &str) -> rusqlite::Result<()> {
+        self.conn.execute("INSERT INTO work (request) VALUES (?1)", params![request])?;
+        Ok(())
+    }
+
+    /// Takes every waiting request, oldest first.
+    pub fn take_work(&self) -> rusqlite::Result<Vec<String>> {
+        let mut stmt = self.conn.prepare("DELETE FROM work RETURNING id, request")?;
+        let mut rows = stmt
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.sort();
+        Ok(rows.into_iter().map(|(_, r)| r).collect())
     }
 
     pub fn get_kv(&self, key: &str) -> rusqlite::Result<Option<String>> {
@@ -479,7 +532,7 @@ mod tests {
 
     #[test]
     fn expired_leases_come_back_and_failures_are_recorded() {
-        let (_d, mut q) = queue();
+        let (_d, q) = queue();
         q.enqueue("1", Reason::Hook).unwrap();
         let row = q.claim("dead-worker", Duration::from_millis(0), 10).unwrap().remove(0);
         std::thread::sleep(Duration::from_millis(5));

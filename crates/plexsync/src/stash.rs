@@ -1,6 +1,10 @@
 //! Stash GraphQL client: scenes (one, paged, changed since), plugin
 //! settings, scene mutations, and image downloads from Stash's own origin.
 
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -17,12 +21,72 @@ pub struct StashCredentials {
     pub session_cookie: Option<Secret>,
 }
 
+/// Clones share credentials: a refreshed cookie (Stash answers every
+/// authenticated request with one), an adopted API key or a newer cookie a
+/// hook brought serve every clone at once.
 #[derive(Clone)]
 pub struct StashClient {
     http: reqwest::Client,
     endpoint: Url,
     origin: Url,
-    credentials: StashCredentials,
+    credentials: Arc<Mutex<StashCredentials>>,
+}
+
+/// What to do when Stash no longer accepts us: plugins get only a session
+/// cookie, which expires after Stash's `max_session_age` (1 hour unless
+/// changed), and an API key is what outlives it.
+pub const SESSION_EXPIRED_FIX: &str = "Stash refused PlexSync's login session (a plugin's session expires after \
+Stash's max session age, one hour by default) and Stash has no API key PlexSync could use instead: generate one in \
+Stash under Settings → Security → API Key (PlexSync reads it itself), or set stashApiKey for the CLI. Nothing is lost: \
+the queue waits, and the next Stash event or task brings a fresh session";
+
+/// Stash's session cookie name (pkg/session).
+pub const SESSION_COOKIE: &str = "session";
+
+/// Every GraphQL document PlexSync sends, in one place so a test can
+/// validate each against Stash's real schema.
+pub mod queries {
+    pub const API_KEY: &str = "query ApiKey { configuration { general { apiKey } } }";
+    pub const CONFIG: &str = "query Config($ids: [ID!]) { configuration { plugins(include: $ids) } }";
+    pub const UPDATE: &str = "mutation Update($input: SceneUpdateInput!) { sceneUpdate(input: $input) { id } }";
+    pub const BULK: &str = "mutation Bulk($input: BulkSceneUpdateInput!) { bulkSceneUpdate(input: $input) { id } }";
+    pub const NEWEST: &str = "query Newest($f: FindFilterType) { findScenes(filter: $f) { scenes { updated_at } } }";
+
+    pub fn scene() -> String {
+        format!("query Scene($id: ID!) {{ findScene(id: $id) {{ ...SceneData }} }} {}", super::SCENE_FRAGMENT)
+    }
+
+    pub fn scenes_page() -> String {
+        format!(
+            "query Changed($f: FindFilterType, $sf: SceneFilterType) {{ findScenes(filter: $f, scene_filter: $sf) {{ count scenes {{ ...SceneData }} }} }} {}",
+            super::SCENE_FRAGMENT
+        )
+    }
+
+    /// A `findScenes` listing of `fields` per scene.
+    pub fn rows(fields: &str) -> String {
+        format!(
+            "query Rows($f: FindFilterType, $sf: SceneFilterType) {{ findScenes(filter: $f, scene_filter: $sf) {{ count scenes {{ {fields} }} }} }}"
+        )
+    }
+
+    /// Row listings PlexSync uses (see `StashClient`).
+    pub const ROW_FIELDS: [&str; 3] = ["id", "files { path basename size duration }", "id updated_at"];
+
+    /// Every document, named, for the schema test.
+    pub fn all() -> Vec<(&'static str, String)> {
+        let mut docs = vec![
+            ("ApiKey", API_KEY.to_string()),
+            ("Config", CONFIG.to_string()),
+            ("Update", UPDATE.to_string()),
+            ("Bulk", BULK.to_string()),
+            ("Newest", NEWEST.to_string()),
+            ("Scene", scene()),
+            ("Changed", scenes_page()),
+        ];
+        docs.extend(ROW_FIELDS.iter().map(|f| ("Rows", rows(f))));
+        docs
+    }
 }
 
 /// The fields of a scene PlexSync reads (facts/stash.md, `SceneData`).
@@ -151,18 +215,86 @@ impl StashClient {
         }
         let origin = base.join("/").expect("root joins");
         let endpoint = origin.join("graphql").expect("relative path joins");
-        Ok(Self { http: options.client()?, endpoint, origin, credentials })
+        Ok(Self { http: options.client()?, endpoint, origin, credentials: Arc::new(Mutex::new(credentials)) })
     }
 
+    fn creds(&self) -> std::sync::MutexGuard<'_, StashCredentials> {
+        self.credentials.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The API key, when Stash has one, authenticates; the cookie also
+    /// carries Stash's list of visited plugin hooks, so both are sent.
     fn authed(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        let creds = self.creds().clone();
         let mut b = builder;
-        if let Some(key) = &self.credentials.api_key {
+        if let Some(key) = &creds.api_key {
             b = b.header("ApiKey", key.expose());
         }
-        if let Some(cookie) = &self.credentials.session_cookie {
-            b = b.header(reqwest::header::COOKIE, format!("session={}", cookie.expose()));
+        if let Some(cookie) = &creds.session_cookie {
+            b = b.header(reqwest::header::COOKIE, format!("{SESSION_COOKIE}={}", cookie.expose()));
         }
         b
+    }
+
+    /// Keeps the cookie Stash refreshed in its answer.
+    fn follow_set_cookie(&self, response: &reqwest::Response) {
+        let fresh = response
+            .headers()
+            .get_all(reqwest::header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(|v| v.split(';').next()?.trim().split_once('='))
+            .find(|(name, value)| *name == SESSION_COOKIE && !value.is_empty())
+            .map(|(_, value)| Secret::new(value));
+        if let Some(cookie) = fresh {
+            let mut creds = self.creds();
+            if creds.session_cookie.is_some() {
+                creds.session_cookie = Some(cookie);
+            }
+        }
+    }
+
+    /// The session cookie in use now (the newest Stash handed us).
+    pub fn session_cookie(&self) -> Option<Secret> {
+        self.creds().session_cookie.clone()
+    }
+
+    /// Uses `cookie` from now on, e.g. a newer one a hook brought.
+    pub fn set_session_cookie(&self, cookie: Secret) {
+        self.creds().session_cookie = Some(cookie);
+    }
+
+    pub fn has_api_key(&self) -> bool {
+        self.creds().api_key.is_some()
+    }
+
+    /// While the session is valid, reads Stash's API key
+    /// (`configuration.general.apiKey`) and uses it from then on, so
+    /// delivery goes on after the session expires. Returns whether a key
+    /// is in use; a Stash without one (or without a login) answers empty.
+    pub async fn adopt_api_key(&self) -> Result<bool, Error> {
+        if self.has_api_key() || self.session_cookie().is_none() {
+            return Ok(self.has_api_key());
+        }
+        #[derive(Deserialize)]
+        struct General {
+            #[serde(rename = "apiKey", default)]
+            api_key: String,
+        }
+        #[derive(Deserialize)]
+        struct Config {
+            general: General,
+        }
+        #[derive(Deserialize)]
+        struct Data {
+            configuration: Config,
+        }
+        let data: Data = self.query("read the API key", queries::API_KEY, json!({})).await?;
+        if data.configuration.general.api_key.is_empty() {
+            return Ok(false);
+        }
+        self.creds().api_key = Some(Secret::new(&data.configuration.general.api_key));
+        Ok(true)
     }
 
     /// Runs a GraphQL operation; GraphQL errors are `StashUnavailable`
@@ -173,7 +305,11 @@ impl StashClient {
             "variables": variables,
         }));
         let response = request.send().await.map_err(|e| Error::transport(Server::Stash, what, e))?;
+        self.follow_set_cookie(&response);
         let status = response.status();
+        if status.as_u16() == 401 && !self.has_api_key() && self.session_cookie().is_some() {
+            return Err(Error::new(ErrorClass::Auth, format!("{what}: {SESSION_EXPIRED_FIX}")));
+        }
         if !status.is_success() {
             return Err(Error::status(Server::Stash, what, status.as_u16(), None));
         }
@@ -194,23 +330,28 @@ impl StashClient {
             #[serde(rename = "findScene")]
             scene: Option<Scene>,
         }
-        let q = format!("query Scene($id: ID!) {{ findScene(id: $id) {{ ...SceneData }} }} {SCENE_FRAGMENT}");
-        let data: Data = self.query("read scene", &q, json!({"id": id})).await?;
+        let data: Data = self.query("read scene", &queries::scene(), json!({"id": id})).await?;
         Ok(data.scene)
     }
 
-    /// One page (1-based) of scenes sorted by `updated_at`, optionally only
-    /// those updated after `since` (RFC 3339).
-    pub async fn scenes_page(&self, page: usize, per_page: usize, since: Option<&str>) -> Result<ScenePage, Error> {
+    /// One page (1-based) of scenes sorted by `updated_at`; with `since`, a
+    /// superset of those updated after it (Stash compares times as text, so
+    /// the caller checks each scene's `updated_at` itself, see
+    /// [`updated_after`]).
+    pub async fn scenes_page(
+        &self,
+        page: usize,
+        per_page: usize,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<ScenePage, Error> {
+        let since = since.map(crate::capture::superset_cursor);
+        let since = since.as_deref();
         #[derive(Deserialize)]
         struct Data {
             #[serde(rename = "findScenes")]
             page: ScenePage,
         }
-        let q = format!(
-            "query Changed($f: FindFilterType, $sf: SceneFilterType) {{ findScenes(filter: $f, scene_filter: $sf) {{ count scenes {{ ...SceneData }} }} }} {SCENE_FRAGMENT}"
-        );
-        let data: Data = self.query("list scenes", &q, page_vars(page, per_page, since)).await?;
+        let data: Data = self.query("list scenes", &queries::scenes_page(), page_vars(page, per_page, since)).await?;
         Ok(data.page)
     }
 
@@ -223,9 +364,7 @@ impl StashClient {
         since: Option<&str>,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Vec<T>, Error> {
-        let q = format!(
-            "query Rows($f: FindFilterType, $sf: SceneFilterType) {{ findScenes(filter: $f, scene_filter: $sf) {{ count scenes {{ {fields} }} }} }}"
-        );
+        let q = queries::rows(fields);
         let mut rows = Vec::new();
         for page in 1.. {
             let data: Rows<T> = self.query(what, &q, page_vars(page, 1000, since)).await?;
@@ -242,15 +381,19 @@ impl StashClient {
     /// Ids of every scene (updated after `since`, when given), paged.
     pub async fn scene_ids(
         &self,
-        since: Option<&str>,
+        since: Option<DateTime<Utc>>,
         mut progress: impl FnMut(usize, usize),
     ) -> Result<Vec<String>, Error> {
         #[derive(Deserialize)]
         struct Row {
             id: String,
         }
-        let rows: Vec<Row> = self.all_rows("list scene ids", "id", since, &mut progress).await?;
-        Ok(rows.into_iter().map(|r| r.id).collect())
+        let Some(since) = since else {
+            let rows: Vec<Row> = self.all_rows("list scene ids", queries::ROW_FIELDS[0], None, &mut progress).await?;
+            return Ok(rows.into_iter().map(|r| r.id).collect());
+        };
+        let rows = self.changed_since(&crate::capture::superset_cursor(since)).await?;
+        Ok(rows.into_iter().filter(|(_, at)| updated_after(at, since)).map(|(id, _)| id).collect())
     }
 
     /// Every file of every scene: (path, size), paged.
@@ -259,19 +402,20 @@ impl StashClient {
         struct Row {
             files: Vec<SceneFile>,
         }
-        let rows: Vec<Row> =
-            self.all_rows("list scene files", "files { path basename size duration }", None, &mut |_, _| {}).await?;
+        let rows: Vec<Row> = self.all_rows("list scene files", queries::ROW_FIELDS[1], None, &mut |_, _| {}).await?;
         Ok(rows.into_iter().flat_map(|r| r.files).map(|f| (f.path, f.size)).collect())
     }
 
-    /// (id, updated_at) of scenes updated after `since`, oldest first.
+    /// (id, updated_at) of scenes whose stored `updated_at` text is greater
+    /// than the text `since`, in Stash's text order.
     pub async fn changed_since(&self, since: &str) -> Result<Vec<(String, String)>, Error> {
         #[derive(Deserialize)]
         struct Row {
             id: String,
             updated_at: String,
         }
-        let rows: Vec<Row> = self.all_rows("find changed scenes", "id updated_at", Some(since), &mut |_, _| {}).await?;
+        let rows: Vec<Row> =
+            self.all_rows("find changed scenes", queries::ROW_FIELDS[2], Some(since), &mut |_, _| {}).await?;
         Ok(rows.into_iter().map(|r| (r.id, r.updated_at)).collect())
     }
 
@@ -290,9 +434,8 @@ impl StashClient {
             #[serde(rename = "findScenes")]
             page: Page,
         }
-        let q = "query Newest($f: FindFilterType) { findScenes(filter: $f) { scenes { updated_at } } }";
         let vars = json!({"f": {"per_page": 1, "sort": "updated_at", "direction": "DESC"}});
-        let data: Data = self.query("find newest change", q, vars).await?;
+        let data: Data = self.query("find newest change", queries::NEWEST, vars).await?;
         Ok(data.page.scenes.into_iter().next().map(|r| r.updated_at))
     }
 
@@ -306,8 +449,7 @@ impl StashClient {
         struct Data {
             configuration: Config,
         }
-        let q = "query Config($ids: [ID!]) { configuration { plugins(include: $ids) } }";
-        let data: Data = self.query("read plugin settings", q, json!({"ids": [plugin_id]})).await?;
+        let data: Data = self.query("read plugin settings", queries::CONFIG, json!({"ids": [plugin_id]})).await?;
         Ok(data.configuration.plugins.get(plugin_id).and_then(Value::as_object).cloned().unwrap_or_default())
     }
 
@@ -315,17 +457,15 @@ impl StashClient {
     pub async fn update_scene(&self, id: &str, fields: Map<String, Value>) -> Result<(), Error> {
         let mut input = fields;
         input.insert("id".into(), Value::String(id.to_string()));
-        let q = "mutation Update($input: SceneUpdateInput!) { sceneUpdate(input: $input) { id } }";
-        let _: Value = self.query("update scene", q, json!({"input": input})).await?;
+        let _: Value = self.query("update scene", queries::UPDATE, json!({"input": input})).await?;
         Ok(())
     }
 
     /// Adds tags to a scene without touching its other tags (`bulkSceneUpdate`
     /// in `ADD` mode, as the old plugin did).
     pub async fn add_tags(&self, id: &str, tag_ids: &[String]) -> Result<(), Error> {
-        let q = "mutation Bulk($input: BulkSceneUpdateInput!) { bulkSceneUpdate(input: $input) { id } }";
         let input = json!({"ids": [id], "tag_ids": {"ids": tag_ids, "mode": "ADD"}});
-        let _: Value = self.query("add tags", q, json!({"input": input})).await?;
+        let _: Value = self.query("add tags", queries::BULK, json!({"input": input})).await?;
         Ok(())
     }
 
@@ -342,6 +482,7 @@ impl StashClient {
             .send()
             .await
             .map_err(|e| Error::transport(Server::Stash, "fetch image", e))?;
+        self.follow_set_cookie(&response);
         if !response.status().is_success() {
             return Err(Error::status(Server::Stash, "fetch image", response.status().as_u16(), None));
         }
@@ -363,6 +504,12 @@ impl StashClient {
         }
         Ok(bytes.to_vec())
     }
+}
+
+/// Whether a time Stash returned is later than `since` (compared as
+/// instants, whatever offset each carries).
+pub fn updated_after(updated_at: &str, since: DateTime<Utc>) -> bool {
+    DateTime::parse_from_rfc3339(updated_at).is_ok_and(|t| t > since)
 }
 
 fn page_vars(page: usize, per_page: usize, since: Option<&str>) -> Value {

@@ -162,6 +162,8 @@ impl Pipeline {
             queue.forget(id).map_err(db)?;
             return Ok(Outcome::Gone);
         };
+        // This version is now taken care of (change capture skips it).
+        queue.mark_seen(id, &scene.updated_at, now_ms()).map_err(db)?;
         if self.settings.skip_unorganized && !scene.organized {
             return Ok(Outcome::Skipped("not organized in Stash (skipUnorganized is on)".into()));
         }

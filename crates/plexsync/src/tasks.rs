@@ -2,6 +2,8 @@
 
 use std::time::Instant;
 
+use chrono::{DateTime, Utc};
+
 use serde_json::{json, Value};
 
 use crate::app::Context;
@@ -25,18 +27,8 @@ pub async fn run_with(
 ) -> Result<Value, Error> {
     match mode {
         "sync_all" => enqueue_changed(ctx, None, progress).await,
-        "sync_recent" => {
-            let since = (chrono::Utc::now() - chrono::Duration::hours(24)).to_rfc3339();
-            enqueue_changed(ctx, Some(&since), progress).await
-        }
-        "process_queue" => {
-            process_queue(
-                ctx,
-                WorkerOptions { max_wait: std::time::Duration::ZERO, ..WorkerOptions::default() },
-                progress,
-            )
-            .await
-        }
+        "sync_recent" => enqueue_changed(ctx, Some(day_ago()), progress).await,
+        "process_queue" => process_queue(ctx, WorkerOptions::foreground(), progress).await,
         "queue_status" => status(ctx),
         "clear_queue" => {
             let removed = ctx.queue()?.clear().map_err(db)?;
@@ -44,11 +36,8 @@ pub async fn run_with(
             Ok(json!({"removed": removed}))
         }
         "health_check" => health(ctx).await,
-        "reconcile" => reconcile(ctx, None, progress).await,
-        "reconcile_recent" => {
-            let since = (chrono::Utc::now() - chrono::Duration::hours(24)).to_rfc3339();
-            reconcile(ctx, Some(&since), progress).await
-        }
+        "reconcile" => reconcile(&mut ctx.pipeline()?, &ctx.queue()?, None, progress).await,
+        "reconcile_recent" => reconcile(&mut ctx.pipeline()?, &ctx.queue()?, Some(day_ago()), progress).await,
         "paths_suggest" => suggest_paths(ctx).await,
         "explain" => {
             let Some(id) = scene_arg else {
@@ -70,27 +59,36 @@ pub async fn run_with(
     }
 }
 
+/// 24 hours ago, for the "recent" tasks.
+pub fn day_ago() -> DateTime<Utc> {
+    Utc::now() - chrono::Duration::hours(24)
+}
+
 /// Compares Stash's desired state with Plex's current values for every
 /// scene (changed after `since`, when given) and queues each scene whose
 /// Plex item differs or is missing; its stored hashes are reset so the
 /// delivery rewrites every field.
 pub async fn reconcile(
-    ctx: &Context,
-    since: Option<&str>,
+    pipeline: &mut crate::sync::Pipeline,
+    queue: &Queue,
+    since: Option<DateTime<Utc>>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Value, Error> {
-    if ctx.settings.mode == crate::config::Mode::Refresh {
+    if pipeline.settings.mode == crate::config::Mode::Refresh {
         return Ok(json!({"message": "reconcile compares pushed values; refresh mode pushes none"}));
     }
-    let mut pipeline = ctx.pipeline()?;
-    let queue = ctx.queue()?;
+    let settings = pipeline.settings.clone();
+    let stash = pipeline.stash.clone();
     let (mut checked, mut differ, mut missing) = (0usize, 0usize, 0usize);
     for page in 1.. {
-        let batch = ctx.stash.scenes_page(page, 100, since).await?;
+        let batch = stash.scenes_page(page, 100, since).await?;
         let got = batch.scenes.len();
         for scene in batch.scenes {
             checked += 1;
-            if ctx.settings.skip_unorganized && !scene.organized {
+            if since.is_some_and(|t| !crate::stash::updated_after(&scene.updated_at, t)) {
+                continue;
+            }
+            if settings.skip_unorganized && !scene.organized {
                 continue;
             }
             let recorded = queue.record(&scene.id).map_err(db)?.map(|r| r.rating_key);
@@ -107,8 +105,8 @@ pub async fn reconcile(
                 queue.enqueue(&scene.id, Reason::Reconcile).map_err(db)?;
                 continue;
             };
-            let wanted = crate::desired::desired(&scene, &ctx.settings, &mut Default::default());
-            let preserve = ctx.settings.preserve_plex_edits;
+            let wanted = crate::desired::desired(&scene, &settings, &mut Default::default());
+            let preserve = settings.preserve_plex_edits;
             if wanted
                 .iter()
                 .any(|d| crate::desired::differs(d, &item) && (!preserve || crate::desired::plex_is_empty(d, &item)))
@@ -197,11 +195,20 @@ async fn explain_failing(ctx: &Context) -> Result<Value, Error> {
 /// Queues every scene (updated after `since`, when given).
 pub async fn enqueue_changed(
     ctx: &Context,
-    since: Option<&str>,
+    since: Option<DateTime<Utc>>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Value, Error> {
-    let ids = ctx.stash.scene_ids(since, &mut *progress).await?;
-    let mut queue = ctx.queue()?;
+    enqueue_ids(&ctx.stash, &ctx.queue()?, since, progress).await
+}
+
+/// Queues every scene of `stash` (updated after `since`, when given).
+pub async fn enqueue_ids(
+    stash: &crate::stash::StashClient,
+    queue: &Queue,
+    since: Option<DateTime<Utc>>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Value, Error> {
+    let ids = stash.scene_ids(since, &mut *progress).await?;
     let n = queue.enqueue_many(ids.iter().map(String::as_str), Reason::Manual).map_err(db)?;
     tracing::info!("queued {n} scenes for Plex");
     Ok(json!({"queued": n}))

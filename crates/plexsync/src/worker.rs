@@ -11,7 +11,9 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use rand::RngExt;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorClass};
 use crate::queue::{now_ms, Claimed, Queue};
@@ -57,6 +59,12 @@ pub struct WorkerOptions {
     /// Longest single sleep, so new rows from hooks are noticed soon (one
     /// indexed SQLite read per wake-up).
     pub max_sleep: Duration,
+    /// Stay alive this long with an empty queue (capturing changes) before
+    /// exiting. In Stash's Docker image Stash is PID 1 and never reaps a
+    /// worker that exited, so every worker lifetime leaves one zombie: a
+    /// worker that outlives a burst of edits keeps that to one per idle
+    /// period instead of one per edit.
+    pub idle: Duration,
 }
 
 impl Default for WorkerOptions {
@@ -66,8 +74,94 @@ impl Default for WorkerOptions {
             max_wait: Duration::from_secs(8 * 86_400),
             capture_every: Some(Duration::from_secs(30)),
             max_sleep: Duration::from_secs(2),
+            idle: Duration::ZERO,
         }
     }
+}
+
+impl WorkerOptions {
+    /// The worker the plugin starts: waits out retries, idles ten minutes.
+    pub fn detached() -> Self {
+        Self { idle: Duration::from_secs(600), ..Self::default() }
+    }
+
+    /// Delivers what is due now and returns (CLI `sync`, tests).
+    pub fn foreground() -> Self {
+        Self { max_wait: Duration::ZERO, ..Self::default() }
+    }
+}
+
+/// A long operation a plugin task hands to the worker, so the task returns
+/// at once (Stash runs one job at a time).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Work {
+    /// Queue every scene (changed after `since`).
+    Sync { since: Option<DateTime<Utc>> },
+    /// Compare scenes (changed after `since`) with Plex, queue what differs.
+    Reconcile { since: Option<DateTime<Utc>> },
+}
+
+impl Work {
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Self::Sync { since: None } => "Sync all scenes",
+            Self::Sync { since: Some(_) } => "Sync recent scenes",
+            Self::Reconcile { since: None } => "Reconcile all",
+            Self::Reconcile { since: Some(_) } => "Reconcile recent",
+        }
+    }
+}
+
+/// Hands `work` to the worker of this queue.
+pub fn request(queue: &Queue, work: &Work) -> Result<(), Error> {
+    queue.push_work(&serde_json::to_string(work).expect("work serializes")).map_err(db)
+}
+
+/// Runs the requests plugin tasks left, oldest first.
+async fn run_requests(pipeline: &mut Pipeline, queue: &Queue) -> Result<(), Error> {
+    for raw in queue.take_work().map_err(db)? {
+        let Ok(work) = serde_json::from_str::<Work>(&raw) else {
+            tracing::warn!("ignoring an unreadable request: {raw}");
+            continue;
+        };
+        tracing::info!("{}: started", work.describe());
+        let mut shown = 0;
+        let mut progress = |done: usize, total: usize| {
+            if done == total || done >= shown + 1000 {
+                shown = done;
+                tracing::info!("{}: {done}/{total}", work.describe());
+            }
+        };
+        let result = match &work {
+            Work::Sync { since } => crate::tasks::enqueue_ids(&pipeline.stash, queue, *since, &mut progress).await,
+            Work::Reconcile { since } => crate::tasks::reconcile(pipeline, queue, *since, &mut progress).await,
+        };
+        match result {
+            Ok(summary) => tracing::info!("{}: done: {summary}", work.describe()),
+            Err(e) => {
+                tracing::error!("{}: {e}; asked again", work.describe());
+                request(queue, &work)?;
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Session key the plugin leaves the newest cookie under.
+const SESSION_KEY: &str = crate::plugin::SESSION_KEY;
+
+/// After Stash refused us: takes the newer session cookie a hook or task
+/// left, if any; returns whether there was one.
+fn take_newer_session(pipeline: &Pipeline, queue: &Queue) -> Result<bool, Error> {
+    let Some(stored) = queue.get_kv(SESSION_KEY).map_err(db)? else { return Ok(false) };
+    if pipeline.stash.session_cookie().is_some_and(|c| c.expose() == stored) {
+        return Ok(false);
+    }
+    pipeline.stash.set_session_cookie(crate::secret::Secret::new(&stored));
+    queue.wake(ErrorClass::Auth).map_err(db)?;
+    tracing::info!("Stash refused the session; using the newer one Stash gave the plugin");
+    Ok(true)
 }
 
 const BREAKER_KEY: &str = "plex_breaker_until";
@@ -98,12 +192,24 @@ pub async fn run(
         last_capture: None,
     };
     let lease = pipeline.settings.retry.lease;
+    let mut idle_since: Option<Instant> = None;
     let result = loop {
         if !queue.path().exists() {
             tracing::info!("the queue database was removed; stopping");
             break Ok(());
         }
+        if let Err(e) = run_requests(pipeline, queue).await {
+            if e.class == ErrorClass::Auth && take_newer_session(pipeline, queue)? {
+                continue;
+            }
+            if matches!(e.class, ErrorClass::Auth | ErrorClass::Config) {
+                break Err(e);
+            }
+        }
         if let Err(e) = capture_if_due(pipeline, queue, options, &mut st).await {
+            if e.class == ErrorClass::Auth && take_newer_session(pipeline, queue)? {
+                continue;
+            }
             tracing::warn!("change capture: {e}");
         }
         match wait_for_breaker(pipeline, queue, options).await {
@@ -115,15 +221,25 @@ pub async fn run(
         if rows.is_empty() {
             match queue.next_due().map_err(db)? {
                 Some(due) if due - now_ms() <= options.max_wait.as_millis() as i64 => {
+                    idle_since = None;
                     let wait = Duration::from_millis((due - now_ms()).max(50) as u64).min(options.max_sleep);
                     tokio::time::sleep(wait).await;
                     continue;
                 }
-                _ => break Ok(()),
+                Some(_) => break Ok(()),
+                None if idle_since.get_or_insert_with(Instant::now).elapsed() < options.idle => {
+                    tokio::time::sleep(options.max_sleep).await;
+                    continue;
+                }
+                None => break Ok(()),
             }
         }
+        idle_since = None;
         let total = st.done + queue.stats().map_err(db)?.pending as usize;
         if let Err(e) = deliver_batch(pipeline, queue, &rows, &mut st, total, &mut progress).await {
+            if e.class == ErrorClass::Auth && take_newer_session(pipeline, queue)? {
+                continue;
+            }
             break Err(e);
         }
     };
@@ -144,8 +260,14 @@ async fn capture_if_due(
     if st.last_capture.is_some_and(|t| t.elapsed() < every) {
         return Ok(());
     }
+    let first = st.last_capture.is_none();
     st.last_capture = Some(Instant::now());
-    let n = crate::capture::capture(&pipeline.stash, queue).await?;
+    let look = if first || crate::capture::wide_due(queue)? {
+        crate::capture::Look::Wide
+    } else {
+        crate::capture::Look::Narrow
+    };
+    let n = crate::capture::capture(&pipeline.stash, queue, look).await?;
     if n > 0 {
         tracing::info!("queued {n} scenes changed in Stash without a hook");
     }

@@ -4,7 +4,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{Bed, PLEX_TOKEN, SESSION};
+use common::{Bed, PLEX_TOKEN};
 use serde_json::{json, Value};
 
 fn plexsync(bed: &Bed, args: &[&str]) -> (bool, String, String) {
@@ -13,7 +13,7 @@ fn plexsync(bed: &Bed, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_plexsync"))
         .args(["--config", config.to_str().unwrap(), "--data-dir", bed.data_dir().to_str().unwrap()])
         .args(args)
-        .env("PLEXSYNC_STASH_SESSION", SESSION)
+        .env("PLEXSYNC_STASH_SESSION", bed.session())
         .env("PLEXSYNC_PLEX_URL", bed.plex.url().as_str())
         .output()
         .unwrap();
@@ -44,7 +44,7 @@ async fn sync_all_and_status_from_a_terminal() {
     let status: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(status["queue"]["synced"], in_plex);
     assert_eq!(status["queue"]["pending"], 30 - in_plex);
-    assert!(!stdout.contains(PLEX_TOKEN) && !stdout.contains(SESSION), "no secret in status");
+    assert!(!stdout.contains(PLEX_TOKEN) && !stdout.contains("session="), "no secret in status");
 
     let (ok, stdout, stderr) = plexsync(&bed, &["health"]);
     assert!(ok, "{stderr}");

@@ -252,8 +252,8 @@ async fn destroy_hook_forgets_the_scene() {
     assert!(!bed.update_hook(id).await.failed());
     bed.settle().await;
     assert!(bed.queue().record(&id.to_string()).unwrap().is_some());
-    bed.stash.delete_scene(id);
-    let run = bed.hook(id, "Scene.Destroy.Post", &[]).await;
+    assert!(bed.stash.destroy_scene(id).await);
+    let run = bed.stash.hook_runs().into_iter().rfind(|r| r.hook_type == "Scene.Destroy.Post").unwrap().run;
     assert!(!run.failed(), "{run:?}");
     assert!(bed.queue().record(&id.to_string()).unwrap().is_none());
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Bed, SESSION};
+use common::Bed;
 use rand::{RngExt, SeedableRng};
 use serde_json::json;
 
@@ -166,7 +166,7 @@ async fn killed_workers_lose_nothing_and_leave_no_stuck_lease() {
     retitle(&bed, &ids, "Killed");
     let run = bed.task("clear_queue").await;
     assert!(!run.failed());
-    let mut queue = bed.queue();
+    let queue = bed.queue();
     queue
         .enqueue_many(
             ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().iter().map(String::as_str),
@@ -174,6 +174,7 @@ async fn killed_workers_lose_nothing_and_leave_no_stuck_lease() {
         )
         .unwrap();
     drop(queue);
+    let session = bed.session();
     let worker = |exit_when_idle: bool| {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_plexsync"));
         cmd.arg("worker").arg("--data-dir").arg(bed.data_dir());
@@ -181,7 +182,7 @@ async fn killed_workers_lose_nothing_and_leave_no_stuck_lease() {
             cmd.arg("--exit-when-idle");
         }
         cmd.env("PLEXSYNC_STASH_URL", bed.stash.url().as_str())
-            .env("PLEXSYNC_STASH_SESSION", SESSION)
+            .env("PLEXSYNC_STASH_SESSION", &session)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
@@ -222,9 +223,8 @@ async fn a_scene_whose_file_plex_has_not_scanned_syncs_after_the_scan() {
     let stash_path = format!("{}/New Studio/late file.mp4", bed.lib.stash_prefix);
     let plex_path = format!("{}/New Studio/late file.mp4", bed.lib.plex_prefix);
     bed.plex.with_state(|s| s.add_disk_file(&plex_path, 1234, 60_000, None));
-    let id = bed.stash.create_scene(&[(stash_path, 1234, 60.0)]);
-    bed.stash.update_scene(id, |s| s.title = Some("Late Arrival".into()));
-    assert!(!bed.hook(id, "Scene.Create.Post", &["id"]).await.failed());
+    let id = bed.stash.scan_new(&[vec![(stash_path, 1234, 60.0)]]).await[0];
+    assert!(bed.stash.edit_scene(id, &["title"], |s| s.title = Some("Late Arrival".into())).await);
     eventually(Duration::from_secs(20), "synced once Plex scanned it", || {
         bed.plex.item_by_file(&plex_path).is_some_and(|i| i.field("title") == Some("Late Arrival"))
     })
@@ -243,9 +243,8 @@ async fn without_partial_scans_it_waits_for_plex_to_find_the_file() {
     let bed = Bed::new(10, json!({"retryScale": 0.02, "partialScan": false})).await;
     let plex_path = format!("{}/Auto/found later.mp4", bed.lib.plex_prefix);
     bed.plex.with_state(|s| s.add_disk_file(&plex_path, 99, 1_000, Some(Instant::now() + Duration::from_secs(2))));
-    let id = bed.stash.create_scene(&[(format!("{}/Auto/found later.mp4", bed.lib.stash_prefix), 99, 1.0)]);
-    bed.stash.update_scene(id, |s| s.title = Some("Found Later".into()));
-    assert!(!bed.hook(id, "Scene.Create.Post", &["id"]).await.failed());
+    let id = bed.stash.scan_new(&[vec![(format!("{}/Auto/found later.mp4", bed.lib.stash_prefix), 99, 1.0)]]).await[0];
+    assert!(bed.stash.edit_scene(id, &["title"], |s| s.title = Some("Found Later".into())).await);
     eventually(Duration::from_secs(30), "synced after Plex's own scan", || {
         bed.plex.item_by_file(&plex_path).is_some_and(|i| i.field("title") == Some("Found Later"))
     })
@@ -305,8 +304,7 @@ async fn reconcile_repairs_values_reset_behind_our_back() {
 #[tokio::test]
 async fn dead_letters_are_listed_retried_and_purged() {
     let bed = Bed::new(10, json!({"retryScale": 0.02, "notInPlexHours": 0, "partialScan": false})).await;
-    let id = bed.stash.create_scene(&[(format!("{}/nowhere/x.mp4", bed.lib.stash_prefix), 5, 1.0)]);
-    assert!(!bed.hook(id, "Scene.Create.Post", &["id"]).await.failed());
+    let id = bed.stash.scan_new(&[vec![(format!("{}/nowhere/x.mp4", bed.lib.stash_prefix), 5, 1.0)]]).await[0];
     eventually(Duration::from_secs(10), "dead letter", || bed.queue().stats().unwrap().dead == 1).await;
     let status = bed.task("queue_status").await.output.unwrap();
     assert_eq!(status["dead"][0]["scene_id"], id.to_string());

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Bed, PLEX_TOKEN, SESSION};
+use common::{Bed, PLEX_TOKEN};
 use serde_json::json;
 
 /// Runs the plugin with `stdin` as Stash would, returning (exit code, stdout, stderr).
@@ -82,8 +82,8 @@ async fn settings_of_the_wrong_type_are_named_and_defaults_used() {
 async fn a_hook_for_a_deleted_scene_completes_as_gone() {
     let bed = Bed::new(10, json!({})).await;
     let id = bed.scenes_in_plex()[0];
-    bed.stash.delete_scene(id);
-    assert!(!bed.update_hook(id).await.failed());
+    bed.stash.with_state(|s| s.scenes.remove(&id));
+    assert!(!bed.hook(id, "Scene.Update.Post", &["id", "title"]).await.failed());
     bed.settle().await;
     assert_eq!(bed.queue().stats().unwrap().pending, 0);
     let log = std::fs::read_to_string(bed.data_dir().join("worker.log")).unwrap();
@@ -97,7 +97,7 @@ async fn images_come_only_from_stash_and_must_be_images() {
         &bed.stash.url(),
         plexsync::stash::StashCredentials {
             api_key: None,
-            session_cookie: Some(plexsync::secret::Secret::new(SESSION)),
+            session_cookie: Some(plexsync::secret::Secret::new(&bed.session())),
         },
         &Default::default(),
     )
@@ -154,8 +154,8 @@ async fn secrets_never_appear_in_any_output() {
     bed.plex.heal();
     bed.plex.down_for(Duration::from_millis(800));
     record(&bed.update_hook(ids[4]).await);
-    let missing = bed.stash.create_scene(&[(format!("{}/gone/x.mp4", bed.lib.stash_prefix), 1, 1.0)]);
-    record(&bed.hook(missing, "Scene.Create.Post", &["id"]).await);
+    let missing = bed.stash.scan_new(&[vec![(format!("{}/gone/x.mp4", bed.lib.stash_prefix), 1, 1.0)]]).await[0];
+    record(&bed.stash.hook_runs().into_iter().rfind(|r| r.id == missing).unwrap().run);
     let started = std::time::Instant::now();
     while bed.queue().stats().unwrap().dead == 0 && started.elapsed() < Duration::from_secs(15) {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -168,10 +168,11 @@ async fn secrets_never_appear_in_any_output() {
     tokio::time::sleep(Duration::from_millis(1_500)).await;
 
     // The CLI, with an API key from the environment.
+    let session = bed.session();
     let cli = Command::new(env!("CARGO_BIN_EXE_plexsync"))
         .args(["--data-dir", bed.data_dir().to_str().unwrap(), "status", "--json"])
         .env("PLEXSYNC_STASH_URL", bed.stash.url().as_str())
-        .env("PLEXSYNC_STASH_SESSION", SESSION)
+        .env("PLEXSYNC_STASH_SESSION", &session)
         .env("PLEXSYNC_STASH_API_KEY", API_KEY)
         .output()
         .unwrap();
@@ -186,7 +187,8 @@ async fn secrets_never_appear_in_any_output() {
     assert!(all.contains("401") || all.contains("plexToken"), "the failures were exercised: {all}");
     assert!(all.contains("timed out"), "the timeout was exercised");
     assert!(queue.stats().unwrap().dead >= 1, "a dead letter exists");
-    for secret in [PLEX_TOKEN, SESSION, API_KEY] {
+    let hook_session = queue.get_kv(plexsync::plugin::SESSION_KEY).unwrap().expect("hooks handed their session");
+    for secret in [PLEX_TOKEN, session.as_str(), hook_session.as_str(), API_KEY] {
         assert!(!all.contains(secret), "secret {secret} leaked:\n{all}");
     }
 }

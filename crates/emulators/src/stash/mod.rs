@@ -4,41 +4,100 @@
 //! See `facts/stash.md` for the contract it follows.
 
 pub mod schema;
+pub mod session;
 pub mod state;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_graphql::http::GraphiQLSource;
 use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
+use axum::{Extension, Router};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
-pub use state::{MutationRecord, StashFile, StashScene, StashState};
+pub use session::Session;
+pub use state::{MutationRecord, StashFile, StashScene, StashState, Zone};
 
-use crate::plugin::{self, PluginRun};
+use crate::plugin::{self, Plugin, PluginRun};
+use session::CookieCodec;
 
-/// Credentials the emulator accepts; with neither set it is open, like a
-/// Stash without a password.
-#[derive(Clone, Debug, Default)]
+/// How the emulated Stash authenticates (pkg/session, internal/api).
+#[derive(Clone, Debug)]
 pub struct StashAuth {
-    /// Accepted in the `ApiKey` header.
+    /// A username and password are configured: every request needs a valid
+    /// session cookie or the API key.
+    pub login: bool,
+    /// The API key Stash generated (`configuration.general.apiKey`); `None`
+    /// when none was generated. A request that sends any `ApiKey` must send
+    /// this one.
     pub api_key: Option<String>,
-    /// Accepted as the `session` cookie.
-    pub session: Option<String>,
+    /// `max_session_age`: a cookie is valid this long after it was issued or
+    /// last refreshed (Stash's default: one hour).
+    pub max_session_age: Duration,
+}
+
+impl Default for StashAuth {
+    /// A Stash without a login, as installed.
+    fn default() -> Self {
+        Self { login: false, api_key: None, max_session_age: Duration::from_secs(3600) }
+    }
+}
+
+impl StashAuth {
+    /// A Stash with a login and, when given, a generated API key.
+    pub fn login(api_key: Option<&str>) -> Self {
+        Self { login: true, api_key: api_key.map(str::to_string), ..Self::default() }
+    }
+
+    pub fn max_session_age(mut self, age: Duration) -> Self {
+        self.max_session_age = age;
+        self
+    }
+}
+
+/// The username the emulated login has.
+pub const USERNAME: &str = "admin";
+/// Stash's `maxCyclicLoopDepth`: a plugin's hook is not run again when the
+/// same plugin and hook type already appear this often in the visited list.
+pub const MAX_HOOK_DEPTH: usize = 10;
+
+/// Who sent a request, as far as hooks care: the user and the hooks the
+/// request's cookie says were already visited.
+#[derive(Clone, Debug, Default)]
+pub struct RequestAuth {
+    pub user: Option<String>,
+    pub visited: Vec<(String, String)>,
+}
+
+/// One hook run the emulator made, for tests and benchmarks.
+#[derive(Clone, Debug)]
+pub struct HookRun {
+    pub plugin: String,
+    pub hook_type: String,
+    pub id: u64,
+    /// Nesting level: 1 for a hook fired by a person's request.
+    pub depth: usize,
+    pub run: PluginRun,
 }
 
 pub(crate) struct Shared {
     pub state: Mutex<StashState>,
     pub auth: StashAuth,
+    pub codec: CookieCodec,
     pub base_url: url::Url,
+    /// `server_connection.Dir`: Stash's config folder.
+    pub config_dir: Mutex<PathBuf>,
+    pub plugins: Mutex<Vec<Plugin>>,
+    pub hook_runs: Mutex<Vec<HookRun>>,
+    pub hooks_skipped: Mutex<usize>,
 }
 
 /// A running Stash emulator. Dropping it stops the server.
@@ -66,7 +125,16 @@ impl StashEmulator {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let base_url = url::Url::parse(&format!("http://{addr}/")).expect("socket address makes a valid URL");
-        let shared = Arc::new(Shared { state: Mutex::new(state), auth, base_url });
+        let shared = Arc::new(Shared {
+            state: Mutex::new(state),
+            codec: CookieCodec::new(auth.max_session_age),
+            auth,
+            base_url,
+            config_dir: Mutex::new(std::env::temp_dir()),
+            plugins: Mutex::new(Vec::new()),
+            hook_runs: Mutex::new(Vec::new()),
+            hooks_skipped: Mutex::new(0),
+        });
         let app = router(Arc::clone(&shared));
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -83,7 +151,7 @@ impl StashEmulator {
         self.shared.base_url.clone()
     }
 
-    /// Reads or changes the data directly (no `updated_at` bump).
+    /// Reads or changes the data directly (no `updated_at` bump, no hook).
     pub fn with_state<R>(&self, f: impl FnOnce(&mut StashState) -> R) -> R {
         f(&mut self.shared.state.lock())
     }
@@ -92,18 +160,10 @@ impl StashEmulator {
         self.shared.state.lock().scenes.get(&id).cloned()
     }
 
-    /// Adds a scene as a scan does (files, no metadata); returns its id.
-    pub fn create_scene(&self, files: &[(String, u64, f64)]) -> u64 {
-        self.shared.state.lock().add_scene(files)
-    }
-
-    /// Edits a scene as a person in Stash's UI would: `updated_at` moves.
+    /// Changes a scene and bumps `updated_at` with no hook: what auto-tag,
+    /// cover generation and other background jobs do.
     pub fn update_scene(&self, id: u64, f: impl FnOnce(&mut StashScene)) -> bool {
         self.shared.state.lock().update_scene(id, f)
-    }
-
-    pub fn delete_scene(&self, id: u64) -> bool {
-        self.shared.state.lock().scenes.remove(&id).is_some()
     }
 
     /// Sets `configuration.plugins[plugin_id]`.
@@ -115,51 +175,237 @@ impl StashEmulator {
         self.shared.state.lock().mutations.clone()
     }
 
-    /// `server_connection` as Stash passes it to a plugin: host `0.0.0.0`
-    /// (the plugin must use localhost), the session cookie when auth is on.
-    pub fn server_connection(&self, dir: &Path, plugin_dir: &Path) -> Value {
-        let cookie = self.shared.auth.session.as_ref().map(|value| {
-            json!({"Name": "session", "Value": value, "Path": "", "Domain": "", "Expires": "0001-01-01T00:00:00Z",
-                   "RawExpires": "", "MaxAge": 0, "Secure": false, "HttpOnly": false, "SameSite": 0, "Raw": "", "Unparsed": null})
-        });
-        let mut conn = json!({
-            "Scheme": "http",
-            "Host": "0.0.0.0",
-            "Port": self.addr.port(),
-            "SessionCookie": cookie,
-            "Dir": dir,
-            "PluginDir": plugin_dir,
-        });
-        if let Some(key) = &self.shared.auth.api_key {
-            conn["ApiKey"] = json!(key);
+    /// A logged-in browser's session cookie value (what `/login` sets).
+    pub fn login_cookie(&self) -> String {
+        self.shared.codec.encode(&Session { user: Some(USERNAME.into()), visited: Vec::new() })
+    }
+
+    /// Installs the plugin(s) of `plugin_dir` (every `*.yml` in it, as
+    /// Stash loads every manifest under its plugins folder) into a Stash
+    /// whose config folder is `config_dir`. A manifest Stash would refuse
+    /// is refused here.
+    pub fn install_plugins(&self, config_dir: &Path, plugin_dir: &Path) -> Result<Vec<String>, String> {
+        let mut loaded = Vec::new();
+        let entries = std::fs::read_dir(plugin_dir).map_err(|e| format!("{}: {e}", plugin_dir.display()))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "yml") {
+                loaded.push(Plugin::load(&path)?);
+            }
         }
-        conn
+        let ids = loaded.iter().map(|p| p.id.clone()).collect();
+        *self.shared.config_dir.lock() = config_dir.to_path_buf();
+        self.shared.plugins.lock().extend(loaded);
+        Ok(ids)
     }
 
-    /// Runs `exec` for a hook event, as Stash does after a scene mutation.
-    pub async fn run_hook(
-        &self,
-        exec: &[String],
-        dir: &Path,
-        scene_id: u64,
-        hook_type: &str,
-        input: Value,
-        input_fields: &[&str],
-    ) -> std::io::Result<PluginRun> {
-        let args =
-            json!({"hookContext": {"id": scene_id, "type": hook_type, "input": input, "inputFields": input_fields}});
-        self.run_plugin(exec, dir, args).await
+    /// Every hook run so far, in order of start.
+    pub fn hook_runs(&self) -> Vec<HookRun> {
+        self.shared.hook_runs.lock().clone()
     }
 
-    /// Runs `exec` for a task with the task's `defaultArgs`.
-    pub async fn run_task(&self, exec: &[String], dir: &Path, args: Value) -> std::io::Result<PluginRun> {
-        self.run_plugin(exec, dir, args).await
+    pub fn clear_hook_runs(&self) {
+        self.shared.hook_runs.lock().clear();
     }
 
-    async fn run_plugin(&self, exec: &[String], dir: &Path, args: Value) -> std::io::Result<PluginRun> {
-        let plugin_dir = exec.first().and_then(|e| Path::new(e).parent()).map(Path::to_path_buf).unwrap_or_default();
-        let input = json!({"server_connection": self.server_connection(dir, &plugin_dir), "args": args});
-        plugin::run(exec, &input, plugin::LogLevel::Error).await
+    /// Hook runs skipped because the depth limit was reached.
+    pub fn hooks_skipped(&self) -> usize {
+        *self.shared.hooks_skipped.lock()
+    }
+
+    /// `runPluginTask(plugin_id, task_name, args_map)`: the task's
+    /// `defaultArgs` fill the keys `args` lacks. Run here and awaited (Stash
+    /// queues it as a job).
+    pub async fn run_plugin_task(&self, plugin_id: &str, task_name: &str, args: Value) -> std::io::Result<PluginRun> {
+        let plugin = self.plugin(plugin_id)?;
+        let task = plugin.task(task_name).cloned().ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, format!("plugin {plugin_id} has no task {task_name:?}"))
+        })?;
+        let mut args = args.as_object().cloned().unwrap_or_default();
+        for (k, v) in &task.default_args {
+            args.entry(k.clone()).or_insert_with(|| Value::String(v.clone()));
+        }
+        let auth = self.job_auth();
+        run_operation(&self.shared, &plugin, Some(&task), &auth, Value::Object(args)).await
+    }
+
+    /// `runPluginOperation(plugin_id, args)`: no task, no `defaultArgs`.
+    pub async fn run_plugin_operation(&self, plugin_id: &str, args: Value) -> std::io::Result<PluginRun> {
+        let plugin = self.plugin(plugin_id)?;
+        run_operation(&self.shared, &plugin, None, &self.job_auth(), args).await
+    }
+
+    fn plugin(&self, id: &str) -> std::io::Result<Plugin> {
+        self.shared
+            .plugins
+            .lock()
+            .iter()
+            .find(|p| p.id == id)
+            .cloned()
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("no plugin {id:?} is installed")))
+    }
+
+    /// Background work (a job a logged-in person started) runs as the user.
+    fn job_auth(&self) -> RequestAuth {
+        RequestAuth { user: self.shared.auth.login.then(|| USERNAME.to_string()), visited: Vec::new() }
+    }
+
+    /// A scan finds new files: each becomes a scene with no metadata and no
+    /// cover, and `Scene.Create.Post` runs with null input right after its
+    /// commit (pkg/scene/scan.go). Returns the new ids.
+    pub async fn scan_new(&self, files: &[Vec<(String, u64, f64)>]) -> Vec<u64> {
+        let mut ids = Vec::new();
+        for scene_files in files {
+            let id = self.shared.state.lock().add_scene(scene_files);
+            fire_hooks(&self.shared, &self.job_auth(), "Scene.Create.Post", id, Value::Null, &[]).await;
+            ids.push(id);
+        }
+        ids
+    }
+
+    /// A person edits one scene in Stash's UI (`sceneUpdate`): the change,
+    /// then `Scene.Update.Post` with the fields named, before the answer.
+    pub async fn edit_scene(&self, id: u64, fields: &[&str], f: impl FnOnce(&mut StashScene)) -> bool {
+        if !self.shared.state.lock().update_scene(id, f) {
+            return false;
+        }
+        let mut input = serde_json::Map::new();
+        input.insert("id".into(), json!(id.to_string()));
+        let mut names = vec!["id".to_string()];
+        names.extend(fields.iter().map(|f| f.to_string()));
+        for f in fields {
+            input.insert(f.to_string(), Value::Null);
+        }
+        fire_hooks(&self.shared, &self.job_auth(), "Scene.Update.Post", id, Value::Object(input), &names).await;
+        true
+    }
+
+    /// A person deletes a scene (`sceneDestroy`): `Scene.Destroy.Post`.
+    pub async fn destroy_scene(&self, id: u64) -> bool {
+        let Some(scene) = self.shared.state.lock().scenes.remove(&id) else { return false };
+        let input = destroy_input(&scene);
+        fire_hooks(&self.shared, &self.job_auth(), "Scene.Destroy.Post", id, input, &[]).await;
+        true
+    }
+
+    /// Fires `hook_type` for `id` as Stash does after the operation that
+    /// causes it (for timing cases the helpers above cannot make, e.g. a
+    /// scene deleted between its hook and its delivery). Returns the runs.
+    pub async fn fire_hook(&self, hook_type: &str, id: u64, input: Value, input_fields: &[&str]) -> Vec<HookRun> {
+        let before = self.shared.hook_runs.lock().len();
+        let fields: Vec<String> = input_fields.iter().map(|f| f.to_string()).collect();
+        fire_hooks(&self.shared, &self.job_auth(), hook_type, id, input, &fields).await;
+        self.shared.hook_runs.lock()[before..].to_vec()
+    }
+
+    /// Auto-tag: tags whose name appears in the path are added; no hook.
+    pub fn auto_tag(&self, id: u64, tag: u64) -> bool {
+        self.update_scene(id, |s| {
+            if !s.tags.contains(&tag) {
+                s.tags.push(tag);
+            }
+        })
+    }
+
+    /// `sceneMerge`: the sources' files move to the destination, which is
+    /// updated; the sources are destroyed. No hook at all.
+    pub fn merge_scenes(&self, destination: u64, sources: &[u64]) -> bool {
+        let mut state = self.shared.state.lock();
+        let mut files = Vec::new();
+        for id in sources {
+            if let Some(s) = state.scenes.remove(id) {
+                files.extend(s.files);
+            }
+        }
+        state.update_scene(destination, |d| d.files.extend(files))
+    }
+}
+
+/// `Scene.Destroy.Post`'s input: checksum, oshash and path of the scene.
+fn destroy_input(scene: &StashScene) -> Value {
+    let file = scene.files.first();
+    let fp = |kind: &str| file.and_then(|f| f.fingerprints.iter().find(|(k, _)| k == kind)).map(|(_, v)| v.clone());
+    json!({"checksum": fp("md5"), "oshash": fp("oshash"), "path": file.map(|f| f.path.clone())})
+}
+
+/// `server_connection` as pkg/plugin `makeServerConnection` builds it: a
+/// fresh cookie carrying the user and the visited hooks; never an API key.
+fn server_connection(shared: &Shared, auth: &RequestAuth, plugin: &Plugin) -> Value {
+    let session = Session { user: auth.user.clone(), visited: auth.visited.clone() };
+    let max_age = shared.auth.max_session_age.as_secs();
+    let expires = shared.state.lock().zone.format(chrono::Utc::now() + chrono::Duration::seconds(max_age as i64));
+    let cookie = json!({"Name": "session", "Value": shared.codec.encode(&session), "Path": "/", "Domain": "",
+        "Expires": expires, "RawExpires": "", "MaxAge": max_age, "Secure": false, "HttpOnly": true,
+        "SameSite": 2, "Partitioned": false, "Raw": "", "Unparsed": null});
+    json!({
+        "Scheme": "http",
+        "Host": "0.0.0.0",
+        "Port": shared.base_url.port().unwrap_or(9999),
+        "SessionCookie": cookie,
+        "Dir": &*shared.config_dir.lock(),
+        "PluginDir": plugin.dir(),
+    })
+}
+
+async fn run_operation(
+    shared: &Shared,
+    plugin: &Plugin,
+    operation: Option<&plugin::Operation>,
+    auth: &RequestAuth,
+    args: Value,
+) -> std::io::Result<PluginRun> {
+    let exec = plugin.exec_command(operation);
+    let input = json!({"server_connection": server_connection(shared, auth, plugin), "args": args});
+    plugin::run(&exec, &input, plugin.err_log()).await
+}
+
+/// pkg/plugin `executePostHooks`: every installed plugin's hooks for
+/// `hook_type`, one after another, awaited (the caller's request waits),
+/// each with the visited list grown by one; skipped once the same plugin
+/// and hook type were visited [`MAX_HOOK_DEPTH`] times.
+pub(crate) async fn fire_hooks(
+    shared: &Shared,
+    auth: &RequestAuth,
+    hook_type: &str,
+    id: u64,
+    input: Value,
+    input_fields: &[String],
+) {
+    let plugins: Vec<Plugin> = shared.plugins.lock().clone();
+    for plugin in plugins {
+        let hooks: Vec<plugin::Operation> = plugin.hooks_for(hook_type).cloned().collect();
+        if hooks.is_empty() {
+            continue;
+        }
+        let depth = auth.visited.iter().filter(|(p, h)| *p == plugin.id && h == hook_type).count();
+        if depth >= MAX_HOOK_DEPTH {
+            *shared.hooks_skipped.lock() += 1;
+            continue;
+        }
+        for hook in hooks {
+            let mut inner = auth.clone();
+            inner.visited.push((plugin.id.clone(), hook_type.to_string()));
+            let mut args: serde_json::Map<String, Value> =
+                hook.default_args.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+            let mut context = json!({"type": hook_type, "input": input});
+            if id != 0 {
+                context["id"] = json!(id);
+            }
+            if !input_fields.is_empty() {
+                context["inputFields"] = json!(input_fields);
+            }
+            args.insert("hookContext".into(), context);
+            match run_operation(shared, &plugin, Some(&hook), &inner, Value::Object(args)).await {
+                Ok(run) => shared.hook_runs.lock().push(HookRun {
+                    plugin: plugin.id.clone(),
+                    hook_type: hook_type.to_string(),
+                    id,
+                    depth: depth + 1,
+                    run,
+                }),
+                Err(e) => tracing::error!("{hook_type} [{}]: {e}", plugin.id),
+            }
+        }
     }
 }
 
@@ -174,9 +420,9 @@ fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route(
             "/graphql",
-            get(graphiql).post(move |req: GraphQLRequest| {
+            get(graphiql).post(move |Extension(auth): Extension<RequestAuth>, req: GraphQLRequest| {
                 let schema = schema.clone();
-                async move { GraphQLResponse::from(schema.execute(req.into_inner()).await) }
+                async move { GraphQLResponse::from(schema.execute(req.into_inner().data(auth)).await) }
             }),
         )
         .route("/scene/{id}/screenshot", get(image))
@@ -194,31 +440,42 @@ async fn image() -> Response {
     ([(header::CONTENT_TYPE, "image/png")], IMAGE_PNG).into_response()
 }
 
-fn session_cookie(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(name, _)| *name == "session")
-        .map(|(_, value)| value.to_string())
+/// The `ApiKey` header or `apikey` query parameter.
+fn api_key_of(req: &Request) -> Option<String> {
+    let header = req.headers().get("ApiKey").and_then(|v| v.to_str().ok()).filter(|k| !k.is_empty());
+    header.map(str::to_string).or_else(|| {
+        url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+            .find(|(k, _)| k == "apikey")
+            .map(|(_, v)| v.into_owned())
+            .filter(|k| !k.is_empty())
+    })
 }
 
-/// Stash answers `401` to API calls without a valid API key or session.
-async fn auth_layer(State(sh): State<Arc<Shared>>, req: Request, next: Next) -> Response {
-    let auth = &sh.auth;
-    if auth.api_key.is_none() && auth.session.is_none() {
-        return next.run(req).await;
+/// `Store.Authenticate` and `VisitedPluginHandler`: an `ApiKey` must be
+/// the configured one; otherwise a valid cookie authenticates and is
+/// refreshed in the answer. With a login, a request with neither gets 401.
+/// The visited hooks come from a valid cookie, whatever authenticated.
+async fn auth_layer(State(sh): State<Arc<Shared>>, mut req: Request, next: Next) -> Response {
+    let session = session::from_header(req.headers()).and_then(|v| sh.codec.decode(&v));
+    let unauthorized = || (StatusCode::UNAUTHORIZED, [("WWW-Authenticate", "FormBased")]).into_response();
+    let (user, refresh) = match api_key_of(&req) {
+        Some(key) if sh.auth.api_key.as_deref() != Some(key.as_str()) => return unauthorized(),
+        Some(_) => (Some(USERNAME.to_string()), None),
+        None => (session.as_ref().and_then(|s| s.user.clone()), session.clone()),
+    };
+    if sh.auth.login && user.as_deref().is_none_or(str::is_empty) {
+        return unauthorized();
     }
-    let key_ok = auth
-        .api_key
-        .as_ref()
-        .is_some_and(|k| req.headers().get("ApiKey").and_then(|v| v.to_str().ok()) == Some(k.as_str()));
-    let session_ok = auth.session.as_ref().is_some_and(|s| session_cookie(req.headers()).as_deref() == Some(s));
-    if key_ok || session_ok {
-        next.run(req).await
-    } else {
-        (StatusCode::UNAUTHORIZED, "Unauthorized\n").into_response()
+    let visited = session.map(|s| s.visited).unwrap_or_default();
+    req.extensions_mut().insert(RequestAuth { user, visited });
+    let mut response = next.run(req).await;
+    if let Some(session) = refresh {
+        let max_age = sh.auth.max_session_age.as_secs();
+        let cookie =
+            format!("session={}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax", sh.codec.encode(&session));
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            response.headers_mut().append(header::SET_COOKIE, v);
+        }
     }
+    response
 }

@@ -9,11 +9,11 @@ use async_graphql::{
     Context, EmptySubscription, Enum, InputObject, MaybeUndefined, Object, Result, Scalar, ScalarType, Schema,
     SimpleObject, Value as GqlValue, ID,
 };
-use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::state::{MutationRecord, StashScene, StashState};
-use super::Shared;
+use super::state::{MutationRecord, StashScene, StashState, Zone};
+use super::{fire_hooks, RequestAuth, Shared};
 
 pub type StashSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
 
@@ -23,19 +23,21 @@ pub(crate) fn build(shared: Arc<Shared>) -> StashSchema {
 
 // ---- scalars ----
 
-/// RFC 3339 time, as Stash's `Time` scalar.
-pub struct Time(pub DateTime<Utc>);
+/// Stash's `Time` scalar: answered as the stored RFC 3339 text, which
+/// carries the server's offset at the time of the write.
+pub struct Time(pub String);
 
 #[Scalar(name = "Time")]
 impl ScalarType for Time {
     fn parse(value: GqlValue) -> async_graphql::InputValueResult<Self> {
         match &value {
-            GqlValue::String(s) => Ok(Time(parse_time(s).ok_or("invalid time")?)),
+            GqlValue::String(s) if DateTime::parse_from_rfc3339(s).is_ok() => Ok(Time(s.clone())),
+            GqlValue::String(_) => Err("invalid time".into()),
             _ => Err(async_graphql::InputValueError::expected_type(value)),
         }
     }
     fn to_value(&self) -> GqlValue {
-        GqlValue::String(self.0.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        GqlValue::String(self.0.clone())
     }
 }
 
@@ -66,17 +68,6 @@ impl ScalarType for PluginConfigMap {
     fn to_value(&self) -> GqlValue {
         GqlValue::from_json(self.0.clone()).unwrap_or(GqlValue::Null)
     }
-}
-
-/// Times as Stash's filters accept them: RFC 3339, `YYYY-MM-DD HH:MM`, or a date.
-pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s)
-        .map(|t| t.with_timezone(&Utc))
-        .ok()
-        .or_else(|| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M").ok().map(|t| t.and_utc()))
-        .or_else(|| {
-            NaiveDate::parse_from_str(s, "%Y-%m-%d").ok().and_then(|d| d.and_hms_opt(0, 0, 0)).map(|t| t.and_utc())
-        })
 }
 
 // ---- output types ----
@@ -360,17 +351,24 @@ fn parse_id(id: &ID, what: &str) -> Result<u64> {
     id.parse::<u64>().map_err(|_| format!("invalid {what} id {:?}", id.as_str()).into())
 }
 
-fn time_matches(at: DateTime<Utc>, c: &TimestampCriterionInput) -> Result<bool> {
-    let value = parse_time(&c.value).ok_or_else(|| format!("invalid time value {:?}", c.value))?;
-    let value2 = c.value2.as_deref().and_then(parse_time);
-    Ok(match (c.modifier, value2) {
-        (CriterionModifier::Equals, _) => at == value,
-        (CriterionModifier::NotEquals, _) => at != value,
-        (CriterionModifier::GreaterThan, _) => at > value,
-        (CriterionModifier::LessThan, _) => at < value,
-        (CriterionModifier::Between, Some(v2)) => at >= value && at <= v2,
-        (CriterionModifier::NotBetween, Some(v2)) => at < value || at > v2,
-        _ => return Err("unsupported time modifier".into()),
+/// pkg/sqlite's `getTimestampWhereClause`: the stored text compared with
+/// the text sent, as SQL compares strings (bytewise). Nothing is parsed, so
+/// a value in another offset or format compares as text, exactly as in
+/// Stash. A missing `value2` is "tomorrow" in the server's zone.
+fn time_matches(at: &str, c: &TimestampCriterionInput, zone: &Zone) -> Result<bool> {
+    let value = c.value.as_str();
+    let upper = c.value2.clone().unwrap_or_else(|| zone.format(Utc::now() + chrono::Duration::days(1)));
+    let upper = upper.as_str();
+    Ok(match c.modifier {
+        CriterionModifier::Equals => at == value,
+        CriterionModifier::NotEquals => at != value,
+        CriterionModifier::GreaterThan => at > value,
+        CriterionModifier::LessThan => at < value,
+        CriterionModifier::Between => at >= value && at <= upper,
+        CriterionModifier::NotBetween => at < value || at > upper,
+        CriterionModifier::IsNull => false,
+        CriterionModifier::NotNull => true,
+        _ => return Err("unsupported date modifier type".into()),
     })
 }
 
@@ -397,7 +395,7 @@ fn string_matches(s: &str, c: &StringCriterionInput) -> Result<bool> {
     })
 }
 
-fn scene_matches(scene: &StashScene, f: &SceneFilterType) -> Result<bool> {
+fn scene_matches(scene: &StashScene, f: &SceneFilterType, zone: &Zone) -> Result<bool> {
     if let Some(c) = &f.title {
         if !string_matches(scene.title.as_deref().unwrap_or(""), c)? {
             return Ok(false);
@@ -416,16 +414,21 @@ fn scene_matches(scene: &StashScene, f: &SceneFilterType) -> Result<bool> {
         return Ok(false);
     }
     if let Some(c) = &f.updated_at {
-        if !time_matches(scene.updated_at, c)? {
+        if !time_matches(&scene.updated_at, c, zone)? {
             return Ok(false);
         }
     }
     if let Some(c) = &f.created_at {
-        if !time_matches(scene.created_at, c)? {
+        if !time_matches(&scene.created_at, c, zone)? {
             return Ok(false);
         }
     }
     Ok(true)
+}
+
+/// Unix seconds of a stored time (the screenshot URL's `?t=`).
+fn unix_secs(stored: &str) -> i64 {
+    DateTime::parse_from_rfc3339(stored).map(|t| t.timestamp()).unwrap_or(0)
 }
 
 fn studio_view(state: &StashState, id: u64, base: &url::Url, depth: u8) -> Option<Studio> {
@@ -457,8 +460,8 @@ pub fn scene_view(state: &StashState, scene: &StashScene, base: &url::Url) -> Sc
         rating100: scene.rating100,
         organized: scene.organized,
         interactive: false,
-        created_at: Time(scene.created_at),
-        updated_at: Time(scene.updated_at),
+        created_at: Time(scene.created_at.clone()),
+        updated_at: Time(scene.updated_at.clone()),
         files: scene
             .files
             .iter()
@@ -478,12 +481,12 @@ pub fn scene_view(state: &StashState, scene: &StashScene, base: &url::Url) -> Sc
                     .iter()
                     .map(|(k, v)| Fingerprint { kind: k.clone(), value: v.clone() })
                     .collect(),
-                created_at: Time(scene.created_at),
-                updated_at: Time(scene.created_at),
+                created_at: Time(scene.created_at.clone()),
+                updated_at: Time(scene.created_at.clone()),
             })
             .collect(),
         paths: ScenePathsType {
-            screenshot: url_for(format!("scene/{}/screenshot?t={}", scene.id, scene.updated_at.timestamp())),
+            screenshot: url_for(format!("scene/{}/screenshot?t={}", scene.id, unix_secs(&scene.updated_at))),
             preview: url_for(format!("scene/{}/preview", scene.id)),
             stream: url_for(format!("scene/{}/stream", scene.id)),
         },
@@ -512,8 +515,9 @@ pub fn scene_view(state: &StashState, scene: &StashScene, base: &url::Url) -> Sc
 fn sort_scenes(scenes: &mut [&StashScene], filter: &FindFilterType) -> Result<()> {
     match filter.sort.as_deref().unwrap_or("id") {
         "id" => scenes.sort_by_key(|s| s.id),
-        "updated_at" => scenes.sort_by_key(|s| (s.updated_at, s.id)),
-        "created_at" => scenes.sort_by_key(|s| (s.created_at, s.id)),
+        // Text order, as SQLite sorts the stored strings.
+        "updated_at" => scenes.sort_by_cached_key(|s| (s.updated_at.clone(), s.id)),
+        "created_at" => scenes.sort_by_cached_key(|s| (s.created_at.clone(), s.id)),
         "title" => scenes.sort_by_cached_key(|s| (s.title.clone().unwrap_or_default().to_lowercase(), s.id)),
         "date" => scenes.sort_by_cached_key(|s| (s.date.clone(), s.id)),
         "path" => scenes.sort_by_cached_key(|s| (s.files.first().map(|f| f.path.clone()), s.id)),
@@ -564,7 +568,7 @@ impl QueryRoot {
                 scene.title.as_deref().unwrap_or("").to_lowercase().contains(&q)
                     || scene.files.iter().any(|f| f.path.to_lowercase().contains(&q))
             });
-            if q_ok && scene_matches(scene, &scene_filter)? {
+            if q_ok && scene_matches(scene, &scene_filter, &state.zone)? {
                 found.push(scene);
             }
         }
@@ -659,6 +663,21 @@ fn set_opt<T: Clone>(target: &mut Option<T>, value: &MaybeUndefined<T>) {
     }
 }
 
+#[derive(InputObject)]
+#[graphql(rename_fields = "snake_case")]
+pub struct SceneDestroyInput {
+    pub id: ID,
+    pub delete_file: Option<bool>,
+    pub delete_generated: Option<bool>,
+    pub destroy_file_entry: Option<bool>,
+}
+
+/// Who sent the request (set by the auth layer).
+fn request_auth<'a>(ctx: &'a Context<'_>) -> &'a RequestAuth {
+    static NOBODY: std::sync::OnceLock<RequestAuth> = std::sync::OnceLock::new();
+    ctx.data_opt::<RequestAuth>().unwrap_or_else(|| NOBODY.get_or_init(RequestAuth::default))
+}
+
 pub struct MutationRoot;
 
 #[Object(rename_args = "snake_case")]
@@ -670,47 +689,51 @@ impl MutationRoot {
         let performers = input.performer_ids.value().map(|p| ids_of(p, "performer")).transpose()?;
         let tags = input.tag_ids.value().map(|t| ids_of(t, "tag")).transpose()?;
         let studio = input.studio_id.value().map(|s| parse_id(s, "studio")).transpose()?;
-        let mut state = sh.state.lock();
-        if !state.scenes.contains_key(&id) {
-            return Err(format!("scene with id {id} not found").into());
+        {
+            let mut state = sh.state.lock();
+            if !state.scenes.contains_key(&id) {
+                return Err(format!("scene with id {id} not found").into());
+            }
+            check_refs(&state, performers.as_deref().unwrap_or(&[]), tags.as_deref().unwrap_or(&[]), studio)?;
+            state.update_scene(id, |s| {
+                set_opt(&mut s.title, &input.title);
+                set_opt(&mut s.code, &input.code);
+                set_opt(&mut s.details, &input.details);
+                set_opt(&mut s.director, &input.director);
+                set_opt(&mut s.date, &input.date);
+                set_opt(&mut s.rating100, &input.rating100);
+                match (&input.urls, &input.url) {
+                    (MaybeUndefined::Value(urls), _) => s.urls = urls.clone(),
+                    (MaybeUndefined::Null, _) => s.urls.clear(),
+                    (_, MaybeUndefined::Value(url)) => s.urls = vec![url.clone()],
+                    (_, MaybeUndefined::Null) => s.urls.clear(),
+                    _ => {}
+                }
+                if let Some(o) = input.organized {
+                    s.organized = o;
+                }
+                if !input.studio_id.is_undefined() {
+                    s.studio = studio;
+                }
+                if let Some(p) = performers {
+                    s.performers = p;
+                }
+                if let Some(t) = tags {
+                    s.tags = t;
+                }
+                if let Some(ids) = input.stash_ids.value() {
+                    s.stash_ids = ids.iter().map(|i| (i.endpoint.clone(), i.stash_id.clone())).collect();
+                }
+            });
+            state.mutations.push(MutationRecord {
+                operation: "sceneUpdate".into(),
+                scene_ids: vec![id],
+                input_fields: fields.clone(),
+                input: raw.clone(),
+            });
         }
-        check_refs(&state, performers.as_deref().unwrap_or(&[]), tags.as_deref().unwrap_or(&[]), studio)?;
-        state.update_scene(id, |s| {
-            set_opt(&mut s.title, &input.title);
-            set_opt(&mut s.code, &input.code);
-            set_opt(&mut s.details, &input.details);
-            set_opt(&mut s.director, &input.director);
-            set_opt(&mut s.date, &input.date);
-            set_opt(&mut s.rating100, &input.rating100);
-            match (&input.urls, &input.url) {
-                (MaybeUndefined::Value(urls), _) => s.urls = urls.clone(),
-                (MaybeUndefined::Null, _) => s.urls.clear(),
-                (_, MaybeUndefined::Value(url)) => s.urls = vec![url.clone()],
-                (_, MaybeUndefined::Null) => s.urls.clear(),
-                _ => {}
-            }
-            if let Some(o) = input.organized {
-                s.organized = o;
-            }
-            if !input.studio_id.is_undefined() {
-                s.studio = studio;
-            }
-            if let Some(p) = performers {
-                s.performers = p;
-            }
-            if let Some(t) = tags {
-                s.tags = t;
-            }
-            if let Some(ids) = input.stash_ids.value() {
-                s.stash_ids = ids.iter().map(|i| (i.endpoint.clone(), i.stash_id.clone())).collect();
-            }
-        });
-        state.mutations.push(MutationRecord {
-            operation: "sceneUpdate".into(),
-            scene_ids: vec![id],
-            input_fields: fields,
-            input: raw,
-        });
+        fire_hooks(sh, request_auth(ctx), "Scene.Update.Post", id, raw, &fields).await;
+        let state = sh.state.lock();
         Ok(state.scenes.get(&id).map(|s| scene_view(&state, s, &sh.base_url)))
     }
 
@@ -719,68 +742,87 @@ impl MutationRoot {
         let (fields, raw) = input_fields(ctx);
         let ids = ids_of(input.ids.as_deref().unwrap_or(&[]), "scene")?;
         let studio = input.studio_id.as_ref().map(|s| parse_id(s, "studio")).transpose()?;
-        let mut state = sh.state.lock();
-        if let Some(missing) = ids.iter().find(|id| !state.scenes.contains_key(id)) {
-            return Err(format!("scene with id {missing} not found").into());
-        }
-        let new_tags = input.tag_ids.as_ref().map(|t| ids_of(t.ids.as_deref().unwrap_or(&[]), "tag")).transpose()?;
-        let new_performers =
-            input.performer_ids.as_ref().map(|p| ids_of(p.ids.as_deref().unwrap_or(&[]), "performer")).transpose()?;
-        check_refs(&state, new_performers.as_deref().unwrap_or(&[]), new_tags.as_deref().unwrap_or(&[]), studio)?;
-        for id in &ids {
-            state.update_scene(*id, |s| {
-                if let Some(v) = &input.title {
-                    s.title = Some(v.clone());
-                }
-                if let Some(v) = &input.code {
-                    s.code = Some(v.clone());
-                }
-                if let Some(v) = &input.details {
-                    s.details = Some(v.clone());
-                }
-                if let Some(v) = &input.director {
-                    s.director = Some(v.clone());
-                }
-                if let Some(v) = &input.date {
-                    s.date = Some(v.clone());
-                }
-                if let Some(v) = input.rating100 {
-                    s.rating100 = Some(v);
-                }
-                if let Some(o) = input.organized {
-                    s.organized = o;
-                }
-                if studio.is_some() {
-                    s.studio = studio;
-                }
-                if let Some(u) = &input.urls {
-                    let values = u.values.clone().unwrap_or_default();
-                    match u.mode {
-                        BulkUpdateIdMode::Set => s.urls = values,
-                        BulkUpdateIdMode::Add => {
-                            for v in values {
-                                if !s.urls.contains(&v) {
-                                    s.urls.push(v);
+        {
+            let mut state = sh.state.lock();
+            if let Some(missing) = ids.iter().find(|id| !state.scenes.contains_key(id)) {
+                return Err(format!("scene with id {missing} not found").into());
+            }
+            let new_tags =
+                input.tag_ids.as_ref().map(|t| ids_of(t.ids.as_deref().unwrap_or(&[]), "tag")).transpose()?;
+            let new_performers = input
+                .performer_ids
+                .as_ref()
+                .map(|p| ids_of(p.ids.as_deref().unwrap_or(&[]), "performer"))
+                .transpose()?;
+            check_refs(&state, new_performers.as_deref().unwrap_or(&[]), new_tags.as_deref().unwrap_or(&[]), studio)?;
+            for id in &ids {
+                state.update_scene(*id, |s| {
+                    if let Some(v) = &input.title {
+                        s.title = Some(v.clone());
+                    }
+                    if let Some(v) = &input.code {
+                        s.code = Some(v.clone());
+                    }
+                    if let Some(v) = &input.details {
+                        s.details = Some(v.clone());
+                    }
+                    if let Some(v) = &input.director {
+                        s.director = Some(v.clone());
+                    }
+                    if let Some(v) = &input.date {
+                        s.date = Some(v.clone());
+                    }
+                    if let Some(v) = input.rating100 {
+                        s.rating100 = Some(v);
+                    }
+                    if let Some(o) = input.organized {
+                        s.organized = o;
+                    }
+                    if studio.is_some() {
+                        s.studio = studio;
+                    }
+                    if let Some(u) = &input.urls {
+                        let values = u.values.clone().unwrap_or_default();
+                        match u.mode {
+                            BulkUpdateIdMode::Set => s.urls = values,
+                            BulkUpdateIdMode::Add => {
+                                for v in values {
+                                    if !s.urls.contains(&v) {
+                                        s.urls.push(v);
+                                    }
                                 }
                             }
+                            BulkUpdateIdMode::Remove => s.urls.retain(|x| !values.contains(x)),
                         }
-                        BulkUpdateIdMode::Remove => s.urls.retain(|x| !values.contains(x)),
                     }
-                }
-                if let (Some(t), Some(ids)) = (&input.tag_ids, &new_tags) {
-                    apply_bulk_ids(&mut s.tags, ids, t.mode);
-                }
-                if let (Some(p), Some(ids)) = (&input.performer_ids, &new_performers) {
-                    apply_bulk_ids(&mut s.performers, ids, p.mode);
-                }
+                    if let (Some(t), Some(ids)) = (&input.tag_ids, &new_tags) {
+                        apply_bulk_ids(&mut s.tags, ids, t.mode);
+                    }
+                    if let (Some(p), Some(ids)) = (&input.performer_ids, &new_performers) {
+                        apply_bulk_ids(&mut s.performers, ids, p.mode);
+                    }
+                });
+            }
+            state.mutations.push(MutationRecord {
+                operation: "bulkSceneUpdate".into(),
+                scene_ids: ids.clone(),
+                input_fields: fields.clone(),
+                input: raw.clone(),
             });
         }
-        state.mutations.push(MutationRecord {
-            operation: "bulkSceneUpdate".into(),
-            scene_ids: ids.clone(),
-            input_fields: fields,
-            input: raw,
-        });
+        // One scene after another, each hook awaited, the answer after the last.
+        for id in &ids {
+            fire_hooks(sh, request_auth(ctx), "Scene.Update.Post", *id, raw.clone(), &fields).await;
+        }
+        let state = sh.state.lock();
         Ok(ids.iter().filter_map(|id| state.scenes.get(id)).map(|s| scene_view(&state, s, &sh.base_url)).collect())
+    }
+
+    async fn scene_destroy(&self, ctx: &Context<'_>, input: SceneDestroyInput) -> Result<bool> {
+        let sh = shared(ctx);
+        let id = parse_id(&input.id, "scene")?;
+        let scene = sh.state.lock().scenes.remove(&id).ok_or_else(|| format!("scene with id {id} not found"))?;
+        fire_hooks(sh, request_auth(ctx), "Scene.Destroy.Post", id, super::destroy_input(&scene), &[]).await;
+        Ok(true)
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, FixedOffset, SecondsFormat, SubsecRound, Utc};
 use serde_json::{Map, Value};
 
 use crate::fixtures::Library;
@@ -35,8 +35,11 @@ pub struct StashScene {
     pub date: Option<String>,
     pub rating100: Option<i32>,
     pub organized: bool,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
+    /// RFC 3339 text in the server's offset at the time of the write, to
+    /// the second, as pkg/sqlite stores it (`2026-11-24T05:00:00-05:00`,
+    /// `…Z` at offset zero): filters and sorts compare this text.
+    pub created_at: String,
+    pub updated_at: String,
     pub files: Vec<StashFile>,
     pub studio: Option<u64>,
     pub performers: Vec<u64>,
@@ -75,6 +78,44 @@ pub struct MutationRecord {
     pub input: Value,
 }
 
+/// The Stash server's local time zone: an offset (seconds east of UTC)
+/// before the first change, then the offsets in force from each change on
+/// (daylight saving, or a server restarted with another `TZ`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Zone {
+    pub initial: i32,
+    pub changes: Vec<(DateTime<Utc>, i32)>,
+}
+
+impl Default for Zone {
+    /// West of UTC, where a UTC cursor misses edits: a lenient default
+    /// would hide that bug.
+    fn default() -> Self {
+        Self::fixed(-5 * 3600)
+    }
+}
+
+impl Zone {
+    pub fn fixed(offset_secs: i32) -> Self {
+        Self { initial: offset_secs, changes: Vec::new() }
+    }
+
+    /// `before` until `at`, `after` from then on (a DST change).
+    pub fn change_at(before: i32, at: DateTime<Utc>, after: i32) -> Self {
+        Self { initial: before, changes: vec![(at, after)] }
+    }
+
+    pub fn offset_at(&self, t: DateTime<Utc>) -> FixedOffset {
+        let secs = self.changes.iter().filter(|(at, _)| *at <= t).map(|(_, o)| *o).last().unwrap_or(self.initial);
+        FixedOffset::east_opt(secs).expect("offset within a day")
+    }
+
+    /// `t` as Go's `time.Format(time.RFC3339)` writes it in this zone.
+    pub fn format(&self, t: DateTime<Utc>) -> String {
+        t.with_timezone(&self.offset_at(t)).to_rfc3339_opts(SecondsFormat::Secs, true)
+    }
+}
+
 /// Everything the Stash emulator knows.
 #[derive(Debug, Default)]
 pub struct StashState {
@@ -85,6 +126,8 @@ pub struct StashState {
     /// `configuration.plugins`: plugin id → settings.
     pub plugins: Map<String, Value>,
     pub mutations: Vec<MutationRecord>,
+    /// The server's time zone; change it to emulate DST or a restart.
+    pub zone: Zone,
     next_id: u64,
     last_stamp: Option<DateTime<Utc>>,
 }
@@ -94,9 +137,21 @@ impl StashState {
         Self::default()
     }
 
+    /// The same data with the server in `zone` (stored times keep the
+    /// offset they were written with, as in Stash's database).
+    pub fn in_zone(mut self, zone: Zone) -> Self {
+        self.zone = zone;
+        self
+    }
+
     /// A Stash that holds every scene of `lib`.
     pub fn from_library(lib: &Library) -> Self {
-        let mut state = Self::new();
+        Self::from_library_in(lib, Zone::default())
+    }
+
+    /// A Stash in `zone` that holds every scene of `lib`.
+    pub fn from_library_in(lib: &Library, zone: Zone) -> Self {
+        let mut state = Self { zone, ..Self::new() };
         let studio_ids: Vec<u64> = lib.studios.iter().map(|s| state.add_studio(&s.name, None)).collect();
         for (i, s) in lib.studios.iter().enumerate() {
             if let Some(parent) = s.parent {
@@ -105,7 +160,7 @@ impl StashState {
         }
         let performer_ids: Vec<u64> = lib.performers.iter().map(|p| state.add_performer(p)).collect();
         let tag_ids: Vec<u64> = lib.tags.iter().map(|t| state.add_tag(t)).collect();
-        // Scenes were added and edited over the past weeks, one a minute.
+        // Scenes were added and edited over the past days, one a minute.
         let start = Utc::now().trunc_subsecs(0) - chrono::Duration::minutes(lib.scenes.len() as i64 + 24 * 60);
         for (i, scene) in lib.scenes.iter().enumerate() {
             let files = scene.files.iter().map(|f| (f.stash_path.clone(), f.size, f.duration_secs)).collect::<Vec<_>>();
@@ -122,8 +177,8 @@ impl StashState {
             s.studio = scene.studio.map(|i| studio_ids[i]);
             s.performers = scene.performers.iter().map(|i| performer_ids[*i]).collect();
             s.tags = scene.tags.iter().map(|i| tag_ids[*i]).collect();
-            s.created_at = start + chrono::Duration::minutes(i as i64);
-            s.updated_at = s.created_at;
+            s.created_at = state.zone.format(start + chrono::Duration::minutes(i as i64));
+            s.updated_at = s.created_at.clone();
         }
         state
     }
@@ -133,12 +188,14 @@ impl StashState {
         self.next_id
     }
 
-    /// Current time at Stash's precision (seconds), never going backwards.
-    pub fn stamp(&mut self) -> DateTime<Utc> {
+    /// Current time at Stash's precision (seconds) as stored text in the
+    /// server's zone. The instant never goes backwards; the text may (a DST
+    /// change), exactly as in Stash.
+    pub fn stamp(&mut self) -> String {
         let now = Utc::now().trunc_subsecs(0);
         let now = self.last_stamp.map_or(now, |last| last.max(now));
         self.last_stamp = Some(now);
-        now
+        self.zone.format(now)
     }
 
     pub fn add_studio(&mut self, name: &str, parent: Option<u64>) -> u64 {
@@ -177,7 +234,8 @@ impl StashState {
             })
             .collect();
         let now = self.stamp();
-        self.scenes.insert(id, StashScene { id, created_at: now, updated_at: now, files, ..Default::default() });
+        self.scenes
+            .insert(id, StashScene { id, created_at: now.clone(), updated_at: now, files, ..Default::default() });
         id
     }
 

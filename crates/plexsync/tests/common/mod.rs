@@ -2,7 +2,7 @@
 //! settings in Stash, a data folder, and the plugin binary run as Stash runs it.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use emulators::plex::Item;
@@ -12,30 +12,49 @@ use plexsync::queue::Queue;
 use serde_json::{json, Value};
 
 pub const PLEX_TOKEN: &str = "plex-secret-token";
-pub const SESSION: &str = "stash-session-cookie";
+pub const API_KEY: &str = "stash-api-key-secret";
 
 pub struct Bed {
     pub lib: Library,
     pub stash: StashEmulator,
     pub plex: PlexEmulator,
+    /// Stash's config folder (`server_connection.Dir`).
     pub dir: tempfile::TempDir,
 }
 
-pub fn exec() -> Vec<String> {
-    vec![env!("CARGO_BIN_EXE_plexsync").to_string(), "plugin".to_string()]
+/// Installs PlexSync as README's install step does: the binary and
+/// `PlexSync.yml` in `<config>/plugins/PlexSync/`. Returns that folder.
+pub fn install_files(config_dir: &Path) -> PathBuf {
+    let folder = config_dir.join("plugins").join("PlexSync");
+    std::fs::create_dir_all(&folder).unwrap();
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plugin/PlexSync.yml");
+    std::fs::copy(manifest, folder.join("PlexSync.yml")).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_plexsync"), folder.join("plexsync")).unwrap();
+    folder
 }
 
 impl Bed {
-    /// Emulators with `scenes` scenes and PlexSync configured for them;
-    /// `settings` is merged over the defaults.
+    /// Emulators with `scenes` scenes and PlexSync installed and configured
+    /// for them; `settings` is merged over the defaults. Stash has a login
+    /// and no API key: the plugin has only its session cookie.
     pub async fn new(scenes: usize, settings: Value) -> Self {
+        Self::with_auth(scenes, settings, StashAuth::login(None)).await
+    }
+
+    pub async fn with_auth(scenes: usize, settings: Value, auth: StashAuth) -> Self {
         let lib = Library::sample(scenes, 21);
-        let auth = StashAuth { api_key: None, session: Some(SESSION.into()) };
         let stash = StashEmulator::start(StashState::from_library(&lib), auth).await.unwrap();
         let plex = PlexEmulator::start(PlexState::from_library(&lib), PLEX_TOKEN).await.unwrap();
         let bed = Self { lib, stash, plex, dir: tempfile::tempdir().unwrap() };
+        let folder = install_files(bed.dir.path());
+        bed.stash.install_plugins(bed.dir.path(), &folder).unwrap();
         bed.configure(settings);
         bed
+    }
+
+    /// A logged-in person's session, for the CLI.
+    pub fn session(&self) -> String {
+        self.stash.login_cookie()
     }
 
     pub fn configure(&self, extra: Value) {
@@ -59,17 +78,31 @@ impl Bed {
         Queue::open(&self.data_dir().join("queue.sqlite")).unwrap()
     }
 
+    /// Stash fires `hook_type` for `scene` (see `StashEmulator::fire_hook`).
     pub async fn hook(&self, scene: u64, hook_type: &str, fields: &[&str]) -> PluginRun {
         let input = json!({"id": scene.to_string()});
-        self.stash.run_hook(&exec(), self.dir.path(), scene, hook_type, input, fields).await.unwrap()
+        let runs = self.stash.fire_hook(hook_type, scene, input, fields).await;
+        runs.into_iter().last().expect("PlexSync's hook ran").run
     }
 
+    /// A person saves scene `scene` in Stash's UI; returns PlexSync's hook run.
     pub async fn update_hook(&self, scene: u64) -> PluginRun {
-        self.hook(scene, "Scene.Update.Post", &["id", "title"]).await
+        let before = self.stash.hook_runs().len();
+        assert!(self.stash.edit_scene(scene, &["title"], |_| {}).await, "scene {scene} exists");
+        self.stash.hook_runs()[before..].iter().rfind(|r| r.id == scene).expect("PlexSync's hook ran").run.clone()
     }
 
+    /// Runs the task whose `defaultArgs.mode` is `mode`, as Stash's Tasks page does.
     pub async fn task(&self, mode: &str) -> PluginRun {
-        self.stash.run_task(&exec(), self.dir.path(), json!({"mode": mode})).await.unwrap()
+        self.task_with(mode, json!({})).await
+    }
+
+    pub async fn task_with(&self, mode: &str, args: Value) -> PluginRun {
+        let yml = self.dir.path().join("plugins/PlexSync/PlexSync.yml");
+        let plugin = emulators::plugin::Plugin::load(&yml).unwrap();
+        let task = plugin.manifest.tasks.iter().find(|t| t.default_args.get("mode").map(String::as_str) == Some(mode));
+        let name = task.unwrap_or_else(|| panic!("no task with mode {mode}")).name.clone();
+        self.stash.run_plugin_task("PlexSync", &name, args).await.unwrap()
     }
 
     /// Waits until nothing is due or being delivered (at most 30 s). A
@@ -80,7 +113,7 @@ impl Bed {
         while quiet_polls < 3 {
             let (due, leased) = if self.data_dir().join("queue.sqlite").exists() {
                 let s = self.queue().stats().unwrap();
-                (s.due_now, s.leased)
+                (s.due_now + s.requests, s.leased)
             } else {
                 (0, 0)
             };
