@@ -53,6 +53,8 @@ pub struct Context {
     pub warnings: Vec<String>,
     pub stash: StashClient,
     pub data_dir: PathBuf,
+    /// Settings from the file, environment and flags (over Stash's).
+    pub local_layers: Vec<Map<String, Value>>,
 }
 
 impl Context {
@@ -71,12 +73,13 @@ impl Context {
             tracing::debug!("Stash's API key could not be read: {e}");
         }
         let mut warnings = Vec::new();
+        let local_layers = sources.local_layers(&mut warnings);
         let mut layers = vec![from_stash];
-        layers.extend(sources.local_layers(&mut warnings));
+        layers.extend(local_layers.iter().cloned());
         let loaded = config::load(&layers);
         warnings.extend(loaded.warnings);
         let data_dir = loaded.settings.data_dir.clone().unwrap_or(default_data_dir);
-        Ok(Self { settings: loaded.settings, warnings, stash, data_dir })
+        Ok(Self { settings: loaded.settings, warnings, stash, data_dir, local_layers })
     }
 
     /// For the CLI: Stash's URL and key come from the local sources.
@@ -100,6 +103,7 @@ impl Context {
     pub fn pipeline(&self) -> Result<Pipeline, Error> {
         let mut pipeline = Pipeline::new(self.settings.clone(), self.stash.clone())?;
         pipeline.index_store = Some(self.data_dir.join("queue.sqlite"));
+        pipeline.local_layers = self.local_layers.clone();
         Ok(pipeline)
     }
 }

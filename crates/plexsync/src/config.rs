@@ -74,6 +74,7 @@ settings! {
     "outageMaxDays", Number, true, "Outage limit (days)", "How long updates wait through a Plex or Stash outage before they become dead letters (default 7).";
     "drainPerSec", Number, true, "Drain rate after outage", "Scenes per second delivered in the first minute after Plex comes back (default 10).";
     "retryScale", Number, false, "Retry scale", "Multiplies every retry and probe delay (default 1); smaller values are for tests.";
+    "workerIdleSecs", Number, false, "Worker idle time", "Seconds the worker the plugin starts stays alive with an empty queue, watching Stash for changes, before it exits (default 600).";
     "leaseSecs", Number, false, "Lease", "Seconds a worker owns a claimed scene; a killed worker's scenes return after this (default 300).";
     "stashUrl", String, false, "Stash URL", "CLI/daemon: Stash's URL, e.g. http://localhost:9999 (the plugin gets it from Stash).";
     "stashApiKey", String, false, "Stash API key", "CLI/daemon: Stash API key, when Stash has a login.";
@@ -199,6 +200,8 @@ pub struct RetrySettings {
     pub drain_per_sec: f64,
     pub scale: f64,
     pub lease: Duration,
+    /// How long the plugin's worker idles before it exits.
+    pub worker_idle: Duration,
 }
 
 impl Default for RetrySettings {
@@ -210,6 +213,7 @@ impl Default for RetrySettings {
             drain_per_sec: 10.0,
             scale: 1.0,
             lease: Duration::from_secs(300),
+            worker_idle: Duration::from_secs(600),
         }
     }
 }
@@ -505,6 +509,7 @@ impl Reader {
                 drain_per_sec: self.number("drainPerSec", 10.0, 0.1, 10_000.0),
                 scale: self.number("retryScale", 1.0, 0.0001, 100.0),
                 lease: Duration::from_secs_f64(self.number("leaseSecs", 300.0, 0.1, 86_400.0)),
+                worker_idle: Duration::from_secs_f64(self.number("workerIdleSecs", 600.0, 0.0, 86_400.0)),
             },
         }
     }

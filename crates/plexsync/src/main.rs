@@ -206,7 +206,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut pipeline = ctx.pipeline()?;
             let options = match (exit_when_idle, plugin) {
                 (true, _) => WorkerOptions::foreground(),
-                (false, true) => WorkerOptions::detached(),
+                (false, true) => WorkerOptions::detached(ctx.settings.retry.worker_idle),
                 (false, false) => WorkerOptions::default(),
             };
             tracing::info!("worker started ({} waiting)", queue.stats().map_err(db)?.pending);

@@ -75,6 +75,8 @@ pub struct Pipeline {
     pub index: Option<LibraryIndex>,
     /// Queue database where the index is kept between processes.
     pub index_store: Option<std::path::PathBuf>,
+    /// Local settings layered over Stash's when settings are read again.
+    pub local_layers: Vec<serde_json::Map<String, serde_json::Value>>,
     pub stats: Stats,
 }
 
@@ -87,7 +89,33 @@ impl Pipeline {
         if settings.plex_http.insecure {
             tracing::warn!("plexInsecure is on: Plex's TLS certificate is not checked");
         }
-        Ok(Self { settings, stash, plex, index: None, index_store: None, stats: Stats::default() })
+        Ok(Self {
+            settings,
+            stash,
+            plex,
+            index: None,
+            index_store: None,
+            local_layers: Vec::new(),
+            stats: Stats::default(),
+        })
+    }
+
+    /// Reads PlexSync's settings from Stash again (a long-lived worker must
+    /// follow a person's changes); the index is kept when it still fits.
+    pub async fn reload_settings(&mut self) -> Result<(), Error> {
+        let mut layers = vec![self.stash.plugin_settings(crate::config::PLUGIN_ID).await?];
+        layers.extend(self.local_layers.iter().cloned());
+        let loaded = crate::config::load(&layers);
+        let key = self.index_key();
+        let mut fresh = Self::new(loaded.settings, self.stash.clone())?;
+        if fresh.index_key() == key {
+            fresh.index = self.index.take();
+        }
+        fresh.index_store = self.index_store.take();
+        fresh.local_layers = std::mem::take(&mut self.local_layers);
+        fresh.stats = std::mem::take(&mut self.stats);
+        *self = fresh;
+        Ok(())
     }
 
     fn plex(&self) -> Result<&PlexClient, Error> {

@@ -81,8 +81,8 @@ impl Default for WorkerOptions {
 
 impl WorkerOptions {
     /// The worker the plugin starts: waits out retries, idles ten minutes.
-    pub fn detached() -> Self {
-        Self { idle: Duration::from_secs(600), ..Self::default() }
+    pub fn detached(idle: Duration) -> Self {
+        Self { idle, ..Self::default() }
     }
 
     /// Delivers what is due now and returns (CLI `sync`, tests).
@@ -176,7 +176,12 @@ struct RunState {
     /// Until when deliveries are paced (after an outage).
     gentle_until: Option<Instant>,
     last_capture: Option<Instant>,
+    settings_read: Instant,
 }
+
+/// A busy worker reads its settings again this often; an idle one when it
+/// wakes up.
+const SETTINGS_EVERY: Duration = Duration::from_secs(30);
 
 /// Runs until the queue is empty or nothing is due within `max_wait`. `progress(done, total)` after each delivery.
 pub async fn run(
@@ -190,6 +195,7 @@ pub async fn run(
         done: 0,
         gentle_until: None,
         last_capture: None,
+        settings_read: Instant::now(),
     };
     let lease = pipeline.settings.retry.lease;
     let mut idle_since: Option<Instant> = None;
@@ -234,7 +240,12 @@ pub async fn run(
                 None => break Ok(()),
             }
         }
-        idle_since = None;
+        if idle_since.take().is_some() || st.settings_read.elapsed() > SETTINGS_EVERY {
+            st.settings_read = Instant::now();
+            if let Err(e) = pipeline.reload_settings().await {
+                tracing::warn!("could not read PlexSync's settings again, keeping the last ones: {e}");
+            }
+        }
         let total = st.done + queue.stats().map_err(db)?.pending as usize;
         if let Err(e) = deliver_batch(pipeline, queue, &rows, &mut st, total, &mut progress).await {
             if e.class == ErrorClass::Auth && take_newer_session(pipeline, queue)? {

@@ -263,7 +263,8 @@ async fn sync_all_task_queues_everything_and_the_worker_delivers_it() {
     let bed = Bed::new(60, json!({})).await;
     let run = bed.task("sync_all").await;
     assert!(!run.failed(), "{run:?}");
-    assert_eq!(run.output.unwrap()["queued"], 60);
+    let msg = run.output.unwrap()["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("handed to the background worker"), "{msg}");
     bed.settle().await;
     let in_plex = bed.scenes_in_plex();
     for id in &in_plex {
@@ -331,7 +332,7 @@ async fn committed_manifest_matches_the_settings_table() {
 
 #[tokio::test]
 async fn a_new_worker_reuses_the_stored_library_index() {
-    let bed = Bed::new(300, json!({})).await;
+    let bed = Bed::new(300, json!({"workerIdleSecs": 0.2})).await;
     let ids = bed.scenes_in_plex();
     assert!(!bed.update_hook(ids[0]).await.failed());
     bed.settle().await;

@@ -1,0 +1,109 @@
+//! What PlexSync adds to a person's bulk edit in Stash. Stash runs a
+//! plugin's hook once per scene, one after another, inside the request
+//! (facts/stash.md), so every millisecond of a hook is a millisecond the
+//! person waits, times the number of scenes.
+//!
+//!     cargo build --release -p plexsync && cargo bench -p plexsync --bench bulk_edit
+//!
+//! For 500 and 5 000 scenes: a `bulkSceneUpdate` (add a tag) sent over
+//! HTTP to the Stash emulator, once without the plugin and once with
+//! PlexSync installed from its manifest (the release binary); prints the
+//! seconds PlexSync added, and per-hook median and p95, also per half of
+//! the edit (the cost must not grow with the edit's size). The first hook
+//! also starts the worker, which delivers while the edit goes on.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use emulators::{Library, PlexEmulator, PlexState, StashAuth, StashEmulator, StashState};
+use serde_json::json;
+
+fn release_binary() -> PathBuf {
+    let exe = std::env::var("PLEXSYNC_BIN").map(PathBuf::from).unwrap_or_else(|_| {
+        let mut p = std::env::current_exe().unwrap();
+        p.pop();
+        p.pop();
+        p.join("plexsync")
+    });
+    assert!(exe.exists(), "build the binary first (cargo build --release -p plexsync): {}", exe.display());
+    exe
+}
+
+/// README's install step: the binary and the manifest in a plugin folder.
+fn install(config: &Path, exe: &Path) -> PathBuf {
+    let folder = config.join("plugins/PlexSync");
+    std::fs::create_dir_all(&folder).unwrap();
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plugin/PlexSync.yml");
+    std::fs::copy(manifest, folder.join("PlexSync.yml")).unwrap();
+    std::os::unix::fs::symlink(exe, folder.join("plexsync")).unwrap();
+    folder
+}
+
+async fn bulk_add_tag(stash: &StashEmulator, ids: &[u64], tag: u64) -> Duration {
+    let body = json!({
+        "query": "mutation Bulk($input: BulkSceneUpdateInput!) { bulkSceneUpdate(input: $input) { id } }",
+        "variables": {"input": {"ids": ids.iter().map(u64::to_string).collect::<Vec<_>>(),
+                                "tag_ids": {"ids": [tag.to_string()], "mode": "ADD"}}}
+    });
+    let started = Instant::now();
+    let resp = reqwest::Client::new()
+        .post(stash.url().join("graphql").unwrap())
+        .header("Cookie", format!("session={}", stash.login_cookie()))
+        .timeout(Duration::from_secs(3600))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+    let answer: serde_json::Value = resp.json().await.unwrap();
+    assert!(answer["errors"].is_null(), "{answer}");
+    started.elapsed()
+}
+
+fn median_p95(mut v: Vec<Duration>) -> (f64, f64) {
+    v.sort();
+    let at = |p: usize| v[(v.len() * p / 100).min(v.len() - 1)].as_secs_f64() * 1000.0;
+    (at(50), at(95))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let exe = release_binary();
+    for n in [500usize, 5_000] {
+        let lib = Library::sample(n, 3);
+        let stash = StashEmulator::start(StashState::from_library(&lib), StashAuth::login(None)).await.unwrap();
+        let plex = PlexEmulator::start(PlexState::from_library(&lib), "bench-token").await.unwrap();
+        stash.set_plugin_settings(
+            "PlexSync",
+            json!({"plexUrl": plex.url().as_str(), "plexToken": "bench-token", "skipUnorganized": false,
+                   "pathMappings": format!("{} => {}", lib.stash_prefix, lib.plex_prefix)}),
+        );
+        let ids: Vec<u64> = stash.with_state(|s| s.scenes.keys().copied().collect());
+        let (tag_a, tag_b) = stash.with_state(|s| (s.add_tag("Bench A"), s.add_tag("Bench B")));
+
+        let without = bulk_add_tag(&stash, &ids, tag_a).await;
+        let config = tempfile::tempdir().unwrap();
+        let folder = install(config.path(), &exe);
+        stash.install_plugins(config.path(), &folder).unwrap();
+        let with = bulk_add_tag(&stash, &ids, tag_b).await;
+
+        let runs = stash.hook_runs();
+        assert_eq!(runs.len(), n, "one hook per scene");
+        assert!(runs.iter().all(|r| !r.run.failed()), "every hook succeeded");
+        let times: Vec<Duration> = runs.iter().map(|r| r.run.elapsed).collect();
+        let (median, p95) = median_p95(times.clone());
+        let (first, _) = median_p95(times[..n / 2].to_vec());
+        let (second, _) = median_p95(times[n / 2..].to_vec());
+        println!(
+            "{n:>5} scenes: edit {:.2} s without PlexSync, {:.2} s with ({:.2} s added); per hook median {median:.2} ms, p95 {p95:.2} ms; median of the first half {first:.2} ms, of the second {second:.2} ms",
+            without.as_secs_f64(),
+            with.as_secs_f64(),
+            (with - without).as_secs_f64(),
+        );
+        drop(stash);
+        drop(plex);
+        // The worker stops once its data folder is gone.
+        drop(config);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
