@@ -423,6 +423,7 @@ mod tests {
         assert_eq!(parse_stdout("{\"output\":\"ok\"}"), (Some(Value::from("ok")), None));
         assert_eq!(parse_stdout("{\"error\":\"boom\"}"), (None, Some("boom".into())));
         assert_eq!(parse_stdout("not json"), (Some(Value::from("not json")), None));
-        assert_eq!(parse_stdout(""), (None, None));
+        assert_eq!(parse_stdout(""), (Some(Value::from("")), None), "Stash: unparseable text is the output");
+        assert_eq!(parse_stdout("{\"error\": \"\"}"), (None, Some(String::new())), "an empty error is an error");
     }
 }

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 const KEY: &str = "stash-api-key";
 
 async fn start(scenes: usize) -> StashEmulator {
-    let auth = StashAuth { api_key: Some(KEY.into()), session: Some("cookie-value".into()) };
+    let auth = StashAuth::login(Some(KEY));
     StashEmulator::start(StashState::from_library(&Library::sample(scenes, 9)), auth).await.unwrap()
 }
 
@@ -48,8 +48,31 @@ async fn auth_by_api_key_or_session_cookie() {
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(c.post(url.clone()).header("ApiKey", KEY).json(&body).send().await.unwrap().status(), StatusCode::OK);
-    let by_cookie = c.post(url).header("Cookie", "other=1; session=cookie-value").json(&body).send().await.unwrap();
+    let cookie = format!("other=1; session={}", stash.login_cookie());
+    let by_cookie = c.post(url.clone()).header("Cookie", cookie).json(&body).send().await.unwrap();
     assert_eq!(by_cookie.status(), StatusCode::OK);
+    assert!(by_cookie.headers()["set-cookie"].to_str().unwrap().starts_with("session="), "refreshed");
+    let forged = c.post(url).header("Cookie", "session=made-up").json(&body).send().await.unwrap();
+    assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn sessions_expire_after_the_max_age_unless_refreshed() {
+    let auth = StashAuth::login(None).max_session_age(Duration::from_secs(2));
+    let stash = StashEmulator::start(StashState::from_library(&Library::sample(2, 9)), auth).await.unwrap();
+    let url = stash.url().join("graphql").unwrap();
+    let body = json!({"query": "{ configuration { general { apiKey } } }"});
+    let c = Client::new();
+    let send = |cookie: String| c.post(url.clone()).header("Cookie", format!("session={cookie}")).json(&body).send();
+    let first = stash.login_cookie();
+    let ok = send(first.clone()).await.unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    let refreshed = ok.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap()[8..].to_string();
+    let answer: Value = ok.json().await.unwrap();
+    assert_eq!(answer["data"]["configuration"]["general"]["apiKey"], "", "no API key generated");
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    assert_eq!(send(first).await.unwrap().status(), StatusCode::UNAUTHORIZED, "expired");
+    assert_eq!(send(refreshed).await.unwrap().status(), StatusCode::UNAUTHORIZED, "a refresh lasts max age too");
 }
 
 #[tokio::test]
@@ -76,7 +99,7 @@ async fn find_scenes_pages_counts_and_sorts() {
     assert_eq!(all["data"]["findScenes"]["scenes"].as_array().unwrap().len(), 60);
     let scene = &all["data"]["findScenes"]["scenes"][0];
     assert!(scene["files"][0]["size"].as_i64().unwrap() > 0, "Int64 size: {scene}");
-    assert!(scene["updated_at"].as_str().unwrap().ends_with('Z'));
+    assert!(scene["updated_at"].as_str().unwrap().ends_with("-05:00"), "the server's offset");
 }
 
 #[tokio::test]
@@ -84,8 +107,10 @@ async fn updated_at_filter_finds_what_changed() {
     let stash = start(30).await;
     let q = "query($f: FindFilterType, $sf: SceneFilterType) { findScenes(filter: $f, scene_filter: $sf) { count scenes { id title updated_at } } }";
     let now = chrono::Utc::now() - chrono::Duration::seconds(1);
+    // In the server's own offset (the default zone is UTC-5).
+    let local = now.with_timezone(&chrono::FixedOffset::west_opt(5 * 3600).unwrap());
     let vars = json!({"f": {"per_page": 100, "sort": "updated_at", "direction": "ASC"},
-                      "sf": {"updated_at": {"value": now.to_rfc3339(), "modifier": "GREATER_THAN"}}});
+                      "sf": {"updated_at": {"value": local.to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "modifier": "GREATER_THAN"}}});
     let r = gql(&stash, q, vars.clone()).await;
     assert_eq!(r["data"]["findScenes"]["count"], 0, "fixture scenes were last edited in the past");
     let id = stash.with_state(|s| *s.scenes.keys().nth(4).unwrap());
@@ -94,6 +119,13 @@ async fn updated_at_filter_finds_what_changed() {
     assert_eq!(r["data"]["findScenes"]["count"], 1);
     assert_eq!(r["data"]["findScenes"]["scenes"][0]["id"], id.to_string());
     assert_eq!(r["data"]["findScenes"]["scenes"][0]["title"], "Changed");
+    let stored = r["data"]["findScenes"]["scenes"][0]["updated_at"].as_str().unwrap().to_string();
+    assert!(stored.ends_with("-05:00"), "stored in the server's offset: {stored}");
+    // As text, like pkg/sqlite: the same instant in UTC compares greater
+    // than the edit, so a UTC cursor misses it.
+    let utc =
+        json!({"f": {"per_page": 100}, "sf": {"updated_at": {"value": now.to_rfc3339(), "modifier": "GREATER_THAN"}}});
+    assert_eq!(gql(&stash, q, utc).await["data"]["findScenes"]["count"], 0, "text comparison, not instants");
 }
 
 #[tokio::test]
@@ -176,7 +208,7 @@ async fn mutations_change_scenes_bump_updated_at_and_are_recorded() {
     let after = stash.scene(ids[0]).unwrap();
     assert_eq!(after.details, None);
     assert_eq!(after.code, before.code, "fields not named stay");
-    assert!(after.updated_at > before.updated_at);
+    assert!(after.updated_at >= before.updated_at);
 
     let r = gql(
         &stash,
@@ -205,42 +237,107 @@ async fn mutations_change_scenes_bump_updated_at_and_are_recorded() {
     assert!(bad["errors"][0]["message"].as_str().unwrap().contains("tag 99999 not found"));
 }
 
+/// A plugin folder holding `id.yml` with `manifest` and an executable `run.sh`.
+fn plugin_folder(config: &Path, id: &str, manifest: &str, script: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let folder = config.join("plugins").join(id);
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join(format!("{id}.yml")), manifest).unwrap();
+    let sh = folder.join("run.sh");
+    std::fs::write(&sh, format!("#!/bin/sh\n{script}\n")).unwrap();
+    std::fs::set_permissions(&sh, std::fs::Permissions::from_mode(0o755)).unwrap();
+    folder
+}
+
+const ECHO: &str = r#"input=$(cat); printf '\001i\002got input\n\001p\0020.5\nplain\n' >&2; printf '{"output": {"argv": "%s", "input": %s}}' "$*" "$input""#;
+
 #[tokio::test]
-async fn plugins_run_exactly_as_stash_runs_them() {
+async fn manifests_are_read_and_exec_resolved_as_stash_does() {
+    let config = tempdir().join("resolve");
+    // `{pluginDir}` in the first element is never substituted: no start.
+    let old = plugin_folder(
+        &config,
+        "Old",
+        "name: Old\nexec: [\"{pluginDir}/run.sh\"]\ninterface: raw\ntasks:\n  - name: T\n",
+        ECHO,
+    );
     let stash = start(1).await;
-    let dir = tempdir();
-    // A stand-in plugin: echoes what it got on stdin as its output, logs at
-    // two levels and reports progress through Stash's stderr protocol.
-    let script =
-        r#"input=$(cat); printf '\001i\002got input\n\001p\0020.5\nplain\n' >&2; printf '{"output": %s}' "$input""#;
-    let exec = vec!["sh".to_string(), "-c".to_string(), script.to_string()];
-    let run = stash
-        .run_hook(&exec, &dir, 7, "Scene.Update.Post", json!({"id": "7", "title": "T"}), &["id", "title"])
-        .await
-        .unwrap();
+    stash.install_plugins(&config, &old).unwrap();
+    assert!(stash.run_plugin_task("Old", "T", json!({})).await.is_err(), "{{pluginDir}}/run.sh does not exist");
+
+    // First element joined to the folder; `{pluginDir}` in later ones;
+    // task execArgs appended; defaultArgs fill what args lack.
+    let manifest = "name: New\nexec:\n  - run.sh\n  - \"{pluginDir}/x\"\ninterface: raw\nerrLog: info\ntasks:\n  - name: T\n    execArgs: [extra]\n    defaultArgs:\n      mode: a\n      other: b\n";
+    let new = plugin_folder(&config, "New", manifest, ECHO);
+    stash.install_plugins(&config, &new).unwrap();
+    let run = stash.run_plugin_task("New", "T", json!({"mode": "given"})).await.unwrap();
     assert!(!run.failed(), "{run:?}");
-    let got = run.output.clone().unwrap();
-    assert_eq!(got["args"]["hookContext"]["type"], "Scene.Update.Post");
-    assert_eq!(got["args"]["hookContext"]["inputFields"], json!(["id", "title"]));
-    let conn = &got["server_connection"];
+    let out = run.output.clone().unwrap();
+    assert_eq!(out["argv"], format!("{}/x extra", new.display()));
+    assert_eq!(out["input"]["args"], json!({"mode": "given", "other": "b"}));
+    let conn = &out["input"]["server_connection"];
     assert_eq!(conn["Host"], "0.0.0.0");
-    assert_eq!(conn["Port"], stash.addr().port());
-    assert_eq!(conn["SessionCookie"]["Value"], "cookie-value");
-    assert_eq!(conn["Dir"], dir.to_str().unwrap());
+    assert!(conn.get("ApiKey").is_none(), "Stash never passes an API key");
+    assert_eq!(conn["PluginDir"], new.to_str().unwrap());
     assert_eq!(run.progress, [0.5]);
-    assert_eq!(run.messages_at(LogLevel::Info), ["got input", "plain"]);
+    assert_eq!(run.messages_at(LogLevel::Info), ["got input", "plain"], "unprefixed lines at errLog's level");
+    let op = stash.run_plugin_operation("New", json!({"x": 1})).await.unwrap();
+    assert_eq!(op.output.unwrap()["input"]["args"], json!({"x": 1}), "no defaultArgs for an operation");
 
-    let failing =
-        vec!["sh".to_string(), "-c".to_string(), r#"cat >/dev/null; echo '{"error": "bad settings"}'"#.to_string()];
-    let run = stash.run_task(&failing, &dir, json!({"mode": "sync_all"})).await.unwrap();
-    assert!(run.failed());
-    assert_eq!(run.error.as_deref(), Some("bad settings"));
+    // Unknown keys are refused, as yaml.v2 strict mode does.
+    let bad = plugin_folder(&config, "Bad", "name: Bad\nexec: [run.sh]\nbogus: 1\n", ECHO);
+    assert!(stash.install_plugins(&config, &bad).unwrap_err().contains("bogus"));
+}
 
-    // Stash waits for the pipes: a child holding stdout keeps the run open.
-    let lingering =
-        vec!["sh".to_string(), "-c".to_string(), "cat >/dev/null; (sleep 0.4; echo) & echo '{}'".to_string()];
-    let run = stash.run_task(&lingering, &dir, json!({})).await.unwrap();
-    assert!(run.elapsed >= Duration::from_millis(350), "{:?}", run.elapsed);
+#[tokio::test]
+async fn hooks_fire_one_scene_after_another_and_nest_up_to_the_depth_limit() {
+    let stash = start(3).await;
+    let config = tempdir().join("hooks");
+    // A hook that sleeps, then re-sends its own scene's update with the
+    // cookie it was given: Stash runs the hook again, nested, until depth 10.
+    let script = r#"exec python3 "$(dirname "$0")/hook.py""#;
+    let python = r#"import json, sys, time, urllib.request
+d = json.load(sys.stdin)
+time.sleep(0.05)
+c = d["server_connection"]
+q = {"query": 'mutation { sceneUpdate(input: {id: "%s", title: "x"}) { id } }' % d["args"]["hookContext"]["id"]}
+r = urllib.request.Request("http://127.0.0.1:%d/graphql" % c["Port"], data=json.dumps(q).encode(),
+    headers={"Cookie": "session=" + c["SessionCookie"]["Value"], "Content-Type": "application/json"})
+urllib.request.urlopen(r).read()
+print("{}")
+"#;
+    let manifest = "name: Loop\nexec: [run.sh]\nhooks:\n  - name: H\n    triggeredBy: [Scene.Update.Post]\n";
+    let folder = plugin_folder(&config, "Loop", manifest, script);
+    std::fs::write(folder.join("hook.py"), python).unwrap();
+    stash.install_plugins(&config, &folder).unwrap();
+    let id = stash.with_state(|s| *s.scenes.keys().next().unwrap());
+    let r =
+        gql(&stash, "mutation($i: ID!) { sceneUpdate(input: {id: $i, title: \"t\"}) { id } }", json!({"i": id})).await;
+    assert!(r["errors"].is_null(), "{r}");
+    let runs = stash.hook_runs();
+    assert_eq!(runs.len(), 10, "nested until the depth limit (an ApiKey-only request has no cookie list)");
+    assert_eq!(runs.iter().map(|r| r.depth).max(), Some(10));
+    assert_eq!(stash.hooks_skipped(), 1);
+
+    // A bulk edit: one hook per scene, in a row, the answer after the last.
+    stash.clear_hook_runs();
+    let config2 = tempdir().join("bulk");
+    let quiet = plugin_folder(
+        &config2,
+        "Quiet",
+        "name: Quiet\nexec: [run.sh]\nhooks:\n  - name: H\n    triggeredBy: [Scene.Update.Post]\n",
+        "cat >/dev/null; sleep 0.1; echo '{}'",
+    );
+    let s2 = start(3).await;
+    s2.install_plugins(&config2, &quiet).unwrap();
+    let ids: Vec<String> = s2.with_state(|s| s.scenes.keys().map(u64::to_string).collect());
+    let started = std::time::Instant::now();
+    let r =
+        gql(&s2, "mutation($i: [ID!]) { bulkSceneUpdate(input: {ids: $i, rating100: 60}) { id } }", json!({"i": ids}))
+            .await;
+    assert!(r["errors"].is_null(), "{r}");
+    assert!(started.elapsed() >= Duration::from_millis(300), "three hooks of 0.1 s in a row: {:?}", started.elapsed());
+    assert_eq!(s2.hook_runs().iter().map(|r| r.id.to_string()).collect::<Vec<_>>(), ids);
 }
 
 fn tempdir() -> std::path::PathBuf {

@@ -158,12 +158,15 @@ async fn handle_hook(input: &PluginInput, hook: &HookContext) -> Result<Value, S
 }
 
 /// Leaves the session cookie Stash just gave us for a running worker,
-/// whose own cookie may have expired.
+/// whose own cookie may have expired, and asks it to look for changes no
+/// hook reports (Stash is active now: a scan's cover, an auto-tag).
 fn hand_session(queue: &crate::queue::Queue, conn: &ServerConnection) {
+    let mut result = queue.set_kv(worker::CAPTURE_SOON_KEY, "1");
     if let Some(cookie) = conn.credentials().session_cookie {
-        if let Err(e) = queue.set_kv(SESSION_KEY, cookie.expose()) {
-            tracing::debug!("could not hand the session to the worker: {e}");
-        }
+        result = result.and_then(|_| queue.set_kv(SESSION_KEY, cookie.expose()));
+    }
+    if let Err(e) = result {
+        tracing::debug!("could not hand the session to the worker: {e}");
     }
 }
 

@@ -148,6 +148,11 @@ async fn run_requests(pipeline: &mut Pipeline, queue: &Queue) -> Result<(), Erro
     Ok(())
 }
 
+/// Set by hooks: the worker looks for unreported changes at its next turn
+/// (at most every [`CAPTURE_GAP`]) instead of waiting for `capture_every`.
+pub const CAPTURE_SOON_KEY: &str = "capture_soon";
+const CAPTURE_GAP: Duration = Duration::from_secs(2);
+
 /// Session key the plugin leaves the newest cookie under.
 const SESSION_KEY: &str = crate::plugin::SESSION_KEY;
 
@@ -268,8 +273,13 @@ async fn capture_if_due(
     st: &mut RunState,
 ) -> Result<(), Error> {
     let Some(every) = options.capture_every else { return Ok(()) };
-    if st.last_capture.is_some_and(|t| t.elapsed() < every) {
+    let asked = queue.get_kv(CAPTURE_SOON_KEY).map_err(db)?.is_some_and(|v| v == "1");
+    let since = st.last_capture.map(|t| t.elapsed());
+    if since.is_some_and(|t| t < every && !(asked && t >= CAPTURE_GAP)) {
         return Ok(());
+    }
+    if asked {
+        queue.set_kv(CAPTURE_SOON_KEY, "0").map_err(db)?;
     }
     let first = st.last_capture.is_none();
     st.last_capture = Some(Instant::now());
