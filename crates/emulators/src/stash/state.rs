@@ -260,3 +260,17 @@ impl StashState {
 fn fnv(s: &str) -> u64 {
     s.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zones_format_like_go_and_change_at_their_instant() {
+        let at = Utc::now().trunc_subsecs(0);
+        let z = Zone::change_at(-8 * 3600, at, -7 * 3600);
+        assert!(z.format(at - chrono::Duration::seconds(1)).ends_with("-08:00"));
+        assert!(z.format(at).ends_with("-07:00"));
+        assert!(Zone::fixed(0).format(at).ends_with('Z'));
+    }
+}

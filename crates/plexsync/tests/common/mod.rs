@@ -42,8 +42,13 @@ impl Bed {
     }
 
     pub async fn with_auth(scenes: usize, settings: Value, auth: StashAuth) -> Self {
+        Self::with_zone(scenes, settings, auth, emulators::stash::Zone::default()).await
+    }
+
+    /// A bed whose Stash server runs in `zone`.
+    pub async fn with_zone(scenes: usize, settings: Value, auth: StashAuth, zone: emulators::stash::Zone) -> Self {
         let lib = Library::sample(scenes, 21);
-        let stash = StashEmulator::start(StashState::from_library(&lib), auth).await.unwrap();
+        let stash = StashEmulator::start(StashState::from_library_in(&lib, zone), auth).await.unwrap();
         let plex = PlexEmulator::start(PlexState::from_library(&lib), PLEX_TOKEN).await.unwrap();
         let bed = Self { lib, stash, plex, dir: tempfile::tempdir().unwrap() };
         let folder = install_files(bed.dir.path());

@@ -1,0 +1,165 @@
+//! PlexSync against a Stash that behaves like Stash's code: installed from
+//! its manifest, timestamps as text in the server's zone, sessions that
+//! expire.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Bed;
+use emulators::stash::Zone;
+use emulators::StashAuth;
+use serde_json::json;
+
+async fn eventually(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < limit, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn fast() -> serde_json::Value {
+    json!({"retryScale": 0.02})
+}
+
+#[tokio::test]
+async fn the_manifest_starts_the_binary_and_the_old_one_could_not() {
+    let bed = Bed::new(5, json!({})).await;
+    assert!(!bed.task("queue_status").await.failed(), "the committed manifest starts plexsync");
+    let yml = bed.dir.path().join("plugins/PlexSync/PlexSync.yml");
+    let old = std::fs::read_to_string(&yml).unwrap().replace("  - plexsync\n", "  - \"{pluginDir}/plexsync\"\n");
+    std::fs::write(&yml, old).unwrap();
+    let stash = emulators::StashEmulator::start(emulators::StashState::new(), StashAuth::default()).await.unwrap();
+    stash.install_plugins(bed.dir.path(), yml.parent().unwrap()).unwrap();
+    let err = stash.run_plugin_task("PlexSync", "Queue status", json!({})).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{{pluginDir}} is not substituted in exec[0]: {err}");
+}
+
+/// First sync, then an edit no hook reports; any later hook makes the
+/// worker look for changes.
+async fn silent_edit_arrives(bed: &Bed) {
+    let ids = bed.scenes_in_plex();
+    assert!(!bed.update_hook(ids[0]).await.failed());
+    bed.settle().await;
+    assert!(bed.stash.update_scene(ids[1], |s| s.title = Some("Silent".into())), "auto-tag-like edit, no hook");
+    assert!(!bed.update_hook(ids[2]).await.failed());
+    eventually(Duration::from_secs(20), "the silent edit reached Plex", || {
+        bed.item_of(ids[1]).field("title") == Some("Silent")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn capture_finds_silent_edits_west_at_and_east_of_utc() {
+    for hours in [-8, 0, 10] {
+        let bed = Bed::with_zone(12, fast(), StashAuth::login(None), Zone::fixed(hours * 3600)).await;
+        let first = bed.stash.with_state(|s| *s.scenes.keys().next().unwrap());
+        let stamp = bed.stash.scene(first).unwrap().updated_at;
+        assert!(if hours == 0 { stamp.ends_with('Z') } else { !stamp.ends_with('Z') }, "{stamp}");
+        silent_edit_arrives(&bed).await;
+    }
+}
+
+#[tokio::test]
+async fn capture_follows_dst_changes_both_ways() {
+    for (before, after) in [(-7, -8), (-8, -7)] {
+        let at = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 0) + chrono::Duration::seconds(3);
+        let bed =
+            Bed::with_zone(12, fast(), StashAuth::login(None), Zone::change_at(before * 3600, at, after * 3600)).await;
+        let ids = bed.scenes_in_plex();
+        assert!(!bed.update_hook(ids[0]).await.failed());
+        bed.settle().await;
+        // Cross the change, then edit with no hook: after a fall-back the
+        // new text sorts below the last one seen.
+        while chrono::Utc::now() < at + chrono::Duration::milliseconds(100) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(bed.stash.update_scene(ids[1], |s| s.title = Some("After DST".into())));
+        let stamp = bed.stash.scene(ids[1]).unwrap().updated_at;
+        assert!(stamp.ends_with(&format!("-0{}:00", -after)), "{stamp}");
+        assert!(!bed.update_hook(ids[2]).await.failed());
+        eventually(Duration::from_secs(20), "edit after the DST change", || {
+            bed.item_of(ids[1]).field("title") == Some("After DST")
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn an_edit_in_the_same_second_as_the_last_look_arrives() {
+    let bed = Bed::new(12, fast()).await;
+    let ids = bed.scenes_in_plex();
+    // Deliver scene 1 and, within the same second, edit it again silently.
+    assert!(bed.stash.edit_scene(ids[1], &["title"], |s| s.title = Some("First".into())).await);
+    assert!(bed.stash.update_scene(ids[1], |s| s.title = Some("Same Second".into())));
+    assert!(!bed.update_hook(ids[2]).await.failed());
+    eventually(Duration::from_secs(20), "the same-second edit", || {
+        bed.item_of(ids[1]).field("title") == Some("Same Second")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_stash_restarted_in_another_zone_loses_nothing() {
+    let bed = Bed::with_zone(
+        12,
+        json!({"retryScale": 0.02, "workerIdleSecs": 0.3}),
+        StashAuth::login(None),
+        Zone::fixed(10 * 3600),
+    )
+    .await;
+    let ids = bed.scenes_in_plex();
+    assert!(!bed.update_hook(ids[0]).await.failed());
+    bed.settle().await;
+    while plexsync::worker::is_running(&bed.data_dir()) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Restarted with TZ 18 hours west: new times sort below everything seen.
+    bed.stash.with_state(|s| s.zone = Zone::fixed(-8 * 3600));
+    assert!(bed.stash.update_scene(ids[1], |s| s.title = Some("New Zone".into())));
+    assert!(!bed.update_hook(ids[2]).await.failed());
+    eventually(Duration::from_secs(20), "the edit in the new zone", || {
+        bed.item_of(ids[1]).field("title") == Some("New Zone")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_worker_outlives_its_session_with_stashs_api_key() {
+    let auth = StashAuth::login(Some(common::API_KEY)).max_session_age(Duration::from_secs(2));
+    let bed = Bed::with_auth(12, fast(), auth).await;
+    let ids = bed.scenes_in_plex();
+    bed.plex.down_for(Duration::from_secs(5));
+    // The session this hook brings expires during the outage; nothing new arrives.
+    assert!(bed.stash.edit_scene(ids[1], &["title"], |s| s.title = Some("During Outage".into())).await);
+    eventually(Duration::from_secs(30), "delivered after the session expired", || {
+        bed.item_of(ids[1]).field("title") == Some("During Outage")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn without_an_api_key_an_expired_session_says_what_to_set_and_a_new_hook_resumes() {
+    let auth = StashAuth::login(None).max_session_age(Duration::from_secs(2));
+    let bed = Bed::with_auth(12, json!({"retryScale": 0.02, "workerIdleSecs": 60}), auth).await;
+    let ids = bed.scenes_in_plex();
+    assert!(!bed.update_hook(ids[0]).await.failed());
+    bed.settle().await;
+    // The worker's session expires while it idles; then work arrives that
+    // no hook brought (as after an outage), so no fresh session comes with it.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    bed.queue().enqueue(&ids[1].to_string(), plexsync::queue::Reason::Manual).unwrap();
+    let log_path = bed.data_dir().join("worker.log");
+    let started = Instant::now();
+    while !std::fs::read_to_string(&log_path).unwrap_or_default().contains("Settings → Security → API Key") {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        assert!(started.elapsed() < Duration::from_secs(20), "the worker names the fix: {log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(bed.queue().stats().unwrap().pending >= 1, "nothing is lost");
+    bed.stash.update_scene(ids[0], |s| s.title = Some("Resumed".into()));
+    assert!(!bed.update_hook(ids[3]).await.failed(), "a new hook brings a fresh session");
+    eventually(Duration::from_secs(20), "delivery resumed", || bed.item_of(ids[0]).field("title") == Some("Resumed"))
+        .await;
+}
