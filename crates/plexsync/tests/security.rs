@@ -97,7 +97,7 @@ async fn images_come_only_from_stash_and_must_be_images() {
         &bed.stash.url(),
         plexsync::stash::StashCredentials {
             api_key: None,
-            session_cookie: Some(plexsync::secret::Secret::new(&bed.session())),
+            session_cookie: Some(plexsync::secret::Secret::new(bed.session())),
         },
         &Default::default(),
     )

@@ -106,7 +106,7 @@ impl Zone {
     }
 
     pub fn offset_at(&self, t: DateTime<Utc>) -> FixedOffset {
-        let secs = self.changes.iter().filter(|(at, _)| *at <= t).map(|(_, o)| *o).last().unwrap_or(self.initial);
+        let secs = self.changes.iter().filter(|(at, _)| *at <= t).map(|(_, o)| *o).next_back().unwrap_or(self.initial);
         FixedOffset::east_opt(secs).expect("offset within a day")
     }
 
