@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Bed;
+use common::{eventually, Bed};
 use rand::{RngExt, SeedableRng};
 use serde_json::json;
 
@@ -15,14 +15,6 @@ fn fast() -> serde_json::Value {
 }
 
 /// Waits until `done()` holds, at most `limit`.
-async fn eventually(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < limit, "not within {limit:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Gives every listed scene a new title in Stash (no hook).
 fn retitle(bed: &Bed, ids: &[u64], prefix: &str) {
     for id in ids {

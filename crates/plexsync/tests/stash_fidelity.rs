@@ -6,18 +6,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Bed;
+use common::{eventually, Bed};
 use emulators::stash::Zone;
 use emulators::StashAuth;
 use serde_json::json;
-
-async fn eventually(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < limit, "timed out waiting: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn fast() -> serde_json::Value {
     json!({"retryScale": 0.02})

@@ -14,6 +14,15 @@ use serde_json::{json, Value};
 pub const PLEX_TOKEN: &str = "plex-secret-token";
 pub const API_KEY: &str = "stash-api-key-secret";
 
+/// Waits until `done` holds, failing the test after `limit`.
+pub async fn eventually(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < limit, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub struct Bed {
     pub lib: Library,
     pub stash: StashEmulator,
