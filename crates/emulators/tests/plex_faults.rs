@@ -20,6 +20,16 @@ async fn get(c: &Client, plex: &PlexEmulator, path: &str) -> reqwest::Result<req
 }
 
 #[tokio::test]
+async fn an_outage_asked_for_before_the_server_first_ran_still_happens() {
+    let plex = start().await;
+    plex.down_for(Duration::from_millis(600));
+    tokio::time::timeout(Duration::from_secs(2), plex.settled()).await.expect("the port closes");
+    assert!(get(&client(2_000), &plex, "/identity").await.unwrap_err().is_connect());
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(get(&client(2_000), &plex, "/identity").await.unwrap().status(), StatusCode::OK);
+}
+
+#[tokio::test]
 async fn down_refuses_connections_and_cuts_open_ones_then_recovers() {
     let plex = start().await;
     let c = client(2_000);

@@ -16,6 +16,12 @@ async fn start(scenes: usize) -> StashEmulator {
 }
 
 async fn gql(stash: &StashEmulator, query: &str, variables: Value) -> Value {
+    let (status, body) = gql_status(stash, query, variables).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+async fn gql_status(stash: &StashEmulator, query: &str, variables: Value) -> (StatusCode, Value) {
     let resp = Client::new()
         .post(stash.url().join("graphql").unwrap())
         .header("ApiKey", KEY)
@@ -23,8 +29,7 @@ async fn gql(stash: &StashEmulator, query: &str, variables: Value) -> Value {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    resp.json().await.unwrap()
+    (resp.status(), resp.json().await.unwrap())
 }
 
 const SCENE_DATA: &str = "fragment SceneData on Scene {
@@ -162,19 +167,25 @@ async fn find_scene_with_everything_and_images_behind_auth() {
 }
 
 #[tokio::test]
-async fn malformed_queries_fail_like_graphql() {
+async fn malformed_queries_fail_like_gqlgen() {
     let stash = start(2).await;
-    let unknown_field = gql(&stash, "{ findScenes { count scenes { no_such_field } } }", json!({})).await;
-    assert!(unknown_field["errors"][0]["message"].as_str().unwrap().contains("no_such_field"));
-    let bad_syntax = gql(&stash, "{ findScenes { count ", json!({})).await;
-    assert!(bad_syntax["errors"].is_array());
-    let bad_enum = gql(
+    let refused = |(status, body): (StatusCode, Value), code: &str| {
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(body["errors"][0]["extensions"]["code"], code, "{body}");
+        assert_eq!(body["data"], Value::Null);
+        body["errors"][0]["message"].as_str().unwrap().to_string()
+    };
+    let unknown = gql_status(&stash, "{ findScenes { count scenes { no_such_field } } }", json!({})).await;
+    assert!(refused(unknown, "GRAPHQL_VALIDATION_FAILED").contains("no_such_field"));
+    let bad_syntax = gql_status(&stash, "{ findScenes { count ", json!({})).await;
+    refused(bad_syntax, "GRAPHQL_PARSE_FAILED");
+    let bad_enum = gql_status(
         &stash,
         "{ findScenes(scene_filter: {updated_at: {value: \"x\", modifier: SOMETIMES}}) { count } }",
         json!({}),
     )
     .await;
-    assert!(bad_enum["errors"].is_array());
+    assert!(refused(bad_enum, "GRAPHQL_VALIDATION_FAILED").contains("SOMETIMES"));
 }
 
 #[tokio::test]

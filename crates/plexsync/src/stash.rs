@@ -89,6 +89,21 @@ pub mod queries {
     }
 }
 
+/// Stash (gqlgen) answers 422 to a document its schema refuses: a Stash
+/// whose schema changed under us. Retrying cannot help; say what it said.
+async fn refused_document(what: &str, response: reqwest::Response) -> Error {
+    let said = response
+        .json::<GraphQlResponse<Value>>()
+        .await
+        .ok()
+        .and_then(|b| b.errors.into_iter().next())
+        .map_or_else(|| "no reason given".to_string(), |e| e.message);
+    Error::new(
+        ErrorClass::Bug,
+        format!("{what}: Stash refused PlexSync's query ({said}); this Stash version's API differs from the one PlexSync knows, please report it"),
+    )
+}
+
 /// The fields of a scene PlexSync reads (facts/stash.md, `SceneData`).
 pub const SCENE_FRAGMENT: &str = "fragment SceneData on Scene {
   id title code details director urls date rating100 organized created_at updated_at
@@ -309,6 +324,9 @@ impl StashClient {
         let status = response.status();
         if status.as_u16() == 401 && !self.has_api_key() && self.session_cookie().is_some() {
             return Err(Error::new(ErrorClass::Auth, format!("{what}: {SESSION_EXPIRED_FIX}")));
+        }
+        if status.as_u16() == 422 {
+            return Err(refused_document(what, response).await);
         }
         if !status.is_success() {
             return Err(Error::status(Server::Stash, what, status.as_u16(), None));

@@ -93,15 +93,7 @@ async fn a_hook_for_a_deleted_scene_completes_as_gone() {
 #[tokio::test]
 async fn images_come_only_from_stash_and_must_be_images() {
     let bed = Bed::new(5, json!({})).await;
-    let client = plexsync::stash::StashClient::new(
-        &bed.stash.url(),
-        plexsync::stash::StashCredentials {
-            api_key: None,
-            session_cookie: Some(plexsync::secret::Secret::new(bed.session())),
-        },
-        &Default::default(),
-    )
-    .unwrap();
+    let client = bed.stash_client();
     let ok = client.image("http://elsewhere.invalid/scene/1/screenshot", 1_000_000).await.unwrap();
     assert_eq!(&ok[..4], b"\x89PNG", "fetched from Stash, whatever host the URL named");
     let not_image = client.image("http://elsewhere.invalid/graphql", 1_000_000).await.unwrap_err();

@@ -122,13 +122,21 @@ async fn the_worker_outlives_its_session_with_stashs_api_key() {
     let auth = StashAuth::login(Some(common::API_KEY)).max_session_age(Duration::from_secs(2));
     let bed = Bed::with_auth(12, fast(), auth).await;
     let ids = bed.scenes_in_plex();
-    bed.plex.down_for(Duration::from_secs(5));
-    // The session this hook brings expires during the outage; nothing new arrives.
+    let outage = Duration::from_secs(10);
+    bed.plex.down_for(outage);
+    bed.plex.settled().await;
+    let started = Instant::now();
+    // The session this hook brings expires five times over during the outage.
     assert!(bed.stash.edit_scene(ids[1], &["title"], |s| s.title = Some("During Outage".into())).await);
-    eventually(Duration::from_secs(30), "delivered after the session expired", || {
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!bed.plex.is_up(), "Plex is still down");
+    assert_ne!(bed.item_of(ids[1]).field("title"), Some("During Outage"));
+    assert!(bed.queue().stats().unwrap().pending >= 1, "waiting in the queue");
+    eventually(Duration::from_secs(40), "delivered after the outage, long after the session expired", || {
         bed.item_of(ids[1]).field("title") == Some("During Outage")
     })
     .await;
+    assert!(started.elapsed() >= outage - Duration::from_millis(500), "not before Plex was back");
 }
 
 #[tokio::test]
@@ -154,4 +162,28 @@ async fn without_an_api_key_an_expired_session_says_what_to_set_and_a_new_hook_r
     assert!(!bed.update_hook(ids[3]).await.failed(), "a new hook brings a fresh session");
     eventually(Duration::from_secs(20), "delivery resumed", || bed.item_of(ids[0]).field("title") == Some("Resumed"))
         .await;
+}
+
+#[test]
+fn every_document_plexsync_sends_is_valid_in_stashs_schema() {
+    let real = emulators::stash::contract::RealSchema::get().expect("Stash's schema under shared/stash-schema");
+    let docs = plexsync::stash::queries::all();
+    assert!(docs.len() >= 10, "all of them: {docs:?}");
+    for (name, doc) in docs {
+        if let Err((code, errors)) = real.check(&doc) {
+            panic!("{name} is refused by Stash ({code}):\n{errors}\n{doc}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_query_stash_refuses_is_reported_not_retried() {
+    let bed = Bed::new(2, fast()).await;
+    let client = bed.stash_client();
+    let err = client
+        .query::<serde_json::Value>("read scene", "{ findScenes { scenes { updatedAt } } }", json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, plexsync::error::ErrorClass::Bug, "{err}");
+    assert!(err.to_string().contains("updatedAt"), "Stash's reason is kept: {err}");
 }

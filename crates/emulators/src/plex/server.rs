@@ -30,6 +30,9 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let addr = listener.local_addr().expect("bound listener has an address");
     let app = router(Arc::clone(&shared));
     let mut up = shared.up.subscribe();
+    // A change made before this task first ran (a `down_for` right after
+    // start) is not a "change" to a fresh receiver: start from its value.
+    up.mark_changed();
     let mut listener = Some(listener);
     let mut conns = JoinSet::new();
     loop {

@@ -3,6 +3,8 @@
 //! behind the same auth, and helpers to run a plugin exactly as Stash does.
 //! See `facts/stash.md` for the contract it follows.
 
+#[cfg(feature = "stash-schema")]
+pub mod contract;
 pub mod schema;
 pub mod session;
 pub mod state;
@@ -122,6 +124,8 @@ impl StashEmulator {
     }
 
     pub async fn start_on(addr: SocketAddr, state: StashState, auth: StashAuth) -> std::io::Result<Self> {
+        #[cfg(feature = "stash-schema")]
+        contract::RealSchema::get().map_err(std::io::Error::other)?;
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let base_url = url::Url::parse(&format!("http://{addr}/")).expect("socket address makes a valid URL");
@@ -422,7 +426,13 @@ fn router(shared: Arc<Shared>) -> Router {
             "/graphql",
             get(graphiql).post(move |Extension(auth): Extension<RequestAuth>, req: GraphQLRequest| {
                 let schema = schema.clone();
-                async move { GraphQLResponse::from(schema.execute(req.into_inner().data(auth)).await) }
+                async move {
+                    let req = req.into_inner();
+                    if let Err(refused) = check_with_stash_schema(&req.query) {
+                        return refused;
+                    }
+                    GraphQLResponse::from(schema.execute(req.data(auth)).await).into_response()
+                }
             }),
         )
         .route("/scene/{id}/screenshot", get(image))
@@ -430,6 +440,19 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/studio/{id}/image", get(image))
         .layer(middleware::from_fn_with_state(Arc::clone(&shared), auth_layer))
         .with_state(shared)
+}
+
+/// gqlgen's answer to a document that does not validate against Stash's
+/// schema: 422 and the validation errors, nothing executed.
+fn check_with_stash_schema(document: &str) -> Result<(), Response> {
+    #[cfg(feature = "stash-schema")]
+    let schema = contract::RealSchema::get().map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e).into_response())?;
+    if let Err((code, errors)) = schema.check(document) {
+        let body = json!({"errors": [{"message": errors, "extensions": {"code": code}}], "data": null});
+        return Err((StatusCode::UNPROCESSABLE_ENTITY, axum::Json(body)).into_response());
+    }
+    let _ = document;
+    Ok(())
 }
 
 async fn graphiql() -> Html<String> {

@@ -21,6 +21,11 @@ pub(crate) fn build(shared: Arc<Shared>) -> StashSchema {
     Schema::build(QueryRoot, MutationRoot, EmptySubscription).data(shared).finish()
 }
 
+/// The emulator's schema as SDL, to compare with Stash's.
+pub fn sdl() -> String {
+    Schema::build(QueryRoot, MutationRoot, EmptySubscription).finish().sdl()
+}
+
 // ---- scalars ----
 
 /// Stash's `Time` scalar: answered as the stored RFC 3339 text, which
@@ -257,6 +262,7 @@ pub struct StringCriterionInput {
 #[graphql(rename_fields = "snake_case")]
 pub struct TimestampCriterionInput {
     pub value: String,
+    #[graphql(name = "value2")]
     pub value2: Option<String>,
     pub modifier: CriterionModifier,
 }
@@ -669,7 +675,6 @@ pub struct SceneDestroyInput {
     pub id: ID,
     pub delete_file: Option<bool>,
     pub delete_generated: Option<bool>,
-    pub destroy_file_entry: Option<bool>,
 }
 
 /// Who sent the request (set by the auth layer).
@@ -737,7 +742,7 @@ impl MutationRoot {
         Ok(state.scenes.get(&id).map(|s| scene_view(&state, s, &sh.base_url)))
     }
 
-    async fn bulk_scene_update(&self, ctx: &Context<'_>, input: BulkSceneUpdateInput) -> Result<Vec<Scene>> {
+    async fn bulk_scene_update(&self, ctx: &Context<'_>, input: BulkSceneUpdateInput) -> Result<Option<Vec<Scene>>> {
         let sh = shared(ctx);
         let (fields, raw) = input_fields(ctx);
         let ids = ids_of(input.ids.as_deref().unwrap_or(&[]), "scene")?;
@@ -815,7 +820,9 @@ impl MutationRoot {
             fire_hooks(sh, request_auth(ctx), "Scene.Update.Post", *id, raw.clone(), &fields).await;
         }
         let state = sh.state.lock();
-        Ok(ids.iter().filter_map(|id| state.scenes.get(id)).map(|s| scene_view(&state, s, &sh.base_url)).collect())
+        Ok(Some(
+            ids.iter().filter_map(|id| state.scenes.get(id)).map(|s| scene_view(&state, s, &sh.base_url)).collect(),
+        ))
     }
 
     async fn scene_destroy(&self, ctx: &Context<'_>, input: SceneDestroyInput) -> Result<bool> {

@@ -66,6 +66,15 @@ impl Bed {
         bed
     }
 
+    /// PlexSync's Stash client, with a logged-in person's session.
+    pub fn stash_client(&self) -> plexsync::stash::StashClient {
+        let credentials = plexsync::stash::StashCredentials {
+            api_key: None,
+            session_cookie: Some(plexsync::secret::Secret::new(self.session())),
+        };
+        plexsync::stash::StashClient::new(&self.stash.url(), credentials, &Default::default()).unwrap()
+    }
+
     /// A logged-in person's session, for the CLI.
     pub fn session(&self) -> String {
         self.stash.login_cookie()
