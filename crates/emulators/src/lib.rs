@@ -5,9 +5,11 @@
 //! - [`stash`]: Stash's GraphQL API, auth, images, and plugin invocation.
 //! - [`fixtures`]: seeded sample libraries shared by both.
 //! - [`plugin`]: running a `raw` plugin binary exactly as Stash does.
+//! - [`package`]: installing a plugin from a plugin source, as Stash does.
 
 pub mod corpus;
 pub mod fixtures;
+pub mod package;
 pub mod plex;
 pub mod plugin;
 pub mod stash;

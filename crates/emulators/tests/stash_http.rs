@@ -250,13 +250,16 @@ async fn mutations_change_scenes_bump_updated_at_and_are_recorded() {
 
 /// A plugin folder holding `id.yml` with `manifest` and an executable `run.sh`.
 fn plugin_folder(config: &Path, id: &str, manifest: &str, script: &str) -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt;
     let folder = config.join("plugins").join(id);
     std::fs::create_dir_all(&folder).unwrap();
     std::fs::write(folder.join(format!("{id}.yml")), manifest).unwrap();
     let sh = folder.join("run.sh");
     std::fs::write(&sh, format!("#!/bin/sh\n{script}\n")).unwrap();
-    std::fs::set_permissions(&sh, std::fs::Permissions::from_mode(0o755)).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&sh, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     folder
 }
 

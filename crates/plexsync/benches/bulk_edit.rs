@@ -35,7 +35,10 @@ fn install(config: &Path, exe: &Path) -> PathBuf {
     std::fs::create_dir_all(&folder).unwrap();
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plugin/PlexSync.yml");
     std::fs::copy(manifest, folder.join("PlexSync.yml")).unwrap();
+    #[cfg(unix)]
     std::os::unix::fs::symlink(exe, folder.join("plexsync")).unwrap();
+    #[cfg(windows)]
+    std::fs::copy(exe, folder.join("plexsync.exe")).map(drop).unwrap();
     folder
 }
 

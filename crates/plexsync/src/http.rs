@@ -27,6 +27,11 @@ impl Default for HttpOptions {
     }
 }
 
+const LOCALHOST: [std::net::SocketAddr; 2] = [
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0),
+    std::net::SocketAddr::new(std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), 0),
+];
+
 impl HttpOptions {
     /// Builds a client; TLS is verified (rustls, Mozilla roots) unless
     /// `insecure` is set.
@@ -35,7 +40,10 @@ impl HttpOptions {
             .connect_timeout(self.connect_timeout)
             .timeout(self.request_timeout)
             .pool_idle_timeout(Duration::from_secs(50))
-            .user_agent(concat!("PlexSync/", env!("CARGO_PKG_VERSION")));
+            .user_agent(concat!("PlexSync/", env!("CARGO_PKG_VERSION")))
+            // RFC 6761: `localhost` is loopback, without asking a resolver
+            // (a static binary in a bare container may have no /etc/hosts).
+            .resolve_to_addrs("localhost", &LOCALHOST);
         if let Some(path) = &self.ca_file {
             let pem = std::fs::read(path)
                 .map_err(|e| Error::new(ErrorClass::Config, format!("cannot read CA file {}: {e}", path.display())))?;

@@ -28,3 +28,8 @@ pub mod stash;
 pub mod sync;
 pub mod tasks;
 pub mod worker;
+
+/// `0.1.0 (x86_64-unknown-linux-musl, abc1234567)`: the version, the
+/// target the binary was built for and the commit it was built from.
+pub const BUILD: &str =
+    concat!(env!("CARGO_PKG_VERSION"), " (", env!("BUILT_FOR_TARGET"), ", ", env!("BUILT_FROM_COMMIT"), ")");

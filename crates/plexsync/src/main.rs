@@ -14,7 +14,7 @@ use plexsync::worker::{self, WorkerOptions};
 use plexsync::{logging, plugin, tasks};
 
 #[derive(Parser)]
-#[command(version, about = "Keeps Plex's metadata in step with Stash")]
+#[command(version = plexsync::BUILD, about = "Keeps Plex's metadata in step with Stash")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

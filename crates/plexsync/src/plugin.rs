@@ -182,8 +182,7 @@ pub fn ensure_worker(data_dir: &Path, conn: &ServerConnection) -> Result<(), Str
 /// nor die with the plugin: null stdin/stdout, stderr to a log file, its
 /// own session. Credentials travel in its environment, not its argv.
 fn spawn_worker(data_dir: &Path, conn: &ServerConnection) -> std::io::Result<()> {
-    use std::os::unix::process::CommandExt;
-    let exe = std::env::current_exe()?;
+    let exe = worker_binary(data_dir, own_path()?);
     std::fs::create_dir_all(data_dir)?;
     let log = std::fs::OpenOptions::new().create(true).append(true).open(data_dir.join("worker.log"))?;
     let url = conn.url().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
@@ -192,7 +191,56 @@ fn spawn_worker(data_dir: &Path, conn: &ServerConnection) -> std::io::Result<()>
     if let Some(cookie) = &conn.credentials().session_cookie {
         cmd.env("PLEXSYNC_STASH_SESSION", cookie.expose());
     }
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(log));
+    // Not /dev/null: a bare container or chroot may not have it. Stdin is
+    // a pipe closed at once; anything printed goes to the log.
+    cmd.stdin(Stdio::piped()).stdout(Stdio::from(log.try_clone()?)).stderr(Stdio::from(log));
+    detach(&mut cmd)?;
+    drop(cmd.spawn()?.stdin.take());
+    Ok(())
+}
+
+/// This binary. Linux answers from `/proc`, which a chroot or a minimal
+/// container may not have; Stash starts us by a full path, so `argv[0]` is
+/// the next best.
+fn own_path() -> std::io::Result<PathBuf> {
+    std::env::current_exe()
+        .or_else(|e| std::env::args_os().next().map(PathBuf::from).filter(|p| p.is_absolute() && p.exists()).ok_or(e))
+}
+
+/// Unix runs the worker from the plugin folder: an update may replace a
+/// running binary's file.
+#[cfg(not(windows))]
+fn worker_binary(_data_dir: &Path, own: PathBuf) -> PathBuf {
+    own
+}
+
+/// Windows cannot replace a running `.exe`, and the worker runs for minutes,
+/// so a plugin update would fail while it runs. It runs from a copy in the
+/// data folder instead, one per build.
+#[cfg(windows)]
+fn worker_binary(data_dir: &Path, own: PathBuf) -> PathBuf {
+    let name = format!("worker-{}-{}.exe", env!("CARGO_PKG_VERSION"), env!("BUILT_FROM_COMMIT"));
+    let copy = data_dir.join("bin").join(name);
+    if copy.exists() {
+        return copy;
+    }
+    // Copied under a name of its own, then renamed: a hook starting a worker
+    // at the same moment never sees half a file.
+    let partial = copy.with_extension(format!("{}.partial", std::process::id()));
+    let made = std::fs::create_dir_all(data_dir.join("bin"))
+        .and_then(|_| std::fs::copy(&own, &partial))
+        .and_then(|_| std::fs::rename(&partial, &copy));
+    if made.is_ok() {
+        copy
+    } else {
+        own
+    }
+}
+
+/// Unix: a new session, so the worker outlives the plugin's process group.
+#[cfg(unix)]
+fn detach(cmd: &mut std::process::Command) -> std::io::Result<()> {
+    use std::os::unix::process::CommandExt;
     // SAFETY: setsid is async-signal-safe and touches no memory of ours.
     unsafe {
         cmd.pre_exec(|| {
@@ -200,7 +248,28 @@ fn spawn_worker(data_dir: &Path, conn: &ServerConnection) -> std::io::Result<()>
             Ok(())
         });
     }
-    cmd.spawn()?;
+    Ok(())
+}
+
+/// Windows: no console and its own process group. Stash starts the plugin
+/// with no creation flags and waits until every copy of the plugin's stdout
+/// is closed; Windows hands *every* inheritable handle to a child, and our
+/// std handles came to us inheritable, so they are made non-inheritable
+/// first or the worker would hold Stash's pipe open for its whole life.
+#[cfg(windows)]
+fn detach(cmd: &mut std::process::Command) -> std::io::Result<()> {
+    use std::os::windows::io::AsRawHandle;
+    use std::os::windows::process::CommandExt;
+    use windows_sys::Win32::Foundation::{SetHandleInformation, HANDLE_FLAG_INHERIT};
+    const DETACHED_PROCESS: u32 = 0x0000_0008;
+    const CREATE_NEW_PROCESS_GROUP: u32 = 0x0000_0200;
+    let handles =
+        [std::io::stdin().as_raw_handle(), std::io::stdout().as_raw_handle(), std::io::stderr().as_raw_handle()];
+    for handle in handles.into_iter().filter(|h| !h.is_null()) {
+        // SAFETY: a std handle of this process; only its inherit flag changes.
+        unsafe { SetHandleInformation(handle, HANDLE_FLAG_INHERIT, 0) };
+    }
+    cmd.creation_flags(DETACHED_PROCESS | CREATE_NEW_PROCESS_GROUP);
     Ok(())
 }
 

@@ -286,7 +286,8 @@ pub async fn health(ctx: &Context) -> Result<Value, Error> {
     if let Some(p) = ctx.settings.delivery_problem() {
         problems.push(p);
     }
-    let mut report = json!({"stash": "ok"});
+    let mut report = json!({"stash": "ok", "plexsync": crate::BUILD});
+    tracing::info!("health: PlexSync {}", crate::BUILD);
     let pipeline = ctx.pipeline()?;
     if let Some(plex) = &pipeline.plex {
         match plex.identity().await {

@@ -5,6 +5,7 @@
 //!     CHAOS_SECS=60 CHAOS_SEED=1 cargo test -p plexsync --test chaos -- --ignored --nocapture
 //!
 //! Prints: updates, faults injected, kills, lost, wrong-item writes, time to converge.
+#![cfg(unix)]
 
 mod common;
 

@@ -19,7 +19,7 @@ fn fast() -> serde_json::Value {
 async fn the_manifest_starts_the_binary_and_the_old_one_could_not() {
     let bed = Bed::new(5, json!({})).await;
     assert!(!bed.task("queue_status").await.failed(), "the committed manifest starts plexsync");
-    let yml = bed.dir.path().join("plugins/PlexSync/PlexSync.yml");
+    let yml = bed.plugin_dir.join("PlexSync.yml");
     let old = std::fs::read_to_string(&yml).unwrap().replace("  - plexsync\n", "  - \"{pluginDir}/plexsync\"\n");
     std::fs::write(&yml, old).unwrap();
     let stash = emulators::StashEmulator::start(emulators::StashState::new(), StashAuth::default()).await.unwrap();

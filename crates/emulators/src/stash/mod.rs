@@ -239,6 +239,19 @@ impl StashEmulator {
         run_operation(&self.shared, &plugin, None, &self.job_auth(), args).await
     }
 
+    /// The stdin Stash would give plugin `plugin_id` for a `hook_type` hook
+    /// on scene `id` edited in `fields`, as a logged-in person's request;
+    /// for running the plugin some other way (another root, an emulator).
+    pub fn hook_input(&self, plugin_id: &str, hook_type: &str, id: u64, fields: &[&str]) -> std::io::Result<Value> {
+        let plugin = self.plugin(plugin_id)?;
+        let auth = RequestAuth { user: Some(USERNAME.into()), visited: vec![(plugin.id.clone(), hook_type.into())] };
+        let input: serde_json::Map<String, Value> = fields.iter().map(|f| (f.to_string(), Value::Null)).collect();
+        let context = json!({"type": hook_type, "id": id, "input": input, "inputFields": fields});
+        Ok(
+            json!({"server_connection": server_connection(&self.shared, &auth, &plugin), "args": {"hookContext": context}}),
+        )
+    }
+
     fn plugin(&self, id: &str) -> std::io::Result<Plugin> {
         self.shared
             .plugins

@@ -29,6 +29,8 @@ pub struct Bed {
     pub plex: PlexEmulator,
     /// Stash's config folder (`server_connection.Dir`).
     pub dir: tempfile::TempDir,
+    /// The folder PlexSync is installed in.
+    pub plugin_dir: PathBuf,
 }
 
 /// Installs PlexSync as README's install step does: the binary and
@@ -38,8 +40,16 @@ pub fn install_files(config_dir: &Path) -> PathBuf {
     std::fs::create_dir_all(&folder).unwrap();
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plugin/PlexSync.yml");
     std::fs::copy(manifest, folder.join("PlexSync.yml")).unwrap();
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_plexsync"), folder.join("plexsync")).unwrap();
+    link_binary(Path::new(env!("CARGO_BIN_EXE_plexsync")), &folder);
     folder
+}
+
+/// The binary in the plugin folder: a link where the OS has cheap ones.
+pub fn link_binary(exe: &Path, folder: &Path) {
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(exe, folder.join("plexsync")).unwrap();
+    #[cfg(windows)]
+    std::fs::copy(exe, folder.join("plexsync.exe")).map(drop).unwrap();
 }
 
 impl Bed {
@@ -56,12 +66,25 @@ impl Bed {
 
     /// A bed whose Stash server runs in `zone`.
     pub async fn with_zone(scenes: usize, settings: Value, auth: StashAuth, zone: emulators::stash::Zone) -> Self {
+        Self::installed_by(scenes, settings, auth, zone, install_files).await
+    }
+
+    /// A bed whose PlexSync is `install(<Stash config folder>)`, which
+    /// returns the plugin folder.
+    pub async fn installed_by(
+        scenes: usize,
+        settings: Value,
+        auth: StashAuth,
+        zone: emulators::stash::Zone,
+        install: impl FnOnce(&Path) -> PathBuf,
+    ) -> Self {
         let lib = Library::sample(scenes, 21);
         let stash = StashEmulator::start(StashState::from_library_in(&lib, zone), auth).await.unwrap();
         let plex = PlexEmulator::start(PlexState::from_library(&lib), PLEX_TOKEN).await.unwrap();
-        let bed = Self { lib, stash, plex, dir: tempfile::tempdir().unwrap() };
-        let folder = install_files(bed.dir.path());
-        bed.stash.install_plugins(bed.dir.path(), &folder).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let plugin_dir = install(dir.path());
+        let bed = Self { lib, stash, plex, dir, plugin_dir };
+        bed.stash.install_plugins(bed.dir.path(), &bed.plugin_dir).unwrap();
         bed.configure(settings);
         bed
     }
@@ -121,7 +144,7 @@ impl Bed {
     }
 
     pub async fn task_with(&self, mode: &str, args: Value) -> PluginRun {
-        let yml = self.dir.path().join("plugins/PlexSync/PlexSync.yml");
+        let yml = self.plugin_dir.join("PlexSync.yml");
         let plugin = emulators::plugin::Plugin::load(&yml).unwrap();
         let task = plugin.manifest.tasks.iter().find(|t| t.default_args.get("mode").map(String::as_str) == Some(mode));
         let name = task.unwrap_or_else(|| panic!("no task with mode {mode}")).name.clone();
