@@ -68,7 +68,7 @@ pub struct PluginRun {
     /// Progress values (`p` lines), in order.
     pub progress: Vec<f64>,
     pub status: ExitStatus,
-    /// From start until the process exited and both pipes closed.
+    /// From start until the process exited and stdout closed (what Stash waits for).
     pub elapsed: Duration,
     pub stdout: String,
     pub stderr: String,
@@ -356,10 +356,13 @@ fn look_path(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| executable(p))
 }
 
-/// Starts `exec` (argv), writes `input` to stdin, closes it, reads stdout
-/// and stderr to their ends and waits for the exit, at most 120 s (Stash
-/// has no limit; a test must end). The working directory is ours, as
-/// Stash's is its own.
+/// Starts `exec` (argv), writes `input` to stdin, closes it, and waits as
+/// pkg/plugin's raw task does: for stdout's end (`io.ReadAll`) and the exit
+/// (`cmd.Wait`), at most 120 s (Stash has no limit; a test must end).
+/// stderr is read meanwhile; Go's `Wait` closes it once the process has
+/// exited, so a descendant still holding it does not keep Stash waiting —
+/// what is there a moment after the exit is kept. The working directory is
+/// ours, as Stash's is its own.
 pub async fn run(exec: &[String], input: &Value, default_level: LogLevel) -> std::io::Result<PluginRun> {
     let (program, args) =
         exec.split_first().ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty exec"))?;
@@ -373,7 +376,7 @@ pub async fn run(exec: &[String], input: &Value, default_level: LogLevel) -> std
         .spawn()?;
     let mut stdin = child.stdin.take().expect("stdin piped");
     let mut stdout = child.stdout.take().expect("stdout piped");
-    let mut stderr = child.stderr.take().expect("stderr piped");
+    let stderr = child.stderr.take().expect("stderr piped");
     let body = serde_json::to_vec(input)?;
     let writer = async move {
         // A plugin that exits without reading stdin closes the pipe: not an error.
@@ -384,19 +387,35 @@ pub async fn run(exec: &[String], input: &Value, default_level: LogLevel) -> std
         let mut s = String::new();
         stdout.read_to_string(&mut s).await.map(|_| s)
     };
-    let read_err = async {
-        let mut s = String::new();
-        stderr.read_to_string(&mut s).await.map(|_| s)
-    };
-    let all = async { tokio::join!(writer, read_out, read_err, child.wait()) };
-    let (_, out, err, status) = tokio::time::timeout(Duration::from_secs(120), all)
+    let (err_buf, mut err_task) = read_in_background(stderr);
+    let all = async { tokio::join!(writer, read_out, child.wait()) };
+    let (_, out, status) = tokio::time::timeout(Duration::from_secs(120), all)
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "plugin did not finish within 120 s"))?;
-    let (out, err, status) = (out?, err?, status?);
+    let (out, status) = (out?, status?);
     let elapsed = started.elapsed();
+    if tokio::time::timeout(Duration::from_millis(100), &mut err_task).await.is_err() {
+        err_task.abort();
+    }
+    let err = String::from_utf8_lossy(&err_buf.lock()).into_owned();
     let (logs, progress) = parse_stderr(&err, default_level);
     let (output, error) = parse_stdout(&out);
     Ok(PluginRun { output, error, logs, progress, status, elapsed, stdout: out, stderr: err })
+}
+
+/// Reads `pipe` to its end in a task, into a buffer readable at any time.
+fn read_in_background(
+    mut pipe: tokio::process::ChildStderr,
+) -> (std::sync::Arc<parking_lot::Mutex<Vec<u8>>>, tokio::task::JoinHandle<()>) {
+    let buf = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let sink = std::sync::Arc::clone(&buf);
+    let task = tokio::spawn(async move {
+        let mut chunk = [0u8; 8192];
+        while let Ok(n @ 1..) = pipe.read(&mut chunk).await {
+            sink.lock().extend_from_slice(&chunk[..n]);
+        }
+    });
+    (buf, task)
 }
 
 #[cfg(test)]

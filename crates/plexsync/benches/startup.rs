@@ -3,11 +3,12 @@
 //! on Linux), and the glibc build, each answering the same hook 300 times
 //! through the Stash-exact plugin runner, with the worker already running.
 //!
-//!     scripts/package && cargo build --release -p plexsync --no-default-features \
+//!     PLEXSYNC_TARGETS=x86_64-unknown-linux-musl scripts/package \
+//!       && cargo build --release -p plexsync --no-default-features --target x86_64-unknown-linux-gnu \
 //!       && cargo bench -p plexsync --bench startup
 //!
 //! Prints per variant the binary's size and the median and p95 of
-//! start → exit with both pipes closed, and the ratio to the glibc build.
+//! start → exit with stdout closed, and the ratio to the glibc build.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -81,8 +82,12 @@ async fn measure(layout: &Layout) -> (f64, f64) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let glibc =
-        existing(root().join("target/release/plexsync"), "cargo build --release -p plexsync --no-default-features");
+    // Built for an explicit target so `cargo bench` (default features, the
+    // demo included) does not overwrite it.
+    let glibc = existing(
+        root().join("target/x86_64-unknown-linux-gnu/release/plexsync"),
+        "cargo build --release -p plexsync --no-default-features --target x86_64-unknown-linux-gnu",
+    );
     let musl = existing(
         root().join("target/x86_64-unknown-linux-musl/release/plexsync"),
         "PLEXSYNC_TARGETS=x86_64-unknown-linux-musl scripts/package",
