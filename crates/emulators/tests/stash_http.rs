@@ -360,3 +360,50 @@ fn tempdir() -> std::path::PathBuf {
     assert!(Path::new(&dir).is_dir());
     dir
 }
+
+#[tokio::test]
+async fn renaming_a_performer_studio_or_tag_fires_only_its_own_hook_and_bumps_only_its_own_time() {
+    let stash = start(20).await;
+    let config = tempdir().join("objects");
+    let manifest = "name: Watch\nexec: [run.sh]\nhooks:\n  - name: H\n    triggeredBy: [Performer.Update.Post, Studio.Update.Post, Tag.Update.Post, Scene.Update.Post]\n";
+    let folder = plugin_folder(&config, "Watch", manifest, ECHO);
+    stash.install_plugins(&config, &folder).unwrap();
+    let (performer, studio, tag, parent) = stash.with_state(|s| {
+        let scene =
+            s.scenes.values().find(|sc| !sc.performers.is_empty() && !sc.tags.is_empty() && sc.studio.is_some());
+        let scene = scene.expect("a scene with a performer, a tag and a studio");
+        let parent = s.studios.keys().copied().find(|id| Some(*id) != scene.studio).unwrap();
+        (scene.performers[0], scene.studio.unwrap(), scene.tags[0], parent)
+    });
+    let scenes_before: Vec<String> = stash.with_state(|s| s.scenes.values().map(|sc| sc.updated_at.clone()).collect());
+    let performer_before = stash.with_state(|s| s.performers[&performer].updated_at.clone());
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+
+    let q = "mutation($i: ID!) { performerUpdate(input: {id: $i, name: \"Renamed\"}) { id name updated_at } }";
+    let r = gql(&stash, q, json!({"i": performer.to_string()})).await;
+    assert_eq!(r["data"]["performerUpdate"]["name"], "Renamed", "{r}");
+    assert_ne!(r["data"]["performerUpdate"]["updated_at"], performer_before.as_str());
+    let q = "mutation($i: ID!, $p: ID) { studioUpdate(input: {id: $i, parent_id: $p}) { parent_studio { id } } }";
+    let r = gql(&stash, q, json!({"i": studio.to_string(), "p": parent.to_string()})).await;
+    assert_eq!(r["data"]["studioUpdate"]["parent_studio"]["id"], parent.to_string(), "{r}");
+    let q = "mutation($i: ID!) { tagUpdate(input: {id: $i, name: \"New Tag Name\"}) { name } }";
+    assert_eq!(gql(&stash, q, json!({"i": tag.to_string()})).await["data"]["tagUpdate"]["name"], "New Tag Name");
+
+    let hooks: Vec<(String, u64)> = stash.hook_runs().iter().map(|h| (h.hook_type.clone(), h.id)).collect();
+    assert_eq!(
+        hooks,
+        [
+            ("Performer.Update.Post".to_string(), performer),
+            ("Studio.Update.Post".to_string(), studio),
+            ("Tag.Update.Post".to_string(), tag)
+        ],
+        "no scene hook"
+    );
+    let input = &stash.hook_runs()[0].run.output.clone().unwrap()["input"]["args"]["hookContext"];
+    assert_eq!(input["inputFields"], json!(["id", "name"]), "{input}");
+    let scenes_after: Vec<String> = stash.with_state(|s| s.scenes.values().map(|sc| sc.updated_at.clone()).collect());
+    assert_eq!(scenes_before, scenes_after, "no scene's updated_at moved");
+    let scene =
+        gql(&stash, "{ findScenes(filter: {per_page: -1}) { scenes { performers { name } } } }", json!({})).await;
+    assert!(scene.to_string().contains("Renamed"), "scenes show the new name");
+}

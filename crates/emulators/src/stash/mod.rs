@@ -26,7 +26,7 @@ use parking_lot::Mutex;
 use serde_json::{json, Value};
 
 pub use session::Session;
-pub use state::{MutationRecord, StashFile, StashScene, StashState, Zone};
+pub use state::{MutationRecord, ObjectKind, StashFile, StashScene, StashState, Zone};
 
 use crate::plugin::{self, Plugin, PluginRun};
 use session::CookieCodec;

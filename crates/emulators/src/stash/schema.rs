@@ -12,7 +12,7 @@ use async_graphql::{
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::state::{MutationRecord, StashScene, StashState, Zone};
+use super::state::{MutationRecord, ObjectKind, StashPerformer, StashScene, StashState, StashTag, Zone};
 use super::{fire_hooks, RequestAuth, Shared};
 
 pub type StashSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
@@ -118,6 +118,7 @@ pub struct Studio {
     pub name: String,
     pub parent_studio: Option<Box<Studio>>,
     pub image_path: Option<String>,
+    pub updated_at: Time,
 }
 
 #[derive(SimpleObject)]
@@ -127,6 +128,7 @@ pub struct Performer {
     pub name: String,
     pub disambiguation: Option<String>,
     pub image_path: Option<String>,
+    pub updated_at: Time,
 }
 
 #[derive(SimpleObject)]
@@ -134,6 +136,7 @@ pub struct Performer {
 pub struct Tag {
     pub id: ID,
     pub name: String,
+    pub updated_at: Time,
 }
 
 #[derive(SimpleObject)]
@@ -448,7 +451,22 @@ fn studio_view(state: &StashState, id: u64, base: &url::Url, depth: u8) -> Optio
             .and_then(|p| studio_view(state, p, base, depth + 1))
             .map(Box::new),
         image_path: Some(base.join(&format!("studio/{id}/image")).expect("relative path joins").to_string()),
+        updated_at: Time(s.updated_at.clone()),
     })
+}
+
+fn performer_view(p: &StashPerformer, base: &url::Url) -> Performer {
+    Performer {
+        id: ID(p.id.to_string()),
+        name: p.name.clone(),
+        disambiguation: p.disambiguation.clone(),
+        image_path: Some(base.join(&format!("performer/{}/image", p.id)).expect("relative path joins").to_string()),
+        updated_at: Time(p.updated_at.clone()),
+    }
+}
+
+fn tag_view(t: &StashTag) -> Tag {
+    Tag { id: ID(t.id.to_string()), name: t.name.clone(), updated_at: Time(t.updated_at.clone()) }
 }
 
 /// The GraphQL view of a scene; image paths point at this server.
@@ -501,19 +519,9 @@ pub fn scene_view(state: &StashState, scene: &StashScene, base: &url::Url) -> Sc
             .performers
             .iter()
             .filter_map(|id| state.performers.get(id))
-            .map(|p| Performer {
-                id: ID(p.id.to_string()),
-                name: p.name.clone(),
-                disambiguation: p.disambiguation.clone(),
-                image_path: url_for(format!("performer/{}/image", p.id)),
-            })
+            .map(|p| performer_view(p, base))
             .collect(),
-        tags: scene
-            .tags
-            .iter()
-            .filter_map(|id| state.tags.get(id))
-            .map(|t| Tag { id: ID(t.id.to_string()), name: t.name.clone() })
-            .collect(),
+        tags: scene.tags.iter().filter_map(|id| state.tags.get(id)).map(tag_view).collect(),
         stash_ids: scene.stash_ids.iter().map(|(e, s)| StashId { endpoint: e.clone(), stash_id: s.clone() }).collect(),
     }
 }
@@ -677,6 +685,48 @@ pub struct SceneDestroyInput {
     pub delete_generated: Option<bool>,
 }
 
+#[derive(InputObject)]
+#[graphql(rename_fields = "snake_case")]
+pub struct PerformerUpdateInput {
+    pub id: ID,
+    pub name: Option<String>,
+}
+
+#[derive(InputObject)]
+#[graphql(rename_fields = "snake_case")]
+pub struct StudioUpdateInput {
+    pub id: ID,
+    pub name: Option<String>,
+    pub parent_id: Option<ID>,
+}
+
+#[derive(InputObject)]
+#[graphql(rename_fields = "snake_case")]
+pub struct TagUpdateInput {
+    pub id: ID,
+    pub name: Option<String>,
+}
+
+/// Applies an object update (the name, when given), bumps the object's own
+/// `updated_at` and fires `<Kind>.Update.Post` after releasing the lock.
+async fn rename_object(ctx: &Context<'_>, kind: ObjectKind, id: u64, name: Option<&str>) -> Result<()> {
+    let sh = shared(ctx);
+    let (fields, raw) = input_fields(ctx);
+    {
+        let mut state = sh.state.lock();
+        let current = match kind {
+            ObjectKind::Performer => state.performers.get(&id).map(|p| p.name.clone()),
+            ObjectKind::Studio => state.studios.get(&id).map(|s| s.name.clone()),
+            ObjectKind::Tag => state.tags.get(&id).map(|t| t.name.clone()),
+        };
+        let current = current.ok_or_else(|| format!("{} with id {id} not found", kind.hook_prefix().to_lowercase()))?;
+        state.rename(kind, id, name.unwrap_or(&current));
+    }
+    let hook = format!("{}.Update.Post", kind.hook_prefix());
+    fire_hooks(sh, request_auth(ctx), &hook, id, raw, &fields).await;
+    Ok(())
+}
+
 /// Who sent the request (set by the auth layer).
 fn request_auth<'a>(ctx: &'a Context<'_>) -> &'a RequestAuth {
     static NOBODY: std::sync::OnceLock<RequestAuth> = std::sync::OnceLock::new();
@@ -823,6 +873,42 @@ impl MutationRoot {
         Ok(Some(
             ids.iter().filter_map(|id| state.scenes.get(id)).map(|s| scene_view(&state, s, &sh.base_url)).collect(),
         ))
+    }
+
+    /// Renames a performer: its own `updated_at` moves, no scene's does,
+    /// and only `Performer.Update.Post` fires.
+    async fn performer_update(&self, ctx: &Context<'_>, input: PerformerUpdateInput) -> Result<Option<Performer>> {
+        let id = parse_id(&input.id, "performer")?;
+        rename_object(ctx, ObjectKind::Performer, id, input.name.as_deref()).await?;
+        let sh = shared(ctx);
+        let state = sh.state.lock();
+        Ok(state.performers.get(&id).map(|p| performer_view(p, &sh.base_url)))
+    }
+
+    async fn studio_update(&self, ctx: &Context<'_>, input: StudioUpdateInput) -> Result<Option<Studio>> {
+        let id = parse_id(&input.id, "studio")?;
+        let parent = input.parent_id.as_ref().map(|p| parse_id(p, "studio")).transpose()?;
+        if let Some(parent) = parent {
+            let sh = shared(ctx);
+            let mut state = sh.state.lock();
+            if !state.studios.contains_key(&parent) {
+                return Err(format!("studio with id {parent} not found").into());
+            }
+            if let Some(studio) = state.studios.get_mut(&id) {
+                studio.parent = Some(parent);
+            }
+        }
+        rename_object(ctx, ObjectKind::Studio, id, input.name.as_deref()).await?;
+        let sh = shared(ctx);
+        let state = sh.state.lock();
+        Ok(studio_view(&state, id, &sh.base_url, 0))
+    }
+
+    async fn tag_update(&self, ctx: &Context<'_>, input: TagUpdateInput) -> Result<Option<Tag>> {
+        let id = parse_id(&input.id, "tag")?;
+        rename_object(ctx, ObjectKind::Tag, id, input.name.as_deref()).await?;
+        let state = shared(ctx).state.lock();
+        Ok(state.tags.get(&id).map(tag_view))
     }
 
     async fn scene_destroy(&self, ctx: &Context<'_>, input: SceneDestroyInput) -> Result<bool> {

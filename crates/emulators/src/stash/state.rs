@@ -53,6 +53,7 @@ pub struct StashStudio {
     pub id: u64,
     pub name: String,
     pub parent: Option<u64>,
+    pub updated_at: String,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -60,12 +61,33 @@ pub struct StashPerformer {
     pub id: u64,
     pub name: String,
     pub disambiguation: Option<String>,
+    pub updated_at: String,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct StashTag {
     pub id: u64,
     pub name: String,
+    pub updated_at: String,
+}
+
+/// The objects other than scenes whose changes show in Plex.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ObjectKind {
+    Performer,
+    Studio,
+    Tag,
+}
+
+impl ObjectKind {
+    /// The prefix of the object's hook types (`Performer.Update.Post`).
+    pub fn hook_prefix(self) -> &'static str {
+        match self {
+            Self::Performer => "Performer",
+            Self::Studio => "Studio",
+            Self::Tag => "Tag",
+        }
+    }
 }
 
 /// A mutation a client made: what real Stash would fire an
@@ -200,19 +222,22 @@ impl StashState {
 
     pub fn add_studio(&mut self, name: &str, parent: Option<u64>) -> u64 {
         let id = self.next();
-        self.studios.insert(id, StashStudio { id, name: name.into(), parent });
+        let updated_at = self.stamp();
+        self.studios.insert(id, StashStudio { id, name: name.into(), parent, updated_at });
         id
     }
 
     pub fn add_performer(&mut self, name: &str) -> u64 {
         let id = self.next();
-        self.performers.insert(id, StashPerformer { id, name: name.into(), disambiguation: None });
+        let updated_at = self.stamp();
+        self.performers.insert(id, StashPerformer { id, name: name.into(), disambiguation: None, updated_at });
         id
     }
 
     pub fn add_tag(&mut self, name: &str) -> u64 {
         let id = self.next();
-        self.tags.insert(id, StashTag { id, name: name.into() });
+        let updated_at = self.stamp();
+        self.tags.insert(id, StashTag { id, name: name.into(), updated_at });
         id
     }
 
@@ -250,6 +275,30 @@ impl StashState {
             }
             None => false,
         }
+    }
+
+    /// Renames a performer, studio or tag and bumps its own `updated_at`;
+    /// the scenes that show it keep theirs (Stash's join tables do not
+    /// touch the scene rows). `false` when there is no such object.
+    pub fn rename(&mut self, kind: ObjectKind, id: u64, name: &str) -> bool {
+        let now = self.stamp();
+        let (slot, stamp) = match kind {
+            ObjectKind::Performer => match self.performers.get_mut(&id) {
+                Some(p) => (&mut p.name, &mut p.updated_at),
+                None => return false,
+            },
+            ObjectKind::Studio => match self.studios.get_mut(&id) {
+                Some(s) => (&mut s.name, &mut s.updated_at),
+                None => return false,
+            },
+            ObjectKind::Tag => match self.tags.get_mut(&id) {
+                Some(t) => (&mut t.name, &mut t.updated_at),
+                None => return false,
+            },
+        };
+        *slot = name.to_string();
+        *stamp = now;
+        true
     }
 
     pub fn tag_by_name(&self, name: &str) -> Option<u64> {
