@@ -13,6 +13,7 @@ use crate::matching::{rating_key_in_url, LibraryIndex, Match};
 use crate::plex::{ImageKind, PlexClient, PlexItem};
 use crate::queue::{now_ms, Queue, SyncRecord};
 use crate::stash::{Scene, StashClient};
+use sha2::{Digest, Sha256};
 
 /// Largest image we copy from Stash to Plex.
 pub const MAX_IMAGE_BYTES: usize = 20 * 1024 * 1024;
@@ -339,13 +340,25 @@ impl Pipeline {
         let released: Vec<Field> =
             previous.keys().filter_map(|name| Field::parse(name)).filter(|f| !self.settings.owns(*f)).collect();
 
-        let mut written = self.write(&section, &rk, &changes, &released, &item, scene).await?;
+        let (images, unchanged_images) = self.fetch_images(&changes, &previous, scene).await?;
+        let changes: Vec<&Desired> = changes
+            .into_iter()
+            .filter(|d| !matches!(d.value, desired::Value::Image(Some(_))) || images.contains_key(&d.field))
+            .collect();
+        let plan = Plan { changes: &changes, released: &released, images: &images };
+        let mut written = self.write(&section, &rk, &plan, &item, scene).await?;
         let mut hashes = previous;
-        hashes.retain(|name, _| Field::parse(name).is_some_and(|f| self.settings.owns(f)));
+        hashes.retain(|name, _| {
+            Field::parse(name.trim_end_matches(CONTENT_SUFFIX)).is_some_and(|f| self.settings.owns(f))
+        });
         for d in &changes {
             if let Some(hash) = written.remove(&d.field) {
                 hashes.insert(d.field.name().to_string(), hash);
             }
+        }
+        hashes.extend(unchanged_images);
+        for (field, image) in &images {
+            hashes.insert(format!("{}{CONTENT_SUFFIX}", field.name()), image.content.clone());
         }
         let fields = changes.len();
         queue
@@ -375,11 +388,11 @@ impl Pipeline {
         &mut self,
         section: &str,
         rk: &str,
-        changes: &[&Desired],
-        released: &[Field],
+        plan: &Plan<'_>,
         item: &PlexItem,
         scene: &Scene,
     ) -> Result<std::collections::HashMap<Field, String>, Error> {
+        let Plan { changes, released, images } = *plan;
         let plex = self.plex()?.clone();
         let mut written = std::collections::HashMap::new();
         let params = desired::edit_params(changes, released, item);
@@ -410,23 +423,66 @@ impl Pipeline {
             }
         }
         for d in changes {
-            let Value::Image(Some(url)) = &d.value else { continue };
+            let Some(image) = images.get(&d.field) else { continue };
             let kind = if d.field == Field::Poster { ImageKind::Poster } else { ImageKind::Background };
+            self.stats.plex_writes += 1;
+            plex.upload_image(rk, kind, image.bytes.clone()).await?;
+        }
+        Ok(written)
+    }
+
+    /// Downloads the images whose Stash URL changed and keeps those whose
+    /// content differs from what was last uploaded. Stash's image URLs carry
+    /// `?t=<updated_at>`, so any save of the scene changes them; the content
+    /// decides. An image whose content is unchanged is recorded under its
+    /// new URL (the second list: record key, hash) and costs no upload.
+    async fn fetch_images(
+        &mut self,
+        changes: &[&Desired],
+        previous: &std::collections::BTreeMap<String, String>,
+        scene: &Scene,
+    ) -> Result<(std::collections::HashMap<Field, Fetched>, Vec<(String, String)>), Error> {
+        let mut fetched = std::collections::HashMap::new();
+        let mut unchanged = Vec::new();
+        for d in changes {
+            let Value::Image(Some(url)) = &d.value else { continue };
             match self.stash.image(url, MAX_IMAGE_BYTES).await {
                 Ok(bytes) => {
-                    self.stats.plex_writes += 1;
-                    plex.upload_image(rk, kind, bytes).await?;
+                    let content = hex::encode(&Sha256::digest(&bytes)[..12]);
+                    if previous.get(&format!("{}{CONTENT_SUFFIX}", d.field.name())) == Some(&content) {
+                        unchanged.push((d.field.name().to_string(), d.hash()));
+                    } else {
+                        fetched.insert(d.field, Fetched { bytes, content });
+                    }
                 }
                 Err(e) if e.class == ErrorClass::BadData => {
                     self.stats.warnings += 1;
-                    written.remove(&d.field);
                     tracing::warn!("scene {}: {} not copied: {e}", scene.id, d.field.name());
                 }
                 Err(e) => return Err(e),
             }
         }
-        Ok(written)
+        Ok((fetched, unchanged))
     }
+}
+
+/// Record key suffix for the hash of an image's content (beside the hash of
+/// its URL under the field's own name).
+const CONTENT_SUFFIX: &str = ".content";
+
+/// What one delivery writes: the changed fields, the fields no longer
+/// owned (unlocked), and the images whose content is new.
+#[derive(Clone, Copy)]
+struct Plan<'a> {
+    changes: &'a [&'a Desired],
+    released: &'a [Field],
+    images: &'a std::collections::HashMap<Field, Fetched>,
+}
+
+/// An image downloaded from Stash whose content is new to Plex.
+pub struct Fetched {
+    bytes: Vec<u8>,
+    content: String,
 }
 
 /// A database error is a bug of ours or a broken disk: kept and reported.

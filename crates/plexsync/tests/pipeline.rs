@@ -67,6 +67,9 @@ async fn a_stash_edit_reaches_plex_locked_and_an_identical_hook_writes_nothing()
     );
 
     bed.plex.clear_requests();
+    // A second later, so Stash's screenshot URL (`?t=<updated_at>`) differs
+    // while the image does not: the content decides, no upload.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let again = bed.update_hook(id).await;
     assert!(!again.failed());
     bed.settle().await;
