@@ -55,7 +55,7 @@ pub fn manifest() -> String {
     let _ = writeln!(m, "interface: raw");
     let _ = writeln!(m, "errLog: error");
     let _ = writeln!(m, "hooks:\n  - name: Queue scene for Plex");
-    let _ = writeln!(m, "    description: {}", q("Records the scene for delivery to Plex and returns at once."));
+    let _ = writeln!(m, "    description: {}", q("Records the scene (or the performer, studio or tag whose scenes change) for delivery to Plex and returns at once."));
     let _ = writeln!(m, "    triggeredBy:");
     for hook in HOOKS {
         let _ = writeln!(m, "      - {hook}");
@@ -125,7 +125,14 @@ fn data_dir(conn: &ServerConnection) -> PathBuf {
 }
 
 /// Hooks this plugin handles (the manifest's `triggeredBy`).
-pub const HOOKS: [&str; 3] = ["Scene.Create.Post", "Scene.Update.Post", "Scene.Destroy.Post"];
+pub const HOOKS: [&str; 6] = [
+    "Scene.Create.Post",
+    "Scene.Update.Post",
+    "Scene.Destroy.Post",
+    "Performer.Update.Post",
+    "Studio.Update.Post",
+    "Tag.Update.Post",
+];
 
 /// Where the newest session cookie a hook brought waits for the worker.
 pub const SESSION_KEY: &str = "stash_session";
@@ -134,8 +141,6 @@ pub const SESSION_KEY: &str = "stash_session";
 /// in a row), so it only writes to the queue and makes sure a worker runs:
 /// no Stash or Plex request, whatever the size of the edit.
 async fn handle_hook(input: &PluginInput, hook: &HookContext) -> Result<Value, String> {
-    let id =
-        hook.scene_id().ok_or_else(|| format!("hook {} came without a scene id (got {})", hook.hook_type, hook.id))?;
     if !HOOKS.contains(&hook.hook_type.as_str()) {
         return Err(format!(
             "PlexSync does not handle the hook {}; the manifest should only route {} to it",
@@ -143,9 +148,20 @@ async fn handle_hook(input: &PluginInput, hook: &HookContext) -> Result<Value, S
             HOOKS.join(", ")
         ));
     }
+    let what = crate::stash::RelatedKind::of_hook(&hook.hook_type).map_or("scene", |k| k.name());
+    let id =
+        hook.scene_id().ok_or_else(|| format!("hook {} came without a {what} id (got {})", hook.hook_type, hook.id))?;
     let conn = &input.server_connection;
     let dir = data_dir(conn);
     let queue = open_queue(&dir).map_err(|e| e.to_string())?;
+    if let Some(kind) = crate::stash::RelatedKind::of_hook(&hook.hook_type) {
+        // Which scenes show it is the worker's question: one row here.
+        let object = crate::stash::Related { kind, id };
+        worker::request(&queue, &worker::Work::Related(object.clone())).map_err(|e| e.to_string())?;
+        hand_session(&queue, conn);
+        ensure_worker(&dir, conn)?;
+        return Ok(json!(format!("scenes showing {} {} queued for Plex", kind.name(), object.id)));
+    }
     if hook.hook_type == "Scene.Destroy.Post" {
         queue.forget(&id).map_err(|e| e.to_string())?;
         // A waiting row delivers as "gone" and ends there.

@@ -362,30 +362,31 @@ impl StashClient {
         per_page: usize,
         since: Option<DateTime<Utc>>,
     ) -> Result<ScenePage, Error> {
-        let since = since.map(crate::capture::superset_cursor);
-        let since = since.as_deref();
+        let filter = since.map(|t| updated_since(&crate::capture::superset_cursor(t)));
         #[derive(Deserialize)]
         struct Data {
             #[serde(rename = "findScenes")]
             page: ScenePage,
         }
-        let data: Data = self.query("list scenes", &queries::scenes_page(), page_vars(page, per_page, since)).await?;
+        let vars = page_vars(page, per_page, filter.as_ref());
+        let data: Data = self.query("list scenes", &queries::scenes_page(), vars).await?;
         Ok(data.page)
     }
 
     /// Every row of a `findScenes` query (`$f`, `$sf` variables) whose scene
-    /// fields are `fields`, oldest update first, page by page.
+    /// fields are `fields`, oldest update first, page by page; `filter` is
+    /// the `SceneFilterType`.
     async fn all_rows<T: DeserializeOwned>(
         &self,
         what: &str,
         fields: &str,
-        since: Option<&str>,
+        filter: Option<Value>,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Vec<T>, Error> {
         let q = queries::rows(fields);
         let mut rows = Vec::new();
         for page in 1.. {
-            let data: Rows<T> = self.query(what, &q, page_vars(page, 1000, since)).await?;
+            let data: Rows<T> = self.query(what, &q, page_vars(page, 1000, filter.as_ref())).await?;
             let got = data.page.scenes.len();
             rows.extend(data.page.scenes);
             progress(rows.len(), data.page.count);
@@ -414,6 +415,28 @@ impl StashClient {
         Ok(rows.into_iter().filter(|(_, at)| updated_after(at, since)).map(|(id, _)| id).collect())
     }
 
+    /// Ids of every scene that shows `object` (a performer, a studio or one
+    /// of its children, a tag), paged.
+    pub async fn scenes_showing(&self, object: &Related) -> Result<Vec<String>, Error> {
+        #[derive(Deserialize)]
+        struct Row {
+            id: String,
+        }
+        let (key, depth) = match object.kind {
+            RelatedKind::Performer => ("performers", None),
+            RelatedKind::Studio => ("studios", Some(-1)),
+            RelatedKind::Tag => ("tags", Some(0)),
+        };
+        let mut criterion = json!({"value": [object.id], "modifier": "INCLUDES"});
+        if let Some(depth) = depth {
+            criterion["depth"] = json!(depth);
+        }
+        let filter = json!({ key: criterion });
+        let what = format!("list scenes showing {} {}", object.kind.name(), object.id);
+        let rows: Vec<Row> = self.all_rows(&what, queries::ROW_FIELDS[0], Some(filter), &mut |_, _| {}).await?;
+        Ok(rows.into_iter().map(|r| r.id).collect())
+    }
+
     /// Every file of every scene: (path, size), paged.
     pub async fn all_files(&self) -> Result<Vec<(String, u64)>, Error> {
         #[derive(Deserialize)]
@@ -432,8 +455,9 @@ impl StashClient {
             id: String,
             updated_at: String,
         }
-        let rows: Vec<Row> =
-            self.all_rows("find changed scenes", queries::ROW_FIELDS[2], Some(since), &mut |_, _| {}).await?;
+        let rows: Vec<Row> = self
+            .all_rows("find changed scenes", queries::ROW_FIELDS[2], Some(updated_since(since)), &mut |_, _| {})
+            .await?;
         Ok(rows.into_iter().map(|r| (r.id, r.updated_at)).collect())
     }
 
@@ -530,10 +554,50 @@ pub fn updated_after(updated_at: &str, since: DateTime<Utc>) -> bool {
     DateTime::parse_from_rfc3339(updated_at).is_ok_and(|t| t > since)
 }
 
-fn page_vars(page: usize, per_page: usize, since: Option<&str>) -> Value {
+fn page_vars(page: usize, per_page: usize, filter: Option<&Value>) -> Value {
     let mut vars = json!({"f": {"page": page, "per_page": per_page, "sort": "updated_at", "direction": "ASC"}});
-    if let Some(since) = since {
-        vars["sf"] = json!({"updated_at": {"value": since, "modifier": "GREATER_THAN"}});
+    if let Some(filter) = filter {
+        vars["sf"] = filter.clone();
     }
     vars
+}
+
+/// Scenes whose stored `updated_at` text is after `cursor`.
+fn updated_since(cursor: &str) -> Value {
+    json!({"updated_at": {"value": cursor, "modifier": "GREATER_THAN"}})
+}
+
+/// What a performer, studio or tag hook names: an object whose change
+/// shows on every scene that has it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Related {
+    pub kind: RelatedKind,
+    pub id: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RelatedKind {
+    Performer,
+    Studio,
+    Tag,
+}
+
+impl RelatedKind {
+    /// From a hook type's prefix (`Performer.Update.Post`).
+    pub fn of_hook(hook_type: &str) -> Option<Self> {
+        match hook_type.split('.').next()? {
+            "Performer" => Some(Self::Performer),
+            "Studio" => Some(Self::Studio),
+            "Tag" => Some(Self::Tag),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Performer => "performer",
+            Self::Studio => "studio",
+            Self::Tag => "tag",
+        }
+    }
 }

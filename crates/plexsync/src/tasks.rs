@@ -214,6 +214,19 @@ pub async fn enqueue_ids(
     Ok(json!({"queued": n}))
 }
 
+/// Queues every scene that shows `object`; scenes already waiting stay one
+/// row each (the queue coalesces).
+pub async fn enqueue_showing(
+    stash: &crate::stash::StashClient,
+    queue: &Queue,
+    object: &crate::stash::Related,
+) -> Result<Value, Error> {
+    let ids = stash.scenes_showing(object).await?;
+    let n = queue.enqueue_many(ids.iter().map(String::as_str), Reason::Hook).map_err(db)?;
+    tracing::info!("{} {} changed: queued {n} scenes that show it", object.kind.name(), object.id);
+    Ok(json!({"queued": n}))
+}
+
 /// Delivers in the foreground (when no other worker holds the queue).
 pub async fn process_queue(
     ctx: &Context,

@@ -99,15 +99,18 @@ pub enum Work {
     Sync { since: Option<DateTime<Utc>> },
     /// Compare scenes (changed after `since`) with Plex, queue what differs.
     Reconcile { since: Option<DateTime<Utc>> },
+    /// A performer, studio or tag changed: queue every scene that shows it.
+    Related(crate::stash::Related),
 }
 
 impl Work {
-    pub fn describe(&self) -> &'static str {
+    pub fn describe(&self) -> String {
         match self {
-            Self::Sync { since: None } => "Sync all scenes",
-            Self::Sync { since: Some(_) } => "Sync recent scenes",
-            Self::Reconcile { since: None } => "Reconcile all",
-            Self::Reconcile { since: Some(_) } => "Reconcile recent",
+            Self::Sync { since: None } => "Sync all scenes".into(),
+            Self::Sync { since: Some(_) } => "Sync recent scenes".into(),
+            Self::Reconcile { since: None } => "Reconcile all".into(),
+            Self::Reconcile { since: Some(_) } => "Reconcile recent".into(),
+            Self::Related(r) => format!("scenes showing {} {}", r.kind.name(), r.id),
         }
     }
 }
@@ -135,6 +138,7 @@ async fn run_requests(pipeline: &mut Pipeline, queue: &Queue) -> Result<(), Erro
         let result = match &work {
             Work::Sync { since } => crate::tasks::enqueue_ids(&pipeline.stash, queue, *since, &mut progress).await,
             Work::Reconcile { since } => crate::tasks::reconcile(pipeline, queue, *since, &mut progress).await,
+            Work::Related(object) => crate::tasks::enqueue_showing(&pipeline.stash, queue, object).await,
         };
         match result {
             Ok(summary) => tracing::info!("{}: done: {summary}", work.describe()),

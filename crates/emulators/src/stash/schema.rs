@@ -226,7 +226,7 @@ pub enum SortDirectionEnum {
     Desc,
 }
 
-#[derive(Enum, Copy, Clone, Eq, PartialEq)]
+#[derive(Enum, Copy, Clone, Debug, Eq, PartialEq)]
 pub enum CriterionModifier {
     Equals,
     NotEquals,
@@ -278,6 +278,26 @@ pub struct SceneFilterType {
     pub organized: Option<bool>,
     pub updated_at: Option<TimestampCriterionInput>,
     pub created_at: Option<TimestampCriterionInput>,
+    pub performers: Option<MultiCriterionInput>,
+    pub studios: Option<HierarchicalMultiCriterionInput>,
+    pub tags: Option<HierarchicalMultiCriterionInput>,
+}
+
+#[derive(InputObject)]
+#[graphql(rename_fields = "snake_case")]
+pub struct MultiCriterionInput {
+    pub value: Option<Vec<ID>>,
+    pub modifier: CriterionModifier,
+}
+
+/// `depth` counts child levels to include (-1: all); this emulator's tags
+/// have no children, its studios do.
+#[derive(InputObject)]
+#[graphql(rename_fields = "snake_case")]
+pub struct HierarchicalMultiCriterionInput {
+    pub value: Option<Vec<ID>>,
+    pub modifier: CriterionModifier,
+    pub depth: Option<i32>,
 }
 
 #[derive(InputObject)]
@@ -402,6 +422,65 @@ fn string_matches(s: &str, c: &StringCriterionInput) -> Result<bool> {
         CriterionModifier::NotNull => !s.is_empty(),
         _ => return Err("unsupported string modifier".into()),
     })
+}
+
+/// The performer, studio and tag criteria (INCLUDES, INCLUDES_ALL, EXCLUDES).
+fn shows_objects(state: &StashState, scene: &StashScene, f: &SceneFilterType) -> Result<bool> {
+    if let Some(c) = &f.performers {
+        if !ids_match(&scene.performers, c.value.as_deref(), c.modifier, "performer")? {
+            return Ok(false);
+        }
+    }
+    if let Some(c) = &f.tags {
+        if !ids_match(&scene.tags, c.value.as_deref(), c.modifier, "tag")? {
+            return Ok(false);
+        }
+    }
+    if let Some(c) = &f.studios {
+        let wanted = ids_of(c.value.as_deref().unwrap_or(&[]), "studio")?;
+        let depth = c.depth.unwrap_or(0);
+        let within = |studio: u64| wanted.iter().any(|w| studio_within(state, studio, *w, depth));
+        let has = scene.studio.is_some_and(within);
+        let ok = match c.modifier {
+            CriterionModifier::Includes | CriterionModifier::IncludesAll => has,
+            CriterionModifier::Excludes => !has,
+            other => return Err(format!("studios: modifier {other:?} is not supported here").into()),
+        };
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn ids_match(have: &[u64], value: Option<&[ID]>, modifier: CriterionModifier, what: &str) -> Result<bool> {
+    let wanted = ids_of(value.unwrap_or(&[]), what)?;
+    Ok(match modifier {
+        CriterionModifier::Includes => wanted.iter().any(|w| have.contains(w)),
+        CriterionModifier::IncludesAll => wanted.iter().all(|w| have.contains(w)),
+        CriterionModifier::Excludes => !wanted.iter().any(|w| have.contains(w)),
+        other => return Err(format!("{what}s: modifier {other:?} is not supported here").into()),
+    })
+}
+
+/// Whether `studio` is `ancestor` or below it within `depth` levels (-1: any).
+fn studio_within(state: &StashState, studio: u64, ancestor: u64, depth: i32) -> bool {
+    let mut current = Some(studio);
+    let mut level = 0;
+    while let Some(id) = current {
+        if id == ancestor {
+            return true;
+        }
+        if depth >= 0 && level >= depth {
+            return false;
+        }
+        current = state.studios.get(&id).and_then(|s| s.parent);
+        level += 1;
+        if level > 32 {
+            return false;
+        }
+    }
+    false
 }
 
 fn scene_matches(scene: &StashScene, f: &SceneFilterType, zone: &Zone) -> Result<bool> {
@@ -582,7 +661,8 @@ impl QueryRoot {
                 scene.title.as_deref().unwrap_or("").to_lowercase().contains(&q)
                     || scene.files.iter().any(|f| f.path.to_lowercase().contains(&q))
             });
-            if q_ok && scene_matches(scene, &scene_filter, &state.zone)? {
+            if q_ok && scene_matches(scene, &scene_filter, &state.zone)? && shows_objects(&state, scene, &scene_filter)?
+            {
                 found.push(scene);
             }
         }

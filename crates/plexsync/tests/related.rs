@@ -1,0 +1,72 @@
+//! A renamed performer or tag changes what every scene that shows it should
+//! show in Plex, with no scene hook and no scene's `updated_at` moving
+//! (facts/stash.md). Driven as Stash drives it: a GraphQL mutation, the
+//! emulator fires the object's hook, PlexSync's hook hands the object to the
+//! worker, which finds its scenes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, Bed};
+use emulators::plex::TagKind;
+use serde_json::{json, Value};
+
+async fn mutate(bed: &Bed, query: &str, variables: Value) -> Value {
+    let answer: Value = reqwest::Client::new()
+        .post(bed.stash.url().join("graphql").unwrap())
+        .header("Cookie", format!("session={}", bed.session()))
+        .json(&json!({"query": query, "variables": variables}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(answer["errors"].is_null(), "{answer}");
+    answer
+}
+
+/// Syncs everything; then picks an object (`of` lists a scene's performers
+/// or tags) and returns it, the scenes in Plex that show it, and the others.
+async fn synced(bed: &Bed, of: fn(&emulators::stash::StashScene) -> &[u64]) -> (u64, Vec<u64>, Vec<u64>) {
+    assert!(!bed.task("sync_all").await.failed());
+    bed.settle().await;
+    let in_plex = bed.scenes_in_plex();
+    let object = in_plex.iter().find_map(|id| of(&bed.stash.scene(*id).unwrap()).first().copied()).expect("one");
+    let (showing, others) = in_plex.iter().partition(|id| of(&bed.stash.scene(**id).unwrap()).contains(&object));
+    (object, showing, others)
+}
+
+#[tokio::test]
+async fn a_renamed_performer_reaches_every_scene_that_shows_it_and_no_other() {
+    let bed = Bed::new(40, json!({"retryScale": 0.02})).await;
+    let (performer, showing, others) = synced(&bed, |s| &s.performers).await;
+    assert!(!showing.is_empty() && !others.is_empty(), "the sample has both");
+    let before: Vec<_> = others.iter().map(|id| bed.item_of(*id)).collect();
+    bed.plex.clear_requests();
+
+    let q = "mutation($i: ID!) { performerUpdate(input: {id: $i, name: \"Renamed Person\"}) { id } }";
+    mutate(&bed, q, json!({"i": performer.to_string()})).await;
+    eventually(Duration::from_secs(20), "every scene showing the performer", || {
+        showing.iter().all(|id| bed.item_of(*id).tag_names(TagKind::Actor).contains(&"Renamed Person"))
+    })
+    .await;
+    bed.settle().await;
+    let after: Vec<_> = others.iter().map(|id| bed.item_of(*id)).collect();
+    assert_eq!(before, after, "nothing else changed in Plex");
+    let writes: Vec<String> = bed.plex.requests().iter().filter(|r| r.is_write()).map(|r| r.path.clone()).collect();
+    assert!(writes.len() <= showing.len() * 3, "only the affected items were written: {writes:?}");
+}
+
+#[tokio::test]
+async fn a_renamed_tag_reaches_the_genres_of_its_scenes() {
+    let bed = Bed::new(40, json!({"retryScale": 0.02})).await;
+    let (tag, showing, _) = synced(&bed, |s| &s.tags).await;
+    let q = "mutation($i: ID!) { tagUpdate(input: {id: $i, name: \"Fresh Genre\"}) { id } }";
+    mutate(&bed, q, json!({"i": tag.to_string()})).await;
+    eventually(Duration::from_secs(20), "every scene with the tag", || {
+        showing.iter().all(|id| bed.item_of(*id).tag_names(TagKind::Genre).contains(&"Fresh Genre"))
+    })
+    .await;
+}
