@@ -70,3 +70,22 @@ async fn a_renamed_tag_reaches_the_genres_of_its_scenes() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_studio_given_a_new_parent_reaches_the_collections_of_its_scenes() {
+    let bed = Bed::new(40, json!({"retryScale": 0.02, "collectionParentStudio": true})).await;
+    assert!(!bed.task("sync_all").await.failed());
+    bed.settle().await;
+    let in_plex = bed.scenes_in_plex();
+    let studio = in_plex.iter().find_map(|id| bed.stash.scene(*id).unwrap().studio).expect("a scene with a studio");
+    let showing: Vec<u64> =
+        in_plex.iter().copied().filter(|id| bed.stash.scene(*id).unwrap().studio == Some(studio)).collect();
+    let parent = bed.stash.with_state(|s| s.add_studio("Brand New Network", None));
+
+    let q = "mutation($i: ID!, $p: ID) { studioUpdate(input: {id: $i, parent_id: $p}) { id } }";
+    mutate(&bed, q, json!({"i": studio.to_string(), "p": parent.to_string()})).await;
+    eventually(Duration::from_secs(20), "the new parent in every collection", || {
+        showing.iter().all(|id| bed.item_of(*id).tag_names(TagKind::Collection).contains(&"Brand New Network"))
+    })
+    .await;
+}
