@@ -96,19 +96,20 @@ fn compare_type(name: &str, ours: &ExtendedType, real: &ExtendedType, out: &mut 
     match (ours, real) {
         (ExtendedType::Object(o), ExtendedType::Object(r)) => {
             for (field, def) in &o.fields {
-                match r.fields.get(field) {
-                    None => out.push(format!("{name}.{field} is not in Stash's schema")),
-                    Some(real) if real.ty != def.ty => {
-                        out.push(format!("{name}.{field}: {} here, {} in Stash", def.ty, real.ty))
-                    }
-                    Some(real) => {
-                        for arg in &def.arguments {
-                            match real.arguments.iter().find(|a| a.name == arg.name) {
-                                None => out.push(format!("{name}.{field}({}) is not in Stash's schema", arg.name)),
-                                Some(r) if r.ty != arg.ty => out
-                                    .push(format!("{name}.{field}({}): {} here, {} in Stash", arg.name, arg.ty, r.ty)),
-                                Some(_) => {}
-                            }
+                let what = format!("{name}.{field}");
+                let Some(real) = r.fields.get(field) else {
+                    out.push(format!("{what} is not in Stash's schema"));
+                    continue;
+                };
+                if !same_type(&what, &def.ty, &real.ty, out) {
+                    continue;
+                }
+                for arg in &def.arguments {
+                    let what = format!("{what}({})", arg.name);
+                    match real.arguments.iter().find(|a| a.name == arg.name) {
+                        None => out.push(format!("{what} is not in Stash's schema")),
+                        Some(r) => {
+                            same_type(&what, &arg.ty, &r.ty, out);
                         }
                     }
                 }
@@ -116,12 +117,12 @@ fn compare_type(name: &str, ours: &ExtendedType, real: &ExtendedType, out: &mut 
         }
         (ExtendedType::InputObject(o), ExtendedType::InputObject(r)) => {
             for (field, def) in &o.fields {
+                let what = format!("{name}.{field}");
                 match r.fields.get(field) {
-                    None => out.push(format!("{name}.{field} is not in Stash's schema")),
-                    Some(real) if real.ty != def.ty => {
-                        out.push(format!("{name}.{field}: {} here, {} in Stash", def.ty, real.ty))
+                    None => out.push(format!("{what} is not in Stash's schema")),
+                    Some(real) => {
+                        same_type(&what, &def.ty, &real.ty, out);
                     }
-                    Some(_) => {}
                 }
             }
         }
@@ -135,6 +136,20 @@ fn compare_type(name: &str, ours: &ExtendedType, real: &ExtendedType, out: &mut 
         (ExtendedType::Scalar(_), ExtendedType::Scalar(_)) => {}
         _ => out.push(format!("{name} is a different kind of type in Stash's schema")),
     }
+}
+
+/// Whether `what` (a field or an argument) has Stash's type; reports it if not.
+fn same_type(
+    what: &str,
+    ours: &apollo_compiler::ast::Type,
+    real: &apollo_compiler::ast::Type,
+    out: &mut Vec<String>,
+) -> bool {
+    let same = ours == real;
+    if !same {
+        out.push(format!("{what}: {ours} here, {real} in Stash"));
+    }
+    same
 }
 
 fn schema_dir() -> PathBuf {
