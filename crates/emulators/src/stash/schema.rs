@@ -789,18 +789,11 @@ pub struct TagUpdateInput {
 
 /// Applies an object update (the name, when given), bumps the object's own
 /// `updated_at` and fires `<Kind>.Update.Post` after releasing the lock.
-async fn rename_object(ctx: &Context<'_>, kind: ObjectKind, id: u64, name: Option<&str>) -> Result<()> {
+async fn update_object(ctx: &Context<'_>, kind: ObjectKind, id: u64, name: Option<&str>) -> Result<()> {
     let sh = shared(ctx);
     let (fields, raw) = input_fields(ctx);
-    {
-        let mut state = sh.state.lock();
-        let current = match kind {
-            ObjectKind::Performer => state.performers.get(&id).map(|p| p.name.clone()),
-            ObjectKind::Studio => state.studios.get(&id).map(|s| s.name.clone()),
-            ObjectKind::Tag => state.tags.get(&id).map(|t| t.name.clone()),
-        };
-        let current = current.ok_or_else(|| format!("{} with id {id} not found", kind.hook_prefix().to_lowercase()))?;
-        state.rename(kind, id, name.unwrap_or(&current));
+    if !sh.state.lock().update_object(kind, id, name) {
+        return Err(format!("{} with id {id} not found", kind.hook_prefix().to_lowercase()).into());
     }
     let hook = format!("{}.Update.Post", kind.hook_prefix());
     fire_hooks(sh, request_auth(ctx), &hook, id, raw, &fields).await;
@@ -959,7 +952,7 @@ impl MutationRoot {
     /// and only `Performer.Update.Post` fires.
     async fn performer_update(&self, ctx: &Context<'_>, input: PerformerUpdateInput) -> Result<Option<Performer>> {
         let id = parse_id(&input.id, "performer")?;
-        rename_object(ctx, ObjectKind::Performer, id, input.name.as_deref()).await?;
+        update_object(ctx, ObjectKind::Performer, id, input.name.as_deref()).await?;
         let sh = shared(ctx);
         let state = sh.state.lock();
         Ok(state.performers.get(&id).map(|p| performer_view(p, &sh.base_url)))
@@ -978,7 +971,7 @@ impl MutationRoot {
                 studio.parent = Some(parent);
             }
         }
-        rename_object(ctx, ObjectKind::Studio, id, input.name.as_deref()).await?;
+        update_object(ctx, ObjectKind::Studio, id, input.name.as_deref()).await?;
         let sh = shared(ctx);
         let state = sh.state.lock();
         Ok(studio_view(&state, id, &sh.base_url, 0))
@@ -986,7 +979,7 @@ impl MutationRoot {
 
     async fn tag_update(&self, ctx: &Context<'_>, input: TagUpdateInput) -> Result<Option<Tag>> {
         let id = parse_id(&input.id, "tag")?;
-        rename_object(ctx, ObjectKind::Tag, id, input.name.as_deref()).await?;
+        update_object(ctx, ObjectKind::Tag, id, input.name.as_deref()).await?;
         let state = shared(ctx).state.lock();
         Ok(state.tags.get(&id).map(tag_view))
     }

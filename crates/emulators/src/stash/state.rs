@@ -277,26 +277,21 @@ impl StashState {
         }
     }
 
-    /// Renames a performer, studio or tag and bumps its own `updated_at`;
-    /// the scenes that show it keep theirs (Stash's join tables do not
-    /// touch the scene rows). `false` when there is no such object.
-    pub fn rename(&mut self, kind: ObjectKind, id: u64, name: &str) -> bool {
+    /// Updates a performer, studio or tag (its name, when given) and bumps
+    /// its own `updated_at`; the scenes that show it keep theirs (Stash's
+    /// join tables do not touch the scene rows). `false` when there is no
+    /// such object.
+    pub fn update_object(&mut self, kind: ObjectKind, id: u64, name: Option<&str>) -> bool {
         let now = self.stamp();
-        let (slot, stamp) = match kind {
-            ObjectKind::Performer => match self.performers.get_mut(&id) {
-                Some(p) => (&mut p.name, &mut p.updated_at),
-                None => return false,
-            },
-            ObjectKind::Studio => match self.studios.get_mut(&id) {
-                Some(s) => (&mut s.name, &mut s.updated_at),
-                None => return false,
-            },
-            ObjectKind::Tag => match self.tags.get_mut(&id) {
-                Some(t) => (&mut t.name, &mut t.updated_at),
-                None => return false,
-            },
+        let slots = match kind {
+            ObjectKind::Performer => self.performers.get_mut(&id).map(|p| (&mut p.name, &mut p.updated_at)),
+            ObjectKind::Studio => self.studios.get_mut(&id).map(|s| (&mut s.name, &mut s.updated_at)),
+            ObjectKind::Tag => self.tags.get_mut(&id).map(|t| (&mut t.name, &mut t.updated_at)),
         };
-        *slot = name.to_string();
+        let Some((slot, stamp)) = slots else { return false };
+        if let Some(name) = name {
+            *slot = name.to_string();
+        }
         *stamp = now;
         true
     }
