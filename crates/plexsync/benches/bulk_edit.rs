@@ -12,10 +12,13 @@
 //! the edit (the cost must not grow with the edit's size). The first hook
 //! also starts the worker, which delivers while the edit goes on.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use emulators::{Library, PlexEmulator, PlexState, StashAuth, StashEmulator, StashState};
+use common::median_p95;
+use emulators::StashEmulator;
 use serde_json::json;
 
 fn release_binary() -> PathBuf {
@@ -31,10 +34,7 @@ fn release_binary() -> PathBuf {
 
 /// README's install step: the binary and the manifest in a plugin folder.
 fn install(config: &Path, exe: &Path) -> PathBuf {
-    let folder = config.join("plugins/PlexSync");
-    std::fs::create_dir_all(&folder).unwrap();
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plugin/PlexSync.yml");
-    std::fs::copy(manifest, folder.join("PlexSync.yml")).unwrap();
+    let folder = common::plugin_folder(config);
     #[cfg(unix)]
     std::os::unix::fs::symlink(exe, folder.join("plexsync")).unwrap();
     #[cfg(windows)]
@@ -63,24 +63,11 @@ async fn bulk_add_tag(stash: &StashEmulator, ids: &[u64], tag: u64) -> Duration 
     started.elapsed()
 }
 
-fn median_p95(mut v: Vec<Duration>) -> (f64, f64) {
-    v.sort();
-    let at = |p: usize| v[(v.len() * p / 100).min(v.len() - 1)].as_secs_f64() * 1000.0;
-    (at(50), at(95))
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let exe = release_binary();
     for n in [500usize, 5_000] {
-        let lib = Library::sample(n, 3);
-        let stash = StashEmulator::start(StashState::from_library(&lib), StashAuth::login(None)).await.unwrap();
-        let plex = PlexEmulator::start(PlexState::from_library(&lib), "bench-token").await.unwrap();
-        stash.set_plugin_settings(
-            "PlexSync",
-            json!({"plexUrl": plex.url().as_str(), "plexToken": "bench-token", "skipUnorganized": false,
-                   "pathMappings": format!("{} => {}", lib.stash_prefix, lib.plex_prefix)}),
-        );
+        let (_lib, stash, plex) = common::emulators(n).await;
         let ids: Vec<u64> = stash.with_state(|s| s.scenes.keys().copied().collect());
         let (tag_a, tag_b) = stash.with_state(|s| (s.add_tag("Bench A"), s.add_tag("Bench B")));
 

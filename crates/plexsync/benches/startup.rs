@@ -10,17 +10,14 @@
 //! Prints per variant the binary's size and the median and p95 of
 //! start → exit with stdout closed, and the ratio to the glibc build.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use emulators::{Library, PlexEmulator, PlexState, StashAuth, StashEmulator, StashState};
-use serde_json::json;
+use common::{median_p95, root};
 
 const RUNS: usize = 300;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 fn existing(path: PathBuf, how: &str) -> PathBuf {
     assert!(path.exists(), "{} is missing: {how}", path.display());
@@ -29,9 +26,7 @@ fn existing(path: PathBuf, how: &str) -> PathBuf {
 
 /// A plugin folder: the manifest, and `plexsync` as `layout` says.
 fn folder(config: &Path, layout: &Layout) -> PathBuf {
-    let folder = config.join("plugins/PlexSync");
-    std::fs::create_dir_all(&folder).unwrap();
-    std::fs::copy(root().join("plugin/PlexSync.yml"), folder.join("PlexSync.yml")).unwrap();
+    let folder = common::plugin_folder(config);
     match layout {
         Layout::Direct(binary) => std::fs::copy(binary, folder.join("plexsync")).map(drop).unwrap(),
         Layout::Launcher(binary) => {
@@ -49,21 +44,8 @@ enum Layout {
     Launcher(PathBuf),
 }
 
-fn median_p95(mut v: Vec<Duration>) -> (f64, f64) {
-    v.sort();
-    let at = |p: usize| v[(v.len() * p / 100).min(v.len() - 1)].as_secs_f64() * 1000.0;
-    (at(50), at(95))
-}
-
 async fn measure(layout: &Layout) -> (f64, f64) {
-    let lib = Library::sample(50, 3);
-    let stash = StashEmulator::start(StashState::from_library(&lib), StashAuth::login(None)).await.unwrap();
-    let plex = PlexEmulator::start(PlexState::from_library(&lib), "bench-token").await.unwrap();
-    stash.set_plugin_settings(
-        "PlexSync",
-        json!({"plexUrl": plex.url().as_str(), "plexToken": "bench-token", "skipUnorganized": false,
-               "pathMappings": format!("{} => {}", lib.stash_prefix, lib.plex_prefix)}),
-    );
+    let (_lib, stash, _plex) = common::emulators(50).await;
     let config = tempfile::tempdir().unwrap();
     let folder = folder(config.path(), layout);
     stash.install_plugins(config.path(), &folder).unwrap();

@@ -1,0 +1,43 @@
+//! What the benchmarks share: emulators with PlexSync configured, a plugin
+//! folder holding the manifest, and percentiles.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use emulators::{Library, PlexEmulator, PlexState, StashAuth, StashEmulator, StashState};
+use serde_json::json;
+
+/// The repository's root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A Stash with a login and a Plex holding the sample library of `scenes`
+/// scenes, with PlexSync's settings pointing at that Plex.
+pub async fn emulators(scenes: usize) -> (Library, StashEmulator, PlexEmulator) {
+    let lib = Library::sample(scenes, 3);
+    let stash = StashEmulator::start(StashState::from_library(&lib), StashAuth::login(None)).await.unwrap();
+    let plex = PlexEmulator::start(PlexState::from_library(&lib), "bench-token").await.unwrap();
+    stash.set_plugin_settings(
+        "PlexSync",
+        json!({"plexUrl": plex.url().as_str(), "plexToken": "bench-token", "skipUnorganized": false,
+               "pathMappings": format!("{} => {}", lib.stash_prefix, lib.plex_prefix)}),
+    );
+    (lib, stash, plex)
+}
+
+/// `<config>/plugins/PlexSync/` holding the committed manifest; the caller
+/// puts the binary in.
+pub fn plugin_folder(config: &Path) -> PathBuf {
+    let folder = config.join("plugins/PlexSync");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::copy(root().join("plugin/PlexSync.yml"), folder.join("PlexSync.yml")).unwrap();
+    folder
+}
+
+/// Median and 95th percentile, in milliseconds.
+pub fn median_p95(mut v: Vec<Duration>) -> (f64, f64) {
+    v.sort();
+    let at = |p: usize| v[(v.len() * p / 100).min(v.len() - 1)].as_secs_f64() * 1000.0;
+    (at(50), at(95))
+}
