@@ -67,7 +67,7 @@ async fn bulk_add_tag(stash: &StashEmulator, ids: &[u64], tag: u64) -> Duration 
 async fn main() {
     let exe = release_binary();
     for n in [500usize, 5_000] {
-        let (_lib, stash, plex) = common::emulators(n).await;
+        let (stash, plex) = common::emulators(n).await;
         let ids: Vec<u64> = stash.with_state(|s| s.scenes.keys().copied().collect());
         let (tag_a, tag_b) = stash.with_state(|s| (s.add_tag("Bench A"), s.add_tag("Bench B")));
 

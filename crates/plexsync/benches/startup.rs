@@ -45,7 +45,7 @@ enum Layout {
 }
 
 async fn measure(layout: &Layout) -> (f64, f64) {
-    let (_lib, stash, _plex) = common::emulators(50).await;
+    let (stash, _plex) = common::emulators(50).await;
     let config = tempfile::tempdir().unwrap();
     let folder = folder(config.path(), layout);
     stash.install_plugins(config.path(), &folder).unwrap();

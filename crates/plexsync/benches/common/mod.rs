@@ -14,7 +14,7 @@ pub fn root() -> PathBuf {
 
 /// A Stash with a login and a Plex holding the sample library of `scenes`
 /// scenes, with PlexSync's settings pointing at that Plex.
-pub async fn emulators(scenes: usize) -> (Library, StashEmulator, PlexEmulator) {
+pub async fn emulators(scenes: usize) -> (StashEmulator, PlexEmulator) {
     let lib = Library::sample(scenes, 3);
     let stash = StashEmulator::start(StashState::from_library(&lib), StashAuth::login(None)).await.unwrap();
     let plex = PlexEmulator::start(PlexState::from_library(&lib), "bench-token").await.unwrap();
@@ -23,7 +23,7 @@ pub async fn emulators(scenes: usize) -> (Library, StashEmulator, PlexEmulator) 
         json!({"plexUrl": plex.url().as_str(), "plexToken": "bench-token", "skipUnorganized": false,
                "pathMappings": format!("{} => {}", lib.stash_prefix, lib.plex_prefix)}),
     );
-    (lib, stash, plex)
+    (stash, plex)
 }
 
 /// `<config>/plugins/PlexSync/` holding the committed manifest; the caller
