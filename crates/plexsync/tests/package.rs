@@ -24,12 +24,9 @@ fn index() -> PathBuf {
 #[tokio::test]
 #[ignore = "needs scripts/package"]
 async fn the_package_installs_from_its_source_and_syncs_a_scene() {
-    let index = index();
-    let install = |config: &Path| emulators::package::install(&index, "PlexSync", &config.join("plugins")).unwrap();
-    let bed =
-        Bed::installed_by(8, json!({"retryScale": 0.02}), StashAuth::login(None), Default::default(), install).await;
-    let folder = bed.dir.path().join("plugins/community/PlexSync");
-    let manifest = std::fs::read_to_string(folder.join("manifest")).unwrap();
+    let bed = packaged_bed(json!({"retryScale": 0.02})).await;
+    assert!(bed.plugin_dir.ends_with("plugins/community/PlexSync"), "{}", bed.plugin_dir.display());
+    let manifest = std::fs::read_to_string(bed.plugin_dir.join("manifest")).unwrap();
     for file in ["PlexSync.yml", "plexsync", "bin/x86_64-unknown-linux-musl/plexsync"] {
         assert!(manifest.contains(file), "{file} in Stash's manifest:\n{manifest}");
     }
@@ -64,13 +61,11 @@ fn an_update_replaces_only_the_packages_files() {
     assert!(std::fs::read_to_string(folder.join("plexsync")).unwrap().starts_with("#!/bin/sh"), "replaced");
 }
 
-/// A bed whose PlexSync comes from the package, and the package folder.
-async fn packaged_bed(settings: serde_json::Value) -> (Bed, PathBuf) {
+/// A bed whose PlexSync comes from the package, installed from its source.
+async fn packaged_bed(settings: serde_json::Value) -> Bed {
     let index = index();
     let install = |config: &Path| emulators::package::install(&index, "PlexSync", &config.join("plugins")).unwrap();
-    let bed = Bed::installed_by(8, settings, StashAuth::login(None), Default::default(), install).await;
-    let folder = bed.dir.path().join("plugins/community/PlexSync");
-    (bed, folder)
+    Bed::installed_by(8, settings, StashAuth::login(None), Default::default(), install).await
 }
 
 async fn run(exec: &[String], input: &serde_json::Value) -> emulators::plugin::PluginRun {
@@ -83,7 +78,7 @@ async fn run(exec: &[String], input: &serde_json::Value) -> emulators::plugin::P
 #[tokio::test]
 #[ignore = "needs scripts/package and root (chroot)"]
 async fn the_static_binary_answers_a_hook_and_delivers_from_an_empty_root() {
-    let (bed, _folder) = packaged_bed(json!({"retryScale": 0.02, "workerIdleSecs": 2})).await;
+    let bed = packaged_bed(json!({"retryScale": 0.02, "workerIdleSecs": 2})).await;
     let plex_port = bed.plex.url().port().unwrap();
     bed.configure(json!({"plexUrl": format!("http://localhost:{plex_port}"), "retryScale": 0.02, "workerIdleSecs": 2}));
     let ids = bed.scenes_in_plex();
@@ -112,8 +107,8 @@ async fn the_static_binary_answers_a_hook_and_delivers_from_an_empty_root() {
 #[tokio::test]
 #[ignore = "needs scripts/package and qemu-user-static"]
 async fn the_arm64_binary_delivers_under_qemu() {
-    let (bed, folder) = packaged_bed(json!({"retryScale": 0.02})).await;
-    let binary = folder.join("bin/aarch64-unknown-linux-musl/plexsync");
+    let bed = packaged_bed(json!({"retryScale": 0.02})).await;
+    let binary = bed.plugin_dir.join("bin/aarch64-unknown-linux-musl/plexsync");
     let qemu = "qemu-aarch64-static";
     let version = std::process::Command::new(qemu).arg(&binary).arg("--version").output().unwrap();
     let version = String::from_utf8_lossy(&version.stdout).to_string();
@@ -168,7 +163,8 @@ fn processes_with(needle: &str) -> usize {
 #[tokio::test]
 #[ignore = "needs scripts/package with the Windows target, and wine"]
 async fn the_windows_binary_answers_a_hook_and_its_worker_delivers_under_wine() {
-    let (bed, folder) = packaged_bed(json!({"retryScale": 0.02, "workerIdleSecs": 6})).await;
+    let bed = packaged_bed(json!({"retryScale": 0.02, "workerIdleSecs": 6})).await;
+    let folder = &bed.plugin_dir;
     let shim = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/wine/bcryptprimitives.dll");
     assert!(shim.exists(), "scripts/verify-package builds {}", shim.display());
     std::fs::copy(&shim, folder.join("bcryptprimitives.dll")).unwrap();

@@ -34,10 +34,16 @@ async fn silent_edit_arrives(bed: &Bed) {
     let ids = bed.scenes_in_plex();
     assert!(!bed.update_hook(ids[0]).await.failed());
     bed.settle().await;
-    assert!(bed.stash.update_scene(ids[1], |s| s.title = Some("Silent".into())), "auto-tag-like edit, no hook");
-    assert!(!bed.update_hook(ids[2]).await.failed());
-    eventually(Duration::from_secs(20), "the silent edit reached Plex", || {
-        bed.item_of(ids[1]).field("title") == Some("Silent")
+    silent_title_reaches_plex(bed, ids[1], ids[2], "Silent").await;
+}
+
+/// `scene` gets `title` with no hook (as auto-tag edits); a hook on `other`
+/// makes the worker look for changes, and the edit must reach Plex.
+async fn silent_title_reaches_plex(bed: &Bed, scene: u64, other: u64, title: &str) {
+    assert!(bed.stash.update_scene(scene, |s| s.title = Some(title.into())), "an edit with no hook");
+    assert!(!bed.update_hook(other).await.failed());
+    eventually(Duration::from_secs(20), &format!("the silent edit {title:?} reached Plex"), || {
+        bed.item_of(scene).field("title") == Some(title)
     })
     .await;
 }
@@ -67,14 +73,9 @@ async fn capture_follows_dst_changes_both_ways() {
         while chrono::Utc::now() < at + chrono::Duration::milliseconds(100) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert!(bed.stash.update_scene(ids[1], |s| s.title = Some("After DST".into())));
+        silent_title_reaches_plex(&bed, ids[1], ids[2], "After DST").await;
         let stamp = bed.stash.scene(ids[1]).unwrap().updated_at;
-        assert!(stamp.ends_with(&format!("-0{}:00", -after)), "{stamp}");
-        assert!(!bed.update_hook(ids[2]).await.failed());
-        eventually(Duration::from_secs(20), "edit after the DST change", || {
-            bed.item_of(ids[1]).field("title") == Some("After DST")
-        })
-        .await;
+        assert!(stamp.ends_with(&format!("-0{}:00", -after)), "written after the change: {stamp}");
     }
 }
 
@@ -84,12 +85,7 @@ async fn an_edit_in_the_same_second_as_the_last_look_arrives() {
     let ids = bed.scenes_in_plex();
     // Deliver scene 1 and, within the same second, edit it again silently.
     assert!(bed.stash.edit_scene(ids[1], &["title"], |s| s.title = Some("First".into())).await);
-    assert!(bed.stash.update_scene(ids[1], |s| s.title = Some("Same Second".into())));
-    assert!(!bed.update_hook(ids[2]).await.failed());
-    eventually(Duration::from_secs(20), "the same-second edit", || {
-        bed.item_of(ids[1]).field("title") == Some("Same Second")
-    })
-    .await;
+    silent_title_reaches_plex(&bed, ids[1], ids[2], "Same Second").await;
 }
 
 #[tokio::test]
@@ -109,12 +105,7 @@ async fn a_stash_restarted_in_another_zone_loses_nothing() {
     }
     // Restarted with TZ 18 hours west: new times sort below everything seen.
     bed.stash.with_state(|s| s.zone = Zone::fixed(-8 * 3600));
-    assert!(bed.stash.update_scene(ids[1], |s| s.title = Some("New Zone".into())));
-    assert!(!bed.update_hook(ids[2]).await.failed());
-    eventually(Duration::from_secs(20), "the edit in the new zone", || {
-        bed.item_of(ids[1]).field("title") == Some("New Zone")
-    })
-    .await;
+    silent_title_reaches_plex(&bed, ids[1], ids[2], "New Zone").await;
 }
 
 #[tokio::test]
