@@ -403,13 +403,8 @@ impl StashClient {
         since: Option<DateTime<Utc>>,
         mut progress: impl FnMut(usize, usize),
     ) -> Result<Vec<String>, Error> {
-        #[derive(Deserialize)]
-        struct Row {
-            id: String,
-        }
         let Some(since) = since else {
-            let rows: Vec<Row> = self.all_rows("list scene ids", queries::ROW_FIELDS[0], None, &mut progress).await?;
-            return Ok(rows.into_iter().map(|r| r.id).collect());
+            return self.ids_where("list scene ids", None, &mut progress).await;
         };
         let rows = self.changed_since(&crate::capture::superset_cursor(since)).await?;
         Ok(rows.into_iter().filter(|(_, at)| updated_after(at, since)).map(|(id, _)| id).collect())
@@ -418,10 +413,6 @@ impl StashClient {
     /// Ids of every scene that shows `object` (a performer, a studio or one
     /// of its children, a tag), paged.
     pub async fn scenes_showing(&self, object: &Related) -> Result<Vec<String>, Error> {
-        #[derive(Deserialize)]
-        struct Row {
-            id: String,
-        }
         let (key, depth) = match object.kind {
             RelatedKind::Performer => ("performers", None),
             RelatedKind::Studio => ("studios", Some(-1)),
@@ -433,7 +424,21 @@ impl StashClient {
         }
         let filter = json!({ key: criterion });
         let what = format!("list scenes showing {} {}", object.kind.name(), object.id);
-        let rows: Vec<Row> = self.all_rows(&what, queries::ROW_FIELDS[0], Some(filter), &mut |_, _| {}).await?;
+        self.ids_where(&what, Some(filter), &mut |_, _| {}).await
+    }
+
+    /// Ids of the scenes `filter` (a `SceneFilterType`) selects, paged.
+    async fn ids_where(
+        &self,
+        what: &str,
+        filter: Option<Value>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Vec<String>, Error> {
+        #[derive(Deserialize)]
+        struct Row {
+            id: String,
+        }
+        let rows: Vec<Row> = self.all_rows(what, queries::ROW_FIELDS[0], filter, progress).await?;
         Ok(rows.into_iter().map(|r| r.id).collect())
     }
 
