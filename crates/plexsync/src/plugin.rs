@@ -148,29 +148,33 @@ async fn handle_hook(input: &PluginInput, hook: &HookContext) -> Result<Value, S
             HOOKS.join(", ")
         ));
     }
-    let what = crate::stash::RelatedKind::of_hook(&hook.hook_type).map_or("scene", |k| k.name());
+    let related = crate::stash::RelatedKind::of_hook(&hook.hook_type);
+    let what = related.map_or("scene", crate::stash::RelatedKind::name);
     let id =
         hook.scene_id().ok_or_else(|| format!("hook {} came without a {what} id (got {})", hook.hook_type, hook.id))?;
     let conn = &input.server_connection;
     let dir = data_dir(conn);
     let queue = open_queue(&dir).map_err(|e| e.to_string())?;
-    if let Some(kind) = crate::stash::RelatedKind::of_hook(&hook.hook_type) {
-        // Which scenes show it is the worker's question: one row here.
-        let object = crate::stash::Related { kind, id };
-        worker::request(&queue, &worker::Work::Related(object.clone())).map_err(|e| e.to_string())?;
-        hand_session(&queue, conn);
-        ensure_worker(&dir, conn)?;
-        return Ok(json!(format!("scenes showing {} {} queued for Plex", kind.name(), object.id)));
-    }
     if hook.hook_type == "Scene.Destroy.Post" {
         queue.forget(&id).map_err(|e| e.to_string())?;
         // A waiting row delivers as "gone" and ends there.
         return Ok(json!(format!("scene {id} forgotten")));
     }
-    queue.enqueue(&id, Reason::Hook).map_err(|e| format!("cannot queue scene {id}: {e}"))?;
+    let message = match related {
+        Some(kind) => {
+            // Which scenes show it is the worker's question: one row here.
+            let work = Work::Related(crate::stash::Related { kind, id: id.clone() });
+            worker::request(&queue, &work).map_err(|e| e.to_string())?;
+            format!("scenes showing {what} {id} queued for Plex")
+        }
+        None => {
+            queue.enqueue(&id, Reason::Hook).map_err(|e| format!("cannot queue scene {id}: {e}"))?;
+            format!("scene {id} queued for Plex")
+        }
+    };
     hand_session(&queue, conn);
     ensure_worker(&dir, conn)?;
-    Ok(json!(format!("scene {id} queued for Plex")))
+    Ok(json!(message))
 }
 
 /// Leaves the session cookie Stash just gave us for a running worker,
@@ -195,8 +199,9 @@ pub fn ensure_worker(data_dir: &Path, conn: &ServerConnection) -> Result<(), Str
 }
 
 /// The worker must not hold Stash's pipes (Stash reads stdout to its end)
-/// nor die with the plugin: null stdin/stdout, stderr to a log file, its
-/// own session. Credentials travel in its environment, not its argv.
+/// nor die with the plugin: a closed stdin, stdout and stderr to a log
+/// file, its own session. Credentials travel in its environment, not its
+/// argv.
 fn spawn_worker(data_dir: &Path, conn: &ServerConnection) -> std::io::Result<()> {
     let exe = worker_binary(data_dir, own_path()?);
     std::fs::create_dir_all(data_dir)?;
