@@ -407,3 +407,49 @@ async fn renaming_a_performer_studio_or_tag_fires_only_its_own_hook_and_bumps_on
         gql(&stash, "{ findScenes(filter: {per_page: -1}) { scenes { performers { name } } } }", json!({})).await;
     assert!(scene.to_string().contains("Renamed"), "scenes show the new name");
 }
+
+#[tokio::test]
+async fn images_carry_an_etag_answer_if_none_match_with_304_and_default_to_an_svg() {
+    let stash = start(1).await;
+    let (scene, performer) =
+        stash.with_state(|s| (*s.scenes.keys().next().unwrap(), *s.performers.keys().next().unwrap()));
+    let new = stash.scan_new(&[vec![("/data/new.mp4".into(), 10, 1.0)]]).await[0];
+    let get = |path: String, etag: Option<String>| {
+        let mut req = Client::new().get(stash.url().join(&path).unwrap()).header("ApiKey", KEY);
+        if let Some(etag) = etag {
+            req = req.header("If-None-Match", etag);
+        }
+        req.send()
+    };
+    let first = get(format!("scene/{scene}/screenshot?t=1"), None).await.unwrap();
+    assert_eq!(first.headers()["content-type"], "image/png");
+    let etag = first.headers()["etag"].to_str().unwrap().to_string();
+    // Another `?t=` (any edit of the scene) is the same image.
+    let again = get(format!("scene/{scene}/screenshot?t=2"), Some(etag.clone())).await.unwrap();
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+    let fresh = get(format!("scene/{new}/screenshot"), None).await.unwrap();
+    assert_eq!(fresh.headers()["content-type"], "image/svg+xml", "a scanned scene has no cover yet");
+    stash.generate_cover(new, emulators::stash::state::fixture_image(99));
+    let covered = get(format!("scene/{new}/screenshot"), Some(etag)).await.unwrap();
+    assert_eq!(covered.status(), StatusCode::OK);
+    assert_eq!(covered.headers()["content-type"], "image/png");
+    assert_eq!(stash.image_requests().not_modified, 1);
+    assert_eq!(stash.image_requests().served, 3);
+
+    let data = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==";
+    let body = gql(
+        &stash,
+        "mutation($i: PerformerUpdateInput!) { performerUpdate(input: $i) { image_path } }",
+        json!({"i": {"id": performer.to_string(), "image": null}}),
+    )
+    .await;
+    let path = body["data"]["performerUpdate"]["image_path"].as_str().unwrap();
+    assert!(path.contains("?t=") && path.ends_with("&default=true"), "{path}");
+    let body = gql(
+        &stash,
+        "mutation($i: PerformerUpdateInput!) { performerUpdate(input: $i) { image_path } }",
+        json!({"i": {"id": performer.to_string(), "image": data}}),
+    )
+    .await;
+    assert!(!body["data"]["performerUpdate"]["image_path"].as_str().unwrap().contains("default"));
+}

@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use async_graphql::http::GraphiQLSource;
 use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
-use axum::extract::{Request, State};
+use axum::extract::{Path as UrlPath, Request, State};
+use axum::http::HeaderMap;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
@@ -100,6 +101,17 @@ pub(crate) struct Shared {
     pub plugins: Mutex<Vec<Plugin>>,
     pub hook_runs: Mutex<Vec<HookRun>>,
     pub hooks_skipped: Mutex<usize>,
+    pub images: Mutex<ImageRequests>,
+}
+
+/// How the image routes answered, for benchmarks and tests of what an
+/// edit costs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ImageRequests {
+    /// Answered with the image's bytes.
+    pub served: usize,
+    /// Answered `304 Not Modified` to a matching `If-None-Match`.
+    pub not_modified: usize,
 }
 
 /// A running Stash emulator. Dropping it stops the server.
@@ -138,6 +150,7 @@ impl StashEmulator {
             plugins: Mutex::new(Vec::new()),
             hook_runs: Mutex::new(Vec::new()),
             hooks_skipped: Mutex::new(0),
+            images: Mutex::new(ImageRequests::default()),
         });
         let app = router(Arc::clone(&shared));
         let task = tokio::spawn(async move {
@@ -206,6 +219,11 @@ impl StashEmulator {
     /// Every hook run so far, in order of start.
     pub fn hook_runs(&self) -> Vec<HookRun> {
         self.shared.hook_runs.lock().clone()
+    }
+
+    /// How image requests were answered so far.
+    pub fn image_requests(&self) -> ImageRequests {
+        *self.shared.images.lock()
     }
 
     pub fn clear_hook_runs(&self) {
@@ -313,6 +331,13 @@ impl StashEmulator {
         let fields: Vec<String> = input_fields.iter().map(|f| f.to_string()).collect();
         fire_hooks(&self.shared, &self.job_auth(), hook_type, id, input, &fields).await;
         self.shared.hook_runs.lock()[before..].to_vec()
+    }
+
+    /// The generate task makes a scene's cover after a scan: the cover
+    /// changes and `updated_at` moves, with no hook
+    /// (internal/manager/task_generate_screenshot.go).
+    pub fn generate_cover(&self, id: u64, cover: Vec<u8>) -> bool {
+        self.update_scene(id, |s| s.cover = Some(cover))
     }
 
     /// Auto-tag: tags whose name appears in the path are added; no hook.
@@ -448,9 +473,9 @@ fn router(shared: Arc<Shared>) -> Router {
                 }
             }),
         )
-        .route("/scene/{id}/screenshot", get(image))
-        .route("/performer/{id}/image", get(image))
-        .route("/studio/{id}/image", get(image))
+        .route("/scene/{id}/screenshot", get(scene_cover))
+        .route("/performer/{id}/image", get(performer_image))
+        .route("/studio/{id}/image", get(studio_image))
         .layer(middleware::from_fn_with_state(Arc::clone(&shared), auth_layer))
         .with_state(shared)
 }
@@ -478,8 +503,48 @@ async fn graphiql() -> Html<String> {
     Html(GraphiQLSource::build().endpoint("/graphql").finish())
 }
 
-async fn image() -> Response {
-    ([(header::CONTENT_TYPE, "image/png")], IMAGE_PNG).into_response()
+/// A scene's cover, or Stash's default SVG when it has none
+/// (internal/manager `ServeScreenshot`).
+async fn scene_cover(State(sh): State<Arc<Shared>>, UrlPath(id): UrlPath<String>, headers: HeaderMap) -> Response {
+    let cover = id.parse().ok().and_then(|id: u64| sh.state.lock().scenes.get(&id).map(|s| s.cover.clone()));
+    match cover {
+        Some(cover) => serve_image(&sh, &headers, cover.as_deref().unwrap_or(state::DEFAULT_COVER_SVG)),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// A performer's photo, or a default one (its URL says `default=true`).
+async fn performer_image(State(sh): State<Arc<Shared>>, UrlPath(id): UrlPath<String>, headers: HeaderMap) -> Response {
+    let image = id.parse().ok().and_then(|id: u64| sh.state.lock().performers.get(&id).map(|p| p.image.clone()));
+    match image {
+        Some(image) => serve_image(&sh, &headers, image.as_deref().unwrap_or(IMAGE_PNG)),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn studio_image(State(sh): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    serve_image(&sh, &headers, IMAGE_PNG)
+}
+
+/// pkg/utils `ServeImage`: the type sniffed from the bytes (SVG for
+/// text), an `ETag` computed from the bytes, and `304` to a matching
+/// `If-None-Match`.
+fn serve_image(sh: &Shared, headers: &HeaderMap, bytes: &[u8]) -> Response {
+    use sha2::Digest;
+    let digest: String = sha2::Sha256::digest(bytes)[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let etag = format!("\"{digest}\"");
+    let content_type = if bytes.starts_with(b"\x89PNG") { "image/png" } else { "image/svg+xml" };
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let mut counts = sh.images.lock();
+    if matches {
+        counts.not_modified += 1;
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+    }
+    counts.served += 1;
+    ([(header::CONTENT_TYPE, content_type.to_string()), (header::ETAG, etag)], bytes.to_vec()).into_response()
 }
 
 /// The `ApiKey` header or `apikey` query parameter.

@@ -183,6 +183,44 @@ pub struct FindScenesResultType {
 }
 
 #[derive(SimpleObject)]
+pub struct FindPerformersResultType {
+    pub count: i32,
+    pub performers: Vec<Performer>,
+}
+
+#[derive(SimpleObject)]
+pub struct FindStudiosResultType {
+    pub count: i32,
+    pub studios: Vec<Studio>,
+}
+
+#[derive(SimpleObject)]
+pub struct FindTagsResultType {
+    pub count: i32,
+    pub tags: Vec<Tag>,
+}
+
+/// The part of `PerformerFilterType`, `StudioFilterType` and
+/// `TagFilterType` this emulator knows: changes since a time.
+#[derive(InputObject, Default)]
+#[graphql(rename_fields = "snake_case", name = "PerformerFilterType")]
+pub struct PerformerFilterType {
+    pub updated_at: Option<TimestampCriterionInput>,
+}
+
+#[derive(InputObject, Default)]
+#[graphql(rename_fields = "snake_case", name = "StudioFilterType")]
+pub struct StudioFilterType {
+    pub updated_at: Option<TimestampCriterionInput>,
+}
+
+#[derive(InputObject, Default)]
+#[graphql(rename_fields = "snake_case", name = "TagFilterType")]
+pub struct TagFilterType {
+    pub updated_at: Option<TimestampCriterionInput>,
+}
+
+#[derive(SimpleObject)]
 #[graphql(rename_fields = "snake_case")]
 pub struct Version {
     pub version: Option<String>,
@@ -327,6 +365,8 @@ pub struct SceneUpdateInput {
     pub performer_ids: MaybeUndefined<Vec<ID>>,
     pub tag_ids: MaybeUndefined<Vec<ID>>,
     pub stash_ids: MaybeUndefined<Vec<StashIdInput>>,
+    /// A `data:` URL (base64) of the new cover.
+    pub cover_image: Option<String>,
 }
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq)]
@@ -539,7 +579,12 @@ fn performer_view(p: &StashPerformer, base: &url::Url) -> Performer {
         id: ID(p.id.to_string()),
         name: p.name.clone(),
         disambiguation: p.disambiguation.clone(),
-        image_path: Some(base.join(&format!("performer/{}/image", p.id)).expect("relative path joins").to_string()),
+        // internal/api/urlbuilders `GetPerformerImageURL`.
+        image_path: Some({
+            let default = if p.image.is_none() { "&default=true" } else { "" };
+            let path = format!("performer/{}/image?t={}{default}", p.id, unix_secs(&p.updated_at));
+            base.join(&path).expect("relative path joins").to_string()
+        }),
         updated_at: Time(p.updated_at.clone()),
     }
 }
@@ -622,6 +667,38 @@ fn sort_scenes(scenes: &mut [&StashScene], filter: &FindFilterType) -> Result<()
     Ok(())
 }
 
+/// Filters objects by `updated_at` (as text, like scenes), sorts them by it
+/// when asked, and cuts the page; returns the total count and the page.
+fn object_page<'a, T>(
+    all: impl Iterator<Item = (&'a str, &'a T)>,
+    since: Option<&TimestampCriterionInput>,
+    filter: &FindFilterType,
+    zone: &Zone,
+) -> Result<(i32, Vec<&'a T>)> {
+    let mut found = Vec::new();
+    for (at, object) in all {
+        if since.map(|c| time_matches(at, c, zone)).transpose()?.unwrap_or(true) {
+            found.push((at, object));
+        }
+    }
+    if filter.sort.as_deref() == Some("updated_at") {
+        found.sort_by(|a, b| a.0.cmp(b.0));
+    }
+    if filter.direction == Some(SortDirectionEnum::Desc) {
+        found.reverse();
+    }
+    let count = found.len() as i32;
+    let per_page = filter.per_page.unwrap_or(25);
+    let page = filter.page.unwrap_or(1).max(1) as usize;
+    let objects = found.into_iter().map(|(_, o)| o);
+    let page = if per_page < 0 {
+        objects.collect()
+    } else {
+        objects.skip((page - 1) * per_page as usize).take(per_page as usize).collect()
+    };
+    Ok((count, page))
+}
+
 pub struct QueryRoot;
 
 #[Object(rename_args = "snake_case")]
@@ -684,6 +761,50 @@ impl QueryRoot {
             filesize,
             scenes: page_scenes.into_iter().map(|s| scene_view(&state, s, &sh.base_url)).collect(),
         })
+    }
+
+    async fn find_performers(
+        &self,
+        ctx: &Context<'_>,
+        performer_filter: Option<PerformerFilterType>,
+        filter: Option<FindFilterType>,
+    ) -> Result<FindPerformersResultType> {
+        let sh = shared(ctx);
+        let state = sh.state.lock();
+        let since = performer_filter.and_then(|f| f.updated_at);
+        let all = state.performers.values().map(|p| (p.updated_at.as_str(), p));
+        let (count, page) = object_page(all, since.as_ref(), &filter.unwrap_or_default(), &state.zone)?;
+        let performers = page.into_iter().map(|p| performer_view(p, &sh.base_url)).collect();
+        Ok(FindPerformersResultType { count, performers })
+    }
+
+    async fn find_studios(
+        &self,
+        ctx: &Context<'_>,
+        studio_filter: Option<StudioFilterType>,
+        filter: Option<FindFilterType>,
+    ) -> Result<FindStudiosResultType> {
+        let sh = shared(ctx);
+        let state = sh.state.lock();
+        let since = studio_filter.and_then(|f| f.updated_at);
+        let all = state.studios.values().map(|s| (s.updated_at.as_str(), s));
+        let (count, page) = object_page(all, since.as_ref(), &filter.unwrap_or_default(), &state.zone)?;
+        let studios = page.into_iter().filter_map(|s| studio_view(&state, s.id, &sh.base_url, 0)).collect();
+        Ok(FindStudiosResultType { count, studios })
+    }
+
+    async fn find_tags(
+        &self,
+        ctx: &Context<'_>,
+        tag_filter: Option<TagFilterType>,
+        filter: Option<FindFilterType>,
+    ) -> Result<FindTagsResultType> {
+        let sh = shared(ctx);
+        let state = sh.state.lock();
+        let since = tag_filter.and_then(|f| f.updated_at);
+        let all = state.tags.values().map(|t| (t.updated_at.as_str(), t));
+        let (count, page) = object_page(all, since.as_ref(), &filter.unwrap_or_default(), &state.zone)?;
+        Ok(FindTagsResultType { count, tags: page.into_iter().map(tag_view).collect() })
     }
 
     async fn configuration(&self, ctx: &Context<'_>) -> ConfigResult {
@@ -770,6 +891,45 @@ pub struct SceneDestroyInput {
 pub struct PerformerUpdateInput {
     pub id: ID,
     pub name: Option<String>,
+    /// A `data:` URL (base64) or nothing; null removes the photo.
+    pub image: MaybeUndefined<String>,
+}
+
+/// `PerformerDestroyInput`, `StudioDestroyInput`, `TagDestroyInput`.
+#[derive(InputObject)]
+#[graphql(name = "PerformerDestroyInput")]
+pub struct PerformerDestroyInput {
+    pub id: ID,
+}
+
+#[derive(InputObject)]
+#[graphql(name = "StudioDestroyInput")]
+pub struct StudioDestroyInput {
+    pub id: ID,
+}
+
+#[derive(InputObject)]
+#[graphql(name = "TagDestroyInput")]
+pub struct TagDestroyInput {
+    pub id: ID,
+}
+
+#[derive(InputObject)]
+pub struct TagsMergeInput {
+    pub source: Vec<ID>,
+    pub destination: ID,
+}
+
+/// The bytes of a `data:<type>;base64,<data>` URL (what Stash's UI sends
+/// for an uploaded image).
+fn data_url(value: &str, field: &str) -> Result<Vec<u8>> {
+    use base64::Engine;
+    let data = value
+        .strip_prefix("data:")
+        .and_then(|v| v.split_once(";base64,"))
+        .map(|(_, d)| d)
+        .ok_or_else(|| format!("{field}: only data: URLs are supported by this emulator"))?;
+    base64::engine::general_purpose::STANDARD.decode(data).map_err(|e| format!("{field}: {e}").into())
 }
 
 #[derive(InputObject)]
@@ -800,6 +960,19 @@ async fn update_object(ctx: &Context<'_>, kind: ObjectKind, id: u64, name: Optio
     Ok(())
 }
 
+/// Deletes an object and fires `<Kind>.Destroy.Post` with the input.
+async fn destroy_object(ctx: &Context<'_>, kind: ObjectKind, id: &ID) -> Result<bool> {
+    let sh = shared(ctx);
+    let (fields, raw) = input_fields(ctx);
+    let what = kind.hook_prefix().to_lowercase();
+    let id = parse_id(id, &what)?;
+    if !sh.state.lock().destroy_object(kind, id) {
+        return Err(format!("{what} with id {id} not found").into());
+    }
+    fire_hooks(sh, request_auth(ctx), &format!("{}.Destroy.Post", kind.hook_prefix()), id, raw, &fields).await;
+    Ok(true)
+}
+
 /// Who sent the request (set by the auth layer).
 fn request_auth<'a>(ctx: &'a Context<'_>) -> &'a RequestAuth {
     static NOBODY: std::sync::OnceLock<RequestAuth> = std::sync::OnceLock::new();
@@ -817,6 +990,7 @@ impl MutationRoot {
         let performers = input.performer_ids.value().map(|p| ids_of(p, "performer")).transpose()?;
         let tags = input.tag_ids.value().map(|t| ids_of(t, "tag")).transpose()?;
         let studio = input.studio_id.value().map(|s| parse_id(s, "studio")).transpose()?;
+        let cover = input.cover_image.as_deref().map(|c| data_url(c, "cover_image")).transpose()?;
         {
             let mut state = sh.state.lock();
             if !state.scenes.contains_key(&id) {
@@ -851,6 +1025,9 @@ impl MutationRoot {
                 }
                 if let Some(ids) = input.stash_ids.value() {
                     s.stash_ids = ids.iter().map(|i| (i.endpoint.clone(), i.stash_id.clone())).collect();
+                }
+                if cover.is_some() {
+                    s.cover = cover;
                 }
             });
             state.mutations.push(MutationRecord {
@@ -952,6 +1129,12 @@ impl MutationRoot {
     /// and only `Performer.Update.Post` fires.
     async fn performer_update(&self, ctx: &Context<'_>, input: PerformerUpdateInput) -> Result<Option<Performer>> {
         let id = parse_id(&input.id, "performer")?;
+        let image = input.image.value().map(|i| data_url(i, "image")).transpose()?;
+        if !input.image.is_undefined() {
+            if let Some(p) = shared(ctx).state.lock().performers.get_mut(&id) {
+                p.image = image;
+            }
+        }
         update_object(ctx, ObjectKind::Performer, id, input.name.as_deref()).await?;
         let sh = shared(ctx);
         let state = sh.state.lock();
@@ -982,6 +1165,36 @@ impl MutationRoot {
         update_object(ctx, ObjectKind::Tag, id, input.name.as_deref()).await?;
         let state = shared(ctx).state.lock();
         Ok(state.tags.get(&id).map(tag_view))
+    }
+
+    /// Deletes a performer: gone from its scenes, whose `updated_at` stays;
+    /// `Performer.Destroy.Post` fires.
+    async fn performer_destroy(&self, ctx: &Context<'_>, input: PerformerDestroyInput) -> Result<bool> {
+        destroy_object(ctx, ObjectKind::Performer, &input.id).await
+    }
+
+    async fn studio_destroy(&self, ctx: &Context<'_>, input: StudioDestroyInput) -> Result<bool> {
+        destroy_object(ctx, ObjectKind::Studio, &input.id).await
+    }
+
+    async fn tag_destroy(&self, ctx: &Context<'_>, input: TagDestroyInput) -> Result<bool> {
+        destroy_object(ctx, ObjectKind::Tag, &input.id).await
+    }
+
+    /// Merges tags into the destination; one `Tag.Merge.Post` for the
+    /// destination with the whole input, no hook for the sources.
+    async fn tags_merge(&self, ctx: &Context<'_>, input: TagsMergeInput) -> Result<Option<Tag>> {
+        let sh = shared(ctx);
+        let (fields, raw) = input_fields(ctx);
+        let sources = ids_of(&input.source, "tag")?;
+        let destination = parse_id(&input.destination, "tag")?;
+        if sources.is_empty() {
+            return Ok(None);
+        }
+        sh.state.lock().merge_tags(&sources, destination)?;
+        fire_hooks(sh, request_auth(ctx), "Tag.Merge.Post", destination, raw, &fields).await;
+        let state = sh.state.lock();
+        Ok(state.tags.get(&destination).map(tag_view))
     }
 
     async fn scene_destroy(&self, ctx: &Context<'_>, input: SceneDestroyInput) -> Result<bool> {

@@ -46,6 +46,9 @@ pub struct StashScene {
     pub tags: Vec<u64>,
     /// (endpoint, stash_id) pairs from stash-box matches.
     pub stash_ids: Vec<(String, String)>,
+    /// The cover's bytes; `None` until a scan's screenshot is generated
+    /// (the screenshot URL then serves Stash's default SVG).
+    pub cover: Option<Vec<u8>>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -61,6 +64,8 @@ pub struct StashPerformer {
     pub id: u64,
     pub name: String,
     pub disambiguation: Option<String>,
+    /// The photo's bytes; `None` for Stash's default image.
+    pub image: Option<Vec<u8>>,
     pub updated_at: String,
 }
 
@@ -199,6 +204,7 @@ impl StashState {
             s.studio = scene.studio.map(|i| studio_ids[i]);
             s.performers = scene.performers.iter().map(|i| performer_ids[*i]).collect();
             s.tags = scene.tags.iter().map(|i| tag_ids[*i]).collect();
+            s.cover = Some(fixture_image(id));
             s.created_at = state.zone.format(start + chrono::Duration::minutes(i as i64));
             s.updated_at = s.created_at.clone();
         }
@@ -230,7 +236,10 @@ impl StashState {
     pub fn add_performer(&mut self, name: &str) -> u64 {
         let id = self.next();
         let updated_at = self.stamp();
-        self.performers.insert(id, StashPerformer { id, name: name.into(), disambiguation: None, updated_at });
+        self.performers.insert(
+            id,
+            StashPerformer { id, name: name.into(), disambiguation: None, image: Some(fixture_image(id)), updated_at },
+        );
         id
     }
 
@@ -296,10 +305,69 @@ impl StashState {
         true
     }
 
+    /// Deletes a performer, studio or tag. Stash's foreign keys drop it
+    /// from every scene (and a studio from its children) without touching
+    /// their `updated_at`. `false` when there is no such object.
+    pub fn destroy_object(&mut self, kind: ObjectKind, id: u64) -> bool {
+        let gone = match kind {
+            ObjectKind::Performer => self.performers.remove(&id).is_some(),
+            ObjectKind::Studio => self.studios.remove(&id).is_some(),
+            ObjectKind::Tag => self.tags.remove(&id).is_some(),
+        };
+        for scene in self.scenes.values_mut() {
+            match kind {
+                ObjectKind::Performer => scene.performers.retain(|p| *p != id),
+                ObjectKind::Studio if scene.studio == Some(id) => scene.studio = None,
+                ObjectKind::Studio => {}
+                ObjectKind::Tag => scene.tags.retain(|t| *t != id),
+            }
+        }
+        if kind == ObjectKind::Studio {
+            self.studios.values_mut().filter(|s| s.parent == Some(id)).for_each(|s| s.parent = None);
+        }
+        gone
+    }
+
+    /// `tagsMerge`: every scene with a source tag gets the destination
+    /// instead (once), the sources are deleted; no scene's `updated_at`
+    /// moves (pkg/sqlite `TagStore.Merge`).
+    pub fn merge_tags(&mut self, sources: &[u64], destination: u64) -> Result<(), String> {
+        if !self.tags.contains_key(&destination) {
+            return Err(format!("tag with id {destination} not found"));
+        }
+        if sources.contains(&destination) {
+            return Err("cannot merge where source == destination".into());
+        }
+        for scene in self.scenes.values_mut() {
+            if scene.tags.iter().any(|t| sources.contains(t)) {
+                scene.tags.retain(|t| !sources.contains(t));
+                if !scene.tags.contains(&destination) {
+                    scene.tags.push(destination);
+                }
+            }
+        }
+        for id in sources {
+            self.tags.remove(id);
+        }
+        Ok(())
+    }
+
     pub fn tag_by_name(&self, name: &str) -> Option<u64> {
         self.tags.values().find(|t| t.name.eq_ignore_ascii_case(name)).map(|t| t.id)
     }
 }
+
+/// A small PNG that differs per `seed` (the 1×1 PNG with the seed in a
+/// `tEXt` chunk-sized tail after `IEND`, which decoders ignore).
+pub fn fixture_image(seed: u64) -> Vec<u8> {
+    let mut bytes = crate::stash::IMAGE_PNG.to_vec();
+    bytes.extend_from_slice(&seed.to_be_bytes());
+    bytes
+}
+
+/// The default cover a scene without one is served: Stash's `scene.svg`.
+pub const DEFAULT_COVER_SVG: &[u8] =
+    b"<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 16 9\"><rect width=\"16\" height=\"9\"/></svg>";
 
 fn fnv(s: &str) -> u64 {
     s.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3))
