@@ -36,9 +36,22 @@ pub enum Confidence {
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub enum Match {
-    Found { rating_key: String, section: String, confidence: Confidence, reason: String },
-    Ambiguous { candidates: Vec<String>, reason: String },
-    NotFound { tried: Vec<String> },
+    /// The scene's item; `also` lists more items (ratingKey, section) when
+    /// the scene's files are separate items in Plex: each gets the metadata.
+    Found {
+        rating_key: String,
+        section: String,
+        confidence: Confidence,
+        reason: String,
+        also: Vec<(String, String)>,
+    },
+    Ambiguous {
+        candidates: Vec<String>,
+        reason: String,
+    },
+    NotFound {
+        tried: Vec<String>,
+    },
 }
 
 /// Normalizes a path for comparison: `\` → `/`, Unicode NFC, repeated
@@ -283,61 +296,103 @@ impl LibraryIndex {
         self.items.is_empty()
     }
 
-    /// Whether any of the item's files is one of the scene's (after mapping).
-    fn item_has_scene_file(&self, rk: &str, scene: &Scene, maps: &[PathMap]) -> bool {
+    /// Whether one of the item's files is `file` (after mapping).
+    fn item_holds(&self, rk: &str, file: &crate::stash::SceneFile, maps: &[PathMap]) -> bool {
         let Some(item) = self.items.get(rk) else { return false };
-        scene.files.iter().any(|f| {
-            let mapped = map_path(&f.path, maps, true);
-            item.files.iter().any(|(p, size)| {
-                normalize(p, true) == mapped
-                    || (file_name(&normalize(p, true)) == file_name(&mapped) && *size == Some(f.size))
-            })
+        let mapped = map_path(&file.path, maps, true);
+        item.files.iter().any(|(p, size)| {
+            normalize(p, true) == mapped
+                || (file_name(&normalize(p, true)) == file_name(&mapped) && *size == Some(file.size))
         })
     }
 
-    fn found(&self, rk: &str, confidence: Confidence, reason: String) -> Match {
-        let section = self.items.get(rk).map(|i| i.section.clone()).unwrap_or_default();
-        Match::Found { rating_key: rk.to_string(), section, confidence, reason }
+    /// `items` (the first is the main one) as a match.
+    fn found(&self, items: &[String], confidence: Confidence, reason: String) -> Match {
+        let with_section =
+            |rk: &String| (rk.clone(), self.items.get(rk).map(|i| i.section.clone()).unwrap_or_default());
+        let (rating_key, section) = with_section(&items[0]);
+        Match::Found { rating_key, section, confidence, reason, also: items[1..].iter().map(with_section).collect() }
     }
 
-    /// Finds the scene's item. `recorded` is the ratingKey we wrote to last time.
-    pub fn find(&self, scene: &Scene, recorded: Option<&str>, maps: &[PathMap]) -> Match {
+    /// Finds the scene's items. `recorded` are the ratingKeys we wrote to last time.
+    pub fn find(&self, scene: &Scene, recorded: &[String], maps: &[PathMap]) -> Match {
         self.explain(scene, recorded, maps).0
     }
 
-    /// Finds the scene's item and says how: one line per signal tried.
-    pub fn explain(&self, scene: &Scene, recorded: Option<&str>, maps: &[PathMap]) -> (Match, Vec<String>) {
+    /// Finds the scene's items and says how: one line per signal tried.
+    /// Each file is resolved on its own; a scene whose files are different
+    /// items matches all of them, and one file that could be several items
+    /// makes the whole scene ambiguous.
+    pub fn explain(&self, scene: &Scene, recorded: &[String], maps: &[PathMap]) -> (Match, Vec<String>) {
         let mut trace = Vec::new();
-        if let Some(rk) = recorded {
-            if self.item_has_scene_file(rk, scene, maps) {
-                trace.push(format!("recorded ratingKey {rk}: still holds the scene's file — match"));
-                return (self.found(rk, Confidence::High, format!("recorded ratingKey {rk}, same file")), trace);
+        if !recorded.is_empty() {
+            let keys = recorded.join(", ");
+            let holding: Vec<String> = recorded
+                .iter()
+                .filter(|rk| scene.files.iter().any(|f| self.item_holds(rk, f, maps)))
+                .cloned()
+                .collect();
+            let all_held = scene.files.iter().all(|f| holding.iter().any(|rk| self.item_holds(rk, f, maps)));
+            if all_held && !holding.is_empty() {
+                trace.push(format!("recorded ratingKey {keys}: still holds the scene's files — match"));
+                let reason = format!("recorded ratingKey {}, same files", holding.join(", "));
+                return (self.found(&holding, Confidence::High, reason), trace);
             }
-            trace.push(format!("recorded ratingKey {rk}: no longer holds the scene's file"));
+            trace.push(format!("recorded ratingKey {keys}: no longer holds every file of the scene"));
         }
         if let Some(rk) = scene.urls.iter().rev().find_map(|u| rating_key_in_url(u)) {
             if self.items.contains_key(&rk) {
                 trace.push(format!("Plex URL on the scene names {rk} — match"));
-                return (self.found(&rk, Confidence::High, format!("Plex URL on the scene names {rk}")), trace);
+                return (
+                    self.found(
+                        std::slice::from_ref(&rk),
+                        Confidence::High,
+                        format!("Plex URL on the scene names {rk}"),
+                    ),
+                    trace,
+                );
             }
             trace.push(format!("Plex URL on the scene names {rk}, which is not in the library"));
         }
-        let mut candidates: Vec<(String, Confidence, String)> = Vec::new();
-        for file in &scene.files {
-            let found = self.file_candidates(file, maps, &mut trace);
-            candidates.extend(found);
-        }
+        let per_file: Vec<_> = scene.files.iter().map(|f| (f, self.file_candidates(f, maps, &mut trace))).collect();
         // Only the strongest signal counts: a weaker one never outvotes it.
-        let best = candidates.iter().map(|c| c.1).max();
-        candidates.retain(|c| Some(c.1) == best);
-        candidates.sort_by(|a, b| a.0.cmp(&b.0));
-        candidates.dedup_by(|a, b| a.0 == b.0);
-        let decision = match candidates.as_slice() {
-            [] => Match::NotFound { tried: trace.clone() },
-            [(rk, confidence, reason)] => self.found(rk, *confidence, reason.clone()),
-            many => self.break_tie(scene, many),
+        let best = per_file.iter().flat_map(|(_, c)| c).map(|c| c.1).max();
+        let mut chosen: Vec<(String, Confidence, String)> = Vec::new();
+        let mut ambiguous = None;
+        for (file, mut candidates) in per_file {
+            candidates.retain(|c| Some(c.1) == best);
+            candidates.sort_by(|a, b| a.0.cmp(&b.0));
+            candidates.dedup_by(|a, b| a.0 == b.0);
+            match candidates.as_slice() {
+                [] => {}
+                [one] => chosen.push(one.clone()),
+                many => match self.break_tie(file, many) {
+                    Some(one) => chosen.push(one),
+                    None => ambiguous = Some(many.iter().map(|(rk, _, _)| rk.clone()).collect::<Vec<_>>()),
+                },
+            }
+        }
+        chosen.sort_by(|a, b| a.0.cmp(&b.0));
+        chosen.dedup_by(|a, b| a.0 == b.0);
+        let decision = match (ambiguous, chosen.as_slice()) {
+            (Some(candidates), _) => Match::Ambiguous {
+                reason: format!("{} Plex items could hold one of the scene's files", candidates.len()),
+                candidates,
+            },
+            (None, []) => Match::NotFound { tried: trace.clone() },
+            (None, [(rk, confidence, reason)]) => self.found(std::slice::from_ref(rk), *confidence, reason.clone()),
+            (None, many) => {
+                let keys: Vec<String> = many.iter().map(|c| c.0.clone()).collect();
+                let confidence = many.iter().map(|c| c.1).min().expect("several");
+                let reasons: Vec<&str> = many.iter().map(|c| c.2.as_str()).collect();
+                self.found(&keys, confidence, format!("one item per file: {}", reasons.join("; ")))
+            }
         };
         trace.push(match &decision {
+            Match::Found { rating_key, confidence, reason, also, .. } if !also.is_empty() => {
+                let more: Vec<&str> = also.iter().map(|(rk, _)| rk.as_str()).collect();
+                format!("decision: items {rating_key}, {} ({confidence:?} confidence: {reason})", more.join(", "))
+            }
             Match::Found { rating_key, confidence, reason, .. } => {
                 format!("decision: item {rating_key} ({confidence:?} confidence: {reason})")
             }
@@ -404,23 +459,21 @@ impl LibraryIndex {
         }
     }
 
-    /// Several candidates: the scene's duration may single one out (within
-    /// 2 s); otherwise the scene is ambiguous.
-    fn break_tie(&self, scene: &Scene, many: &[(String, Confidence, String)]) -> Match {
+    /// Several candidates for one file: its duration may single one out
+    /// (within 2 s); otherwise the file is ambiguous.
+    fn break_tie(
+        &self,
+        file: &crate::stash::SceneFile,
+        many: &[(String, Confidence, String)],
+    ) -> Option<(String, Confidence, String)> {
         let close = |rk: &str| {
-            self.items.get(rk).is_some_and(|item| {
-                item.durations
-                    .iter()
-                    .any(|d| scene.files.iter().any(|f| (f.duration - *d as f64 / 1000.0).abs() <= 2.0))
-            })
+            self.items
+                .get(rk)
+                .is_some_and(|item| item.durations.iter().any(|d| (file.duration - *d as f64 / 1000.0).abs() <= 2.0))
         };
-        let by_duration: Vec<&(String, Confidence, String)> = many.iter().filter(|c| close(&c.0)).collect();
-        if let [(rk, _, reason)] = by_duration.as_slice() {
-            return self.found(rk, Confidence::Low, format!("{reason}; duration breaks a tie"));
-        }
-        Match::Ambiguous {
-            candidates: many.iter().map(|(rk, _, _)| rk.clone()).collect(),
-            reason: format!("{} Plex items could hold the scene's files", many.len()),
+        match many.iter().filter(|c| close(&c.0)).collect::<Vec<_>>().as_slice() {
+            [(rk, _, reason)] => Some((rk.clone(), Confidence::Low, format!("{reason}; duration breaks a tie"))),
+            _ => None,
         }
     }
 
@@ -532,7 +585,7 @@ mod tests {
         let rows: Vec<String> = rows.into_iter().map(|(_, r)| r).collect();
         let hour = std::time::Duration::from_secs(3600);
         let back = LibraryIndex::restore("http://plex/|", &meta, rows.clone(), hour).unwrap();
-        assert!(matches!(back.find(&scene("/data/a/x.mp4", 5), None, &maps()), Match::Found { .. }));
+        assert!(matches!(back.find(&scene("/data/a/x.mp4", 5), &[], &maps()), Match::Found { .. }));
         assert!(LibraryIndex::restore("http://other/|", &meta, rows.clone(), hour).is_none(), "other server");
         let old = meta.replace("\"built_at_ms\":", "\"built_at_ms\":0,\"x\":");
         assert!(LibraryIndex::restore("http://plex/|", &old, rows, hour).is_none(), "too old");
@@ -547,23 +600,25 @@ mod tests {
         index.insert("1", &item("13", "/media/d/Y.MP4", 9));
         let m = maps();
         assert!(
-            matches!(index.find(&scene("/data/a/x.mp4", 5), None, &m), Match::Found { ref rating_key, confidence: Confidence::High, .. } if rating_key == "10")
+            matches!(index.find(&scene("/data/a/x.mp4", 5), &[], &m), Match::Found { ref rating_key, confidence: Confidence::High, .. } if rating_key == "10")
         );
         assert!(
-            matches!(index.find(&scene("/data/b/dup.mp4", 7), None, &m), Match::Found { ref rating_key, .. } if rating_key == "11")
+            matches!(index.find(&scene("/data/b/dup.mp4", 7), &[], &m), Match::Found { ref rating_key, .. } if rating_key == "11")
         );
-        assert!(matches!(index.find(&scene("/elsewhere/dup.mp4", 7), None, &m), Match::Ambiguous { .. }));
+        assert!(matches!(index.find(&scene("/elsewhere/dup.mp4", 7), &[], &m), Match::Ambiguous { .. }));
         assert!(matches!(
-            index.find(&scene("/data/d/y.mp4", 9), None, &m),
+            index.find(&scene("/data/d/y.mp4", 9), &[], &m),
             Match::Found { confidence: Confidence::Medium, .. }
         ));
-        assert!(matches!(index.find(&scene("/data/zzz.mp4", 1), None, &m), Match::NotFound { .. }));
+        assert!(matches!(index.find(&scene("/data/zzz.mp4", 1), &[], &m), Match::NotFound { .. }));
         // A recorded key that still holds the file wins; a stale one is reported and skipped.
         assert!(
-            matches!(index.find(&scene("/data/a/x.mp4", 5), Some("10"), &m), Match::Found { ref reason, .. } if reason.contains("recorded"))
+            matches!(index.find(&scene("/data/a/x.mp4", 5), &["10".to_string()], &m), Match::Found { ref reason, .. } if reason.contains("recorded"))
         );
         let mut s = scene("/data/a/x.mp4", 5);
         s.urls = vec!["plex/library/metadata/13".into()];
-        assert!(matches!(index.find(&s, Some("12"), &m), Match::Found { ref rating_key, .. } if rating_key == "13"));
+        assert!(
+            matches!(index.find(&s, &["12".to_string()], &m), Match::Found { ref rating_key, .. } if rating_key == "13")
+        );
     }
 }

@@ -125,13 +125,17 @@ fn data_dir(conn: &ServerConnection) -> PathBuf {
 }
 
 /// Hooks this plugin handles (the manifest's `triggeredBy`).
-pub const HOOKS: [&str; 6] = [
+pub const HOOKS: [&str; 10] = [
     "Scene.Create.Post",
     "Scene.Update.Post",
     "Scene.Destroy.Post",
     "Performer.Update.Post",
+    "Performer.Destroy.Post",
     "Studio.Update.Post",
+    "Studio.Destroy.Post",
     "Tag.Update.Post",
+    "Tag.Destroy.Post",
+    "Tag.Merge.Post",
 ];
 
 /// Where the newest session cookie a hook brought waits for the worker.
@@ -162,10 +166,16 @@ async fn handle_hook(input: &PluginInput, hook: &HookContext) -> Result<Value, S
     }
     let message = match related {
         Some(kind) => {
-            // Which scenes show it is the worker's question: one row here.
-            let work = Work::Related(crate::stash::Related { kind, id: id.clone() });
-            worker::request(&queue, &work).map_err(|e| e.to_string())?;
-            format!("scenes showing {what} {id} queued for Plex")
+            // Which scenes show it is the worker's question: one row here
+            // per object. A merge names the merged-away tags only in its
+            // input: Stash forgets them, our records still know their scenes.
+            let mut ids = vec![id.clone()];
+            ids.extend(merged_sources(hook));
+            for id in &ids {
+                let work = Work::Related(crate::stash::Related { kind, id: id.clone() });
+                worker::request(&queue, &work).map_err(|e| e.to_string())?;
+            }
+            format!("scenes showing {what} {} queued for Plex", ids.join(", "))
         }
         None => {
             queue.enqueue(&id, Reason::Hook).map_err(|e| format!("cannot queue scene {id}: {e}"))?;
@@ -175,6 +185,22 @@ async fn handle_hook(input: &PluginInput, hook: &HookContext) -> Result<Value, S
     hand_session(&queue, conn);
     ensure_worker(&dir, conn)?;
     Ok(json!(message))
+}
+
+/// The `source` ids of a `Tag.Merge.Post` input (`TagsMergeInput`).
+fn merged_sources(hook: &HookContext) -> Vec<String> {
+    if !hook.hook_type.ends_with(".Merge.Post") {
+        return Vec::new();
+    }
+    let sources = hook.input.get("source").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    sources
+        .iter()
+        .filter_map(|v| match v {
+            Value::String(s) if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()) => Some(s.clone()),
+            Value::Number(n) => n.as_u64().map(|n| n.to_string()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Leaves the session cookie Stash just gave us for a running worker,

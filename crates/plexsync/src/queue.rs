@@ -39,15 +39,23 @@ CREATE TABLE IF NOT EXISTS queue (
     last_error   TEXT
 );
 CREATE INDEX IF NOT EXISTS queue_due ON queue(state, next_due);
-CREATE TABLE IF NOT EXISTS synced (
-    scene_id          TEXT PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS synced_items (
+    scene_id          TEXT NOT NULL,
     plex_server       TEXT NOT NULL,
     rating_key        TEXT NOT NULL,
     section           TEXT NOT NULL,
     field_hashes      TEXT NOT NULL,
     stash_updated_at  TEXT NOT NULL,
-    synced_at         INTEGER NOT NULL
+    synced_at         INTEGER NOT NULL,
+    PRIMARY KEY (scene_id, rating_key)
 );
+CREATE TABLE IF NOT EXISTS shows (
+    kind       TEXT NOT NULL,
+    object_id  TEXT NOT NULL,
+    scene_id   TEXT NOT NULL,
+    PRIMARY KEY (kind, object_id, scene_id)
+);
+CREATE INDEX IF NOT EXISTS shows_by_scene ON shows (scene_id);
 CREATE TABLE IF NOT EXISTS plex_index (
     rating_key TEXT PRIMARY KEY,
     item       TEXT NOT NULL
@@ -66,6 +74,26 @@ CREATE TABLE IF NOT EXISTS kv (
     value TEXT NOT NULL
 );
 ";
+
+/// Brings a queue written by an older version up to date: the one-item
+/// `synced` table becomes `synced_items` (a scene may be several items).
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let old: bool = conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'synced')",
+        [],
+        |r| r.get(0),
+    )?;
+    if old {
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             INSERT OR IGNORE INTO synced_items
+                SELECT scene_id, plex_server, rating_key, section, field_hashes, stash_updated_at, synced_at FROM synced;
+             DROP TABLE synced;
+             COMMIT;",
+        )?;
+    }
+    Ok(())
+}
 
 /// Marks a scene dirty (`?1` id, `?2` reason, `?3` now): a new row, or the
 /// waiting row's generation bumped and made due now; a dead row comes back
@@ -160,6 +188,7 @@ impl Queue {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         Ok(Self { conn, path: path.to_path_buf() })
     }
 
@@ -298,7 +327,7 @@ impl Queue {
             due_now: count("SELECT COUNT(*) FROM queue WHERE state = 'pending' AND next_due <= ?1")?,
             leased: count("SELECT COUNT(*) FROM queue WHERE lease_until >= ?1")?,
             dead: count("SELECT COUNT(*) FROM queue WHERE state = 'dead' AND ?1 = ?1")?,
-            synced: count("SELECT COUNT(*) FROM synced WHERE ?1 = ?1")?,
+            synced: count("SELECT COUNT(DISTINCT scene_id) FROM synced_items WHERE ?1 = ?1")?,
             by_class,
             next_due_in_secs: next.map(|n| ((n - now).max(0)) / 1000),
             requests: count("SELECT COUNT(*) FROM work WHERE ?1 = ?1")?,
@@ -351,7 +380,7 @@ impl Queue {
     /// Forgets the stored hashes of a scene, so its next delivery writes
     /// every field again (reconcile found Plex different).
     pub fn reset_hashes(&self, scene_id: &str) -> rusqlite::Result<()> {
-        self.conn.execute("UPDATE synced SET field_hashes = '{}' WHERE scene_id = ?1", params![scene_id])?;
+        self.conn.execute("UPDATE synced_items SET field_hashes = '{}' WHERE scene_id = ?1", params![scene_id])?;
         Ok(())
     }
 
@@ -360,32 +389,38 @@ impl Queue {
         self.conn.execute("DELETE FROM queue", [])
     }
 
+    /// The scene's record for its first Plex item (most scenes have one).
     pub fn record(&self, scene_id: &str) -> rusqlite::Result<Option<SyncRecord>> {
-        self.conn
-            .query_row(
-                "SELECT plex_server, rating_key, section, field_hashes, stash_updated_at, synced_at FROM synced WHERE scene_id = ?1",
-                params![scene_id],
-                |r| {
-                    let hashes: String = r.get(3)?;
-                    Ok(SyncRecord {
-                        plex_server: r.get(0)?,
-                        rating_key: r.get(1)?,
-                        section: r.get(2)?,
-                        field_hashes: serde_json::from_str(&hashes).unwrap_or_default(),
-                        stash_updated_at: r.get(4)?,
-                        synced_at: r.get(5)?,
-                    })
-                },
-            )
-            .optional()
+        Ok(self.records(scene_id)?.into_iter().next())
     }
 
+    /// What was last written to each of the scene's Plex items.
+    pub fn records(&self, scene_id: &str) -> rusqlite::Result<Vec<SyncRecord>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT plex_server, rating_key, section, field_hashes, stash_updated_at, synced_at FROM synced_items
+             WHERE scene_id = ?1 ORDER BY rowid",
+        )?;
+        let rows = stmt.query_map(params![scene_id], |r| {
+            let hashes: String = r.get(3)?;
+            Ok(SyncRecord {
+                plex_server: r.get(0)?,
+                rating_key: r.get(1)?,
+                section: r.get(2)?,
+                field_hashes: serde_json::from_str(&hashes).unwrap_or_default(),
+                stash_updated_at: r.get(4)?,
+                synced_at: r.get(5)?,
+            })
+        })?;
+        rows.collect()
+    }
+
+    /// Stores what was written to one of the scene's items.
     pub fn save_record(&self, scene_id: &str, rec: &SyncRecord) -> rusqlite::Result<()> {
         let hashes = serde_json::to_string(&rec.field_hashes).expect("string map serializes");
         self.conn.execute(
-            "INSERT INTO synced (scene_id, plex_server, rating_key, section, field_hashes, stash_updated_at, synced_at)
+            "INSERT INTO synced_items (scene_id, plex_server, rating_key, section, field_hashes, stash_updated_at, synced_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT(scene_id) DO UPDATE SET plex_server = excluded.plex_server, rating_key = excluded.rating_key,
+             ON CONFLICT(scene_id, rating_key) DO UPDATE SET plex_server = excluded.plex_server,
                 section = excluded.section, field_hashes = excluded.field_hashes,
                 stash_updated_at = excluded.stash_updated_at, synced_at = excluded.synced_at",
             params![
@@ -401,9 +436,44 @@ impl Queue {
         Ok(())
     }
 
+    /// Drops the records of the scene's items other than `keep` (the scene
+    /// is no longer in them).
+    pub fn keep_records(&self, scene_id: &str, keep: &[String]) -> rusqlite::Result<()> {
+        let keep = serde_json::to_string(keep).expect("strings serialize");
+        self.conn.execute(
+            "DELETE FROM synced_items WHERE scene_id = ?1 AND rating_key NOT IN (SELECT value FROM json_each(?2))",
+            params![scene_id, keep],
+        )?;
+        Ok(())
+    }
+
+    /// Remembers which performers, studios and tags the scene showed when
+    /// it was delivered: when one is deleted or merged away, Stash can no
+    /// longer say which scenes had it.
+    pub fn save_shows(&self, scene_id: &str, objects: &[(&str, String)]) -> rusqlite::Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute("DELETE FROM shows WHERE scene_id = ?1", params![scene_id])?;
+        {
+            let mut stmt =
+                tx.prepare_cached("INSERT OR IGNORE INTO shows (kind, object_id, scene_id) VALUES (?1, ?2, ?3)")?;
+            for (kind, id) in objects {
+                stmt.execute(params![kind, id, scene_id])?;
+            }
+        }
+        tx.commit()
+    }
+
+    /// Scenes that showed the object when last delivered.
+    pub fn scenes_recorded_showing(&self, kind: &str, object_id: &str) -> rusqlite::Result<Vec<String>> {
+        let mut stmt = self.conn.prepare_cached("SELECT scene_id FROM shows WHERE kind = ?1 AND object_id = ?2")?;
+        let rows = stmt.query_map(params![kind, object_id], |r| r.get(0))?;
+        rows.collect()
+    }
+
     pub fn forget(&self, scene_id: &str) -> rusqlite::Result<()> {
-        self.conn.execute("DELETE FROM synced WHERE scene_id = ?1", params![scene_id])?;
+        self.conn.execute("DELETE FROM synced_items WHERE scene_id = ?1", params![scene_id])?;
         self.conn.execute("DELETE FROM seen WHERE scene_id = ?1", params![scene_id])?;
+        self.conn.execute("DELETE FROM shows WHERE scene_id = ?1", params![scene_id])?;
         Ok(())
     }
 

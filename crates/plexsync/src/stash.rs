@@ -109,7 +109,7 @@ pub const SCENE_FRAGMENT: &str = "fragment SceneData on Scene {
   id title code details director urls date rating100 organized created_at updated_at
   files { path basename size duration fingerprints { type value } }
   paths { screenshot }
-  studio { id name parent_studio { name } }
+  studio { id name parent_studio { id name } }
   performers { id name disambiguation image_path }
   tags { id name }
   stash_ids { endpoint stash_id }
@@ -134,6 +134,7 @@ pub struct Named {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(default)]
 pub struct ParentStudio {
+    pub id: String,
     pub name: String,
 }
 
@@ -520,25 +521,31 @@ impl StashClient {
     /// Only the URL's path and query are used, on the configured Stash
     /// origin: Stash may name itself by another host (an external URL, a
     /// proxy), and our credentials must never go anywhere but Stash.
-    pub async fn image(&self, url: &str, max_bytes: usize) -> Result<Vec<u8>, Error> {
+    /// Fetches an image from Stash; with the `ETag` of the copy we have, a
+    /// `304` answers that it is unchanged without sending it again.
+    pub async fn image(&self, url: &str, max_bytes: usize, etag: Option<&str>) -> Result<Image, Error> {
         let given = Url::parse(url).map_err(|e| Error::new(ErrorClass::BadData, format!("image URL {url:?}: {e}")))?;
         let mut url = self.origin.join(given.path()).expect("absolute path joins");
         url.set_query(given.query());
-        let response = self
-            .authed(self.http.get(url))
-            .send()
-            .await
-            .map_err(|e| Error::transport(Server::Stash, "fetch image", e))?;
+        let mut request = self.authed(self.http.get(url));
+        if let Some(etag) = etag {
+            request = request.header(reqwest::header::IF_NONE_MATCH, etag);
+        }
+        let response = request.send().await.map_err(|e| Error::transport(Server::Stash, "fetch image", e))?;
         self.follow_set_cookie(&response);
+        if response.status() == reqwest::StatusCode::NOT_MODIFIED {
+            return Ok(Image::NotModified);
+        }
         if !response.status().is_success() {
             return Err(Error::status(Server::Stash, "fetch image", response.status().as_u16(), None));
         }
-        let content_type = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
+        let header = |name| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let content_type = header(reqwest::header::CONTENT_TYPE).unwrap_or_default();
+        let etag = header(reqwest::header::ETAG);
+        if content_type.starts_with("image/svg") {
+            // Stash's stand-in for a scene without a cover (scene.svg).
+            return Ok(Image::Placeholder);
+        }
         if !content_type.starts_with("image/") {
             return Err(Error::new(ErrorClass::BadData, format!("image is {content_type:?}, not an image")));
         }
@@ -549,8 +556,22 @@ impl StashClient {
         if bytes.len() > max_bytes {
             return Err(Error::new(ErrorClass::BadData, format!("image larger than {max_bytes} bytes")));
         }
-        Ok(bytes.to_vec())
+        Ok(Image::Fetched { bytes: bytes.to_vec(), etag })
     }
+}
+
+/// What a (conditional) image request found.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Image {
+    /// `304 Not Modified`: the image the `ETag` names.
+    NotModified,
+    /// Stash's stand-in SVG: the scene has no cover yet (a scan's cover is
+    /// generated later), so there is nothing to copy.
+    Placeholder,
+    Fetched {
+        bytes: Vec<u8>,
+        etag: Option<String>,
+    },
 }
 
 /// Whether a time Stash returned is later than `since` (compared as

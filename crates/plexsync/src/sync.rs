@@ -12,7 +12,7 @@ use crate::legacy;
 use crate::matching::{rating_key_in_url, LibraryIndex, Match};
 use crate::plex::{ImageKind, PlexClient, PlexItem};
 use crate::queue::{now_ms, Queue, SyncRecord};
-use crate::stash::{Scene, StashClient};
+use crate::stash::{Image, Scene, StashClient};
 use sha2::{Digest, Sha256};
 
 /// Largest image we copy from Stash to Plex.
@@ -254,7 +254,7 @@ impl Pipeline {
     /// Finds the scene's item. On a miss, first fetches what Plex added or
     /// changed since the index was read (cheap), and re-reads the whole
     /// index only when it is older than [`INDEX_MAX_AGE_ON_MISS`].
-    pub async fn find(&mut self, scene: &Scene, recorded: Option<&str>) -> Result<Match, Error> {
+    pub async fn find(&mut self, scene: &Scene, recorded: &[String]) -> Result<Match, Error> {
         self.ensure_index(None).await?;
         let maps = self.settings.path_maps.clone();
         let found = self.index.as_ref().expect("index ensured").find(scene, recorded, &maps);
@@ -298,9 +298,12 @@ impl Pipeline {
 
     async fn push(&mut self, queue: &Queue, scene: &Scene, attempts: i64) -> Result<Outcome, Error> {
         self.plex()?;
-        let record = queue.record(&scene.id).map_err(db)?;
-        let (rk, section) = match self.find(scene, record.as_ref().map(|r| r.rating_key.as_str())).await? {
-            Match::Found { rating_key, section, .. } => (rating_key, section),
+        let records = queue.records(&scene.id).map_err(db)?;
+        let recorded: Vec<String> = records.iter().map(|r| r.rating_key.clone()).collect();
+        let targets = match self.find(scene, &recorded).await? {
+            Match::Found { rating_key, section, also, .. } => {
+                std::iter::once((rating_key, section)).chain(also).collect::<Vec<_>>()
+            }
             Match::Ambiguous { candidates, reason } => {
                 return Err(Error::new(
                     ErrorClass::Ambiguous,
@@ -317,10 +320,6 @@ impl Pipeline {
                 return Err(Error::new(ErrorClass::NotInPlex, format!("not in Plex yet ({})", tried.join("; "))));
             }
         };
-        let Some(item) = self.plex()?.item(&rk).await? else {
-            self.drop_index();
-            return Err(Error::new(ErrorClass::NotInPlex, format!("Plex item {rk} disappeared")));
-        };
         let mut report = desired::Report::default();
         let wanted = desired::desired(scene, &self.settings, &mut report);
         for w in &report.dropped {
@@ -331,54 +330,99 @@ impl Pipeline {
         }
         self.stats.warnings += report.dropped.len();
 
-        let previous = record.filter(|r| r.rating_key == rk).map(|r| r.field_hashes).unwrap_or_default();
-        let changes: Vec<&Desired> = wanted
-            .iter()
-            .filter(|d| previous.get(d.field.name()) != Some(&d.hash()))
-            .filter(|d| !self.settings.preserve_plex_edits || desired::plex_is_empty(d, &item))
-            .collect();
+        let mut images = Images::default();
+        let (mut fields, mut wrote) = (0, false);
+        for (rk, section) in &targets {
+            let previous = records.iter().find(|r| &r.rating_key == rk).map(|r| r.field_hashes.clone());
+            let item = Target { rating_key: rk, section, previous: previous.unwrap_or_default() };
+            let (n, any) = self.push_item(queue, scene, &wanted, item, &mut images).await?;
+            fields += n;
+            wrote |= any;
+        }
+        let keys: Vec<String> = targets.iter().map(|(rk, _)| rk.clone()).collect();
+        queue.keep_records(&scene.id, &keys).map_err(db)?;
+        queue.save_shows(&scene.id, &shown_objects(scene)).map_err(db)?;
+        if wrote {
+            Ok(Outcome::Synced { rating_key: keys.join(","), fields })
+        } else {
+            Ok(Outcome::Unchanged)
+        }
+    }
+
+    /// Delivers the scene to one of its items: only the fields whose value
+    /// changed since the last write there, reading the item first only when
+    /// the edit depends on what Plex holds (a tag to remove that we did not
+    /// write, `preservePlexEdits`). Returns (fields written, anything sent).
+    async fn push_item(
+        &mut self,
+        queue: &Queue,
+        scene: &Scene,
+        wanted: &[Desired],
+        target: Target<'_>,
+        images: &mut Images,
+    ) -> Result<(usize, bool), Error> {
+        let Target { rating_key: rk, section, previous } = target;
+        let changes: Vec<&Desired> =
+            wanted.iter().filter(|d| previous.get(d.field.name()) != Some(&d.hash())).collect();
         let released: Vec<Field> =
             previous.keys().filter_map(|name| Field::parse(name)).filter(|f| !self.settings.owns(*f)).collect();
-
-        let (images, unchanged_images) = self.fetch_images(&changes, &previous, scene).await?;
+        let needs_item = self.settings.preserve_plex_edits || changes.iter().any(|d| may_remove_tags(d, &previous));
+        let item = match needs_item {
+            true => self.read_item(rk).await?,
+            false => PlexItem::default(),
+        };
         let changes: Vec<&Desired> = changes
             .into_iter()
-            .filter(|d| !matches!(d.value, desired::Value::Image(Some(_))) || images.contains_key(&d.field))
+            .filter(|d| !self.settings.preserve_plex_edits || desired::plex_is_empty(d, &item))
             .collect();
-        let plan = Plan { changes: &changes, released: &released, images: &images };
-        let mut written = self.write(&section, &rk, &plan, &item, scene).await?;
+        let checked = self.check_images(&changes, &previous, scene, images).await?;
+        let changes: Vec<&Desired> = changes
+            .into_iter()
+            .filter(|d| !matches!(d.value, desired::Value::Image(Some(_))) || checked.upload.contains_key(&d.field))
+            .collect();
+        let plan = Plan { changes: &changes, released: &released, images: &checked.upload };
+        let mut written = match self.write(section, rk, &plan, &item, scene).await {
+            Err(e) if e.class == ErrorClass::NotInPlex => return Err(self.item_gone(rk)),
+            other => other?,
+        };
         let mut hashes = previous;
         hashes.retain(|name, _| {
-            Field::parse(name.trim_end_matches(CONTENT_SUFFIX)).is_some_and(|f| self.settings.owns(f))
+            Field::parse(name.split('.').next().unwrap_or(name)).is_some_and(|f| self.settings.owns(f))
         });
         for d in &changes {
             if let Some(hash) = written.remove(&d.field) {
                 hashes.insert(d.field.name().to_string(), hash);
+                if let desired::Value::Tags(_, list) = &d.value {
+                    hashes.insert(format!("{}{NAMES_SUFFIX}", d.field.name()), tag_names(list));
+                }
             }
         }
-        hashes.extend(unchanged_images);
-        for (field, image) in &images {
-            hashes.insert(format!("{}{CONTENT_SUFFIX}", field.name()), image.content.clone());
+        hashes.extend(checked.record);
+        let record = SyncRecord {
+            plex_server: self.settings.plex_url.as_ref().map(|u| u.to_string()).unwrap_or_default(),
+            rating_key: rk.to_string(),
+            section: section.to_string(),
+            field_hashes: hashes,
+            stash_updated_at: scene.updated_at.clone(),
+            synced_at: now_ms(),
+        };
+        queue.save_record(&scene.id, &record).map_err(db)?;
+        Ok((changes.len(), !changes.is_empty() || !released.is_empty()))
+    }
+
+    /// `GET` of the item, when an edit depends on what it holds.
+    async fn read_item(&mut self, rk: &str) -> Result<PlexItem, Error> {
+        match self.plex()?.item(rk).await? {
+            Some(item) => Ok(item),
+            None => Err(self.item_gone(rk)),
         }
-        let fields = changes.len();
-        queue
-            .save_record(
-                &scene.id,
-                &SyncRecord {
-                    plex_server: self.settings.plex_url.as_ref().map(|u| u.to_string()).unwrap_or_default(),
-                    rating_key: rk.clone(),
-                    section,
-                    field_hashes: hashes,
-                    stash_updated_at: scene.updated_at.clone(),
-                    synced_at: now_ms(),
-                },
-            )
-            .map_err(db)?;
-        if fields == 0 && released.is_empty() {
-            Ok(Outcome::Unchanged)
-        } else {
-            Ok(Outcome::Synced { rating_key: rk, fields })
-        }
+    }
+
+    /// The item left Plex (deleted, or re-added under another key): the
+    /// index is read again at the next try.
+    fn item_gone(&mut self, rk: &str) -> Error {
+        self.drop_index();
+        Error::new(ErrorClass::NotInPlex, format!("Plex item {rk} disappeared"))
     }
 
     /// Writes `changes` in one edit (falling back to one edit per field when
@@ -431,44 +475,116 @@ impl Pipeline {
         Ok(written)
     }
 
-    /// Downloads the images whose Stash URL changed and keeps those whose
-    /// content differs from what was last uploaded. Stash's image URLs carry
-    /// `?t=<updated_at>`, so any save of the scene changes them; the content
-    /// decides. An image whose content is unchanged is recorded under its
-    /// new URL (the second list: record key, hash) and costs no upload.
-    async fn fetch_images(
+    /// Decides, for each image whose Stash URL changed (Stash's image URLs
+    /// carry `?t=<updated_at>`, so every save of the scene changes them),
+    /// whether its content is new to the item. The request carries the
+    /// `ETag` we saw last, so an unchanged image costs a `304` and no
+    /// download; content is compared by hash when Stash sends the image
+    /// anyway. Stash's stand-in for a missing cover is never copied.
+    async fn check_images(
         &mut self,
         changes: &[&Desired],
         previous: &std::collections::BTreeMap<String, String>,
         scene: &Scene,
-    ) -> Result<(std::collections::HashMap<Field, Fetched>, Vec<(String, String)>), Error> {
-        let mut fetched = std::collections::HashMap::new();
-        let mut unchanged = Vec::new();
+        images: &mut Images,
+    ) -> Result<CheckedImages, Error> {
+        let mut checked = CheckedImages::default();
         for d in changes {
             let Value::Image(Some(url)) = &d.value else { continue };
-            match self.stash.image(url, MAX_IMAGE_BYTES).await {
-                Ok(bytes) => {
+            let key = |suffix: &str| format!("{}{suffix}", d.field.name());
+            let etag = previous.get(&key(ETAG_SUFFIX)).cloned();
+            let answer = match images.0.get(&(url.clone(), etag.clone())) {
+                Some(answer) => answer.clone(),
+                None => {
+                    let answer = match self.stash.image(url, MAX_IMAGE_BYTES, etag.as_deref()).await {
+                        Err(e) if e.class == ErrorClass::BadData => {
+                            self.stats.warnings += 1;
+                            tracing::warn!("scene {}: {} not copied: {e}", scene.id, d.field.name());
+                            continue;
+                        }
+                        other => other?,
+                    };
+                    images.0.insert((url.clone(), etag.clone()), answer.clone());
+                    answer
+                }
+            };
+            match answer {
+                Image::NotModified => checked.record.push((d.field.name().to_string(), d.hash())),
+                Image::Placeholder => {
+                    tracing::debug!("scene {}: no cover in Stash yet; {} left as it is", scene.id, d.field.name())
+                }
+                Image::Fetched { bytes, etag } => {
                     let content = hex::encode(&Sha256::digest(&bytes)[..12]);
-                    if previous.get(&format!("{}{CONTENT_SUFFIX}", d.field.name())) == Some(&content) {
-                        unchanged.push((d.field.name().to_string(), d.hash()));
+                    if let Some(etag) = etag {
+                        checked.record.push((key(ETAG_SUFFIX), etag));
+                    }
+                    checked.record.push((key(CONTENT_SUFFIX), content.clone()));
+                    if previous.get(&key(CONTENT_SUFFIX)) == Some(&content) {
+                        checked.record.push((d.field.name().to_string(), d.hash()));
                     } else {
-                        fetched.insert(d.field, Fetched { bytes, content });
+                        checked.upload.insert(d.field, Fetched { bytes });
                     }
                 }
-                Err(e) if e.class == ErrorClass::BadData => {
-                    self.stats.warnings += 1;
-                    tracing::warn!("scene {}: {} not copied: {e}", scene.id, d.field.name());
-                }
-                Err(e) => return Err(e),
             }
         }
-        Ok((fetched, unchanged))
+        Ok(checked)
     }
 }
 
-/// Record key suffix for the hash of an image's content (beside the hash of
-/// its URL under the field's own name).
+/// Whether writing `d` may have to remove a tag from the item: its list
+/// lacks a name we wrote last time, or we do not know what we wrote (the
+/// first write also removes what agents put there).
+fn may_remove_tags(d: &Desired, previous: &std::collections::BTreeMap<String, String>) -> bool {
+    let Value::Tags(_, list) = &d.value else { return false };
+    let Some(before) = previous.get(&format!("{}{NAMES_SUFFIX}", d.field.name())) else { return true };
+    let before: Vec<String> = serde_json::from_str(before).unwrap_or_default();
+    let now: Vec<String> = list.iter().map(|t| t.name.to_lowercase()).collect();
+    before.iter().any(|name| !now.contains(name))
+}
+
+/// The names of a tag list as stored in the record (JSON, lower case).
+fn tag_names(list: &[desired::TagValue]) -> String {
+    let names: Vec<String> = list.iter().map(|t| t.name.to_lowercase()).collect();
+    serde_json::to_string(&names).expect("strings serialize")
+}
+
+/// The performers, studios (and parent) and tags a scene shows, by kind.
+fn shown_objects(scene: &Scene) -> Vec<(&'static str, String)> {
+    let mut out: Vec<(&'static str, String)> = Vec::new();
+    out.extend(scene.performers.iter().map(|p| ("performer", p.id.clone())));
+    out.extend(scene.tags.iter().map(|t| ("tag", t.id.clone())));
+    if let Some(studio) = &scene.studio {
+        out.push(("studio", studio.id.clone()));
+        out.extend(studio.parent_studio.iter().map(|p| ("studio", p.id.clone())));
+    }
+    out
+}
+
+/// One Plex item a scene is delivered to, and what was last written there.
+struct Target<'a> {
+    rating_key: &'a str,
+    section: &'a str,
+    previous: std::collections::BTreeMap<String, String>,
+}
+
+/// Answers of Stash's image server within one delivery, by (URL, ETag
+/// sent): poster and background share the screenshot, and every item of a
+/// multi-item scene needs the same image.
+#[derive(Default)]
+struct Images(std::collections::HashMap<(String, Option<String>), Image>);
+
+/// The images to upload, and record entries for the ones Plex has already.
+#[derive(Default)]
+struct CheckedImages {
+    upload: std::collections::HashMap<Field, Fetched>,
+    record: Vec<(String, String)>,
+}
+
+/// Record key suffixes beside a field's value hash: the hash of an image's
+/// content, its `ETag` at Stash, and the names of a tag list we wrote.
 const CONTENT_SUFFIX: &str = ".content";
+const ETAG_SUFFIX: &str = ".etag";
+const NAMES_SUFFIX: &str = ".names";
 
 /// What one delivery writes: the changed fields, the fields no longer
 /// owned (unlocked), and the images whose content is new.
@@ -479,10 +595,9 @@ struct Plan<'a> {
     images: &'a std::collections::HashMap<Field, Fetched>,
 }
 
-/// An image downloaded from Stash whose content is new to Plex.
+/// An image downloaded from Stash whose content is new to the item.
 pub struct Fetched {
     bytes: Vec<u8>,
-    content: String,
 }
 
 /// A database error is a bug of ours or a broken disk: kept and reported.

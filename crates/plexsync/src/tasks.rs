@@ -91,29 +91,34 @@ pub async fn reconcile(
             if settings.skip_unorganized && !scene.organized {
                 continue;
             }
-            let recorded = queue.record(&scene.id).map_err(db)?.map(|r| r.rating_key);
-            let rk = match pipeline.find(&scene, recorded.as_deref()).await? {
-                crate::matching::Match::Found { rating_key, .. } => rating_key,
+            let recorded: Vec<String> =
+                queue.records(&scene.id).map_err(db)?.into_iter().map(|r| r.rating_key).collect();
+            let items = match pipeline.find(&scene, &recorded).await? {
+                crate::matching::Match::Found { rating_key, also, .. } => {
+                    std::iter::once(rating_key).chain(also.into_iter().map(|(rk, _)| rk)).collect::<Vec<_>>()
+                }
                 _ => {
                     missing += 1;
                     queue.enqueue(&scene.id, Reason::Reconcile).map_err(db)?;
                     continue;
                 }
             };
-            let Some(item) = pipeline.plex.as_ref().expect("find needs Plex").item(&rk).await? else {
-                missing += 1;
-                queue.enqueue(&scene.id, Reason::Reconcile).map_err(db)?;
-                continue;
-            };
             let wanted = crate::desired::desired(&scene, &settings, &mut Default::default());
             let preserve = settings.preserve_plex_edits;
-            if wanted
-                .iter()
-                .any(|d| crate::desired::differs(d, &item) && (!preserve || crate::desired::plex_is_empty(d, &item)))
-            {
-                differ += 1;
-                queue.reset_hashes(&scene.id).map_err(db)?;
-                queue.enqueue(&scene.id, Reason::Reconcile).map_err(db)?;
+            for rk in items {
+                let Some(item) = pipeline.plex.as_ref().expect("find needs Plex").item(&rk).await? else {
+                    missing += 1;
+                    queue.enqueue(&scene.id, Reason::Reconcile).map_err(db)?;
+                    break;
+                };
+                if wanted.iter().any(|d| {
+                    crate::desired::differs(d, &item) && (!preserve || crate::desired::plex_is_empty(d, &item))
+                }) {
+                    differ += 1;
+                    queue.reset_hashes(&scene.id).map_err(db)?;
+                    queue.enqueue(&scene.id, Reason::Reconcile).map_err(db)?;
+                    break;
+                }
             }
         }
         progress(checked, batch.count);
@@ -155,10 +160,10 @@ pub async fn explain(ctx: &Context, id: &str) -> Result<Value, Error> {
         .await?
         .ok_or_else(|| Error::new(ErrorClass::BadData, format!("scene {id} does not exist in Stash")))?;
     let mut pipeline = ctx.pipeline()?;
-    let recorded = ctx.queue()?.record(id).map_err(db)?.map(|r| r.rating_key);
-    pipeline.find(&scene, recorded.as_deref()).await?;
+    let recorded: Vec<String> = ctx.queue()?.records(id).map_err(db)?.into_iter().map(|r| r.rating_key).collect();
+    pipeline.find(&scene, &recorded).await?;
     let index = pipeline.index.as_ref().expect("find built the index");
-    let (decision, trace) = index.explain(&scene, recorded.as_deref(), &ctx.settings.path_maps);
+    let (decision, trace) = index.explain(&scene, &recorded, &ctx.settings.path_maps);
     tracing::info!("scene {id}: {}", scene.title.as_deref().unwrap_or("(no title)"));
     for line in &trace {
         tracing::info!("{line}");
@@ -221,7 +226,12 @@ pub async fn enqueue_showing(
     queue: &Queue,
     object: &crate::stash::Related,
 ) -> Result<Value, Error> {
-    let ids = stash.scenes_showing(object).await?;
+    // Stash knows who shows it now; our records know who showed it when
+    // delivered (the only answer once it is deleted or merged away).
+    let mut ids = stash.scenes_showing(object).await?;
+    ids.extend(queue.scenes_recorded_showing(object.kind.name(), &object.id).map_err(db)?);
+    ids.sort();
+    ids.dedup();
     let n = queue.enqueue_many(ids.iter().map(String::as_str), Reason::Hook).map_err(db)?;
     tracing::info!("{} {} changed: queued {n} scenes that show it", object.kind.name(), object.id);
     Ok(json!({"queued": n}))

@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{Bed, PLEX_TOKEN};
+use plexsync::stash::Image;
 use serde_json::json;
 
 /// Runs the plugin with `stdin` as Stash would, returning (exit code, stdout, stderr).
@@ -94,13 +95,15 @@ async fn a_hook_for_a_deleted_scene_completes_as_gone() {
 async fn images_come_only_from_stash_and_must_be_images() {
     let bed = Bed::new(5, json!({})).await;
     let client = bed.stash_client();
-    let ok = client.image("http://elsewhere.invalid/scene/1/screenshot", 1_000_000).await.unwrap();
-    assert_eq!(&ok[..4], b"\x89PNG", "fetched from Stash, whatever host the URL named");
-    let not_image = client.image("http://elsewhere.invalid/graphql", 1_000_000).await.unwrap_err();
+    let id = bed.stash.with_state(|s| *s.scenes.keys().next().unwrap());
+    let url = format!("http://elsewhere.invalid/scene/{id}/screenshot");
+    let Image::Fetched { bytes, .. } = client.image(&url, 1_000_000, None).await.unwrap() else { panic!("an image") };
+    assert_eq!(&bytes[..4], b"\x89PNG", "fetched from Stash, whatever host the URL named");
+    let not_image = client.image("http://elsewhere.invalid/graphql", 1_000_000, None).await.unwrap_err();
     assert!(not_image.message.contains("not an image"), "{not_image}");
-    let too_big = client.image("/scene/1/screenshot", 10).await;
+    let too_big = client.image(&format!("/scene/{id}/screenshot"), 10, None).await;
     assert!(too_big.is_err(), "relative or oversized: refused");
-    let too_big = client.image(&format!("{}scene/1/screenshot", bed.stash.url()), 10).await.unwrap_err();
+    let too_big = client.image(&format!("{}scene/{id}/screenshot", bed.stash.url()), 10, None).await.unwrap_err();
     assert!(too_big.message.contains("larger than 10 bytes"), "{too_big}");
 }
 
@@ -127,7 +130,7 @@ async fn secrets_never_appear_in_any_output() {
     // Failing paths: revoked token (401), outage (refused), hang (timeout),
     // 5xx, a scene not in Plex (dead letter), a Plex URL carrying the token.
     bed.plex.faults(|f| f.config.token_revoked = true);
-    record(&bed.update_hook(ids[1]).await);
+    record(&bed.edit_hook(ids[1], "edited while Plex fails").await);
     // The worker stops on the auth error and keeps the row; do not wait for
     // the queue to empty, wait for the failure to be recorded.
     let started = std::time::Instant::now();
@@ -137,15 +140,15 @@ async fn secrets_never_appear_in_any_output() {
     record(&bed.task("health_check").await);
     bed.plex.heal();
     bed.plex.faults(|f| f.config.hang = true);
-    record(&bed.update_hook(ids[2]).await);
+    record(&bed.edit_hook(ids[2], "edited while Plex fails").await);
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     bed.plex.heal();
     bed.plex.faults(|f| f.config.error_rate = 1.0);
-    record(&bed.update_hook(ids[3]).await);
+    record(&bed.edit_hook(ids[3], "edited while Plex fails").await);
     tokio::time::sleep(Duration::from_millis(500)).await;
     bed.plex.heal();
     bed.plex.down_for(Duration::from_millis(800));
-    record(&bed.update_hook(ids[4]).await);
+    record(&bed.edit_hook(ids[4], "edited while Plex fails").await);
     let missing = bed.stash.scan_new(&[vec![(format!("{}/gone/x.mp4", bed.lib.stash_prefix), 1, 1.0)]]).await[0];
     record(&bed.stash.hook_runs().into_iter().rfind(|r| r.id == missing).unwrap().run);
     let started = std::time::Instant::now();
@@ -153,7 +156,7 @@ async fn secrets_never_appear_in_any_output() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bed.configure(json!({"plexUrl": format!("{}?X-Plex-Token={PLEX_TOKEN}", bed.plex.url().as_str().trim_end_matches('/')), "plexToken": "", "retryScale": 0.02}));
-    record(&bed.update_hook(ids[5]).await);
+    record(&bed.edit_hook(ids[5], "edited while Plex fails").await);
     record(&bed.task("health_check").await);
     bed.configure(json!({"plexUrl": "not a url ?X-Plex-Token=".to_string() + PLEX_TOKEN}));
     record(&bed.task("queue_status").await);

@@ -138,6 +138,15 @@ impl Bed {
         self.stash.hook_runs()[before..].iter().rfind(|r| r.id == scene).expect("PlexSync's hook ran").run.clone()
     }
 
+    /// A person changes scene `scene`'s details in Stash's UI (a change
+    /// Plex must get); returns PlexSync's hook run.
+    pub async fn edit_hook(&self, scene: u64, details: &str) -> PluginRun {
+        let before = self.stash.hook_runs().len();
+        let changed = self.stash.edit_scene(scene, &["details"], |s| s.details = Some(details.into())).await;
+        assert!(changed, "scene {scene} exists");
+        self.stash.hook_runs()[before..].iter().rfind(|r| r.id == scene).expect("PlexSync's hook ran").run.clone()
+    }
+
     /// Runs the task whose `defaultArgs.mode` is `mode`, as Stash's Tasks page does.
     pub async fn task(&self, mode: &str) -> PluginRun {
         self.task_with(mode, json!({})).await
