@@ -1,6 +1,7 @@
 //! Change capture by `updated_at` watermark: finds scenes changed in Stash
 //! that no hook reported (auto-tag, cover generation, merges, a disabled
-//! plugin, a lost hook) and queues them.
+//! plugin, a lost hook) and queues them, and performers, studios and tags
+//! changed the same way, whose scenes it queues.
 //!
 //! Stash stores `updated_at` as RFC 3339 text in the server's local offset,
 //! to the second, and filters with a plain text comparison
@@ -87,14 +88,11 @@ pub async fn capture(stash: &StashClient, queue: &Queue, look: Look) -> Result<u
         Look::Wide => superset_cursor(from),
     };
     let rows = stash.changed_since(&cursor).await?;
-    let mut newest = mark;
+    let objects = stash.objects_changed_since(&cursor).await?;
     let mut queued = 0;
     let now = now_ms();
     for (id, updated) in &rows {
         let Some(at) = parse(updated) else { continue };
-        if at > newest {
-            newest = at;
-        }
         if taken_care_of(queue, id, at)? {
             continue;
         }
@@ -104,8 +102,23 @@ pub async fn capture(stash: &StashClient, queue: &Queue, look: Look) -> Result<u
         }
         queue.mark_seen(id, updated, now).map_err(db)?;
     }
+    // A renamed, re-parented or re-imaged performer, studio or tag: its
+    // scenes show it, and none of their `updated_at` moved.
+    for (kind, id, updated) in &objects {
+        let Some(at) = parse(updated) else { continue };
+        let key = format!("{}:{id}", kind.name());
+        if taken_care_of(queue, &key, at)? {
+            continue;
+        }
+        let object = crate::stash::Related { kind: *kind, id: id.clone() };
+        queued += crate::tasks::enqueue_showing(stash, queue, &object).await?;
+        queue.mark_seen(&key, updated, now).map_err(db)?;
+    }
+    let times = rows.iter().map(|(_, u)| u).chain(objects.iter().map(|(_, _, u)| u));
+    let newest_text = times.filter_map(|u| parse(u).map(|t| (t, u))).filter(|(t, _)| *t > mark).max_by_key(|(t, _)| *t);
+    let newest = newest_text.map_or(mark, |(t, _)| t);
+    let newest_text = newest_text.map(|(_, u)| u.clone());
     // Keep Stash's own text of the newest time: its offset is the server's.
-    let newest_text = rows.iter().find(|(_, u)| parse(u) == Some(newest)).map(|(_, u)| u.clone());
     if let Some(text) = newest_text {
         queue.set_kv(key, &text).map_err(db)?;
         if look == Look::Wide && queue.get_kv(NARROW_KEY).map_err(db)?.as_deref().and_then(parse) < Some(newest) {

@@ -336,7 +336,7 @@ impl LibraryIndex {
             if all_held && !holding.is_empty() {
                 trace.push(format!("recorded ratingKey {keys}: still holds the scene's files — match"));
                 let reason = format!("recorded ratingKey {}, same files", holding.join(", "));
-                return (self.found(&holding, Confidence::High, reason), trace);
+                return decided(self.found(&holding, Confidence::High, reason), trace);
             }
             trace.push(format!("recorded ratingKey {keys}: no longer holds every file of the scene"));
         }
@@ -388,20 +388,7 @@ impl LibraryIndex {
                 self.found(&keys, confidence, format!("one item per file: {}", reasons.join("; ")))
             }
         };
-        trace.push(match &decision {
-            Match::Found { rating_key, confidence, reason, also, .. } if !also.is_empty() => {
-                let more: Vec<&str> = also.iter().map(|(rk, _)| rk.as_str()).collect();
-                format!("decision: items {rating_key}, {} ({confidence:?} confidence: {reason})", more.join(", "))
-            }
-            Match::Found { rating_key, confidence, reason, .. } => {
-                format!("decision: item {rating_key} ({confidence:?} confidence: {reason})")
-            }
-            Match::Ambiguous { candidates, reason } => {
-                format!("decision: ambiguous, nothing written: {reason} ({})", candidates.join(", "))
-            }
-            Match::NotFound { .. } => "decision: not in Plex".to_string(),
-        });
-        (decision, trace)
+        decided(decision, trace)
     }
 
     /// The candidates of one scene file, by the first signal that has any.
@@ -487,6 +474,24 @@ impl LibraryIndex {
             })
         })
     }
+}
+
+/// The decision, with its line added to the trace.
+fn decided(decision: Match, mut trace: Vec<String>) -> (Match, Vec<String>) {
+    trace.push(match &decision {
+        Match::Found { rating_key, confidence, reason, also, .. } if !also.is_empty() => {
+            let more: Vec<&str> = also.iter().map(|(rk, _)| rk.as_str()).collect();
+            format!("decision: items {rating_key}, {} ({confidence:?} confidence: {reason})", more.join(", "))
+        }
+        Match::Found { rating_key, confidence, reason, .. } => {
+            format!("decision: item {rating_key} ({confidence:?} confidence: {reason})")
+        }
+        Match::Ambiguous { candidates, reason } => {
+            format!("decision: ambiguous, nothing written: {reason} ({})", candidates.join(", "))
+        }
+        Match::NotFound { .. } => "decision: not in Plex".to_string(),
+    });
+    (decision, trace)
 }
 
 /// A proposed `stash => plex` prefix rule and how many files it explains.

@@ -73,6 +73,14 @@ pub mod queries {
     /// Row listings PlexSync uses (see `StashClient`).
     pub const ROW_FIELDS: [&str; 3] = ["id", "files { path basename size duration }", "id updated_at"];
 
+    /// Performers, studios and tags changed since a time (their own
+    /// `updated_at`; a rename moves no scene's).
+    pub const OBJECTS_CHANGED: &str = "query ObjectsChanged($f: FindFilterType, $pf: PerformerFilterType, $sf: StudioFilterType, $tf: TagFilterType) {
+  findPerformers(filter: $f, performer_filter: $pf) { performers { id updated_at } }
+  findStudios(filter: $f, studio_filter: $sf) { studios { id updated_at } }
+  findTags(filter: $f, tag_filter: $tf) { tags { id updated_at } }
+}";
+
     /// Every document, named, for the schema test.
     pub fn all() -> Vec<(&'static str, String)> {
         let mut docs = vec![
@@ -83,6 +91,7 @@ pub mod queries {
             ("Newest", NEWEST.to_string()),
             ("Scene", scene()),
             ("Changed", scenes_page()),
+            ("ObjectsChanged", OBJECTS_CHANGED.to_string()),
         ];
         docs.extend(ROW_FIELDS.iter().map(|f| ("Rows", rows(f))));
         docs
@@ -465,6 +474,47 @@ impl StashClient {
             .all_rows("find changed scenes", queries::ROW_FIELDS[2], Some(updated_since(since)), &mut |_, _| {})
             .await?;
         Ok(rows.into_iter().map(|r| (r.id, r.updated_at)).collect())
+    }
+
+    /// Performers, studios and tags whose stored `updated_at` text is after
+    /// `since`: (kind, id, updated_at). Few rows (edits of objects are
+    /// rare), so one unpaged request.
+    pub async fn objects_changed_since(&self, since: &str) -> Result<Vec<(RelatedKind, String, String)>, Error> {
+        #[derive(Deserialize)]
+        struct Row {
+            id: String,
+            updated_at: String,
+        }
+        #[derive(Deserialize)]
+        struct Performers {
+            performers: Vec<Row>,
+        }
+        #[derive(Deserialize)]
+        struct Studios {
+            studios: Vec<Row>,
+        }
+        #[derive(Deserialize)]
+        struct Tags {
+            tags: Vec<Row>,
+        }
+        #[derive(Deserialize)]
+        struct Data {
+            #[serde(rename = "findPerformers")]
+            performers: Performers,
+            #[serde(rename = "findStudios")]
+            studios: Studios,
+            #[serde(rename = "findTags")]
+            tags: Tags,
+        }
+        let since = updated_since(since);
+        let vars = json!({"f": {"per_page": -1, "sort": "updated_at", "direction": "ASC"}, "pf": since, "sf": since, "tf": since});
+        let data: Data =
+            self.query("find changed performers, studios and tags", queries::OBJECTS_CHANGED, vars).await?;
+        let tagged = |kind: RelatedKind, rows: Vec<Row>| rows.into_iter().map(move |r| (kind, r.id, r.updated_at));
+        Ok(tagged(RelatedKind::Performer, data.performers.performers)
+            .chain(tagged(RelatedKind::Studio, data.studios.studios))
+            .chain(tagged(RelatedKind::Tag, data.tags.tags))
+            .collect())
     }
 
     /// The latest `updated_at` of any scene (Stash's clock, not ours).

@@ -225,7 +225,7 @@ pub async fn enqueue_showing(
     stash: &crate::stash::StashClient,
     queue: &Queue,
     object: &crate::stash::Related,
-) -> Result<Value, Error> {
+) -> Result<usize, Error> {
     // Stash knows who shows it now; our records know who showed it when
     // delivered (the only answer once it is deleted or merged away).
     let mut ids = stash.scenes_showing(object).await?;
@@ -234,7 +234,7 @@ pub async fn enqueue_showing(
     ids.dedup();
     let n = queue.enqueue_many(ids.iter().map(String::as_str), Reason::Hook).map_err(db)?;
     tracing::info!("{} {} changed: queued {n} scenes that show it", object.kind.name(), object.id);
-    Ok(json!({"queued": n}))
+    Ok(n)
 }
 
 /// Delivers in the foreground (when no other worker holds the queue).

@@ -138,7 +138,9 @@ async fn run_requests(pipeline: &mut Pipeline, queue: &Queue) -> Result<(), Erro
         let result = match &work {
             Work::Sync { since } => crate::tasks::enqueue_ids(&pipeline.stash, queue, *since, &mut progress).await,
             Work::Reconcile { since } => crate::tasks::reconcile(pipeline, queue, *since, &mut progress).await,
-            Work::Related(object) => crate::tasks::enqueue_showing(&pipeline.stash, queue, object).await,
+            Work::Related(object) => crate::tasks::enqueue_showing(&pipeline.stash, queue, object)
+                .await
+                .map(|n| serde_json::json!({"queued": n})),
         };
         match result {
             Ok(summary) => tracing::info!("{}: done: {summary}", work.describe()),

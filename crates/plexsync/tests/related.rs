@@ -10,22 +10,7 @@ use std::time::Duration;
 
 use common::{eventually, Bed};
 use emulators::plex::TagKind;
-use serde_json::{json, Value};
-
-async fn mutate(bed: &Bed, query: &str, variables: Value) -> Value {
-    let answer: Value = reqwest::Client::new()
-        .post(bed.stash.url().join("graphql").unwrap())
-        .header("Cookie", format!("session={}", bed.session()))
-        .json(&json!({"query": query, "variables": variables}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(answer["errors"].is_null(), "{answer}");
-    answer
-}
+use serde_json::json;
 
 /// Syncs everything; then picks an object (`of` lists a scene's performers
 /// or tags) and returns it, the scenes in Plex that show it, and the others.
@@ -47,7 +32,7 @@ async fn a_renamed_performer_reaches_every_scene_that_shows_it_and_no_other() {
     bed.plex.clear_requests();
 
     let q = "mutation($i: ID!) { performerUpdate(input: {id: $i, name: \"Renamed Person\"}) { id } }";
-    mutate(&bed, q, json!({"i": performer.to_string()})).await;
+    bed.graphql(q, json!({"i": performer.to_string()})).await;
     eventually(Duration::from_secs(20), "every scene showing the performer", || {
         showing.iter().all(|id| bed.item_of(*id).tag_names(TagKind::Actor).contains(&"Renamed Person"))
     })
@@ -64,7 +49,7 @@ async fn a_renamed_tag_reaches_the_genres_of_its_scenes() {
     let bed = Bed::new(40, json!({"retryScale": 0.02})).await;
     let (tag, showing, _) = synced(&bed, |s| &s.tags).await;
     let q = "mutation($i: ID!) { tagUpdate(input: {id: $i, name: \"Fresh Genre\"}) { id } }";
-    mutate(&bed, q, json!({"i": tag.to_string()})).await;
+    bed.graphql(q, json!({"i": tag.to_string()})).await;
     eventually(Duration::from_secs(20), "every scene with the tag", || {
         showing.iter().all(|id| bed.item_of(*id).tag_names(TagKind::Genre).contains(&"Fresh Genre"))
     })
@@ -83,7 +68,7 @@ async fn a_studio_given_a_new_parent_reaches_the_collections_of_its_scenes() {
     let parent = bed.stash.with_state(|s| s.add_studio("Brand New Network", None));
 
     let q = "mutation($i: ID!, $p: ID) { studioUpdate(input: {id: $i, parent_id: $p}) { id } }";
-    mutate(&bed, q, json!({"i": studio.to_string(), "p": parent.to_string()})).await;
+    bed.graphql(q, json!({"i": studio.to_string(), "p": parent.to_string()})).await;
     eventually(Duration::from_secs(20), "the new parent in every collection", || {
         showing.iter().all(|id| bed.item_of(*id).tag_names(TagKind::Collection).contains(&"Brand New Network"))
     })

@@ -196,6 +196,23 @@ impl Bed {
         self.plex_item_of_path(&path).expect("scene is in Plex")
     }
 
+    /// Sends a GraphQL document to Stash as a logged-in person's browser
+    /// does (mutations fire their hooks); fails the test on any error.
+    pub async fn graphql(&self, query: &str, variables: Value) -> Value {
+        let answer: Value = reqwest::Client::new()
+            .post(self.stash.url().join("graphql").unwrap())
+            .header("Cookie", format!("session={}", self.session()))
+            .json(&json!({"query": query, "variables": variables}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(answer["errors"].is_null(), "{answer}");
+        answer
+    }
+
     pub fn plex_writes(&self) -> usize {
         self.plex.requests().iter().filter(|r| r.is_write()).count()
     }
