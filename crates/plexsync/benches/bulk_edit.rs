@@ -14,33 +14,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::median_p95;
+use common::{install, median_p95, release_binary};
 use emulators::StashEmulator;
 use serde_json::json;
-
-fn release_binary() -> PathBuf {
-    let exe = std::env::var("PLEXSYNC_BIN").map(PathBuf::from).unwrap_or_else(|_| {
-        let mut p = std::env::current_exe().unwrap();
-        p.pop();
-        p.pop();
-        p.join("plexsync")
-    });
-    assert!(exe.exists(), "build the binary first (cargo build --release -p plexsync): {}", exe.display());
-    exe
-}
-
-/// README's install step: the binary and the manifest in a plugin folder.
-fn install(config: &Path, exe: &Path) -> PathBuf {
-    let folder = common::plugin_folder(config);
-    #[cfg(unix)]
-    std::os::unix::fs::symlink(exe, folder.join("plexsync")).unwrap();
-    #[cfg(windows)]
-    std::fs::copy(exe, folder.join("plexsync.exe")).map(drop).unwrap();
-    folder
-}
 
 async fn bulk_add_tag(stash: &StashEmulator, ids: &[u64], tag: u64) -> Duration {
     let body = json!({

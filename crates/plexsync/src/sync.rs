@@ -380,7 +380,13 @@ impl Pipeline {
             .into_iter()
             .filter(|d| !matches!(d.value, desired::Value::Image(Some(_))) || checked.upload.contains_key(&d.field))
             .collect();
-        let plan = Plan { changes: &changes, released: &released, images: &checked.upload };
+        // An image we uploaded before is locked already: a new one needs
+        // only its upload.
+        let locked: Vec<Field> = [Field::Poster, Field::Background]
+            .into_iter()
+            .filter(|f| previous.contains_key(&format!("{}{CONTENT_SUFFIX}", f.name())))
+            .collect();
+        let plan = Plan { changes: &changes, released: &released, images: &checked.upload, locked: &locked };
         let mut written = match self.write(section, rk, &plan, &item, scene).await {
             Err(e) if e.class == ErrorClass::NotInPlex => return Err(self.item_gone(rk)),
             other => other?,
@@ -436,16 +442,21 @@ impl Pipeline {
         item: &PlexItem,
         scene: &Scene,
     ) -> Result<std::collections::HashMap<Field, String>, Error> {
-        let Plan { changes, released, images } = *plan;
+        let Plan { changes, released, images, locked } = *plan;
         let plex = self.plex()?.clone();
         let mut written = std::collections::HashMap::new();
-        let params = desired::edit_params(changes, released, item);
+        let edits: Vec<&Desired> = changes
+            .iter()
+            .copied()
+            .filter(|d| !(matches!(d.value, Value::Image(_)) && locked.contains(&d.field)))
+            .collect();
+        let params = desired::edit_params(&edits, released, item);
         if !params.is_empty() {
             self.stats.plex_writes += 1;
             match plex.edit(section, rk, &params).await {
-                Ok(()) => written.extend(changes.iter().map(|d| (d.field, d.hash()))),
+                Ok(()) => written.extend(edits.iter().map(|d| (d.field, d.hash()))),
                 Err(e) if e.class == ErrorClass::BadData => {
-                    for d in changes {
+                    for d in &edits {
                         self.stats.plex_writes += 1;
                         match plex.edit(section, rk, &desired::edit_params(&[d], &[], item)).await {
                             Ok(()) => {
@@ -471,6 +482,7 @@ impl Pipeline {
             let kind = if d.field == Field::Poster { ImageKind::Poster } else { ImageKind::Background };
             self.stats.plex_writes += 1;
             plex.upload_image(rk, kind, image.bytes.clone()).await?;
+            written.insert(d.field, d.hash());
         }
         Ok(written)
     }
@@ -587,12 +599,14 @@ const ETAG_SUFFIX: &str = ".etag";
 const NAMES_SUFFIX: &str = ".names";
 
 /// What one delivery writes: the changed fields, the fields no longer
-/// owned (unlocked), and the images whose content is new.
+/// owned (unlocked), the images whose content is new, and the image fields
+/// locked by an earlier upload.
 #[derive(Clone, Copy)]
 struct Plan<'a> {
     changes: &'a [&'a Desired],
     released: &'a [Field],
     images: &'a std::collections::HashMap<Field, Fetched>,
+    locked: &'a [Field],
 }
 
 /// An image downloaded from Stash whose content is new to the item.

@@ -74,3 +74,19 @@ async fn a_studio_given_a_new_parent_reaches_the_collections_of_its_scenes() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_performer_renamed_with_no_hook_arrives_through_the_watermark() {
+    let bed = Bed::new(40, json!({"retryScale": 0.02})).await;
+    let (performer, showing, others) = synced(&bed, |s| &s.performers).await;
+    // Renamed while PlexSync was disabled (or its hook lost): only the
+    // performer's own `updated_at` moved.
+    let kind = emulators::stash::ObjectKind::Performer;
+    assert!(bed.stash.with_state(|s| s.update_object(kind, performer, Some("Quietly Renamed"))));
+    // Any later activity makes the worker look for changes.
+    assert!(!bed.update_hook(others[0]).await.failed());
+    eventually(Duration::from_secs(40), "every scene showing the performer", || {
+        showing.iter().all(|id| bed.item_of(*id).tag_names(TagKind::Actor).contains(&"Quietly Renamed"))
+    })
+    .await;
+}

@@ -187,8 +187,13 @@ impl StashState {
         }
         let performer_ids: Vec<u64> = lib.performers.iter().map(|p| state.add_performer(p)).collect();
         let tag_ids: Vec<u64> = lib.tags.iter().map(|t| state.add_tag(t)).collect();
-        // Scenes were added and edited over the past days, one a minute.
+        // Scenes were added and edited over the past days, one a minute,
+        // after the studios, performers and tags they show.
         let start = Utc::now().trunc_subsecs(0) - chrono::Duration::minutes(lib.scenes.len() as i64 + 24 * 60);
+        let made = state.zone.format(start - chrono::Duration::minutes(1));
+        state.studios.values_mut().for_each(|s| s.updated_at = made.clone());
+        state.performers.values_mut().for_each(|p| p.updated_at = made.clone());
+        state.tags.values_mut().for_each(|t| t.updated_at = made.clone());
         for (i, scene) in lib.scenes.iter().enumerate() {
             let files = scene.files.iter().map(|f| (f.stash_path.clone(), f.size, f.duration_secs)).collect::<Vec<_>>();
             let id = state.add_scene(&files);
@@ -363,6 +368,13 @@ pub fn fixture_image(seed: u64) -> Vec<u8> {
     let mut bytes = crate::stash::IMAGE_PNG.to_vec();
     bytes.extend_from_slice(&seed.to_be_bytes());
     bytes
+}
+
+/// `bytes` as the `data:` URL Stash's UI sends for an uploaded image
+/// (`cover_image`, `image`).
+pub fn data_url(bytes: &[u8]) -> String {
+    use base64::Engine;
+    format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
 /// The default cover a scene without one is served: Stash's `scene.svg`.

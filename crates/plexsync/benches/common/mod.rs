@@ -1,5 +1,6 @@
 //! What the benchmarks share: emulators with PlexSync configured, a plugin
 //! folder holding the manifest, and percentiles.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,7 +16,11 @@ pub fn root() -> PathBuf {
 /// A Stash with a login and a Plex holding the sample library of `scenes`
 /// scenes, with PlexSync's settings pointing at that Plex.
 pub async fn emulators(scenes: usize) -> (StashEmulator, PlexEmulator) {
-    let lib = Library::sample(scenes, 3);
+    emulators_of(Library::sample(scenes, 3)).await
+}
+
+/// The same for a library of the caller's making.
+pub async fn emulators_of(lib: Library) -> (StashEmulator, PlexEmulator) {
     let stash = StashEmulator::start(StashState::from_library(&lib), StashAuth::login(None)).await.unwrap();
     let plex = PlexEmulator::start(PlexState::from_library(&lib), "bench-token").await.unwrap();
     stash.set_plugin_settings(
@@ -32,6 +37,28 @@ pub fn plugin_folder(config: &Path) -> PathBuf {
     let folder = config.join("plugins/PlexSync");
     std::fs::create_dir_all(&folder).unwrap();
     std::fs::copy(root().join("plugin/PlexSync.yml"), folder.join("PlexSync.yml")).unwrap();
+    folder
+}
+
+/// The release binary (`PLEXSYNC_BIN`, or `target/release/plexsync`).
+pub fn release_binary() -> PathBuf {
+    let exe = std::env::var("PLEXSYNC_BIN").map(PathBuf::from).unwrap_or_else(|_| {
+        let mut p = std::env::current_exe().unwrap();
+        p.pop();
+        p.pop();
+        p.join("plexsync")
+    });
+    assert!(exe.exists(), "build the binary first (cargo build --release -p plexsync): {}", exe.display());
+    exe
+}
+
+/// README's install step: the binary and the manifest in a plugin folder.
+pub fn install(config: &Path, exe: &Path) -> PathBuf {
+    let folder = plugin_folder(config);
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(exe, folder.join("plexsync")).unwrap();
+    #[cfg(windows)]
+    std::fs::copy(exe, folder.join("plexsync.exe")).map(drop).unwrap();
     folder
 }
 

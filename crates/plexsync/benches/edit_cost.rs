@@ -1,0 +1,149 @@
+//! What one edit in Stash costs in Plex requests, once a library is synced.
+//!
+//!     cargo build --release -p plexsync && cargo bench -p plexsync --bench edit_cost
+//!
+//! PlexSync (the release binary) is installed from its manifest into the
+//! Stash emulator holding 5 000 scenes, all of them in Plex, and syncs them. Then, driven
+//! over GraphQL as a person's browser would (Stash fires the hooks):
+//!
+//! - **one field**: the details of 100 scenes edited one at a time;
+//! - **bulk tag**: one tag added to all 5 000 scenes in one bulk edit;
+//! - **new cover**: the cover of 100 scenes replaced;
+//!
+//! and for each, the Plex requests per edited scene (reads, writes, image
+//! uploads apart), and Stash's image answers (downloads, `304`s).
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use emulators::{PlexEmulator, StashEmulator};
+use plexsync::queue::Queue;
+use serde_json::{json, Value};
+
+async fn graphql(stash: &StashEmulator, query: &str, variables: Value) {
+    let answer: Value = reqwest::Client::new()
+        .post(stash.url().join("graphql").unwrap())
+        .header("Cookie", format!("session={}", stash.login_cookie()))
+        .timeout(Duration::from_secs(3600))
+        .json(&json!({"query": query, "variables": variables}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(answer["errors"].is_null(), "{answer}");
+}
+
+/// Waits until the worker has delivered everything (nothing waiting,
+/// leased or handed over), after a short quiet period.
+async fn drained(data: &Path) -> Duration {
+    let started = Instant::now();
+    let mut quiet = 0;
+    while quiet < 5 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let busy = Queue::open(&data.join("queue.sqlite"))
+            .and_then(|q| q.stats())
+            .map(|s| s.due_now + s.leased + s.requests > 0)
+            .unwrap_or(true);
+        quiet = if busy { 0 } else { quiet + 1 };
+        assert!(started.elapsed() < Duration::from_secs(1800), "the queue did not drain");
+    }
+    started.elapsed()
+}
+
+/// Plex requests since the last clear: (reads, writes other than uploads, uploads).
+fn plex_requests(plex: &PlexEmulator) -> (usize, usize, usize) {
+    let requests = plex.requests();
+    let uploads = requests.iter().filter(|r| r.path.ends_with("/posters") || r.path.ends_with("/arts")).count();
+    let writes = requests.iter().filter(|r| r.is_write()).count() - uploads;
+    (requests.len() - writes - uploads, writes, uploads)
+}
+
+async fn measure(
+    what: &str,
+    scenes: usize,
+    stash: &StashEmulator,
+    plex: &PlexEmulator,
+    data: &Path,
+    edit: impl std::future::Future<Output = ()>,
+) {
+    plex.clear_requests();
+    let images = stash.image_requests();
+    let started = Instant::now();
+    edit.await;
+    drained(data).await;
+    let (reads, writes, uploads) = plex_requests(plex);
+    let after = stash.image_requests();
+    let per = |n: usize| n as f64 / scenes as f64;
+    println!(
+        "{what:<12} {scenes:>5} scenes: {:.3} Plex requests per scene ({:.3} reads, {:.3} writes, {uploads} uploads); Stash images: {} downloads, {} not modified; {:.1} s",
+        per(reads + writes + uploads),
+        per(reads),
+        per(writes),
+        after.served - images.served,
+        after.not_modified - images.not_modified,
+        started.elapsed().as_secs_f64(),
+    );
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let exe = common::release_binary();
+    let n = 5_000;
+    // Every scene in Plex: a scene Plex lacks is retried (and reads what
+    // Plex added) whatever the edit, which is not what an edit costs.
+    let spec = emulators::LibrarySpec { scenes: n, seed: 3, missing_rate: 0.0, ..Default::default() };
+    let (stash, plex) = common::emulators_of(emulators::Library::generate(&spec)).await;
+    let config = tempfile::tempdir().unwrap();
+    let folder = common::install(config.path(), &exe);
+    stash.install_plugins(config.path(), &folder).unwrap();
+    let data = config.path().join("plexsync");
+
+    let started = Instant::now();
+    stash.run_plugin_task("PlexSync", "Sync all scenes", json!({})).await.unwrap();
+    drained(&data).await;
+    let queue = Queue::open(&data.join("queue.sqlite")).unwrap();
+    let synced: Vec<u64> = stash
+        .with_state(|s| s.scenes.keys().copied().collect::<Vec<_>>())
+        .into_iter()
+        .filter(|id| queue.record(&id.to_string()).unwrap().is_some())
+        .collect();
+    println!(
+        "first sync: {} of {n} scenes in Plex delivered in {:.1} s",
+        synced.len(),
+        started.elapsed().as_secs_f64()
+    );
+
+    let sample: Vec<u64> = synced.iter().copied().step_by(synced.len() / 100).take(100).collect();
+    measure("one field", sample.len(), &stash, &plex, &data, async {
+        for id in &sample {
+            let q = "mutation($i: SceneUpdateInput!) { sceneUpdate(input: $i) { id } }";
+            graphql(&stash, q, json!({"i": {"id": id.to_string(), "details": format!("Edited details of {id}.")}}))
+                .await;
+        }
+    })
+    .await;
+
+    let tag = stash.with_state(|s| s.add_tag("Bulk Added"));
+    measure("bulk tag", synced.len(), &stash, &plex, &data, async {
+        let all: Vec<String> = stash.with_state(|s| s.scenes.keys().map(u64::to_string).collect());
+        let q = "mutation($i: BulkSceneUpdateInput!) { bulkSceneUpdate(input: $i) { id } }";
+        graphql(&stash, q, json!({"i": {"ids": all, "tag_ids": {"ids": [tag.to_string()], "mode": "ADD"}}})).await;
+    })
+    .await;
+
+    measure("new cover", sample.len(), &stash, &plex, &data, async {
+        for id in &sample {
+            let png = emulators::stash::state::fixture_image(id + 1_000_000);
+            let data_url = emulators::stash::state::data_url(&png);
+            let q = "mutation($i: SceneUpdateInput!) { sceneUpdate(input: $i) { id } }";
+            graphql(&stash, q, json!({"i": {"id": id.to_string(), "cover_image": data_url}})).await;
+        }
+    })
+    .await;
+    drop(config);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
