@@ -167,7 +167,8 @@ pub fn desired(scene: &Scene, settings: &Settings, report: &mut Report) -> Vec<D
                                 .find(|p| sanitize::one_line(&p.name, sanitize::ONE_LINE_MAX).value == name)
                         })
                         .flatten()
-                        .and_then(|p| p.image_path.as_deref());
+                        .and_then(|p| p.image_path.as_deref())
+                        .filter(|u| !is_stand_in(u));
                     let thumb = match photo.map(sanitize::url) {
                         Some(Ok(u)) => Some(u),
                         Some(Err(e)) => {
@@ -200,6 +201,12 @@ pub fn desired(scene: &Scene, settings: &Settings, report: &mut Report) -> Vec<D
         out.push(Desired { field, value });
     }
     out
+}
+
+/// Whether a performer's image URL is Stash's stand-in for one without a
+/// photo (`…/image?t=…&default=true`): not a photo of that person.
+fn is_stand_in(image_url: &str) -> bool {
+    url::Url::parse(image_url).is_ok_and(|u| u.query_pairs().any(|(k, v)| k == "default" && v == "true"))
 }
 
 /// Whether Plex's current value of `d` is empty (for `preservePlexEdits`).
@@ -316,4 +323,16 @@ pub fn edit_params(changes: &[&Desired], released: &[Field], item: &PlexItem) ->
 /// Hashes of the desired values, by field name, as stored after a write.
 pub fn hashes(desired: &[Desired]) -> BTreeMap<String, String> {
     desired.iter().map(|d| (d.field.name().to_string(), d.hash())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stashs_stand_in_performer_image_is_not_a_photo() {
+        assert!(is_stand_in("http://stash:9999/performer/3/image?t=1700000000&default=true"));
+        assert!(!is_stand_in("http://stash:9999/performer/3/image?t=1700000000"));
+        assert!(!is_stand_in("not a url"));
+    }
 }

@@ -577,6 +577,44 @@ mod tests {
     }
 
     #[test]
+    fn a_queue_with_the_one_item_record_is_migrated_and_keeps_its_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE synced (scene_id TEXT PRIMARY KEY, plex_server TEXT NOT NULL, rating_key TEXT NOT NULL,
+                    section TEXT NOT NULL, field_hashes TEXT NOT NULL, stash_updated_at TEXT NOT NULL, synced_at INTEGER NOT NULL);
+                 INSERT INTO synced VALUES ('7', 'http://plex/', '42', '1', '{\"title\":\"abc\"}', '2026-01-01T00:00:00Z', 5);",
+            )
+            .unwrap();
+        }
+        let q = Queue::open(&path).unwrap();
+        let records = q.records("7").unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].rating_key, "42");
+        assert_eq!(records[0].field_hashes["title"], "abc");
+        q.save_record("7", &SyncRecord { rating_key: "43".into(), ..records[0].clone() }).unwrap();
+        assert_eq!(q.records("7").unwrap().len(), 2, "a scene may be several items");
+        q.keep_records("7", &["43".to_string()]).unwrap();
+        assert_eq!(q.records("7").unwrap().iter().map(|r| r.rating_key.as_str()).collect::<Vec<_>>(), ["43"]);
+        drop(q);
+        Queue::open(&path).unwrap();
+    }
+
+    #[test]
+    fn objects_shown_are_remembered_per_scene() {
+        let (_d, q) = queue();
+        q.save_shows("1", &[("tag", "5".into()), ("performer", "9".into())]).unwrap();
+        q.save_shows("2", &[("tag", "5".into())]).unwrap();
+        assert_eq!(q.scenes_recorded_showing("tag", "5").unwrap(), ["1", "2"]);
+        q.save_shows("1", &[("performer", "9".into())]).unwrap();
+        assert_eq!(q.scenes_recorded_showing("tag", "5").unwrap(), ["2"], "replaced, not added to");
+        q.forget("2").unwrap();
+        assert!(q.scenes_recorded_showing("tag", "5").unwrap().is_empty());
+    }
+
+    #[test]
     fn second_event_coalesces_into_one_row() {
         let (_d, q) = queue();
         q.enqueue("1", Reason::Hook).unwrap();
