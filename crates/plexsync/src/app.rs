@@ -93,7 +93,27 @@ impl Context {
         })?;
         let credentials =
             StashCredentials { api_key: local.stash_api_key.clone(), session_cookie: local.stash_session.clone() };
-        Self::new(&url, credentials, default_data_dir(), sources).await
+        let mut ctx = Self::new(&url, credentials, default_data_dir(), sources).await?;
+        if ctx.settings.data_dir.is_none() {
+            ctx.data_dir = ctx.plugin_data_dir().await.unwrap_or(ctx.data_dir);
+        }
+        tracing::info!("queue and data folder: {}", ctx.data_dir.display());
+        Ok(ctx)
+    }
+
+    /// The plugin's data folder (`<Stash's config folder>/plexsync`), when
+    /// Stash runs on this machine and the plugin has one: the CLI then
+    /// shows and works on the queue the plugin fills.
+    async fn plugin_data_dir(&self) -> Option<PathBuf> {
+        let folder = match self.stash.config_folder().await {
+            Ok(folder) => folder?,
+            Err(e) => {
+                tracing::debug!("Stash's config folder could not be read: {e}");
+                return None;
+            }
+        };
+        let data = folder.join("plexsync");
+        data.join("queue.sqlite").is_file().then_some(data)
     }
 
     pub fn queue(&self) -> Result<Queue, Error> {

@@ -47,6 +47,7 @@ pub const SESSION_COOKIE: &str = "session";
 /// validate each against Stash's real schema.
 pub mod queries {
     pub const API_KEY: &str = "query ApiKey { configuration { general { apiKey } } }";
+    pub const CONFIG_PATH: &str = "query ConfigPath { configuration { general { configFilePath } } }";
     pub const CONFIG: &str = "query Config($ids: [ID!]) { configuration { plugins(include: $ids) } }";
     pub const UPDATE: &str = "mutation Update($input: SceneUpdateInput!) { sceneUpdate(input: $input) { id } }";
     pub const BULK: &str = "mutation Bulk($input: BulkSceneUpdateInput!) { bulkSceneUpdate(input: $input) { id } }";
@@ -85,6 +86,7 @@ pub mod queries {
     pub fn all() -> Vec<(&'static str, String)> {
         let mut docs = vec![
             ("ApiKey", API_KEY.to_string()),
+            ("ConfigPath", CONFIG_PATH.to_string()),
             ("Config", CONFIG.to_string()),
             ("Update", UPDATE.to_string()),
             ("Bulk", BULK.to_string()),
@@ -320,6 +322,14 @@ impl StashClient {
         }
         self.creds().api_key = Some(Secret::new(&data.configuration.general.api_key));
         Ok(true)
+    }
+
+    /// Stash's config folder as Stash sees it (the folder of
+    /// `configFilePath`, which is where the plugin keeps its data).
+    pub async fn config_folder(&self) -> Result<Option<std::path::PathBuf>, Error> {
+        let data: Value = self.query("read Stash's config path", queries::CONFIG_PATH, json!({})).await?;
+        let path = data["configuration"]["general"]["configFilePath"].as_str().unwrap_or("");
+        Ok(std::path::Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()).map(|p| p.to_path_buf()))
     }
 
     /// Runs a GraphQL operation; GraphQL errors are `StashUnavailable`

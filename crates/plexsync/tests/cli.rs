@@ -62,3 +62,29 @@ async fn missing_stash_url_says_how_to_set_it() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--stash-url") && stderr.contains("PLEXSYNC_STASH_URL"), "{stderr}");
 }
+
+// Multi-threaded: the blocking CLI run must not stall the emulators.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_at_a_terminal_shows_the_plugins_queue_without_a_data_dir() {
+    let bed = Bed::new(20, json!({"partialScan": false})).await;
+    assert!(!bed.task("sync_all").await.failed());
+    bed.settle().await;
+    let plugin_queue = bed.queue().stats().unwrap();
+    assert!(plugin_queue.synced > 0);
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_plexsync"))
+        .args(["status", "--json"])
+        .env("HOME", home.path())
+        .env_remove("XDG_DATA_HOME")
+        .env_remove("PLEXSYNC_DATA_DIR")
+        .env("PLEXSYNC_STASH_URL", bed.stash.url().as_str())
+        .env("PLEXSYNC_STASH_SESSION", bed.session())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["queue"]["synced"], plugin_queue.synced, "{status}");
+    assert_eq!(status["queue"]["pending"], plugin_queue.pending);
+    assert!(stderr.contains(&bed.data_dir().display().to_string()), "says which folder: {stderr}");
+}

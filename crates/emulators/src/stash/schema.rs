@@ -233,6 +233,8 @@ pub struct Version {
 pub struct ConfigGeneralResult {
     pub api_key: String,
     pub database_path: String,
+    /// `<config folder>/config.yml`: the folder is `server_connection.Dir`.
+    pub config_file_path: String,
 }
 
 pub struct ConfigResult {
@@ -814,6 +816,7 @@ impl QueryRoot {
             general: ConfigGeneralResult {
                 api_key: sh.auth.api_key.clone().unwrap_or_default(),
                 database_path: "/root/.stash/stash-go.sqlite".into(),
+                config_file_path: sh.config_dir.lock().join("config.yml").display().to_string(),
             },
             plugins: Value::Object(state.plugins.clone()),
         }
