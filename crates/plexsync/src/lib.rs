@@ -1,33 +1,25 @@
 //! PlexSync: keeps a Plex Media Server's metadata in step with Stash.
 //!
-//! Faces (see `main.rs`): the Stash plugin ([`plugin`]), the worker
-//! ([`worker`]), the CLI ([`tasks`]) and the demo. The delivery pipeline is
-//! [`sync`]: fetch from Stash ([`stash`]), match ([`matching`]), clean
-//! ([`sanitize`]), map ([`desired`]), diff and write to Plex ([`plex`]),
-//! record in the queue database ([`queue`]).
+//! Three groups, one folder each: the [`faces`] (plugin, worker, tasks
+//! shared with the CLI in `main.rs`, demo), the delivery [`pipeline`]
+//! (capture → queue → sync: fetch, match, sanitize, diff, write, record)
+//! and the two [`clients`] (Stash, Plex). Settings ([`config`]), assembling
+//! a run ([`app`]), errors ([`error`]) and logging stay at the root.
 
 pub mod app;
-pub mod capture;
+pub mod clients;
 pub mod config;
-#[cfg(feature = "demo")]
-pub mod demo;
-pub mod desired;
 pub mod error;
-pub mod http;
-pub mod legacy;
+pub mod faces;
 pub mod logging;
-pub mod matching;
-pub mod plex;
-pub mod plugin;
-pub mod protocol;
-pub mod queue;
-pub mod retry;
-pub mod sanitize;
-pub mod secret;
-pub mod stash;
-pub mod sync;
-pub mod tasks;
-pub mod worker;
+pub mod pipeline;
+
+// One hop from the crate root to any module, wherever it lives.
+pub use clients::{http, plex, secret, stash};
+#[cfg(feature = "demo")]
+pub use faces::demo;
+pub use faces::{plugin, protocol, tasks, worker};
+pub use pipeline::{capture, desired, legacy, matching, queue, retry, sanitize, sync};
 
 /// `0.1.0 (x86_64-unknown-linux-musl, abc1234567)`: the version, the
 /// target the binary was built for and the commit it was built from.

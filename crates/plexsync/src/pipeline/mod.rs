@@ -1,0 +1,14 @@
+//! The delivery pipeline: [`capture`] and hooks fill the [`queue`];
+//! [`sync`] delivers one scene (fetch → the old plugin's Stash-side
+//! behaviours in [`legacy`] → [`matching`] → [`sanitize`] and [`desired`]
+//! → diff → write → record), with [`retry`] deciding when a failure is
+//! tried again.
+
+pub mod capture;
+pub mod desired;
+pub mod legacy;
+pub mod matching;
+pub mod queue;
+pub mod retry;
+pub mod sanitize;
+pub mod sync;
