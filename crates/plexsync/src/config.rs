@@ -80,6 +80,10 @@ settings! {
     "stashApiKey", String, false, "Stash API key", "CLI/daemon: Stash API key, when Stash has a login.";
     "stashSession", String, false, "Stash session", "Stash session cookie value (the plugin hands its own to the worker it starts).";
     "dataDir", String, false, "Data folder", "Where the queue database lives (default: <Stash config folder>/plexsync).";
+    "daemonListen", String, false, "Daemon address", "Daemon: address of its HTTP endpoints (default 127.0.0.1:9977); anything but loopback needs daemonToken.";
+    "daemonToken", String, false, "Daemon token", "Daemon: token a request must carry (Authorization: Bearer …) when daemonListen is not loopback.";
+    "reconcileHours", Number, false, "Reconcile every (hours)", "Daemon: hours between scheduled reconciles (default 24; 0 turns them off).";
+    "healthOutageSecs", Number, false, "Outage before unhealthy", "Daemon: seconds Plex may be unreachable before /healthz answers 503 (default 300).";
 }
 
 /// Push (write metadata) or refresh (old behaviour: ask the agent to pull).
@@ -189,6 +193,17 @@ pub struct Settings {
     pub stash_session: Option<Secret>,
     pub data_dir: Option<PathBuf>,
     pub retry: RetrySettings,
+    pub daemon: DaemonSettings,
+}
+
+/// The daemon's HTTP endpoints and schedule.
+#[derive(Clone, Debug)]
+pub struct DaemonSettings {
+    pub listen: String,
+    pub token: Option<Secret>,
+    /// Zero: no scheduled reconcile.
+    pub reconcile_every: Duration,
+    pub outage_unhealthy_after: Duration,
 }
 
 /// Retry knobs (see `retry.rs` for the policy table they scale).
@@ -241,6 +256,12 @@ impl Default for Settings {
             stash_session: None,
             data_dir: None,
             retry: RetrySettings::default(),
+            daemon: DaemonSettings {
+                listen: "127.0.0.1:9977".into(),
+                token: None,
+                reconcile_every: Duration::from_secs(24 * 3600),
+                outage_unhealthy_after: Duration::from_secs(300),
+            },
         }
     }
 }
@@ -510,6 +531,19 @@ impl Reader {
                 scale: self.number("retryScale", 1.0, 0.0001, 100.0),
                 lease: Duration::from_secs_f64(self.number("leaseSecs", 300.0, 0.1, 86_400.0)),
                 worker_idle: Duration::from_secs_f64(self.number("workerIdleSecs", 600.0, 0.0, 86_400.0)),
+            },
+            daemon: DaemonSettings {
+                listen: self.string("daemonListen").unwrap_or_else(|| "127.0.0.1:9977".into()),
+                token: self.string("daemonToken").map(Secret::new),
+                reconcile_every: Duration::from_secs_f64(
+                    self.number("reconcileHours", 24.0, 0.0, 24.0 * 365.0) * 3600.0,
+                ),
+                outage_unhealthy_after: Duration::from_secs_f64(self.number(
+                    "healthOutageSecs",
+                    300.0,
+                    0.0,
+                    86_400.0 * 30.0,
+                )),
             },
         }
     }

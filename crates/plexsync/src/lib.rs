@@ -12,13 +12,14 @@ pub mod config;
 pub mod error;
 pub mod faces;
 pub mod logging;
+pub mod metrics;
 pub mod pipeline;
 
 // One hop from the crate root to any module, wherever it lives.
 pub use clients::{http, plex, secret, stash};
 #[cfg(feature = "demo")]
 pub use faces::demo;
-pub use faces::{plugin, protocol, tasks, worker};
+pub use faces::{daemon, plugin, protocol, tasks, worker};
 pub use pipeline::{capture, desired, legacy, matching, queue, retry, sanitize, sync};
 
 /// `0.1.0 (x86_64-unknown-linux-musl, abc1234567)`: the version, the

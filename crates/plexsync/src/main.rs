@@ -60,6 +60,13 @@ enum Command {
         #[arg(long, num_args = 1..)]
         scene: Vec<String>,
     },
+    /// Run for good: the worker, change capture, a daily reconcile, and
+    /// HTTP health (/healthz), metrics (/metrics) and a status page (/).
+    Daemon {
+        /// Address of the HTTP endpoints (default 127.0.0.1:9977).
+        #[arg(long)]
+        listen: Option<String>,
+    },
     /// Queue and sync state.
     Status {
         /// Machine-readable output.
@@ -149,6 +156,9 @@ impl Cli {
         };
         put("dataDir", self.data_dir.as_ref().map(|p| p.display().to_string()));
         put("stashUrl", self.stash_url.clone());
+        if let Command::Daemon { listen } = &self.command {
+            put("daemonListen", listen.clone());
+        }
         put("plexUrl", self.plex_url.clone());
         Sources { config_file: self.config.clone(), cli }
     }
@@ -241,6 +251,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let result =
                 tasks::process_queue(&ctx, WorkerOptions::foreground(), &mut cli_progress("delivered")).await?;
             println!("{}", serde_json::to_string_pretty(&result)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Daemon { .. } => {
+            let ctx = Context::from_local(&sources).await?;
+            for w in &ctx.warnings {
+                tracing::warn!("setting: {w}");
+            }
+            plexsync::daemon::run(ctx).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { json } => {

@@ -1,8 +1,11 @@
 //! The faces: how PlexSync is started. Stash runs the plugin ([`plugin`],
 //! speaking [`protocol`]) for hooks and tasks; the plugin starts the
 //! [`worker`], which delivers the queue; the CLI (`main.rs`) and the plugin
-//! share the operations in [`tasks`]; `plexsync demo` runs [`demo`].
+//! share the operations in [`tasks`]; the [`daemon`] runs the worker for
+//! good, with HTTP health, metrics and a status page; `plexsync demo` runs
+//! `demo`.
 
+pub mod daemon;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod plugin;

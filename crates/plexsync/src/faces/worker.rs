@@ -65,6 +65,9 @@ pub struct WorkerOptions {
     /// worker that outlives a burst of edits keeps that to one per idle
     /// period instead of one per edit.
     pub idle: Duration,
+    /// Set to stop: the loop releases its leases and returns within
+    /// `STOP_CHECK` (a delivery in flight is abandoned, its row released).
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Default for WorkerOptions {
@@ -75,11 +78,30 @@ impl Default for WorkerOptions {
             capture_every: Some(Duration::from_secs(30)),
             max_sleep: Duration::from_secs(2),
             idle: Duration::ZERO,
+            stop: None,
         }
     }
 }
 
+/// How often a sleeping or probing worker looks at its stop flag.
+const STOP_CHECK: Duration = Duration::from_millis(100);
+
 impl WorkerOptions {
+    fn stopped(&self) -> bool {
+        self.stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Sleeps `d`, or less when asked to stop.
+    async fn nap(&self, d: Duration) {
+        if self.stop.is_none() {
+            return tokio::time::sleep(d).await;
+        }
+        let until = Instant::now() + d;
+        while !self.stopped() && Instant::now() < until {
+            tokio::time::sleep(STOP_CHECK.min(until - Instant::now())).await;
+        }
+    }
+
     /// The worker the plugin starts: waits out retries, idles ten minutes.
     pub fn detached(idle: Duration) -> Self {
         Self { idle, ..Self::default() }
@@ -175,8 +197,14 @@ fn take_newer_session(pipeline: &Pipeline, queue: &Queue) -> Result<bool, Error>
     Ok(true)
 }
 
-const BREAKER_KEY: &str = "plex_breaker_until";
+pub const BREAKER_KEY: &str = "plex_breaker_until";
 const BREAKER_FAILS_KEY: &str = "plex_breaker_failures";
+/// When the current Plex outage began (ms), `0` when Plex answers.
+pub const OUTAGE_SINCE_KEY: &str = "plex_outage_since";
+/// When change capture last succeeded (ms): Stash answers.
+pub const LAST_CAPTURE_KEY: &str = "last_capture_ms";
+/// When a delivery last succeeded (ms).
+pub const LAST_SYNC_KEY: &str = "last_sync_ms";
 /// Deliveries after Plex comes back are paced for this long.
 const GENTLE_PERIOD: Duration = Duration::from_secs(60);
 
@@ -211,6 +239,10 @@ pub async fn run(
     let lease = pipeline.settings.retry.lease;
     let mut idle_since: Option<Instant> = None;
     let result = loop {
+        if options.stopped() {
+            tracing::info!("stopping: leases released");
+            break Ok(());
+        }
         if !queue.path().exists() {
             tracing::info!("the queue database was removed; stopping");
             break Ok(());
@@ -240,12 +272,12 @@ pub async fn run(
                 Some(due) if due - now_ms() <= options.max_wait.as_millis() as i64 => {
                     idle_since = None;
                     let wait = Duration::from_millis((due - now_ms()).max(50) as u64).min(options.max_sleep);
-                    tokio::time::sleep(wait).await;
+                    options.nap(wait).await;
                     continue;
                 }
                 Some(_) => break Ok(()),
                 None if idle_since.get_or_insert_with(Instant::now).elapsed() < options.idle => {
-                    tokio::time::sleep(options.max_sleep).await;
+                    options.nap(options.max_sleep).await;
                     continue;
                 }
                 None => break Ok(()),
@@ -258,7 +290,7 @@ pub async fn run(
             }
         }
         let total = st.done + queue.stats().map_err(db)?.pending as usize;
-        if let Err(e) = deliver_batch(pipeline, queue, &rows, &mut st, total, &mut progress).await {
+        if let Err(e) = deliver_batch(pipeline, queue, &rows, &mut st, options, total, &mut progress).await {
             if e.class == ErrorClass::Auth && take_newer_session(pipeline, queue)? {
                 continue;
             }
@@ -295,6 +327,7 @@ async fn capture_if_due(
         crate::capture::Look::Narrow
     };
     let n = crate::capture::capture(&pipeline.stash, queue, look).await?;
+    queue.set_kv(LAST_CAPTURE_KEY, &now_ms().to_string()).map_err(db)?;
     if n > 0 {
         tracing::info!("queued {n} scenes changed in Stash without a hook");
     }
@@ -306,17 +339,25 @@ async fn deliver_batch(
     queue: &Queue,
     rows: &[Claimed],
     st: &mut RunState,
+    options: &WorkerOptions,
     total: usize,
     progress: &mut impl FnMut(usize, usize),
 ) -> Result<(), Error> {
     let knobs = pipeline.settings.retry.clone();
     for (i, row) in rows.iter().enumerate() {
+        if options.stopped() {
+            return release_all(queue, &rows[i..], now_ms());
+        }
         if st.gentle_until.is_some_and(|t| Instant::now() < t) {
             tokio::time::sleep(Duration::from_secs_f64(1.0 / knobs.drain_per_sec)).await;
         }
         match pipeline.deliver(queue, &row.scene_id, row.attempts).await {
             Ok(outcome) => {
                 log_outcome(&row.scene_id, &outcome);
+                crate::metrics::delivered(&outcome);
+                if matches!(outcome, Outcome::Synced { .. } | Outcome::Unchanged | Outcome::Refreshed(_)) {
+                    queue.set_kv(LAST_SYNC_KEY, &now_ms().to_string()).map_err(db)?;
+                }
                 pipeline.stats.count(&outcome);
                 queue.complete(row).map_err(db)?;
                 queue.set_kv(BREAKER_FAILS_KEY, "0").map_err(db)?;
@@ -325,6 +366,7 @@ async fn deliver_batch(
             }
             Err(err) => {
                 pipeline.stats.failed += 1;
+                crate::metrics::failed(err.class);
                 let age = Duration::from_millis((now_ms() - row.enqueued_at).max(0) as u64);
                 let decision = retry::decide(&err, row.attempts, age, &knobs);
                 let due = now_ms() + decision.delay.as_millis() as i64;
@@ -382,6 +424,9 @@ fn release_all(queue: &Queue, rows: &[Claimed], due: i64) -> Result<(), Error> {
 fn open_breaker(queue: &Queue, err: &Error, scale: f64) -> Result<(), Error> {
     let fails: u32 = queue.get_kv(BREAKER_FAILS_KEY).map_err(db)?.and_then(|v| v.parse().ok()).unwrap_or(0);
     let delay = probe_delay(fails, err.retry_after, scale);
+    if fails == 0 {
+        queue.set_kv(OUTAGE_SINCE_KEY, &now_ms().to_string()).map_err(db)?;
+    }
     queue.set_kv(BREAKER_FAILS_KEY, &(fails + 1).to_string()).map_err(db)?;
     queue.set_kv(BREAKER_KEY, &(now_ms() + delay.as_millis() as i64).to_string()).map_err(db)?;
     tracing::warn!("Plex unavailable: the queue waits ({:.0?} before the next probe)", delay);
@@ -401,12 +446,12 @@ async fn wait_for_breaker(pipeline: &Pipeline, queue: &Queue, options: &WorkerOp
     let started = Instant::now();
     loop {
         let until: i64 = queue.get_kv(BREAKER_KEY).map_err(db)?.and_then(|v| v.parse().ok()).unwrap_or(0);
-        if until == 0 {
+        if until == 0 || options.stopped() {
             return Ok(false);
         }
         let wait = until - now_ms();
         if wait > 0 {
-            tokio::time::sleep(Duration::from_millis(wait as u64).min(options.max_sleep)).await;
+            options.nap(Duration::from_millis(wait as u64).min(options.max_sleep)).await;
             continue;
         }
         let Some(plex) = &pipeline.plex else { return Ok(false) };
@@ -414,6 +459,7 @@ async fn wait_for_breaker(pipeline: &Pipeline, queue: &Queue, options: &WorkerOp
             Ok(_) => {
                 queue.set_kv(BREAKER_KEY, "0").map_err(db)?;
                 queue.set_kv(BREAKER_FAILS_KEY, "0").map_err(db)?;
+                queue.set_kv(OUTAGE_SINCE_KEY, "0").map_err(db)?;
                 tracing::info!("Plex is back after {:.0?}; delivering gently for a minute", started.elapsed());
                 return Ok(true);
             }

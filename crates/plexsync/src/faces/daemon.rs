@@ -1,0 +1,340 @@
+//! The daemon face: one long-running process with the worker, change
+//! capture every few seconds, a scheduled reconcile, and HTTP endpoints for
+//! health checks (`/healthz`), dashboards (`/metrics`) and people (`/`).
+//!
+//! It shares the plugin's queue: only one worker delivers at a time (the
+//! worker lock), so while the plugin's worker holds it, the daemon serves
+//! HTTP and waits. SIGTERM or Ctrl-C stop it: the worker releases its
+//! leases, the server finishes, and the process exits within seconds.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde_json::{json, Value};
+
+use crate::app::{open_queue, Context};
+use crate::error::{Error, ErrorClass};
+use crate::queue::{now_ms, Queue};
+use crate::secret::Secret;
+use crate::sync::db;
+use crate::worker::{self, Work, WorkerOptions};
+
+/// Change capture runs this often (the plugin's worker: 30 s).
+const CAPTURE_EVERY: Duration = Duration::from_secs(10);
+/// How often a daemon without the worker lock tries to take it.
+const LOCK_RETRY: Duration = Duration::from_secs(5);
+/// When the last scheduled reconcile was handed to the worker (ms).
+const LAST_RECONCILE_KEY: &str = "last_reconcile_ms";
+
+/// What the HTTP handlers need.
+struct Shared {
+    data_dir: PathBuf,
+    token: Option<Secret>,
+    outage_unhealthy_after: Duration,
+    /// Why delivery cannot work with the settings read at start, if so.
+    config_problem: Option<String>,
+}
+
+/// Runs until SIGTERM or Ctrl-C; never exits on its own.
+pub async fn run(ctx: Context) -> Result<(), Error> {
+    let settings = &ctx.settings.daemon;
+    let addr: SocketAddr = settings.listen.parse().map_err(|e| {
+        Error::new(
+            ErrorClass::Config,
+            format!("daemonListen {:?} is not an address like 127.0.0.1:9977: {e}", settings.listen),
+        )
+    })?;
+    if !addr.ip().is_loopback() && settings.token.as_ref().is_none_or(Secret::is_empty) {
+        return Err(Error::new(
+            ErrorClass::Config,
+            format!("daemonListen {addr} is reachable from other machines: set daemonToken, or listen on 127.0.0.1"),
+        ));
+    }
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::new(ErrorClass::Config, format!("cannot listen on {addr} (daemonListen): {e}")))?;
+    let bound = listener.local_addr().map_err(|e| Error::new(ErrorClass::Bug, e.to_string()))?;
+    tracing::info!("listening on http://{bound} (/healthz, /metrics, /); data folder {}", ctx.data_dir.display());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    tokio::spawn(stop_on_signal(Arc::clone(&stop)));
+    let shared = Arc::new(Shared {
+        data_dir: ctx.data_dir.clone(),
+        token: settings.token.clone().filter(|t| !t.is_empty()),
+        outage_unhealthy_after: settings.outage_unhealthy_after,
+        config_problem: ctx.settings.delivery_problem(),
+    });
+    let server_stop = Arc::clone(&stop);
+    let server = tokio::spawn(async move {
+        let stopped = async move {
+            while !server_stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        axum::serve(listener, router(shared)).with_graceful_shutdown(stopped).await
+    });
+    deliver(&ctx, &stop).await;
+    let _ = tokio::time::timeout(Duration::from_secs(3), server).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Sets `stop` at SIGTERM (Docker, systemd) or Ctrl-C.
+async fn stop_on_signal(stop: Arc<AtomicBool>) {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(e) => {
+                tracing::warn!("cannot watch SIGTERM: {e}");
+                let _ = tokio::signal::ctrl_c().await;
+                stop.store(true, Ordering::Relaxed);
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    tracing::info!("stopping");
+    stop.store(true, Ordering::Relaxed);
+}
+
+/// The worker, whenever the lock is free, until `stop`.
+async fn deliver(ctx: &Context, stop: &Arc<AtomicBool>) {
+    let options = WorkerOptions {
+        max_wait: Duration::from_secs(100 * 365 * 86_400),
+        capture_every: Some(CAPTURE_EVERY),
+        idle: Duration::MAX,
+        stop: Some(Arc::clone(stop)),
+        ..WorkerOptions::default()
+    };
+    let mut waiting_said = false;
+    while !stop.load(Ordering::Relaxed) {
+        let lock = match worker::try_lock(&ctx.data_dir) {
+            Ok(Some(lock)) => lock,
+            Ok(None) => {
+                if !std::mem::replace(&mut waiting_said, true) {
+                    tracing::info!("another worker (the plugin's) is delivering this queue; waiting for it");
+                }
+                nap(stop, LOCK_RETRY).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::error!("worker lock in {}: {e}", ctx.data_dir.display());
+                nap(stop, LOCK_RETRY).await;
+                continue;
+            }
+        };
+        waiting_said = false;
+        if let Err(e) = deliver_locked(ctx, &options).await {
+            tracing::error!("{e}; trying again in 30 s");
+            nap(stop, Duration::from_secs(30)).await;
+        }
+        drop(lock);
+    }
+}
+
+async fn deliver_locked(ctx: &Context, options: &WorkerOptions) -> Result<(), Error> {
+    let queue = ctx.queue()?;
+    schedule_reconcile(&queue, ctx.settings.daemon.reconcile_every)?;
+    let mut pipeline = ctx.pipeline()?;
+    let scheduler = tokio::spawn(reconcile_schedule(ctx.data_dir.clone(), ctx.settings.daemon.reconcile_every));
+    let result = worker::run(&mut pipeline, &queue, options, |_, _| {}).await;
+    scheduler.abort();
+    result
+}
+
+/// Hands a reconcile to the worker when the last one is `every` ago.
+fn schedule_reconcile(queue: &Queue, every: Duration) -> Result<(), Error> {
+    if every.is_zero() {
+        return Ok(());
+    }
+    let last: i64 = queue.get_kv(LAST_RECONCILE_KEY).map_err(db)?.and_then(|v| v.parse().ok()).unwrap_or(0);
+    if now_ms() - last >= every.as_millis() as i64 {
+        worker::request(queue, &Work::Reconcile { since: None })?;
+        queue.set_kv(LAST_RECONCILE_KEY, &now_ms().to_string()).map_err(db)?;
+        tracing::info!("scheduled reconcile queued (every {:.0} h)", every.as_secs_f64() / 3600.0);
+    }
+    Ok(())
+}
+
+async fn reconcile_schedule(data_dir: PathBuf, every: Duration) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        match open_queue(&data_dir).and_then(|q| schedule_reconcile(&q, every)) {
+            Ok(()) => {}
+            Err(e) => tracing::warn!("scheduled reconcile: {e}"),
+        }
+    }
+}
+
+async fn nap(stop: &AtomicBool, d: Duration) {
+    let until = tokio::time::Instant::now() + d;
+    while !stop.load(Ordering::Relaxed) && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/", get(status_page))
+        .layer(middleware::from_fn_with_state(Arc::clone(&shared), require_token))
+        .with_state(shared)
+}
+
+/// With a token set, every request must carry it (`Authorization: Bearer`).
+async fn require_token(State(sh): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    let Some(token) = &sh.token else { return next.run(req).await };
+    let given =
+        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    if given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.expose().as_bytes())) {
+        next.run(req).await
+    } else {
+        (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], "daemonToken required\n").into_response()
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Health as a container check reads it: 200 while delivery works, 503
+/// with the reasons when it cannot (settings, credentials, a Plex outage
+/// longer than `healthOutageSecs`).
+pub fn health(
+    queue: &Queue,
+    outage_unhealthy_after: Duration,
+    config_problem: Option<&str>,
+) -> Result<(bool, Value), Error> {
+    let stats = queue.stats().map_err(db)?;
+    let kv = |key: &str| -> Result<i64, Error> {
+        Ok(queue.get_kv(key).map_err(db)?.and_then(|v| v.parse().ok()).unwrap_or(0))
+    };
+    let now = now_ms();
+    let ago = |ms: i64| (ms > 0).then(|| (now - ms).max(0) / 1000);
+    let outage_since = kv(worker::OUTAGE_SINCE_KEY)?;
+    let breaker_open = kv(worker::BREAKER_KEY)? > 0;
+    let mut reasons = Vec::new();
+    if let Some(problem) = config_problem {
+        reasons.push(format!("config: {problem}"));
+    }
+    for (class, what) in
+        [("auth", "Plex or Stash refused PlexSync's credentials"), ("config", "a setting stops delivery")]
+    {
+        if let Some(n) = stats.by_class.get(class) {
+            reasons.push(format!("{class}: {what} ({n} scenes wait; the log says what to fix)"));
+        }
+    }
+    if let Some(secs) = ago(outage_since).filter(|s| breaker_open && *s >= outage_unhealthy_after.as_secs() as i64) {
+        reasons.push(format!("plex_unavailable: Plex has not answered for {secs} s"));
+    }
+    let body = json!({
+        "status": if reasons.is_empty() { "ok" } else { "unhealthy" },
+        "reasons": reasons,
+        "plex": {"breaker_open": breaker_open, "outage_secs": ago(outage_since).filter(|_| breaker_open)},
+        "stash": {"last_capture_secs_ago": ago(kv(worker::LAST_CAPTURE_KEY)?)},
+        "last_sync_secs_ago": ago(kv(worker::LAST_SYNC_KEY)?),
+        "queue": stats,
+    });
+    Ok((reasons.is_empty(), body))
+}
+
+fn internal(e: impl std::fmt::Display) -> Response {
+    (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()
+}
+
+async fn healthz(State(sh): State<Arc<Shared>>) -> Response {
+    let queue = match open_queue(&sh.data_dir) {
+        Ok(q) => q,
+        Err(e) => return internal(e),
+    };
+    match health(&queue, sh.outage_unhealthy_after, sh.config_problem.as_deref()) {
+        Ok((true, body)) => (StatusCode::OK, axum::Json(body)).into_response(),
+        Ok((false, body)) => (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn metrics(State(sh): State<Arc<Shared>>) -> Response {
+    let queue = match open_queue(&sh.data_dir) {
+        Ok(q) => q,
+        Err(e) => return internal(e),
+    };
+    match crate::metrics::render(&queue) {
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+/// A page a person reads: health, the queue by class, dead letters with
+/// their reasons. Plain HTML, no script, nothing from elsewhere.
+async fn status_page(State(sh): State<Arc<Shared>>) -> Response {
+    let queue = match open_queue(&sh.data_dir) {
+        Ok(q) => q,
+        Err(e) => return internal(e),
+    };
+    let (healthy, body) = match health(&queue, sh.outage_unhealthy_after, sh.config_problem.as_deref()) {
+        Ok(h) => h,
+        Err(e) => return internal(e),
+    };
+    let rows = |state: &str| queue.rows(state, 50).unwrap_or_default();
+    let mut html = String::from(PAGE_HEAD);
+    html.push_str(&format!(
+        "<h1>PlexSync</h1><p class=\"{}\">{}</p><ul>",
+        if healthy { "ok" } else { "bad" },
+        if healthy { "Delivering" } else { "Not delivering" }
+    ));
+    for reason in body["reasons"].as_array().into_iter().flatten() {
+        html.push_str(&format!("<li>{}</li>", escape(reason.as_str().unwrap_or(""))));
+    }
+    html.push_str("</ul><h2>Queue</h2><table><tr><th>waiting</th><th>due now</th><th>dead letters</th><th>synced scenes</th></tr>");
+    let q = &body["queue"];
+    html.push_str(&format!(
+        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr></table>",
+        q["pending"], q["due_now"], q["dead"], q["synced"]
+    ));
+    for (title, state) in [("Waiting", "pending"), ("Dead letters", "dead")] {
+        let list = rows(state);
+        html.push_str(&format!("<h2>{title} ({})</h2>", list.len()));
+        if list.is_empty() {
+            continue;
+        }
+        html.push_str("<table><tr><th>scene</th><th>class</th><th>tries</th><th>last error</th></tr>");
+        for r in list {
+            html.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&r.scene_id),
+                escape(r.error_class.as_deref().unwrap_or("new")),
+                r.attempts,
+                escape(r.last_error.as_deref().unwrap_or(""))
+            ));
+        }
+        html.push_str("</table>");
+    }
+    html.push_str("</body></html>");
+    Html(html).into_response()
+}
+
+const PAGE_HEAD: &str = "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>PlexSync</title>\
+<meta http-equiv=\"refresh\" content=\"10\"><style>body{font:15px system-ui,sans-serif;margin:2em;max-width:60em}\
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}\
+.ok{color:#176117;font-weight:bold}.bad{color:#a11;font-weight:bold}</style></head><body>";
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}

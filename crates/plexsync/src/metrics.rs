@@ -1,0 +1,97 @@
+//! Counters of what this process did, for the daemon's `/metrics`
+//! (Prometheus text format, `prometheus-client`). Gauges of the queue are
+//! read from the database at scrape time, so they are right whichever
+//! process (plugin worker or daemon) delivered.
+
+use std::sync::{LazyLock, Mutex};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::error::ErrorClass;
+use crate::queue::Queue;
+use crate::sync::Outcome;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Delivery {
+    outcome: String,
+    class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Class {
+    class: String,
+}
+
+struct Metrics {
+    deliveries: Family<Delivery, Counter>,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics { deliveries: Family::default() });
+/// Serializes scrapes (the registry is rebuilt for each).
+static SCRAPE: Mutex<()> = Mutex::new(());
+
+/// One delivery that ended with `outcome`.
+pub fn delivered(outcome: &Outcome) {
+    let outcome = match outcome {
+        Outcome::Synced { .. } => "synced",
+        Outcome::Unchanged => "unchanged",
+        Outcome::Skipped(_) => "skipped",
+        Outcome::Gone => "gone",
+        Outcome::Refreshed(_) => "refreshed",
+    };
+    METRICS.deliveries.get_or_create(&Delivery { outcome: outcome.into(), class: String::new() }).inc();
+}
+
+/// One delivery that failed with `class`.
+pub fn failed(class: ErrorClass) {
+    let label = Delivery { outcome: "failed".into(), class: class.as_str().into() };
+    METRICS.deliveries.get_or_create(&label).inc();
+}
+
+/// The Prometheus text exposition of this process's counters and the
+/// queue's state.
+pub fn render(queue: &Queue) -> rusqlite::Result<String> {
+    let _one = SCRAPE.lock().unwrap_or_else(|e| e.into_inner());
+    let stats = queue.stats()?;
+    let mut registry = Registry::with_prefix("plexsync");
+    registry.register(
+        "deliveries",
+        "Deliveries by this process, by outcome and failure class",
+        METRICS.deliveries.clone(),
+    );
+    let depth = Family::<Class, Gauge>::default();
+    let fresh = stats.pending - stats.by_class.values().sum::<i64>();
+    depth.get_or_create(&Class { class: "new".into() }).set(fresh.max(0));
+    for (class, n) in &stats.by_class {
+        depth.get_or_create(&Class { class: class.clone() }).set(*n);
+    }
+    registry.register("queue_depth", "Scenes waiting, by the class of their last failure (new: not tried yet)", depth);
+    let gauge = |v: i64| {
+        let g = Gauge::<i64>::default();
+        g.set(v);
+        g
+    };
+    registry.register("dead_letters", "Scenes given up on", gauge(stats.dead));
+    registry.register("synced_scenes", "Scenes with a sync record", gauge(stats.synced));
+    let kv = |key: &str| -> rusqlite::Result<i64> { Ok(queue.get_kv(key)?.and_then(|v| v.parse().ok()).unwrap_or(0)) };
+    let open = kv(crate::worker::BREAKER_KEY)? > 0;
+    registry.register("breaker_open", "1 while Plex is unreachable and the queue waits", gauge(i64::from(open)));
+    let seconds = |ms: i64| gauge(ms / 1000);
+    registry.register(
+        "last_sync_timestamp_seconds",
+        "When a delivery last succeeded (Unix time)",
+        seconds(kv(crate::worker::LAST_SYNC_KEY)?),
+    );
+    registry.register(
+        "last_capture_timestamp_seconds",
+        "When Stash was last asked for changes (Unix time)",
+        seconds(kv(crate::worker::LAST_CAPTURE_KEY)?),
+    );
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String cannot fail");
+    Ok(out)
+}

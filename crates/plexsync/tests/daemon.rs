@@ -1,0 +1,175 @@
+//! The daemon face over HTTP, against the emulators: health through a Plex
+//! outage, metrics that count deliveries, the token when it listens beyond
+//! loopback, and a clean stop on SIGTERM. It shares the plugin's queue: the
+//! plugin's hooks (installed from the manifest) fill it, the daemon delivers.
+#![cfg(unix)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{eventually, Bed, PLEX_TOKEN};
+use serde_json::{json, Value};
+
+struct Daemon {
+    child: Child,
+    url: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    /// Starts `plexsync daemon` on the bed's queue; `None` when it exited
+    /// before listening (its log is in the error).
+    fn start(bed: &Bed, listen: &str, env: &[(&str, &str)]) -> Result<Self, String> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_plexsync"))
+            .args(["--data-dir", bed.data_dir().to_str().unwrap(), "daemon", "--listen", listen])
+            .env("PLEXSYNC_STASH_URL", bed.stash.url().as_str())
+            .env("PLEXSYNC_STASH_SESSION", bed.session())
+            .envs(env.iter().copied())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let lines = BufReader::new(child.stderr.take().unwrap());
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in lines.lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_string());
+                }
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(url) => Ok(Self { child, url, log }),
+            Err(_) => {
+                let _ = child.wait();
+                Err(log.lock().unwrap().clone())
+            }
+        }
+    }
+
+    async fn get(&self, path: &str, token: Option<&str>) -> (u16, String) {
+        let mut req = reqwest::Client::new().get(format!("{}{path}", self.url));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        let resp = req.send().await.unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
+    async fn health(&self) -> (u16, Value) {
+        let (status, body) = self.get("/healthz", None).await;
+        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+
+    /// SIGTERM; returns how long the process took to exit.
+    fn terminate(&mut self) -> Duration {
+        let started = Instant::now();
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(started.elapsed() < Duration::from_secs(10), "still running 10 s after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        started.elapsed()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Deliveries by outcome from `/metrics`, parsed as Prometheus parses it.
+fn deliveries(text: &str, outcome: &str) -> f64 {
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "plexsync_deliveries_total" && s.labels.get("outcome") == Some(outcome))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_a_plex_outage_metrics_count_deliveries_and_sigterm_stops_it() {
+    let bed = Bed::new(20, json!({"retryScale": 0.02, "healthOutageSecs": 1, "reconcileHours": 0})).await;
+    let mut daemon = Daemon::start(&bed, "127.0.0.1:0", &[]).unwrap();
+    let (status, body) = daemon.health().await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "ok");
+
+    let ids = bed.scenes_in_plex();
+    for (i, id) in ids.iter().take(3).enumerate() {
+        assert!(!bed.edit_hook(*id, &format!("Edited {i}")).await.failed());
+    }
+    eventually(Duration::from_secs(20), "the daemon delivered the plugin's queue", || {
+        ids.iter().take(3).enumerate().all(|(i, id)| bed.item_of(*id).field("summary") == Some(&format!("Edited {i}")))
+    })
+    .await;
+    let (status, text) = daemon.get("/metrics", None).await;
+    assert_eq!(status, 200);
+    assert!(deliveries(&text, "synced") >= 3.0, "{text}");
+
+    bed.plex.go_down();
+    assert!(!bed.edit_hook(ids[3], "During the outage").await.failed());
+    let started = Instant::now();
+    loop {
+        let (status, body) = daemon.health().await;
+        if status == 503 {
+            assert!(body["reasons"].to_string().contains("plex_unavailable"), "{body}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "no 503 during the outage: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, page) = daemon.get("/", None).await;
+    assert!(page.contains("Not delivering") && page.contains("plex_unavailable"), "{page}");
+    bed.plex.come_up();
+    eventually(Duration::from_secs(20), "delivered once Plex is back", || {
+        bed.item_of(ids[3]).field("summary") == Some("During the outage")
+    })
+    .await;
+    let (status, body) = daemon.health().await;
+    assert_eq!(status, 200, "{body}");
+
+    let took = daemon.terminate();
+    assert!(took < Duration::from_secs(5), "stopped in {took:?}");
+    assert_eq!(bed.queue().stats().unwrap().leased, 0, "no lease left behind");
+    let log = daemon.log.lock().unwrap().clone();
+    assert!(log.contains("fields written to Plex item"), "the daemon, not a plugin worker, delivered: {log}");
+    assert!(log.contains("stopped"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_loopback_a_token_is_required_and_no_secret_is_ever_served() {
+    let bed = Bed::new(5, json!({"reconcileHours": 0})).await;
+    let refused = Daemon::start(&bed, "0.0.0.0:0", &[]).err().expect("refused without a token");
+    assert!(refused.contains("daemonToken"), "{refused}");
+
+    let token = "daemon-secret-token";
+    let mut local = Daemon::start(&bed, "0.0.0.0:0", &[("PLEXSYNC_DAEMON_TOKEN", token)]).unwrap();
+    let port = local.url.rsplit(':').next().unwrap().to_string();
+    local.url = format!("http://127.0.0.1:{port}");
+    for path in ["/healthz", "/metrics", "/"] {
+        let (status, _) = local.get(path, None).await;
+        assert_eq!(status, 401, "{path} without the token");
+        let (status, _) = local.get(path, Some("wrong")).await;
+        assert_eq!(status, 401, "{path} with a wrong token");
+        let (status, body) = local.get(path, Some(token)).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        for secret in [PLEX_TOKEN, token, bed.session().as_str()] {
+            assert!(!body.contains(secret), "{path} shows a secret");
+        }
+    }
+}
