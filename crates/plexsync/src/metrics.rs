@@ -9,6 +9,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::error::ErrorClass;
@@ -26,11 +27,43 @@ struct Class {
     class: String,
 }
 
-struct Metrics {
-    deliveries: Family<Delivery, Counter>,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Request {
+    server: String,
+    /// The HTTP status, or `error` when no answer came (refused, timeout).
+    status: String,
 }
 
-static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics { deliveries: Family::default() });
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Server {
+    server: String,
+}
+
+struct Metrics {
+    deliveries: Family<Delivery, Counter>,
+    requests: Family<Request, Counter>,
+    latency: Family<Server, Histogram>,
+}
+
+/// 5 ms … 41 s, doubling: a LAN Plex answers in tens of milliseconds, a
+/// busy one in seconds, a hung one at the request timeout.
+fn latency_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
+    deliveries: Family::default(),
+    requests: Family::default(),
+    latency: Family::new_with_constructor(latency_buckets),
+});
+
+/// One HTTP request to `server` (`plex`, `stash`): its status (`None`
+/// when no answer came) and how long it took.
+pub fn request(server: &str, status: Option<u16>, took: std::time::Duration) {
+    let status = status.map_or_else(|| "error".to_string(), |s| s.to_string());
+    METRICS.requests.get_or_create(&Request { server: server.into(), status }).inc();
+    METRICS.latency.get_or_create(&Server { server: server.into() }).observe(took.as_secs_f64());
+}
 /// Serializes scrapes (the registry is rebuilt for each).
 static SCRAPE: Mutex<()> = Mutex::new(());
 
@@ -63,6 +96,8 @@ pub fn render(queue: &Queue) -> rusqlite::Result<String> {
         "Deliveries by this process, by outcome and failure class",
         METRICS.deliveries.clone(),
     );
+    registry.register("requests", "HTTP requests to Plex and Stash, by status", METRICS.requests.clone());
+    registry.register("request_duration_seconds", "HTTP request latency to Plex and Stash", METRICS.latency.clone());
     let depth = Family::<Class, Gauge>::default();
     let fresh = stats.pending - stats.by_class.values().sum::<i64>();
     depth.get_or_create(&Class { class: "new".into() }).set(fresh.max(0));

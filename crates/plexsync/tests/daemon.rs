@@ -86,19 +86,25 @@ impl Drop for Daemon {
     }
 }
 
-/// Deliveries by outcome from `/metrics`, parsed as Prometheus parses it.
-fn deliveries(text: &str, outcome: &str) -> f64 {
+/// The sum of `metric`'s samples whose label `key` is `value`, from
+/// `/metrics` parsed as Prometheus parses it.
+fn sample(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
     let lines = text.lines().map(|l| Ok(l.to_string()));
     let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
     scrape
         .samples
         .iter()
-        .filter(|s| s.metric == "plexsync_deliveries_total" && s.labels.get("outcome") == Some(outcome))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+        .filter(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => *v,
+            prometheus_parse::Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
             _ => 0.0,
         })
         .sum()
+}
+
+fn deliveries(text: &str, outcome: &str) -> f64 {
+    sample(text, "plexsync_deliveries_total", &[("outcome", outcome)])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,6 +148,11 @@ async fn health_follows_a_plex_outage_metrics_count_deliveries_and_sigterm_stops
     .await;
     let (status, body) = daemon.health().await;
     assert_eq!(status, 200, "{body}");
+    let (_, text) = daemon.get("/metrics", None).await;
+    let plex = |status| sample(&text, "plexsync_requests_total", &[("server", "plex"), ("status", status)]);
+    assert!(plex("200") >= 4.0 && plex("error") >= 1.0, "Plex requests by status: {text}");
+    assert!(sample(&text, "plexsync_requests_total", &[("server", "stash"), ("status", "200")]) >= 1.0);
+    assert!(sample(&text, "plexsync_request_duration_seconds", &[("server", "plex")]) >= 4.0, "{text}");
 
     let took = daemon.terminate();
     assert!(took < Duration::from_secs(5), "stopped in {took:?}");

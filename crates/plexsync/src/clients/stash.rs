@@ -339,7 +339,10 @@ impl StashClient {
             "query": query,
             "variables": variables,
         }));
-        let response = request.send().await.map_err(|e| Error::transport(Server::Stash, what, e))?;
+        let started = std::time::Instant::now();
+        let sent = request.send().await;
+        crate::metrics::request("stash", sent.as_ref().ok().map(|r| r.status().as_u16()), started.elapsed());
+        let response = sent.map_err(|e| Error::transport(Server::Stash, what, e))?;
         self.follow_set_cookie(&response);
         let status = response.status();
         if status.as_u16() == 401 && !self.has_api_key() && self.session_cookie().is_some() {
@@ -591,7 +594,10 @@ impl StashClient {
         if let Some(etag) = etag {
             request = request.header(reqwest::header::IF_NONE_MATCH, etag);
         }
-        let response = request.send().await.map_err(|e| Error::transport(Server::Stash, "fetch image", e))?;
+        let started = std::time::Instant::now();
+        let sent = request.send().await;
+        crate::metrics::request("stash", sent.as_ref().ok().map(|r| r.status().as_u16()), started.elapsed());
+        let response = sent.map_err(|e| Error::transport(Server::Stash, "fetch image", e))?;
         self.follow_set_cookie(&response);
         if response.status() == reqwest::StatusCode::NOT_MODIFIED {
             return Ok(Image::NotModified);
