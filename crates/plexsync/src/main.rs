@@ -254,7 +254,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Daemon { .. } => {
-            let ctx = Context::from_local(&sources).await?;
+            let Some(ctx) = daemon_context(&sources).await? else { return Ok(ExitCode::SUCCESS) };
             for w in &ctx.warnings {
                 tracing::warn!("setting: {w}");
             }
@@ -348,6 +348,23 @@ fn parse_since(s: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
 }
 
 /// Prints progress at every tenth of the work.
+/// The daemon's context. A daemon may start before Stash (a compose file,
+/// a reboot): it waits for Stash instead of exiting, until Ctrl-C or
+/// SIGTERM (`None`). A missing setting is an error at once.
+async fn daemon_context(sources: &Sources) -> anyhow::Result<Option<Context>> {
+    loop {
+        match Context::from_local(sources).await {
+            Ok(ctx) => return Ok(Some(ctx)),
+            Err(e) if e.class == plexsync::error::ErrorClass::Config => return Err(e.into()),
+            Err(e) => tracing::warn!("{e}; trying again in 10 s"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
+            _ = plexsync::daemon::stop_signal() => return Ok(None),
+        }
+    }
+}
+
 fn cli_progress(what: &'static str) -> impl FnMut(usize, usize) {
     let mut shown = usize::MAX;
     move |done, total| {

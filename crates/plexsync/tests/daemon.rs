@@ -184,3 +184,24 @@ async fn beyond_loopback_a_token_is_required_and_no_secret_is_ever_served() {
         }
     }
 }
+
+#[test]
+fn a_daemon_started_before_stash_waits_for_it_and_still_stops_at_once() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_plexsync"))
+        .args(["--data-dir", data.path().to_str().unwrap(), "daemon"])
+        .env("PLEXSYNC_STASH_URL", format!("http://127.0.0.1:{port}"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.contains("trying again"), "{first}");
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+    let started = Instant::now();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(status.success(), "{status:?}");
+}

@@ -90,6 +90,13 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
 
 /// Sets `stop` at SIGTERM (Docker, systemd) or Ctrl-C.
 async fn stop_on_signal(stop: Arc<AtomicBool>) {
+    stop_signal().await;
+    tracing::info!("stopping");
+    stop.store(true, Ordering::Relaxed);
+}
+
+/// Returns at SIGTERM or Ctrl-C.
+pub async fn stop_signal() {
     #[cfg(unix)]
     {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -97,7 +104,6 @@ async fn stop_on_signal(stop: Arc<AtomicBool>) {
             Err(e) => {
                 tracing::warn!("cannot watch SIGTERM: {e}");
                 let _ = tokio::signal::ctrl_c().await;
-                stop.store(true, Ordering::Relaxed);
                 return;
             }
         };
@@ -108,8 +114,6 @@ async fn stop_on_signal(stop: Arc<AtomicBool>) {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
-    tracing::info!("stopping");
-    stop.store(true, Ordering::Relaxed);
 }
 
 /// The worker, whenever the lock is free, until `stop`.
