@@ -352,6 +352,8 @@ fn parse_since(s: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
 /// a reboot): it waits for Stash instead of exiting, until Ctrl-C or
 /// SIGTERM (`None`). A missing setting is an error at once.
 async fn daemon_context(sources: &Sources) -> anyhow::Result<Option<Context>> {
+    let stop = plexsync::daemon::stop_signal();
+    tokio::pin!(stop);
     loop {
         match Context::from_local(sources).await {
             Ok(ctx) => return Ok(Some(ctx)),
@@ -360,7 +362,7 @@ async fn daemon_context(sources: &Sources) -> anyhow::Result<Option<Context>> {
         }
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
-            _ = plexsync::daemon::stop_signal() => return Ok(None),
+            _ = &mut stop => return Ok(None),
         }
     }
 }

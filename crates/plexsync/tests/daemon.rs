@@ -205,3 +205,43 @@ fn a_daemon_started_before_stash_waits_for_it_and_still_stops_at_once() {
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pages_buttons_act_only_from_the_page_itself() {
+    let bed = Bed::new(10, json!({"reconcileHours": 0})).await;
+    let daemon = Daemon::start(&bed, "127.0.0.1:0", &[]).unwrap();
+    let (_, page) = daemon.get("/", None).await;
+    let key =
+        page.split("name=\"key\" value=\"").nth(1).and_then(|r| r.split('"').next()).expect("a form key").to_string();
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let post = |action: &str, form: Vec<(&str, String)>, headers: Vec<(&str, String)>| {
+        let mut req = client.post(format!("{}/actions/{action}", daemon.url)).form(&form);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    let id = bed.scenes_in_plex()[0].to_string();
+    let own = vec![("Origin", daemon.url.clone()), ("Sec-Fetch-Site", "same-origin".to_string())];
+
+    assert_eq!(post("sync", vec![("scene", id.clone())], own.clone()).await, 403, "no key");
+    let with_key = |scene: &str| vec![("key", key.clone()), ("scene", scene.to_string())];
+    let elsewhere = vec![("Origin", "http://evil.example".to_string())];
+    assert_eq!(post("sync", with_key(&id), elsewhere).await, 403, "another site's page");
+    let cross = vec![("Sec-Fetch-Site", "cross-site".to_string())];
+    assert_eq!(post("sync", with_key(&id), cross).await, 403, "a cross-site request");
+    assert_eq!(post("sync", with_key("1 OR 1"), own.clone()).await, 400, "not a scene id");
+    assert_eq!(post("sync", with_key(&id), own.clone()).await, 303);
+    eventually(Duration::from_secs(20), "the scene the page asked for was delivered", || {
+        daemon.log.lock().unwrap().contains(&format!("scene {id}: "))
+    })
+    .await;
+    for action in ["retry-dead", "purge-dead", "reconcile"] {
+        assert_eq!(post(action, vec![("key", key.clone())], own.clone()).await, 303, "{action}");
+    }
+    eventually(Duration::from_secs(20), "the reconcile ran", || {
+        daemon.log.lock().unwrap().contains("Reconcile all: done")
+    })
+    .await;
+    assert_eq!(post("nothing", vec![("key", key.clone())], own).await, 404);
+}

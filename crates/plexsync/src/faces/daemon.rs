@@ -13,11 +13,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::{Form, Path};
 use axum::extract::{Request, State};
+use axum::http::HeaderMap;
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Value};
 
@@ -42,6 +44,9 @@ struct Shared {
     outage_unhealthy_after: Duration,
     /// Why delivery cannot work with the settings read at start, if so.
     config_problem: Option<String>,
+    /// Random per process; every form on the page carries it and every
+    /// POST must send it back, so another site cannot make a browser act.
+    form_key: String,
 }
 
 /// Runs until SIGTERM or Ctrl-C; never exits on its own.
@@ -63,15 +68,22 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
         .await
         .map_err(|e| Error::new(ErrorClass::Config, format!("cannot listen on {addr} (daemonListen): {e}")))?;
     let bound = listener.local_addr().map_err(|e| Error::new(ErrorClass::Bug, e.to_string()))?;
-    tracing::info!("listening on http://{bound} (/healthz, /metrics, /); data folder {}", ctx.data_dir.display());
 
     let stop = Arc::new(AtomicBool::new(false));
-    tokio::spawn(stop_on_signal(Arc::clone(&stop)));
+    let signal = stop_signal();
+    let on_signal = Arc::clone(&stop);
+    tokio::spawn(async move {
+        signal.await;
+        tracing::info!("stopping");
+        on_signal.store(true, Ordering::Relaxed);
+    });
+    tracing::info!("listening on http://{bound} (/healthz, /metrics, /); data folder {}", ctx.data_dir.display());
     let shared = Arc::new(Shared {
         data_dir: ctx.data_dir.clone(),
         token: settings.token.clone().filter(|t| !t.is_empty()),
         outage_unhealthy_after: settings.outage_unhealthy_after,
         config_problem: ctx.settings.delivery_problem(),
+        form_key: hex::encode(rand::random::<[u8; 16]>()),
     });
     let server_stop = Arc::clone(&stop);
     let server = tokio::spawn(async move {
@@ -88,32 +100,29 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
     Ok(())
 }
 
-/// Sets `stop` at SIGTERM (Docker, systemd) or Ctrl-C.
-async fn stop_on_signal(stop: Arc<AtomicBool>) {
-    stop_signal().await;
-    tracing::info!("stopping");
-    stop.store(true, Ordering::Relaxed);
-}
-
-/// Returns at SIGTERM or Ctrl-C.
-pub async fn stop_signal() {
+/// Completes at SIGTERM (Docker, systemd) or Ctrl-C. SIGTERM is watched
+/// from this call on, not from the first poll: a signal that arrives in
+/// between is not lost (nor does it kill the process unhandled).
+pub fn stop_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    async move {
+        #[cfg(unix)]
+        match term {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
             Err(e) => {
                 tracing::warn!("cannot watch SIGTERM: {e}");
                 let _ = tokio::signal::ctrl_c().await;
-                return;
             }
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
         }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
     }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// The worker, whenever the lock is free, until `stop`.
@@ -197,6 +206,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/", get(status_page))
+        .route("/actions/{action}", post(action))
         .layer(middleware::from_fn_with_state(Arc::clone(&shared), require_token))
         .with_state(shared)
 }
@@ -285,6 +295,72 @@ async fn metrics(State(sh): State<Arc<Shared>>) -> Response {
     }
 }
 
+/// The page's buttons. Refused unless the form carries this process's
+/// key and the browser says the request comes from this page's origin.
+async fn action(
+    State(sh): State<Arc<Shared>>,
+    Path(action): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<std::collections::HashMap<String, String>>,
+) -> Response {
+    let key_ok = form.get("key").is_some_and(|k| constant_time_eq(k.as_bytes(), sh.form_key.as_bytes()));
+    if !key_ok || !same_origin(&headers) {
+        return (StatusCode::FORBIDDEN, "refused: not sent from PlexSync's own page\n").into_response();
+    }
+    let queue = match open_queue(&sh.data_dir) {
+        Ok(q) => q,
+        Err(e) => return internal(e),
+    };
+    let done = match action.as_str() {
+        "sync" => match form
+            .get("scene")
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()))
+        {
+            Some(id) => {
+                queue.enqueue(id, crate::queue::Reason::Manual).map(|_| format!("scene {id} queued")).map_err(db)
+            }
+            None => return (StatusCode::BAD_REQUEST, "scene: a Stash scene id (digits) is required\n").into_response(),
+        },
+        "retry-dead" => queue.retry_dead(None).map(|n| format!("{n} dead letters queued again")).map_err(db),
+        "purge-dead" => queue.purge_dead(None).map(|n| format!("{n} dead letters removed")).map_err(db),
+        "reconcile" => {
+            worker::request(&queue, &Work::Reconcile { since: None }).map(|_| "reconcile queued".to_string())
+        }
+        _ => return (StatusCode::NOT_FOUND, "no such action\n").into_response(),
+    };
+    match done {
+        Ok(message) => {
+            tracing::info!("status page: {message}");
+            (StatusCode::SEE_OTHER, [(header::LOCATION, "/")]).into_response()
+        }
+        Err(e) => internal(e),
+    }
+}
+
+/// A browser names where a request comes from (`Sec-Fetch-Site`, `Origin`);
+/// a request from another site is refused. Non-browser clients send
+/// neither and are judged by the form key alone.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if get("sec-fetch-site").is_some_and(|site| site != "same-origin" && site != "none") {
+        return false;
+    }
+    match (get("origin"), get("host")) {
+        (Some(origin), Some(host)) => url::Url::parse(origin).is_ok_and(|o| {
+            o.host_str().zip(Some(o.port_or_known_default())).is_some_and(|(h, p)| {
+                let own = match p {
+                    Some(p) => format!("{h}:{p}"),
+                    None => h.to_string(),
+                };
+                own == host || h == host
+            })
+        }),
+        (Some(_), None) => false,
+        (None, _) => true,
+    }
+}
+
 /// A page a person reads: health, the queue by class, dead letters with
 /// their reasons. Plain HTML, no script, nothing from elsewhere.
 async fn status_page(State(sh): State<Arc<Shared>>) -> Response {
@@ -330,14 +406,27 @@ async fn status_page(State(sh): State<Arc<Shared>>) -> Response {
         }
         html.push_str("</table>");
     }
+    let key = escape(&sh.form_key);
+    html.push_str("<h2>Actions</h2>");
+    html.push_str(&format!(
+        "<form method=\"post\" action=\"/actions/sync\"><input type=\"hidden\" name=\"key\" value=\"{key}\">\
+         <label>Scene id <input name=\"scene\" inputmode=\"numeric\" required></label> <button>Sync now</button></form>"
+    ));
+    for (action, label) in
+        [("retry-dead", "Retry dead letters"), ("purge-dead", "Purge dead letters"), ("reconcile", "Reconcile all")]
+    {
+        html.push_str(&format!(
+            "<form method=\"post\" action=\"/actions/{action}\" class=\"inline\"><input type=\"hidden\" name=\"key\" value=\"{key}\"><button>{label}</button></form>"
+        ));
+    }
     html.push_str("</body></html>");
     Html(html).into_response()
 }
 
 const PAGE_HEAD: &str = "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>PlexSync</title>\
-<meta http-equiv=\"refresh\" content=\"10\"><style>body{font:15px system-ui,sans-serif;margin:2em;max-width:60em}\
+<style>body{font:15px system-ui,sans-serif;margin:2em;max-width:60em}\
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}\
-.ok{color:#176117;font-weight:bold}.bad{color:#a11;font-weight:bold}</style></head><body>";
+.inline{display:inline-block;margin-right:.5em}.ok{color:#176117;font-weight:bold}.bad{color:#a11;font-weight:bold}</style></head><body>";
 
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
