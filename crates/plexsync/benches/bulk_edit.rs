@@ -21,23 +21,11 @@ use emulators::StashEmulator;
 use serde_json::json;
 
 async fn bulk_add_tag(stash: &StashEmulator, ids: &[u64], tag: u64) -> Duration {
-    let body = json!({
-        "query": "mutation Bulk($input: BulkSceneUpdateInput!) { bulkSceneUpdate(input: $input) { id } }",
-        "variables": {"input": {"ids": ids.iter().map(u64::to_string).collect::<Vec<_>>(),
-                                "tag_ids": {"ids": [tag.to_string()], "mode": "ADD"}}}
-    });
+    let query = "mutation Bulk($input: BulkSceneUpdateInput!) { bulkSceneUpdate(input: $input) { id } }";
+    let ids: Vec<String> = ids.iter().map(u64::to_string).collect();
     let started = Instant::now();
-    let resp = reqwest::Client::new()
-        .post(stash.url().join("graphql").unwrap())
-        .header("Cookie", format!("session={}", stash.login_cookie()))
-        .timeout(Duration::from_secs(3600))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success());
-    let answer: serde_json::Value = resp.json().await.unwrap();
-    assert!(answer["errors"].is_null(), "{answer}");
+    common::graphql(stash, query, json!({"input": {"ids": ids, "tag_ids": {"ids": [tag.to_string()], "mode": "ADD"}}}))
+        .await;
     started.elapsed()
 }
 

@@ -20,22 +20,7 @@ use std::time::{Duration, Instant};
 
 use emulators::{PlexEmulator, StashEmulator};
 use plexsync::queue::Queue;
-use serde_json::{json, Value};
-
-async fn graphql(stash: &StashEmulator, query: &str, variables: Value) {
-    let answer: Value = reqwest::Client::new()
-        .post(stash.url().join("graphql").unwrap())
-        .header("Cookie", format!("session={}", stash.login_cookie()))
-        .timeout(Duration::from_secs(3600))
-        .json(&json!({"query": query, "variables": variables}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(answer["errors"].is_null(), "{answer}");
-}
+use serde_json::json;
 
 /// Waits until the worker has delivered everything (nothing waiting,
 /// leased or handed over), after a short quiet period.
@@ -121,8 +106,12 @@ async fn main() {
     measure("one field", sample.len(), &stash, &plex, &data, async {
         for id in &sample {
             let q = "mutation($i: SceneUpdateInput!) { sceneUpdate(input: $i) { id } }";
-            graphql(&stash, q, json!({"i": {"id": id.to_string(), "details": format!("Edited details of {id}.")}}))
-                .await;
+            common::graphql(
+                &stash,
+                q,
+                json!({"i": {"id": id.to_string(), "details": format!("Edited details of {id}.")}}),
+            )
+            .await;
         }
     })
     .await;
@@ -131,7 +120,8 @@ async fn main() {
     measure("bulk tag", synced.len(), &stash, &plex, &data, async {
         let all: Vec<String> = stash.with_state(|s| s.scenes.keys().map(u64::to_string).collect());
         let q = "mutation($i: BulkSceneUpdateInput!) { bulkSceneUpdate(input: $i) { id } }";
-        graphql(&stash, q, json!({"i": {"ids": all, "tag_ids": {"ids": [tag.to_string()], "mode": "ADD"}}})).await;
+        common::graphql(&stash, q, json!({"i": {"ids": all, "tag_ids": {"ids": [tag.to_string()], "mode": "ADD"}}}))
+            .await;
     })
     .await;
 
@@ -140,7 +130,7 @@ async fn main() {
             let png = emulators::stash::state::fixture_image(id + 1_000_000);
             let data_url = emulators::stash::state::data_url(&png);
             let q = "mutation($i: SceneUpdateInput!) { sceneUpdate(input: $i) { id } }";
-            graphql(&stash, q, json!({"i": {"id": id.to_string(), "cover_image": data_url}})).await;
+            common::graphql(&stash, q, json!({"i": {"id": id.to_string(), "cover_image": data_url}})).await;
         }
     })
     .await;

@@ -57,12 +57,18 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     latency: Family::new_with_constructor(latency_buckets),
 });
 
-/// One HTTP request to `server` (`plex`, `stash`): its status (`None`
-/// when no answer came) and how long it took.
-pub fn request(server: &str, status: Option<u16>, took: std::time::Duration) {
-    let status = status.map_or_else(|| "error".to_string(), |s| s.to_string());
+/// Sends a request to `server` (`plex`, `stash`) and records its status
+/// (`error` when no answer came) and how long it took.
+pub async fn timed(
+    server: &str,
+    send: impl std::future::Future<Output = reqwest::Result<reqwest::Response>>,
+) -> reqwest::Result<reqwest::Response> {
+    let started = std::time::Instant::now();
+    let sent = send.await;
+    let status = sent.as_ref().map_or_else(|_| "error".to_string(), |r| r.status().as_u16().to_string());
     METRICS.requests.get_or_create(&Request { server: server.into(), status }).inc();
-    METRICS.latency.get_or_create(&Server { server: server.into() }).observe(took.as_secs_f64());
+    METRICS.latency.get_or_create(&Server { server: server.into() }).observe(started.elapsed().as_secs_f64());
+    sent
 }
 /// Serializes scrapes (the registry is rebuilt for each).
 static SCRAPE: Mutex<()> = Mutex::new(());

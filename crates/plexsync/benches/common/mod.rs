@@ -62,6 +62,22 @@ pub fn install(config: &Path, exe: &Path) -> PathBuf {
     folder
 }
 
+/// Sends a GraphQL document to Stash as a logged-in person's browser does
+/// (mutations fire their hooks); fails the benchmark on any error.
+pub async fn graphql(stash: &StashEmulator, query: &str, variables: serde_json::Value) {
+    let response = reqwest::Client::new()
+        .post(stash.url().join("graphql").unwrap())
+        .header("Cookie", format!("session={}", stash.login_cookie()))
+        .timeout(Duration::from_secs(3600))
+        .json(&json!({"query": query, "variables": variables}))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert!(answer["errors"].is_null(), "{answer}");
+}
+
 /// Median and 95th percentile, in milliseconds.
 pub fn median_p95(mut v: Vec<Duration>) -> (f64, f64) {
     v.sort();

@@ -216,13 +216,14 @@ impl PlexClient {
     /// Sends, retrying once on a fresh connection when a pooled keep-alive
     /// connection turns out to be stale (Plex closes idle ones).
     async fn send(&self, what: &str, build: impl Fn() -> reqwest::RequestBuilder) -> Result<reqwest::Response, Error> {
-        let started = std::time::Instant::now();
-        let sent = match build().send().await {
-            Err(e) if e.is_request() && !e.is_timeout() && !e.is_connect() => build().send().await,
-            other => other,
+        let send = async {
+            match build().send().await {
+                Err(e) if e.is_request() && !e.is_timeout() && !e.is_connect() => build().send().await,
+                other => other,
+            }
         };
-        crate::metrics::request("plex", sent.as_ref().ok().map(|r| r.status().as_u16()), started.elapsed());
-        let response = sent.map_err(|e| Error::transport(Server::Plex, what, e))?;
+        let response =
+            crate::metrics::timed("plex", send).await.map_err(|e| Error::transport(Server::Plex, what, e))?;
         let status = response.status();
         if status.is_success() {
             Ok(response)

@@ -339,9 +339,7 @@ impl StashClient {
             "query": query,
             "variables": variables,
         }));
-        let started = std::time::Instant::now();
-        let sent = request.send().await;
-        crate::metrics::request("stash", sent.as_ref().ok().map(|r| r.status().as_u16()), started.elapsed());
+        let sent = crate::metrics::timed("stash", request.send()).await;
         let response = sent.map_err(|e| Error::transport(Server::Stash, what, e))?;
         self.follow_set_cookie(&response);
         let status = response.status();
@@ -594,9 +592,7 @@ impl StashClient {
         if let Some(etag) = etag {
             request = request.header(reqwest::header::IF_NONE_MATCH, etag);
         }
-        let started = std::time::Instant::now();
-        let sent = request.send().await;
-        crate::metrics::request("stash", sent.as_ref().ok().map(|r| r.status().as_u16()), started.elapsed());
+        let sent = crate::metrics::timed("stash", request.send()).await;
         let response = sent.map_err(|e| Error::transport(Server::Stash, "fetch image", e))?;
         self.follow_set_cookie(&response);
         if response.status() == reqwest::StatusCode::NOT_MODIFIED {

@@ -142,19 +142,19 @@ async fn deliver(ctx: &Context, stop: &Arc<AtomicBool>) {
                 if !std::mem::replace(&mut waiting_said, true) {
                     tracing::info!("another worker (the plugin's) is delivering this queue; waiting for it");
                 }
-                nap(stop, LOCK_RETRY).await;
+                worker::nap_unless(stop, LOCK_RETRY).await;
                 continue;
             }
             Err(e) => {
                 tracing::error!("worker lock in {}: {e}", ctx.data_dir.display());
-                nap(stop, LOCK_RETRY).await;
+                worker::nap_unless(stop, LOCK_RETRY).await;
                 continue;
             }
         };
         waiting_said = false;
         if let Err(e) = deliver_locked(ctx, &options).await {
             tracing::error!("{e}; trying again in 30 s");
-            nap(stop, Duration::from_secs(30)).await;
+            worker::nap_unless(stop, Duration::from_secs(30)).await;
         }
         drop(lock);
     }
@@ -191,13 +191,6 @@ async fn reconcile_schedule(data_dir: PathBuf, every: Duration) {
             Ok(()) => {}
             Err(e) => tracing::warn!("scheduled reconcile: {e}"),
         }
-    }
-}
-
-async fn nap(stop: &AtomicBool, d: Duration) {
-    let until = tokio::time::Instant::now() + d;
-    while !stop.load(Ordering::Relaxed) && tokio::time::Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -312,11 +305,7 @@ async fn action(
         Err(e) => return internal(e),
     };
     let done = match action.as_str() {
-        "sync" => match form
-            .get("scene")
-            .map(|s| s.trim())
-            .filter(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()))
-        {
+        "sync" => match form.get("scene").map(|s| s.trim()).filter(|s| crate::protocol::is_id(s)) {
             Some(id) => {
                 queue.enqueue(id, crate::queue::Reason::Manual).map(|_| format!("scene {id} queued")).map_err(db)
             }

@@ -193,14 +193,7 @@ fn merged_sources(hook: &HookContext) -> Vec<String> {
         return Vec::new();
     }
     let sources = hook.input.get("source").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
-    sources
-        .iter()
-        .filter_map(|v| match v {
-            Value::String(s) if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()) => Some(s.clone()),
-            Value::Number(n) => n.as_u64().map(|n| n.to_string()),
-            _ => None,
-        })
-        .collect()
+    sources.iter().filter_map(protocol::id_in).collect()
 }
 
 /// Leaves the session cookie Stash just gave us for a running worker,

@@ -75,13 +75,24 @@ pub struct HookContext {
 }
 
 impl HookContext {
-    /// The scene id, whether Stash sent it as a number or a string.
+    /// The scene's (or performer's, studio's, tag's) id, whether Stash
+    /// sent it as a number or a string.
     pub fn scene_id(&self) -> Option<String> {
-        match &self.id {
-            Value::Number(n) => n.as_u64().map(|n| n.to_string()),
-            Value::String(s) if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()) => Some(s.clone()),
-            _ => None,
-        }
+        id_in(&self.id)
+    }
+}
+
+/// Whether `s` is a Stash object id (digits only).
+pub fn is_id(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_digit())
+}
+
+/// A Stash object id sent as a number or as a string of digits.
+pub fn id_in(value: &Value) -> Option<String> {
+    match value {
+        Value::Number(n) => n.as_u64().map(|n| n.to_string()),
+        Value::String(s) if is_id(s) => Some(s.clone()),
+        _ => None,
     }
 }
 

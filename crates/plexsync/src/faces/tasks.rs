@@ -91,21 +91,16 @@ pub async fn reconcile(
             if settings.skip_unorganized && !scene.organized {
                 continue;
             }
-            let recorded: Vec<String> =
-                queue.records(&scene.id).map_err(db)?.into_iter().map(|r| r.rating_key).collect();
-            let items = match pipeline.find(&scene, &recorded).await? {
-                crate::matching::Match::Found { rating_key, also, .. } => {
-                    std::iter::once(rating_key).chain(also.into_iter().map(|(rk, _)| rk)).collect::<Vec<_>>()
-                }
-                _ => {
-                    missing += 1;
-                    queue.enqueue(&scene.id, Reason::Reconcile).map_err(db)?;
-                    continue;
-                }
-            };
+            let recorded = queue.rating_keys(&scene.id).map_err(db)?;
+            let items = pipeline.find(&scene, &recorded).await?.items();
+            if items.is_empty() {
+                missing += 1;
+                queue.enqueue(&scene.id, Reason::Reconcile).map_err(db)?;
+                continue;
+            }
             let wanted = crate::desired::desired(&scene, &settings, &mut Default::default());
             let preserve = settings.preserve_plex_edits;
-            for rk in items {
+            for (rk, _) in items {
                 let Some(item) = pipeline.plex.as_ref().expect("find needs Plex").item(&rk).await? else {
                     missing += 1;
                     queue.enqueue(&scene.id, Reason::Reconcile).map_err(db)?;
@@ -160,7 +155,7 @@ pub async fn explain(ctx: &Context, id: &str) -> Result<Value, Error> {
         .await?
         .ok_or_else(|| Error::new(ErrorClass::BadData, format!("scene {id} does not exist in Stash")))?;
     let mut pipeline = ctx.pipeline()?;
-    let recorded: Vec<String> = ctx.queue()?.records(id).map_err(db)?.into_iter().map(|r| r.rating_key).collect();
+    let recorded = ctx.queue()?.rating_keys(id).map_err(db)?;
     pipeline.find(&scene, &recorded).await?;
     let index = pipeline.index.as_ref().expect("find built the index");
     let (decision, trace) = index.explain(&scene, &recorded, &ctx.settings.path_maps);

@@ -86,6 +86,14 @@ impl Default for WorkerOptions {
 /// How often a sleeping or probing worker looks at its stop flag.
 const STOP_CHECK: Duration = Duration::from_millis(100);
 
+/// Sleeps `d`, or less once `stop` is set (looked at every `STOP_CHECK`).
+pub async fn nap_unless(stop: &std::sync::atomic::AtomicBool, d: Duration) {
+    let until = Instant::now() + d;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < until {
+        tokio::time::sleep(STOP_CHECK.min(until - Instant::now())).await;
+    }
+}
+
 impl WorkerOptions {
     fn stopped(&self) -> bool {
         self.stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
@@ -93,12 +101,9 @@ impl WorkerOptions {
 
     /// Sleeps `d`, or less when asked to stop.
     async fn nap(&self, d: Duration) {
-        if self.stop.is_none() {
-            return tokio::time::sleep(d).await;
-        }
-        let until = Instant::now() + d;
-        while !self.stopped() && Instant::now() < until {
-            tokio::time::sleep(STOP_CHECK.min(until - Instant::now())).await;
+        match &self.stop {
+            Some(stop) => nap_unless(stop, d).await,
+            None => tokio::time::sleep(d).await,
         }
     }
 

@@ -54,6 +54,19 @@ pub enum Match {
     },
 }
 
+impl Match {
+    /// The matched items (ratingKey, section), the main one first; none
+    /// unless found.
+    pub fn items(&self) -> Vec<(String, String)> {
+        match self {
+            Match::Found { rating_key, section, also, .. } => {
+                std::iter::once((rating_key.clone(), section.clone())).chain(also.iter().cloned()).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
 /// Normalizes a path for comparison: `\` → `/`, Unicode NFC, repeated
 /// separators collapsed, trailing spaces and dots of each component
 /// dropped (Windows ignores them), optionally case-folded.

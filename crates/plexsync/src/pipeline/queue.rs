@@ -414,6 +414,11 @@ impl Queue {
         rows.collect()
     }
 
+    /// The ratingKeys of the scene's items we wrote to.
+    pub fn rating_keys(&self, scene_id: &str) -> rusqlite::Result<Vec<String>> {
+        Ok(self.records(scene_id)?.into_iter().map(|r| r.rating_key).collect())
+    }
+
     /// Stores what was written to one of the scene's items.
     pub fn save_record(&self, scene_id: &str, rec: &SyncRecord) -> rusqlite::Result<()> {
         let hashes = serde_json::to_string(&rec.field_hashes).expect("string map serializes");

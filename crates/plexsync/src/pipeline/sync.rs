@@ -300,10 +300,9 @@ impl Pipeline {
         self.plex()?;
         let records = queue.records(&scene.id).map_err(db)?;
         let recorded: Vec<String> = records.iter().map(|r| r.rating_key.clone()).collect();
-        let targets = match self.find(scene, &recorded).await? {
-            Match::Found { rating_key, section, also, .. } => {
-                std::iter::once((rating_key, section)).chain(also).collect::<Vec<_>>()
-            }
+        let found = self.find(scene, &recorded).await?;
+        let targets = match found {
+            Match::Found { .. } => found.items(),
             Match::Ambiguous { candidates, reason } => {
                 return Err(Error::new(
                     ErrorClass::Ambiguous,
