@@ -7,84 +7,12 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::daemon::Daemon;
 use common::{eventually, Bed, PLEX_TOKEN};
-use serde_json::{json, Value};
-
-struct Daemon {
-    child: Child,
-    url: String,
-    log: Arc<Mutex<String>>,
-}
-
-impl Daemon {
-    /// Starts `plexsync daemon` on the bed's queue; `None` when it exited
-    /// before listening (its log is in the error).
-    fn start(bed: &Bed, listen: &str, env: &[(&str, &str)]) -> Result<Self, String> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_plexsync"))
-            .args(["--data-dir", bed.data_dir().to_str().unwrap(), "daemon", "--listen", listen])
-            .env("PLEXSYNC_STASH_URL", bed.stash.url().as_str())
-            .env("PLEXSYNC_STASH_SESSION", bed.session())
-            .envs(env.iter().copied())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let lines = BufReader::new(child.stderr.take().unwrap());
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in lines.lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_string());
-                }
-                sink.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
-        match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(url) => Ok(Self { child, url, log }),
-            Err(_) => {
-                let _ = child.wait();
-                Err(log.lock().unwrap().clone())
-            }
-        }
-    }
-
-    async fn get(&self, path: &str, token: Option<&str>) -> (u16, String) {
-        let mut req = reqwest::Client::new().get(format!("{}{path}", self.url));
-        if let Some(token) = token {
-            req = req.bearer_auth(token);
-        }
-        let resp = req.send().await.unwrap();
-        (resp.status().as_u16(), resp.text().await.unwrap())
-    }
-
-    async fn health(&self) -> (u16, Value) {
-        let (status, body) = self.get("/healthz", None).await;
-        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
-    }
-
-    /// SIGTERM; returns how long the process took to exit.
-    fn terminate(&mut self) -> Duration {
-        let started = Instant::now();
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(started.elapsed() < Duration::from_secs(10), "still running 10 s after SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        started.elapsed()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use serde_json::json;
 
 /// The sum of `metric`'s samples whose label `key` is `value`, from
 /// `/metrics` parsed as Prometheus parses it.

@@ -27,7 +27,7 @@ async fn the_package_installs_from_its_source_and_syncs_a_scene() {
     let bed = packaged_bed(json!({"retryScale": 0.02})).await;
     assert!(bed.plugin_dir.ends_with("plugins/community/PlexSync"), "{}", bed.plugin_dir.display());
     let manifest = std::fs::read_to_string(bed.plugin_dir.join("manifest")).unwrap();
-    for file in ["PlexSync.yml", "plexsync", "bin/x86_64-unknown-linux-musl/plexsync"] {
+    for file in ["PlexSync.yml", "plexsync.js", "plexsync.css", "plexsync", "bin/x86_64-unknown-linux-musl/plexsync"] {
         assert!(manifest.contains(file), "{file} in Stash's manifest:\n{manifest}");
     }
 

@@ -329,3 +329,39 @@ async fn a_revoked_token_stops_delivery_keeps_the_queue_and_says_what_to_fix() {
     eventually(Duration::from_secs(20), "delivered once the token works", || bed.queue().stats().unwrap().pending == 0)
         .await;
 }
+
+/// The Stash UI script's questions go through `runPluginOperation` as the
+/// person's browser sends it, and are answered from the queue alone: with
+/// Plex down, no Plex request is made and the answer still comes.
+#[tokio::test]
+async fn the_ui_operations_answer_from_the_queue_without_asking_plex() {
+    let bed = Bed::new(5, json!({"retryScale": 0.02})).await;
+    let ids = bed.scenes_in_plex();
+    assert!(!bed.edit_hook(ids[0], "Delivered").await.failed());
+    eventually(Duration::from_secs(20), "delivered", || bed.item_of(ids[0]).field("summary") == Some("Delivered"))
+        .await;
+    bed.plex.go_down();
+    bed.plex.clear_requests();
+    let op = "mutation($args: Map) { runPluginOperation(plugin_id: \"PlexSync\", args: $args) }";
+    let args = json!({"mode": "scene_status", "scene_ids": [ids[0].to_string(), ids[1]]});
+    let out = bed.graphql(op, json!({"args": args})).await["data"]["runPluginOperation"].clone();
+    assert_eq!(out["scenes"][0]["state"], "synced", "{out}");
+    assert_eq!(out["scenes"][0]["items"][0]["rating_key"], bed.item_of(ids[0]).rating_key.to_string());
+    assert_eq!(out["scenes"][1]["state"], "unknown", "{out}");
+
+    let queued = bed.graphql(op, json!({"args": {"mode": "sync_scene", "scene_id": ids[1].to_string()}})).await;
+    assert_eq!(queued["data"]["runPluginOperation"]["scene"]["state"], "waiting", "{queued}");
+    assert!(bed.plex.requests().is_empty(), "no Plex request from the UI's operations");
+
+    for (args, field) in [
+        (json!({"mode": "scene_status", "scene_ids": ["1 OR 1=1"]}), "scene_ids"),
+        (json!({"mode": "sync_scene"}), "scene_id"),
+    ] {
+        let refused = bed.graphql_answer(op, json!({"args": args})).await;
+        let message = refused["errors"][0]["message"].as_str().unwrap_or_default().to_string();
+        assert!(message.starts_with(field), "{refused}");
+    }
+    bed.plex.come_up();
+    eventually(Duration::from_secs(20), "Sync now delivered", || !bed.queue().is_pending(&ids[1].to_string()).unwrap())
+        .await;
+}

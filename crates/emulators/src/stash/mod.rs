@@ -102,6 +102,8 @@ pub(crate) struct Shared {
     pub hook_runs: Mutex<Vec<HookRun>>,
     pub hooks_skipped: Mutex<usize>,
     pub images: Mutex<ImageRequests>,
+    /// What `GET /` answers: Stash's UI stands here, a test page in tests.
+    pub ui_page: Mutex<String>,
 }
 
 /// How the image routes answered, for benchmarks and tests of what an
@@ -150,6 +152,7 @@ impl StashEmulator {
             plugins: Mutex::new(Vec::new()),
             hook_runs: Mutex::new(Vec::new()),
             hooks_skipped: Mutex::new(0),
+            ui_page: Mutex::new(String::new()),
             images: Mutex::new(ImageRequests::default()),
         });
         let app = router(Arc::clone(&shared));
@@ -249,6 +252,13 @@ impl StashEmulator {
         }
         let auth = self.job_auth();
         run_operation(&self.shared, &plugin, Some(&task), &auth, Value::Object(args)).await
+    }
+
+    /// The page `GET /` serves, where Stash serves its UI: a test puts a
+    /// page there that loads plugins' UI files from `/plugin/{id}/…` the
+    /// way Stash's UI does, so their requests are same-origin as in Stash.
+    pub fn set_ui_page(&self, html: &str) {
+        *self.shared.ui_page.lock() = html.to_string();
     }
 
     /// `runPluginOperation(plugin_id, args)`: no task, no `defaultArgs`.
@@ -389,7 +399,7 @@ fn server_connection(shared: &Shared, auth: &RequestAuth, plugin: &Plugin) -> Va
     })
 }
 
-async fn run_operation(
+pub(crate) async fn run_operation(
     shared: &Shared,
     plugin: &Plugin,
     operation: Option<&plugin::Operation>,
@@ -473,6 +483,9 @@ fn router(shared: Arc<Shared>) -> Router {
                 }
             }),
         )
+        .route("/", get(ui_page))
+        .route("/plugin/{id}/javascript", get(plugin_javascript))
+        .route("/plugin/{id}/css", get(plugin_css))
         .route("/scene/{id}/screenshot", get(scene_cover))
         .route("/performer/{id}/image", get(performer_image))
         .route("/studio/{id}/image", get(studio_image))
@@ -497,6 +510,43 @@ fn refused_by_stash_schema(document: &str) -> Option<Response> {
 #[cfg(not(feature = "stash-schema"))]
 fn refused_by_stash_schema(_document: &str) -> Option<Response> {
     None
+}
+
+async fn ui_page(State(sh): State<Arc<Shared>>) -> Html<String> {
+    Html(sh.ui_page.lock().clone())
+}
+
+async fn plugin_javascript(State(sh): State<Arc<Shared>>, UrlPath(id): UrlPath<String>) -> Response {
+    plugin_ui_files(&sh, &id, "text/javascript", |ui| &ui.javascript)
+}
+
+async fn plugin_css(State(sh): State<Arc<Shared>>, UrlPath(id): UrlPath<String>) -> Response {
+    plugin_ui_files(&sh, &id, "text/css", |ui| &ui.css)
+}
+
+/// internal/api/routes_plugin.go: the plugin's `ui.javascript` (or `css`)
+/// files, relative to its folder, served one after another (`serveFiles`);
+/// http(s) entries are the UI's to load, not served here.
+fn plugin_ui_files(
+    sh: &Shared,
+    id: &str,
+    content_type: &'static str,
+    files: impl Fn(&plugin::Ui) -> &Vec<String>,
+) -> Response {
+    let Some(plugin) = sh.plugins.lock().iter().find(|p| p.id == id).cloned() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let mut body = Vec::new();
+    for file in files(&plugin.manifest.ui).iter().filter(|f| !f.starts_with("http://") && !f.starts_with("https://")) {
+        match std::fs::read(plugin.dir().join(file)) {
+            Ok(bytes) => {
+                body.extend(bytes);
+                body.push(b'\n');
+            }
+            Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{file}: {e}")).into_response(),
+        }
+    }
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 async fn graphiql() -> Html<String> {

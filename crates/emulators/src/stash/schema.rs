@@ -75,6 +75,25 @@ impl ScalarType for PluginConfigMap {
     }
 }
 
+/// Stash's `Map` and `Any` scalars: any JSON value, passed through.
+macro_rules! json_scalar {
+    ($name:ident, $gql:literal) => {
+        pub struct $name(pub Value);
+
+        #[Scalar(name = $gql)]
+        impl ScalarType for $name {
+            fn parse(value: GqlValue) -> async_graphql::InputValueResult<Self> {
+                Ok($name(value.into_json()?))
+            }
+            fn to_value(&self) -> GqlValue {
+                GqlValue::from_json(self.0.clone()).unwrap_or(GqlValue::Null)
+            }
+        }
+    };
+}
+json_scalar!(Map, "Map");
+json_scalar!(Any, "Any");
+
 // ---- output types ----
 
 #[derive(SimpleObject)]
@@ -1198,6 +1217,24 @@ impl MutationRoot {
         fire_hooks(sh, request_auth(ctx), "Tag.Merge.Post", destination, raw, &fields).await;
         let state = sh.state.lock();
         Ok(state.tags.get(&destination).map(tag_view))
+    }
+
+    /// pkg/plugin `RunPlugin`: runs the plugin now, as the person asking,
+    /// and answers its `output`; its `error` (or a failed exit) is the
+    /// GraphQL error.
+    async fn run_plugin_operation(&self, ctx: &Context<'_>, plugin_id: ID, args: Option<Map>) -> Result<Option<Any>> {
+        let sh = shared(ctx);
+        let plugin = sh.plugins.lock().iter().find(|p| p.id == plugin_id.as_str()).cloned();
+        let plugin = plugin.ok_or_else(|| format!("plugin {} not found", plugin_id.as_str()))?;
+        let args = args.map(|a| a.0).filter(Value::is_object).unwrap_or_else(|| Value::Object(Default::default()));
+        let run = super::run_operation(sh, &plugin, None, request_auth(ctx), args).await?;
+        if let Some(error) = run.error {
+            return Err(error.into());
+        }
+        if !run.status.success() {
+            return Err(format!("exit status {}", run.status.code().unwrap_or(-1)).into());
+        }
+        Ok(run.output.map(Any))
     }
 
     async fn scene_destroy(&self, ctx: &Context<'_>, input: SceneDestroyInput) -> Result<bool> {

@@ -281,7 +281,7 @@ impl PlexClient {
         &self,
         section: &str,
         filter: &[(&str, &str)],
-        progress: &mut dyn FnMut(usize, usize),
+        progress: &mut (dyn FnMut(usize, usize) + Send),
     ) -> Result<Vec<PlexItem>, Error> {
         let mut items = Vec::new();
         loop {
@@ -299,7 +299,7 @@ impl PlexClient {
     pub async fn section_items(
         &self,
         section: &str,
-        mut progress: impl FnMut(usize, usize),
+        mut progress: impl FnMut(usize, usize) + Send,
     ) -> Result<Vec<PlexItem>, Error> {
         self.section_items_where(section, &[], &mut progress).await
     }

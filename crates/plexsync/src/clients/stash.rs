@@ -402,7 +402,7 @@ impl StashClient {
         what: &str,
         fields: &str,
         filter: Option<Value>,
-        progress: &mut dyn FnMut(usize, usize),
+        progress: &mut (dyn FnMut(usize, usize) + Send),
     ) -> Result<Vec<T>, Error> {
         let q = queries::rows(fields);
         let mut rows = Vec::new();
@@ -422,7 +422,7 @@ impl StashClient {
     pub async fn scene_ids(
         &self,
         since: Option<DateTime<Utc>>,
-        mut progress: impl FnMut(usize, usize),
+        mut progress: impl FnMut(usize, usize) + Send,
     ) -> Result<Vec<String>, Error> {
         let Some(since) = since else {
             return self.ids_where("list scene ids", None, &mut progress).await;
@@ -453,7 +453,7 @@ impl StashClient {
         &self,
         what: &str,
         filter: Option<Value>,
-        progress: &mut dyn FnMut(usize, usize),
+        progress: &mut (dyn FnMut(usize, usize) + Send),
     ) -> Result<Vec<String>, Error> {
         #[derive(Deserialize)]
         struct Row {

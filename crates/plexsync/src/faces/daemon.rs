@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Form, Path};
+use axum::extract::{Form, Path, Query};
 use axum::extract::{Request, State};
 use axum::http::HeaderMap;
 use axum::http::{header, StatusCode};
@@ -40,6 +40,8 @@ const LAST_RECONCILE_KEY: &str = "last_reconcile_ms";
 /// What the HTTP handlers need.
 struct Shared {
     data_dir: PathBuf,
+    /// For the page's scene search (`explain` asks Stash and Plex).
+    ctx: Arc<Context>,
     token: Option<Secret>,
     outage_unhealthy_after: Duration,
     /// Why delivery cannot work with the settings read at start, if so.
@@ -51,6 +53,7 @@ struct Shared {
 
 /// Runs until SIGTERM or Ctrl-C; never exits on its own.
 pub async fn run(ctx: Context) -> Result<(), Error> {
+    let ctx = Arc::new(ctx);
     let settings = &ctx.settings.daemon;
     let addr: SocketAddr = settings.listen.parse().map_err(|e| {
         Error::new(
@@ -80,6 +83,7 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
     tracing::info!("listening on http://{bound} (/healthz, /metrics, /); data folder {}", ctx.data_dir.display());
     let shared = Arc::new(Shared {
         data_dir: ctx.data_dir.clone(),
+        ctx: Arc::clone(&ctx),
         token: settings.token.clone().filter(|t| !t.is_empty()),
         outage_unhealthy_after: settings.outage_unhealthy_after,
         config_problem: ctx.settings.delivery_problem(),
@@ -352,7 +356,10 @@ fn same_origin(headers: &HeaderMap) -> bool {
 
 /// A page a person reads: health, the queue by class, dead letters with
 /// their reasons. Plain HTML, no script, nothing from elsewhere.
-async fn status_page(State(sh): State<Arc<Shared>>) -> Response {
+async fn status_page(
+    State(sh): State<Arc<Shared>>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Response {
     let queue = match open_queue(&sh.data_dir) {
         Ok(q) => q,
         Err(e) => return internal(e),
@@ -361,7 +368,12 @@ async fn status_page(State(sh): State<Arc<Shared>>) -> Response {
         Ok(h) => h,
         Err(e) => return internal(e),
     };
-    let rows = |state: &str| queue.rows(state, 50).unwrap_or_default();
+    // Everything from the database first: the scene search then waits on
+    // Stash and Plex without holding it.
+    let lists = [("Waiting", queue.rows("pending", 50)), ("Dead letters", queue.rows("dead", 50))];
+    let delivered = queue.recent_deliveries(20).unwrap_or_default();
+    let scene = query.get("scene").map(|id| (id.trim().to_string(), queue.scene_state(id.trim())));
+    drop(queue);
     let mut html = String::from(PAGE_HEAD);
     html.push_str(&format!(
         "<h1>PlexSync</h1><p class=\"{}\">{}</p><ul>",
@@ -377,8 +389,8 @@ async fn status_page(State(sh): State<Arc<Shared>>) -> Response {
         "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr></table>",
         q["pending"], q["due_now"], q["dead"], q["synced"]
     ));
-    for (title, state) in [("Waiting", "pending"), ("Dead letters", "dead")] {
-        let list = rows(state);
+    for (title, list) in lists {
+        let list = list.unwrap_or_default();
         html.push_str(&format!("<h2>{title} ({})</h2>", list.len()));
         if list.is_empty() {
             continue;
@@ -396,6 +408,25 @@ async fn status_page(State(sh): State<Arc<Shared>>) -> Response {
         html.push_str("</table>");
     }
     let key = escape(&sh.form_key);
+    html.push_str("<h2>Find a scene</h2><form method=\"get\" action=\"/\"><label>Scene id <input name=\"scene\" inputmode=\"numeric\" required></label> <button>Show</button></form>");
+    if let Some((id, state)) = scene {
+        html.push_str(&scene_section(&sh, state, &id).await);
+    }
+    html.push_str("<h2>Last deliveries</h2>");
+    if delivered.is_empty() {
+        html.push_str("<p>None yet.</p>");
+    } else {
+        html.push_str("<table><tr><th>scene</th><th>Plex item</th><th>when</th></tr>");
+        for d in delivered {
+            html.push_str(&format!(
+                "<tr><td><a href=\"/?scene={0}\">{0}</a></td><td>{1}</td><td>{2}</td></tr>",
+                escape(&d.scene_id),
+                escape(&d.rating_key),
+                when(d.synced_at)
+            ));
+        }
+        html.push_str("</table>");
+    }
     html.push_str("<h2>Actions</h2>");
     html.push_str(&format!(
         "<form method=\"post\" action=\"/actions/sync\"><input type=\"hidden\" name=\"key\" value=\"{key}\">\
@@ -415,7 +446,54 @@ async fn status_page(State(sh): State<Arc<Shared>>) -> Response {
 const PAGE_HEAD: &str = "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>PlexSync</title>\
 <style>body{font:15px system-ui,sans-serif;margin:2em;max-width:60em}\
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}\
-.inline{display:inline-block;margin-right:.5em}.ok{color:#176117;font-weight:bold}.bad{color:#a11;font-weight:bold}</style></head><body>";
+.inline{display:inline-block;margin-right:.5em}pre.trace{background:#f4f4f4;padding:.6em;white-space:pre-wrap}.ok{color:#176117;font-weight:bold}.bad{color:#a11;font-weight:bold}</style></head><body>";
+
+/// One scene: where it stands in the queue, its Plex items, and how
+/// matching decides today (the `explain` trace, asked of Stash and Plex).
+async fn scene_section(sh: &Shared, state: rusqlite::Result<crate::queue::SceneState>, id: &str) -> String {
+    if !crate::protocol::is_id(id) {
+        return "<p class=\"bad\">A Stash scene id is digits only.</p>".to_string();
+    }
+    let mut html = format!("<h2 id=\"scene\">Scene {id}</h2>");
+    match state {
+        Ok(state) => {
+            html.push_str(&format!("<p>State: <b>{}</b>", state.state.replace('_', " ")));
+            if let Some(row) = &state.row {
+                html.push_str(&format!(
+                    " ({}; {} tries; {})",
+                    escape(row.error_class.as_deref().unwrap_or("new")),
+                    row.attempts,
+                    escape(row.last_error.as_deref().unwrap_or("not tried yet"))
+                ));
+            }
+            html.push_str("</p>");
+            for item in &state.items {
+                html.push_str(&format!(
+                    "<p>Plex item {} (library section {}), written {}</p>",
+                    escape(&item.rating_key),
+                    escape(&item.section),
+                    when(item.synced_at)
+                ));
+            }
+        }
+        Err(e) => html.push_str(&format!("<p class=\"bad\">{}</p>", escape(&e.to_string()))),
+    }
+    match crate::tasks::explain(&sh.ctx, id).await {
+        Ok(out) => {
+            // The trace ends with the decision.
+            let trace: Vec<&str> = out["trace"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            html.push_str(&format!("<pre class=\"trace\">{}</pre>", escape(&trace.join("\n"))));
+        }
+        Err(e) => html.push_str(&format!("<p class=\"bad\">Cannot explain it now: {}</p>", escape(&e.to_string()))),
+    }
+    html
+}
+
+/// A delivery time as UTC text.
+fn when(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map_or_else(String::new, |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+}
 
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")

@@ -60,6 +60,8 @@ pub fn manifest() -> String {
     for hook in HOOKS {
         let _ = writeln!(m, "      - {hook}");
     }
+    // The badge on scene pages and cards (files beside this manifest).
+    let _ = writeln!(m, "ui:\n  javascript:\n    - {UI_SCRIPT}\n  css:\n    - {UI_STYLE}");
     let _ = writeln!(m, "tasks:");
     for (mode, name, description) in MODES {
         let _ = writeln!(
@@ -313,17 +315,31 @@ fn detach(cmd: &mut std::process::Command) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The Stash UI script and its stylesheet, shipped beside the manifest.
+pub const UI_SCRIPT: &str = "plexsync.js";
+pub const UI_STYLE: &str = "plexsync.css";
+
+/// Modes the Stash UI script runs through `runPluginOperation`: no task
+/// in Stash's list, no Stash or Plex request, answered from the queue
+/// database while the person looks at the page.
+pub const OPERATIONS: [&str; 2] = ["scene_status", "sync_scene"];
+
+/// Most scenes one `scene_status` answers (a page of scene cards).
+const MAX_STATUS_IDS: usize = 500;
+
 async fn handle_task(input: &PluginInput) -> Result<Value, String> {
     let conn = &input.server_connection;
-    let mode = input.args.mode.clone().ok_or_else(|| {
-        "the task has no mode; PlexSync's tasks pass one of: ".to_string()
-            + &MODES.iter().map(|(m, _, _)| *m).collect::<Vec<_>>().join(", ")
-    })?;
+    let known = || MODES.iter().map(|(m, _, _)| *m).chain(OPERATIONS).collect::<Vec<_>>().join(", ");
+    let mode = input
+        .args
+        .mode
+        .clone()
+        .ok_or_else(|| "the task has no mode; PlexSync's tasks pass one of: ".to_string() + &known())?;
+    if OPERATIONS.contains(&mode.as_str()) {
+        return ui_operation(input, &mode);
+    }
     if !MODES.iter().any(|(m, _, _)| *m == mode) {
-        return Err(format!(
-            "unknown task mode '{mode}'; known: {}",
-            MODES.iter().map(|(m, _, _)| *m).collect::<Vec<_>>().join(", ")
-        ));
+        return Err(format!("unknown task mode '{mode}'; known: {}", known()));
     }
     let url = conn.url()?;
     let ctx =
@@ -372,6 +388,39 @@ async fn handle_task(input: &PluginInput) -> Result<Value, String> {
         }
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// The UI script's questions: where scenes stand (`scene_ids`, a list or
+/// one id), or "sync this scene now" (`scene_id`).
+fn ui_operation(input: &PluginInput, mode: &str) -> Result<Value, String> {
+    let conn = &input.server_connection;
+    let dir = data_dir(conn);
+    let queue = open_queue(&dir).map_err(|e| e.to_string())?;
+    let extra = &input.args.extra;
+    if mode == "sync_scene" {
+        let id =
+            extra.get("scene_id").and_then(protocol::id_in).ok_or("scene_id: a Stash scene id (digits) is required")?;
+        queue.enqueue(&id, Reason::Manual).map_err(|e| format!("cannot queue scene {id}: {e}"))?;
+        hand_session(&queue, conn);
+        ensure_worker(&dir, conn)?;
+        let (message, now) = (format!("scene {id} queued for Plex"), crate::queue::now_ms());
+        return Ok(json!({"message": message, "now": now, "scene": scene_state(&queue, &id)?}));
+    }
+    let ids: Vec<String> = match extra.get("scene_ids") {
+        Some(Value::Array(list)) => list.iter().map(|v| protocol::id_in(v).ok_or(v.to_string())).collect(),
+        Some(one) => protocol::id_in(one).map(|id| vec![id]).ok_or(one.to_string()),
+        None => Err("nothing".to_string()),
+    }
+    .map_err(|bad| format!("scene_ids: a list of Stash scene ids (digits) is required; got {bad}"))?;
+    if ids.len() > MAX_STATUS_IDS {
+        return Err(format!("scene_ids: at most {MAX_STATUS_IDS} scenes at a time; got {}", ids.len()));
+    }
+    let scenes = ids.iter().map(|id| scene_state(&queue, id)).collect::<Result<Vec<_>, _>>()?;
+    Ok(json!({"now": crate::queue::now_ms(), "scenes": scenes}))
+}
+
+fn scene_state(queue: &crate::queue::Queue, id: &str) -> Result<crate::queue::SceneState, String> {
+    queue.scene_state(id).map_err(|e| format!("cannot read scene {id} from the queue: {e}"))
 }
 
 /// How long "Process queue" shows the worker's progress before it hands

@@ -14,7 +14,7 @@ use crate::sync::db;
 use crate::worker::{self, WorkerOptions};
 
 /// Runs task `mode`; `progress(done, total)` as work advances.
-pub async fn run(ctx: &Context, mode: &str, progress: &mut dyn FnMut(usize, usize)) -> Result<Value, Error> {
+pub async fn run(ctx: &Context, mode: &str, progress: &mut (dyn FnMut(usize, usize) + Send)) -> Result<Value, Error> {
     run_with(ctx, mode, None, progress).await
 }
 
@@ -23,7 +23,7 @@ pub async fn run_with(
     ctx: &Context,
     mode: &str,
     scene_arg: Option<String>,
-    progress: &mut dyn FnMut(usize, usize),
+    progress: &mut (dyn FnMut(usize, usize) + Send),
 ) -> Result<Value, Error> {
     match mode {
         "sync_all" => enqueue_changed(ctx, None, progress).await,
@@ -72,7 +72,7 @@ pub async fn reconcile(
     pipeline: &mut crate::sync::Pipeline,
     queue: &Queue,
     since: Option<DateTime<Utc>>,
-    progress: &mut dyn FnMut(usize, usize),
+    progress: &mut (dyn FnMut(usize, usize) + Send),
 ) -> Result<Value, Error> {
     if pipeline.settings.mode == crate::config::Mode::Refresh {
         return Ok(json!({"message": "reconcile compares pushed values; refresh mode pushes none"}));
@@ -196,7 +196,7 @@ async fn explain_failing(ctx: &Context) -> Result<Value, Error> {
 pub async fn enqueue_changed(
     ctx: &Context,
     since: Option<DateTime<Utc>>,
-    progress: &mut dyn FnMut(usize, usize),
+    progress: &mut (dyn FnMut(usize, usize) + Send),
 ) -> Result<Value, Error> {
     enqueue_ids(&ctx.stash, &ctx.queue()?, since, progress).await
 }
@@ -206,7 +206,7 @@ pub async fn enqueue_ids(
     stash: &crate::stash::StashClient,
     queue: &Queue,
     since: Option<DateTime<Utc>>,
-    progress: &mut dyn FnMut(usize, usize),
+    progress: &mut (dyn FnMut(usize, usize) + Send),
 ) -> Result<Value, Error> {
     let ids = stash.scene_ids(since, &mut *progress).await?;
     let n = queue.enqueue_many(ids.iter().map(String::as_str), Reason::Manual).map_err(db)?;
@@ -236,7 +236,7 @@ pub async fn enqueue_showing(
 pub async fn process_queue(
     ctx: &Context,
     options: WorkerOptions,
-    progress: &mut dyn FnMut(usize, usize),
+    progress: &mut (dyn FnMut(usize, usize) + Send),
 ) -> Result<Value, Error> {
     let Some(_lock) = worker::try_lock(&ctx.data_dir)
         .map_err(|e| Error::new(ErrorClass::Bug, format!("worker lock in {}: {e}", ctx.data_dir.display())))?

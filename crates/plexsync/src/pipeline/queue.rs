@@ -172,6 +172,44 @@ pub struct RowInfo {
     pub next_due: i64,
 }
 
+/// Where one scene stands, answered from this database alone (the Stash
+/// UI's badge and the status page ask per page view, so no Stash or Plex
+/// request): its queue row if any, and the Plex items it was written to.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SceneState {
+    pub scene_id: String,
+    /// `synced`, `waiting`, `not_in_plex`, `ambiguous`, `dead` or `unknown`
+    /// (never queued, never delivered).
+    pub state: &'static str,
+    /// The queue row, while the scene waits or is a dead letter.
+    pub row: Option<RowInfo>,
+    /// The Plex items written to, with when (ms since the epoch).
+    pub items: Vec<DeliveredItem>,
+}
+
+/// One Plex item a scene's metadata was written to.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DeliveredItem {
+    pub scene_id: String,
+    pub rating_key: String,
+    pub section: String,
+    pub synced_at: i64,
+}
+
+/// The columns [`row_info`] reads.
+const ROW_INFO: &str = "scene_id, state, attempts, error_class, last_error, next_due";
+
+fn row_info(r: &rusqlite::Row<'_>) -> rusqlite::Result<RowInfo> {
+    Ok(RowInfo {
+        scene_id: r.get(0)?,
+        state: r.get(1)?,
+        attempts: r.get(2)?,
+        error_class: r.get(3)?,
+        last_error: r.get(4)?,
+        next_due: r.get(5)?,
+    })
+}
+
 pub struct Queue {
     conn: Connection,
     path: PathBuf,
@@ -336,19 +374,45 @@ impl Queue {
 
     /// Rows in `state` (`pending` or `dead`), oldest first.
     pub fn rows(&self, state: &str, limit: usize) -> rusqlite::Result<Vec<RowInfo>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT scene_id, state, attempts, error_class, last_error, next_due FROM queue
-             WHERE state = ?1 ORDER BY enqueued_at, scene_id LIMIT ?2",
-        )?;
-        let rows = stmt.query_map(params![state, limit as i64], |r| {
-            Ok(RowInfo {
-                scene_id: r.get(0)?,
-                state: r.get(1)?,
-                attempts: r.get(2)?,
-                error_class: r.get(3)?,
-                last_error: r.get(4)?,
-                next_due: r.get(5)?,
-            })
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {ROW_INFO} FROM queue WHERE state = ?1 ORDER BY enqueued_at, scene_id LIMIT ?2"
+        ))?;
+        let rows = stmt.query_map(params![state, limit as i64], row_info)?;
+        rows.collect()
+    }
+
+    /// Where the scene stands: the queue row decides (a dead letter, a
+    /// scene waiting as not in Plex or ambiguous, or waiting for delivery),
+    /// else whether it was ever delivered.
+    pub fn scene_state(&self, scene_id: &str) -> rusqlite::Result<SceneState> {
+        let row = self
+            .conn
+            .query_row(&format!("SELECT {ROW_INFO} FROM queue WHERE scene_id = ?1"), params![scene_id], row_info)
+            .optional()?;
+        let items = self.delivered("WHERE scene_id = ?1", params![scene_id])?;
+        let state = match &row {
+            Some(r) if r.state == "dead" => "dead",
+            Some(r) => match r.error_class.as_deref() {
+                Some("not_in_plex") => "not_in_plex",
+                Some("ambiguous") => "ambiguous",
+                _ => "waiting",
+            },
+            None if items.is_empty() => "unknown",
+            None => "synced",
+        };
+        Ok(SceneState { scene_id: scene_id.to_string(), state, row, items })
+    }
+
+    /// The newest deliveries, newest first.
+    pub fn recent_deliveries(&self, limit: usize) -> rusqlite::Result<Vec<DeliveredItem>> {
+        self.delivered("ORDER BY synced_at DESC, rowid DESC LIMIT ?1", params![limit as i64])
+    }
+
+    fn delivered(&self, tail: &str, args: impl rusqlite::Params) -> rusqlite::Result<Vec<DeliveredItem>> {
+        let sql = format!("SELECT scene_id, rating_key, section, synced_at FROM synced_items {tail}");
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(args, |r| {
+            Ok(DeliveredItem { scene_id: r.get(0)?, rating_key: r.get(1)?, section: r.get(2)?, synced_at: r.get(3)? })
         })?;
         rows.collect()
     }
@@ -579,6 +643,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let q = Queue::open(&dir.path().join("q.sqlite")).unwrap();
         (dir, q)
+    }
+
+    #[test]
+    fn scene_state_follows_the_row_then_the_record() {
+        let (_d, q) = queue();
+        assert_eq!(q.scene_state("1").unwrap().state, "unknown");
+        q.enqueue("1", Reason::Hook).unwrap();
+        assert_eq!(q.scene_state("1").unwrap().state, "waiting");
+        let row = q.claim("w", Duration::from_secs(60), 1).unwrap().remove(0);
+        q.fail(&row, ErrorClass::NotInPlex, "no item", true, now_ms() + 1000, false).unwrap();
+        assert_eq!(q.scene_state("1").unwrap().state, "not_in_plex");
+        let row = Claimed { attempts: 1, ..row };
+        q.fail(&row, ErrorClass::BadData, "Plex said 400", true, now_ms(), true).unwrap();
+        let dead = q.scene_state("1").unwrap();
+        assert_eq!((dead.state, dead.row.unwrap().last_error.as_deref()), ("dead", Some("Plex said 400")));
+        q.enqueue("1", Reason::Manual).unwrap();
+        let row = q.claim("w", Duration::from_secs(60), 1).unwrap().remove(0);
+        q.save_record("1", &SyncRecord { rating_key: "42".into(), synced_at: 7, ..SyncRecord::default() }).unwrap();
+        assert!(q.complete(&row).unwrap());
+        let synced = q.scene_state("1").unwrap();
+        assert_eq!(synced.state, "synced");
+        assert_eq!((synced.items[0].rating_key.as_str(), synced.items[0].synced_at), ("42", 7));
+        assert_eq!(q.recent_deliveries(5).unwrap(), synced.items);
     }
 
     #[test]

@@ -2,6 +2,9 @@
 //! settings in Stash, a data folder, and the plugin binary run as Stash runs it.
 #![allow(dead_code)]
 
+#[cfg(unix)]
+pub mod daemon;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -33,13 +36,15 @@ pub struct Bed {
     pub plugin_dir: PathBuf,
 }
 
-/// Installs PlexSync as README's install step does: the binary and
-/// `PlexSync.yml` in `<config>/plugins/PlexSync/`. Returns that folder.
+/// Installs PlexSync as README's install step does: the binary,
+/// `PlexSync.yml` and the UI files in `<config>/plugins/PlexSync/`. Returns that folder.
 pub fn install_files(config_dir: &Path) -> PathBuf {
     let folder = config_dir.join("plugins").join("PlexSync");
     std::fs::create_dir_all(&folder).unwrap();
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plugin/PlexSync.yml");
-    std::fs::copy(manifest, folder.join("PlexSync.yml")).unwrap();
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plugin");
+    for file in ["PlexSync.yml", plexsync::plugin::UI_SCRIPT, plexsync::plugin::UI_STYLE] {
+        std::fs::copy(source.join(file), folder.join(file)).unwrap();
+    }
     link_binary(Path::new(env!("CARGO_BIN_EXE_plexsync")), &folder);
     folder
 }
@@ -199,7 +204,14 @@ impl Bed {
     /// Sends a GraphQL document to Stash as a logged-in person's browser
     /// does (mutations fire their hooks); fails the test on any error.
     pub async fn graphql(&self, query: &str, variables: Value) -> Value {
-        let answer: Value = reqwest::Client::new()
+        let answer = self.graphql_answer(query, variables).await;
+        assert!(answer["errors"].is_null(), "{answer}");
+        answer
+    }
+
+    /// The same, errors and all.
+    pub async fn graphql_answer(&self, query: &str, variables: Value) -> Value {
+        reqwest::Client::new()
             .post(self.stash.url().join("graphql").unwrap())
             .header("Cookie", format!("session={}", self.session()))
             .json(&json!({"query": query, "variables": variables}))
@@ -208,9 +220,7 @@ impl Bed {
             .unwrap()
             .json()
             .await
-            .unwrap();
-        assert!(answer["errors"].is_null(), "{answer}");
-        answer
+            .unwrap()
     }
 
     pub fn plex_writes(&self) -> usize {

@@ -1,0 +1,211 @@
+//! What a person sees, in headless Chromium: the daemon's status page
+//! through a Plex outage, and PlexSync's badge in Stash's UI for a synced,
+//! a waiting, a dead-letter and a never-delivered scene. Screenshots are
+//! kept under `target/browser/`.
+//!
+//! Needs Debian's Chromium and `npm ci` in `tests/browser` (`.ci/run` does
+//! both). Without them these tests say so and pass, unless
+//! `PLEXSYNC_BROWSER_TESTS=required` (as in CI), where they fail.
+#![cfg(unix)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::daemon::Daemon;
+use common::{eventually, Bed};
+use serde_json::{json, Value};
+
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
+
+fn chromium() -> PathBuf {
+    std::env::var_os("CHROMIUM").map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from)
+}
+
+/// Whether the browser is here; panics when it is required and missing.
+fn browser_ready() -> bool {
+    let ready = browser_dir().join("node_modules/playwright-core").exists() && chromium().exists();
+    if !ready {
+        let how = "install Debian's chromium and run `npm ci` in crates/plexsync/tests/browser";
+        assert!(std::env::var("PLEXSYNC_BROWSER_TESTS").as_deref() != Ok("required"), "no browser: {how}");
+        eprintln!("skipped: no browser ({how})");
+    }
+    ready
+}
+
+/// Where screenshots go: `target/browser/<name>.png`.
+fn screenshot(name: &str) -> String {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().join("browser");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(format!("{name}.png")).to_string_lossy().into_owned()
+}
+
+/// What the page shows after `steps` (see `tests/browser/drive.mjs`):
+/// its visible text and its DOM.
+async fn drive(url: &str, steps: &[String], cookie: Option<&str>) -> (String, String) {
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.arg(browser_dir().join("drive.mjs")).arg(url).args(steps).env("CHROMIUM", chromium());
+    if let Some(cookie) = cookie {
+        cmd.env("SESSION_COOKIE", cookie);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(90), cmd.output()).await.expect("the browser finished").unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the browser failed at {url} {steps:?}:\n{stderr}");
+    let page: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    assert_eq!(page["problems"], json!([]), "errors on the page {url}");
+    (page["text"].as_str().unwrap().to_string(), page["html"].as_str().unwrap().to_string())
+}
+
+fn deliveries(metrics: &str) -> f64 {
+    let scrape = prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_string()))).unwrap();
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "plexsync_deliveries_total" && s.labels.get("outcome") == Some("synced"))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_a_plex_outage_its_waiting_scenes_and_a_scenes_trace() {
+    if !browser_ready() {
+        return;
+    }
+    let bed = Bed::new(20, json!({"retryScale": 0.02, "healthOutageSecs": 1, "reconcileHours": 0})).await;
+    let daemon = Daemon::start(&bed, "127.0.0.1:0", &[]).unwrap();
+    let ids = bed.scenes_in_plex();
+    assert!(!bed.edit_hook(ids[0], "Before the outage").await.failed());
+    eventually(Duration::from_secs(20), "delivered", || {
+        bed.item_of(ids[0]).field("summary") == Some("Before the outage")
+    })
+    .await;
+
+    bed.plex.go_down();
+    let waiting = &ids[1..4];
+    for id in waiting {
+        assert!(!bed.edit_hook(*id, "During the outage").await.failed());
+    }
+    let started = Instant::now();
+    while daemon.health().await.0 != 503 {
+        assert!(started.elapsed() < Duration::from_secs(20), "no 503 during the outage");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let shot = screenshot("status-page-plex-outage");
+    let (text, _) = drive(&daemon.url, &[format!("shot:{shot}")], None).await;
+    assert!(text.contains("Not delivering") && text.contains("plex_unavailable"), "{text}");
+    let waiting_table = text.split("Waiting (").nth(1).and_then(|t| t.split("Dead letters").next()).unwrap_or("");
+    for id in waiting {
+        assert!(waiting_table.contains(&format!("\n{id}\t")), "scene {id} listed as waiting: {text}");
+    }
+
+    bed.plex.come_up();
+    eventually(Duration::from_secs(20), "delivered after the outage", || {
+        waiting.iter().all(|id| bed.item_of(*id).field("summary") == Some("During the outage"))
+    })
+    .await;
+    assert_eq!(daemon.health().await.0, 200);
+    let metrics = daemon.get("/metrics", None).await.1;
+    assert!(deliveries(&metrics) >= 4.0, "{metrics}");
+
+    // The scene search, as a person uses it: type an id, press Show.
+    let shot = screenshot("status-page-scene");
+    let steps = [
+        "fill:input[name=scene]".to_string() + &format!("={}", ids[1]),
+        "click:form[method=get] button".to_string(),
+        "wait:pre.trace".to_string(),
+        format!("shot:{shot}"),
+    ];
+    let (text, _) = drive(&daemon.url, &steps, None).await;
+    assert!(text.contains("Delivering") && !text.contains("Not delivering"), "{text}");
+    let item = bed.item_of(ids[1]).rating_key;
+    assert!(text.contains(&format!("Scene {}", ids[1])) && text.contains("State: synced"), "{text}");
+    assert!(text.contains(&format!("Plex item {item}")), "{text}");
+    assert!(text.contains(&format!("decision: item {item}")), "the explain trace: {text}");
+    let deliveries_table = text.split("Last deliveries").nth(1).unwrap_or("");
+    for id in &ids[..4] {
+        assert!(deliveries_table.contains(&format!("\n{id}\t")), "scene {id} among the last deliveries: {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stash_ui_badge_shows_synced_waiting_dead_and_unsynced_scenes() {
+    if !browser_ready() {
+        return;
+    }
+    let bed = Bed::new(10, json!({"retryScale": 0.02, "notInPlexHours": 0, "partialScan": false})).await;
+    let ids = bed.scenes_in_plex();
+    let (synced, waiting, unsynced) = (ids[0], ids[1], ids[2]);
+    assert!(!bed.edit_hook(synced, "Synced").await.failed());
+    eventually(Duration::from_secs(20), "delivered", || bed.item_of(synced).field("summary") == Some("Synced")).await;
+    let dead = bed.stash.scan_new(&[vec![(format!("{}/nowhere/x.mp4", bed.lib.stash_prefix), 5, 1.0)]]).await[0];
+    eventually(Duration::from_secs(20), "dead letter", || {
+        bed.queue().scene_state(&dead.to_string()).unwrap().state == "dead"
+    })
+    .await;
+    bed.plex.go_down();
+    assert!(!bed.edit_hook(waiting, "Waiting").await.failed());
+    eventually(Duration::from_secs(20), "tried during the outage", || {
+        let state = bed.queue().scene_state(&waiting.to_string()).unwrap();
+        state.row.and_then(|r| r.error_class).as_deref() == Some("plex_unavailable")
+    })
+    .await;
+
+    let scenes: Vec<Value> = [synced, waiting, dead, unsynced]
+        .iter()
+        .map(|id| json!({"id": id.to_string(), "title": format!("Scene {id}")}))
+        .collect();
+    let page = std::fs::read_to_string(browser_dir().join("stash-ui.html")).unwrap();
+    let umd = |path: &str| std::fs::read_to_string(browser_dir().join("node_modules").join(path)).unwrap();
+    let page = page
+        .replace("/*REACT*/", &umd("react/umd/react.production.min.js"))
+        .replace("/*REACT_DOM*/", &umd("react-dom/umd/react-dom.production.min.js"))
+        .replace("/*SCENES*/", &serde_json::to_string(&scenes).unwrap());
+    bed.stash.set_ui_page(&page);
+    let cookie = format!("session={}", bed.session());
+    let url = bed.stash.url().to_string();
+
+    let card = |id: u64, state: &str| format!("#card-{id} .plexsync-badge[data-plexsync-state={state}]");
+    let shot = screenshot("stash-ui-badges");
+    let steps = [
+        format!("wait:{}", card(synced, "synced")),
+        format!("wait:{}", card(waiting, "waiting")),
+        format!("wait:{}", card(dead, "dead")),
+        format!("wait:{}", card(unsynced, "unknown")),
+        "wait:#scene-page .plexsync-panel .plexsync-synced".to_string(),
+        format!("shot:{shot}"),
+    ];
+    let (text, html) = drive(&url, &steps, Some(&cookie)).await;
+    let item = bed.item_of(synced).rating_key;
+    assert!(text.contains(&format!("ago to item {item}")), "the page says which item: {text}");
+    let badge = |id: u64| {
+        html.split(&format!("id=\"card-{id}\"")).nth(1).and_then(|c| c.split("id=\"card-").next()).unwrap_or("")
+    };
+    assert!(badge(dead).contains("not in Plex yet"), "the dead letter's reason is in its badge: {}", badge(dead));
+    assert!(badge(waiting).contains("plex_unavailable"), "the waiting scene's class: {}", badge(waiting));
+
+    // Explain and Sync now, from the scene page.
+    bed.plex.come_up();
+    let shot = screenshot("stash-ui-explain");
+    let steps = [
+        "wait:#scene-page .plexsync-panel .plexsync-synced".to_string(),
+        "click:#scene-page button:has-text('Explain')".to_string(),
+        "wait:#scene-page .plexsync-trace".to_string(),
+        "click:#scene-page button:has-text('Sync now')".to_string(),
+        "wait:#scene-page .plexsync-message".to_string(),
+        "wait:#scene-page .plexsync-panel .plexsync-waiting".to_string(),
+        format!("shot:{shot}"),
+    ];
+    let (text, _) = drive(&url, &steps, Some(&cookie)).await;
+    assert!(text.contains(&format!("decision: item {item}")), "{text}");
+    assert!(text.contains(&format!("scene {synced} queued for Plex")), "{text}");
+    let runs = bed.stash.hook_runs().len();
+    eventually(Duration::from_secs(20), "Sync now delivered", || !bed.queue().is_pending(&synced.to_string()).unwrap())
+        .await;
+    assert_eq!(bed.stash.hook_runs().len(), runs, "the UI ran operations, no hook");
+}

@@ -1,0 +1,67 @@
+// Loads a page in headless Chromium, follows a list of steps, and prints
+// what a person would see: {"text": the page's visible text, "html": its
+// DOM}. Used by crates/plexsync/tests/browser.rs.
+//
+//   node drive.mjs <url> [wait:<css>] [click:<css>] [fill:<css>=<text>] [gone:<css>] [shot:<png>] ...
+//
+// CHROMIUM names the browser (default /usr/bin/chromium); SESSION_COOKIE
+// (`name=value`) is set for the page's origin first.
+// A step that does not happen within 15 s fails with the page's text.
+import { chromium } from "playwright-core";
+
+const [url, ...steps] = process.argv.slice(2);
+const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
+const browser = await chromium.launch({
+  executablePath,
+  args: [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+  ],
+});
+const context = await browser.newContext({ viewport: { width: 1100, height: 800 } });
+// A logged-in person's session (`SESSION_COOKIE` is `name=value`).
+if (process.env.SESSION_COOKIE) {
+  const at = process.env.SESSION_COOKIE.indexOf("=");
+  const [name, value] = [process.env.SESSION_COOKIE.slice(0, at), process.env.SESSION_COOKIE.slice(at + 1)];
+  await context.addCookies([{ name, value, url }]);
+}
+const page = await context.newPage();
+const problems = [];
+page.on("pageerror", (e) => problems.push("page error: " + e.message));
+page.on("console", (m) => {
+  // Failed loads are reported below, with their address.
+  if (m.type() === "error" && !m.text().startsWith("Failed to load resource")) problems.push("console: " + m.text());
+});
+page.on("response", (r) => {
+  if (r.status() >= 400 && !r.url().endsWith("/favicon.ico")) problems.push(r.status() + " from " + r.url());
+});
+try {
+  await page.goto(url, { waitUntil: "load" });
+  for (const step of steps) {
+    const at = step.indexOf(":");
+    const [verb, arg] = [step.slice(0, at), step.slice(at + 1)];
+    if (verb === "wait") await page.waitForSelector(arg, { timeout: 15000 });
+    else if (verb === "gone") await page.waitForSelector(arg, { state: "detached", timeout: 15000 });
+    else if (verb === "click") await page.click(arg, { timeout: 15000 });
+    else if (verb === "fill") {
+      const eq = arg.lastIndexOf("=");
+      await page.fill(arg.slice(0, eq), arg.slice(eq + 1), { timeout: 15000 });
+    }
+    else if (verb === "shot") await page.screenshot({ path: arg, fullPage: true });
+    else throw new Error("unknown step " + step);
+  }
+  const text = await page.evaluate(() => document.body.innerText);
+  const html = await page.content();
+  console.log(JSON.stringify({ text, html, problems }));
+} catch (e) {
+  const text = await page.evaluate(() => document.body.innerText).catch(() => "");
+  console.error(String(e) + "\n--- page text ---\n" + text + "\n--- problems ---\n" + problems.join("\n"));
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+}
