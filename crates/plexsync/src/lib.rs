@@ -14,6 +14,7 @@ pub mod faces;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;
+pub mod progress;
 
 // One hop from the crate root to any module, wherever it lives.
 pub use clients::{http, plex, secret, stash};

@@ -45,13 +45,33 @@ pub fn init_stash() {
 }
 
 /// The worker (stderr is its log file) and the CLI, at `level` unless
-/// `PLEXSYNC_LOG` says otherwise.
-pub fn init_plain(level: &str, timestamps: bool) {
+/// `PLEXSYNC_LOG` says otherwise; lines go above `bars` when the CLI
+/// draws progress bars.
+pub fn init_plain(level: &str, timestamps: bool, bars: Option<indicatif::MultiProgress>) {
     use std::io::IsTerminal;
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    let writer = match bars {
+        Some(bars) => BoxMakeWriter::new(move || AboveBars(bars.clone())),
+        None => BoxMakeWriter::new(std::io::stderr),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter(&format!("plexsync={level}")))
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     let _ = if timestamps { builder.try_init() } else { builder.without_time().try_init() };
+}
+
+/// A log line written while progress bars are drawn: the bars step aside
+/// for it, so neither garbles the other.
+struct AboveBars(indicatif::MultiProgress);
+
+impl std::io::Write for AboveBars {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.suspend(|| std::io::stderr().write(buf))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }

@@ -1,6 +1,6 @@
 //! `plexsync`: one binary, several faces (see ARCHITECTURE.md).
 
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -175,7 +175,16 @@ fn main() -> ExitCode {
             (false, true) => "warn",
             (false, false) => "info",
         };
-        logging::init_plain(level, matches!(cli.command, Command::Worker { .. }));
+        // Progress is for a person at the CLI; the worker and the daemon
+        // write logs nobody watches live.
+        let watched = !matches!(cli.command, Command::Worker { .. } | Command::Daemon { .. });
+        let bars = (watched && std::io::stderr().is_terminal()).then(indicatif::MultiProgress::new);
+        match &bars {
+            Some(bars) => plexsync::progress::show_bars(bars.clone()),
+            None if watched => plexsync::progress::show_lines(),
+            None => {}
+        }
+        logging::init_plain(level, matches!(cli.command, Command::Worker { .. }), bars);
     }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -237,7 +246,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Sync { all, recent, scene } => {
             let ctx = Context::from_local(&sources).await?;
-            let mut progress = cli_progress("queued");
+            let mut progress = plexsync::progress::reporter("scenes queued");
             if *all {
                 tasks::enqueue_changed(&ctx, None, &mut progress).await?;
             } else if *recent {
@@ -248,8 +257,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 anyhow::bail!("say what to sync: --all, --recent or --scene ID");
             }
-            let result =
-                tasks::process_queue(&ctx, WorkerOptions::foreground(), &mut cli_progress("delivered")).await?;
+            let result = tasks::process_queue(
+                &ctx,
+                WorkerOptions::foreground(),
+                &mut plexsync::progress::reporter("scenes delivered"),
+            )
+            .await?;
             println!("{}", serde_json::to_string_pretty(&result)?);
             Ok(ExitCode::SUCCESS)
         }
@@ -302,10 +315,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (false, Some(s)) => Some(parse_since(s)?),
                 (false, None) => None,
             };
-            let found =
-                tasks::reconcile(&mut ctx.pipeline()?, &ctx.queue()?, since, &mut cli_progress("checked")).await?;
-            let delivered =
-                tasks::process_queue(&ctx, WorkerOptions::foreground(), &mut cli_progress("delivered")).await?;
+            let found = tasks::reconcile(
+                &mut ctx.pipeline()?,
+                &ctx.queue()?,
+                since,
+                &mut plexsync::progress::reporter("scenes compared"),
+            )
+            .await?;
+            let delivered = tasks::process_queue(
+                &ctx,
+                WorkerOptions::foreground(),
+                &mut plexsync::progress::reporter("scenes delivered"),
+            )
+            .await?;
             println!("{}", serde_json::to_string_pretty(&json!({"reconcile": found, "delivery": delivered}))?);
             Ok(ExitCode::SUCCESS)
         }
@@ -363,17 +385,6 @@ async fn daemon_context(sources: &Sources) -> anyhow::Result<Option<Context>> {
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
             _ = &mut stop => return Ok(None),
-        }
-    }
-}
-
-fn cli_progress(what: &'static str) -> impl FnMut(usize, usize) {
-    let mut shown = usize::MAX;
-    move |done, total| {
-        let tenth = done * 10 / total.max(1);
-        if tenth != shown || done == total {
-            shown = tenth;
-            eprintln!("{what} {done}/{total}");
         }
     }
 }

@@ -34,7 +34,10 @@ async fn sync_all_and_status_from_a_terminal() {
     let result: Value = serde_json::from_str(&stdout).unwrap();
     let in_plex = bed.scenes_in_plex().len();
     assert_eq!(result["stats"]["synced"], in_plex);
-    assert!(stderr.contains("delivered"), "progress shown: {stderr}");
+    // Not a terminal: plain progress lines, no bar drawing.
+    assert!(stderr.contains("reading Plex library Movies"), "library read progress: {stderr}");
+    assert!(stderr.contains("scenes queued 30/30") && stderr.contains("scenes delivered"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "no terminal codes in a pipe: {stderr}");
     for id in bed.scenes_in_plex() {
         assert_eq!(bed.item_of(id).field("title"), bed.stash.scene(id).unwrap().title.as_deref());
     }
@@ -87,4 +90,36 @@ async fn status_at_a_terminal_shows_the_plugins_queue_without_a_data_dir() {
     assert_eq!(status["queue"]["synced"], plugin_queue.synced, "{status}");
     assert_eq!(status["queue"]["pending"], plugin_queue.pending);
     assert!(stderr.contains(&bed.data_dir().display().to_string()), "says which folder: {stderr}");
+}
+
+/// At a terminal (a pty from util-linux's `script`), long operations draw
+/// progress bars, and log lines still arrive whole.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_gets_progress_bars() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: no `script` to make a terminal");
+        return;
+    }
+    let bed = Bed::new(30, json!({})).await;
+    let config = bed.dir.path().join("plexsync.toml");
+    std::fs::write(&config, format!("stashUrl = \"{}\"\nplexToken = \"{PLEX_TOKEN}\"\n", bed.stash.url())).unwrap();
+    let command = format!(
+        "{} --config {} --data-dir {} sync --all",
+        env!("CARGO_BIN_EXE_plexsync"),
+        config.display(),
+        bed.data_dir().display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("PLEXSYNC_STASH_SESSION", bed.session())
+        .env("PLEXSYNC_PLEX_URL", bed.plex.url().as_str())
+        .output()
+        .unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    assert!(screen.contains("scenes delivered [") && screen.contains("=]"), "a bar: {screen}");
+    assert!(screen.contains("scenes queued [========================================] 30/30"), "{screen}");
+    assert!(!screen.contains("scenes queued 30/30"), "bars, not lines: {screen}");
+    assert!(screen.contains("fields written to Plex item"), "log lines still shown: {screen}");
 }

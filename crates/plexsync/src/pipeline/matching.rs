@@ -194,7 +194,13 @@ impl LibraryIndex {
         };
         for section in &sections {
             let mut pages = 0;
-            let items = plex.section_items(&section.key, |_, _| pages += 1).await?;
+            let what = format!("reading Plex library {}", section.title);
+            let items = plex
+                .section_items(&section.key, |done, total| {
+                    pages += 1;
+                    crate::progress::report(&what, done, total);
+                })
+                .await?;
             index.reads += pages;
             for item in items {
                 index.insert(&section.key, &item);
