@@ -82,6 +82,23 @@ impl Context {
         Ok(Self { settings: loaded.settings, warnings, stash, data_dir, local_layers })
     }
 
+    /// The same context with Stash's side of the settings read again, and
+    /// that side as read (a long-running face compares it to notice edits).
+    pub async fn reload(&self) -> Result<(Self, Map<String, Value>), Error> {
+        let from_stash = self.stash.plugin_settings(config::PLUGIN_ID).await?;
+        let mut layers = vec![from_stash.clone()];
+        layers.extend(self.local_layers.iter().cloned());
+        let loaded = config::load(&layers);
+        let ctx = Self {
+            settings: loaded.settings,
+            warnings: loaded.warnings,
+            stash: self.stash.clone(),
+            data_dir: self.data_dir.clone(),
+            local_layers: self.local_layers.clone(),
+        };
+        Ok((ctx, from_stash))
+    }
+
     /// For the CLI: Stash's URL and key come from the local sources.
     pub async fn from_local(sources: &Sources) -> Result<Self, Error> {
         let local = sources.local().settings;

@@ -173,3 +173,28 @@ async fn the_pages_buttons_act_only_from_the_page_itself() {
     .await;
     assert_eq!(post("nothing", vec![("key", key.clone())], own).await, 404);
 }
+
+/// A setting fixed in Stash reaches a daemon that keeps running: health is
+/// 503 with the setting named, then 200, and the waiting scene is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setting_fixed_in_stash_reaches_the_running_daemon() {
+    let bed = Bed::new(5, json!({"retryScale": 0.02, "reconcileHours": 0, "plexToken": ""})).await;
+    let daemon = Daemon::start(&bed, "127.0.0.1:0", &[]).unwrap();
+    let (status, body) = daemon.health().await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["reasons"].to_string().contains("plexToken is empty"), "{body}");
+    let id = bed.scenes_in_plex()[0];
+    assert!(!bed.edit_hook(id, "After the fix").await.failed());
+
+    bed.configure(json!({"retryScale": 0.02, "reconcileHours": 0}));
+    let started = Instant::now();
+    while daemon.health().await.0 != 200 {
+        assert!(started.elapsed() < Duration::from_secs(20), "still unhealthy: {}", daemon.health().await.1);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eventually(Duration::from_secs(20), "delivered with the new token", || {
+        bed.item_of(id).field("summary") == Some("After the fix")
+    })
+    .await;
+    assert!(daemon.log.lock().unwrap().contains("settings changed in Stash"));
+}

@@ -37,23 +37,36 @@ const LOCK_RETRY: Duration = Duration::from_secs(5);
 /// When the last scheduled reconcile was handed to the worker (ms).
 const LAST_RECONCILE_KEY: &str = "last_reconcile_ms";
 
-/// What the HTTP handlers need.
+/// How often Stash's side of the settings is read again: an edit in
+/// Stash's plugin settings reaches a daemon that never restarts.
+const SETTINGS_EVERY: Duration = Duration::from_secs(30);
+
+/// What the worker loop and the HTTP handlers share.
 struct Shared {
     data_dir: PathBuf,
-    /// For the page's scene search (`explain` asks Stash and Plex).
-    ctx: Arc<Context>,
+    /// The settings in use, replaced when they change in Stash (the
+    /// worker starts again with them; the page's scene search uses them).
+    ctx: std::sync::RwLock<Arc<Context>>,
     token: Option<Secret>,
     outage_unhealthy_after: Duration,
-    /// Why delivery cannot work with the settings read at start, if so.
-    config_problem: Option<String>,
     /// Random per process; every form on the page carries it and every
     /// POST must send it back, so another site cannot make a browser act.
     form_key: String,
 }
 
+impl Shared {
+    fn ctx(&self) -> Arc<Context> {
+        Arc::clone(&self.ctx.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Why delivery cannot work with the settings in use, if so.
+    fn config_problem(&self) -> Option<String> {
+        self.ctx().settings.delivery_problem()
+    }
+}
+
 /// Runs until SIGTERM or Ctrl-C; never exits on its own.
 pub async fn run(ctx: Context) -> Result<(), Error> {
-    let ctx = Arc::new(ctx);
     let settings = &ctx.settings.daemon;
     let addr: SocketAddr = settings.listen.parse().map_err(|e| {
         Error::new(
@@ -83,22 +96,22 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
     tracing::info!("listening on http://{bound} (/healthz, /metrics, /); data folder {}", ctx.data_dir.display());
     let shared = Arc::new(Shared {
         data_dir: ctx.data_dir.clone(),
-        ctx: Arc::clone(&ctx),
         token: settings.token.clone().filter(|t| !t.is_empty()),
         outage_unhealthy_after: settings.outage_unhealthy_after,
-        config_problem: ctx.settings.delivery_problem(),
         form_key: hex::encode(rand::random::<[u8; 16]>()),
+        ctx: std::sync::RwLock::new(Arc::new(ctx)),
     });
     let server_stop = Arc::clone(&stop);
+    let server_shared = Arc::clone(&shared);
     let server = tokio::spawn(async move {
         let stopped = async move {
             while !server_stop.load(Ordering::Relaxed) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         };
-        axum::serve(listener, router(shared)).with_graceful_shutdown(stopped).await
+        axum::serve(listener, router(server_shared)).with_graceful_shutdown(stopped).await
     });
-    deliver(&ctx, &stop).await;
+    deliver(&shared, &stop).await;
     let _ = tokio::time::timeout(Duration::from_secs(3), server).await;
     tracing::info!("stopped");
     Ok(())
@@ -129,18 +142,12 @@ pub fn stop_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
-/// The worker, whenever the lock is free, until `stop`.
-async fn deliver(ctx: &Context, stop: &Arc<AtomicBool>) {
-    let options = WorkerOptions {
-        max_wait: Duration::from_secs(100 * 365 * 86_400),
-        capture_every: Some(CAPTURE_EVERY),
-        idle: Duration::MAX,
-        stop: Some(Arc::clone(stop)),
-        ..WorkerOptions::default()
-    };
+/// The worker, whenever the lock is free, until `stop`; started again
+/// with new settings when they change in Stash.
+async fn deliver(sh: &Arc<Shared>, stop: &Arc<AtomicBool>) {
     let mut waiting_said = false;
     while !stop.load(Ordering::Relaxed) {
-        let lock = match worker::try_lock(&ctx.data_dir) {
+        let lock = match worker::try_lock(&sh.data_dir) {
             Ok(Some(lock)) => lock,
             Ok(None) => {
                 if !std::mem::replace(&mut waiting_said, true) {
@@ -150,18 +157,57 @@ async fn deliver(ctx: &Context, stop: &Arc<AtomicBool>) {
                 continue;
             }
             Err(e) => {
-                tracing::error!("worker lock in {}: {e}", ctx.data_dir.display());
+                tracing::error!("worker lock in {}: {e}", sh.data_dir.display());
                 worker::nap_unless(stop, LOCK_RETRY).await;
                 continue;
             }
         };
         waiting_said = false;
-        if let Err(e) = deliver_locked(ctx, &options).await {
+        let ctx = sh.ctx();
+        let cycle = Arc::new(AtomicBool::new(false));
+        let watcher = tokio::spawn(watch_settings(Arc::clone(sh), Arc::clone(stop), Arc::clone(&cycle)));
+        let options = WorkerOptions {
+            max_wait: Duration::from_secs(100 * 365 * 86_400),
+            capture_every: Some(CAPTURE_EVERY),
+            idle: Duration::MAX,
+            stop: Some(Arc::clone(&cycle)),
+            ..WorkerOptions::default()
+        };
+        if let Err(e) = deliver_locked(&ctx, &options).await {
             tracing::error!("{e}; trying again in 30 s");
-            worker::nap_unless(stop, Duration::from_secs(30)).await;
+            worker::nap_unless(&cycle, Duration::from_secs(30)).await;
         }
+        watcher.abort();
         drop(lock);
     }
+}
+
+/// Ends the worker's cycle at `stop`, or when Stash's side of the settings
+/// changed (after putting the new settings in place).
+async fn watch_settings(sh: Arc<Shared>, stop: Arc<AtomicBool>, cycle: Arc<AtomicBool>) {
+    let mut last = None;
+    let mut next_read = tokio::time::Instant::now();
+    // `retryScale` shortens it for tests, as it does every retry delay.
+    let every = SETTINGS_EVERY.mul_f64(sh.ctx().settings.retry.scale).max(Duration::from_millis(200));
+    while !stop.load(Ordering::Relaxed) {
+        if tokio::time::Instant::now() >= next_read {
+            next_read += every;
+            match sh.ctx().reload().await {
+                Ok((ctx, raw)) if last.as_ref().is_some_and(|l| *l != raw) => {
+                    tracing::info!("PlexSync's settings changed in Stash; delivering with the new ones");
+                    for w in &ctx.warnings {
+                        tracing::warn!("setting: {w}");
+                    }
+                    *sh.ctx.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ctx);
+                    break;
+                }
+                Ok((_, raw)) => last = Some(raw),
+                Err(e) => tracing::debug!("settings not read again: {e}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cycle.store(true, Ordering::Relaxed);
 }
 
 async fn deliver_locked(ctx: &Context, options: &WorkerOptions) -> Result<(), Error> {
@@ -274,7 +320,7 @@ async fn healthz(State(sh): State<Arc<Shared>>) -> Response {
         Ok(q) => q,
         Err(e) => return internal(e),
     };
-    match health(&queue, sh.outage_unhealthy_after, sh.config_problem.as_deref()) {
+    match health(&queue, sh.outage_unhealthy_after, sh.config_problem().as_deref()) {
         Ok((true, body)) => (StatusCode::OK, axum::Json(body)).into_response(),
         Ok((false, body)) => (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response(),
         Err(e) => internal(e),
@@ -364,7 +410,7 @@ async fn status_page(
         Ok(q) => q,
         Err(e) => return internal(e),
     };
-    let (healthy, body) = match health(&queue, sh.outage_unhealthy_after, sh.config_problem.as_deref()) {
+    let (healthy, body) = match health(&queue, sh.outage_unhealthy_after, sh.config_problem().as_deref()) {
         Ok(h) => h,
         Err(e) => return internal(e),
     };
@@ -410,7 +456,7 @@ async fn status_page(
     let key = escape(&sh.form_key);
     html.push_str("<h2>Find a scene</h2><form method=\"get\" action=\"/\"><label>Scene id <input name=\"scene\" inputmode=\"numeric\" required></label> <button>Show</button></form>");
     if let Some((id, state)) = scene {
-        html.push_str(&scene_section(&sh, state, &id).await);
+        html.push_str(&scene_section(&sh.ctx(), state, &id).await);
     }
     html.push_str("<h2>Last deliveries</h2>");
     if delivered.is_empty() {
@@ -450,7 +496,7 @@ table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding
 
 /// One scene: where it stands in the queue, its Plex items, and how
 /// matching decides today (the `explain` trace, asked of Stash and Plex).
-async fn scene_section(sh: &Shared, state: rusqlite::Result<crate::queue::SceneState>, id: &str) -> String {
+async fn scene_section(ctx: &Context, state: rusqlite::Result<crate::queue::SceneState>, id: &str) -> String {
     if !crate::protocol::is_id(id) {
         return "<p class=\"bad\">A Stash scene id is digits only.</p>".to_string();
     }
@@ -478,7 +524,7 @@ async fn scene_section(sh: &Shared, state: rusqlite::Result<crate::queue::SceneS
         }
         Err(e) => html.push_str(&format!("<p class=\"bad\">{}</p>", escape(&e.to_string()))),
     }
-    match crate::tasks::explain(&sh.ctx, id).await {
+    match crate::tasks::explain(ctx, id).await {
         Ok(out) => {
             // The trace ends with the decision.
             let trace: Vec<&str> = out["trace"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
