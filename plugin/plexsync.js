@@ -68,7 +68,8 @@
       const out = await operation({ mode: "scene_status", scene_ids: ids });
       answer = (id) => {
         const found = out && out.scenes ? out.scenes.find((s) => s.scene_id === id) : null;
-        return { state: found, now: out ? out.now : Date.now(), at: Date.now() };
+        const down = out ? out.plex_down_since : null;
+        return { state: found, now: out ? out.now : Date.now(), down: down, at: Date.now() };
       };
     } catch (e) {
       answer = () => ({ error: String(e.message || e), at: Date.now() });
@@ -110,6 +111,9 @@
         return ["synced", "In Plex", "synced " + ago(entry.now - item.synced_at) + " ago to item " + items];
       }
       case "waiting": {
+        if (entry.down) {
+          return ["waiting", "Plex: waiting", "waiting: Plex has not answered for " + ago(entry.now - entry.down) + why];
+        }
         const next = row.next_due > entry.now ? "next try in " + ago(row.next_due - entry.now) : "due now";
         const cls = row.error_class ? row.error_class + ", " : "";
         return ["waiting", "Plex: waiting", "waiting (" + cls + next + ")" + why];

@@ -150,9 +150,8 @@ async fn the_stash_ui_badge_shows_synced_waiting_dead_and_unsynced_scenes() {
     .await;
     bed.plex.go_down();
     assert!(!bed.edit_hook(waiting, "Waiting").await.failed());
-    eventually(Duration::from_secs(20), "tried during the outage", || {
-        let state = bed.queue().scene_state(&waiting.to_string()).unwrap();
-        state.row.and_then(|r| r.error_class).as_deref() == Some("plex_unavailable")
+    eventually(Duration::from_secs(20), "the worker saw the outage", || {
+        bed.queue().get_kv(plexsync::worker::OUTAGE_SINCE_KEY).unwrap().is_some_and(|v| v != "0")
     })
     .await;
 
@@ -187,7 +186,7 @@ async fn the_stash_ui_badge_shows_synced_waiting_dead_and_unsynced_scenes() {
         html.split(&format!("id=\"card-{id}\"")).nth(1).and_then(|c| c.split("id=\"card-").next()).unwrap_or("")
     };
     assert!(badge(dead).contains("not in Plex yet"), "the dead letter's reason is in its badge: {}", badge(dead));
-    assert!(badge(waiting).contains("plex_unavailable"), "the waiting scene's class: {}", badge(waiting));
+    assert!(badge(waiting).contains("Plex has not answered"), "why it waits: {}", badge(waiting));
 
     // Explain and Sync now, from the scene page.
     bed.plex.come_up();

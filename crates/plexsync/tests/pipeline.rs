@@ -346,7 +346,7 @@ async fn a_new_worker_reuses_the_stored_library_index() {
         bed.plex
             .requests()
             .iter()
-            .filter(|r| r.method == "GET" && r.path == "/library/sections/1/all" && r.param("updatedAt>>").is_none())
+            .filter(|r| r.method == "GET" && r.path == "/library/sections/1/all" && r.param("addedAt>>").is_none())
             .count()
     };
     assert!(full_reads(&bed) >= 2, "the first worker read the library");

@@ -243,7 +243,22 @@ impl PlexState {
                 state.add_item(1, &[(copy, *size, *duration)]);
             }
         }
+        state.date_as_grown();
         state
+    }
+
+    /// A real library grew over time: items were added one after another,
+    /// not all in this second. Spreads `addedAt`/`updatedAt` back, one item
+    /// every ten minutes, oldest first (a filter by time then returns what a
+    /// real one would).
+    fn date_as_grown(&mut self) {
+        let now = unix_now();
+        let n = self.items.len() as i64;
+        for (i, item) in self.items.values_mut().enumerate() {
+            let at = now - (n - i as i64) * 600;
+            item.added_at = at;
+            item.updated_at = at;
+        }
     }
 
     fn next(&mut self) -> u64 {

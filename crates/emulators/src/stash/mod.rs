@@ -104,6 +104,8 @@ pub(crate) struct Shared {
     pub images: Mutex<ImageRequests>,
     /// What `GET /` answers: Stash's UI stands here, a test page in tests.
     pub ui_page: Mutex<String>,
+    /// Every request answered, for benchmarks.
+    pub requests: std::sync::atomic::AtomicUsize,
 }
 
 /// How the image routes answered, for benchmarks and tests of what an
@@ -153,6 +155,7 @@ impl StashEmulator {
             hook_runs: Mutex::new(Vec::new()),
             hooks_skipped: Mutex::new(0),
             ui_page: Mutex::new(String::new()),
+            requests: Default::default(),
             images: Mutex::new(ImageRequests::default()),
         });
         let app = router(Arc::clone(&shared));
@@ -257,6 +260,11 @@ impl StashEmulator {
     /// The page `GET /` serves, where Stash serves its UI: a test puts a
     /// page there that loads plugins' UI files from `/plugin/{id}/…` the
     /// way Stash's UI does, so their requests are same-origin as in Stash.
+    /// How many requests it answered (GraphQL, images, pages).
+    pub fn request_count(&self) -> usize {
+        self.shared.requests.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn set_ui_page(&self, html: &str) {
         *self.shared.ui_page.lock() = html.to_string();
     }
@@ -613,6 +621,7 @@ fn api_key_of(req: &Request) -> Option<String> {
 /// refreshed in the answer. With a login, a request with neither gets 401.
 /// The visited hooks come from a valid cookie, whatever authenticated.
 async fn auth_layer(State(sh): State<Arc<Shared>>, mut req: Request, next: Next) -> Response {
+    sh.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let session = session::from_header(req.headers()).and_then(|v| sh.codec.decode(&v));
     let unauthorized = || (StatusCode::UNAUTHORIZED, [("WWW-Authenticate", "FormBased")]).into_response();
     let (user, refresh) = match api_key_of(&req) {

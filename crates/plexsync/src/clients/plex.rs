@@ -304,10 +304,10 @@ impl PlexClient {
         self.section_items_where(section, &[], &mut progress).await
     }
 
-    /// Items of a section added or changed after `since` (Unix seconds),
-    /// with Plex's `updatedAt>>=` filter.
-    pub async fn section_changed_since(&self, section: &str, since: i64) -> Result<Vec<PlexItem>, Error> {
-        self.section_items_where(section, &[("updatedAt>>", &since.to_string())], &mut |_, _| {}).await
+    /// Items of a section Plex added after `since` (Unix seconds), with
+    /// Plex's `addedAt>>=` filter.
+    pub async fn section_added_since(&self, section: &str, since: i64) -> Result<Vec<PlexItem>, Error> {
+        self.section_items_where(section, &[("addedAt>>", &since.to_string())], &mut |_, _| {}).await
     }
 
     /// `GET /library/metadata/{ratingKey}`; `None` when Plex has no such item.

@@ -152,8 +152,10 @@ pub struct LibraryIndex {
     pub built_at: Option<Instant>,
     /// When new and changed items were last fetched.
     pub refreshed_at: Option<Instant>,
-    /// Newest `updatedAt` seen, for incremental refreshes.
-    pub newest_update: i64,
+    /// Newest `addedAt` seen, for incremental refreshes. Not `updatedAt`:
+    /// every edit we make bumps an item's `updatedAt`, so a refresh by it
+    /// would read back everything we just wrote.
+    pub newest_added: i64,
     /// Plex reads the index has made.
     pub reads: usize,
 }
@@ -212,16 +214,17 @@ impl LibraryIndex {
         Ok(index)
     }
 
-    /// Fetches only items added or changed since the newest one seen (one
-    /// request per section, usually tiny), so newly scanned files are found
-    /// without re-reading the library.
+    /// Fetches only items Plex added since the newest one seen (one request
+    /// per section, usually tiny), so newly scanned files are found without
+    /// re-reading the library, and our own edits are not read back. An item
+    /// whose file moved is found by the next full read (or a 404).
     pub async fn refresh_recent(&mut self, plex: &PlexClient) -> Result<usize, Error> {
-        // A minute of overlap: Plex's updatedAt has second precision and
+        // A minute of overlap: Plex's times have second precision and
         // clocks of scans in progress may lag.
-        let since = (self.newest_update - 60).max(0);
+        let since = (self.newest_added - 60).max(0);
         let mut found = 0;
         for section in self.sections.clone() {
-            let items = plex.section_changed_since(&section.key, since).await?;
+            let items = plex.section_added_since(&section.key, since).await?;
             self.reads += 1;
             found += items.len();
             for item in items {
@@ -233,7 +236,7 @@ impl LibraryIndex {
     }
 
     pub fn insert(&mut self, section: &str, item: &PlexItem) {
-        self.newest_update = self.newest_update.max(item.updated_at.or(item.added_at).unwrap_or(0));
+        self.newest_added = self.newest_added.max(item.added_at.unwrap_or(0));
         self.insert_indexed(IndexedItem {
             rating_key: item.rating_key.clone(),
             section: section.to_string(),
@@ -266,13 +269,13 @@ impl LibraryIndex {
     }
 
     /// What to store: a description (which server and libraries, when read,
-    /// newest update, sections) and one JSON row per item.
+    /// newest addition, sections) and one JSON row per item.
     pub fn snapshot(&self, key: &str) -> (String, Vec<(String, String)>) {
         let age_ms = self.built_at.map_or(0, |t| t.elapsed().as_millis() as i64);
         let meta = serde_json::json!({
             "key": key,
             "built_at_ms": crate::queue::now_ms() - age_ms,
-            "newest_update": self.newest_update,
+            "newest_added": self.newest_added,
             "sections": self.sections,
         });
         let rows = self
@@ -297,7 +300,8 @@ impl LibraryIndex {
         }
         let mut index = LibraryIndex {
             sections: serde_json::from_value(meta["sections"].clone()).ok()?,
-            newest_update: meta["newest_update"].as_i64().unwrap_or(0),
+            // An index stored before `newest_added` existed is read again.
+            newest_added: meta["newest_added"].as_i64()?,
             built_at: Instant::now().checked_sub(age),
             ..Default::default()
         };

@@ -21,8 +21,10 @@ pub const MAX_IMAGE_BYTES: usize = 20 * 1024 * 1024;
 /// from Plex leave it); in between, misses fetch only what changed. The same
 /// rule decides whether a stored index may be used by a new process.
 const INDEX_MAX_AGE_ON_MISS: Duration = Duration::from_secs(6 * 3600);
-/// Misses within this long of the last incremental refresh reuse it.
-const INDEX_REFRESH_GAP: Duration = Duration::from_secs(1);
+/// Misses within this long of the last incremental refresh reuse it: a
+/// run over many scenes Plex lacks asks once, not once per scene. Retries
+/// of a scene not in Plex come later than this (both scale with `retryScale`).
+const INDEX_REFRESH_GAP: Duration = Duration::from_secs(10);
 
 /// How one delivery ended.
 #[derive(Clone, Debug, PartialEq)]
@@ -266,7 +268,7 @@ impl Pipeline {
         if index.built_at.is_some_and(|t| t.elapsed() > INDEX_MAX_AGE_ON_MISS) {
             self.drop_index();
             self.ensure_index(None).await?;
-        } else if index.refreshed_at.is_none_or(|t| t.elapsed() > INDEX_REFRESH_GAP)
+        } else if index.refreshed_at.is_none_or(|t| t.elapsed() > INDEX_REFRESH_GAP.mul_f64(self.settings.retry.scale))
             && index.refresh_recent(&plex).await? > 0
         {
             self.save_index();

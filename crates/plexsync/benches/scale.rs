@@ -1,0 +1,157 @@
+//! A whole library through the CLI (`plexsync sync --all`, the release
+//! binary), at several sizes: first sync, an unchanged re-sync, and a
+//! re-sync after 1 % of the scenes were edited.
+//!
+//!     cargo build --release -p plexsync && cargo bench -p plexsync --bench scale
+//!
+//! `PLEXSYNC_SCALE_SIZES` (default `1000,10000`; add `100000` for the big
+//! run) and `PLEXSYNC_SCALE_LATENCY_MS` (the Plex emulator's added latency
+//! per request, default 0) choose the runs. Per run it prints wall time,
+//! Plex requests per scene (library pages, item reads, writes, uploads),
+//! library pages read per 100 scenes, Stash requests, and the CLI's peak
+//! RSS (`wait4`). Partial scans are off, so "unchanged" means unchanged.
+
+mod common;
+
+#[cfg(unix)]
+fn main() {
+    unix::main();
+}
+
+#[cfg(not(unix))]
+fn main() {
+    eprintln!("the scale benchmark reads peak RSS with wait4: Unix only");
+}
+
+#[cfg(unix)]
+mod unix {
+    use std::path::Path;
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+
+    use super::common;
+    use emulators::{PlexEmulator, StashEmulator};
+    use serde_json::json;
+
+    /// One `plexsync sync --all`: wall seconds and peak RSS (MB) of the process.
+    fn sync_all(exe: &Path, data: &Path, stash: &StashEmulator) -> (f64, f64) {
+        let started = Instant::now();
+        let child = Command::new(exe)
+            .args(["--data-dir", data.to_str().unwrap(), "sync", "--all"])
+            .env("PLEXSYNC_STASH_URL", stash.url().as_str())
+            .env("PLEXSYNC_STASH_SESSION", stash.login_cookie())
+            .env("PLEXSYNC_LOG", "plexsync=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let (status, rss_kb) = wait_with_rusage(child.id());
+        assert!(status == 0, "sync --all failed with status {status}");
+        (started.elapsed().as_secs_f64(), rss_kb as f64 / 1024.0)
+    }
+
+    /// Waits for `pid` and returns its exit status and peak RSS (KiB, Linux).
+    fn wait_with_rusage(pid: u32) -> (i32, i64) {
+        let mut status = 0;
+        // SAFETY: plain syscall on our own child; the struct is zeroed first.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let got = unsafe { libc::wait4(pid as i32, &mut status, 0, &mut usage) };
+        assert_eq!(got, pid as i32, "wait4");
+        (libc::WEXITSTATUS(status), usage.ru_maxrss)
+    }
+
+    /// Plex requests since the last clear, by kind.
+    #[derive(Default)]
+    struct PlexCounts {
+        pages: usize,
+        reads: usize,
+        writes: usize,
+        uploads: usize,
+    }
+
+    fn plex_counts(plex: &PlexEmulator) -> PlexCounts {
+        let mut c = PlexCounts::default();
+        for r in plex.requests() {
+            if r.path.ends_with("/posters") || r.path.ends_with("/arts") {
+                c.uploads += 1;
+            } else if r.is_write() {
+                c.writes += 1;
+            } else if r.path.starts_with("/library/sections/") && r.path.ends_with("/all") {
+                c.pages += 1;
+            } else {
+                c.reads += 1;
+            }
+        }
+        c
+    }
+
+    fn run(what: &str, n: usize, exe: &Path, data: &Path, stash: &StashEmulator, plex: &PlexEmulator, per: usize) {
+        plex.clear_requests();
+        let stash_before = stash.request_count();
+        let (secs, rss) = sync_all(exe, data, stash);
+        let c = plex_counts(plex);
+        let total = c.pages + c.reads + c.writes + c.uploads;
+        let per_scene = |x: usize| x as f64 / per.max(1) as f64;
+        println!(
+            "| {n:>7} | {what:<14} | {secs:>8.1} s | {:>6.3} | {:.3} / {:.3} / {:.3} / {:.3} | {:>6.2} | {:>7} | {rss:>5.1} MB |",
+            per_scene(total),
+            per_scene(c.pages),
+            per_scene(c.reads),
+            per_scene(c.writes),
+            per_scene(c.uploads),
+            c.pages as f64 * 100.0 / n as f64,
+            stash.request_count() - stash_before,
+        );
+    }
+
+    #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+    pub async fn main() {
+        let exe = common::release_binary();
+        let sizes: Vec<usize> = std::env::var("PLEXSYNC_SCALE_SIZES")
+            .unwrap_or_else(|_| "1000,10000".into())
+            .split(',')
+            .map(|s| s.trim().parse().expect("sizes are numbers"))
+            .collect();
+        let latency: u64 = std::env::var("PLEXSYNC_SCALE_LATENCY_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+        println!(
+            "Plex latency {latency} ms; requests per scene of the library (first, unchanged), per edited scene (1 %)"
+        );
+        println!("|  scenes | run            |    wall    | Plex req/scene | pages / item reads / writes / uploads | pages per 100 scenes | Stash requests | peak RSS |");
+        println!("|--------:|----------------|-----------:|------:|---|------:|--------:|------:|");
+        for n in sizes {
+            let generated = Instant::now();
+            let spec = emulators::LibrarySpec { scenes: n, seed: 7, ..Default::default() };
+            let lib = emulators::Library::generate(&spec);
+            let mapping = format!("{} => {}", lib.stash_prefix, lib.plex_prefix);
+            let (stash, plex) = common::emulators_of(lib).await;
+            // No partial scans: the emulated Plex would add the scenes it
+            // lacks, and the unchanged re-sync would deliver them for the
+            // first time.
+            stash.set_plugin_settings(
+                "PlexSync",
+                json!({"plexUrl": plex.url().as_str(), "plexToken": "bench-token", "skipUnorganized": false,
+                       "pathMappings": mapping, "partialScan": false}),
+            );
+            eprintln!("{n} scenes generated in {:.1} s", generated.elapsed().as_secs_f64());
+            plex.faults(|f| f.config.latency_ms = latency);
+            let dir = tempfile::tempdir().unwrap();
+            let data = dir.path().join("plexsync");
+            let in_plex = {
+                let exe = exe.clone();
+                let data = data.clone();
+                let stash_ref = &stash;
+                tokio::task::block_in_place(|| run("first sync", n, &exe, &data, stash_ref, &plex, n));
+                plexsync::queue::Queue::open(&data.join("queue.sqlite")).unwrap().stats().unwrap().synced as usize
+            };
+            eprintln!("{in_plex} of {n} scenes are in Plex and were delivered");
+            tokio::task::block_in_place(|| run("unchanged", n, &exe, &data, &stash, &plex, n));
+            let edited: Vec<u64> = stash.with_state(|s| s.scenes.keys().copied().step_by(100).collect());
+            for id in &edited {
+                let q = "mutation($i: SceneUpdateInput!) { sceneUpdate(input: $i) { id } }";
+                common::graphql(&stash, q, json!({"i": {"id": id.to_string(), "details": format!("Edited {id}.")}}))
+                    .await;
+            }
+            tokio::task::block_in_place(|| run("1 % edited", n, &exe, &data, &stash, &plex, edited.len()));
+        }
+    }
+}
