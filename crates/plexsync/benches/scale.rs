@@ -36,6 +36,9 @@ mod unix {
     /// One `plexsync sync --all`: wall seconds and peak RSS (MB) of the process.
     fn sync_all(exe: &Path, data: &Path, stash: &StashEmulator) -> (f64, f64) {
         let started = Instant::now();
+        // Waited for by `wait4` below, which std's `wait` cannot replace
+        // (it does not return the child's resource usage).
+        #[allow(clippy::zombie_processes)]
         let child = Command::new(exe)
             .args(["--data-dir", data.to_str().unwrap(), "sync", "--all"])
             .env("PLEXSYNC_STASH_URL", stash.url().as_str())
