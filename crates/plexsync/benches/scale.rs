@@ -4,8 +4,8 @@
 //!
 //!     cargo build --release -p plexsync && cargo bench -p plexsync --bench scale
 //!
-//! `PLEXSYNC_SCALE_SIZES` (default `1000,10000`; add `100000` for the big
-//! run) and `PLEXSYNC_SCALE_LATENCY_MS` (the Plex emulator's added latency
+//! `SCALE_SIZES` (default `1000,10000`; add `100000` for the big
+//! run) and `SCALE_LATENCY_MS` (the Plex emulator's added latency
 //! per request, default 0) choose the runs. Per run it prints wall time,
 //! Plex requests per scene (library pages, item reads, writes, uploads),
 //! library pages read per 100 scenes, Stash requests, and the CLI's peak
@@ -110,12 +110,12 @@ mod unix {
     #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
     pub async fn main() {
         let exe = common::release_binary();
-        let sizes: Vec<usize> = std::env::var("PLEXSYNC_SCALE_SIZES")
+        let sizes: Vec<usize> = std::env::var("SCALE_SIZES")
             .unwrap_or_else(|_| "1000,10000".into())
             .split(',')
             .map(|s| s.trim().parse().expect("sizes are numbers"))
             .collect();
-        let latency: u64 = std::env::var("PLEXSYNC_SCALE_LATENCY_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+        let latency: u64 = std::env::var("SCALE_LATENCY_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
         println!(
             "Plex latency {latency} ms; requests per scene of the library (first, unchanged), per edited scene (1 %)"
         );
