@@ -45,6 +45,7 @@
   // plugin run. Listeners hear about every answer.
   const cache = new Map();
   const listeners = new Set();
+  const notify = () => listeners.forEach((listen) => listen());
   let waiting = new Set();
   let timer = null;
 
@@ -75,7 +76,7 @@
       answer = () => ({ error: String(e.message || e), at: Date.now() });
     }
     ids.forEach((id) => cache.set(id, answer(id)));
-    listeners.forEach((listen) => listen());
+    notify();
   }
 
   function useSceneState(id) {
@@ -165,7 +166,7 @@
         // worker has had time to deliver it.
         if (out && out.scene) {
           cache.set(id, { state: out.scene, now: out.now, at: Date.now() });
-          listeners.forEach((listen) => listen());
+          notify();
         }
         setTimeout(() => request(id, true), 3000);
       });

@@ -139,13 +139,8 @@ mod unix {
             plex.faults(|f| f.config.latency_ms = latency);
             let dir = tempfile::tempdir().unwrap();
             let data = dir.path().join("plexsync");
-            let in_plex = {
-                let exe = exe.clone();
-                let data = data.clone();
-                let stash_ref = &stash;
-                tokio::task::block_in_place(|| run("first sync", n, &exe, &data, stash_ref, &plex, n));
-                plexsync::queue::Queue::open(&data.join("queue.sqlite")).unwrap().stats().unwrap().synced as usize
-            };
+            tokio::task::block_in_place(|| run("first sync", n, &exe, &data, &stash, &plex, n));
+            let in_plex = plexsync::queue::Queue::open(&data.join("queue.sqlite")).unwrap().stats().unwrap().synced;
             eprintln!("{in_plex} of {n} scenes are in Plex and were delivered");
             tokio::task::block_in_place(|| run("unchanged", n, &exe, &data, &stash, &plex, n));
             let edited: Vec<u64> = stash.with_state(|s| s.scenes.keys().copied().step_by(100).collect());

@@ -118,7 +118,7 @@ pub fn render(queue: &Queue) -> rusqlite::Result<String> {
     };
     registry.register("dead_letters", "Scenes given up on", gauge(stats.dead));
     registry.register("synced_scenes", "Scenes with a sync record", gauge(stats.synced));
-    let kv = |key: &str| -> rusqlite::Result<i64> { Ok(queue.get_kv(key)?.and_then(|v| v.parse().ok()).unwrap_or(0)) };
+    let kv = |key: &str| queue.kv_number(key);
     let open = kv(crate::worker::BREAKER_KEY)? > 0;
     registry.register("breaker_open", "1 while Plex is unreachable and the queue waits", gauge(i64::from(open)));
     let seconds = |ms: i64| gauge(ms / 1000);

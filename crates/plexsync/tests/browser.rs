@@ -14,7 +14,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::daemon::Daemon;
+use common::daemon::{deliveries, Daemon};
 use common::{eventually, Bed};
 use serde_json::{json, Value};
 
@@ -60,19 +60,6 @@ async fn drive(url: &str, steps: &[String], cookie: Option<&str>) -> (String, St
     (page["text"].as_str().unwrap().to_string(), page["html"].as_str().unwrap().to_string())
 }
 
-fn deliveries(metrics: &str) -> f64 {
-    let scrape = prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_string()))).unwrap();
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == "plexsync_deliveries_total" && s.labels.get("outcome") == Some("synced"))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
-            _ => 0.0,
-        })
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_shows_a_plex_outage_its_waiting_scenes_and_a_scenes_trace() {
     if !browser_ready() {
@@ -112,7 +99,7 @@ async fn the_status_page_shows_a_plex_outage_its_waiting_scenes_and_a_scenes_tra
     .await;
     assert_eq!(daemon.health().await.0, 200);
     let metrics = daemon.get("/metrics", None).await.1;
-    assert!(deliveries(&metrics) >= 4.0, "{metrics}");
+    assert!(deliveries(&metrics, "synced") >= 4.0, "{metrics}");
 
     // The scene search, as a person uses it: type an id, press Show.
     let shot = screenshot("status-page-scene");

@@ -7,9 +7,15 @@ use std::process::Command;
 use common::{Bed, PLEX_TOKEN};
 use serde_json::{json, Value};
 
-fn plexsync(bed: &Bed, args: &[&str]) -> (bool, String, String) {
+/// The CLI's config file for the bed: Stash's URL and the Plex token.
+fn config_file(bed: &Bed) -> std::path::PathBuf {
     let config = bed.dir.path().join("plexsync.toml");
     std::fs::write(&config, format!("stashUrl = \"{}\"\nplexToken = \"{PLEX_TOKEN}\"\n", bed.stash.url())).unwrap();
+    config
+}
+
+fn plexsync(bed: &Bed, args: &[&str]) -> (bool, String, String) {
+    let config = config_file(bed);
     let out = Command::new(env!("CARGO_BIN_EXE_plexsync"))
         .args(["--config", config.to_str().unwrap(), "--data-dir", bed.data_dir().to_str().unwrap()])
         .args(args)
@@ -102,8 +108,7 @@ async fn a_terminal_gets_progress_bars() {
         return;
     }
     let bed = Bed::new(30, json!({})).await;
-    let config = bed.dir.path().join("plexsync.toml");
-    std::fs::write(&config, format!("stashUrl = \"{}\"\nplexToken = \"{PLEX_TOKEN}\"\n", bed.stash.url())).unwrap();
+    let config = config_file(&bed);
     let command = format!(
         "{} --config {} --data-dir {} sync --all",
         env!("CARGO_BIN_EXE_plexsync"),

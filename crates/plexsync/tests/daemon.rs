@@ -10,30 +10,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::daemon::Daemon;
+use common::daemon::{deliveries, sample, Daemon};
 use common::{eventually, Bed, PLEX_TOKEN};
 use serde_json::json;
-
-/// The sum of `metric`'s samples whose label `key` is `value`, from
-/// `/metrics` parsed as Prometheus parses it.
-fn sample(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
-    let lines = text.lines().map(|l| Ok(l.to_string()));
-    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match &s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => *v,
-            prometheus_parse::Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
-            _ => 0.0,
-        })
-        .sum()
-}
-
-fn deliveries(text: &str, outcome: &str) -> f64 {
-    sample(text, "plexsync_deliveries_total", &[("outcome", outcome)])
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_follows_a_plex_outage_metrics_count_deliveries_and_sigterm_stops_it() {

@@ -108,6 +108,13 @@ pub(crate) struct Shared {
     pub requests: std::sync::atomic::AtomicUsize,
 }
 
+impl Shared {
+    /// The installed plugin `id` (its manifest's file name).
+    pub(crate) fn plugin(&self, id: &str) -> Option<Plugin> {
+        self.plugins.lock().iter().find(|p| p.id == id).cloned()
+    }
+}
+
 /// How the image routes answered, for benchmarks and tests of what an
 /// edit costs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -257,14 +264,14 @@ impl StashEmulator {
         run_operation(&self.shared, &plugin, Some(&task), &auth, Value::Object(args)).await
     }
 
-    /// The page `GET /` serves, where Stash serves its UI: a test puts a
-    /// page there that loads plugins' UI files from `/plugin/{id}/…` the
-    /// way Stash's UI does, so their requests are same-origin as in Stash.
     /// How many requests it answered (GraphQL, images, pages).
     pub fn request_count(&self) -> usize {
         self.shared.requests.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The page `GET /` serves, where Stash serves its UI: a test puts a
+    /// page there that loads plugins' UI files from `/plugin/{id}/…` the
+    /// way Stash's UI does, so their requests are same-origin as in Stash.
     pub fn set_ui_page(&self, html: &str) {
         *self.shared.ui_page.lock() = html.to_string();
     }
@@ -290,11 +297,7 @@ impl StashEmulator {
 
     fn plugin(&self, id: &str) -> std::io::Result<Plugin> {
         self.shared
-            .plugins
-            .lock()
-            .iter()
-            .find(|p| p.id == id)
-            .cloned()
+            .plugin(id)
             .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("no plugin {id:?} is installed")))
     }
 
@@ -541,7 +544,7 @@ fn plugin_ui_files(
     content_type: &'static str,
     files: impl Fn(&plugin::Ui) -> &Vec<String>,
 ) -> Response {
-    let Some(plugin) = sh.plugins.lock().iter().find(|p| p.id == id).cloned() else {
+    let Some(plugin) = sh.plugin(id) else {
         return StatusCode::NOT_FOUND.into_response();
     };
     let mut body = Vec::new();

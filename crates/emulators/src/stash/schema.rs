@@ -1224,8 +1224,7 @@ impl MutationRoot {
     /// GraphQL error.
     async fn run_plugin_operation(&self, ctx: &Context<'_>, plugin_id: ID, args: Option<Map>) -> Result<Option<Any>> {
         let sh = shared(ctx);
-        let plugin = sh.plugins.lock().iter().find(|p| p.id == plugin_id.as_str()).cloned();
-        let plugin = plugin.ok_or_else(|| format!("plugin {} not found", plugin_id.as_str()))?;
+        let plugin = sh.plugin(plugin_id.as_str()).ok_or_else(|| format!("plugin {} not found", plugin_id.as_str()))?;
         let args = args.map(|a| a.0).filter(Value::is_object).unwrap_or_else(|| Value::Object(Default::default()));
         let run = super::run_operation(sh, &plugin, None, request_auth(ctx), args).await?;
         if let Some(error) = run.error {

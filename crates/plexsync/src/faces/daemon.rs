@@ -225,7 +225,7 @@ fn schedule_reconcile(queue: &Queue, every: Duration) -> Result<(), Error> {
     if every.is_zero() {
         return Ok(());
     }
-    let last: i64 = queue.get_kv(LAST_RECONCILE_KEY).map_err(db)?.and_then(|v| v.parse().ok()).unwrap_or(0);
+    let last = queue.kv_number(LAST_RECONCILE_KEY).map_err(db)?;
     if now_ms() - last >= every.as_millis() as i64 {
         worker::request(queue, &Work::Reconcile { since: None })?;
         queue.set_kv(LAST_RECONCILE_KEY, &now_ms().to_string()).map_err(db)?;
@@ -279,13 +279,11 @@ pub fn health(
     config_problem: Option<&str>,
 ) -> Result<(bool, Value), Error> {
     let stats = queue.stats().map_err(db)?;
-    let kv = |key: &str| -> Result<i64, Error> {
-        Ok(queue.get_kv(key).map_err(db)?.and_then(|v| v.parse().ok()).unwrap_or(0))
-    };
+    let kv = |key: &str| queue.kv_number(key).map_err(db);
     let now = now_ms();
     let ago = |ms: i64| (ms > 0).then(|| (now - ms).max(0) / 1000);
-    let outage_since = kv(worker::OUTAGE_SINCE_KEY)?;
-    let breaker_open = kv(worker::BREAKER_KEY)? > 0;
+    let outage = worker::plex_outage(queue)?;
+    let (breaker_open, outage_since) = (outage.is_some(), outage.unwrap_or(0));
     let mut reasons = Vec::new();
     if let Some(problem) = config_problem {
         reasons.push(format!("config: {problem}"));

@@ -418,9 +418,7 @@ fn ui_operation(input: &PluginInput, mode: &str) -> Result<Value, String> {
     let scenes = ids.iter().map(|id| scene_state(&queue, id)).collect::<Result<Vec<_>, _>>()?;
     // While the breaker holds the queue, waiting rows carry no error of their
     // own: the outage is the reason, said once for the page.
-    let since = queue.get_kv(worker::OUTAGE_SINCE_KEY).ok().flatten().and_then(|v| v.parse::<i64>().ok());
-    let held = queue.get_kv(worker::BREAKER_KEY).ok().flatten().and_then(|v| v.parse::<i64>().ok()).unwrap_or(0) > 0;
-    let plex_down_since = since.filter(|s| held && *s > 0);
+    let plex_down_since = worker::plex_outage(&queue).map_err(|e| e.to_string())?.filter(|since| *since > 0);
     Ok(json!({"now": crate::queue::now_ms(), "plex_down_since": plex_down_since, "scenes": scenes}))
 }
 

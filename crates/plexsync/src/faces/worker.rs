@@ -424,10 +424,17 @@ fn release_all(queue: &Queue, rows: &[Claimed], due: i64) -> Result<(), Error> {
     Ok(())
 }
 
+/// While the breaker holds the queue: since when Plex has not answered
+/// (ms; 0 when unknown). `None` while Plex answers.
+pub fn plex_outage(queue: &Queue) -> Result<Option<i64>, Error> {
+    let open = queue.kv_number(BREAKER_KEY).map_err(db)? > 0;
+    Ok(if open { Some(queue.kv_number(OUTAGE_SINCE_KEY).map_err(db)?) } else { None })
+}
+
 /// Opens the breaker (persisted, so a new process during the outage waits
 /// too) for a jittered, growing delay, or Retry-After when Plex gave one.
 fn open_breaker(queue: &Queue, err: &Error, scale: f64) -> Result<(), Error> {
-    let fails: u32 = queue.get_kv(BREAKER_FAILS_KEY).map_err(db)?.and_then(|v| v.parse().ok()).unwrap_or(0);
+    let fails = u32::try_from(queue.kv_number(BREAKER_FAILS_KEY).map_err(db)?).unwrap_or(0);
     let delay = probe_delay(fails, err.retry_after, scale);
     if fails == 0 {
         queue.set_kv(OUTAGE_SINCE_KEY, &now_ms().to_string()).map_err(db)?;
@@ -450,7 +457,7 @@ fn probe_delay(fails: u32, retry_after: Option<Duration>, scale: f64) -> Duratio
 async fn wait_for_breaker(pipeline: &Pipeline, queue: &Queue, options: &WorkerOptions) -> Result<bool, Error> {
     let started = Instant::now();
     loop {
-        let until: i64 = queue.get_kv(BREAKER_KEY).map_err(db)?.and_then(|v| v.parse().ok()).unwrap_or(0);
+        let until = queue.kv_number(BREAKER_KEY).map_err(db)?;
         if until == 0 || options.stopped() {
             return Ok(false);
         }

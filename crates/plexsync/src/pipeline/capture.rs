@@ -133,7 +133,7 @@ pub async fn capture(stash: &StashClient, queue: &Queue, look: Look) -> Result<u
 
 /// Whether the wide look is due (never made, or [`WIDE_EVERY`] ago).
 pub fn wide_due(queue: &Queue) -> Result<bool, Error> {
-    let at: i64 = queue.get_kv(WIDE_AT_KEY).map_err(db)?.and_then(|v| v.parse().ok()).unwrap_or(0);
+    let at = queue.kv_number(WIDE_AT_KEY).map_err(db)?;
     Ok(now_ms() - at >= WIDE_EVERY.as_millis() as i64)
 }
 

@@ -626,6 +626,12 @@ impl Queue {
         self.conn.query_row("SELECT value FROM kv WHERE key = ?1", params![key], |r| r.get(0)).optional()
     }
 
+    /// A number kept in the key-value table (times in ms, counters); 0 when
+    /// absent or unreadable.
+    pub fn kv_number(&self, key: &str) -> rusqlite::Result<i64> {
+        Ok(self.get_kv(key)?.and_then(|v| v.parse().ok()).unwrap_or(0))
+    }
+
     pub fn set_kv(&self, key: &str, value: &str) -> rusqlite::Result<()> {
         self.conn.execute(
             "INSERT INTO kv (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",

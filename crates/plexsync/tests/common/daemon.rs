@@ -1,4 +1,5 @@
-//! `plexsync daemon` run as a person runs it, on a bed's queue.
+//! `plexsync daemon` run as a person runs it, on a bed's queue, and its
+//! `/metrics` read as Prometheus reads them.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -79,4 +80,25 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The sum of `metric`'s samples carrying all of `labels`, from
+/// `/metrics` parsed as Prometheus parses it.
+pub fn sample(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => *v,
+            prometheus_parse::Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
+            _ => 0.0,
+        })
+        .sum()
+}
+
+pub fn deliveries(text: &str, outcome: &str) -> f64 {
+    sample(text, "plexsync_deliveries_total", &[("outcome", outcome)])
 }
