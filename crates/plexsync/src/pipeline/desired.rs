@@ -270,10 +270,29 @@ fn current_tags<'a>(item: &'a PlexItem, kind: &str) -> &'a [crate::plex::PlexTag
     }
 }
 
+/// Adds `names` (tags we wrote before) to what we know `item` holds, so an
+/// edit removes them without reading the item.
+pub fn remember_tags(item: &mut PlexItem, kind: &str, names: &[String]) {
+    let list = match kind {
+        "genre" => &mut item.genres,
+        "actor" => &mut item.actors,
+        "director" => &mut item.directors,
+        "collection" => &mut item.collections,
+        _ => return,
+    };
+    for name in names {
+        if !list.iter().any(|t| t.tag.eq_ignore_ascii_case(name)) {
+            list.push(crate::plex::PlexTag { tag: name.clone(), ..Default::default() });
+        }
+    }
+}
+
 /// Query parameters of the one edit that writes `changes` (scalars and
 /// tags; images are uploaded separately) and unlocks `released` fields.
-/// Current tags not wanted any more are removed explicitly, so the edit is
-/// right whether Plex treats an indexed list as replacing or extending.
+/// An indexed list is the field's whole new list (python-plexapi's add
+/// sends the existing tags first), so a non-empty list needs no item read;
+/// tags known to be there (read, or written by us before) and not wanted
+/// any more are also removed explicitly, which an empty list needs.
 pub fn edit_params(changes: &[&Desired], released: &[Field], item: &PlexItem) -> Vec<(String, String)> {
     let mut params = Vec::new();
     for d in changes {

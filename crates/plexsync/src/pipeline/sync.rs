@@ -367,11 +367,16 @@ impl Pipeline {
             wanted.iter().filter(|d| previous.get(d.field.name()) != Some(&d.hash())).collect();
         let released: Vec<Field> =
             previous.keys().filter_map(|name| Field::parse(name)).filter(|f| !self.settings.owns(*f)).collect();
-        let needs_item = self.settings.preserve_plex_edits || changes.iter().any(|d| may_remove_tags(d, &previous));
-        let item = match needs_item {
+        let needs_item = self.settings.preserve_plex_edits || changes.iter().any(|d| clears_unknown_tags(d, &previous));
+        let mut item = match needs_item {
             true => self.read_item(rk).await?,
             false => PlexItem::default(),
         };
+        for d in &changes {
+            if let Value::Tags(kind, _) = &d.value {
+                desired::remember_tags(&mut item, kind, &written_names(d.field, &previous));
+            }
+        }
         let changes: Vec<&Desired> = changes
             .into_iter()
             .filter(|d| !self.settings.preserve_plex_edits || desired::plex_is_empty(d, &item))
@@ -544,15 +549,19 @@ impl Pipeline {
     }
 }
 
-/// Whether writing `d` may have to remove a tag from the item: its list
-/// lacks a name we wrote last time, or we do not know what we wrote (the
-/// first write also removes what agents put there).
-fn may_remove_tags(d: &Desired, previous: &std::collections::BTreeMap<String, String>) -> bool {
-    let Value::Tags(_, list) = &d.value else { return false };
-    let Some(before) = previous.get(&format!("{}{NAMES_SUFFIX}", d.field.name())) else { return true };
-    let before: Vec<String> = serde_json::from_str(before).unwrap_or_default();
-    let now: Vec<String> = list.iter().map(|t| t.name.to_lowercase()).collect();
-    before.iter().any(|name| !now.contains(name))
+/// Whether writing `d` needs the item read first: an empty list has to
+/// remove tags by name, and on a first write we do not know which ones
+/// (an agent's). A non-empty list replaces the field whole, and names we
+/// wrote before are in the record.
+fn clears_unknown_tags(d: &Desired, previous: &std::collections::BTreeMap<String, String>) -> bool {
+    matches!(&d.value, Value::Tags(_, list) if list.is_empty())
+        && !previous.contains_key(&format!("{}{NAMES_SUFFIX}", d.field.name()))
+}
+
+/// The tag names last written to `field` (empty when unknown).
+fn written_names(field: Field, previous: &std::collections::BTreeMap<String, String>) -> Vec<String> {
+    let names = previous.get(&format!("{}{NAMES_SUFFIX}", field.name()));
+    names.and_then(|n| serde_json::from_str(n).ok()).unwrap_or_default()
 }
 
 /// The names of a tag list as stored in the record (JSON, lower case).
