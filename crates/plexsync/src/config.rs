@@ -72,6 +72,7 @@ settings! {
     "partialScan", Boolean, true, "Scan new folders", "When a scene is not in Plex yet, ask Plex to scan that scene's folder (default on).";
     "notInPlexHours", Number, true, "Wait for Plex (hours)", "How long a scene Plex has not scanned is retried before it becomes a dead letter (default 24).";
     "outageMaxDays", Number, true, "Outage limit (days)", "How long updates wait through a Plex or Stash outage before they become dead letters (default 7).";
+    "plexConcurrency", Number, true, "Deliveries at once", "Most scenes delivered to Plex at the same time (1-32, default 8). PlexSync starts at one and goes higher only while Plex answers as fast; any Plex error drops it back to one.";
     "drainPerSec", Number, true, "Drain rate after outage", "Scenes per second delivered in the first minute after Plex comes back (default 10).";
     "retryScale", Number, false, "Retry scale", "Multiplies every retry and probe delay (default 1); smaller values are for tests.";
     "workerIdleSecs", Number, false, "Worker idle time", "Seconds the worker the plugin starts stays alive with an empty queue, watching Stash for changes, before it exits (default 600).";
@@ -213,6 +214,8 @@ pub struct RetrySettings {
     pub not_in_plex_window: Duration,
     pub outage_max_age: Duration,
     pub drain_per_sec: f64,
+    /// Cap of the adaptive delivery concurrency.
+    pub concurrency: usize,
     pub scale: f64,
     pub lease: Duration,
     /// How long the plugin's worker idles before it exits.
@@ -226,6 +229,7 @@ impl Default for RetrySettings {
             not_in_plex_window: Duration::from_secs(24 * 3600),
             outage_max_age: Duration::from_secs(7 * 86_400),
             drain_per_sec: 10.0,
+            concurrency: 8,
             scale: 1.0,
             lease: Duration::from_secs(300),
             worker_idle: Duration::from_secs(600),
@@ -528,6 +532,7 @@ impl Reader {
                 ),
                 outage_max_age: Duration::from_secs_f64(self.number("outageMaxDays", 7.0, 0.0, 365.0) * 86_400.0),
                 drain_per_sec: self.number("drainPerSec", 10.0, 0.1, 10_000.0),
+                concurrency: self.number("plexConcurrency", 8.0, 1.0, 32.0) as usize,
                 scale: self.number("retryScale", 1.0, 0.0001, 100.0),
                 lease: Duration::from_secs_f64(self.number("leaseSecs", 300.0, 0.1, 86_400.0)),
                 worker_idle: Duration::from_secs_f64(self.number("workerIdleSecs", 600.0, 0.0, 86_400.0)),

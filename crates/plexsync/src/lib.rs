@@ -21,7 +21,7 @@ pub use clients::{http, plex, secret, stash};
 #[cfg(feature = "demo")]
 pub use faces::demo;
 pub use faces::{daemon, plugin, protocol, tasks, worker};
-pub use pipeline::{capture, desired, legacy, matching, queue, retry, sanitize, sync};
+pub use pipeline::{capture, concurrency, desired, legacy, matching, queue, retry, sanitize, sync};
 
 /// `0.1.0 (x86_64-unknown-linux-musl, abc1234567)`: the version, the
 /// target the binary was built for and the commit it was built from.

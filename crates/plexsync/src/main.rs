@@ -230,7 +230,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             tracing::info!("worker started ({} waiting)", queue.stats().map_err(db)?.pending);
             let result = worker::run(&mut pipeline, &queue, &options, |_, _| {}).await;
-            let s = &pipeline.stats;
+            let s = &pipeline.stats();
             tracing::info!(
                 "worker done: {} synced, {} unchanged, {} skipped, {} failed tries",
                 s.synced,

@@ -43,6 +43,7 @@ struct Metrics {
     deliveries: Family<Delivery, Counter>,
     requests: Family<Request, Counter>,
     latency: Family<Server, Histogram>,
+    concurrency: Gauge,
 }
 
 /// 5 ms … 41 s, doubling: a LAN Plex answers in tens of milliseconds, a
@@ -55,7 +56,13 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     deliveries: Family::default(),
     requests: Family::default(),
     latency: Family::new_with_constructor(latency_buckets),
+    concurrency: Gauge::default(),
 });
+
+/// The adaptive limit of deliveries at once just became `n`.
+pub fn concurrency(n: usize) {
+    METRICS.concurrency.set(n as i64);
+}
 
 /// Sends a request to `server` (`plex`, `stash`) and records its status
 /// (`error` when no answer came) and how long it took.
@@ -104,6 +111,11 @@ pub fn render(queue: &Queue) -> rusqlite::Result<String> {
     );
     registry.register("requests", "HTTP requests to Plex and Stash, by status", METRICS.requests.clone());
     registry.register("request_duration_seconds", "HTTP request latency to Plex and Stash", METRICS.latency.clone());
+    registry.register(
+        "delivery_concurrency",
+        "Deliveries this process lets run at once (adaptive, capped by plexConcurrency)",
+        METRICS.concurrency.clone(),
+    );
     let depth = Family::<Class, Gauge>::default();
     let fresh = stats.pending - stats.by_class.values().sum::<i64>();
     depth.get_or_create(&Class { class: "new".into() }).set(fresh.max(0));

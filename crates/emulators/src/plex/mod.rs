@@ -58,6 +58,11 @@ impl RequestRecord {
 pub struct FaultConfig {
     /// Added to every response.
     pub latency_ms: u64,
+    /// Requests answered at once (0: no limit); the others wait their turn,
+    /// as on a real server whose request threads and single SQLite writer
+    /// are busy. With `latency_ms`, answer times grow once more than this
+    /// many requests are in flight: the knee adaptive concurrency looks for.
+    pub capacity: usize,
     /// Requests stall (no answer) while set, for client timeouts.
     pub hang: bool,
     /// Share of requests answered with a random 500/502/503.
@@ -101,9 +106,23 @@ pub(crate) struct Shared {
     pub up: watch::Sender<bool>,
     /// Whether the listener is open, as the accept loop last set it.
     pub listening: watch::Sender<bool>,
+    /// Slots for `FaultConfig::capacity`, rebuilt when it changes.
+    pub slots: Mutex<(usize, Arc<tokio::sync::Semaphore>)>,
 }
 
 impl Shared {
+    /// Waits for one of `capacity` answering slots.
+    pub(crate) async fn slot(&self, capacity: usize) -> tokio::sync::OwnedSemaphorePermit {
+        let slots = {
+            let mut slots = self.slots.lock();
+            if slots.0 != capacity {
+                *slots = (capacity, Arc::new(tokio::sync::Semaphore::new(capacity)));
+            }
+            Arc::clone(&slots.1)
+        };
+        slots.acquire_owned().await.expect("the semaphore is never closed")
+    }
+
     /// Closes the port for `duration` (connections refused), then reopens it.
     pub(crate) fn down_for(self: &Arc<Self>, duration: Duration) {
         self.up.send_replace(false);
@@ -135,6 +154,7 @@ impl PlexEmulator {
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
             faults: Mutex::new(Faults::new(0)),
+            slots: Mutex::new((0, Arc::new(tokio::sync::Semaphore::new(0)))),
             log: Mutex::new(Vec::new()),
             token: token.to_string(),
             up,

@@ -159,6 +159,11 @@ async fn fault_layer(State(shared): Shr, req: Request, next: Next) -> Response {
     };
 
     let config = shared.faults.lock().config.clone();
+    // Held until the answer is built: requests beyond capacity queue here.
+    let _slot = match config.capacity {
+        0 => None,
+        n => Some(shared.slot(n).await),
+    };
     if config.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(config.latency_ms)).await;
     }

@@ -20,6 +20,8 @@ pub struct PlexClient {
     http: reqwest::Client,
     base: Url,
     token: Secret,
+    /// Answer times, shared by clones: what the delivery concurrency follows.
+    rtt: std::sync::Arc<crate::concurrency::RttMeter>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -191,7 +193,12 @@ impl PlexClient {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
-        Ok(Self { http: options.client()?, base, token })
+        Ok(Self { http: options.client()?, base, token, rtt: Default::default() })
+    }
+
+    /// Plex's answer times since the limiter last looked.
+    pub fn rtt(&self) -> &crate::concurrency::RttMeter {
+        &self.rtt
     }
 
     /// `path` relative to the base, with `query` encoded by the URL library.
@@ -222,8 +229,10 @@ impl PlexClient {
                 other => other,
             }
         };
+        let started = std::time::Instant::now();
         let response =
             crate::metrics::timed("plex", send).await.map_err(|e| Error::transport(Server::Plex, what, e))?;
+        self.rtt.record(started.elapsed());
         let status = response.status();
         if status.is_success() {
             Ok(response)

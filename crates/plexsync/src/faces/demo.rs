@@ -56,7 +56,7 @@ pub async fn run(scenes: usize, seed: u64, outage: Duration) -> anyhow::Result<(
     .await?;
     let elapsed = started.elapsed();
 
-    let stats = &pipeline.stats;
+    let stats = &pipeline.stats();
     let waiting = queue.stats().map_err(db)?;
     let matching_titles = lib
         .scenes

@@ -154,10 +154,11 @@ pub async fn explain(ctx: &Context, id: &str) -> Result<Value, Error> {
         .find_scene(id)
         .await?
         .ok_or_else(|| Error::new(ErrorClass::BadData, format!("scene {id} does not exist in Stash")))?;
-    let mut pipeline = ctx.pipeline()?;
+    let pipeline = ctx.pipeline()?;
     let recorded = ctx.queue()?.rating_keys(id).map_err(db)?;
     pipeline.find(&scene, &recorded).await?;
-    let index = pipeline.index.as_ref().expect("find built the index");
+    let slot = pipeline.index.lock().await;
+    let index = slot.as_ref().expect("find built the index");
     let (decision, trace) = index.explain(&scene, &recorded, &ctx.settings.path_maps);
     tracing::info!("scene {id}: {}", scene.title.as_deref().unwrap_or("(no title)"));
     for line in &trace {
@@ -249,7 +250,7 @@ pub async fn process_queue(
     let mut pipeline = ctx.pipeline()?;
     let started = Instant::now();
     let result = worker::run(&mut pipeline, &queue, &options, &mut *progress).await;
-    let stats = &pipeline.stats;
+    let stats = &pipeline.stats();
     tracing::info!(
         "delivered in {:.1?}: {} synced, {} unchanged, {} skipped, {} failed; {} fields written",
         started.elapsed(),

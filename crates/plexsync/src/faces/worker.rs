@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
 
+use crate::concurrency::{Change, Limiter};
 use crate::error::{Error, ErrorClass};
 use crate::queue::{now_ms, Claimed, Queue};
 use crate::retry;
@@ -221,6 +222,10 @@ struct RunState {
     gentle_until: Option<Instant>,
     last_capture: Option<Instant>,
     settings_read: Instant,
+    /// How many deliveries run at once.
+    limiter: Limiter,
+    /// The most that ran at once in this run, for its summary.
+    peak: usize,
 }
 
 /// A busy worker reads its settings again this often; an idle one when it
@@ -240,6 +245,8 @@ pub async fn run(
         gentle_until: None,
         last_capture: None,
         settings_read: Instant::now(),
+        limiter: Limiter::new(pipeline.settings.retry.concurrency),
+        peak: 1,
     };
     let lease = pipeline.settings.retry.lease;
     let mut idle_since: Option<Instant> = None;
@@ -271,7 +278,9 @@ pub async fn run(
             Ok(false) => {}
             Err(e) => break Err(e),
         }
-        let rows = queue.claim(&st.owner, lease, options.batch).map_err(db)?;
+        // Enough rows that the running deliveries rarely wait for a claim.
+        let batch = options.batch.max(4 * st.limiter.limit());
+        let rows = queue.claim(&st.owner, lease, batch).map_err(db)?;
         if rows.is_empty() {
             match queue.next_due().map_err(db)? {
                 Some(due) if due - now_ms() <= options.max_wait.as_millis() as i64 => {
@@ -293,6 +302,7 @@ pub async fn run(
             if let Err(e) = pipeline.reload_settings().await {
                 tracing::warn!("could not read PlexSync's settings again, keeping the last ones: {e}");
             }
+            st.limiter.set_max(pipeline.settings.retry.concurrency);
         }
         let total = st.done + queue.stats().map_err(db)?.pending as usize;
         if let Err(e) = deliver_batch(pipeline, queue, &rows, &mut st, options, total, &mut progress).await {
@@ -303,6 +313,14 @@ pub async fn run(
         }
     };
     queue.release_owner(&st.owner).map_err(db)?;
+    if st.done > 0 {
+        tracing::info!(
+            "delivered {} scenes; deliveries at once: at most {}, {} at the end",
+            st.done,
+            st.peak,
+            st.limiter.limit()
+        );
+    }
     result
 }
 
@@ -339,8 +357,37 @@ async fn capture_if_due(
     Ok(())
 }
 
+/// Why a batch stopped starting deliveries; the rows not started are
+/// released accordingly once the running ones have finished.
+enum Halt {
+    /// Asked to stop: the rest are due at once (for the next worker).
+    Stop,
+    /// Plex is unavailable or throttling: the breaker opens.
+    Breaker(Error),
+    /// Stash is unavailable: every other row would fail the same way.
+    Until(i64),
+    /// Auth or configuration: the rest wait as long, and the run ends.
+    Fatal(Error, i64),
+}
+
+impl Halt {
+    /// Which of two reasons wins: ending the run over opening the breaker
+    /// over waiting for Stash.
+    fn rank(&self) -> u8 {
+        match self {
+            Self::Stop => 0,
+            Self::Until(_) => 1,
+            Self::Breaker(_) => 2,
+            Self::Fatal(..) => 3,
+        }
+    }
+}
+
+/// Delivers `rows`, several at once as the limiter allows (each row is a
+/// different scene, so no scene is delivered by two tasks at once). While
+/// deliveries are paced after an outage, one at a time.
 async fn deliver_batch(
-    pipeline: &mut Pipeline,
+    pipeline: &Pipeline,
     queue: &Queue,
     rows: &[Claimed],
     st: &mut RunState,
@@ -348,61 +395,121 @@ async fn deliver_batch(
     total: usize,
     progress: &mut impl FnMut(usize, usize),
 ) -> Result<(), Error> {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
     let knobs = pipeline.settings.retry.clone();
-    for (i, row) in rows.iter().enumerate() {
-        if options.stopped() {
-            return release_all(queue, &rows[i..], now_ms());
-        }
-        if st.gentle_until.is_some_and(|t| Instant::now() < t) {
-            tokio::time::sleep(Duration::from_secs_f64(1.0 / knobs.drain_per_sec)).await;
-        }
-        match pipeline.deliver(queue, &row.scene_id, row.attempts).await {
-            Ok(outcome) => {
-                log_outcome(&row.scene_id, &outcome);
-                crate::metrics::delivered(&outcome);
-                if matches!(outcome, Outcome::Synced { .. } | Outcome::Unchanged | Outcome::Refreshed(_)) {
-                    queue.set_kv(LAST_SYNC_KEY, &now_ms().to_string()).map_err(db)?;
+    let mut running = FuturesUnordered::new();
+    let mut next = 0;
+    let mut halt: Option<Halt> = None;
+    loop {
+        while halt.is_none() && next < rows.len() && running.len() < st.limiter.limit() {
+            if options.stopped() {
+                halt = Some(Halt::Stop);
+                break;
+            }
+            if st.gentle_until.is_some_and(|t| Instant::now() < t) {
+                if !running.is_empty() {
+                    break;
                 }
-                pipeline.stats.count(&outcome);
-                queue.complete(row).map_err(db)?;
-                queue.set_kv(BREAKER_FAILS_KEY, "0").map_err(db)?;
+                tokio::time::sleep(Duration::from_secs_f64(1.0 / knobs.drain_per_sec)).await;
+            }
+            st.limiter.starting(running.len());
+            let row = &rows[next];
+            next += 1;
+            running.push(async move { (row, pipeline.deliver(queue, &row.scene_id, row.attempts).await) });
+            st.peak = st.peak.max(running.len());
+        }
+        let Some((row, result)) = running.next().await else { break };
+        let stopped = match result {
+            Ok(outcome) => {
+                finished(pipeline, queue, row, &outcome)?;
                 st.done += 1;
                 progress(st.done, total.max(st.done));
+                let change = pipeline.plex.as_ref().and_then(|p| st.limiter.finished(p.rtt()));
+                limit_moved(change, &st.limiter);
+                None
             }
-            Err(err) => {
-                pipeline.stats.failed += 1;
-                crate::metrics::failed(err.class);
-                let age = Duration::from_millis((now_ms() - row.enqueued_at).max(0) as u64);
-                let decision = retry::decide(&err, row.attempts, age, &knobs);
-                let due = now_ms() + decision.delay.as_millis() as i64;
-                queue.fail(row, err.class, &err.message, decision.burn, due, decision.dead).map_err(db)?;
-                if decision.dead {
-                    tracing::error!("scene {}: given up after {} attempts: {err}", row.scene_id, row.attempts + 1);
-                } else {
-                    tracing::warn!("scene {}: {err} (next try in {:.0?})", row.scene_id, decision.delay);
-                }
-                let rest = &rows[i + 1..];
-                match err.class {
-                    ErrorClass::PlexUnavailable | ErrorClass::Throttled => {
-                        open_breaker(queue, &err, knobs.scale)?;
-                        release_all(queue, rest, now_ms())?;
-                        return Ok(());
-                    }
-                    // Every other row would fail the same way: they wait as long.
-                    ErrorClass::StashUnavailable => {
-                        release_all(queue, rest, due)?;
-                        return Ok(());
-                    }
-                    ErrorClass::Auth | ErrorClass::Config => {
-                        release_all(queue, rest, due)?;
-                        return Err(err);
-                    }
-                    _ => {}
-                }
+            Err(err) => failed(pipeline, queue, row, err, &knobs, &mut st.limiter)?,
+        };
+        if let Some(why) = stopped {
+            if halt.as_ref().is_none_or(|h| why.rank() > h.rank()) {
+                halt = Some(why);
             }
         }
     }
-    Ok(())
+    let rest = &rows[next..];
+    match halt {
+        None => Ok(()),
+        Some(Halt::Stop) => release_all(queue, rest, now_ms()),
+        Some(Halt::Breaker(err)) => {
+            open_breaker(queue, &err, knobs.scale)?;
+            release_all(queue, rest, now_ms())
+        }
+        Some(Halt::Until(due)) => release_all(queue, rest, due),
+        Some(Halt::Fatal(err, due)) => {
+            release_all(queue, rest, due)?;
+            Err(err)
+        }
+    }
+}
+
+/// Records a delivery that ended with `outcome`.
+fn finished(pipeline: &Pipeline, queue: &Queue, row: &Claimed, outcome: &Outcome) -> Result<(), Error> {
+    log_outcome(&row.scene_id, outcome);
+    crate::metrics::delivered(outcome);
+    if matches!(outcome, Outcome::Synced { .. } | Outcome::Unchanged | Outcome::Refreshed(_)) {
+        queue.set_kv(LAST_SYNC_KEY, &now_ms().to_string()).map_err(db)?;
+    }
+    pipeline.tally(|s| s.count(outcome));
+    queue.complete(row).map_err(db)?;
+    queue.set_kv(BREAKER_FAILS_KEY, "0").map_err(db)
+}
+
+/// Records a failed delivery and decides its next try; returns why the
+/// batch must stop starting deliveries, if it must.
+fn failed(
+    pipeline: &Pipeline,
+    queue: &Queue,
+    row: &Claimed,
+    err: Error,
+    knobs: &crate::config::RetrySettings,
+    limiter: &mut Limiter,
+) -> Result<Option<Halt>, Error> {
+    pipeline.tally(|s| s.failed += 1);
+    crate::metrics::failed(err.class);
+    let age = Duration::from_millis((now_ms() - row.enqueued_at).max(0) as u64);
+    let decision = retry::decide(&err, row.attempts, age, knobs);
+    let due = now_ms() + decision.delay.as_millis() as i64;
+    queue.fail(row, err.class, &err.message, decision.burn, due, decision.dead).map_err(db)?;
+    if decision.dead {
+        tracing::error!("scene {}: given up after {} attempts: {err}", row.scene_id, row.attempts + 1);
+    } else {
+        tracing::warn!("scene {}: {err} (next try in {:.0?})", row.scene_id, decision.delay);
+    }
+    Ok(match err.class {
+        ErrorClass::PlexUnavailable | ErrorClass::Throttled => {
+            limit_moved(limiter.trouble(), limiter);
+            Some(Halt::Breaker(err))
+        }
+        ErrorClass::StashUnavailable => Some(Halt::Until(due)),
+        ErrorClass::Auth | ErrorClass::Config => Some(Halt::Fatal(err, due)),
+        _ => None,
+    })
+}
+
+/// Logs and exports a change of the delivery limit.
+fn limit_moved(change: Option<Change>, limiter: &Limiter) {
+    let Some(change) = change else { return };
+    crate::metrics::concurrency(limiter.limit());
+    match change {
+        Change::Up(n) => tracing::debug!("deliveries at once: up to {n} (Plex answers in {:.0?})", limiter.baseline()),
+        Change::Down(1) => tracing::info!("deliveries at once: back to 1 after a Plex failure"),
+        Change::Down(n) => {
+            tracing::debug!(
+                "deliveries at once: down to {n} (Plex slowed down; usual answer {:.0?})",
+                limiter.baseline()
+            )
+        }
+    }
 }
 
 fn log_outcome(id: &str, outcome: &Outcome) {

@@ -2,9 +2,10 @@
 //! [`sync`] delivers one scene (fetch → the old plugin's Stash-side
 //! behaviours in [`legacy`] → [`matching`] → [`sanitize`] and [`desired`]
 //! → diff → write → record), with [`retry`] deciding when a failure is
-//! tried again.
+//! tried again and [`concurrency`] how many deliveries run at once.
 
 pub mod capture;
+pub mod concurrency;
 pub mod desired;
 pub mod legacy;
 pub mod matching;

@@ -71,16 +71,19 @@ impl Stats {
 }
 
 /// Everything a delivery needs; the index is read lazily and kept.
+/// Deliveries share it by `&self` (several run at once): the index sits
+/// behind an async lock held while it is read or refreshed, the totals
+/// behind a plain one.
 pub struct Pipeline {
     pub settings: Settings,
     pub stash: StashClient,
     pub plex: Option<PlexClient>,
-    pub index: Option<LibraryIndex>,
+    pub index: tokio::sync::Mutex<Option<LibraryIndex>>,
     /// Queue database where the index is kept between processes.
     pub index_store: Option<std::path::PathBuf>,
     /// Local settings layered over Stash's when settings are read again.
     pub local_layers: Vec<serde_json::Map<String, serde_json::Value>>,
-    pub stats: Stats,
+    stats: std::sync::Mutex<Stats>,
 }
 
 impl Pipeline {
@@ -96,11 +99,21 @@ impl Pipeline {
             settings,
             stash,
             plex,
-            index: None,
+            index: tokio::sync::Mutex::new(None),
             index_store: None,
             local_layers: Vec::new(),
-            stats: Stats::default(),
+            stats: std::sync::Mutex::new(Stats::default()),
         })
+    }
+
+    /// The totals so far.
+    pub fn stats(&self) -> Stats {
+        self.stats.lock().expect("stats lock").clone()
+    }
+
+    /// Adds to the totals.
+    pub fn tally(&self, add: impl FnOnce(&mut Stats)) {
+        add(&mut self.stats.lock().expect("stats lock"));
     }
 
     /// Reads PlexSync's settings from Stash again (a long-lived worker must
@@ -112,11 +125,11 @@ impl Pipeline {
         let key = self.index_key();
         let mut fresh = Self::new(loaded.settings, self.stash.clone())?;
         if fresh.index_key() == key {
-            fresh.index = self.index.take();
+            fresh.index = tokio::sync::Mutex::new(self.index.get_mut().take());
         }
         fresh.index_store = self.index_store.take();
         fresh.local_layers = std::mem::take(&mut self.local_layers);
-        fresh.stats = std::mem::take(&mut self.stats);
+        fresh.stats = std::sync::Mutex::new(self.stats());
         *self = fresh;
         Ok(())
     }
@@ -136,11 +149,12 @@ impl Pipeline {
         format!("{url}|{}", self.settings.libraries.join(","))
     }
 
-    async fn ensure_index(&mut self, max_age: Option<Duration>) -> Result<(), Error> {
-        if self.index.is_none() {
-            self.index = self.load_index();
+    /// Fills `slot` (the locked index) from the store or from Plex.
+    async fn ensure_index(&self, slot: &mut Option<LibraryIndex>, max_age: Option<Duration>) -> Result<(), Error> {
+        if slot.is_none() {
+            *slot = self.load_index();
         }
-        let stale = match (&self.index, max_age) {
+        let stale = match (&*slot, max_age) {
             (None, _) => true,
             (Some(i), Some(age)) => i.built_at.is_none_or(|t| t.elapsed() > age),
             (Some(_), None) => false,
@@ -154,8 +168,8 @@ impl Pipeline {
                 index.reads,
                 started.elapsed()
             );
-            self.index = Some(index);
-            self.save_index();
+            self.save_index(&index);
+            *slot = Some(index);
         }
         Ok(())
     }
@@ -170,8 +184,8 @@ impl Pipeline {
         Some(index)
     }
 
-    fn save_index(&self) {
-        let (Some(path), Some(index)) = (&self.index_store, &self.index) else { return };
+    fn save_index(&self, index: &LibraryIndex) {
+        let Some(path) = &self.index_store else { return };
         let (meta, rows) = index.snapshot(&self.index_key());
         if let Err(e) = Queue::open(path).and_then(|mut q| q.save_index(&meta, &rows)) {
             tracing::warn!("could not store the Plex library index: {e}");
@@ -179,8 +193,8 @@ impl Pipeline {
     }
 
     /// Forgets the index here and on disk: the next match reads Plex again.
-    fn drop_index(&mut self) {
-        self.index = None;
+    fn drop_index(&self, slot: &mut Option<LibraryIndex>) {
+        *slot = None;
         if let Some(Ok(q)) = self.index_store.as_ref().map(|p| Queue::open(p)) {
             let _ = q.drop_index();
         }
@@ -188,7 +202,7 @@ impl Pipeline {
 
     /// Delivers the scene `id` as it is in Stash now.
     /// `attempts` is how often the row failed before (for partial scans).
-    pub async fn deliver(&mut self, queue: &Queue, id: &str, attempts: i64) -> Result<Outcome, Error> {
+    pub async fn deliver(&self, queue: &Queue, id: &str, attempts: i64) -> Result<Outcome, Error> {
         let Some(mut scene) = self.stash.find_scene(id).await? else {
             queue.forget(id).map_err(db)?;
             return Ok(Outcome::Gone);
@@ -235,12 +249,12 @@ impl Pipeline {
 
     /// Old behaviour: refresh the item named by the Plex URL on the scene
     /// (the most recent such URL, as the old plugin preferred).
-    async fn refresh(&mut self, queue: &Queue, scene: &Scene) -> Result<Outcome, Error> {
+    async fn refresh(&self, queue: &Queue, scene: &Scene) -> Result<Outcome, Error> {
         let Some(rk) = scene.urls.iter().rev().find_map(|u| rating_key_in_url(u)) else {
             return Ok(Outcome::Skipped("no Plex URL on the scene; refresh mode needs the agent's URL".into()));
         };
         self.plex()?.refresh(&rk).await?;
-        self.stats.plex_writes += 1;
+        self.tally(|s| s.plex_writes += 1);
         // Recorded so change capture knows this version was delivered.
         let record = SyncRecord {
             plex_server: self.settings.plex_url.as_ref().map(|u| u.to_string()).unwrap_or_default(),
@@ -256,49 +270,55 @@ impl Pipeline {
     /// Finds the scene's item. On a miss, first fetches what Plex added or
     /// changed since the index was read (cheap), and re-reads the whole
     /// index only when it is older than [`INDEX_MAX_AGE_ON_MISS`].
-    pub async fn find(&mut self, scene: &Scene, recorded: &[String]) -> Result<Match, Error> {
-        self.ensure_index(None).await?;
-        let maps = self.settings.path_maps.clone();
-        let found = self.index.as_ref().expect("index ensured").find(scene, recorded, &maps);
+    pub async fn find(&self, scene: &Scene, recorded: &[String]) -> Result<Match, Error> {
+        let mut slot = self.index.lock().await;
+        self.ensure_index(&mut slot, None).await?;
+        let maps = &self.settings.path_maps;
+        let found = slot.as_ref().expect("index ensured").find(scene, recorded, maps);
         if matches!(found, Match::Found { .. }) {
             return Ok(found);
         }
-        let plex = self.plex()?.clone();
-        let index = self.index.as_mut().expect("index ensured");
+        let plex = self.plex()?;
+        let index = slot.as_mut().expect("index ensured");
         if index.built_at.is_some_and(|t| t.elapsed() > INDEX_MAX_AGE_ON_MISS) {
-            self.drop_index();
-            self.ensure_index(None).await?;
+            self.drop_index(&mut slot);
+            self.ensure_index(&mut slot, None).await?;
         } else if index.refreshed_at.is_none_or(|t| t.elapsed() > INDEX_REFRESH_GAP.mul_f64(self.settings.retry.scale))
-            && index.refresh_recent(&plex).await? > 0
+            && index.refresh_recent(plex).await? > 0
         {
-            self.save_index();
+            self.save_index(index);
         }
-        Ok(self.index.as_ref().expect("index ensured").find(scene, recorded, &maps))
+        Ok(slot.as_ref().expect("index ensured").find(scene, recorded, maps))
     }
 
     /// Partial scans of the Plex folders holding the scene's files.
-    async fn scan_folders(&mut self, scene: &Scene) -> Result<(), Error> {
-        let plex = self.plex()?.clone();
-        let Some(index) = &self.index else { return Ok(()) };
-        let mut scanned = Vec::new();
-        for file in &scene.files {
-            let path = crate::matching::map_path(&file.path, &self.settings.path_maps, false);
-            let Some((folder, _)) = path.rsplit_once('/') else { continue };
-            let Some(section) = index.section_for(&path) else {
-                tracing::warn!("scene {}: {path} is in no Plex library folder; check pathMappings", scene.id);
-                continue;
-            };
-            if !scanned.contains(&folder.to_string()) {
-                plex.scan_folder(&section.key, folder).await?;
-                self.stats.plex_writes += 1;
-                tracing::info!("scene {}: asked Plex to scan {folder}", scene.id);
-                scanned.push(folder.to_string());
+    async fn scan_folders(&self, scene: &Scene) -> Result<(), Error> {
+        let plex = self.plex()?;
+        // (section, folder) pairs, gathered before any request so the
+        // index is not held while Plex answers.
+        let mut folders: Vec<(String, String)> = Vec::new();
+        if let Some(index) = self.index.lock().await.as_ref() {
+            for file in &scene.files {
+                let path = crate::matching::map_path(&file.path, &self.settings.path_maps, false);
+                let Some((folder, _)) = path.rsplit_once('/') else { continue };
+                let Some(section) = index.section_for(&path) else {
+                    tracing::warn!("scene {}: {path} is in no Plex library folder; check pathMappings", scene.id);
+                    continue;
+                };
+                if !folders.iter().any(|(_, f)| f == folder) {
+                    folders.push((section.key.clone(), folder.to_string()));
+                }
             }
+        }
+        for (section, folder) in folders {
+            plex.scan_folder(&section, &folder).await?;
+            self.tally(|s| s.plex_writes += 1);
+            tracing::info!("scene {}: asked Plex to scan {folder}", scene.id);
         }
         Ok(())
     }
 
-    async fn push(&mut self, queue: &Queue, scene: &Scene, attempts: i64) -> Result<Outcome, Error> {
+    async fn push(&self, queue: &Queue, scene: &Scene, attempts: i64) -> Result<Outcome, Error> {
         self.plex()?;
         let records = queue.records(&scene.id).map_err(db)?;
         let recorded: Vec<String> = records.iter().map(|r| r.rating_key.clone()).collect();
@@ -329,7 +349,7 @@ impl Pipeline {
         for c in &report.changed {
             tracing::debug!("sanitized: {c}");
         }
-        self.stats.warnings += report.dropped.len();
+        self.tally(|s| s.warnings += report.dropped.len());
 
         let mut images = Images::default();
         let (mut fields, mut wrote) = (0, false);
@@ -355,7 +375,7 @@ impl Pipeline {
     /// the edit depends on what Plex holds (a tag to remove that we did not
     /// write, `preservePlexEdits`). Returns (fields written, anything sent).
     async fn push_item(
-        &mut self,
+        &self,
         queue: &Queue,
         scene: &Scene,
         wanted: &[Desired],
@@ -394,7 +414,7 @@ impl Pipeline {
             .collect();
         let plan = Plan { changes: &changes, released: &released, images: &checked.upload, locked: &locked };
         let mut written = match self.write(section, rk, &plan, &item, scene).await {
-            Err(e) if e.class == ErrorClass::NotInPlex => return Err(self.item_gone(rk)),
+            Err(e) if e.class == ErrorClass::NotInPlex => return Err(self.item_gone(rk).await),
             other => other?,
         };
         let mut hashes = previous;
@@ -423,17 +443,17 @@ impl Pipeline {
     }
 
     /// `GET` of the item, when an edit depends on what it holds.
-    async fn read_item(&mut self, rk: &str) -> Result<PlexItem, Error> {
+    async fn read_item(&self, rk: &str) -> Result<PlexItem, Error> {
         match self.plex()?.item(rk).await? {
             Some(item) => Ok(item),
-            None => Err(self.item_gone(rk)),
+            None => Err(self.item_gone(rk).await),
         }
     }
 
     /// The item left Plex (deleted, or re-added under another key): the
     /// index is read again at the next try.
-    fn item_gone(&mut self, rk: &str) -> Error {
-        self.drop_index();
+    async fn item_gone(&self, rk: &str) -> Error {
+        self.drop_index(&mut *self.index.lock().await);
         Error::new(ErrorClass::NotInPlex, format!("Plex item {rk} disappeared"))
     }
 
@@ -441,7 +461,7 @@ impl Pipeline {
     /// Plex refuses a value), then the images. Returns the hashes of what
     /// was written; a refused field is left out and warned about.
     async fn write(
-        &mut self,
+        &self,
         section: &str,
         rk: &str,
         plan: &Plan<'_>,
@@ -458,18 +478,18 @@ impl Pipeline {
             .collect();
         let params = desired::edit_params(&edits, released, item);
         if !params.is_empty() {
-            self.stats.plex_writes += 1;
+            self.tally(|s| s.plex_writes += 1);
             match plex.edit(section, rk, &params).await {
                 Ok(()) => written.extend(edits.iter().map(|d| (d.field, d.hash()))),
                 Err(e) if e.class == ErrorClass::BadData => {
                     for d in &edits {
-                        self.stats.plex_writes += 1;
+                        self.tally(|s| s.plex_writes += 1);
                         match plex.edit(section, rk, &desired::edit_params(&[d], &[], item)).await {
                             Ok(()) => {
                                 written.insert(d.field, d.hash());
                             }
                             Err(e) if e.class == ErrorClass::BadData => {
-                                self.stats.warnings += 1;
+                                self.tally(|s| s.warnings += 1);
                                 tracing::warn!(
                                     "scene {}: Plex refused the {} value; field skipped ({e})",
                                     scene.id,
@@ -486,7 +506,7 @@ impl Pipeline {
         for d in changes {
             let Some(image) = images.get(&d.field) else { continue };
             let kind = if d.field == Field::Poster { ImageKind::Poster } else { ImageKind::Background };
-            self.stats.plex_writes += 1;
+            self.tally(|s| s.plex_writes += 1);
             plex.upload_image(rk, kind, image.bytes.clone()).await?;
             written.insert(d.field, d.hash());
         }
@@ -500,7 +520,7 @@ impl Pipeline {
     /// download; content is compared by hash when Stash sends the image
     /// anyway. Stash's stand-in for a missing cover is never copied.
     async fn check_images(
-        &mut self,
+        &self,
         changes: &[&Desired],
         previous: &std::collections::BTreeMap<String, String>,
         scene: &Scene,
@@ -516,7 +536,7 @@ impl Pipeline {
                 None => {
                     let answer = match self.stash.image(url, MAX_IMAGE_BYTES, etag.as_deref()).await {
                         Err(e) if e.class == ErrorClass::BadData => {
-                            self.stats.warnings += 1;
+                            self.tally(|s| s.warnings += 1);
                             tracing::warn!("scene {}: {} not copied: {e}", scene.id, d.field.name());
                             continue;
                         }

@@ -1,0 +1,195 @@
+//! How many deliveries run at once, found at run time (AIMD, after
+//! Vector's adaptive request concurrency).
+//!
+//! The limit starts at one. Every round (as many finished deliveries as
+//! the limit) compares Plex's mean answer time in that round with the
+//! long-run baseline: when Plex answered as fast and the limit was used,
+//! the limit grows by one; when answers slowed down (requests are queueing
+//! inside Plex), it shrinks by a quarter. A Plex error or timeout drops it
+//! to one at once. `plexConcurrency` caps it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Plex's answer times, summed by the client as requests finish and taken
+/// by the limiter once per round.
+#[derive(Debug, Default)]
+pub struct RttMeter {
+    micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl RttMeter {
+    pub fn record(&self, rtt: Duration) {
+        self.micros.fetch_add(rtt.as_micros() as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Mean since the last take, and resets; `None` when nothing was asked.
+    fn take(&self) -> Option<Duration> {
+        let count = self.count.swap(0, Ordering::Relaxed);
+        let micros = self.micros.swap(0, Ordering::Relaxed);
+        (count > 0).then(|| Duration::from_micros(micros / count))
+    }
+}
+
+/// A round slower than the baseline by this factor means Plex is queueing.
+const SLOWER: f64 = 1.5;
+/// … and by at least this much: below it, differences are noise (a local
+/// Plex answers in well under a millisecond).
+const SLACK: Duration = Duration::from_millis(3);
+/// Weight of a round in the baseline (an exponential moving average).
+const BASELINE_WEIGHT: f64 = 0.2;
+
+/// The adaptive limit.
+#[derive(Debug)]
+pub struct Limiter {
+    max: usize,
+    limit: usize,
+    baseline: Option<Duration>,
+    /// Deliveries finished in this round, and whether any started with
+    /// every slot taken (the limit was what held them back).
+    finished: usize,
+    saturated: bool,
+}
+
+/// What a round did to the limit, for the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    Up(usize),
+    Down(usize),
+}
+
+impl Limiter {
+    pub fn new(max: usize) -> Self {
+        Self { max: max.max(1), limit: 1, baseline: None, finished: 0, saturated: false }
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Plex's usual answer time (zero before the first round).
+    pub fn baseline(&self) -> Duration {
+        self.baseline.unwrap_or_default()
+    }
+
+    /// A new cap (the setting changed); the limit follows it down at once.
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max.max(1);
+        self.limit = self.limit.min(self.max);
+    }
+
+    /// A delivery is starting with `in_flight` others running.
+    pub fn starting(&mut self, in_flight: usize) {
+        if in_flight + 1 >= self.limit {
+            self.saturated = true;
+        }
+    }
+
+    /// Plex failed (5xx, timeout, throttled, unreachable): one at a time.
+    pub fn trouble(&mut self) -> Option<Change> {
+        self.finished = 0;
+        self.saturated = false;
+        if self.limit == 1 {
+            return None;
+        }
+        self.limit = 1;
+        Some(Change::Down(1))
+    }
+
+    /// A delivery finished without trouble; at the end of a round, adjusts
+    /// the limit from the round's mean answer time in `meter`.
+    pub fn finished(&mut self, meter: &RttMeter) -> Option<Change> {
+        self.finished += 1;
+        if self.finished < self.limit {
+            return None;
+        }
+        let saturated = std::mem::take(&mut self.saturated);
+        self.finished = 0;
+        let rtt = meter.take()?;
+        let Some(baseline) = self.baseline else {
+            self.baseline = Some(rtt);
+            return None;
+        };
+        self.baseline = Some(baseline.mul_f64(1.0 - BASELINE_WEIGHT) + rtt.mul_f64(BASELINE_WEIGHT));
+        if rtt > baseline.mul_f64(SLOWER) && rtt > baseline + SLACK {
+            let lower = (self.limit * 3 / 4).max(1);
+            (lower < self.limit).then(|| {
+                self.limit = lower;
+                Change::Down(lower)
+            })
+        } else if saturated && self.limit < self.max {
+            self.limit += 1;
+            Some(Change::Up(self.limit))
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `rounds` full rounds with answers of `rtt_at(limit)`.
+    fn run(l: &mut Limiter, meter: &RttMeter, rounds: usize, rtt_at: impl Fn(usize) -> Duration) {
+        for _ in 0..rounds {
+            let n = l.limit();
+            for i in 0..n {
+                l.starting(i);
+            }
+            for _ in 0..n {
+                meter.record(rtt_at(n));
+                l.finished(meter);
+            }
+        }
+    }
+
+    #[test]
+    fn grows_while_plex_answers_as_fast_up_to_the_cap() {
+        let (mut l, meter) = (Limiter::new(8), RttMeter::default());
+        run(&mut l, &meter, 30, |_| Duration::from_millis(20));
+        assert_eq!(l.limit(), 8);
+    }
+
+    #[test]
+    fn settles_where_plex_starts_queueing() {
+        // A server that answers 4 requests at once: beyond that, answer
+        // times grow with the number in flight.
+        let capacity = 4;
+        let rtt = |n: usize| Duration::from_millis(100) * (n.div_ceil(capacity) as u32);
+        let (mut l, meter) = (Limiter::new(32), RttMeter::default());
+        let mut seen = Vec::new();
+        for _ in 0..60 {
+            run(&mut l, &meter, 1, rtt);
+            seen.push(l.limit());
+        }
+        let late = &seen[30..];
+        assert!(late.iter().all(|&n| n <= 2 * capacity), "limit ran away: {seen:?}");
+        assert!(late.iter().any(|&n| n >= capacity), "limit never reached Plex's capacity: {seen:?}");
+    }
+
+    #[test]
+    fn trouble_drops_to_one_and_it_grows_back() {
+        let (mut l, meter) = (Limiter::new(8), RttMeter::default());
+        run(&mut l, &meter, 10, |_| Duration::from_millis(5));
+        assert!(l.limit() > 3);
+        assert!(matches!(l.trouble(), Some(Change::Down(1))));
+        assert_eq!(l.limit(), 1);
+        run(&mut l, &meter, 3, |_| Duration::from_millis(5));
+        assert!(l.limit() > 1);
+    }
+
+    #[test]
+    fn an_unused_limit_does_not_grow() {
+        let (mut l, meter) = (Limiter::new(8), RttMeter::default());
+        for _ in 0..40 {
+            // One delivery at a time: a limit above two is never used.
+            l.starting(0);
+            meter.record(Duration::from_millis(5));
+            l.finished(&meter);
+        }
+        assert_eq!(l.limit(), 2);
+    }
+}
