@@ -5,11 +5,13 @@
 //!     cargo build --release -p plexsync && cargo bench -p plexsync --bench scale
 //!
 //! `SCALE_SIZES` (default `1000,10000`; add `100000` for the big
-//! run) and `SCALE_LATENCY_MS` (the Plex emulator's added latency
-//! per request, default 0) choose the runs. Per run it prints wall time,
-//! Plex requests per scene (library pages, item reads, writes, uploads),
-//! library pages read per 100 scenes, Stash requests, and the CLI's peak
-//! RSS (`wait4`). Partial scans are off, so "unchanged" means unchanged.
+//! run), `SCALE_LATENCY_MS` (the Plex emulator's added latency per
+//! request, default 0) and `SCALE_PLEX_CAPACITY` (requests it answers at
+//! once, default 6; the rest queue) choose the runs. Per run it prints
+//! wall time, Plex requests per scene (library pages, item reads, writes,
+//! uploads), library pages read per 100 scenes, Stash requests, the CLI's
+//! peak RSS (`wait4`), and how the adaptive delivery limit moved (from
+//! the worker's log). Partial scans are off, so "unchanged" means unchanged.
 
 mod common;
 
@@ -33,9 +35,11 @@ mod unix {
     use emulators::{PlexEmulator, StashEmulator};
     use serde_json::json;
 
-    /// One `plexsync sync --all`: wall seconds and peak RSS (MB) of the process.
-    fn sync_all(exe: &Path, data: &Path, stash: &StashEmulator) -> (f64, f64) {
+    /// One `plexsync sync --all`: wall seconds, peak RSS (MB) of the
+    /// process, and its log.
+    fn sync_all(exe: &Path, data: &Path, stash: &StashEmulator) -> (f64, f64, String) {
         let started = Instant::now();
+        let log = data.with_extension("log");
         // Waited for by `wait4` below, which std's `wait` cannot replace
         // (it does not return the child's resource usage).
         #[allow(clippy::zombie_processes)]
@@ -43,14 +47,38 @@ mod unix {
             .args(["--data-dir", data.to_str().unwrap(), "sync", "--all"])
             .env("PLEXSYNC_STASH_URL", stash.url().as_str())
             .env("PLEXSYNC_STASH_SESSION", stash.login_cookie())
-            .env("PLEXSYNC_LOG", "plexsync=warn")
+            .env("PLEXSYNC_LOG", "plexsync=warn,plexsync::faces::worker=debug")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
         let (status, rss_kb) = wait_with_rusage(child.id());
-        assert!(status == 0, "sync --all failed with status {status}");
-        (started.elapsed().as_secs_f64(), rss_kb as f64 / 1024.0)
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(status == 0, "sync --all failed with status {status}: {log}");
+        (started.elapsed().as_secs_f64(), rss_kb as f64 / 1024.0, log)
+    }
+
+    /// The delivery limit's moves in a worker log: "1 → 2 → 3 → 2 …",
+    /// shortened to its first and last moves when long.
+    fn limit_moves(log: &str) -> String {
+        let mut limits = vec![1usize];
+        for line in log.lines() {
+            let Some((_, rest)) = line.split_once("deliveries at once: ") else { continue };
+            let n = rest.split(|c: char| !c.is_ascii_digit()).find(|w| !w.is_empty()).and_then(|w| w.parse().ok());
+            if let (Some(n), false) = (n, rest.starts_with("at most")) {
+                limits.push(n);
+            }
+        }
+        let show = |s: &[usize]| s.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" → ");
+        let moves = if limits.len() > 24 {
+            format!("{} … {}", show(&limits[..12]), show(&limits[limits.len() - 12..]))
+        } else {
+            show(&limits)
+        };
+        let peak = limits.iter().max().unwrap_or(&1);
+        let tail = &limits[limits.len() / 2..];
+        let mean = tail.iter().sum::<usize>() as f64 / tail.len() as f64;
+        format!("{} moves, peak {peak}, mean of the later half {mean:.1}: {moves}", limits.len() - 1)
     }
 
     /// Waits for `pid` and returns its exit status and peak RSS (KiB, Linux).
@@ -91,7 +119,7 @@ mod unix {
     fn run(what: &str, n: usize, exe: &Path, data: &Path, stash: &StashEmulator, plex: &PlexEmulator, per: usize) {
         plex.clear_requests();
         let stash_before = stash.request_count();
-        let (secs, rss) = sync_all(exe, data, stash);
+        let (secs, rss, log) = sync_all(exe, data, stash);
         let c = plex_counts(plex);
         let total = c.pages + c.reads + c.writes + c.uploads;
         let per_scene = |x: usize| x as f64 / per.max(1) as f64;
@@ -105,6 +133,7 @@ mod unix {
             c.pages as f64 * 100.0 / n as f64,
             stash.request_count() - stash_before,
         );
+        eprintln!("  {n} {what}: delivery limit {}", limit_moves(&log));
     }
 
     #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -115,9 +144,11 @@ mod unix {
             .split(',')
             .map(|s| s.trim().parse().expect("sizes are numbers"))
             .collect();
-        let latency: u64 = std::env::var("SCALE_LATENCY_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+        let env = |name: &str, default: u64| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+        let latency = env("SCALE_LATENCY_MS", 0);
+        let capacity = env("SCALE_PLEX_CAPACITY", 6) as usize;
         println!(
-            "Plex latency {latency} ms; requests per scene of the library (first, unchanged), per edited scene (1 %)"
+            "Plex latency {latency} ms, {capacity} requests answered at once; requests per scene of the library (first, unchanged), per edited scene (1 %)"
         );
         println!("|  scenes | run            |    wall    | Plex req/scene | pages / item reads / writes / uploads | pages per 100 scenes | Stash requests | peak RSS |");
         println!("|--------:|----------------|-----------:|------:|---|------:|--------:|------:|");
@@ -136,7 +167,10 @@ mod unix {
                        "pathMappings": mapping, "partialScan": false}),
             );
             eprintln!("{n} scenes generated in {:.1} s", generated.elapsed().as_secs_f64());
-            plex.faults(|f| f.config.latency_ms = latency);
+            plex.faults(|f| {
+                f.config.latency_ms = latency;
+                f.config.capacity = capacity;
+            });
             let dir = tempfile::tempdir().unwrap();
             let data = dir.path().join("plexsync");
             tokio::task::block_in_place(|| run("first sync", n, &exe, &data, &stash, &plex, n));

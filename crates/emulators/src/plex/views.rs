@@ -152,7 +152,11 @@ pub fn item(state: &PlexState, item: &Item, detail: bool) -> Node {
                 }))
         }));
     for kind in TagKind::ALL {
-        for tag in item.tags.get(&kind).into_iter().flatten() {
+        // Listings show only the first few tags of each kind; the detail
+        // read has them all (python-plexapi #409: "search results only show
+        // 3 items for each movie even if there are more").
+        let shown = if detail { usize::MAX } else { LISTED_TAGS };
+        for tag in item.tags.get(&kind).into_iter().flatten().take(shown) {
             let mut t = Node::new(kind.element());
             if detail {
                 t = t.attr("id", tag.id).attr("filter", format!("{}={}", kind.param(), tag.id));
@@ -170,6 +174,9 @@ pub fn item(state: &PlexState, item: &Item, detail: bool) -> Node {
     }
     node
 }
+
+/// Tags of one kind a listing shows per item.
+const LISTED_TAGS: usize = 3;
 
 /// The container of a section listing page.
 pub fn section_container(section: &Section, page: Vec<Node>, offset: usize, total: usize) -> Node {

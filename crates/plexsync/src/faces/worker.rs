@@ -233,6 +233,7 @@ struct RunState {
 const SETTINGS_EVERY: Duration = Duration::from_secs(30);
 
 /// Runs until the queue is empty or nothing is due within `max_wait`. `progress(done, total)` after each delivery.
+/// The caller holds the worker lock ([`try_lock`]).
 pub async fn run(
     pipeline: &mut Pipeline,
     queue: &Queue,
@@ -249,6 +250,12 @@ pub async fn run(
         peak: 1,
     };
     let lease = pipeline.settings.retry.lease;
+    // One worker per queue (the lock): rows a killed worker leased are
+    // free now, not when its lease runs out.
+    let freed = queue.release_all_leases().map_err(db)?;
+    if freed > 0 {
+        tracing::info!("{freed} scenes a stopped worker had claimed are free again");
+    }
     let mut idle_since: Option<Instant> = None;
     let result = loop {
         if options.stopped() {

@@ -24,6 +24,31 @@ pub struct IndexedItem {
     pub files: Vec<(String, Option<u64>)>,
     /// Part durations in ms, for tie-breaks.
     pub durations: Vec<u64>,
+    /// Which tag kinds the listing showed at least one tag of (bits of
+    /// [`tag_kind_bit`]); `None` in an index stored before this was kept.
+    /// A listing shows only the first few tags of a kind, but it never
+    /// hides that there are some: a kind it shows none of is empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag_kinds: Option<u8>,
+}
+
+/// The bit of a tag kind (`genre`, `actor`, `director`, `collection`) in
+/// [`IndexedItem::tag_kinds`].
+pub fn tag_kind_bit(kind: &str) -> u8 {
+    match kind {
+        "genre" => 1,
+        "actor" => 2,
+        "director" => 4,
+        "collection" => 8,
+        _ => 0xF0,
+    }
+}
+
+fn tag_kinds(item: &PlexItem) -> u8 {
+    [("genre", &item.genres), ("actor", &item.actors), ("director", &item.directors), ("collection", &item.collections)]
+        .iter()
+        .filter(|(_, list)| !list.is_empty())
+        .fold(0, |bits, (kind, _)| bits | tag_kind_bit(kind))
 }
 
 /// How sure a match is.
@@ -243,6 +268,7 @@ impl LibraryIndex {
             title: item.title.clone().unwrap_or_default(),
             files: item.files().map(|p| (p.file.clone(), p.size)).collect(),
             durations: item.files().filter_map(|p| p.duration).collect(),
+            tag_kinds: Some(tag_kinds(item)),
         });
     }
 

@@ -339,6 +339,12 @@ impl Queue {
         Ok(())
     }
 
+    /// Voids every lease (returns how many): for a worker that holds the
+    /// worker lock, any lease is a dead worker's.
+    pub fn release_all_leases(&self) -> rusqlite::Result<usize> {
+        self.conn.execute("UPDATE queue SET lease_owner = NULL, lease_until = NULL WHERE lease_owner IS NOT NULL", [])
+    }
+
     /// When the next pending row is due (ms), if any.
     pub fn next_due(&self) -> rusqlite::Result<Option<i64>> {
         self.conn.query_row(

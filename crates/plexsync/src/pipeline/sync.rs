@@ -355,7 +355,8 @@ impl Pipeline {
         let (mut fields, mut wrote) = (0, false);
         for (rk, section) in &targets {
             let previous = records.iter().find(|r| &r.rating_key == rk).map(|r| r.field_hashes.clone());
-            let item = Target { rating_key: rk, section, previous: previous.unwrap_or_default() };
+            let listed = self.index.lock().await.as_ref().and_then(|i| i.items.get(rk)).and_then(|i| i.tag_kinds);
+            let item = Target { rating_key: rk, section, previous: previous.unwrap_or_default(), listed };
             let (n, any) = self.push_item(queue, scene, &wanted, item, &mut images).await?;
             fields += n;
             wrote |= any;
@@ -382,12 +383,13 @@ impl Pipeline {
         target: Target<'_>,
         images: &mut Images,
     ) -> Result<(usize, bool), Error> {
-        let Target { rating_key: rk, section, previous } = target;
+        let Target { rating_key: rk, section, previous, listed } = target;
         let changes: Vec<&Desired> =
             wanted.iter().filter(|d| previous.get(d.field.name()) != Some(&d.hash())).collect();
         let released: Vec<Field> =
             previous.keys().filter_map(|name| Field::parse(name)).filter(|f| !self.settings.owns(*f)).collect();
-        let needs_item = self.settings.preserve_plex_edits || changes.iter().any(|d| clears_unknown_tags(d, &previous));
+        let needs_item =
+            self.settings.preserve_plex_edits || changes.iter().any(|d| clears_unknown_tags(d, &previous, listed));
         let mut item = match needs_item {
             true => self.read_item(rk).await?,
             false => PlexItem::default(),
@@ -571,11 +573,14 @@ impl Pipeline {
 
 /// Whether writing `d` needs the item read first: an empty list has to
 /// remove tags by name, and on a first write we do not know which ones
-/// (an agent's). A non-empty list replaces the field whole, and names we
-/// wrote before are in the record.
-fn clears_unknown_tags(d: &Desired, previous: &std::collections::BTreeMap<String, String>) -> bool {
-    matches!(&d.value, Value::Tags(_, list) if list.is_empty())
+/// (an agent's) unless the library listing (`listed` kinds) showed none.
+/// A non-empty list replaces the field whole, and names we wrote before
+/// are in the record.
+fn clears_unknown_tags(d: &Desired, previous: &std::collections::BTreeMap<String, String>, listed: Option<u8>) -> bool {
+    let Value::Tags(kind, list) = &d.value else { return false };
+    list.is_empty()
         && !previous.contains_key(&format!("{}{NAMES_SUFFIX}", d.field.name()))
+        && listed.is_none_or(|kinds| kinds & crate::matching::tag_kind_bit(kind) != 0)
 }
 
 /// The tag names last written to `field` (empty when unknown).
@@ -607,6 +612,8 @@ struct Target<'a> {
     rating_key: &'a str,
     section: &'a str,
     previous: std::collections::BTreeMap<String, String>,
+    /// Tag kinds the library listing showed on the item.
+    listed: Option<u8>,
 }
 
 /// Answers of Stash's image server within one delivery, by (URL, ETag
