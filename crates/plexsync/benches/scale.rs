@@ -10,22 +10,22 @@
 //! once, default 6; the rest queue) choose the runs. Per run it prints
 //! wall time, Plex requests per scene (library pages, item reads, writes,
 //! uploads), library pages read per 100 scenes, Stash requests, the CLI's
-//! peak RSS (`wait4`), and how the adaptive delivery limit moved (from
+//! peak RSS (`VmHWM`), and how the adaptive delivery limit moved (from
 //! the worker's log). Partial scans are off, so "unchanged" means unchanged.
 
 mod common;
 
-#[cfg(unix)]
+#[cfg(target_os = "linux")]
 fn main() {
     unix::main();
 }
 
-#[cfg(not(unix))]
+#[cfg(not(target_os = "linux"))]
 fn main() {
-    eprintln!("the scale benchmark reads peak RSS with wait4: Unix only");
+    eprintln!("the scale benchmark reads peak RSS from /proc: Linux only");
 }
 
-#[cfg(unix)]
+#[cfg(target_os = "linux")]
 mod unix {
     use std::path::Path;
     use std::process::{Command, Stdio};
@@ -35,16 +35,16 @@ mod unix {
     use emulators::{PlexEmulator, StashEmulator};
     use serde_json::json;
 
-    /// One `plexsync sync --all`: wall seconds, peak RSS (MB) of the
-    /// process, and its log.
-    fn sync_all(exe: &Path, data: &Path, stash: &StashEmulator) -> (f64, f64, String) {
+    /// One `plexsync <args>`: wall seconds, peak RSS (MB) of the process,
+    /// and its log.
+    fn cli(exe: &Path, data: &Path, stash: &StashEmulator, args: &[&str]) -> (f64, f64, String) {
         let started = Instant::now();
         let log = data.with_extension("log");
-        // Waited for by `wait4` below, which std's `wait` cannot replace
-        // (it does not return the child's resource usage).
+        // Waited for by `waitpid` below, polling its memory meanwhile.
         #[allow(clippy::zombie_processes)]
         let child = Command::new(exe)
-            .args(["--data-dir", data.to_str().unwrap(), "sync", "--all"])
+            .args(["--data-dir", data.to_str().unwrap()])
+            .args(args)
             .env("PLEXSYNC_STASH_URL", stash.url().as_str())
             .env("PLEXSYNC_STASH_SESSION", stash.login_cookie())
             .env("PLEXSYNC_LOG", "plexsync=warn,plexsync::faces::worker=debug")
@@ -52,9 +52,9 @@ mod unix {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let (status, rss_kb) = wait_with_rusage(child.id());
+        let (status, rss_kb) = wait_with_peak_rss(child.id());
         let log = std::fs::read_to_string(&log).unwrap_or_default();
-        assert!(status == 0, "sync --all failed with status {status}: {log}");
+        assert!(status == 0, "{args:?} failed with status {status}: {log}");
         (started.elapsed().as_secs_f64(), rss_kb as f64 / 1024.0, log)
     }
 
@@ -81,14 +81,29 @@ mod unix {
         format!("{} moves, peak {peak}, mean of the later half {mean:.1}: {moves}", limits.len() - 1)
     }
 
-    /// Waits for `pid` and returns its exit status and peak RSS (KiB, Linux).
-    fn wait_with_rusage(pid: u32) -> (i32, i64) {
-        let mut status = 0;
-        // SAFETY: plain syscall on our own child; the struct is zeroed first.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        let got = unsafe { libc::wait4(pid as i32, &mut status, 0, &mut usage) };
-        assert_eq!(got, pid as i32, "wait4");
-        (libc::WEXITSTATUS(status), usage.ru_maxrss)
+    /// Waits for `pid`; returns its exit status and peak RSS (KiB). The
+    /// peak is the kernel's high-water mark of the process's own memory
+    /// (`VmHWM`, reset at exec), read until it exits: `wait4`'s
+    /// `ru_maxrss` would also count the benchmark's own pages the child
+    /// shared between fork and exec.
+    fn wait_with_peak_rss(pid: u32) -> (i32, i64) {
+        let status_file = format!("/proc/{pid}/status");
+        let mut peak = 0;
+        loop {
+            let hwm = std::fs::read_to_string(&status_file).ok().and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:").and_then(|v| v.trim().trim_end_matches(" kB").parse().ok()))
+            });
+            peak = hwm.unwrap_or(0).max(peak);
+            let mut status = 0;
+            // SAFETY: plain syscall on our own child.
+            let got = unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG) };
+            if got == pid as i32 {
+                return (libc::WEXITSTATUS(status), peak);
+            }
+            assert_eq!(got, 0, "waitpid");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 
     /// Plex requests since the last clear, by kind.
@@ -116,10 +131,20 @@ mod unix {
         c
     }
 
-    fn run(what: &str, n: usize, exe: &Path, data: &Path, stash: &StashEmulator, plex: &PlexEmulator, per: usize) {
+    /// The CLI and the emulators of one library.
+    struct Bed<'a> {
+        exe: &'a Path,
+        data: &'a Path,
+        stash: &'a StashEmulator,
+        plex: &'a PlexEmulator,
+    }
+
+    /// Runs `args` and prints its row; requests are counted per `per` scenes.
+    fn run(bed: &Bed, what: &str, args: &[&str], n: usize, per: usize) {
+        let Bed { exe, data, stash, plex } = *bed;
         plex.clear_requests();
         let stash_before = stash.request_count();
-        let (secs, rss, log) = sync_all(exe, data, stash);
+        let (secs, rss, log) = cli(exe, data, stash, args);
         let c = plex_counts(plex);
         let total = c.pages + c.reads + c.writes + c.uploads;
         let per_scene = |x: usize| x as f64 / per.max(1) as f64;
@@ -173,17 +198,21 @@ mod unix {
             });
             let dir = tempfile::tempdir().unwrap();
             let data = dir.path().join("plexsync");
-            tokio::task::block_in_place(|| run("first sync", n, &exe, &data, &stash, &plex, n));
+            let bed = Bed { exe: &exe, data: &data, stash: &stash, plex: &plex };
+            let sync_all = ["sync", "--all"];
+            tokio::task::block_in_place(|| run(&bed, "first sync", &sync_all, n, n));
             let in_plex = plexsync::queue::Queue::open(&data.join("queue.sqlite")).unwrap().stats().unwrap().synced;
             eprintln!("{in_plex} of {n} scenes are in Plex and were delivered");
-            tokio::task::block_in_place(|| run("unchanged", n, &exe, &data, &stash, &plex, n));
+            tokio::task::block_in_place(|| run(&bed, "unchanged", &sync_all, n, n));
             let edited: Vec<u64> = stash.with_state(|s| s.scenes.keys().copied().step_by(100).collect());
             for id in &edited {
                 let q = "mutation($i: SceneUpdateInput!) { sceneUpdate(input: $i) { id } }";
                 common::graphql(&stash, q, json!({"i": {"id": id.to_string(), "details": format!("Edited {id}.")}}))
                     .await;
             }
-            tokio::task::block_in_place(|| run("1 % edited", n, &exe, &data, &stash, &plex, edited.len()));
+            tokio::task::block_in_place(|| run(&bed, "1 % edited", &sync_all, n, edited.len()));
+            tokio::task::block_in_place(|| run(&bed, "reconcile", &["reconcile"], n, n));
+            tokio::task::block_in_place(|| run(&bed, "paths suggest", &["paths", "suggest"], n, n));
         }
     }
 }

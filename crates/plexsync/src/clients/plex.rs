@@ -284,39 +284,34 @@ impl PlexClient {
         Ok(page_of(env.container))
     }
 
-    /// Every item of a section matching `filter`, page by page;
-    /// `progress(done, total)` after each page.
-    async fn section_items_where(
+    /// Every item of a section matching `filter`, handed to `on_page`
+    /// page by page with the total, so a large library is never held whole.
+    /// Returns the number of pages read.
+    pub async fn for_each_page(
         &self,
         section: &str,
         filter: &[(&str, &str)],
-        progress: &mut (dyn FnMut(usize, usize) + Send),
-    ) -> Result<Vec<PlexItem>, Error> {
-        let mut items = Vec::new();
+        on_page: &mut (dyn FnMut(Vec<PlexItem>, usize) + Send),
+    ) -> Result<usize, Error> {
+        let (mut seen, mut pages) = (0, 0);
         loop {
-            let page = self.section_page(section, filter, items.len(), PAGE_SIZE).await?;
+            let page = self.section_page(section, filter, seen, PAGE_SIZE).await?;
+            pages += 1;
             let got = page.items.len();
-            items.extend(page.items);
-            progress(items.len(), page.total);
-            if got == 0 || items.len() >= page.total {
-                return Ok(items);
+            seen += got;
+            on_page(page.items, page.total);
+            if got == 0 || seen >= page.total {
+                return Ok(pages);
             }
         }
-    }
-
-    /// Every item of a section; `progress(done, total)` after each page.
-    pub async fn section_items(
-        &self,
-        section: &str,
-        mut progress: impl FnMut(usize, usize) + Send,
-    ) -> Result<Vec<PlexItem>, Error> {
-        self.section_items_where(section, &[], &mut progress).await
     }
 
     /// Items of a section Plex added after `since` (Unix seconds), with
     /// Plex's `addedAt>>=` filter.
     pub async fn section_added_since(&self, section: &str, since: i64) -> Result<Vec<PlexItem>, Error> {
-        self.section_items_where(section, &[("addedAt>>", &since.to_string())], &mut |_, _| {}).await
+        let mut items = Vec::new();
+        self.for_each_page(section, &[("addedAt>>", &since.to_string())], &mut |page, _| items.extend(page)).await?;
+        Ok(items)
     }
 
     /// `GET /library/metadata/{ratingKey}`; `None` when Plex has no such item.

@@ -226,6 +226,8 @@ struct RunState {
     limiter: Limiter,
     /// The most that ran at once in this run, for its summary.
     peak: usize,
+    /// When the rows to deliver were last counted, and done + waiting then.
+    counted: Option<(Instant, usize)>,
 }
 
 /// A busy worker reads its settings again this often; an idle one when it
@@ -248,6 +250,7 @@ pub async fn run(
         settings_read: Instant::now(),
         limiter: Limiter::new(pipeline.settings.retry.concurrency),
         peak: 1,
+        counted: None,
     };
     let lease = pipeline.settings.retry.lease;
     // One worker per queue (the lock): rows a killed worker leased are
@@ -311,7 +314,12 @@ pub async fn run(
             }
             st.limiter.set_max(pipeline.settings.retry.concurrency);
         }
-        let total = st.done + queue.stats().map_err(db)?.pending as usize;
+        // Counted at most every second: a count per batch would make a
+        // large run quadratic.
+        if st.counted.is_none_or(|(at, _)| at.elapsed() > Duration::from_secs(1)) {
+            st.counted = Some((Instant::now(), st.done + queue.pending_count().map_err(db)?));
+        }
+        let total = st.counted.map_or(0, |(_, total)| total);
         if let Err(e) = deliver_batch(pipeline, queue, &rows, &mut st, options, total, &mut progress).await {
             if e.class == ErrorClass::Auth && take_newer_session(pipeline, queue)? {
                 continue;

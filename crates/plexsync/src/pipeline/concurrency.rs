@@ -107,7 +107,11 @@ impl Limiter {
         }
         let saturated = std::mem::take(&mut self.saturated);
         self.finished = 0;
-        let rtt = meter.take()?;
+        let Some(rtt) = meter.take() else {
+            // A round that asked Plex nothing (every scene unchanged) cannot
+            // have burdened it.
+            return self.grow(saturated);
+        };
         let Some(baseline) = self.baseline else {
             self.baseline = Some(rtt);
             return None;
@@ -119,12 +123,16 @@ impl Limiter {
                 self.limit = lower;
                 Change::Down(lower)
             })
-        } else if saturated && self.limit < self.max {
-            self.limit += 1;
-            Some(Change::Up(self.limit))
         } else {
-            None
+            self.grow(saturated)
         }
+    }
+
+    fn grow(&mut self, saturated: bool) -> Option<Change> {
+        (saturated && self.limit < self.max).then(|| {
+            self.limit += 1;
+            Change::Up(self.limit)
+        })
     }
 }
 
@@ -168,6 +176,19 @@ mod tests {
         let late = &seen[30..];
         assert!(late.iter().all(|&n| n <= 2 * capacity), "limit ran away: {seen:?}");
         assert!(late.iter().any(|&n| n >= capacity), "limit never reached Plex's capacity: {seen:?}");
+    }
+
+    #[test]
+    fn rounds_that_ask_plex_nothing_still_grow() {
+        let (mut l, meter) = (Limiter::new(4), RttMeter::default());
+        for _ in 0..20 {
+            let n = l.limit();
+            (0..n).for_each(|i| l.starting(i));
+            (0..n).for_each(|_| {
+                l.finished(&meter);
+            });
+        }
+        assert_eq!(l.limit(), 4);
     }
 
     #[test]

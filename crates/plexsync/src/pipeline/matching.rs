@@ -220,18 +220,17 @@ impl LibraryIndex {
             chosen
         };
         for section in &sections {
-            let mut pages = 0;
             let what = format!("reading Plex library {}", section.title);
-            let items = plex
-                .section_items(&section.key, |done, total| {
-                    pages += 1;
+            let mut done = 0;
+            index.reads += plex
+                .for_each_page(&section.key, &[], &mut |items, total| {
+                    done += items.len();
                     crate::progress::report(&what, done, total);
+                    for item in &items {
+                        index.insert(&section.key, item);
+                    }
                 })
                 .await?;
-            index.reads += pages;
-            for item in items {
-                index.insert(&section.key, &item);
-            }
         }
         index.sections = sections;
         index.built_at = Some(Instant::now());
@@ -243,21 +242,25 @@ impl LibraryIndex {
     /// per section, usually tiny), so newly scanned files are found without
     /// re-reading the library, and our own edits are not read back. An item
     /// whose file moved is found by the next full read (or a 404).
-    pub async fn refresh_recent(&mut self, plex: &PlexClient) -> Result<usize, Error> {
+    /// Returns the ratingKeys of items new to the index or changed.
+    pub async fn refresh_recent(&mut self, plex: &PlexClient) -> Result<Vec<String>, Error> {
         // A minute of overlap: Plex's times have second precision and
         // clocks of scans in progress may lag.
         let since = (self.newest_added - 60).max(0);
-        let mut found = 0;
+        let mut changed = Vec::new();
         for section in self.sections.clone() {
             let items = plex.section_added_since(&section.key, since).await?;
             self.reads += 1;
-            found += items.len();
             for item in items {
+                let before = self.items.get(&item.rating_key).cloned();
                 self.insert(&section.key, &item);
+                if self.items.get(&item.rating_key) != before.as_ref() {
+                    changed.push(item.rating_key.clone());
+                }
             }
         }
         self.refreshed_at = Some(Instant::now());
-        Ok(found)
+        Ok(changed)
     }
 
     pub fn insert(&mut self, section: &str, item: &PlexItem) {
@@ -294,9 +297,9 @@ impl LibraryIndex {
         self.items.insert(rk, item);
     }
 
-    /// What to store: a description (which server and libraries, when read,
-    /// newest addition, sections) and one JSON row per item.
-    pub fn snapshot(&self, key: &str) -> (String, Vec<(String, String)>) {
+    /// What to store besides the items: which server and libraries, when
+    /// read, the newest addition, the sections.
+    pub fn meta(&self, key: &str) -> String {
         let age_ms = self.built_at.map_or(0, |t| t.elapsed().as_millis() as i64);
         let meta = serde_json::json!({
             "key": key,
@@ -304,17 +307,23 @@ impl LibraryIndex {
             "newest_added": self.newest_added,
             "sections": self.sections,
         });
-        let rows = self
-            .items
-            .values()
-            .map(|i| (i.rating_key.clone(), serde_json::to_string(i).expect("items serialize")))
-            .collect();
-        (meta.to_string(), rows)
+        meta.to_string()
     }
 
-    /// Rebuilds a stored index, unless it was read for another `key`
-    /// (server or libraries changed) or is older than `max_age`.
-    pub fn restore(key: &str, meta: &str, rows: Vec<String>, max_age: std::time::Duration) -> Option<Self> {
+    /// One stored row per item (ratingKey, JSON), of `only` these items
+    /// when given, made as they are taken.
+    pub fn rows<'a>(&'a self, only: Option<&'a [String]>) -> Box<dyn Iterator<Item = (String, String)> + 'a> {
+        let row = |i: &IndexedItem| (i.rating_key.clone(), serde_json::to_string(i).expect("items serialize"));
+        match only {
+            Some(keys) => Box::new(keys.iter().filter_map(|k| self.items.get(k)).map(row)),
+            None => Box::new(self.items.values().map(row)),
+        }
+    }
+
+    /// An empty index described by stored `meta`, unless it was read for
+    /// another `key` (server or libraries changed) or is older than
+    /// `max_age`; its items follow through [`LibraryIndex::insert_row`].
+    pub fn from_meta(key: &str, meta: &str, max_age: std::time::Duration) -> Option<Self> {
         let meta: serde_json::Value = serde_json::from_str(meta).ok()?;
         if meta["key"].as_str() != Some(key) {
             return None;
@@ -324,17 +333,18 @@ impl LibraryIndex {
         if age > max_age {
             return None;
         }
-        let mut index = LibraryIndex {
+        Some(LibraryIndex {
             sections: serde_json::from_value(meta["sections"].clone()).ok()?,
             // An index stored before `newest_added` existed is read again.
             newest_added: meta["newest_added"].as_i64()?,
             built_at: Instant::now().checked_sub(age),
             ..Default::default()
-        };
-        for row in rows {
-            index.insert_indexed(serde_json::from_str(&row).ok()?);
-        }
-        Some(index)
+        })
+    }
+
+    /// Adds one stored row; false when it cannot be read.
+    pub fn insert_row(&mut self, row: &str) -> bool {
+        serde_json::from_str(row).map(|item| self.insert_indexed(item)).is_ok()
     }
 
     pub fn len(&self) -> usize {
@@ -635,14 +645,16 @@ mod tests {
         let mut index = LibraryIndex::default();
         index.insert("1", &item("10", "/media/a/x.mp4", 5));
         index.built_at = Some(Instant::now());
-        let (meta, rows) = index.snapshot("http://plex/|");
-        let rows: Vec<String> = rows.into_iter().map(|(_, r)| r).collect();
+        let meta = index.meta("http://plex/|");
+        let rows: Vec<String> = index.rows(None).map(|(_, r)| r).collect();
         let hour = std::time::Duration::from_secs(3600);
-        let back = LibraryIndex::restore("http://plex/|", &meta, rows.clone(), hour).unwrap();
+        let mut back = LibraryIndex::from_meta("http://plex/|", &meta, hour).unwrap();
+        assert!(rows.iter().all(|r| back.insert_row(r)));
+        assert!(!back.insert_row("{not json"), "an unreadable row is refused");
         assert!(matches!(back.find(&scene("/data/a/x.mp4", 5), &[], &maps()), Match::Found { .. }));
-        assert!(LibraryIndex::restore("http://other/|", &meta, rows.clone(), hour).is_none(), "other server");
+        assert!(LibraryIndex::from_meta("http://other/|", &meta, hour).is_none(), "other server");
         let old = meta.replace("\"built_at_ms\":", "\"built_at_ms\":0,\"x\":");
-        assert!(LibraryIndex::restore("http://plex/|", &old, rows, hour).is_none(), "too old");
+        assert!(LibraryIndex::from_meta("http://plex/|", &old, hour).is_none(), "too old");
     }
 
     #[test]

@@ -354,6 +354,13 @@ impl Queue {
         )
     }
 
+    /// Rows waiting (an index count, cheaper than [`Queue::stats`]).
+    pub fn pending_count(&self) -> rusqlite::Result<usize> {
+        self.conn
+            .query_row("SELECT COUNT(*) FROM queue WHERE state = 'pending'", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as usize)
+    }
+
     pub fn stats(&self) -> rusqlite::Result<QueueStats> {
         let now = now_ms();
         let count = |sql: &str| self.conn.query_row(sql, params![now], |r| r.get::<_, i64>(0));
@@ -572,12 +579,22 @@ impl Queue {
             .optional()
     }
 
-    /// Replaces the stored library index.
-    pub fn save_index(&mut self, meta: &str, rows: &[(String, String)]) -> rusqlite::Result<()> {
+    /// Stores the Plex library index: `meta` and one JSON row per item.
+    /// `whole` replaces what was stored; otherwise the rows are added to it
+    /// (an incremental refresh). Rows are written as they come, never
+    /// gathered first.
+    pub fn save_index(
+        &mut self,
+        meta: &str,
+        rows: impl Iterator<Item = (String, String)>,
+        whole: bool,
+    ) -> rusqlite::Result<()> {
         let tx = self.conn.transaction()?;
-        tx.execute("DELETE FROM plex_index", [])?;
+        if whole {
+            tx.execute("DELETE FROM plex_index", [])?;
+        }
         {
-            let mut stmt = tx.prepare("INSERT INTO plex_index (rating_key, item) VALUES (?1, ?2)")?;
+            let mut stmt = tx.prepare("INSERT OR REPLACE INTO plex_index (rating_key, item) VALUES (?1, ?2)")?;
             for (rk, item) in rows {
                 stmt.execute(params![rk, item])?;
             }
@@ -589,12 +606,26 @@ impl Queue {
         tx.commit()
     }
 
-    /// The stored library index: its description and item rows.
-    pub fn load_index(&self) -> rusqlite::Result<Option<(String, Vec<String>)>> {
-        let Some(meta) = self.get_kv("plex_index_meta")? else { return Ok(None) };
+    /// The stored index's meta, if an index is stored.
+    pub fn index_meta(&self) -> rusqlite::Result<Option<String>> {
+        self.get_kv("plex_index_meta")
+    }
+
+    /// Hands each stored index row to `row` as it is read, until it returns
+    /// false; whether every row was taken.
+    pub fn each_index_row(&self, mut row: impl FnMut(&str) -> bool) -> rusqlite::Result<bool> {
         let mut stmt = self.conn.prepare("SELECT item FROM plex_index")?;
-        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(Some((meta, rows)))
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let text = r
+                .get_ref(0)?
+                .as_str()
+                .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))?;
+            if !row(text) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Forgets the stored index (an item vanished: the next run reads Plex again).

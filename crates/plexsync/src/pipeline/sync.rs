@@ -168,7 +168,7 @@ impl Pipeline {
                 index.reads,
                 started.elapsed()
             );
-            self.save_index(&index);
+            self.save_index(&index, None);
             *slot = Some(index);
         }
         Ok(())
@@ -178,16 +178,21 @@ impl Pipeline {
     /// libraries and young enough.
     fn load_index(&self) -> Option<LibraryIndex> {
         let queue = Queue::open(self.index_store.as_ref()?).ok()?;
-        let (meta, rows) = queue.load_index().ok()??;
-        let index = LibraryIndex::restore(&self.index_key(), &meta, rows, INDEX_MAX_AGE_ON_MISS)?;
+        let meta = queue.index_meta().ok()??;
+        let mut index = LibraryIndex::from_meta(&self.index_key(), &meta, INDEX_MAX_AGE_ON_MISS)?;
+        if !queue.each_index_row(|row| index.insert_row(row)).ok()? {
+            return None;
+        }
         tracing::debug!("using the stored Plex library index ({} items)", index.len());
         Some(index)
     }
 
-    fn save_index(&self, index: &LibraryIndex) {
+    /// Stores the index: whole, or only the items `changed` by a refresh.
+    fn save_index(&self, index: &LibraryIndex, changed: Option<&[String]>) {
         let Some(path) = &self.index_store else { return };
-        let (meta, rows) = index.snapshot(&self.index_key());
-        if let Err(e) = Queue::open(path).and_then(|mut q| q.save_index(&meta, &rows)) {
+        let meta = index.meta(&self.index_key());
+        let saved = Queue::open(path).and_then(|mut q| q.save_index(&meta, index.rows(changed), changed.is_none()));
+        if let Err(e) = saved {
             tracing::warn!("could not store the Plex library index: {e}");
         }
     }
@@ -284,9 +289,11 @@ impl Pipeline {
             self.drop_index(&mut slot);
             self.ensure_index(&mut slot, None).await?;
         } else if index.refreshed_at.is_none_or(|t| t.elapsed() > INDEX_REFRESH_GAP.mul_f64(self.settings.retry.scale))
-            && index.refresh_recent(plex).await? > 0
         {
-            self.save_index(index);
+            let changed = index.refresh_recent(plex).await?;
+            if !changed.is_empty() {
+                self.save_index(index, Some(&changed));
+            }
         }
         Ok(slot.as_ref().expect("index ensured").find(scene, recorded, maps))
     }
