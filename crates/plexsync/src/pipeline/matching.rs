@@ -15,7 +15,7 @@ use crate::plex::{PlexClient, PlexItem, PlexSection};
 use crate::stash::Scene;
 
 /// A Plex item as the index keeps it.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct IndexedItem {
     pub rating_key: String,
     pub section: String,
@@ -164,15 +164,57 @@ pub fn rating_key_in_url(url: &str) -> Option<String> {
     (!digits.is_empty()).then_some(digits)
 }
 
+/// Item positions by a 64-bit hash of a lookup key. Keys are not kept (a
+/// path per file in five maps was most of the index at 100 000 items): a
+/// lookup checks each candidate's own files against the key, so a hash
+/// collision or an item that moved can never produce a wrong match.
+#[derive(Debug, Default)]
+struct Postings {
+    one: HashMap<u64, u32>,
+    /// Keys that several items share (the same file name in two folders).
+    many: HashMap<u64, Vec<u32>>,
+}
+
+fn key_hash(key: impl std::hash::Hash) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(key)
+}
+
+impl Postings {
+    fn add(&mut self, key: u64, id: u32) {
+        if let Some(list) = self.many.get_mut(&key) {
+            if !list.contains(&id) {
+                list.push(id);
+            }
+            return;
+        }
+        match self.one.insert(key, id) {
+            Some(other) if other != id => {
+                self.one.remove(&key);
+                self.many.insert(key, vec![other, id]);
+            }
+            _ => {}
+        }
+    }
+
+    fn get(&self, key: u64) -> &[u32] {
+        match self.one.get(&key) {
+            Some(id) => std::slice::from_ref(id),
+            None => self.many.get(&key).map_or(&[], Vec::as_slice),
+        }
+    }
+}
+
 /// The library index.
 #[derive(Debug, Default)]
 pub struct LibraryIndex {
-    pub items: HashMap<String, IndexedItem>,
-    by_path: HashMap<String, Vec<String>>,
-    by_path_folded: HashMap<String, Vec<String>>,
-    by_name_size: HashMap<(String, u64), Vec<String>>,
-    by_name: HashMap<String, Vec<String>>,
-    by_stem_size: HashMap<(String, u64), Vec<String>>,
+    items: Vec<IndexedItem>,
+    ids: HashMap<Box<str>, u32>,
+    by_path: Postings,
+    by_path_folded: Postings,
+    by_name_size: Postings,
+    by_name: Postings,
+    by_stem_size: Postings,
     pub sections: Vec<PlexSection>,
     pub built_at: Option<Instant>,
     /// When new and changed items were last fetched.
@@ -185,10 +227,20 @@ pub struct LibraryIndex {
     pub reads: usize,
 }
 
-fn push(map: &mut HashMap<String, Vec<String>>, key: String, rk: &str) {
-    let list = map.entry(key).or_default();
-    if !list.iter().any(|k| k == rk) {
-        list.push(rk.to_string());
+/// The lookup keys of one file: its normalized path, that folded, its
+/// file name (lower case) and its stem (lower case).
+struct FileKeys {
+    path: String,
+    folded: String,
+    name: String,
+    stem: String,
+}
+
+impl FileKeys {
+    fn of(path: &str) -> Self {
+        let path = normalize(path, false);
+        let (name, stem) = (file_name(&path).to_lowercase(), stem(&path).to_lowercase());
+        Self { folded: path.to_lowercase(), path, name, stem }
     }
 }
 
@@ -252,9 +304,9 @@ impl LibraryIndex {
             let items = plex.section_added_since(&section.key, since).await?;
             self.reads += 1;
             for item in items {
-                let before = self.items.get(&item.rating_key).cloned();
+                let before = self.item(&item.rating_key).cloned();
                 self.insert(&section.key, &item);
-                if self.items.get(&item.rating_key) != before.as_ref() {
+                if self.item(&item.rating_key) != before.as_ref() {
                     changed.push(item.rating_key.clone());
                 }
             }
@@ -275,26 +327,48 @@ impl LibraryIndex {
         });
     }
 
+    /// Adds or replaces an item. A replaced item's old keys stay in the
+    /// postings; lookups check candidates, so they are harmless.
     fn insert_indexed(&mut self, item: IndexedItem) {
-        let rk = item.rating_key.clone();
-        for (path, size) in &item.files {
-            let norm = normalize(path, false);
-            let name = file_name(&norm).to_lowercase();
-            push(&mut self.by_path, norm.clone(), &rk);
-            push(&mut self.by_path_folded, norm.to_lowercase(), &rk);
-            if let Some(size) = size {
-                for (map, key) in
-                    [(&mut self.by_name_size, name.clone()), (&mut self.by_stem_size, stem(&norm).to_lowercase())]
-                {
-                    let list = map.entry((key, *size)).or_default();
-                    if !list.contains(&rk) {
-                        list.push(rk.clone());
-                    }
-                }
+        let id = match self.ids.get(item.rating_key.as_str()) {
+            Some(&id) => id,
+            None => {
+                let id = u32::try_from(self.items.len()).expect("fewer than 4 billion items");
+                self.ids.insert(item.rating_key.as_str().into(), id);
+                self.items.push(IndexedItem::default());
+                id
             }
-            push(&mut self.by_name, name, &rk);
+        };
+        for (path, size) in &item.files {
+            let k = FileKeys::of(path);
+            self.by_path.add(key_hash(&k.path), id);
+            self.by_path_folded.add(key_hash(&k.folded), id);
+            self.by_name.add(key_hash(&k.name), id);
+            if let Some(size) = size {
+                self.by_name_size.add(key_hash((&k.name, size)), id);
+                self.by_stem_size.add(key_hash((&k.stem, size)), id);
+            }
         }
-        self.items.insert(rk, item);
+        let mut item = item;
+        item.files.shrink_to_fit();
+        self.items[id as usize] = item;
+    }
+
+    /// The item `rk`, if the library has it.
+    pub fn item(&self, rk: &str) -> Option<&IndexedItem> {
+        self.ids.get(rk).map(|&id| &self.items[id as usize])
+    }
+
+    /// Rating keys of the items in `postings` under `key` whose own files
+    /// satisfy `holds` (collisions and moved items drop out here).
+    fn lookup(&self, postings: &Postings, key: u64, holds: impl Fn(&FileKeys, Option<u64>) -> bool) -> Vec<String> {
+        postings
+            .get(key)
+            .iter()
+            .map(|&id| &self.items[id as usize])
+            .filter(|item| item.files.iter().any(|(p, size)| holds(&FileKeys::of(p), *size)))
+            .map(|item| item.rating_key.clone())
+            .collect()
     }
 
     /// What to store besides the items: which server and libraries, when
@@ -315,8 +389,8 @@ impl LibraryIndex {
     pub fn rows<'a>(&'a self, only: Option<&'a [String]>) -> Box<dyn Iterator<Item = (String, String)> + 'a> {
         let row = |i: &IndexedItem| (i.rating_key.clone(), serde_json::to_string(i).expect("items serialize"));
         match only {
-            Some(keys) => Box::new(keys.iter().filter_map(|k| self.items.get(k)).map(row)),
-            None => Box::new(self.items.values().map(row)),
+            Some(keys) => Box::new(keys.iter().filter_map(|k| self.item(k)).map(row)),
+            None => Box::new(self.items.iter().map(row)),
         }
     }
 
@@ -357,7 +431,7 @@ impl LibraryIndex {
 
     /// Whether one of the item's files is `file` (after mapping).
     fn item_holds(&self, rk: &str, file: &crate::stash::SceneFile, maps: &[PathMap]) -> bool {
-        let Some(item) = self.items.get(rk) else { return false };
+        let Some(item) = self.item(rk) else { return false };
         let mapped = map_path(&file.path, maps, true);
         item.files.iter().any(|(p, size)| {
             normalize(p, true) == mapped
@@ -367,8 +441,7 @@ impl LibraryIndex {
 
     /// `items` (the first is the main one) as a match.
     fn found(&self, items: &[String], confidence: Confidence, reason: String) -> Match {
-        let with_section =
-            |rk: &String| (rk.clone(), self.items.get(rk).map(|i| i.section.clone()).unwrap_or_default());
+        let with_section = |rk: &String| (rk.clone(), self.item(rk).map(|i| i.section.clone()).unwrap_or_default());
         let (rating_key, section) = with_section(&items[0]);
         Match::Found { rating_key, section, confidence, reason, also: items[1..].iter().map(with_section).collect() }
     }
@@ -400,7 +473,7 @@ impl LibraryIndex {
             trace.push(format!("recorded ratingKey {keys}: no longer holds every file of the scene"));
         }
         if let Some(rk) = scene.urls.iter().rev().find_map(|u| rating_key_in_url(u)) {
-            if self.items.contains_key(&rk) {
+            if self.ids.contains_key(rk.as_str()) {
                 trace.push(format!("Plex URL on the scene names {rk} — match"));
                 return (
                     self.found(
@@ -464,14 +537,18 @@ impl LibraryIndex {
         let with = |rks: &[String], c: Confidence, why: String| -> Vec<(String, Confidence, String)> {
             rks.iter().map(|rk| (rk.clone(), c, why.clone())).collect()
         };
-        let exact: Vec<String> = keys.iter().filter_map(|k| self.by_path.get(k)).flatten().cloned().collect();
+        let exact: Vec<String> =
+            keys.iter().flat_map(|k| self.lookup(&self.by_path, key_hash(k), |f, _| &f.path == k)).collect();
         if !exact.is_empty() {
             trace.push(format!("  exact path: items {}", exact.join(", ")));
             return with(&exact, Confidence::High, format!("path {mapped}"));
         }
         trace.push("  exact path: none".into());
-        let folded: Vec<String> =
-            keys.iter().filter_map(|k| self.by_path_folded.get(&k.to_lowercase())).flatten().cloned().collect();
+        let folded: Vec<String> = keys
+            .iter()
+            .map(|k| k.to_lowercase())
+            .flat_map(|k| self.lookup(&self.by_path_folded, key_hash(&k), |f, _| f.folded == k))
+            .collect();
         if !folded.is_empty() {
             trace.push(format!("  path ignoring case: items {}", folded.join(", ")));
             return with(&folded, Confidence::Medium, format!("path {mapped} (ignoring case)"));
@@ -479,27 +556,32 @@ impl LibraryIndex {
         trace.push("  path ignoring case: none".into());
         let decoded = keys.last().expect("at least the mapped path");
         let name = file_name(decoded).to_lowercase();
-        if let Some(rks) = self.by_name_size.get(&(name.clone(), file.size)) {
+        let size = Some(file.size);
+        let rks = self.lookup(&self.by_name_size, key_hash((&name, &file.size)), |f, s| f.name == name && s == size);
+        if !rks.is_empty() {
             trace.push(format!("  file name {name} + size {}: items {}", file.size, rks.join(", ")));
-            return with(rks, Confidence::Medium, format!("file name {name} and size {}", file.size));
+            return with(&rks, Confidence::Medium, format!("file name {name} and size {}", file.size));
         }
         trace.push(format!("  file name {name} + size {}: none", file.size));
-        if let Some(rks) = self.by_stem_size.get(&(stem(decoded).to_lowercase(), file.size)) {
+        let stem_of = stem(decoded).to_lowercase();
+        let rks =
+            self.lookup(&self.by_stem_size, key_hash((&stem_of, &file.size)), |f, s| f.stem == stem_of && s == size);
+        if !rks.is_empty() {
             trace.push(format!("  same name, other extension, same size: items {}", rks.join(", ")));
-            return with(rks, Confidence::Medium, format!("{} with another extension, same size", stem(decoded)));
+            return with(&rks, Confidence::Medium, format!("{} with another extension, same size", stem(decoded)));
         }
         trace.push("  same name with another extension: none".into());
-        match self.by_name.get(&name).map(Vec::as_slice) {
-            Some([rk]) => {
+        match self.lookup(&self.by_name, key_hash(&name), |f, _| f.name == name).as_slice() {
+            [rk] => {
                 trace.push(format!("  file name {name} alone: only item {rk}"));
                 vec![(rk.clone(), Confidence::Low, format!("unique file name {name}"))]
             }
-            Some(many) => {
-                trace.push(format!("  file name {name} alone: {} items, not unique", many.len()));
+            [] => {
+                trace.push(format!("  file name {name} alone: none"));
                 Vec::new()
             }
-            None => {
-                trace.push(format!("  file name {name} alone: none"));
+            many => {
+                trace.push(format!("  file name {name} alone: {} items, not unique", many.len()));
                 Vec::new()
             }
         }
@@ -513,8 +595,7 @@ impl LibraryIndex {
         many: &[(String, Confidence, String)],
     ) -> Option<(String, Confidence, String)> {
         let close = |rk: &str| {
-            self.items
-                .get(rk)
+            self.item(rk)
                 .is_some_and(|item| item.durations.iter().any(|d| (file.duration - *d as f64 / 1000.0).abs() <= 2.0))
         };
         match many.iter().filter(|c| close(&c.0)).collect::<Vec<_>>().as_slice() {
@@ -569,12 +650,14 @@ pub fn suggest_mappings(stash_files: &[(String, u64)], index: &LibraryIndex) -> 
     let mut counts: HashMap<(String, String), usize> = HashMap::new();
     for (path, size) in stash_files {
         let stash = normalize(path, false);
-        let Some([rk]) = index.by_name_size.get(&(file_name(&stash).to_lowercase(), *size)).map(Vec::as_slice) else {
+        let name = file_name(&stash).to_lowercase();
+        let same = |f: &FileKeys, s: Option<u64>| f.name == name && s == Some(*size);
+        let Ok::<[String; 1], _>([rk]) = index.lookup(&index.by_name_size, key_hash((&name, size)), same).try_into()
+        else {
             continue;
         };
-        let Some((plex, _)) = index.items[rk].files.iter().find(|(p, s)| {
-            *s == Some(*size) && file_name(&normalize(p, false)).eq_ignore_ascii_case(file_name(&stash))
-        }) else {
+        let Some((plex, _)) = index.item(&rk).and_then(|i| i.files.iter().find(|(p, s)| same(&FileKeys::of(p), *s)))
+        else {
             continue;
         };
         let plex = normalize(plex, false);
@@ -655,6 +738,16 @@ mod tests {
         assert!(LibraryIndex::from_meta("http://other/|", &meta, hour).is_none(), "other server");
         let old = meta.replace("\"built_at_ms\":", "\"built_at_ms\":0,\"x\":");
         assert!(LibraryIndex::from_meta("http://plex/|", &old, hour).is_none(), "too old");
+    }
+
+    #[test]
+    fn an_item_whose_file_moved_no_longer_matches_its_old_path() {
+        let mut index = LibraryIndex::default();
+        index.insert("1", &item("10", "/media/a/x.mp4", 5));
+        index.insert("1", &item("10", "/media/b/moved.mp4", 6));
+        assert_eq!(index.len(), 1);
+        assert!(matches!(index.find(&scene("/data/a/x.mp4", 5), &[], &maps()), Match::NotFound { .. }));
+        assert!(matches!(index.find(&scene("/data/b/moved.mp4", 6), &[], &maps()), Match::Found { .. }));
     }
 
     #[test]

@@ -362,7 +362,7 @@ impl Pipeline {
         let (mut fields, mut wrote) = (0, false);
         for (rk, section) in &targets {
             let previous = records.iter().find(|r| &r.rating_key == rk).map(|r| r.field_hashes.clone());
-            let listed = self.index.lock().await.as_ref().and_then(|i| i.items.get(rk)).and_then(|i| i.tag_kinds);
+            let listed = self.index.lock().await.as_ref().and_then(|i| i.item(rk)).and_then(|i| i.tag_kinds);
             let item = Target { rating_key: rk, section, previous: previous.unwrap_or_default(), listed };
             let (n, any) = self.push_item(queue, scene, &wanted, item, &mut images).await?;
             fields += n;
