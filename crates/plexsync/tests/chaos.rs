@@ -121,6 +121,14 @@ async fn chaos() {
         .count();
     let stats = bed.queue().stats().unwrap();
     println!("queue after: {stats:?}");
+    // The workers' own account of how many deliveries they ran at once.
+    let log = std::fs::read_to_string(bed.data_dir().join("worker.log")).unwrap_or_default();
+    let most = log
+        .lines()
+        .filter_map(|l| l.split_once("deliveries at once: at most ")?.1.split(',').next()?.parse::<usize>().ok())
+        .max();
+    let drops = log.matches("deliveries at once: back to 1").count();
+    println!("deliveries at once: at most {most:?} in one worker run; dropped to 1 after a Plex failure {drops} times");
     println!(
         "chaos seed {seed}, {secs} s: updates {updates}, faults injected {faults}, kills {kills}, lost {}, wrong-item writes {wrong}, time to converge {:.1?}",
         lost.len(),

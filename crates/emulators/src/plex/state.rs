@@ -157,6 +157,10 @@ pub struct DiskFile {
 #[derive(Debug, PartialEq)]
 pub struct EditError(pub String);
 
+fn earliest_due(disk: &[DiskFile]) -> Option<Instant> {
+    disk.iter().filter_map(|f| f.due).min()
+}
+
 /// Everything the Plex emulator knows.
 #[derive(Debug)]
 pub struct PlexState {
@@ -166,6 +170,8 @@ pub struct PlexState {
     pub sections: Vec<Section>,
     pub items: BTreeMap<u64, Item>,
     pub disk: Vec<DiskFile>,
+    /// The earliest `due` in `disk`, kept with it.
+    disk_due: Option<Instant>,
     /// Files added with [`PlexState::add_disk_file`] appear after this delay
     /// even without a scan request (Plex's "scan automatically").
     pub auto_scan_delay: Option<Duration>,
@@ -215,6 +221,7 @@ impl PlexState {
             }],
             items: BTreeMap::new(),
             disk: Vec::new(),
+            disk_due: None,
             auto_scan_delay: None,
             scan_duration: Duration::from_millis(50),
             next_id: 100,
@@ -308,6 +315,7 @@ impl PlexState {
     pub fn add_disk_file(&mut self, path: &str, size: u64, duration_ms: u64, due: Option<Instant>) {
         let due = due.or_else(|| self.auto_scan_delay.map(|d| Instant::now() + d));
         self.disk.push(DiskFile { path: path.to_string(), size, duration_ms, due });
+        self.disk_due = [self.disk_due, due].into_iter().flatten().min();
     }
 
     pub fn section(&self, key: u32) -> Option<&Section> {
@@ -332,17 +340,21 @@ impl PlexState {
                 count += 1;
             }
         }
+        self.disk_due = earliest_due(&self.disk);
         count
     }
 
     /// Turns disk files whose scan has finished into items.
     pub fn materialize_due(&mut self, now: Instant) {
-        if !self.disk.iter().any(|f| f.due.is_some_and(|d| d <= now)) {
+        // Asked at every request: the earliest due time answers without
+        // walking every waiting file.
+        if self.disk_due.is_none_or(|d| d > now) {
             return;
         }
         let (ready, waiting): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.disk).into_iter().partition(|f| f.due.is_some_and(|d| d <= now));
         self.disk = waiting;
+        self.disk_due = earliest_due(&self.disk);
         for file in ready {
             if let Some(section) = self.section_for_path(&file.path) {
                 self.add_item(section, &[(file.path, file.size, file.duration_ms)]);

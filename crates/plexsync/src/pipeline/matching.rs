@@ -19,7 +19,6 @@ use crate::stash::Scene;
 pub struct IndexedItem {
     pub rating_key: String,
     pub section: String,
-    pub title: String,
     /// (raw path, size)
     pub files: Vec<(String, Option<u64>)>,
     /// Part durations in ms, for tie-breaks.
@@ -209,7 +208,8 @@ impl Postings {
 #[derive(Debug, Default)]
 pub struct LibraryIndex {
     items: Vec<IndexedItem>,
-    ids: HashMap<Box<str>, u32>,
+    /// Positions by a hash of the ratingKey (checked against the item).
+    ids: Postings,
     by_path: Postings,
     by_path_folded: Postings,
     by_name_size: Postings,
@@ -320,7 +320,6 @@ impl LibraryIndex {
         self.insert_indexed(IndexedItem {
             rating_key: item.rating_key.clone(),
             section: section.to_string(),
-            title: item.title.clone().unwrap_or_default(),
             files: item.files().map(|p| (p.file.clone(), p.size)).collect(),
             durations: item.files().filter_map(|p| p.duration).collect(),
             tag_kinds: Some(tag_kinds(item)),
@@ -330,11 +329,11 @@ impl LibraryIndex {
     /// Adds or replaces an item. A replaced item's old keys stay in the
     /// postings; lookups check candidates, so they are harmless.
     fn insert_indexed(&mut self, item: IndexedItem) {
-        let id = match self.ids.get(item.rating_key.as_str()) {
-            Some(&id) => id,
+        let id = match self.position(&item.rating_key) {
+            Some(id) => id,
             None => {
                 let id = u32::try_from(self.items.len()).expect("fewer than 4 billion items");
-                self.ids.insert(item.rating_key.as_str().into(), id);
+                self.ids.add(key_hash(&item.rating_key), id);
                 self.items.push(IndexedItem::default());
                 id
             }
@@ -354,9 +353,13 @@ impl LibraryIndex {
         self.items[id as usize] = item;
     }
 
+    fn position(&self, rk: &str) -> Option<u32> {
+        self.ids.get(key_hash(rk)).iter().copied().find(|&id| self.items[id as usize].rating_key == rk)
+    }
+
     /// The item `rk`, if the library has it.
     pub fn item(&self, rk: &str) -> Option<&IndexedItem> {
-        self.ids.get(rk).map(|&id| &self.items[id as usize])
+        self.position(rk).map(|id| &self.items[id as usize])
     }
 
     /// Rating keys of the items in `postings` under `key` whose own files
@@ -473,7 +476,7 @@ impl LibraryIndex {
             trace.push(format!("recorded ratingKey {keys}: no longer holds every file of the scene"));
         }
         if let Some(rk) = scene.urls.iter().rev().find_map(|u| rating_key_in_url(u)) {
-            if self.ids.contains_key(rk.as_str()) {
+            if self.position(&rk).is_some() {
                 trace.push(format!("Plex URL on the scene names {rk} — match"));
                 return (
                     self.found(
