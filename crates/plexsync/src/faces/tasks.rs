@@ -64,6 +64,11 @@ pub fn day_ago() -> DateTime<Utc> {
     Utc::now() - chrono::Duration::hours(24)
 }
 
+/// Scenes per Stash page in reconcile: Stash pages by offset, so every
+/// page costs a walk to its start; few large pages keep a 100 000-scene
+/// library linear enough.
+const RECONCILE_PAGE: usize = 500;
+
 /// Compares Stash's desired state with Plex's current values for every
 /// scene (changed after `since`, when given) and queues each scene whose
 /// Plex item differs or is missing; its stored hashes are reset so the
@@ -81,7 +86,7 @@ pub async fn reconcile(
     let stash = pipeline.stash.clone();
     let (mut checked, mut differ, mut missing) = (0usize, 0usize, 0usize);
     for page in 1.. {
-        let batch = stash.scenes_page(page, 100, since).await?;
+        let batch = stash.scenes_page(page, RECONCILE_PAGE, since).await?;
         let got = batch.scenes.len();
         for scene in batch.scenes {
             checked += 1;
