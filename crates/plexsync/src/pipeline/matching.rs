@@ -17,12 +17,12 @@ use crate::stash::Scene;
 /// A Plex item as the index keeps it.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct IndexedItem {
-    pub rating_key: String,
-    pub section: String,
+    pub rating_key: Box<str>,
+    pub section: Box<str>,
     /// (raw path, size)
-    pub files: Vec<(String, Option<u64>)>,
+    pub files: Box<[(Box<str>, Option<u64>)]>,
     /// Part durations in ms, for tie-breaks.
-    pub durations: Vec<u64>,
+    pub durations: Box<[u64]>,
     /// Which tag kinds the listing showed at least one tag of (bits of
     /// [`tag_kind_bit`]); `None` in an index stored before this was kept.
     /// A listing shows only the first few tags of a kind, but it never
@@ -211,7 +211,6 @@ pub struct LibraryIndex {
     /// Positions by a hash of the ratingKey (checked against the item).
     ids: Postings,
     by_path: Postings,
-    by_path_folded: Postings,
     by_name_size: Postings,
     by_name: Postings,
     by_stem_size: Postings,
@@ -318,9 +317,9 @@ impl LibraryIndex {
     pub fn insert(&mut self, section: &str, item: &PlexItem) {
         self.newest_added = self.newest_added.max(item.added_at.unwrap_or(0));
         self.insert_indexed(IndexedItem {
-            rating_key: item.rating_key.clone(),
-            section: section.to_string(),
-            files: item.files().map(|p| (p.file.clone(), p.size)).collect(),
+            rating_key: item.rating_key.as_str().into(),
+            section: section.into(),
+            files: item.files().map(|p| (p.file.as_str().into(), p.size)).collect(),
             durations: item.files().filter_map(|p| p.duration).collect(),
             tag_kinds: Some(tag_kinds(item)),
         });
@@ -341,20 +340,17 @@ impl LibraryIndex {
         for (path, size) in &item.files {
             let k = FileKeys::of(path);
             self.by_path.add(key_hash(&k.path), id);
-            self.by_path_folded.add(key_hash(&k.folded), id);
             self.by_name.add(key_hash(&k.name), id);
             if let Some(size) = size {
                 self.by_name_size.add(key_hash((&k.name, size)), id);
                 self.by_stem_size.add(key_hash((&k.stem, size)), id);
             }
         }
-        let mut item = item;
-        item.files.shrink_to_fit();
         self.items[id as usize] = item;
     }
 
     fn position(&self, rk: &str) -> Option<u32> {
-        self.ids.get(key_hash(rk)).iter().copied().find(|&id| self.items[id as usize].rating_key == rk)
+        self.ids.get(key_hash(rk)).iter().copied().find(|&id| &*self.items[id as usize].rating_key == rk)
     }
 
     /// The item `rk`, if the library has it.
@@ -370,7 +366,7 @@ impl LibraryIndex {
             .iter()
             .map(|&id| &self.items[id as usize])
             .filter(|item| item.files.iter().any(|(p, size)| holds(&FileKeys::of(p), *size)))
-            .map(|item| item.rating_key.clone())
+            .map(|item| item.rating_key.to_string())
             .collect()
     }
 
@@ -390,7 +386,7 @@ impl LibraryIndex {
     /// One stored row per item (ratingKey, JSON), of `only` these items
     /// when given, made as they are taken.
     pub fn rows<'a>(&'a self, only: Option<&'a [String]>) -> Box<dyn Iterator<Item = (String, String)> + 'a> {
-        let row = |i: &IndexedItem| (i.rating_key.clone(), serde_json::to_string(i).expect("items serialize"));
+        let row = |i: &IndexedItem| (i.rating_key.to_string(), serde_json::to_string(i).expect("items serialize"));
         match only {
             Some(keys) => Box::new(keys.iter().filter_map(|k| self.item(k)).map(row)),
             None => Box::new(self.items.iter().map(row)),
@@ -444,7 +440,7 @@ impl LibraryIndex {
 
     /// `items` (the first is the main one) as a match.
     fn found(&self, items: &[String], confidence: Confidence, reason: String) -> Match {
-        let with_section = |rk: &String| (rk.clone(), self.item(rk).map(|i| i.section.clone()).unwrap_or_default());
+        let with_section = |rk: &String| (rk.clone(), self.item(rk).map(|i| i.section.to_string()).unwrap_or_default());
         let (rating_key, section) = with_section(&items[0]);
         Match::Found { rating_key, section, confidence, reason, also: items[1..].iter().map(with_section).collect() }
     }
@@ -550,7 +546,9 @@ impl LibraryIndex {
         let folded: Vec<String> = keys
             .iter()
             .map(|k| k.to_lowercase())
-            .flat_map(|k| self.lookup(&self.by_path_folded, key_hash(&k), |f, _| f.folded == k))
+            // Paths equal but for case have equal file names in lower case:
+            // the name postings hold the candidates.
+            .flat_map(|k| self.lookup(&self.by_name, key_hash(file_name(&k)), |f, _| f.folded == k))
             .collect();
         if !folded.is_empty() {
             trace.push(format!("  path ignoring case: items {}", folded.join(", ")));
