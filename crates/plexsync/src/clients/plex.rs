@@ -277,7 +277,9 @@ impl PlexClient {
         start: usize,
         size: usize,
     ) -> Result<Page, Error> {
-        let mut url = self.url(&format!("library/sections/{section}/all"), &[("type", "1")]);
+        // In order of addition: pages stay put while titles are edited (the
+        // default order is by title) and new items come last.
+        let mut url = self.url(&format!("library/sections/{section}/all"), &[("type", "1"), ("sort", "addedAt")]);
         url.query_pairs_mut().extend_pairs(filter);
         let headers = [("X-Plex-Container-Start", start.to_string()), ("X-Plex-Container-Size", size.to_string())];
         let env: Envelope<Container> = self.get_json("list library items", url, &headers).await?;
