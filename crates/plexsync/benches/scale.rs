@@ -192,6 +192,7 @@ mod unix {
                        "pathMappings": mapping, "partialScan": false}),
             );
             eprintln!("{n} scenes generated in {:.1} s", generated.elapsed().as_secs_f64());
+            plex.record_queries(false);
             plex.faults(|f| {
                 f.config.latency_ms = latency;
                 f.config.capacity = capacity;

@@ -106,6 +106,8 @@ pub(crate) struct Shared {
     pub up: watch::Sender<bool>,
     /// Whether the listener is open, as the accept loop last set it.
     pub listening: watch::Sender<bool>,
+    /// See [`PlexEmulator::record_queries`].
+    pub record_queries: std::sync::atomic::AtomicBool,
     /// Slots for `FaultConfig::capacity`, rebuilt when it changes.
     pub slots: Mutex<(usize, Arc<tokio::sync::Semaphore>)>,
 }
@@ -155,6 +157,7 @@ impl PlexEmulator {
             state: Mutex::new(state),
             faults: Mutex::new(Faults::new(0)),
             slots: Mutex::new((0, Arc::new(tokio::sync::Semaphore::new(0)))),
+            record_queries: std::sync::atomic::AtomicBool::new(true),
             log: Mutex::new(Vec::new()),
             token: token.to_string(),
             up,
@@ -200,6 +203,13 @@ impl PlexEmulator {
 
     pub fn clear_requests(&self) {
         self.shared.log.lock().clear();
+    }
+
+    /// Whether request records keep their query parameters (on by
+    /// default). A benchmark that only counts requests turns it off: a
+    /// 100 000-scene run would keep millions of small strings.
+    pub fn record_queries(&self, on: bool) {
+        self.shared.record_queries.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Changes fault injection.

@@ -188,6 +188,9 @@ async fn fault_layer(State(shared): Shr, req: Request, next: Next) -> Response {
         }
     };
     record.status = response.status().as_u16();
+    if !shared.record_queries.load(std::sync::atomic::Ordering::Relaxed) {
+        record.query = Vec::new();
+    }
     shared.log.lock().push(record);
     response
 }
