@@ -349,7 +349,7 @@ async fn a_new_worker_reuses_the_stored_library_index() {
             .filter(|r| r.method == "GET" && r.path == "/library/sections/1/all" && r.param("addedAt>>").is_none())
             .count()
     };
-    assert!(full_reads(&bed) >= 2, "the first worker read the library");
+    assert!(full_reads(&bed) >= 1, "the first worker read the library");
     // Wait for that worker to exit, so the next hook starts a new process.
     while plexsync::worker::is_running(&bed.data_dir()) {
         tokio::time::sleep(Duration::from_millis(20)).await;
