@@ -7,7 +7,8 @@
 //! `SCALE_SIZES` (default `1000,10000`; add `100000` for the big
 //! run), `SCALE_LATENCY_MS` (the Plex emulator's added latency per
 //! request, default 0) and `SCALE_PLEX_CAPACITY` (requests it answers at
-//! once, default 6; the rest queue) choose the runs. Per run it prints
+//! once, default 6; the rest queue) and `SCALE_CONCURRENCY` (the
+//! `plexConcurrency` cap, default 8) choose the runs. Per run it prints
 //! wall time, Plex requests per scene (library pages, item reads, writes,
 //! uploads), library pages read per 100 scenes, Stash requests, the CLI's
 //! peak RSS (`VmHWM`), and how the adaptive delivery limit moved (from
@@ -172,8 +173,9 @@ mod unix {
         let env = |name: &str, default: u64| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
         let latency = env("SCALE_LATENCY_MS", 0);
         let capacity = env("SCALE_PLEX_CAPACITY", 6) as usize;
+        let cap = env("SCALE_CONCURRENCY", 8);
         println!(
-            "Plex latency {latency} ms, {capacity} requests answered at once; requests per scene of the library (first, unchanged), per edited scene (1 %)"
+            "Plex latency {latency} ms, {capacity} requests answered at once, plexConcurrency {cap}; requests per scene of the library (first, unchanged), per edited scene (1 %)"
         );
         println!("|  scenes | run            |    wall    | Plex req/scene | pages / item reads / writes / uploads | pages per 100 scenes | Stash requests | peak RSS |");
         println!("|--------:|----------------|-----------:|------:|---|------:|--------:|------:|");
@@ -189,7 +191,7 @@ mod unix {
             stash.set_plugin_settings(
                 "PlexSync",
                 json!({"plexUrl": plex.url().as_str(), "plexToken": "bench-token", "skipUnorganized": false,
-                       "pathMappings": mapping, "partialScan": false}),
+                       "pathMappings": mapping, "partialScan": false, "plexConcurrency": cap}),
             );
             eprintln!("{n} scenes generated in {:.1} s", generated.elapsed().as_secs_f64());
             plex.record_queries(false);

@@ -2,11 +2,12 @@
 //! Vector's adaptive request concurrency).
 //!
 //! The limit starts at one. Every round (as many finished deliveries as
-//! the limit) compares Plex's mean answer time in that round with the
-//! long-run baseline: when Plex answered as fast and the limit was used,
-//! the limit grows by one; when answers slowed down (requests are queueing
-//! inside Plex), it shrinks by a quarter. A Plex error or timeout drops it
-//! to one at once. `plexConcurrency` caps it.
+//! the limit) compares Plex's mean answer time in that round with its
+//! baseline, the fastest recent round (Plex with nothing queued, as TCP
+//! Vegas keeps it): when Plex answered about as fast and the limit was
+//! used, the limit grows by one; when answers slowed down (requests are
+//! queueing inside Plex), it shrinks by a quarter. A Plex error or timeout
+//! drops it to one at once. `plexConcurrency` caps it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -38,8 +39,11 @@ const SLOWER: f64 = 1.5;
 /// … and by at least this much: below it, differences are noise (a local
 /// Plex answers in well under a millisecond).
 const SLACK: Duration = Duration::from_millis(3);
-/// Weight of a round in the baseline (an exponential moving average).
-const BASELINE_WEIGHT: f64 = 0.2;
+/// How much the baseline rises per round at a limit of one, when no round
+/// is as fast. Only then: with more in flight a slower answer may be our
+/// own queueing (an average would follow it), and at one it is Plex's new
+/// normal (a pure minimum would never learn it).
+const BASELINE_CREEP: f64 = 0.05;
 
 /// The adaptive limit.
 #[derive(Debug)]
@@ -116,7 +120,8 @@ impl Limiter {
             self.baseline = Some(rtt);
             return None;
         };
-        self.baseline = Some(baseline.mul_f64(1.0 - BASELINE_WEIGHT) + rtt.mul_f64(BASELINE_WEIGHT));
+        let creep = if self.limit == 1 { 1.0 + BASELINE_CREEP } else { 1.0 };
+        self.baseline = Some(rtt.min(baseline.mul_f64(creep)));
         if rtt > baseline.mul_f64(SLOWER) && rtt > baseline + SLACK {
             let lower = (self.limit * 3 / 4).max(1);
             (lower < self.limit).then(|| {
@@ -189,6 +194,26 @@ mod tests {
             });
         }
         assert_eq!(l.limit(), 4);
+    }
+
+    #[test]
+    fn a_gradual_slowdown_is_not_mistaken_for_the_baseline() {
+        // One more in flight per round raises answer times a little each
+        // time; the limit must still stop near the server's capacity.
+        let capacity = 6.0;
+        let rtt = |n: usize| Duration::from_millis(100).mul_f64((n as f64 / capacity).max(1.0));
+        let (mut l, meter) = (Limiter::new(32), RttMeter::default());
+        run(&mut l, &meter, 80, rtt);
+        assert!(l.limit() <= 10, "limit ran past the knee: {}", l.limit());
+    }
+
+    #[test]
+    fn a_plex_that_became_slower_for_good_is_learned() {
+        let (mut l, meter) = (Limiter::new(8), RttMeter::default());
+        run(&mut l, &meter, 20, |_| Duration::from_millis(20));
+        assert_eq!(l.limit(), 8);
+        run(&mut l, &meter, 60, |_| Duration::from_millis(80));
+        assert!(l.limit() > 4, "a slower but unqueued Plex keeps the limit at {}", l.limit());
     }
 
     #[test]
