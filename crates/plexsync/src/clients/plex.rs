@@ -141,6 +141,31 @@ impl PlexItem {
     pub fn is_locked(&self, field: &str) -> bool {
         self.fields.iter().any(|f| f.locked && f.name == field)
     }
+
+    /// The tag kinds an edit names (`genre[0].tag.tag`, …), in a fixed order.
+    pub const TAG_KINDS: [&'static str; 4] = ["genre", "actor", "director", "collection"];
+
+    /// The item's tags of `kind` (one of [`PlexItem::TAG_KINDS`]).
+    pub fn tags(&self, kind: &str) -> &[PlexTag] {
+        match kind {
+            "genre" => &self.genres,
+            "actor" => &self.actors,
+            "director" => &self.directors,
+            "collection" => &self.collections,
+            _ => &[],
+        }
+    }
+
+    /// The same, to change.
+    pub fn tags_mut(&mut self, kind: &str) -> Option<&mut Vec<PlexTag>> {
+        match kind {
+            "genre" => Some(&mut self.genres),
+            "actor" => Some(&mut self.actors),
+            "director" => Some(&mut self.directors),
+            "collection" => Some(&mut self.collections),
+            _ => None,
+        }
+    }
 }
 
 /// One page of a section listing.

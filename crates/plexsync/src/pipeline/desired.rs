@@ -252,7 +252,7 @@ pub fn differs(d: &Desired, item: &PlexItem) -> bool {
     match &d.value {
         Value::Scalars(values) => values.iter().any(|(name, value)| current(name) != *value),
         Value::Tags(kind, list) => {
-            let have: Vec<String> = current_tags(item, kind).iter().map(|t| t.tag.to_lowercase()).collect();
+            let have: Vec<String> = item.tags(kind).iter().map(|t| t.tag.to_lowercase()).collect();
             let want: Vec<String> = list.iter().map(|t| t.name.to_lowercase()).collect();
             have.len() != want.len() || want.iter().any(|w| !have.contains(w))
         }
@@ -260,26 +260,10 @@ pub fn differs(d: &Desired, item: &PlexItem) -> bool {
     }
 }
 
-fn current_tags<'a>(item: &'a PlexItem, kind: &str) -> &'a [crate::plex::PlexTag] {
-    match kind {
-        "genre" => &item.genres,
-        "actor" => &item.actors,
-        "director" => &item.directors,
-        "collection" => &item.collections,
-        _ => &[],
-    }
-}
-
 /// Adds `names` (tags we wrote before) to what we know `item` holds, so an
 /// edit removes them without reading the item.
 pub fn remember_tags(item: &mut PlexItem, kind: &str, names: &[String]) {
-    let list = match kind {
-        "genre" => &mut item.genres,
-        "actor" => &mut item.actors,
-        "director" => &mut item.directors,
-        "collection" => &mut item.collections,
-        _ => return,
-    };
+    let Some(list) = item.tags_mut(kind) else { return };
     for name in names {
         if !list.iter().any(|t| t.tag.eq_ignore_ascii_case(name)) {
             list.push(crate::plex::PlexTag { tag: name.clone(), ..Default::default() });
@@ -310,7 +294,8 @@ pub fn edit_params(changes: &[&Desired], released: &[Field], item: &PlexItem) ->
                         params.push((format!("{kind}[{i}].tag.thumb"), thumb.clone()));
                     }
                 }
-                let stale: Vec<String> = current_tags(item, kind)
+                let stale: Vec<String> = item
+                    .tags(kind)
                     .iter()
                     .filter(|t| !list.iter().any(|w| w.name.eq_ignore_ascii_case(&t.tag)))
                     // Each name is encoded before the comma join (so a comma in a

@@ -31,23 +31,14 @@ pub struct IndexedItem {
     pub tag_kinds: Option<u8>,
 }
 
-/// The bit of a tag kind (`genre`, `actor`, `director`, `collection`) in
-/// [`IndexedItem::tag_kinds`].
+/// The bit of a tag kind (its place in [`PlexItem::TAG_KINDS`]) in
+/// [`IndexedItem::tag_kinds`]; an unknown kind gets bits no kind sets.
 pub fn tag_kind_bit(kind: &str) -> u8 {
-    match kind {
-        "genre" => 1,
-        "actor" => 2,
-        "director" => 4,
-        "collection" => 8,
-        _ => 0xF0,
-    }
+    PlexItem::TAG_KINDS.iter().position(|k| *k == kind).map_or(0xF0, |i| 1 << i)
 }
 
 fn tag_kinds(item: &PlexItem) -> u8 {
-    [("genre", &item.genres), ("actor", &item.actors), ("director", &item.directors), ("collection", &item.collections)]
-        .iter()
-        .filter(|(_, list)| !list.is_empty())
-        .fold(0, |bits, (kind, _)| bits | tag_kind_bit(kind))
+    PlexItem::TAG_KINDS.iter().filter(|k| !item.tags(k).is_empty()).fold(0, |bits, k| bits | tag_kind_bit(k))
 }
 
 /// How sure a match is.
