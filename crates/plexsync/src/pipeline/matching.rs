@@ -217,11 +217,10 @@ pub struct LibraryIndex {
     pub reads: usize,
 }
 
-/// The lookup keys of one file: its normalized path, that folded, its
-/// file name (lower case) and its stem (lower case).
+/// The lookup keys of one file: its normalized path, its file name (lower
+/// case) and its stem (lower case).
 struct FileKeys {
     path: String,
-    folded: String,
     name: String,
     stem: String,
 }
@@ -230,7 +229,7 @@ impl FileKeys {
     fn of(path: &str) -> Self {
         let path = normalize(path, false);
         let (name, stem) = (file_name(&path).to_lowercase(), stem(&path).to_lowercase());
-        Self { folded: path.to_lowercase(), path, name, stem }
+        Self { path, name, stem }
     }
 }
 
@@ -539,7 +538,7 @@ impl LibraryIndex {
             .map(|k| k.to_lowercase())
             // Paths equal but for case have equal file names in lower case:
             // the name postings hold the candidates.
-            .flat_map(|k| self.lookup(&self.by_name, key_hash(file_name(&k)), |f, _| f.folded == k))
+            .flat_map(|k| self.lookup(&self.by_name, key_hash(file_name(&k)), |f, _| f.path.to_lowercase() == k))
             .collect();
         if !folded.is_empty() {
             trace.push(format!("  path ignoring case: items {}", folded.join(", ")));

@@ -379,7 +379,7 @@ impl Queue {
         }
         let next = self.next_due()?;
         Ok(QueueStats {
-            pending: count("SELECT COUNT(*) FROM queue WHERE state = 'pending' AND ?1 = ?1")?,
+            pending: self.pending_count()? as i64,
             due_now: count("SELECT COUNT(*) FROM queue WHERE state = 'pending' AND next_due <= ?1")?,
             leased: count("SELECT COUNT(*) FROM queue WHERE lease_until >= ?1")?,
             dead: count("SELECT COUNT(*) FROM queue WHERE state = 'dead' AND ?1 = ?1")?,
