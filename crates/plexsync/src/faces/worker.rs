@@ -517,7 +517,7 @@ fn limit_moved(change: Option<Change>, limiter: &Limiter) {
     crate::metrics::concurrency(limiter.limit());
     match change {
         Change::Up(n) => tracing::debug!("deliveries at once: up to {n} (Plex answers in {:.0?})", limiter.baseline()),
-        Change::Down(1) => tracing::info!("deliveries at once: back to 1 after a Plex failure"),
+        Change::Reset => tracing::info!("deliveries at once: back to 1 after a Plex failure"),
         Change::Down(n) => {
             tracing::debug!(
                 "deliveries at once: down to {n} (Plex slowed down; usual answer {:.0?})",

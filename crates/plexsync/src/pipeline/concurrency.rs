@@ -61,7 +61,10 @@ pub struct Limiter {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Change {
     Up(usize),
+    /// Plex answered slower: down to this.
     Down(usize),
+    /// Plex failed: back to one.
+    Reset,
 }
 
 impl Limiter {
@@ -99,7 +102,7 @@ impl Limiter {
             return None;
         }
         self.limit = 1;
-        Some(Change::Down(1))
+        Some(Change::Reset)
     }
 
     /// A delivery finished without trouble; at the end of a round, adjusts
@@ -221,7 +224,7 @@ mod tests {
         let (mut l, meter) = (Limiter::new(8), RttMeter::default());
         run(&mut l, &meter, 10, |_| Duration::from_millis(5));
         assert!(l.limit() > 3);
-        assert!(matches!(l.trouble(), Some(Change::Down(1))));
+        assert_eq!(l.trouble(), Some(Change::Reset));
         assert_eq!(l.limit(), 1);
         run(&mut l, &meter, 3, |_| Duration::from_millis(5));
         assert!(l.limit() > 1);
