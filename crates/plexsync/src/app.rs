@@ -74,9 +74,7 @@ impl Context {
         }
         let mut warnings = Vec::new();
         let local_layers = sources.local_layers(&mut warnings);
-        let mut layers = vec![from_stash];
-        layers.extend(local_layers.iter().cloned());
-        let loaded = config::load(&layers);
+        let loaded = config::load_over(from_stash, &local_layers);
         warnings.extend(loaded.warnings);
         let data_dir = loaded.settings.data_dir.clone().unwrap_or(default_data_dir);
         Ok(Self { settings: loaded.settings, warnings, stash, data_dir, local_layers })
@@ -86,9 +84,7 @@ impl Context {
     /// that side as read (a long-running face compares it to notice edits).
     pub async fn reload(&self) -> Result<(Self, Map<String, Value>), Error> {
         let from_stash = self.stash.plugin_settings(config::PLUGIN_ID).await?;
-        let mut layers = vec![from_stash.clone()];
-        layers.extend(self.local_layers.iter().cloned());
-        let loaded = config::load(&layers);
+        let loaded = config::load_over(from_stash.clone(), &self.local_layers);
         let ctx = Self {
             settings: loaded.settings,
             warnings: loaded.warnings,

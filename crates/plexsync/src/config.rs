@@ -296,6 +296,14 @@ pub fn toml_layer(path: &std::path::Path) -> Result<Map<String, Value>, String> 
     Ok(value.as_object().cloned().unwrap_or_default())
 }
 
+/// PlexSync's settings in Stash with the local layers (file,
+/// environment, flags) over them.
+pub fn load_over(from_stash: Map<String, Value>, local: &[Map<String, Value>]) -> Loaded {
+    let mut layers = vec![from_stash];
+    layers.extend(local.iter().cloned());
+    load(&layers)
+}
+
 /// Reads `layers`, lowest precedence first.
 pub fn load(layers: &[Map<String, Value>]) -> Loaded {
     let mut merged: Map<String, Value> = Map::new();

@@ -119,9 +119,8 @@ impl Pipeline {
     /// Reads PlexSync's settings from Stash again (a long-lived worker must
     /// follow a person's changes); the index is kept when it still fits.
     pub async fn reload_settings(&mut self) -> Result<(), Error> {
-        let mut layers = vec![self.stash.plugin_settings(crate::config::PLUGIN_ID).await?];
-        layers.extend(self.local_layers.iter().cloned());
-        let loaded = crate::config::load(&layers);
+        let from_stash = self.stash.plugin_settings(crate::config::PLUGIN_ID).await?;
+        let loaded = crate::config::load_over(from_stash, &self.local_layers);
         let key = self.index_key();
         let mut fresh = Self::new(loaded.settings, self.stash.clone())?;
         if fresh.index_key() == key {
