@@ -316,7 +316,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (false, None) => None,
             };
             let found = tasks::reconcile(
-                &mut ctx.pipeline()?,
+                &ctx.pipeline()?,
                 &ctx.queue()?,
                 since,
                 &mut plexsync::progress::reporter("scenes compared"),

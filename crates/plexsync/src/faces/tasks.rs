@@ -36,8 +36,8 @@ pub async fn run_with(
             Ok(json!({"removed": removed}))
         }
         "health_check" => health(ctx).await,
-        "reconcile" => reconcile(&mut ctx.pipeline()?, &ctx.queue()?, None, progress).await,
-        "reconcile_recent" => reconcile(&mut ctx.pipeline()?, &ctx.queue()?, Some(day_ago()), progress).await,
+        "reconcile" => reconcile(&ctx.pipeline()?, &ctx.queue()?, None, progress).await,
+        "reconcile_recent" => reconcile(&ctx.pipeline()?, &ctx.queue()?, Some(day_ago()), progress).await,
         "paths_suggest" => suggest_paths(ctx).await,
         "explain" => {
             let Some(id) = scene_arg else {
@@ -74,7 +74,7 @@ const RECONCILE_PAGE: usize = 500;
 /// Plex item differs or is missing; its stored hashes are reset so the
 /// delivery rewrites every field.
 pub async fn reconcile(
-    pipeline: &mut crate::sync::Pipeline,
+    pipeline: &crate::sync::Pipeline,
     queue: &Queue,
     since: Option<DateTime<Utc>>,
     progress: &mut (dyn FnMut(usize, usize) + Send),

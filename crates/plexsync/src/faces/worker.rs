@@ -149,7 +149,7 @@ pub fn request(queue: &Queue, work: &Work) -> Result<(), Error> {
 }
 
 /// Runs the requests plugin tasks left, oldest first.
-async fn run_requests(pipeline: &mut Pipeline, queue: &Queue) -> Result<(), Error> {
+async fn run_requests(pipeline: &Pipeline, queue: &Queue) -> Result<(), Error> {
     for raw in queue.take_work().map_err(db)? {
         let Ok(work) = serde_json::from_str::<Work>(&raw) else {
             tracing::warn!("ignoring an unreadable request: {raw}");
