@@ -193,19 +193,17 @@
     return args[args.length - 1];
   }
 
-  api.patch.after("ScenePage.Tabs", function () {
-    const props = arguments[0];
-    const result = lastOf(arguments);
-    const scene = props && props.scene;
-    if (!scene || !scene.id) return result;
-    return h(React.Fragment, null, result, h(Panel, { id: String(scene.id), key: "plexsync" }));
-  });
+  // Renders `Part` for the scene after what Stash's `component` renders.
+  function addAfter(component, Part) {
+    api.patch.after(component, function () {
+      const props = arguments[0];
+      const result = lastOf(arguments);
+      const scene = props && props.scene;
+      if (!scene || !scene.id) return result;
+      return h(React.Fragment, null, result, h(Part, { id: String(scene.id), key: "plexsync" }));
+    });
+  }
 
-  api.patch.after("SceneCard.Overlays", function () {
-    const props = arguments[0];
-    const result = lastOf(arguments);
-    const scene = props && props.scene;
-    if (!scene || !scene.id) return result;
-    return h(React.Fragment, null, result, h(Badge, { id: String(scene.id), key: "plexsync" }));
-  });
+  addAfter("ScenePage.Tabs", Panel);
+  addAfter("SceneCard.Overlays", Badge);
 })();
