@@ -103,11 +103,13 @@ pub struct Error {
     pub message: String,
     /// From a `Retry-After` header.
     pub retry_after: Option<Duration>,
+    /// The HTTP status that caused it, if one did.
+    pub status: Option<u16>,
 }
 
 impl Error {
     pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
-        Self { class, message: message.into(), retry_after: None }
+        Self { class, message: message.into(), retry_after: None, status: None }
     }
 
     /// Classifies a transport error (no HTTP status was received).
@@ -139,6 +141,12 @@ impl Error {
     pub fn status(server: Server, what: &str, status: u16, retry_after: Option<Duration>) -> Self {
         let name = server.name();
         let (class, hint) = match status {
+            403 if server == Server::Plex => (
+                ErrorClass::Auth,
+                "the Plex token may read this server but not change it (a shared or managed user's token); set \
+                 plexToken to the server owner's token (Plex Web → an item → Get Info → View XML, while signed in \
+                 as the owner)",
+            ),
             401 | 403 => (
                 ErrorClass::Auth,
                 match server {
@@ -147,12 +155,20 @@ impl Error {
                 },
             ),
             404 => (ErrorClass::NotInPlex, "not found"),
+            // A reverse proxy's limits: smaller requests get through.
+            413 | 414 | 431 => (ErrorClass::BadData, "the request was too large for a proxy in front of the server"),
             429 => (ErrorClass::Throttled, "too many requests"),
             400 | 422 => (ErrorClass::BadData, "the server refused a value"),
             408 | 500 | 502 | 503 | 504 => (server.unavailable(), "server unavailable"),
             _ => (ErrorClass::Bug, "unexpected answer"),
         };
-        Self { class, message: format!("{what}: {name} answered {status} ({hint})"), retry_after }
+        Self { class, message: format!("{what}: {name} answered {status} ({hint})"), retry_after, status: Some(status) }
+    }
+
+    /// Whether a proxy refused the request for its size (its line, body or
+    /// headers): the same content in smaller requests may pass.
+    pub fn too_large(&self) -> bool {
+        matches!(self.status, Some(413 | 414 | 431))
     }
 }
 
@@ -189,6 +205,10 @@ mod tests {
     fn statuses_map_to_classes() {
         let class = |s| Error::status(Server::Plex, "x", s, None).class;
         assert_eq!(class(401), ErrorClass::Auth);
+        let shared_user = Error::status(Server::Plex, "edit item", 403, None);
+        assert!(shared_user.class == ErrorClass::Auth && shared_user.message.contains("server owner's token"));
+        assert!(Error::status(Server::Plex, "edit item", 414, None).too_large());
+        assert_eq!(class(414), ErrorClass::BadData);
         assert_eq!(class(404), ErrorClass::NotInPlex);
         assert_eq!(class(429), ErrorClass::Throttled);
         assert_eq!(class(400), ErrorClass::BadData);

@@ -101,7 +101,7 @@ async fn two_updates_while_waiting_coalesce_into_one_delivery_of_the_latest() {
 }
 
 #[tokio::test]
-async fn refresh_mode_issues_exactly_the_refresh_for_the_url_on_the_scene() {
+async fn refresh_mode_refreshes_the_item_holding_the_scenes_file_and_never_a_stale_urls() {
     let bed = Bed::new(20, json!({"syncMode": "refresh"})).await;
     let id = bed.scenes_in_plex()[1];
     let rk = bed.item_of(id).rating_key;
@@ -116,16 +116,26 @@ async fn refresh_mode_issues_exactly_the_refresh_for_the_url_on_the_scene() {
     assert_eq!(writes[0].path, format!("/library/metadata/{rk}/refresh"));
     assert_eq!(bed.plex.item(rk).unwrap().refreshes, 1);
 
-    // No Plex URL: nothing is sent (the old plugin could not either).
+    // No Plex URL: the matcher finds the item by its file.
     let other = bed.scenes_in_plex()[2];
     bed.stash.update_scene(other, |s| s.urls.clear());
-    bed.plex.clear_requests();
+    let other_rk = bed.item_of(other).rating_key;
     assert!(!bed.update_hook(other).await.failed());
     bed.settle().await;
-    let other_rk = bed.item_of(other).rating_key;
-    let for_other =
-        bed.plex.requests().into_iter().filter(|r| r.is_write() && r.path.contains(&format!("/{other_rk}/")));
-    assert_eq!(for_other.count(), 0, "{:?}", bed.plex.requests());
+    assert_eq!(bed.plex.item(other_rk).unwrap().refreshes, 1);
+
+    // A URL naming another video (a rebuilt library, another server):
+    // that video is never refreshed, the scene's own item is.
+    let third = bed.scenes_in_plex()[3];
+    let third_rk = bed.item_of(third).rating_key;
+    bed.stash.update_scene(third, |s| s.urls = vec![format!("plex/library/metadata/{rk}")]);
+    bed.plex.clear_requests();
+    assert!(!bed.update_hook(third).await.failed());
+    bed.settle().await;
+    // (A same-second edit may be delivered twice: both are the scene's own item.)
+    let writes: Vec<String> = bed.plex.requests().into_iter().filter(|r| r.is_write()).map(|r| r.path).collect();
+    assert!(!writes.is_empty(), "the scene's item was refreshed");
+    assert!(writes.iter().all(|w| *w == format!("/library/metadata/{third_rk}/refresh")), "{writes:?}");
 }
 
 #[tokio::test]

@@ -131,7 +131,8 @@ proptest! {
             ("title.value".to_string(), title.clone()),
             ("genre[0].tag.tag".to_string(), tag.clone()),
         ];
-        l.rt.block_on(l.client.edit("1", &l.rk, &params)).unwrap();
+        let key = plexsync::plex::RatingKey::parse(&l.rk).unwrap();
+        l.rt.block_on(l.client.edit("1", &key, &params)).unwrap();
         let item = l.rt.block_on(l.client.item(&l.rk)).unwrap().unwrap();
         let stored_title = l.plex.item(l.rk.parse().unwrap()).unwrap().field("title").map(str::to_string);
         if title.is_empty() {

@@ -76,6 +76,20 @@ pub struct FaultConfig {
     pub retry_after_secs: u64,
     /// Every token is refused with `401`.
     pub token_revoked: bool,
+    /// A reverse proxy or single sign-on gateway in front of Plex answers
+    /// every request `200` with its HTML login page.
+    pub login_page: bool,
+    /// JSON answers carry invalid UTF-8: a multi-byte character cut in the
+    /// first title, as real servers have sent.
+    pub broken_utf8: bool,
+    /// JSON `Field.locked` as `1` instead of `true`.
+    pub locked_as_number: bool,
+    /// A proxy refuses request lines longer than this many bytes with
+    /// `414` (nginx: 8192 by default); 0 for none.
+    pub max_request_line: usize,
+    /// The token may list but not change anything (a shared user's):
+    /// edits, uploads, refreshes and scans are refused with `403`.
+    pub read_only_token: bool,
 }
 
 /// Fault state: the configuration plus timed windows and the seeded RNG.

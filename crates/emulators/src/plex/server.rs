@@ -159,6 +159,12 @@ async fn fault_layer(State(shared): Shr, req: Request, next: Next) -> Response {
     };
 
     let config = shared.faults.lock().config.clone();
+    if let Some((fault, response)) = in_front_of_plex(&config, &req) {
+        record.fault = Some(fault.into());
+        record.status = response.status().as_u16();
+        shared.log.lock().push(record);
+        return response;
+    }
     // Held until the answer is built: requests beyond capacity queue here.
     let _slot = match config.capacity {
         0 => None,
@@ -178,8 +184,10 @@ async fn fault_layer(State(shared): Shr, req: Request, next: Next) -> Response {
         response
     } else if path != "/identity" && !token_ok(&shared, &config, header_token.or(query_token)) {
         html(StatusCode::UNAUTHORIZED, "Unauthorized")
+    } else if config.read_only_token && req.method() != axum::http::Method::GET || is_scan(&config, &path) {
+        html(StatusCode::FORBIDDEN, "Forbidden")
     } else {
-        let response = next.run(req).await;
+        let response = untidy(&config, next.run(req).await).await;
         if drop_body {
             record.fault = Some("dropped".into());
             truncate(response).await
@@ -193,6 +201,55 @@ async fn fault_layer(State(shared): Shr, req: Request, next: Next) -> Response {
     }
     shared.log.lock().push(record);
     response
+}
+
+/// What a proxy in front of Plex answers itself: its login page, or `414`
+/// for a request line over its limit.
+fn in_front_of_plex(config: &FaultConfig, req: &Request) -> Option<(&'static str, Response)> {
+    if config.login_page {
+        let page = "<!DOCTYPE html><html><head><title>Sign in</title></head><body><form method=\"post\" \
+                    action=\"/login\"><input name=\"username\"><input name=\"password\" type=\"password\">\
+                    </form></body></html>";
+        let headers = [(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::SERVER, "nginx")];
+        return Some(("login_page", (StatusCode::OK, headers, page).into_response()));
+    }
+    // `GET /path?query HTTP/1.1`, as the proxy reads it.
+    let line = req.method().as_str().len() + 1 + req.uri().to_string().len() + " HTTP/1.1".len();
+    if config.max_request_line > 0 && line > config.max_request_line {
+        return Some(("request_line", html(StatusCode::URI_TOO_LONG, "Request-URI Too Large")));
+    }
+    None
+}
+
+/// A scan request, which a read-only token may not make either.
+fn is_scan(config: &FaultConfig, path: &str) -> bool {
+    config.read_only_token && path.ends_with("/refresh")
+}
+
+/// JSON answers made as untidy as real servers' are, when asked.
+async fn untidy(config: &FaultConfig, response: Response) -> Response {
+    let json = response.headers().get(header::CONTENT_TYPE).is_some_and(|t| t.as_bytes().starts_with(b"application/json"));
+    if !json || !(config.broken_utf8 || config.locked_as_number) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let mut bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default().to_vec();
+    if config.locked_as_number {
+        bytes = String::from_utf8_lossy(&bytes).replace("\"locked\":true", "\"locked\":1").into_bytes();
+    }
+    if config.broken_utf8 {
+        // The first two bytes of a three-byte character ("…"), cut.
+        if let Some(at) = find(&bytes, b"\"title\":\"") {
+            let at = at + b"\"title\":\"".len();
+            bytes.splice(at..at, [0xE2, 0x80]);
+        }
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(bytes))
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 fn token_ok(shared: &Shared, config: &FaultConfig, token: Option<String>) -> bool {
@@ -361,15 +418,25 @@ fn apply_edit(s: &Shared, section: Option<u32>, ids: &[u64], raw: Option<&str>) 
     }
 }
 
+/// `PUT /library/sections/{key}/all`: edits the items `id` lists, and with
+/// no `id` (or an empty one) every item of the section that passes the
+/// listing filters — the spec's own example renames a whole section.
 async fn section_edit(State(s): Shr, Path(key): Path<u32>, RawQuery(raw): RawQuery) -> Response {
     let query = query_pairs(raw.as_deref());
-    let Some((_, ids)) = query.iter().find(|(k, _)| k == "id") else {
-        return html(StatusCode::BAD_REQUEST, "Bad Request");
+    let ids = query.iter().find(|(k, _)| k == "id").map(|(_, v)| v.trim()).filter(|v| !v.is_empty());
+    let ids: Result<Vec<u64>, _> = match ids {
+        Some(ids) => ids.split(',').map(|id| id.trim().parse()).collect(),
+        None => {
+            let state = s.state.lock();
+            if state.section(key).is_none() {
+                return html(StatusCode::NOT_FOUND, "Not Found");
+            }
+            Ok(state.items.values().filter(|i| i.section == key && matches_filters(i, &query)).map(|i| i.rating_key).collect())
+        }
     };
-    let ids: Result<Vec<u64>, _> = ids.split(',').map(|id| id.trim().parse()).collect();
     match ids {
-        Ok(ids) if !ids.is_empty() => apply_edit(&s, Some(key), &ids, raw.as_deref()),
-        _ => html(StatusCode::BAD_REQUEST, "Bad Request"),
+        Ok(ids) => apply_edit(&s, Some(key), &ids, raw.as_deref()),
+        Err(_) => html(StatusCode::BAD_REQUEST, "Bad Request"),
     }
 }
 

@@ -177,8 +177,20 @@ pub struct PlexState {
     pub auto_scan_delay: Option<Duration>,
     /// How long a requested partial scan takes before its files appear.
     pub scan_duration: Duration,
+    /// What an indexed tag edit (`genre[0].tag.tag=…`) does: replace the
+    /// item's list (false) or add to it (true). Real servers are unsettled
+    /// (facts: Plex's docs say "adds", python-plexapi says replaces); the
+    /// default comes from `PLEX_TAG_EDITS` (`add` or `replace`, the default)
+    /// so that whole suites run under either.
+    pub tag_edits_add: bool,
     next_id: u64,
     tag_ids: HashMap<(TagKind, String), u64>,
+}
+
+/// `PLEX_TAG_EDITS=add` makes indexed tag edits add (see
+/// [`PlexState::tag_edits_add`]).
+pub fn tag_edits_add_by_default() -> bool {
+    std::env::var("PLEX_TAG_EDITS").is_ok_and(|v| v.eq_ignore_ascii_case("add"))
 }
 
 pub fn unix_now() -> i64 {
@@ -224,6 +236,7 @@ impl PlexState {
             disk_due: None,
             auto_scan_delay: None,
             scan_duration: Duration::from_millis(50),
+            tag_edits_add: tag_edits_add_by_default(),
             next_id: 100,
             tag_ids: HashMap::new(),
         }
@@ -414,7 +427,17 @@ impl PlexState {
                 }
             }
             for (kind, tags) in &tag_lists {
-                item.tags.insert(*kind, tags.clone());
+                let list = item.tags.entry(*kind).or_default();
+                if self.tag_edits_add {
+                    for tag in tags {
+                        match list.iter_mut().find(|t| t.tag.eq_ignore_ascii_case(&tag.tag)) {
+                            Some(old) => *old = tag.clone(),
+                            None => list.push(tag.clone()),
+                        }
+                    }
+                } else {
+                    *list = tags.clone();
+                }
             }
             for (kind, removed) in &edit.tag_removals {
                 if let Some(list) = item.tags.get_mut(kind) {

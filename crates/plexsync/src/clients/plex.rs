@@ -42,9 +42,13 @@ pub struct Identity {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 struct Container {
-    size: usize,
-    total_size: Option<usize>,
-    #[serde(rename = "Metadata")]
+    #[serde(deserialize_with = "opt_number")]
+    size: Option<i64>,
+    #[serde(deserialize_with = "opt_number")]
+    total_size: Option<i64>,
+    /// Items one by one: an item of an unexpected shape is left out with
+    /// a warning, never the whole page.
+    #[serde(rename = "Metadata", deserialize_with = "lenient_items")]
     metadata: Vec<PlexItem>,
     #[serde(rename = "Directory")]
     directory: Vec<PlexSection>,
@@ -75,7 +79,9 @@ pub struct PlexSection {
 #[serde(rename_all = "camelCase", default)]
 pub struct PlexPart {
     pub file: String,
+    #[serde(deserialize_with = "opt_unsigned")]
     pub size: Option<u64>,
+    #[serde(deserialize_with = "opt_unsigned")]
     pub duration: Option<u64>,
 }
 
@@ -98,6 +104,8 @@ pub struct PlexTag {
 #[serde(default)]
 pub struct PlexField {
     pub name: String,
+    /// A boolean in JSON; `1`/`"1"` are taken too.
+    #[serde(deserialize_with = "flag")]
     pub locked: bool,
 }
 
@@ -115,7 +123,9 @@ pub struct PlexItem {
     pub year: Option<i64>,
     pub thumb: Option<String>,
     pub art: Option<String>,
+    #[serde(deserialize_with = "opt_number")]
     pub added_at: Option<i64>,
+    #[serde(deserialize_with = "opt_number")]
     pub updated_at: Option<i64>,
     #[serde(rename = "librarySectionID")]
     pub library_section_id: Option<u32>,
@@ -176,7 +186,7 @@ pub struct Page {
 }
 
 fn page_of(c: Container) -> Page {
-    let total = c.total_size.unwrap_or(c.size);
+    let total = c.total_size.or(c.size).map_or(c.metadata.len(), |n| n.max(0) as usize);
     let mut items = c.metadata;
     if let Some(id) = c.library_section_id {
         items.iter_mut().for_each(|i| i.library_section_id = i.library_section_id.or(Some(id)));
@@ -187,8 +197,83 @@ fn page_of(c: Container) -> Page {
 /// Parses a Plex JSON listing (`{"MediaContainer": …}`); an error, never a
 /// panic, for anything else.
 pub fn parse_listing(body: &[u8]) -> Result<Page, String> {
-    let env: Envelope<Container> = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let env: Envelope<Container> = parse_json(body)?;
     Ok(page_of(env.container))
+}
+
+/// Parses Plex's JSON. Real servers have sent invalid UTF-8 (a multi-byte
+/// character cut in a title): such a body is read again with the broken
+/// bytes replaced (U+FFFD), so one title never fails a whole listing.
+fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    match serde_json::from_slice(body) {
+        Ok(value) => Ok(value),
+        Err(e) => match std::str::from_utf8(body) {
+            Ok(_) => Err(e.to_string()),
+            Err(_) => serde_json::from_str(&String::from_utf8_lossy(body)).map_err(|e| e.to_string()),
+        },
+    }
+}
+
+/// What answered instead of Plex's JSON, for the error: the content type,
+/// the `Server` header and an HTML page's title.
+fn not_plex(what: &str, headers: &reqwest::header::HeaderMap, body: &[u8], parse_error: &str) -> Error {
+    let header = |name| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let text = String::from_utf8_lossy(&body[..body.len().min(4096)]);
+    let lower = text.to_ascii_lowercase();
+    let title = lower.find("<title>").and_then(|start| {
+        let rest = &text[start + 7..];
+        rest.find("</").map(|end| rest[..end].trim().chars().take(80).collect::<String>())
+    });
+    let page = match (lower.trim_start().starts_with('<'), title) {
+        (true, Some(title)) if !title.is_empty() => format!("a web page titled {title:?}"),
+        (true, _) if lower.contains("<html") => "a web page".to_string(),
+        (true, _) => "XML, not JSON".to_string(),
+        _ => format!("something that is not Plex's JSON ({parse_error})"),
+    };
+    let server = match header(reqwest::header::SERVER) {
+        s if s.is_empty() => String::new(),
+        s => format!(", from a server calling itself {s:?}"),
+    };
+    let kind = match header(reqwest::header::CONTENT_TYPE) {
+        t if t.is_empty() => String::new(),
+        t => format!(" ({t})"),
+    };
+    Error::new(
+        ErrorClass::Config,
+        format!(
+            "{what}: plexUrl answered 200 with {page}{kind}{server}. Something other than Plex answers there — a \
+             reverse proxy's or single sign-on login page? Set plexUrl to Plex itself (http://host:32400) or let \
+             PlexSync's requests through to Plex"
+        ),
+    )
+}
+
+/// Items of a listing one by one, leaving out (with a warning) any that
+/// does not read as an item.
+fn lenient_items<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PlexItem>, D::Error> {
+    let values = Vec::<serde_json::Value>::deserialize(d)?;
+    Ok(values
+        .into_iter()
+        .filter_map(|v| {
+            let key = v.get("ratingKey").map(|k| k.to_string()).unwrap_or_default();
+            serde_json::from_value(v)
+                .map_err(|e| tracing::warn!("Plex item {key} left out: it does not read as an item ({e})"))
+                .ok()
+        })
+        .collect())
+}
+
+fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Bool(b) => b,
+        serde_json::Value::Number(n) => n.as_f64().is_some_and(|n| n != 0.0),
+        serde_json::Value::String(s) => matches!(s.as_str(), "1" | "true"),
+        _ => false,
+    })
+}
+
+fn opt_unsigned<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    Ok(opt_number(d)?.and_then(|n| u64::try_from(n).ok()))
 }
 
 fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -279,9 +364,11 @@ impl PlexClient {
                 headers.iter().fold(self.request(reqwest::Method::GET, url.clone()), |r, (k, v)| r.header(*k, v))
             })
             .await?;
+        let headers = response.headers().clone();
         let body = response.bytes().await.map_err(|e| Error::transport(Server::Plex, what, e))?;
-        serde_json::from_slice(&body)
-            .map_err(|e| Error::new(ErrorClass::PlexUnavailable, format!("{what}: unreadable Plex answer ({e})")))
+        // A body that arrived whole but is not Plex's JSON is not an outage:
+        // something else answers at plexUrl, and retrying cannot help.
+        parse_json(&body).map_err(|e| not_plex(what, &headers, &body, &e))
     }
 
     /// `GET /identity`: the cheap health probe (answers without a token).
@@ -335,6 +422,11 @@ impl PlexClient {
         }
     }
 
+    /// How many movie items a section holds (a page of none: only the total).
+    pub async fn section_total(&self, section: &str) -> Result<usize, Error> {
+        Ok(self.section_page(section, &[], 0, 0).await?.total)
+    }
+
     /// Items of a section Plex added after `since` (Unix seconds), with
     /// Plex's `addedAt>>=` filter.
     pub async fn section_added_since(&self, section: &str, since: i64) -> Result<Vec<PlexItem>, Error> {
@@ -366,11 +458,25 @@ impl PlexClient {
         Ok(())
     }
 
-    /// Applies one edit (Plex's query-string edit API) to an item of `section`.
-    pub async fn edit(&self, section: &str, rating_key: &str, params: &[(String, String)]) -> Result<(), Error> {
-        let mut url = self.url(&format!("library/sections/{section}/all"), &[("type", "1"), ("id", rating_key)]);
+    /// Applies one edit (Plex's query-string edit API) to one item of
+    /// `section`. The key is a [`RatingKey`]: the same edit without one
+    /// changes every item of the section.
+    pub async fn edit(&self, section: &str, rating_key: &RatingKey, params: &[(String, String)]) -> Result<(), Error> {
+        self.put("edit item", self.edit_url(section, rating_key, params)).await
+    }
+
+    fn edit_url(&self, section: &str, rating_key: &RatingKey, params: &[(String, String)]) -> Url {
+        let mut url = self.url(&format!("library/sections/{section}/all"), &[("type", "1"), ("id", &rating_key.0)]);
         url.query_pairs_mut().extend_pairs(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        self.put("edit item", url).await
+        url
+    }
+
+    /// The length of the request line (`PUT /path?query HTTP/1.1`) of an
+    /// edit, which reverse proxies limit (nginx: 8 KB).
+    pub fn edit_line_len(&self, section: &str, rating_key: &RatingKey, params: &[(String, String)]) -> usize {
+        let url = self.edit_url(section, rating_key, params);
+        let query = url.query().map_or(0, |q| q.len() + 1);
+        "PUT ".len() + url.path().len() + query + " HTTP/1.1".len()
     }
 
     /// Uploads poster (`posters`) or background (`arts`) bytes.
@@ -393,6 +499,20 @@ impl PlexClient {
         let response = self.send("scan folder", || self.request(reqwest::Method::GET, url.clone())).await?;
         response.bytes().await.map_err(|e| Error::transport(Server::Plex, "scan folder", e))?;
         Ok(())
+    }
+}
+
+/// A Plex ratingKey: an item's integer id, never empty.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RatingKey(String);
+
+impl RatingKey {
+    pub fn parse(key: &str) -> Result<Self, Error> {
+        if !key.is_empty() && key.bytes().all(|b| b.is_ascii_digit()) {
+            Ok(Self(key.to_string()))
+        } else {
+            Err(Error::new(ErrorClass::Bug, format!("{key:?} is not a Plex ratingKey; nothing written")))
+        }
     }
 }
 

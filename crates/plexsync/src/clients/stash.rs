@@ -72,7 +72,8 @@ pub mod queries {
     }
 
     /// Row listings PlexSync uses (see `StashClient`).
-    pub const ROW_FIELDS: [&str; 3] = ["id", "files { path basename size duration }", "id updated_at"];
+    pub const ROW_FIELDS: [&str; 4] =
+        ["id", "files { path basename size duration }", "id updated_at", "id files { path basename size duration }"];
 
     /// Performers, studios and tags changed since a time (their own
     /// `updated_at`; a rename moves no scene's).
@@ -471,6 +472,20 @@ impl StashClient {
         }
         let rows: Vec<Row> = self.all_rows("list scene files", queries::ROW_FIELDS[1], None, &mut |_, _| {}).await?;
         Ok(rows.into_iter().flat_map(|r| r.files).map(|f| (f.path, f.size)).collect())
+    }
+
+    /// Scenes with a file whose path contains the file name `name` (a
+    /// phrase: Stash would split unquoted words), with their files.
+    pub async fn scenes_with_file_named(&self, name: &str) -> Result<Vec<(String, Vec<SceneFile>)>, Error> {
+        #[derive(Deserialize)]
+        struct Row {
+            id: String,
+            files: Vec<SceneFile>,
+        }
+        let filter = json!({"path": {"value": format!("\"{name}\""), "modifier": "INCLUDES"}});
+        let what = "list scenes by file name";
+        let rows: Vec<Row> = self.all_rows(what, queries::ROW_FIELDS[3], Some(filter), &mut |_, _| {}).await?;
+        Ok(rows.into_iter().map(|r| (r.id, r.files)).collect())
     }
 
     /// (id, updated_at) of scenes whose stored `updated_at` text is greater

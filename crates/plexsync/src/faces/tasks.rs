@@ -161,10 +161,7 @@ pub async fn explain(ctx: &Context, id: &str) -> Result<Value, Error> {
         .ok_or_else(|| Error::new(ErrorClass::BadData, format!("scene {id} does not exist in Stash")))?;
     let pipeline = ctx.pipeline()?;
     let recorded = ctx.queue()?.rating_keys(id).map_err(db)?;
-    pipeline.find(&scene, &recorded).await?;
-    let slot = pipeline.index.lock().await;
-    let index = slot.as_ref().expect("find built the index");
-    let (decision, trace) = index.explain(&scene, &recorded, &ctx.settings.path_maps);
+    let (decision, trace) = pipeline.explain(&scene, &recorded).await?;
     tracing::info!("scene {id}: {}", scene.title.as_deref().unwrap_or("(no title)"));
     for line in &trace {
         tracing::info!("{line}");

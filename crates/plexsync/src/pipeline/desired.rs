@@ -324,6 +324,31 @@ pub fn edit_params(changes: &[&Desired], released: &[Field], item: &PlexItem) ->
     params
 }
 
+/// `d` made smaller for a request a proxy refused for its size: tag photos
+/// dropped first, then half the tags, or half of the longest text; `None`
+/// when nothing is left to take away.
+pub fn shrunk(d: &Desired) -> Option<Desired> {
+    let value = match &d.value {
+        Value::Tags(kind, list) if list.iter().any(|t| t.thumb.is_some()) => {
+            Value::Tags(kind, list.iter().map(|t| TagValue { thumb: None, ..t.clone() }).collect())
+        }
+        Value::Tags(kind, list) if list.len() > 1 => Value::Tags(kind, list[..list.len() / 2].to_vec()),
+        Value::Scalars(values) => {
+            let (longest, _) = values.iter().enumerate().max_by_key(|(_, (_, v))| v.chars().count())?;
+            let mut values = values.clone();
+            let text = &mut values[longest].1;
+            let keep = text.chars().count() / 2;
+            if keep == 0 {
+                return None;
+            }
+            *text = crate::sanitize::cut(text, keep);
+            Value::Scalars(values)
+        }
+        _ => return None,
+    };
+    Some(Desired { field: d.field, value })
+}
+
 /// Hashes of the desired values, by field name, as stored after a write.
 pub fn hashes(desired: &[Desired]) -> BTreeMap<String, String> {
     desired.iter().map(|d| (d.field.name().to_string(), d.hash())).collect()

@@ -245,6 +245,20 @@ impl LibraryIndex {
             let mut chosen = Vec::new();
             for name in &settings.libraries {
                 match all.iter().find(|s| s.title.eq_ignore_ascii_case(name)) {
+                    // Movies and Other Videos are both `movie`; a show or photo
+                    // section holds no movie items, so every scene would
+                    // silently be "not in Plex".
+                    Some(s) if s.kind != "movie" => {
+                        return Err(Error::new(
+                            ErrorClass::Config,
+                            format!(
+                                "plexLibraries names '{name}', a Plex library of type '{}'; PlexSync writes to \
+                                 libraries of type Movies or Other Videos: add your Stash folders to one of those \
+                                 in Plex and name it in plexLibraries",
+                                s.kind
+                            ),
+                        ))
+                    }
                     Some(s) => chosen.push(s.clone()),
                     None => {
                         let known: Vec<&str> = all.iter().map(|s| s.title.as_str()).collect();
@@ -305,7 +319,10 @@ impl LibraryIndex {
     }
 
     pub fn insert(&mut self, section: &str, item: &PlexItem) {
-        self.newest_added = self.newest_added.max(item.added_at.unwrap_or(0));
+        // `addedAt` may be a file's modification time, even in the future:
+        // beyond now it would hide every later addition from refreshes.
+        let added = item.added_at.unwrap_or(0).min(crate::queue::now_ms() / 1000);
+        self.newest_added = self.newest_added.max(added);
         self.insert_indexed(IndexedItem {
             rating_key: item.rating_key.as_str().into(),
             section: section.into(),
@@ -420,11 +437,43 @@ impl LibraryIndex {
 
     /// Whether one of the item's files is `file` (after mapping).
     fn item_holds(&self, rk: &str, file: &crate::stash::SceneFile, maps: &[PathMap]) -> bool {
-        let Some(item) = self.item(rk) else { return false };
-        let mapped = map_path(&file.path, maps, true);
-        item.files.iter().any(|(p, size)| {
-            normalize(p, true) == mapped
-                || (file_name(&normalize(p, true)) == file_name(&mapped) && *size == Some(file.size))
+        self.item(rk).is_some_and(|item| item.files.iter().any(|(p, size)| is_file(file, p, *size, maps)))
+    }
+
+    /// The files of item `rk` that are none of the scene's (Plex merged or
+    /// stacked other files into it): (path, size).
+    pub fn foreign_files(&self, rk: &str, scene: &Scene, maps: &[PathMap]) -> Vec<(String, Option<u64>)> {
+        let Some(item) = self.item(rk) else { return Vec::new() };
+        item.files
+            .iter()
+            .filter(|(p, size)| !scene.files.iter().any(|f| is_file(f, p, *size, maps)))
+            .map(|(p, size)| (p.to_string(), *size))
+            .collect()
+    }
+
+    /// Drops what the index knows of an item Plex no longer has.
+    pub fn forget(&mut self, rk: &str) {
+        if let Some(id) = self.position(rk) {
+            self.items[id as usize].files = Box::default();
+            self.items[id as usize].durations = Box::default();
+        }
+    }
+
+    /// Items of `section` that hold files (what Plex's count of it should be).
+    pub fn count_in(&self, section: &str) -> usize {
+        self.items.iter().filter(|i| &*i.section == section && !i.files.is_empty()).count()
+    }
+
+    /// Why the Plex URL on the scene (the newest one) is not taken, when it
+    /// is not: the item it names holds none of the scene's files.
+    pub fn refused_url(&self, scene: &Scene, maps: &[PathMap]) -> Option<String> {
+        let rk = scene.urls.iter().rev().find_map(|u| rating_key_in_url(u))?;
+        if scene.files.iter().any(|f| self.item_holds(&rk, f, maps)) {
+            return None;
+        }
+        Some(match self.position(&rk) {
+            Some(_) => format!("Plex URL on the scene names {rk}, which holds none of the scene's files (a stale URL: another video): ignored"),
+            None => format!("Plex URL on the scene names {rk}, which is not in the library: ignored"),
         })
     }
 
@@ -461,19 +510,18 @@ impl LibraryIndex {
             }
             trace.push(format!("recorded ratingKey {keys}: no longer holds every file of the scene"));
         }
+        // The old agent's URL names no server and goes stale after a
+        // rebuild, a migration or on a second server: a candidate only,
+        // taken when the item holds one of the scene's files.
         if let Some(rk) = scene.urls.iter().rev().find_map(|u| rating_key_in_url(u)) {
-            if self.position(&rk).is_some() {
-                trace.push(format!("Plex URL on the scene names {rk} — match"));
-                return (
-                    self.found(
-                        std::slice::from_ref(&rk),
-                        Confidence::High,
-                        format!("Plex URL on the scene names {rk}"),
-                    ),
-                    trace,
-                );
+            match self.refused_url(scene, maps) {
+                None => {
+                    trace.push(format!("Plex URL on the scene names {rk}, which holds the scene's file — match"));
+                    let reason = format!("Plex URL on the scene names {rk}, same file");
+                    return decided(self.found(std::slice::from_ref(&rk), Confidence::High, reason), trace);
+                }
+                Some(why) => trace.push(why),
             }
-            trace.push(format!("Plex URL on the scene names {rk}, which is not in the library"));
         }
         let per_file: Vec<_> = scene.files.iter().map(|f| (f, self.file_candidates(f, maps, &mut trace))).collect();
         // Only the strongest signal counts: a weaker one never outvotes it.
@@ -607,9 +655,28 @@ impl LibraryIndex {
     }
 }
 
+/// Whether the Stash file `file` is the Plex file `path` (with `size`):
+/// the same path after mapping (ignoring case), or the same file name and size.
+pub fn is_file(file: &crate::stash::SceneFile, path: &str, size: Option<u64>, maps: &[PathMap]) -> bool {
+    let mapped = map_path(&file.path, maps, true);
+    let plex = normalize(path, true);
+    plex == mapped || (file_name(&plex) == file_name(&mapped) && size == Some(file.size))
+}
+
+/// The file name of a Plex or Stash path (either separator).
+pub fn file_name_of(path: &str) -> &str {
+    path.rsplit(['/', '\\']).next().unwrap_or(path)
+}
+
 /// The decision, with its line added to the trace.
 fn decided(decision: Match, mut trace: Vec<String>) -> (Match, Vec<String>) {
-    trace.push(match &decision {
+    trace.push(decision_line(&decision));
+    (decision, trace)
+}
+
+/// The trace's last line: what was decided.
+pub fn decision_line(decision: &Match) -> String {
+    match decision {
         Match::Found { rating_key, confidence, reason, also, .. } if !also.is_empty() => {
             let more: Vec<&str> = also.iter().map(|(rk, _)| rk.as_str()).collect();
             format!("decision: items {rating_key}, {} ({confidence:?} confidence: {reason})", more.join(", "))
@@ -621,8 +688,7 @@ fn decided(decision: Match, mut trace: Vec<String>) -> (Match, Vec<String>) {
             format!("decision: ambiguous, nothing written: {reason} ({})", candidates.join(", "))
         }
         Match::NotFound { .. } => "decision: not in Plex".to_string(),
-    });
-    (decision, trace)
+    }
 }
 
 /// A proposed `stash => plex` prefix rule and how many files it explains.
@@ -765,10 +831,20 @@ mod tests {
         assert!(
             matches!(index.find(&scene("/data/a/x.mp4", 5), &["10".to_string()], &m), Match::Found { ref reason, .. } if reason.contains("recorded"))
         );
+        // A Plex URL naming another video (a rebuild, another server) is
+        // refused, and the path decides.
         let mut s = scene("/data/a/x.mp4", 5);
         s.urls = vec!["plex/library/metadata/13".into()];
+        let (found, trace) = index.explain(&s, &["12".to_string()], &m);
+        assert!(matches!(found, Match::Found { ref rating_key, .. } if rating_key == "10"), "{found:?}");
+        assert!(trace.iter().any(|l| l.contains("names 13") && l.ends_with("ignored")), "{trace:?}");
+        s.urls = vec!["plex/library/metadata/999".into()];
+        assert!(index.refused_url(&s, &m).is_some_and(|why| why.contains("not in the library")));
+        // A URL naming the item that holds the file settles a duplicate.
+        let mut s = scene("/elsewhere/dup.mp4", 7);
+        s.urls = vec!["plex/library/metadata/12".into()];
         assert!(
-            matches!(index.find(&s, &["12".to_string()], &m), Match::Found { ref rating_key, .. } if rating_key == "13")
+            matches!(index.find(&s, &[], &m), Match::Found { ref rating_key, ref reason, .. } if rating_key == "12" && reason.contains("URL"))
         );
     }
 }

@@ -50,6 +50,11 @@ fn truncate(s: &str, max: usize) -> (String, bool) {
     (out.trim_end().to_string(), true)
 }
 
+/// `s` cut to at most `max` characters at a grapheme boundary.
+pub fn cut(s: &str, max: usize) -> String {
+    truncate(s, max).0
+}
+
 /// A one-line text field (title, studio, tagline, a name).
 pub fn one_line(raw: &str, max: usize) -> Clean<String> {
     let mut notes = Vec::new();

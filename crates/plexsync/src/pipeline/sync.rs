@@ -10,7 +10,7 @@ use crate::desired::{self, Desired, Value};
 use crate::error::{Error, ErrorClass};
 use crate::legacy;
 use crate::matching::{rating_key_in_url, LibraryIndex, Match};
-use crate::plex::{ImageKind, PlexClient, PlexItem};
+use crate::plex::{ImageKind, PlexClient, PlexItem, RatingKey};
 use crate::queue::{now_ms, Queue, SyncRecord};
 use crate::stash::{Image, Scene, StashClient};
 use sha2::{Digest, Sha256};
@@ -25,6 +25,15 @@ const INDEX_MAX_AGE_ON_MISS: Duration = Duration::from_secs(6 * 3600);
 /// run over many scenes Plex lacks asks once, not once per scene. Retries
 /// of a scene not in Plex come later than this (both scale with `retryScale`).
 const INDEX_REFRESH_GAP: Duration = Duration::from_secs(10);
+/// Even when every scene matches, the index asks Plex for additions this
+/// often (one small request per section): a ratingKey Plex handed out
+/// again after a deletion then names its new video here too.
+const INDEX_CHECK_GAP: Duration = Duration::from_secs(300);
+/// The longest edit request line sent: reverse proxies refuse longer ones
+/// (nginx: 8 KB by default; others 4–16 KB), so an edit is split below it.
+const MAX_REQUEST_LINE: usize = 7 * 1024;
+/// Files of other scenes looked up in Stash for one delivery, at most.
+const MAX_FOREIGN_FILES: usize = 8;
 
 /// How one delivery ended.
 #[derive(Clone, Debug, PartialEq)]
@@ -220,7 +229,7 @@ impl Pipeline {
             scene = self.stash.find_scene(id).await?.ok_or_else(|| Error::new(ErrorClass::Bug, "scene vanished"))?;
         }
         match self.settings.mode {
-            Mode::Refresh => self.refresh(queue, &scene).await,
+            Mode::Refresh => self.refresh(queue, &scene, attempts).await,
             Mode::Push => self.push(queue, &scene, attempts).await,
         }
     }
@@ -251,50 +260,196 @@ impl Pipeline {
         Ok(changed)
     }
 
-    /// Old behaviour: refresh the item named by the Plex URL on the scene
-    /// (the most recent such URL, as the old plugin preferred).
-    async fn refresh(&self, queue: &Queue, scene: &Scene) -> Result<Outcome, Error> {
-        let Some(rk) = scene.urls.iter().rev().find_map(|u| rating_key_in_url(u)) else {
-            return Ok(Outcome::Skipped("no Plex URL on the scene; refresh mode needs the agent's URL".into()));
-        };
-        self.plex()?.refresh(&rk).await?;
-        self.tally(|s| s.plex_writes += 1);
-        // Recorded so change capture knows this version was delivered.
-        let record = SyncRecord {
-            plex_server: self.settings.plex_url.as_ref().map(|u| u.to_string()).unwrap_or_default(),
-            rating_key: rk.clone(),
-            stash_updated_at: scene.updated_at.clone(),
-            synced_at: now_ms(),
-            ..SyncRecord::default()
-        };
-        queue.save_record(&scene.id, &record).map_err(db)?;
-        Ok(Outcome::Refreshed(rk))
+    /// Refresh mode: ask Plex to refresh the scene's items, so the
+    /// section's agent pulls from Stash. The items are found by the same
+    /// matcher as push: a Plex URL on the scene is only a candidate.
+    async fn refresh(&self, queue: &Queue, scene: &Scene, attempts: i64) -> Result<Outcome, Error> {
+        let recorded = queue.rating_keys(&scene.id).map_err(db)?;
+        let targets = self.targets(scene, &recorded, attempts).await?;
+        let plex = self.plex()?;
+        for (rk, section) in &targets {
+            plex.refresh(rk).await?;
+            self.tally(|s| s.plex_writes += 1);
+            // Recorded so change capture knows this version was delivered.
+            let record = SyncRecord {
+                plex_server: self.settings.plex_url.as_ref().map(|u| u.to_string()).unwrap_or_default(),
+                rating_key: rk.clone(),
+                section: section.clone(),
+                stash_updated_at: scene.updated_at.clone(),
+                synced_at: now_ms(),
+                ..SyncRecord::default()
+            };
+            queue.save_record(&scene.id, &record).map_err(db)?;
+        }
+        let keys: Vec<String> = targets.into_iter().map(|(rk, _)| rk).collect();
+        queue.keep_records(&scene.id, &keys).map_err(db)?;
+        Ok(Outcome::Refreshed(keys.join(",")))
     }
 
-    /// Finds the scene's item. On a miss, first fetches what Plex added or
-    /// changed since the index was read (cheap), and re-reads the whole
-    /// index only when it is older than [`INDEX_MAX_AGE_ON_MISS`].
+    /// The scene's items (ratingKey, section), or the error that says why
+    /// there are none to write: ambiguous, or not in Plex yet (with a
+    /// partial scan of its folders on the first miss and every fourth after,
+    /// so new files arrive without waiting for Plex's own schedule).
+    async fn targets(&self, scene: &Scene, recorded: &[String], attempts: i64) -> Result<Vec<(String, String)>, Error> {
+        match self.find(scene, recorded).await? {
+            found @ Match::Found { .. } => Ok(found.items()),
+            Match::Ambiguous { candidates, reason } => Err(Error::new(
+                ErrorClass::Ambiguous,
+                format!("{reason} ({}); nothing written", candidates.join(", ")),
+            )),
+            Match::NotFound { tried } => {
+                if self.settings.retry.partial_scan && attempts % 4 == 0 {
+                    self.scan_folders(scene).await?;
+                }
+                Err(Error::new(ErrorClass::NotInPlex, format!("not in Plex yet ({})", tried.join("; "))))
+            }
+        }
+    }
+
+    /// Finds the scene's items (see [`Pipeline::explain`]); a stale Plex URL
+    /// on the scene is said in the log.
     pub async fn find(&self, scene: &Scene, recorded: &[String]) -> Result<Match, Error> {
+        let (found, trace) = self.explain(scene, recorded).await?;
+        for line in trace.iter().filter(|l| l.starts_with("Plex URL") && l.ends_with("ignored")) {
+            tracing::warn!("scene {}: {line}", scene.id);
+        }
+        Ok(found)
+    }
+
+    /// Finds the scene's items and says how, one line per signal tried.
+    /// The index is checked for additions every few minutes; on a miss,
+    /// the items recorded for the scene are read again (a renamed or moved
+    /// file keeps its item and its `addedAt`), then what Plex added, and
+    /// the whole library only when the index is old or its count is off.
+    /// An item that also holds another Stash scene's file is ambiguous.
+    pub async fn explain(&self, scene: &Scene, recorded: &[String]) -> Result<(Match, Vec<String>), Error> {
         let mut slot = self.index.lock().await;
         self.ensure_index(&mut slot, None).await?;
         let maps = &self.settings.path_maps;
-        let found = slot.as_ref().expect("index ensured").find(scene, recorded, maps);
-        if matches!(found, Match::Found { .. }) {
-            return Ok(found);
-        }
+        let gap = |d: Duration| d.mul_f64(self.settings.retry.scale);
         let plex = self.plex()?;
         let index = slot.as_mut().expect("index ensured");
+        if index.refreshed_at.is_none_or(|t| t.elapsed() > gap(INDEX_CHECK_GAP)) {
+            self.refresh_index(index, plex, false).await?;
+        }
+        let (found, trace) = index.explain(scene, recorded, maps);
+        if matches!(found, Match::Found { .. }) {
+            drop(slot);
+            return self.unshared(scene, found, trace).await;
+        }
+        let reread = self.reread_candidates(index, plex, scene, recorded).await?;
         if index.built_at.is_some_and(|t| t.elapsed() > INDEX_MAX_AGE_ON_MISS) {
             self.drop_index(&mut slot);
             self.ensure_index(&mut slot, None).await?;
-        } else if index.refreshed_at.is_none_or(|t| t.elapsed() > INDEX_REFRESH_GAP.mul_f64(self.settings.retry.scale))
-        {
-            let changed = index.refresh_recent(plex).await?;
-            if !changed.is_empty() {
-                self.save_index(index, Some(&changed));
+        } else if !reread && index.refreshed_at.is_none_or(|t| t.elapsed() > gap(INDEX_REFRESH_GAP)) {
+            self.refresh_index(index, plex, true).await?;
+        }
+        let (found, trace) = slot.as_ref().expect("index ensured").explain(scene, recorded, maps);
+        drop(slot);
+        self.unshared(scene, found, trace).await
+    }
+
+    /// Fetches what Plex added since the index's newest item; with
+    /// `count`, also compares each section's size with the index (an item
+    /// dated in the past is not in an `addedAt` read) and reads the
+    /// library again when they differ.
+    async fn refresh_index(&self, index: &mut LibraryIndex, plex: &PlexClient, count: bool) -> Result<(), Error> {
+        let changed = index.refresh_recent(plex).await?;
+        if !changed.is_empty() {
+            self.save_index(index, Some(&changed));
+        }
+        if !count {
+            return Ok(());
+        }
+        for section in index.sections.clone() {
+            let total = plex.section_total(&section.key).await?;
+            index.reads += 1;
+            let known = index.count_in(&section.key);
+            if total != known {
+                tracing::info!("Plex library {} has {total} items, the index {known}: reading it again", section.title);
+                *index = LibraryIndex::build(plex, &self.settings).await?;
+                self.save_index(index, None);
+                break;
             }
         }
-        Ok(slot.as_ref().expect("index ensured").find(scene, recorded, maps))
+        Ok(())
+    }
+
+    /// Reads again the items recorded for the scene and the one its Plex URL
+    /// names, when they no longer hold its files in the index: a rename
+    /// or move keeps the item (and its `addedAt`), so no other read sees
+    /// it. Returns whether any was read.
+    async fn reread_candidates(
+        &self,
+        index: &mut LibraryIndex,
+        plex: &PlexClient,
+        scene: &Scene,
+        recorded: &[String],
+    ) -> Result<bool, Error> {
+        let url = scene.urls.iter().rev().find_map(|u| rating_key_in_url(u));
+        let mut read: Vec<String> = Vec::new();
+        for rk in recorded.iter().chain(url.as_ref()) {
+            let Some(section) = index.item(rk).map(|i| i.section.to_string()) else { continue };
+            if read.contains(rk) {
+                continue;
+            }
+            index.reads += 1;
+            match plex.item(rk).await? {
+                Some(item) => index.insert(&section, &item),
+                None => index.forget(rk),
+            }
+            read.push(rk.clone());
+        }
+        if !read.is_empty() {
+            self.save_index(index, Some(&read));
+        }
+        Ok(!read.is_empty())
+    }
+
+    /// `found`, unless one of its items also holds a file of another Stash
+    /// scene (Plex merged or stacked them): writing would overwrite that
+    /// scene's metadata and it ours, for ever. Stash is asked by file name,
+    /// and only for items holding files that are not the scene's (rare).
+    async fn unshared(
+        &self,
+        scene: &Scene,
+        found: Match,
+        mut trace: Vec<String>,
+    ) -> Result<(Match, Vec<String>), Error> {
+        let maps = &self.settings.path_maps;
+        let foreign: Vec<(String, String, Option<u64>)> = {
+            let slot = self.index.lock().await;
+            let Some(index) = slot.as_ref() else { return Ok((found, trace)) };
+            found
+                .items()
+                .into_iter()
+                .flat_map(|(rk, _)| {
+                    index.foreign_files(&rk, scene, maps).into_iter().map(move |(path, size)| (rk.clone(), path, size))
+                })
+                .take(MAX_FOREIGN_FILES)
+                .collect()
+        };
+        for (rk, path, size) in foreign {
+            let others = self.stash.scenes_with_file_named(crate::matching::file_name_of(&path)).await?;
+            let owner = others
+                .into_iter()
+                .find(|(id, files)| *id != scene.id && files.iter().any(|f| crate::matching::is_file(f, &path, size, maps)));
+            let Some((other, _)) = owner else {
+                trace.push(format!("item {rk} also holds {path}, which no other Stash scene has"));
+                continue;
+            };
+            trace.push(format!("item {rk} also holds {path}, a file of Stash scene {other}"));
+            let decision = Match::Ambiguous {
+                candidates: vec![rk.clone()],
+                reason: format!(
+                    "Plex item {rk} also holds {path}, a file of Stash scene {other} (Plex merged or stacked them); \
+                     split the item in Plex (Split Apart) so that each scene has its own"
+                ),
+            };
+            trace.push(crate::matching::decision_line(&decision));
+            return Ok((decision, trace));
+        }
+        Ok((found, trace))
     }
 
     /// Partial scans of the Plex folders holding the scene's files.
@@ -328,25 +483,7 @@ impl Pipeline {
         self.plex()?;
         let records = queue.records(&scene.id).map_err(db)?;
         let recorded: Vec<String> = records.iter().map(|r| r.rating_key.clone()).collect();
-        let found = self.find(scene, &recorded).await?;
-        let targets = match found {
-            Match::Found { .. } => found.items(),
-            Match::Ambiguous { candidates, reason } => {
-                return Err(Error::new(
-                    ErrorClass::Ambiguous,
-                    format!("{reason} ({}); nothing written", candidates.join(", ")),
-                ))
-            }
-            Match::NotFound { tried } => {
-                // On the first miss and every fourth after, ask Plex to scan
-                // the scene's folders: new files then arrive without waiting
-                // for Plex's own schedule.
-                if self.settings.retry.partial_scan && attempts % 4 == 0 {
-                    self.scan_folders(scene).await?;
-                }
-                return Err(Error::new(ErrorClass::NotInPlex, format!("not in Plex yet ({})", tried.join("; "))));
-            }
-        };
+        let targets = self.targets(scene, &recorded, attempts).await?;
         let mut report = desired::Report::default();
         let wanted = desired::desired(scene, &self.settings, &mut report);
         for w in &report.dropped {
@@ -465,9 +602,11 @@ impl Pipeline {
         Error::new(ErrorClass::NotInPlex, format!("Plex item {rk} disappeared"))
     }
 
-    /// Writes `changes` in one edit (falling back to one edit per field when
-    /// Plex refuses a value), then the images. Returns the hashes of what
-    /// was written; a refused field is left out and warned about.
+    /// Writes `changes` in as few edits as a proxy in front of Plex accepts
+    /// (falling back to one edit per field when Plex refuses a value, and
+    /// to a smaller value when a proxy refuses a request for its size),
+    /// then the images. Returns the hashes of what was written; a refused
+    /// field is left out and warned about.
     async fn write(
         &self,
         section: &str,
@@ -478,37 +617,38 @@ impl Pipeline {
     ) -> Result<std::collections::HashMap<Field, String>, Error> {
         let Plan { changes, released, images, locked } = *plan;
         let plex = self.plex()?.clone();
+        let key = RatingKey::parse(rk)?;
         let mut written = std::collections::HashMap::new();
         let edits: Vec<&Desired> = changes
             .iter()
             .copied()
             .filter(|d| !(matches!(d.value, Value::Image(_)) && locked.contains(&d.field)))
             .collect();
-        let params = desired::edit_params(&edits, released, item);
-        if !params.is_empty() {
+        // One unit per field (a tag list whole: split over two requests, a
+        // list that replaces would keep only its second half), and the locks
+        // of released fields.
+        let mut units: Vec<(Option<&Desired>, Vec<(String, String)>)> =
+            edits.iter().map(|d| (Some(*d), desired::edit_params(&[d], &[], item))).collect();
+        units.push((None, desired::edit_params(&[], released, item)));
+        units.retain(|(_, params)| !params.is_empty());
+        let fits = |params: &[(String, String)]| plex.edit_line_len(section, &key, params) <= MAX_REQUEST_LINE;
+        for batch in batches(units, fits) {
+            let params: Vec<(String, String)> = batch.iter().flat_map(|(_, p)| p.iter().cloned()).collect();
             self.tally(|s| s.plex_writes += 1);
-            match plex.edit(section, rk, &params).await {
-                Ok(()) => written.extend(edits.iter().map(|d| (d.field, d.hash()))),
-                Err(e) if e.class == ErrorClass::BadData => {
-                    for d in &edits {
-                        self.tally(|s| s.plex_writes += 1);
-                        match plex.edit(section, rk, &desired::edit_params(&[d], &[], item)).await {
-                            Ok(()) => {
-                                written.insert(d.field, d.hash());
-                            }
-                            Err(e) if e.class == ErrorClass::BadData => {
-                                self.tally(|s| s.warnings += 1);
-                                tracing::warn!(
-                                    "scene {}: Plex refused the {} value; field skipped ({e})",
-                                    scene.id,
-                                    d.field.name()
-                                );
-                            }
-                            Err(e) => return Err(e),
-                        }
-                    }
+            let refused = match plex.edit(section, &key, &params).await {
+                Ok(()) => {
+                    written.extend(batch.iter().filter_map(|(d, _)| d.map(|d| (d.field, d.hash()))));
+                    continue;
                 }
+                Err(e) if e.class == ErrorClass::BadData => e,
                 Err(e) => return Err(e),
+            };
+            let alone = batch.len() == 1;
+            for (d, params) in batch {
+                let first = if alone { Some(refused.clone()) } else { None };
+                if let Some((field, hash)) = self.edit_alone(&plex, section, &key, d, params, item, scene, first).await? {
+                    written.insert(field, hash);
+                }
             }
         }
         for d in changes {
@@ -519,6 +659,60 @@ impl Pipeline {
             written.insert(d.field, d.hash());
         }
         Ok(written)
+    }
+
+    /// One field's edit on its own (`refused`: how it was refused already,
+    /// if it was sent alone). A proxy refusing it for its size gets the
+    /// value smaller until it passes (recorded as written, with a warning:
+    /// retrying the whole value could never pass); a value Plex refuses is
+    /// skipped with a warning. Returns the field's hash when written.
+    #[allow(clippy::too_many_arguments)]
+    async fn edit_alone(
+        &self,
+        plex: &PlexClient,
+        section: &str,
+        key: &RatingKey,
+        d: Option<&Desired>,
+        mut params: Vec<(String, String)>,
+        item: &PlexItem,
+        scene: &Scene,
+        mut refused: Option<Error>,
+    ) -> Result<Option<(Field, String)>, Error> {
+        let name = d.map_or("locks", |d| d.field.name());
+        let mut current = d.cloned();
+        loop {
+            let e = match refused.take() {
+                Some(e) => e,
+                None => {
+                    self.tally(|s| s.plex_writes += 1);
+                    match plex.edit(section, key, &params).await {
+                        Ok(()) => {
+                            if current.as_ref() != d {
+                                self.tally(|s| s.warnings += 1);
+                                tracing::warn!(
+                                    "scene {}: {name} was cut to fit a request the proxy in front of Plex accepts",
+                                    scene.id
+                                );
+                            }
+                            return Ok(d.map(|d| (d.field, d.hash())));
+                        }
+                        Err(e) if e.class == ErrorClass::BadData => e,
+                        Err(e) => return Err(e),
+                    }
+                }
+            };
+            match current.as_ref().filter(|_| e.too_large()).and_then(desired::shrunk) {
+                Some(smaller) => {
+                    params = desired::edit_params(&[&smaller], &[], item);
+                    current = Some(smaller);
+                }
+                None => {
+                    self.tally(|s| s.warnings += 1);
+                    tracing::warn!("scene {}: Plex refused the {name} value; field skipped ({e})", scene.id);
+                    return Ok(None);
+                }
+            }
+        }
     }
 
     /// Decides, for each image whose Stash URL changed (Stash's image URLs
@@ -577,15 +771,36 @@ impl Pipeline {
     }
 }
 
-/// Whether writing `d` needs the item read first: an empty list has to
-/// remove tags by name, and on a first write we do not know which ones
-/// (an agent's) unless the library listing (`listed` kinds) showed none.
-/// A non-empty list replaces the field whole, and names we wrote before
-/// are in the record.
+/// `units` packed in order into as few batches as `fits` allows; a unit
+/// that does not fit alone is a batch of its own.
+fn batches<T>(units: Vec<(T, Vec<(String, String)>)>, fits: impl Fn(&[(String, String)]) -> bool) -> Vec<Vec<(T, Vec<(String, String)>)>> {
+    let mut out: Vec<Vec<(T, Vec<(String, String)>)>> = Vec::new();
+    let mut params: Vec<(String, String)> = Vec::new();
+    for unit in units {
+        let joined = [params.as_slice(), unit.1.as_slice()].concat();
+        match out.last_mut() {
+            Some(last) if fits(&joined) => {
+                params = joined;
+                last.push(unit);
+            }
+            _ => {
+                params = unit.1.clone();
+                out.push(vec![unit]);
+            }
+        }
+    }
+    out
+}
+
+/// Whether writing `d` needs the item read first: on a first write to a
+/// tag field we do not know which tags (an agent's) to remove, unless the
+/// library listing (`listed` kinds) showed none of that kind. Whether an
+/// indexed list replaces the field or adds to it is unsettled on real
+/// servers, so unknown tags are removed by name either way. Later writes
+/// remove the names the record says we wrote.
 fn clears_unknown_tags(d: &Desired, previous: &std::collections::BTreeMap<String, String>, listed: Option<u8>) -> bool {
-    let Value::Tags(kind, list) = &d.value else { return false };
-    list.is_empty()
-        && !previous.contains_key(&format!("{}{NAMES_SUFFIX}", d.field.name()))
+    let Value::Tags(kind, _) = &d.value else { return false };
+    !previous.contains_key(&format!("{}{NAMES_SUFFIX}", d.field.name()))
         && listed.is_none_or(|kinds| kinds & crate::matching::tag_kind_bit(kind) != 0)
 }
 
