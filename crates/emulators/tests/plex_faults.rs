@@ -189,3 +189,43 @@ async fn faults_are_controlled_over_http_too() {
     assert_eq!(log.len(), 3, "admin calls are not logged: {log:?}");
     assert_eq!(log[2]["status"], 503);
 }
+
+#[tokio::test]
+async fn what_stands_in_front_of_plex_answers_for_it() {
+    let plex = PlexEmulator::start(PlexState::from_library(&Library::sample(4, 3)), TOKEN).await.unwrap();
+    let client = reqwest::Client::new();
+    let get = |path: &str| {
+        client
+            .get(plex.url().join(path).unwrap())
+            .header("X-Plex-Token", TOKEN)
+            .header("Accept", "application/json")
+            .send()
+    };
+
+    plex.faults(|f| f.config.login_page = true);
+    let page = get("/library/sections").await.unwrap();
+    assert_eq!(page.status(), 200, "a login page answers 200");
+    assert!(page.text().await.unwrap().contains("<title>Sign in</title>"));
+    plex.heal();
+
+    plex.faults(|f| f.config.broken_utf8 = true);
+    let body = get("/library/sections/1/all?type=1").await.unwrap().bytes().await.unwrap();
+    assert!(std::str::from_utf8(&body).is_err(), "a title's character cut");
+    plex.heal();
+
+    plex.faults(|f| f.config.max_request_line = 200);
+    let long = format!("/library/sections/1/all?type=1&title={}", "x".repeat(300));
+    assert_eq!(get(&long).await.unwrap().status(), 414);
+    assert_eq!(get("/library/sections").await.unwrap().status(), 200);
+    plex.heal();
+
+    plex.faults(|f| f.config.read_only_token = true);
+    assert_eq!(get("/library/sections").await.unwrap().status(), 200, "a shared user lists");
+    let edit = client
+        .put(plex.url().join("/library/sections/1/all?type=1&id=101&title.value=x").unwrap())
+        .header("X-Plex-Token", TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(edit.status(), 403, "but may not edit");
+}

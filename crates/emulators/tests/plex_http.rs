@@ -477,3 +477,31 @@ async fn search_and_listing_filters() {
     let all = get_json(&plex, "/library/sections/1/all?type=1&addedAt%3E%3E=0&sort=addedAt:desc").await;
     assert_eq!(all["MediaContainer"]["size"], all["MediaContainer"]["totalSize"]);
 }
+
+#[tokio::test]
+async fn a_section_edit_without_an_id_edits_every_item_of_the_section() {
+    let plex = start(6).await;
+    let keys: Vec<u64> = plex.with_state(|s| s.items.keys().copied().collect());
+    assert_eq!(send(&plex, Method::PUT, "/library/sections/1/all?type=1&studio.value=Everyone").await, StatusCode::OK);
+    for rk in &keys {
+        assert_eq!(plex.item(*rk).unwrap().field("studio"), Some("Everyone"), "the spec's own example spreads");
+    }
+    assert_eq!(send(&plex, Method::PUT, "/library/sections/1/all?type=1&id=&title.value=All").await, StatusCode::OK);
+    assert!(keys.iter().all(|rk| plex.item(*rk).unwrap().field("title") == Some("All")), "an empty id too");
+}
+
+#[tokio::test]
+async fn tag_edits_replace_or_add_as_set() {
+    let plex = start(3).await;
+    let rk = *plex.with_state(|s| s.items.keys().next().copied()).as_ref().unwrap();
+    let edit = |tag: &str| format!("/library/metadata/{rk}?genre%5B0%5D.tag.tag={tag}");
+    for (add, want) in [(false, vec!["B"]), (true, vec!["A", "B"])] {
+        plex.with_state(|s| {
+            s.tag_edits_add = add;
+            s.items.get_mut(&rk).unwrap().tags.remove(&TagKind::Genre);
+        });
+        assert_eq!(send(&plex, Method::PUT, &edit("A")).await, StatusCode::OK);
+        assert_eq!(send(&plex, Method::PUT, &edit("B")).await, StatusCode::OK);
+        assert_eq!(plex.item(rk).unwrap().tag_names(TagKind::Genre), want, "tag edits add: {add}");
+    }
+}

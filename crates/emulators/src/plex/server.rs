@@ -228,7 +228,8 @@ fn is_scan(config: &FaultConfig, path: &str) -> bool {
 
 /// JSON answers made as untidy as real servers' are, when asked.
 async fn untidy(config: &FaultConfig, response: Response) -> Response {
-    let json = response.headers().get(header::CONTENT_TYPE).is_some_and(|t| t.as_bytes().starts_with(b"application/json"));
+    let json =
+        response.headers().get(header::CONTENT_TYPE).is_some_and(|t| t.as_bytes().starts_with(b"application/json"));
     if !json || !(config.broken_utf8 || config.locked_as_number) {
         return response;
     }
@@ -431,7 +432,12 @@ async fn section_edit(State(s): Shr, Path(key): Path<u32>, RawQuery(raw): RawQue
             if state.section(key).is_none() {
                 return html(StatusCode::NOT_FOUND, "Not Found");
             }
-            Ok(state.items.values().filter(|i| i.section == key && matches_filters(i, &query)).map(|i| i.rating_key).collect())
+            Ok(state
+                .items
+                .values()
+                .filter(|i| i.section == key && matches_filters(i, &query))
+                .map(|i| i.rating_key)
+                .collect())
         }
     };
     match ids {

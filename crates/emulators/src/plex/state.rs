@@ -323,6 +323,30 @@ impl PlexState {
         rating_key
     }
 
+    /// A file renamed or moved inside the library and seen by a scan: its
+    /// item keeps its ratingKey and `addedAt`, only the part's path (and
+    /// `updatedAt`) change (scanner: "Part rename detected"). Returns the item.
+    pub fn rename_file(&mut self, from: &str, to: &str) -> Option<u64> {
+        let item = self.items.values_mut().find(|i| i.files().any(|p| p.file == from))?;
+        for part in item.media.iter_mut().flat_map(|m| m.parts.iter_mut()) {
+            if part.file == from {
+                part.file = to.to_string();
+            }
+        }
+        item.updated_at = unix_now().max(item.updated_at + 1);
+        Some(item.rating_key)
+    }
+
+    /// Plex merged two items it matched to the same title: `from`'s media
+    /// join `into`, and `from` is gone.
+    pub fn merge_items(&mut self, into: u64, from: u64) {
+        let Some(moved) = self.items.remove(&from) else { return };
+        if let Some(item) = self.items.get_mut(&into) {
+            item.media.extend(moved.media);
+            item.updated_at = unix_now().max(item.updated_at + 1);
+        }
+    }
+
     /// Puts a file on the emulated disk; it becomes an item when a scan of
     /// its folder finishes, or at `due`.
     pub fn add_disk_file(&mut self, path: &str, size: u64, duration_ms: u64, due: Option<Instant>) {

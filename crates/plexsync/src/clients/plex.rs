@@ -248,6 +248,19 @@ fn not_plex(what: &str, headers: &reqwest::header::HeaderMap, body: &[u8], parse
     )
 }
 
+/// Reads the answer to a change: a connection cut mid-answer is a failure,
+/// not a success, and so is a web page (a proxy's login page answers `200`
+/// too, and nothing was changed); Plex answers with an empty body or XML.
+async fn done(what: &str, response: reqwest::Response) -> Result<(), Error> {
+    let headers = response.headers().clone();
+    let body = response.bytes().await.map_err(|e| Error::transport(Server::Plex, what, e))?;
+    let start = String::from_utf8_lossy(&body[..body.len().min(512)]).to_ascii_lowercase();
+    if start.contains("<html") || start.contains("<!doctype html") {
+        return Err(not_plex(what, &headers, &body, "a web page"));
+    }
+    Ok(())
+}
+
 /// Items of a listing one by one, leaving out (with a warning) any that
 /// does not read as an item.
 fn lenient_items<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PlexItem>, D::Error> {
@@ -453,9 +466,7 @@ impl PlexClient {
 
     async fn put(&self, what: &str, url: Url) -> Result<(), Error> {
         let response = self.send(what, || self.request(reqwest::Method::PUT, url.clone())).await?;
-        // Read the body: a connection cut mid-answer is a failure, not a success.
-        response.bytes().await.map_err(|e| Error::transport(Server::Plex, what, e))?;
-        Ok(())
+        done(what, response).await
     }
 
     /// Applies one edit (Plex's query-string edit API) to one item of
@@ -484,8 +495,7 @@ impl PlexClient {
         let url = self.url(&format!("library/metadata/{rating_key}/{}", kind.endpoint()), &[]);
         let what = kind.endpoint();
         let response = self.send(what, || self.request(reqwest::Method::POST, url.clone()).body(bytes.clone())).await?;
-        response.bytes().await.map_err(|e| Error::transport(Server::Plex, what, e))?;
-        Ok(())
+        done(what, response).await
     }
 
     /// `PUT /library/metadata/{ratingKey}/refresh`: the agent pulls again.
@@ -497,8 +507,7 @@ impl PlexClient {
     pub async fn scan_folder(&self, section: &str, folder: &str) -> Result<(), Error> {
         let url = self.url(&format!("library/sections/{section}/refresh"), &[("path", folder)]);
         let response = self.send("scan folder", || self.request(reqwest::Method::GET, url.clone())).await?;
-        response.bytes().await.map_err(|e| Error::transport(Server::Plex, "scan folder", e))?;
-        Ok(())
+        done("scan folder", response).await
     }
 }
 

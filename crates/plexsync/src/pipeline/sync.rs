@@ -293,10 +293,9 @@ impl Pipeline {
     async fn targets(&self, scene: &Scene, recorded: &[String], attempts: i64) -> Result<Vec<(String, String)>, Error> {
         match self.find(scene, recorded).await? {
             found @ Match::Found { .. } => Ok(found.items()),
-            Match::Ambiguous { candidates, reason } => Err(Error::new(
-                ErrorClass::Ambiguous,
-                format!("{reason} ({}); nothing written", candidates.join(", ")),
-            )),
+            Match::Ambiguous { candidates, reason } => {
+                Err(Error::new(ErrorClass::Ambiguous, format!("{reason} ({}); nothing written", candidates.join(", "))))
+            }
             Match::NotFound { tried } => {
                 if self.settings.retry.partial_scan && attempts % 4 == 0 {
                     self.scan_folders(scene).await?;
@@ -431,9 +430,9 @@ impl Pipeline {
         };
         for (rk, path, size) in foreign {
             let others = self.stash.scenes_with_file_named(crate::matching::file_name_of(&path)).await?;
-            let owner = others
-                .into_iter()
-                .find(|(id, files)| *id != scene.id && files.iter().any(|f| crate::matching::is_file(f, &path, size, maps)));
+            let owner = others.into_iter().find(|(id, files)| {
+                *id != scene.id && files.iter().any(|f| crate::matching::is_file(f, &path, size, maps))
+            });
             let Some((other, _)) = owner else {
                 trace.push(format!("item {rk} also holds {path}, which no other Stash scene has"));
                 continue;
@@ -627,7 +626,7 @@ impl Pipeline {
         // One unit per field (a tag list whole: split over two requests, a
         // list that replaces would keep only its second half), and the locks
         // of released fields.
-        let mut units: Vec<(Option<&Desired>, Vec<(String, String)>)> =
+        let mut units: Vec<Unit<Option<&Desired>>> =
             edits.iter().map(|d| (Some(*d), desired::edit_params(&[d], &[], item))).collect();
         units.push((None, desired::edit_params(&[], released, item)));
         units.retain(|(_, params)| !params.is_empty());
@@ -646,7 +645,9 @@ impl Pipeline {
             let alone = batch.len() == 1;
             for (d, params) in batch {
                 let first = if alone { Some(refused.clone()) } else { None };
-                if let Some((field, hash)) = self.edit_alone(&plex, section, &key, d, params, item, scene, first).await? {
+                if let Some((field, hash)) =
+                    self.edit_alone(&plex, section, &key, d, params, item, scene, first).await?
+                {
                     written.insert(field, hash);
                 }
             }
@@ -771,10 +772,14 @@ impl Pipeline {
     }
 }
 
+/// Part of an edit that goes whole into one request: what it is for, and
+/// its query parameters.
+type Unit<T> = (T, Vec<(String, String)>);
+
 /// `units` packed in order into as few batches as `fits` allows; a unit
 /// that does not fit alone is a batch of its own.
-fn batches<T>(units: Vec<(T, Vec<(String, String)>)>, fits: impl Fn(&[(String, String)]) -> bool) -> Vec<Vec<(T, Vec<(String, String)>)>> {
-    let mut out: Vec<Vec<(T, Vec<(String, String)>)>> = Vec::new();
+fn batches<T>(units: Vec<Unit<T>>, fits: impl Fn(&[(String, String)]) -> bool) -> Vec<Vec<Unit<T>>> {
+    let mut out: Vec<Vec<Unit<T>>> = Vec::new();
     let mut params: Vec<(String, String)> = Vec::new();
     for unit in units {
         let joined = [params.as_slice(), unit.1.as_slice()].concat();

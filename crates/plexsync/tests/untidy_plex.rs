@@ -1,0 +1,288 @@
+//! Plex as real servers are: stale Plex URLs, merged items, renamed files,
+//! `addedAt` from file times, unreadable answers, proxies with limits,
+//! shared users' tokens, show libraries and tag edits that add — each
+//! against the emulators over HTTP, with PlexSync started as Stash starts it.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::Bed;
+use emulators::plex::state::Tag;
+use emulators::plex::TagKind;
+use serde_json::json;
+
+/// Every edit PlexSync sent names the one item it is for (a section edit
+/// without `id` edits every item of the section).
+fn assert_edits_name_their_item(bed: &Bed) {
+    for r in bed.plex.requests().iter().filter(|r| r.method == "PUT" && r.path.ends_with("/all")) {
+        assert!(r.param("id").is_some_and(|id| !id.is_empty()), "edit without an item: {r:?}");
+    }
+}
+
+fn row_error(bed: &Bed, scene: u64) -> (Option<String>, String) {
+    let rows = bed.queue().rows("pending", 100).unwrap();
+    let row = rows.into_iter().find(|r| r.scene_id == scene.to_string()).expect("the scene waits");
+    (row.error_class, row.last_error.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn a_stale_plex_url_is_refused_and_the_scenes_own_file_decides() {
+    let bed = Bed::new(20, json!({})).await;
+    let (scene, other) = (bed.scenes_in_plex()[3], bed.scenes_in_plex()[0]);
+    let (own, wrong) = (bed.item_of(scene), bed.item_of(other));
+    // The old agent's URL, written before a rebuild: it names another video.
+    bed.stash.update_scene(scene, |s| {
+        s.urls = vec![format!("plex/library/metadata/{}", wrong.rating_key)];
+        s.title = Some("Only on my own item".into());
+    });
+    let explain = bed.task_with("explain", json!({"scene_id": scene.to_string()})).await;
+    let trace = explain.output.as_ref().map(|o| o["trace"].to_string()).unwrap_or_default();
+    assert!(trace.contains(&format!("names {}", wrong.rating_key)) && trace.contains("ignored"), "{explain:?}");
+    assert!(trace.contains(&format!("decision: item {}", own.rating_key)), "{trace}");
+
+    let run = bed.update_hook(scene).await;
+    assert!(!run.failed(), "{run:?}");
+    bed.settle().await;
+    assert_eq!(bed.plex.item(own.rating_key).unwrap().field("title"), Some("Only on my own item"));
+    let after = bed.plex.item(wrong.rating_key).unwrap();
+    assert_eq!(after.fields, wrong.fields, "nothing written to the other video");
+    assert!(after.locked.is_empty(), "nothing locked on the other video: {:?}", after.locked);
+    let writes_to_wrong = bed
+        .plex
+        .requests()
+        .into_iter()
+        .filter(|r| r.is_write() && r.param("id") == Some(&wrong.rating_key.to_string()));
+    assert_eq!(writes_to_wrong.count(), 0);
+    assert_edits_name_their_item(&bed);
+}
+
+#[tokio::test]
+async fn two_scenes_plex_merged_into_one_item_are_ambiguous_for_both() {
+    let bed = Bed::new(20, json!({})).await;
+    let (a, b) = (bed.scenes_in_plex()[1], bed.scenes_in_plex()[2]);
+    let (item_a, item_b) = (bed.item_of(a), bed.item_of(b));
+    bed.plex.with_state(|s| s.merge_items(item_a.rating_key, item_b.rating_key));
+    let before = bed.plex.item(item_a.rating_key).unwrap();
+    for scene in [a, b] {
+        assert!(!bed.update_hook(scene).await.failed());
+    }
+    bed.settle().await;
+    let after = bed.plex.item(item_a.rating_key).unwrap();
+    assert_eq!(after.fields, before.fields, "neither scene wrote the shared item");
+    assert!(after.locked.is_empty());
+    for scene in [a, b] {
+        let (class, error) = row_error(&bed, scene);
+        assert_eq!(class.as_deref(), Some("ambiguous"), "{error}");
+        assert!(error.contains("Split Apart"), "{error}");
+    }
+    let explain = bed.task_with("explain", json!({"scene_id": a.to_string()})).await;
+    let trace = explain.output.as_ref().map(|o| o["trace"].to_string()).unwrap_or_default();
+    assert!(trace.contains(&format!("a file of Stash scene {b}")), "{trace}");
+}
+
+#[tokio::test]
+async fn a_renamed_file_keeps_its_item_and_is_found_by_reading_that_item() {
+    let bed = Bed::new(20, json!({})).await;
+    let scene = bed.scenes_in_plex()[4];
+    let item = bed.item_of(scene);
+    assert!(!bed.update_hook(scene).await.failed());
+    bed.settle().await;
+    // A renamer moves the file; Plex's scan pairs the rename (same item).
+    let old_path = item.files().next().unwrap().file.clone();
+    let new_path = old_path.replace(".", " (renamed).");
+    assert_eq!(bed.plex.with_state(|s| s.rename_file(&old_path, &new_path)), Some(item.rating_key));
+    let stash_path = bed.stash.scene(scene).unwrap().files[0].path.clone();
+    bed.stash.update_scene(scene, |s| {
+        s.files[0].path = stash_path.replace(".", " (renamed).");
+        s.title = Some("After the rename".into());
+    });
+    bed.plex.clear_requests();
+    assert!(!bed.update_hook(scene).await.failed());
+    bed.settle().await;
+    assert_eq!(bed.plex.item(item.rating_key).unwrap().field("title"), Some("After the rename"));
+    let reads: Vec<String> = bed.plex.requests().into_iter().filter(|r| r.method == "GET").map(|r| r.path).collect();
+    assert!(reads.contains(&format!("/library/metadata/{}", item.rating_key)), "{reads:?}");
+    let pages =
+        bed.plex.requests().iter().filter(|r| r.path.ends_with("/all") && r.param("addedAt>>").is_none()).count();
+    assert!(pages <= 1, "no full library read for a rename: {pages} listing requests");
+}
+
+#[tokio::test]
+async fn items_dated_in_the_past_or_the_future_are_still_found() {
+    let bed = Bed::new(20, json!({"partialScan": false, "retryScale": 0.01})).await;
+    let scenes = bed.scenes_in_plex();
+    let (first, late) = (scenes[0], [scenes[5], scenes[6]]);
+    // Two files Plex has not scanned yet when PlexSync first reads it.
+    let files: Vec<(String, u64, u64)> = late
+        .iter()
+        .map(|&scene| {
+            let item = bed.item_of(scene);
+            bed.plex.with_state(|s| s.items.remove(&item.rating_key));
+            let part = item.files().next().unwrap().clone();
+            (part.file, part.size, part.duration_ms)
+        })
+        .collect();
+    assert!(!bed.update_hook(first).await.failed());
+    bed.settle().await;
+    // Plex takes `addedAt` from the files' modification times: one from
+    // the future (a wrong clock), one from 2001.
+    let now = emulators::plex::state::unix_now();
+    for (file, added_at) in files.into_iter().zip([now + 30 * 86_400, 978_307_200]) {
+        bed.plex.with_state(|s| {
+            let rk = s.add_item(1, &[file]);
+            s.items.get_mut(&rk).unwrap().added_at = added_at;
+        });
+    }
+    for scene in late {
+        bed.stash.update_scene(scene, |s| s.title = Some(format!("Late {scene}")));
+        assert!(!bed.update_hook(scene).await.failed());
+    }
+    for scene in late {
+        common::eventually(std::time::Duration::from_secs(20), "the late items are written", || {
+            bed.item_of(scene).field("title").map(str::to_string) == Some(format!("Late {scene}"))
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn an_answer_that_is_not_plexs_json_is_a_setting_to_fix_not_an_outage() {
+    let bed = Bed::new(12, json!({})).await;
+    let scene = bed.scenes_in_plex()[0];
+    // Broken UTF-8 in a listing's title: read with the bytes replaced.
+    bed.plex.faults(|f| f.config.broken_utf8 = true);
+    bed.stash.update_scene(scene, |s| s.title = Some("Through broken bytes".into()));
+    assert!(!bed.update_hook(scene).await.failed());
+    bed.settle().await;
+    assert_eq!(bed.item_of(scene).field("title"), Some("Through broken bytes"));
+    // `Field.locked` as a number: still read as locked.
+    bed.plex.faults(|f| f.config.locked_as_number = true);
+    let rk = bed.item_of(scene).rating_key;
+    let client = plexsync::plex::PlexClient::new(
+        bed.plex.url(),
+        plexsync::secret::Secret::new(common::PLEX_TOKEN),
+        &Default::default(),
+    )
+    .unwrap();
+    let item = client.item(&rk.to_string()).await.unwrap().unwrap();
+    assert!(item.is_locked("title") && item.is_locked("genre"), "{:?}", item.fields);
+
+    // A login page in front of Plex: a setting to fix, not an outage.
+    bed.plex.heal();
+    bed.plex.faults(|f| f.config.login_page = true);
+    let other = bed.scenes_in_plex()[1];
+    let before = bed.item_of(other);
+    assert!(!bed.edit_hook(other, "behind a login page").await.failed());
+    common::eventually(std::time::Duration::from_secs(20), "the row records why", || {
+        bed.queue()
+            .rows("pending", 100)
+            .unwrap()
+            .iter()
+            .any(|r| r.scene_id == other.to_string() && r.last_error.is_some())
+    })
+    .await;
+    let (class, error) = row_error(&bed, other);
+    assert_eq!(class.as_deref(), Some("config"), "{error}");
+    assert!(error.contains("web page titled \"Sign in\"") && error.contains("plexUrl"), "{error}");
+    assert_eq!(bed.plex.item(before.rating_key).unwrap(), before, "nothing changed behind the login page");
+    let health = bed.task("health_check").await;
+    assert!(health.failed(), "{health:?}");
+    assert!(health.error.unwrap_or_default().contains("login page"));
+}
+
+#[tokio::test]
+async fn edits_fit_a_proxys_request_line_limit_and_a_field_too_long_alone_is_cut() {
+    let bed = Bed::new(12, json!({})).await;
+    bed.plex.faults(|f| f.config.max_request_line = 8192);
+    let scene = bed.scenes_in_plex()[2];
+    // 3 000 CJK characters: 27 KB percent-encoded, over any proxy's limit
+    // alone; 100 tags with long names: 4 KB, which fits once alone.
+    let summary: String = "東京の夜景".repeat(600);
+    let names: Vec<String> = (0..100).map(|i| format!("A rather long tag name number {i:03}")).collect();
+    bed.stash.with_state(|s| {
+        let ids: Vec<u64> = names.iter().map(|n| s.add_tag(n)).collect();
+        s.update_scene(scene, |sc| {
+            sc.details = Some(summary.clone());
+            sc.tags = ids;
+        });
+    });
+    assert!(!bed.update_hook(scene).await.failed());
+    bed.settle().await;
+    let item = bed.item_of(scene);
+    let genres: BTreeSet<&str> = item.tag_names(TagKind::Genre).into_iter().collect();
+    assert_eq!(genres, names.iter().map(String::as_str).collect(), "every tag arrived");
+    let written = item.field("summary").unwrap_or_default();
+    assert!(!written.is_empty() && summary.starts_with(written), "the summary, cut at a character");
+    let refused = bed.plex.requests().iter().filter(|r| r.status == 414).count();
+    let edits = bed.plex.requests().iter().filter(|r| r.method == "PUT" && r.status == 200).count();
+    assert!(edits >= 2, "split over several edits ({edits}, {refused} refused)");
+    assert!(bed.queue().rows("dead", 10).unwrap().is_empty(), "no dead letter for size alone");
+    assert_edits_name_their_item(&bed);
+}
+
+#[tokio::test]
+async fn a_shared_users_token_and_a_show_library_are_refused_with_the_fix() {
+    let bed = Bed::new(12, json!({})).await;
+    bed.plex.faults(|f| f.config.read_only_token = true);
+    let scene = bed.scenes_in_plex()[0];
+    assert!(!bed.edit_hook(scene, "needs the owner's token").await.failed());
+    common::eventually(std::time::Duration::from_secs(20), "the row records why", || {
+        bed.queue()
+            .rows("pending", 100)
+            .unwrap()
+            .iter()
+            .any(|r| r.scene_id == scene.to_string() && r.last_error.is_some())
+    })
+    .await;
+    let (class, error) = row_error(&bed, scene);
+    assert_eq!(class.as_deref(), Some("auth"));
+    assert!(error.contains("server owner's token"), "{error}");
+
+    bed.plex.heal();
+    bed.plex.with_state(|s| {
+        let mut shows = s.sections[0].clone();
+        (shows.key, shows.title, shows.kind, shows.locations) = (2, "Clips".into(), "show".into(), vec!["/tv".into()]);
+        s.sections.push(shows);
+    });
+    bed.configure(json!({"plexLibraries": "Clips"}));
+    let health = bed.task("health_check").await;
+    let error = health.error.clone().unwrap_or_default();
+    assert!(error.contains("'Clips', a Plex library of type 'show'") && error.contains("Other Videos"), "{health:?}");
+}
+
+#[tokio::test]
+async fn agent_tags_give_way_to_stashs_whether_tag_edits_replace_or_add() {
+    for add in [false, true] {
+        let bed = Bed::new(12, json!({})).await;
+        bed.plex.with_state(|s| s.tag_edits_add = add);
+        let scene = bed.scenes_in_plex()[1];
+        let rk = bed.item_of(scene).rating_key;
+        // The section's agent filled genres at scan time.
+        bed.plex.with_state(|s| {
+            let agent = ["Drama", "Romance", "Foreign"].map(|t| Tag { id: 1, tag: t.into(), role: None, thumb: None });
+            s.items.get_mut(&rk).unwrap().tags.insert(TagKind::Genre, agent.to_vec());
+        });
+        let stash_tags = |bed: &Bed| -> BTreeSet<String> {
+            bed.stash.with_state(|s| s.scenes[&scene].tags.iter().map(|t| s.tags[t].name.to_lowercase()).collect())
+        };
+        let plex_tags = |bed: &Bed| -> BTreeSet<String> {
+            bed.plex.item(rk).unwrap().tag_names(TagKind::Genre).iter().map(|t| t.to_lowercase()).collect()
+        };
+        bed.stash.with_state(|s| {
+            let ids = vec![s.add_tag("Outdoor"), s.add_tag("Summer")];
+            s.update_scene(scene, |sc| sc.tags = ids);
+        });
+        assert!(!bed.update_hook(scene).await.failed());
+        bed.settle().await;
+        assert_eq!(plex_tags(&bed), stash_tags(&bed), "first sync, tag edits add: {add}");
+        // One tag removed in Stash, one added.
+        bed.stash.with_state(|s| {
+            let ids = vec![s.add_tag("Summer"), s.add_tag("Beach")];
+            s.update_scene(scene, |sc| sc.tags = ids);
+        });
+        assert!(!bed.update_hook(scene).await.failed());
+        bed.settle().await;
+        assert_eq!(plex_tags(&bed), stash_tags(&bed), "later sync, tag edits add: {add}");
+    }
+}
