@@ -286,3 +286,31 @@ async fn agent_tags_give_way_to_stashs_whether_tag_edits_replace_or_add() {
         assert_eq!(plex_tags(&bed), stash_tags(&bed), "later sync, tag edits add: {add}");
     }
 }
+
+#[tokio::test]
+async fn a_bulk_import_asks_plex_to_scan_each_folder_once_and_waits_for_the_scan() {
+    let bed = Bed::new(10, json!({"retryScale": 0.02})).await;
+    let name = |i: usize| format!("Bulk Import/clip {i:02}.mp4");
+    let files: Vec<Vec<(String, u64, f64)>> =
+        (0..30).map(|i| vec![(format!("{}/{}", bed.lib.stash_prefix, name(i)), 7_000 + i as u64, 30.0)]).collect();
+    bed.plex.with_state(|s| {
+        for i in 0..30 {
+            s.add_disk_file(&format!("{}/{}", bed.lib.plex_prefix, name(i)), 7_000 + i as u64, 30_000, None);
+        }
+    });
+    let ids = bed.stash.scan_new(&files).await;
+    for id in &ids {
+        assert!(bed.stash.edit_scene(*id, &["title"], |s| s.title = Some(format!("Imported {id}"))).await);
+    }
+    common::eventually(std::time::Duration::from_secs(40), "every imported scene reached Plex", || {
+        (0..30).all(|i| {
+            bed.plex
+                .item_by_file(&format!("{}/{}", bed.lib.plex_prefix, name(i)))
+                .is_some_and(|item| item.field("title").is_some_and(|t| t.starts_with("Imported")))
+        })
+    })
+    .await;
+    let scans: Vec<_> = bed.plex.requests().into_iter().filter(|r| r.path.ends_with("/refresh")).collect();
+    assert_eq!(scans.len(), 1, "one scan for one folder: {scans:?}");
+    assert_eq!(scans[0].param("path"), Some(format!("{}/Bulk Import", bed.lib.plex_prefix).as_str()));
+}

@@ -69,6 +69,8 @@ pub struct Section {
     pub locations: Vec<String>,
     pub updated_at: i64,
     pub scanned_at: i64,
+    /// Until when a scan it was asked for runs (`refreshing="1"` meanwhile).
+    pub scanning_until: Option<Instant>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -177,6 +179,9 @@ pub struct PlexState {
     pub auto_scan_delay: Option<Duration>,
     /// How long a requested partial scan takes before its files appear.
     pub scan_duration: Duration,
+    /// A partial scan of a folder Plex has never indexed finds nothing
+    /// (Plex decides by folder modification times; some are skipped).
+    pub skip_new_folders: bool,
     /// What an indexed tag edit (`genre[0].tag.tag=…`) does: replace the
     /// item's list (false) or add to it (true). Real servers are unsettled
     /// (facts: Plex's docs say "adds", python-plexapi says replaces); the
@@ -230,12 +235,15 @@ impl PlexState {
                 locations: vec![movie_location.trim_end_matches('/').to_string()],
                 updated_at: now,
                 scanned_at: now,
+                scanning_until: None,
             }],
             items: BTreeMap::new(),
             disk: Vec::new(),
             disk_due: None,
             auto_scan_delay: None,
-            scan_duration: Duration::from_millis(50),
+            // A real scan runs in the background for seconds to minutes.
+            scan_duration: Duration::from_secs(3),
+            skip_new_folders: false,
             tag_edits_add: tag_edits_add_by_default(),
             next_id: 100,
             tag_ids: HashMap::new(),
@@ -368,6 +376,13 @@ impl PlexState {
     pub fn request_scan(&mut self, section: u32, folder: Option<&str>) -> usize {
         let due = Instant::now() + self.scan_duration;
         let Some(sec) = self.section(section).cloned() else { return 0 };
+        if let Some(s) = self.sections.iter_mut().find(|s| s.key == section) {
+            s.scanning_until = Some(s.scanning_until.map_or(due, |d| d.max(due)));
+        }
+        let known = |f: &str| self.items.values().any(|i| i.files().any(|p| in_folder(&p.file, f)));
+        if self.skip_new_folders && folder.is_some_and(|f| !known(f)) {
+            return 0;
+        }
         let mut count = 0;
         for file in &mut self.disk {
             let in_section = sec.locations.iter().any(|l| in_folder(&file.path, l));

@@ -63,7 +63,7 @@ fn section_node(s: &Section) -> Node {
         .attr("art", "/:/resources/movie-fanart.jpg")
         .attr("composite", format!("/library/sections/{}/composite/{}", s.key, s.updated_at))
         .attr("filters", true)
-        .attr("refreshing", false)
+        .attr("refreshing", s.scanning_until.is_some_and(|t| t > std::time::Instant::now()))
         .attr("thumb", "/:/resources/movie.png")
         .attr("key", s.key.to_string())
         .attr("type", &s.kind)

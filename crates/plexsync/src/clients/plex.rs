@@ -73,6 +73,9 @@ pub struct PlexSection {
     pub agent: String,
     #[serde(rename = "Location", alias = "locations")]
     pub locations: Vec<PlexLocation>,
+    /// Plex is scanning the section now.
+    #[serde(deserialize_with = "flag", skip_serializing)]
+    pub refreshing: bool,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -503,9 +506,10 @@ impl PlexClient {
         self.put("refresh item", self.url(&format!("library/metadata/{rating_key}/refresh"), &[])).await
     }
 
-    /// Partial scan of one folder of a section.
-    pub async fn scan_folder(&self, section: &str, folder: &str) -> Result<(), Error> {
-        let url = self.url(&format!("library/sections/{section}/refresh"), &[("path", folder)]);
+    /// Scan of one folder of a section, or of the whole section.
+    pub async fn scan_folder(&self, section: &str, folder: Option<&str>) -> Result<(), Error> {
+        let path: Vec<(&str, &str)> = folder.map(|f| ("path", f)).into_iter().collect();
+        let url = self.url(&format!("library/sections/{section}/refresh"), &path);
         let response = self.send("scan folder", || self.request(reqwest::Method::GET, url.clone())).await?;
         done("scan folder", response).await
     }

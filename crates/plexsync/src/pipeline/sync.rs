@@ -29,6 +29,8 @@ const INDEX_REFRESH_GAP: Duration = Duration::from_secs(10);
 /// often (one small request per section): a ratingKey Plex handed out
 /// again after a deletion then names its new video here too.
 const INDEX_CHECK_GAP: Duration = Duration::from_secs(300);
+/// A folder is asked to be scanned at most once in this long.
+const SCAN_WINDOW: Duration = Duration::from_secs(30 * 60);
 /// The longest edit request line sent: reverse proxies refuse longer ones
 /// (nginx: 8 KB by default; others 4–16 KB), so an edit is split below it.
 const MAX_REQUEST_LINE: usize = 7 * 1024;
@@ -93,6 +95,9 @@ pub struct Pipeline {
     /// Local settings layered over Stash's when settings are read again.
     pub local_layers: Vec<serde_json::Map<String, serde_json::Value>>,
     stats: std::sync::Mutex<Stats>,
+    /// Held while deciding on and asking for scans, so that deliveries
+    /// running at once ask for a folder once.
+    scans: tokio::sync::Mutex<()>,
 }
 
 impl Pipeline {
@@ -112,6 +117,7 @@ impl Pipeline {
             index_store: None,
             local_layers: Vec::new(),
             stats: std::sync::Mutex::new(Stats::default()),
+            scans: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -265,7 +271,7 @@ impl Pipeline {
     /// matcher as push: a Plex URL on the scene is only a candidate.
     async fn refresh(&self, queue: &Queue, scene: &Scene, attempts: i64) -> Result<Outcome, Error> {
         let recorded = queue.rating_keys(&scene.id).map_err(db)?;
-        let targets = self.targets(scene, &recorded, attempts).await?;
+        let targets = self.targets(queue, scene, &recorded, attempts).await?;
         let plex = self.plex()?;
         for (rk, section) in &targets {
             plex.refresh(rk).await?;
@@ -290,7 +296,13 @@ impl Pipeline {
     /// there are none to write: ambiguous, or not in Plex yet (with a
     /// partial scan of its folders on the first miss and every fourth after,
     /// so new files arrive without waiting for Plex's own schedule).
-    async fn targets(&self, scene: &Scene, recorded: &[String], attempts: i64) -> Result<Vec<(String, String)>, Error> {
+    async fn targets(
+        &self,
+        queue: &Queue,
+        scene: &Scene,
+        recorded: &[String],
+        attempts: i64,
+    ) -> Result<Vec<(String, String)>, Error> {
         match self.find(scene, recorded).await? {
             found @ Match::Found { .. } => Ok(found.items()),
             Match::Ambiguous { candidates, reason } => {
@@ -298,7 +310,7 @@ impl Pipeline {
             }
             Match::NotFound { tried } => {
                 if self.settings.retry.partial_scan && attempts % 4 == 0 {
-                    self.scan_folders(scene).await?;
+                    self.scan_folders(queue, scene).await?;
                 }
                 Err(Error::new(ErrorClass::NotInPlex, format!("not in Plex yet ({})", tried.join("; "))))
             }
@@ -452,7 +464,7 @@ impl Pipeline {
     }
 
     /// Partial scans of the Plex folders holding the scene's files.
-    async fn scan_folders(&self, scene: &Scene) -> Result<(), Error> {
+    async fn scan_folders(&self, queue: &Queue, scene: &Scene) -> Result<(), Error> {
         let plex = self.plex()?;
         // (section, folder) pairs, gathered before any request so the
         // index is not held while Plex answers.
@@ -470,10 +482,40 @@ impl Pipeline {
                 }
             }
         }
+        let _deciding = self.scans.lock().await;
+        let window = SCAN_WINDOW.mul_f64(self.settings.retry.scale).as_millis() as i64;
+        let mut busy: Option<Vec<String>> = None;
         for (section, folder) in folders {
-            plex.scan_folder(&section, &folder).await?;
+            // One scan per folder and window, whichever scene asks: a bulk
+            // import misses hundreds of scenes of a few folders.
+            let key = format!("scan:{section}:{folder}");
+            let last = queue.kv_number(&key).map_err(db)?;
+            if now_ms() - last < window {
+                tracing::debug!("scene {}: {folder} was scanned recently; waiting for Plex", scene.id);
+                continue;
+            }
+            // A scan runs for seconds to minutes; while the library is
+            // being scanned, asking again only queues more work in Plex.
+            if busy.is_none() {
+                let sections = plex.sections().await?;
+                busy = Some(sections.into_iter().filter(|s| s.refreshing).map(|s| s.key).collect());
+            }
+            if busy.as_ref().is_some_and(|b| b.contains(&section)) {
+                tracing::debug!("scene {}: Plex is scanning its library; not asking again", scene.id);
+                continue;
+            }
+            // A folder scanned before that still lacks the file may be one
+            // Plex skips (it has never indexed it): the whole library then.
+            let what = if last > 0 { None } else { Some(folder.as_str()) };
+            plex.scan_folder(&section, what).await?;
+            queue.set_kv(&key, &now_ms().to_string()).map_err(db)?;
             self.tally(|s| s.plex_writes += 1);
-            tracing::info!("scene {}: asked Plex to scan {folder}", scene.id);
+            match what {
+                Some(folder) => tracing::info!("scene {}: asked Plex to scan {folder}", scene.id),
+                None => {
+                    tracing::info!("scene {}: {folder} is still not in Plex; asked Plex to scan its library", scene.id)
+                }
+            }
         }
         Ok(())
     }
@@ -482,7 +524,7 @@ impl Pipeline {
         self.plex()?;
         let records = queue.records(&scene.id).map_err(db)?;
         let recorded: Vec<String> = records.iter().map(|r| r.rating_key.clone()).collect();
-        let targets = self.targets(scene, &recorded, attempts).await?;
+        let targets = self.targets(queue, scene, &recorded, attempts).await?;
         let mut report = desired::Report::default();
         let wanted = desired::desired(scene, &self.settings, &mut report);
         for w in &report.dropped {
