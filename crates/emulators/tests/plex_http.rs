@@ -418,6 +418,7 @@ async fn posters_refresh_and_several_ids_in_one_edit() {
 #[tokio::test]
 async fn new_files_appear_after_a_partial_scan_of_their_folder() {
     let plex = start(5).await;
+    plex.with_state(|s| s.scan_duration = Duration::from_millis(50));
     let count = || plex.with_state(|s| s.items.len());
     let before = count();
     plex.with_state(|s| {
@@ -451,8 +452,9 @@ async fn new_files_appear_after_a_partial_scan_of_their_folder() {
         .unwrap();
     assert_eq!(added.status(), StatusCode::CREATED);
     tokio::time::sleep(Duration::from_millis(80)).await;
-    let found = get_json(&plex, "/library/sections/1/all?type=1&title=three").await;
-    assert_eq!(found["MediaContainer"]["size"], 1);
+    // (Plex's clock runs at requests: a listing makes the file an item.)
+    get_json(&plex, "/library/sections/1/all?type=1").await;
+    assert!(plex.item_by_file("/media/library/Auto/three.mp4").is_some());
 }
 
 #[tokio::test]
@@ -504,4 +506,50 @@ async fn tag_edits_replace_or_add_as_set() {
         assert_eq!(send(&plex, Method::PUT, &edit("B")).await, StatusCode::OK);
         assert_eq!(plex.item(rk).unwrap().tag_names(TagKind::Genre), want, "tag edits add: {add}");
     }
+}
+
+#[tokio::test]
+async fn items_are_never_empty_and_posters_list_their_candidates() {
+    let plex = start(8).await;
+    let (plain, matched) = plex.with_state(|s| {
+        let plain = s.items.values().find(|i| !i.agent_matched).unwrap().rating_key;
+        let matched = s.items.values().find(|i| i.agent_matched).map(|i| i.rating_key);
+        (plain, matched)
+    });
+    let matched = matched.expect("the agent matched some files");
+    let agent = plex.item(matched).unwrap();
+    assert!(!agent.tag_names(TagKind::Genre).is_empty() && agent.field("summary").is_some());
+    assert!(agent.locked.is_empty(), "an agent's values are not locked");
+    let listed = get_json(&plex, &format!("/library/metadata/{plain}")).await;
+    assert!(listed["MediaContainer"]["Metadata"][0]["thumb"].is_string(), "an extracted frame");
+
+    let frame = posters(&plex, plain).await;
+    assert_eq!(frame.len(), 1);
+    assert!(frame[0]["key"].as_str().unwrap().starts_with("media://") && frame[0]["selected"] == true);
+    let upload = |bytes: &'static [u8]| {
+        client()
+            .post(url(&plex, &format!("/library/metadata/{plain}/posters")))
+            .header("X-Plex-Token", TOKEN)
+            .body(bytes)
+            .send()
+    };
+    for bytes in [&b"one"[..], b"one", b"two"] {
+        assert_eq!(upload(bytes).await.unwrap().status(), StatusCode::OK);
+    }
+    let after = posters(&plex, plain).await;
+    let keys: Vec<&str> = after.iter().map(|p| p["key"].as_str().unwrap()).collect();
+    assert_eq!(
+        keys.iter().filter(|k| k.starts_with("upload://posters/")).count(),
+        2,
+        "same bytes, one poster: {keys:?}"
+    );
+    let selected: Vec<&str> =
+        after.iter().filter(|p| p["selected"] == true).map(|p| p["key"].as_str().unwrap()).collect();
+    assert_eq!(selected, [keys[2]], "the last upload is selected");
+    assert_eq!(posters(&plex, matched).await.len(), 2, "frame and the agent's poster");
+}
+
+async fn posters(plex: &PlexEmulator, rk: u64) -> Vec<Value> {
+    let v = get_json(plex, &format!("/library/metadata/{rk}/posters")).await;
+    v["MediaContainer"]["Metadata"].as_array().unwrap().clone()
 }

@@ -56,7 +56,7 @@ settings! {
     "actorImages", Boolean, true, "Actor images", "Send performer image URLs with actors. Plex fetches them itself, so Stash must be reachable by Plex without a login.";
     "collectionParentStudio", Boolean, true, "Parent studio collection", "Also put the item in a collection named after the studio's parent studio.";
     "taglineSource", String, true, "Tagline source", "What becomes the Plex tagline: none (default), code (studio code), url (first URL), director.";
-    "preservePlexEdits", Boolean, true, "Preserve Plex edits", "Only fill Plex fields that are empty; never overwrite a value already in Plex.";
+    "preservePlexEdits", Boolean, true, "Preserve Plex edits", "Never overwrite a field a person edited in Plex (Plex locks what a person edits); values Plex's agent filled in and the frames Plex extracts for posters are still replaced.";
     "skipUnorganized", Boolean, true, "Skip unorganized", "Old setting (default on): scenes not marked organized in Stash are not synced. Set it off to sync every scene.";
     "cleanTitles", Boolean, true, "Clean titles", "Old setting (opt-in): rewrite Stash titles to ASCII without leading punctuation or file-type words, in Stash.";
     "tagStashIDs", Boolean, true, "Tag stash-box ids", "Old setting: add the tagID_* Stash tags to scenes according to their stash-box endpoints.";

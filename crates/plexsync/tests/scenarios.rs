@@ -42,7 +42,8 @@ fn differences(bed: &Bed, scene: u64, item: &Item, parent_collection: bool) -> V
     }
     let poster = match (&s.cover, &item.poster) {
         (Some(cover), Some(Image::Upload(bytes))) => cover == bytes,
-        (None, None) => true,
+        // No cover in Stash: Plex keeps the frame it extracted (or its agent's image).
+        (None, Some(Image::Frame | Image::Url(_))) => true,
         _ => false,
     };
     let checks = [

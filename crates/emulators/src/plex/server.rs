@@ -101,7 +101,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/library/sections/{key}/refresh", get(section_scan).put(section_scan).post(section_scan))
         .route("/library/metadata/{rk}", get(metadata).put(metadata_edit))
         .route("/library/metadata/{rk}/refresh", put(item_refresh).post(item_refresh))
-        .route("/library/metadata/{rk}/posters", post(upload_poster).put(upload_poster))
+        .route("/library/metadata/{rk}/posters", get(list_posters).post(upload_poster).put(upload_poster))
         .route("/library/metadata/{rk}/arts", post(upload_art).put(upload_art))
         .route("/library/metadata/{rk}/thumb/{ts}", get(get_poster))
         .route("/library/metadata/{rk}/art/{ts}", get(get_art))
@@ -500,8 +500,25 @@ fn image_from(raw: Option<&str>, body: Bytes) -> Option<Image> {
 
 async fn upload_poster(State(s): Shr, Path(rk): Path<String>, RawQuery(raw): RawQuery, body: Bytes) -> Response {
     match image_from(raw.as_deref(), body) {
-        Some(image) => with_item(&s, &rk, |item| item.poster = Some(image)),
+        Some(image) => with_item(&s, &rk, |item| {
+            // An upload joins the candidates (once per content) and is selected.
+            if let Image::Upload(bytes) = &image {
+                let key = super::state::content_key(bytes);
+                if !item.uploads.contains(&key) {
+                    item.uploads.push(key);
+                }
+            }
+            item.poster = Some(image)
+        }),
         None => html(StatusCode::BAD_REQUEST, "Bad Request"),
+    }
+}
+
+async fn list_posters(State(s): Shr, Path(rk): Path<String>, headers: HeaderMap) -> Response {
+    let state = s.state.lock();
+    match rk.parse::<u64>().ok().and_then(|rk| state.items.get(&rk)) {
+        Some(item) => reply(&headers, &views::posters(item)),
+        None => html(StatusCode::NOT_FOUND, "Not Found"),
     }
 }
 
@@ -519,6 +536,10 @@ fn serve_image(s: &Shared, rk: &str, pick: impl Fn(&Item) -> Option<&Image>) -> 
         Some(Image::Upload(bytes)) => ([(header::CONTENT_TYPE, "image/jpeg")], bytes.clone()).into_response(),
         // The emulator does not fetch URLs; it shows where the image came from.
         Some(Image::Url(url)) => (StatusCode::FOUND, [(header::LOCATION, url.clone())]).into_response(),
+        // A frame of the video: any JPEG stands for it.
+        Some(Image::Frame) => {
+            ([(header::CONTENT_TYPE, "image/jpeg")], b"\xFF\xD8\xFF\xE0frame".to_vec()).into_response()
+        }
         None => html(StatusCode::NOT_FOUND, "Not Found"),
     }
 }

@@ -100,11 +100,14 @@ pub struct Tag {
     pub thumb: Option<String>,
 }
 
-/// A poster or background: set from a URL Plex would fetch, or uploaded.
+/// A poster or background: set from a URL Plex would fetch, uploaded, or
+/// a frame Plex extracted from the video (what an item shows before any
+/// agent or person gave it an image).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Image {
     Url(String),
     Upload(Vec<u8>),
+    Frame,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -122,8 +125,19 @@ pub struct Item {
     pub locked: BTreeSet<String>,
     pub poster: Option<Image>,
     pub art: Option<Image>,
+    /// Content keys of the posters uploaded to the item (`upload://posters/<key>`).
+    pub uploads: Vec<String>,
+    /// The section's agent matched the file to a movie (and filled fields).
+    pub agent_matched: bool,
     /// How often `/refresh` was called for this item.
     pub refreshes: u32,
+}
+
+/// The content key of an uploaded image (Plex names uploads by a hash of
+/// their bytes, so the same bytes twice are one poster).
+pub fn content_key(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().take(20).map(|b| format!("{b:02x}")).collect()
 }
 
 impl Item {
@@ -179,6 +193,9 @@ pub struct PlexState {
     pub auto_scan_delay: Option<Duration>,
     /// How long a requested partial scan takes before its files appear.
     pub scan_duration: Duration,
+    /// The section's agent matches every fourth new item to a movie and
+    /// fills its fields (see [`PlexState::agent_fill`]); on by default.
+    pub agent_fills: bool,
     /// A partial scan of a folder Plex has never indexed finds nothing
     /// (Plex decides by folder modification times; some are skipped).
     pub skip_new_folders: bool,
@@ -244,6 +261,7 @@ impl PlexState {
             // A real scan runs in the background for seconds to minutes.
             scan_duration: Duration::from_secs(3),
             skip_new_folders: false,
+            agent_fills: true,
             tag_edits_add: tag_edits_add_by_default(),
             next_id: 100,
             tag_ids: HashMap::new(),
@@ -323,12 +341,53 @@ impl PlexState {
             media: vec![Media { id: self.next(), duration_ms, container, parts }],
             tags: BTreeMap::new(),
             locked: BTreeSet::new(),
-            poster: None,
-            art: None,
+            // Plex extracts a frame of the video for both at once.
+            poster: Some(Image::Frame),
+            art: Some(Image::Frame),
+            uploads: Vec::new(),
+            agent_matched: false,
             refreshes: 0,
         };
         self.items.insert(rating_key, item);
+        if self.agent_fills && rating_key.is_multiple_of(4) {
+            self.agent_fill(rating_key);
+        }
         rating_key
+    }
+
+    /// The section's agent (Plex Movie) matched the file to a movie: it
+    /// fills title, summary, date, genres, actors and a poster, none
+    /// locked. Other files keep the title made from their name, as with the
+    /// Personal Media agent or none.
+    pub fn agent_fill(&mut self, rating_key: u64) {
+        let tags: Vec<(TagKind, Vec<Tag>)> = [
+            (TagKind::Genre, vec!["Drama", "Thriller"]),
+            (TagKind::Actor, vec!["Agent Actor One", "Agent Actor Two"]),
+            (TagKind::Director, vec!["Agent Director"]),
+        ]
+        .into_iter()
+        .map(|(kind, names)| {
+            let tags = names
+                .into_iter()
+                .map(|n| Tag { id: self.tag_id(kind, n), tag: n.into(), role: None, thumb: None })
+                .collect();
+            (kind, tags)
+        })
+        .collect();
+        let Some(item) = self.items.get_mut(&rating_key) else { return };
+        let title = format!("A Movie The Agent Matched ({rating_key})");
+        for (field, value) in [
+            ("title", title.as_str()),
+            ("summary", "What the agent's metadata source says of the movie."),
+            ("originallyAvailableAt", "1999-03-31"),
+            ("year", "1999"),
+        ] {
+            item.fields.insert(field.into(), value.into());
+        }
+        item.tags.extend(tags);
+        item.poster = Some(Image::Url(format!("https://metadata-static.plex.tv/p/{rating_key}/poster.jpg")));
+        item.art = Some(Image::Url(format!("https://metadata-static.plex.tv/a/{rating_key}/art.jpg")));
+        item.agent_matched = true;
     }
 
     /// A file renamed or moved inside the library and seen by a scan: its

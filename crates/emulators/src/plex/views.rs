@@ -84,6 +84,33 @@ fn section_node(s: &Section) -> Node {
         )
 }
 
+/// `GET /library/metadata/{rk}/posters`: the poster candidates — the
+/// extracted frame (`media://`), the agent's, every upload
+/// (`upload://posters/<key>`) — the one shown `selected`.
+pub fn posters(item: &Item) -> Node {
+    let mut candidates: Vec<(String, bool)> = Vec::new();
+    let selected = |image: &Image| item.poster.as_ref() == Some(image);
+    candidates.push((format!("media://{}/frame.jpg", item.rating_key), selected(&Image::Frame)));
+    if item.agent_matched {
+        let url = format!("https://metadata-static.plex.tv/p/{}/poster.jpg", item.rating_key);
+        candidates.push((url.clone(), selected(&Image::Url(url))));
+    }
+    let current = match &item.poster {
+        Some(Image::Upload(bytes)) => Some(super::state::content_key(bytes)),
+        _ => None,
+    };
+    for key in &item.uploads {
+        candidates.push((format!("upload://posters/{key}"), current.as_ref() == Some(key)));
+    }
+    Node::new("MediaContainer").attr("size", candidates.len()).children(candidates.into_iter().map(|(key, sel)| {
+        Node::named("Photo", "Metadata")
+            .attr("key", key.clone())
+            .attr("ratingKey", key.clone())
+            .attr("thumb", key)
+            .attr("selected", sel)
+    }))
+}
+
 pub fn sections(state: &PlexState) -> Node {
     Node::new("MediaContainer")
         .attr("size", state.sections.len())

@@ -111,8 +111,15 @@ pub async fn reconcile(
                     queue.enqueue(&scene.id, Reason::Reconcile).map_err(db)?;
                     break;
                 };
+                // Reconcile writes again only what PlexSync owns: with
+                // preservePlexEdits, a person's locked edit is not a difference.
+                let ours = queue.records(&scene.id).map_err(db)?;
+                let wrote = |d: &crate::desired::Desired| {
+                    ours.iter().any(|r| r.rating_key == rk && r.field_hashes.contains_key(d.field.name()))
+                };
                 if wanted.iter().any(|d| {
-                    crate::desired::differs(d, &item) && (!preserve || crate::desired::plex_is_empty(d, &item))
+                    crate::desired::differs(d, &item)
+                        && (!preserve || !crate::desired::person_edited(d, &item, wrote(d)))
                 }) {
                     differ += 1;
                     queue.reset_hashes(&scene.id).map_err(db)?;

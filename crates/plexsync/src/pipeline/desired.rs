@@ -209,30 +209,13 @@ fn is_stand_in(image_url: &str) -> bool {
     url::Url::parse(image_url).is_ok_and(|u| u.query_pairs().any(|(k, v)| k == "default" && v == "true"))
 }
 
-/// Whether Plex's current value of `d` is empty (for `preservePlexEdits`).
-pub fn plex_is_empty(d: &Desired, item: &PlexItem) -> bool {
-    let empty = |v: &Option<String>| v.as_deref().is_none_or(str::is_empty);
-    match &d.value {
-        Value::Scalars(_) => match d.field {
-            Field::Title => empty(&item.title),
-            Field::Summary => empty(&item.summary),
-            Field::Studio => empty(&item.studio),
-            Field::Tagline => empty(&item.tagline),
-            Field::Date => empty(&item.originally_available_at) && item.year.is_none(),
-            _ => true,
-        },
-        Value::Tags(kind, _) => match *kind {
-            "genre" => item.genres.is_empty(),
-            "actor" => item.actors.is_empty(),
-            "director" => item.directors.is_empty(),
-            "collection" => item.collections.is_empty(),
-            _ => true,
-        },
-        Value::Image(_) => match d.field {
-            Field::Poster => empty(&item.thumb),
-            _ => empty(&item.art),
-        },
-    }
+/// Whether Plex's value of `d` is a person's edit (for `preservePlexEdits`):
+/// Plex Web locks a field a person edits, while an agent's values and the
+/// frame Plex extracts for a poster stay unlocked (items are never empty,
+/// so emptiness says nothing). A lock of ours (`ours`: we wrote the field to
+/// this item before) is not a person's.
+pub fn person_edited(d: &Desired, item: &PlexItem, ours: bool) -> bool {
+    !ours && plex_names(d.field).iter().any(|name| item.is_locked(name))
 }
 
 /// Whether Plex's current value differs from `d` (for reconcile).
@@ -256,7 +239,9 @@ pub fn differs(d: &Desired, item: &PlexItem) -> bool {
             let want: Vec<String> = list.iter().map(|t| t.name.to_lowercase()).collect();
             have.len() != want.len() || want.iter().any(|w| !have.contains(w))
         }
-        Value::Image(url) => url.is_some() && plex_is_empty(d, item),
+        // Plex shows an extracted frame or an agent's image until one is
+        // uploaded; ours is locked when uploaded.
+        Value::Image(url) => url.is_some() && !plex_names(d.field).iter().any(|name| item.is_locked(name)),
     }
 }
 

@@ -585,7 +585,10 @@ impl Pipeline {
         }
         let changes: Vec<&Desired> = changes
             .into_iter()
-            .filter(|d| !self.settings.preserve_plex_edits || desired::plex_is_empty(d, &item))
+            .filter(|d| {
+                !self.settings.preserve_plex_edits
+                    || !desired::person_edited(d, &item, previous.contains_key(d.field.name()))
+            })
             .collect();
         let checked = self.check_images(&changes, &previous, scene, images).await?;
         let changes: Vec<&Desired> = changes
