@@ -314,3 +314,163 @@ async fn a_bulk_import_asks_plex_to_scan_each_folder_once_and_waits_for_the_scan
     assert_eq!(scans.len(), 1, "one scan for one folder: {scans:?}");
     assert_eq!(scans[0].param("path"), Some(format!("{}/Bulk Import", bed.lib.plex_prefix).as_str()));
 }
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// `path` with ` <suffix>` before its extension.
+fn renamed(path: &str, suffix: &str) -> String {
+    match path.rsplit_once('.') {
+        Some((stem, ext)) => format!("{stem} {suffix}.{ext}"),
+        None => format!("{path} {suffix}"),
+    }
+}
+
+/// A simulated month of a home server, a day a second: edits with and
+/// without hooks, nightly maintenance (503) and restarts, a renamer
+/// moving files, bulk imports scanned slowly, a library rebuilt with its
+/// ratingKeys handed out again, agents filling fields, old-agent URLs on
+/// half the scenes (the tag semantics come from `PLEX_TAG_EDITS`: CI runs
+/// this under both). Short in `cargo test`; a longer run:
+///
+///     FIELD_DAYS=30 FIELD_SCENES=2000 cargo test -p plexsync --test untidy_plex field_soak -- --nocapture
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn field_soak_a_month_of_a_home_server() {
+    use rand::{RngExt, SeedableRng};
+    use std::collections::HashMap;
+    use std::time::{Duration, Instant};
+
+    let (days, scenes, seed) = (env_num("FIELD_DAYS", 6), env_num("FIELD_SCENES", 120), env_num("FIELD_SEED", 7));
+    let bed = Bed::new(
+        scenes as usize,
+        json!({"retryScale": 0.01, "leaseSecs": 1, "drainPerSec": 1000, "requestTimeoutSecs": 1}),
+    )
+    .await;
+    bed.plex.with_state(|s| {
+        s.scan_duration = Duration::from_millis(800);
+        s.journal = Some(Vec::new());
+    });
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let plex_path = |stash: &str| stash.replacen(&bed.lib.stash_prefix, &bed.lib.plex_prefix, 1);
+    let mut ids = bed.scenes_in_plex();
+    // Every Plex path each scene's files ever had: writes are judged by them.
+    let mut paths: HashMap<u64, BTreeSet<String>> = HashMap::new();
+    for id in &ids {
+        let files = bed.stash.scene(*id).unwrap().files;
+        paths.entry(*id).or_default().extend(files.iter().map(|f| plex_path(&f.path)));
+    }
+    for id in ids.iter().step_by(2) {
+        let rk = bed.item_of(*id).rating_key;
+        bed.stash.update_scene(*id, |s| s.urls = vec![format!("plex/library/metadata/{rk}")]);
+    }
+    let tags: Vec<u64> = bed.stash.with_state(|s| s.tags.keys().copied().collect());
+    assert!(!bed.task("sync_all").await.failed());
+    let (mut edits, mut renames, mut imported, mut outages) = (0, 0, 0, 0);
+    let mut version: HashMap<u64, u32> = HashMap::new();
+    for day in 0..days {
+        for _ in 0..(ids.len() / 8).max(5) {
+            let id = ids[rng.random_range(0..ids.len())];
+            let v = version.entry(id).or_default();
+            *v += 1;
+            let (title, tag) = (format!("Field {id} v{v}"), tags[rng.random_range(0..tags.len())]);
+            bed.stash.update_scene(id, |s| {
+                s.title = Some(title);
+                s.tags = vec![tag];
+            });
+            edits += 1;
+            if rng.random_bool(0.9) {
+                assert!(!bed.update_hook(id).await.failed());
+            }
+        }
+        // A renamer moves two files; Plex's scan pairs the rename.
+        for _ in 0..2 {
+            let id = ids[rng.random_range(0..ids.len())];
+            let scene = bed.stash.scene(id).unwrap();
+            let (from, to) = (scene.files[0].path.clone(), renamed(&scene.files[0].path, &format!("d{day}")));
+            if bed.plex.with_state(|s| s.rename_file(&plex_path(&from), &plex_path(&to))).is_some() {
+                bed.stash.update_scene(id, |s| s.files[0].path = to.clone());
+                paths.entry(id).or_default().insert(plex_path(&to));
+                renames += 1;
+            }
+        }
+        // Nightly maintenance, sometimes a restart for an update.
+        outages += 1;
+        bed.plex.maintenance_for(Duration::from_millis(rng.random_range(300..1_200)));
+        if rng.random_bool(0.4) {
+            outages += 1;
+            bed.plex.down_for(Duration::from_millis(rng.random_range(200..1_000)));
+        }
+        // A bulk import every third day: Plex finds the files by scanning.
+        if day % 3 == 1 {
+            let files: Vec<Vec<(String, u64, f64)>> = (0..8)
+                .map(|i| {
+                    vec![(format!("{}/Import {day}/clip {i}.mp4", bed.lib.stash_prefix), 90_000 + day * 10 + i, 20.0)]
+                })
+                .collect();
+            bed.plex.with_state(|s| {
+                for f in &files {
+                    s.add_disk_file(&plex_path(&f[0].0), f[0].1, 20_000, None);
+                }
+            });
+            for (id, f) in bed.stash.scan_new(&files).await.into_iter().zip(&files) {
+                paths.entry(id).or_default().insert(plex_path(&f[0].0));
+                ids.push(id);
+                imported += 1;
+            }
+        }
+        if day == days / 2 {
+            bed.plex.with_state(|s| s.rebuild_reusing_keys());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    bed.plex.heal();
+    let calm = Instant::now();
+    let equal = |id: u64| {
+        let want = bed.stash.scene(id).unwrap();
+        let Some(item) = bed.plex.item_by_file(&plex_path(&want.files[0].path)) else { return false };
+        let names: BTreeSet<String> =
+            bed.stash.with_state(|s| want.tags.iter().map(|t| s.tags[t].name.to_lowercase()).collect());
+        let have: BTreeSet<String> = item.tag_names(TagKind::Genre).iter().map(|t| t.to_lowercase()).collect();
+        want.title.is_none_or(|t| item.field("title") == Some(t.as_str())) && names == have
+    };
+    let mut last_nudge: Option<Instant> = None;
+    while !ids.iter().all(|id| equal(*id)) && calm.elapsed() < Duration::from_secs(150) {
+        if !plexsync::worker::is_running(&bed.data_dir())
+            && last_nudge.is_none_or(|t| t.elapsed() > Duration::from_secs(2))
+        {
+            assert!(!bed.update_hook(ids[0]).await.failed());
+            last_nudge = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let converged_in = calm.elapsed();
+    let lost: Vec<u64> = ids.iter().copied().filter(|id| !equal(*id)).collect();
+    let journal = bed.plex.with_state(|s| s.journal.clone().unwrap_or_default());
+    let wrong: Vec<_> = journal
+        .iter()
+        .filter(|e| {
+            let Some(owner) =
+                e.title.as_deref().and_then(|t| t.strip_prefix("Field ")?.split(' ').next()?.parse::<u64>().ok())
+            else {
+                return false;
+            };
+            !e.files.iter().any(|f| paths.get(&owner).is_some_and(|p| p.contains(f)))
+        })
+        .collect();
+    println!(
+        "field soak seed {seed}: {days} days, {} scenes ({imported} imported), {edits} edits, {renames} renames, {outages} outages, \
+         1 rebuild with keys reused; {} edits applied, wrong-item writes {}, lost {}, converged in {converged_in:.1?}",
+        ids.len(),
+        journal.len(),
+        wrong.len(),
+        lost.len()
+    );
+    for id in lost.iter().take(5) {
+        let rows = bed.queue().rows("pending", 1000).unwrap();
+        println!("lost {id}: {:?}", rows.iter().find(|r| r.scene_id == id.to_string()));
+    }
+    assert!(wrong.is_empty(), "edits of items that did not hold the scene's file: {:?}", &wrong[..wrong.len().min(5)]);
+    assert!(lost.is_empty(), "not equal to Stash: {lost:?}");
+}

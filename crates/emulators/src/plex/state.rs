@@ -169,6 +169,16 @@ pub struct DiskFile {
     pub due: Option<Instant>,
 }
 
+/// One applied edit, as [`PlexState::journal`] keeps it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JournalEntry {
+    pub rating_key: u64,
+    /// The item's files when the edit was applied.
+    pub files: Vec<String>,
+    /// The `title.value` it set, if any.
+    pub title: Option<String>,
+}
+
 /// Why an edit was refused (answered with `400`).
 #[derive(Debug, PartialEq)]
 pub struct EditError(pub String);
@@ -193,6 +203,10 @@ pub struct PlexState {
     pub auto_scan_delay: Option<Duration>,
     /// How long a requested partial scan takes before its files appear.
     pub scan_duration: Duration,
+    /// When set, every applied edit is written down with the files its
+    /// item held at that moment, so a test can prove no edit ever reached
+    /// an item that did not hold the scene's file. Off by default.
+    pub journal: Option<Vec<JournalEntry>>,
     /// The section's agent matches every fourth new item to a movie and
     /// fills its fields (see [`PlexState::agent_fill`]); on by default.
     pub agent_fills: bool,
@@ -262,6 +276,7 @@ impl PlexState {
             scan_duration: Duration::from_secs(3),
             skip_new_folders: false,
             agent_fills: true,
+            journal: None,
             tag_edits_add: tag_edits_add_by_default(),
             next_id: 100,
             tag_ids: HashMap::new(),
@@ -414,6 +429,27 @@ impl PlexState {
         }
     }
 
+    /// The library emptied and scanned again (a new database, a restored
+    /// backup, a migration): every file becomes a new item with Plex's
+    /// own metadata only, and the ratingKeys are handed out again from the
+    /// lowest one, as SQLite does after deletions, so an old key now names
+    /// another video.
+    pub fn rebuild_reusing_keys(&mut self) {
+        let old: Vec<Item> = std::mem::take(&mut self.items).into_values().collect();
+        let mut keys: Vec<u64> = old.iter().map(|i| i.rating_key).collect();
+        // The scan meets the files in another order than they were added.
+        keys.rotate_left(1);
+        for (item, key) in old.into_iter().zip(keys) {
+            let files: Vec<(String, u64, u64)> =
+                item.files().map(|p| (p.file.clone(), p.size, p.duration_ms)).collect();
+            let new = self.add_item(item.section, &files);
+            let mut rebuilt = self.items.remove(&new).expect("just added");
+            rebuilt.rating_key = key;
+            rebuilt.guid = format!("local://{key}");
+            self.items.insert(key, rebuilt);
+        }
+    }
+
     /// Puts a file on the emulated disk; it becomes an item when a scan of
     /// its folder finishes, or at `due`.
     pub fn add_disk_file(&mut self, path: &str, size: u64, duration_ms: u64, due: Option<Instant>) {
@@ -517,6 +553,11 @@ impl PlexState {
         let now = unix_now();
         for id in ids {
             let item = self.items.get_mut(id).expect("checked above");
+            if let Some(journal) = self.journal.as_mut() {
+                let title = edit.values.iter().find(|(f, _)| f == "title").map(|(_, v)| v.clone());
+                let files = item.files().map(|p| p.file.clone()).collect();
+                journal.push(JournalEntry { rating_key: *id, files, title });
+            }
             for (field, value) in &edit.values {
                 if value.is_empty() {
                     item.fields.remove(field);

@@ -522,9 +522,6 @@ impl Pipeline {
 
     async fn push(&self, queue: &Queue, scene: &Scene, attempts: i64) -> Result<Outcome, Error> {
         self.plex()?;
-        let records = queue.records(&scene.id).map_err(db)?;
-        let recorded: Vec<String> = records.iter().map(|r| r.rating_key.clone()).collect();
-        let targets = self.targets(queue, scene, &recorded, attempts).await?;
         let mut report = desired::Report::default();
         let wanted = desired::desired(scene, &self.settings, &mut report);
         for w in &report.dropped {
@@ -537,14 +534,34 @@ impl Pipeline {
 
         let mut images = Images::default();
         let (mut fields, mut wrote) = (0, false);
-        for (rk, section) in &targets {
-            let previous = records.iter().find(|r| &r.rating_key == rk).map(|r| r.field_hashes.clone());
-            let listed = self.index.lock().await.as_ref().and_then(|i| i.item(rk)).and_then(|i| i.tag_kinds);
-            let item = Target { rating_key: rk, section, previous: previous.unwrap_or_default(), listed };
-            let (n, any) = self.push_item(queue, scene, &wanted, item, &mut images).await?;
-            fields += n;
-            wrote |= any;
-        }
+        // An item found to hold none of the scene's files when read before
+        // its write (the index was stale: renamed, rebuilt, a key reused)
+        // is re-indexed, and the scene is matched once more.
+        let mut rounds = 0;
+        let targets = 'matched: loop {
+            rounds += 1;
+            let records = queue.records(&scene.id).map_err(db)?;
+            let recorded: Vec<String> = records.iter().map(|r| r.rating_key.clone()).collect();
+            let targets = self.targets(queue, scene, &recorded, attempts).await?;
+            for (rk, section) in &targets {
+                let previous = records.iter().find(|r| &r.rating_key == rk).map(|r| r.field_hashes.clone());
+                let item = Target { rating_key: rk, section, previous: previous.unwrap_or_default() };
+                match self.push_item(queue, scene, &wanted, item, &mut images).await? {
+                    Some((n, any)) => {
+                        fields += n;
+                        wrote |= any;
+                    }
+                    None if rounds < 2 => continue 'matched,
+                    None => {
+                        return Err(Error::new(
+                            ErrorClass::NotInPlex,
+                            format!("Plex item {rk} no longer holds the scene's file, and no other item does yet"),
+                        ))
+                    }
+                }
+            }
+            break targets;
+        };
         let keys: Vec<String> = targets.iter().map(|(rk, _)| rk.clone()).collect();
         queue.keep_records(&scene.id, &keys).map_err(db)?;
         queue.save_shows(&scene.id, &shown_objects(scene)).map_err(db)?;
@@ -556,9 +573,13 @@ impl Pipeline {
     }
 
     /// Delivers the scene to one of its items: only the fields whose value
-    /// changed since the last write there, reading the item first only when
-    /// the edit depends on what Plex holds (a tag to remove that we did not
-    /// write, `preservePlexEdits`). Returns (fields written, anything sent).
+    /// changed since the last write there. Before anything is written the
+    /// item is read, and nothing is written unless it holds one of the
+    /// scene's files: the index may be minutes old, and ratingKeys are
+    /// handed out again after deletions (the read also gives the tags to
+    /// remove, whether Plex's tag edits replace or add, and the locks
+    /// `preservePlexEdits` looks at). Returns (fields written, anything
+    /// sent), or `None` when the item holds none of the scene's files.
     async fn push_item(
         &self,
         queue: &Queue,
@@ -566,18 +587,19 @@ impl Pipeline {
         wanted: &[Desired],
         target: Target<'_>,
         images: &mut Images,
-    ) -> Result<(usize, bool), Error> {
-        let Target { rating_key: rk, section, previous, listed } = target;
+    ) -> Result<Option<(usize, bool)>, Error> {
+        let Target { rating_key: rk, section, previous } = target;
         let changes: Vec<&Desired> =
             wanted.iter().filter(|d| previous.get(d.field.name()) != Some(&d.hash())).collect();
         let released: Vec<Field> =
             previous.keys().filter_map(|name| Field::parse(name)).filter(|f| !self.settings.owns(*f)).collect();
-        let needs_item =
-            self.settings.preserve_plex_edits || changes.iter().any(|d| clears_unknown_tags(d, &previous, listed));
-        let mut item = match needs_item {
-            true => self.read_item(rk).await?,
-            false => PlexItem::default(),
-        };
+        let mut item = PlexItem::default();
+        if !changes.is_empty() || !released.is_empty() {
+            item = self.read_item(rk).await?;
+            if !self.holds_scene_file(&item, section, scene).await {
+                return Ok(None);
+            }
+        }
         for d in &changes {
             if let Value::Tags(kind, _) = &d.value {
                 desired::remember_tags(&mut item, kind, &written_names(d.field, &previous));
@@ -628,7 +650,29 @@ impl Pipeline {
             synced_at: now_ms(),
         };
         queue.save_record(&scene.id, &record).map_err(db)?;
-        Ok((changes.len(), !changes.is_empty() || !released.is_empty()))
+        Ok(Some((changes.len(), !changes.is_empty() || !released.is_empty())))
+    }
+
+    /// Whether the item just read holds one of the scene's files; when it
+    /// does not, the index learns what it holds now.
+    async fn holds_scene_file(&self, item: &PlexItem, section: &str, scene: &Scene) -> bool {
+        let maps = &self.settings.path_maps;
+        let holds =
+            item.files().any(|p| scene.files.iter().any(|f| crate::matching::is_file(f, &p.file, p.size, maps)));
+        if !holds {
+            tracing::warn!(
+                "scene {}: Plex item {} now holds {} (renamed, rebuilt or a reused key): not written; matching again",
+                scene.id,
+                item.rating_key,
+                item.files().map(|p| p.file.as_str()).collect::<Vec<_>>().join(", ")
+            );
+            let mut slot = self.index.lock().await;
+            if let Some(index) = slot.as_mut() {
+                index.insert(section, item);
+                self.save_index(index, Some(std::slice::from_ref(&item.rating_key)));
+            }
+        }
+        holds
     }
 
     /// `GET` of the item, when an edit depends on what it holds.
@@ -842,18 +886,6 @@ fn batches<T>(units: Vec<Unit<T>>, fits: impl Fn(&[(String, String)]) -> bool) -
     out
 }
 
-/// Whether writing `d` needs the item read first: on a first write to a
-/// tag field we do not know which tags (an agent's) to remove, unless the
-/// library listing (`listed` kinds) showed none of that kind. Whether an
-/// indexed list replaces the field or adds to it is unsettled on real
-/// servers, so unknown tags are removed by name either way. Later writes
-/// remove the names the record says we wrote.
-fn clears_unknown_tags(d: &Desired, previous: &std::collections::BTreeMap<String, String>, listed: Option<u8>) -> bool {
-    let Value::Tags(kind, _) = &d.value else { return false };
-    !previous.contains_key(&format!("{}{NAMES_SUFFIX}", d.field.name()))
-        && listed.is_none_or(|kinds| kinds & crate::matching::tag_kind_bit(kind) != 0)
-}
-
 /// The tag names last written to `field` (empty when unknown).
 fn written_names(field: Field, previous: &std::collections::BTreeMap<String, String>) -> Vec<String> {
     let names = previous.get(&format!("{}{NAMES_SUFFIX}", field.name()));
@@ -883,8 +915,6 @@ struct Target<'a> {
     rating_key: &'a str,
     section: &'a str,
     previous: std::collections::BTreeMap<String, String>,
-    /// Tag kinds the library listing showed on the item.
-    listed: Option<u8>,
 }
 
 /// Answers of Stash's image server within one delivery, by (URL, ETag
