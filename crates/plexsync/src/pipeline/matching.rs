@@ -215,6 +215,10 @@ pub struct LibraryIndex {
     pub newest_added: i64,
     /// Plex reads the index has made.
     pub reads: usize,
+    /// ratingKeys whose files changed under the index (a rename, a key
+    /// handed out again), until taken: the scenes written there before
+    /// are delivered again.
+    pub moved: Vec<String>,
 }
 
 /// The lookup keys of one file: its normalized path, its file name (lower
@@ -336,7 +340,13 @@ impl LibraryIndex {
     /// postings; lookups check candidates, so they are harmless.
     fn insert_indexed(&mut self, item: IndexedItem) {
         let id = match self.position(&item.rating_key) {
-            Some(id) => id,
+            Some(id) => {
+                let before = &self.items[id as usize].files;
+                if !before.is_empty() && *before != item.files {
+                    self.moved.push(item.rating_key.to_string());
+                }
+                id
+            }
             None => {
                 let id = u32::try_from(self.items.len()).expect("fewer than 4 billion items");
                 self.ids.add(key_hash(&item.rating_key), id);
@@ -448,6 +458,16 @@ impl LibraryIndex {
             .iter()
             .filter(|(p, size)| !scene.files.iter().any(|f| is_file(f, p, *size, maps)))
             .map(|(p, size)| (p.to_string(), *size))
+            .collect()
+    }
+
+    /// The items of `old` that this index no longer has, or has with other
+    /// files (after a full read replaced it).
+    pub fn moved_since(&self, old: &LibraryIndex) -> Vec<String> {
+        old.items
+            .iter()
+            .filter(|i| !i.files.is_empty() && self.item(&i.rating_key).is_none_or(|now| now.files != i.files))
+            .map(|i| i.rating_key.to_string())
             .collect()
     }
 
@@ -610,6 +630,14 @@ impl LibraryIndex {
             return with(&rks, Confidence::Medium, format!("{} with another extension, same size", stem(decoded)));
         }
         trace.push("  same name with another extension: none".into());
+        // A name alone only where Plex does not say the size: a file of the
+        // same name and another size is another video (a re-encode, or the
+        // same name in a folder Plex has not scanned yet).
+        let sized = self.lookup(&self.by_name, key_hash(&name), |f, s| f.name == name && s.is_some());
+        if !sized.is_empty() {
+            trace.push(format!("  file name {name} alone: items {} hold it with another size", sized.join(", ")));
+            return Vec::new();
+        }
         match self.lookup(&self.by_name, key_hash(&name), |f, _| f.name == name).as_slice() {
             [rk] => {
                 trace.push(format!("  file name {name} alone: only item {rk}"));

@@ -461,6 +461,21 @@ impl Queue {
 
     /// Forgets the stored hashes of a scene, so its next delivery writes
     /// every field again (reconcile found Plex different).
+    /// Scenes written to any of the ratingKeys `keys`.
+    pub fn scenes_recorded_at(&self, keys: &[String]) -> rusqlite::Result<Vec<String>> {
+        let mut stmt = self.conn.prepare_cached("SELECT DISTINCT scene_id FROM synced_items WHERE rating_key = ?1")?;
+        let mut out = Vec::new();
+        for key in keys {
+            for id in stmt.query_map(params![key], |r| r.get::<_, String>(0))? {
+                let id = id?;
+                if !out.contains(&id) {
+                    out.push(id);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     pub fn reset_hashes(&self, scene_id: &str) -> rusqlite::Result<()> {
         self.conn.execute("UPDATE synced_items SET field_hashes = '{}' WHERE scene_id = ?1", params![scene_id])?;
         Ok(())

@@ -175,7 +175,10 @@ impl Pipeline {
         };
         if stale {
             let started = Instant::now();
-            let index = LibraryIndex::build(self.plex()?, &self.settings).await?;
+            let mut index = LibraryIndex::build(self.plex()?, &self.settings).await?;
+            if let Some(old) = slot.as_ref() {
+                index.moved = index.moved_since(old);
+            }
             tracing::info!(
                 "read the Plex library: {} items in {} requests, {:.1?}",
                 index.len(),
@@ -185,7 +188,32 @@ impl Pipeline {
             self.save_index(&index, None);
             *slot = Some(index);
         }
+        self.requeue_moved(slot.as_mut());
         Ok(())
+    }
+
+    /// Queues again, with their hashes forgotten, the scenes written to
+    /// items whose files changed under the index: a library rebuilt with
+    /// its keys handed out again, or a file moved, leaves Plex's items
+    /// without the metadata written there, and no Stash change says so.
+    fn requeue_moved(&self, index: Option<&mut LibraryIndex>) {
+        let Some(index) = index.filter(|i| !i.moved.is_empty()) else { return };
+        let moved = std::mem::take(&mut index.moved);
+        let Some(Ok(queue)) = self.index_store.as_ref().map(|p| Queue::open(p)) else { return };
+        let requeued = queue.scenes_recorded_at(&moved).and_then(|ids| {
+            for id in &ids {
+                queue.reset_hashes(id)?;
+                queue.enqueue(id, crate::queue::Reason::Reconcile)?;
+            }
+            Ok(ids.len())
+        });
+        match requeued {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!("{} Plex items hold other files now; {n} scenes written there queued again", moved.len())
+            }
+            Err(e) => tracing::warn!("could not queue the scenes of moved Plex items: {e}"),
+        }
     }
 
     /// The index a previous process stored, when it is for this server and
@@ -343,6 +371,7 @@ impl Pipeline {
         if index.refreshed_at.is_none_or(|t| t.elapsed() > gap(INDEX_CHECK_GAP)) {
             self.refresh_index(index, plex, false).await?;
         }
+        self.requeue_moved(Some(&mut *index));
         let (found, trace) = index.explain(scene, recorded, maps);
         if matches!(found, Match::Found { .. }) {
             drop(slot);
@@ -355,6 +384,7 @@ impl Pipeline {
         } else if !reread && index.refreshed_at.is_none_or(|t| t.elapsed() > gap(INDEX_REFRESH_GAP)) {
             self.refresh_index(index, plex, true).await?;
         }
+        self.requeue_moved(slot.as_mut());
         let (found, trace) = slot.as_ref().expect("index ensured").explain(scene, recorded, maps);
         drop(slot);
         self.unshared(scene, found, trace).await
@@ -378,7 +408,9 @@ impl Pipeline {
             let known = index.count_in(&section.key);
             if total != known {
                 tracing::info!("Plex library {} has {total} items, the index {known}: reading it again", section.title);
-                *index = LibraryIndex::build(plex, &self.settings).await?;
+                let mut fresh = LibraryIndex::build(plex, &self.settings).await?;
+                fresh.moved = fresh.moved_since(index);
+                *index = fresh;
                 self.save_index(index, None);
                 break;
             }
@@ -670,6 +702,7 @@ impl Pipeline {
             if let Some(index) = slot.as_mut() {
                 index.insert(section, item);
                 self.save_index(index, Some(std::slice::from_ref(&item.rating_key)));
+                self.requeue_moved(Some(index));
             }
         }
         holds
