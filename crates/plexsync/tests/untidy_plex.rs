@@ -474,3 +474,24 @@ async fn field_soak_a_month_of_a_home_server() {
     assert!(wrong.is_empty(), "edits of items that did not hold the scene's file: {:?}", &wrong[..wrong.len().min(5)]);
     assert!(lost.is_empty(), "not equal to Stash: {lost:?}");
 }
+
+#[tokio::test]
+async fn an_item_left_in_plexs_trash_is_not_the_scenes_item() {
+    let bed = Bed::new(12, json!({})).await;
+    let scene = bed.scenes_in_plex()[2];
+    let old = bed.item_of(scene);
+    assert!(!bed.update_hook(scene).await.failed());
+    bed.settle().await;
+    // The file is replaced (deleted, then copied back): with "empty trash
+    // after every scan" off, the old item stays listed with the old path.
+    let part = old.files().next().unwrap().clone();
+    let new = bed.plex.with_state(|s| {
+        s.delete_file(&part.file, true);
+        s.add_item(1, &[(part.file.clone(), part.size, part.duration_ms)])
+    });
+    bed.stash.update_scene(scene, |s| s.title = Some("On the live item".into()));
+    assert!(!bed.update_hook(scene).await.failed());
+    bed.settle().await;
+    assert_eq!(bed.plex.item(new).unwrap().field("title"), Some("On the live item"));
+    assert_ne!(bed.plex.item(old.rating_key).unwrap().field("title"), Some("On the live item"));
+}

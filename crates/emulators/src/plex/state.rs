@@ -80,6 +80,9 @@ pub struct Part {
     pub size: u64,
     pub duration_ms: u64,
     pub container: String,
+    /// When its file vanished, while the item waits in the trash
+    /// (`deletedAt`; "Empty trash automatically after every scan" off).
+    pub deleted_at: Option<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -339,6 +342,7 @@ impl PlexState {
                 size: *size,
                 duration_ms: *duration,
                 container: extension(path),
+                deleted_at: None,
             })
             .collect();
         let duration_ms = parts.iter().map(|p| p.duration_ms).sum();
@@ -417,6 +421,25 @@ impl PlexState {
         }
         item.updated_at = unix_now().max(item.updated_at + 1);
         Some(item.rating_key)
+    }
+
+    /// The file at `path` vanished and a scan noticed. With `keep_trash`
+    /// ("Empty trash automatically after every scan" off) its item stays
+    /// listed, the part marked deleted, with its old path; otherwise the
+    /// part goes, and the item with its last part.
+    pub fn delete_file(&mut self, path: &str, keep_trash: bool) {
+        let now = unix_now();
+        for item in self.items.values_mut() {
+            for media in &mut item.media {
+                if keep_trash {
+                    media.parts.iter_mut().filter(|p| p.file == path).for_each(|p| p.deleted_at = Some(now));
+                } else {
+                    media.parts.retain(|p| p.file != path);
+                }
+            }
+            item.media.retain(|m| !m.parts.is_empty());
+        }
+        self.items.retain(|_, i| !i.media.is_empty());
     }
 
     /// Plex merged two items it matched to the same title: `from`'s media

@@ -176,6 +176,7 @@ pub fn item(state: &PlexState, item: &Item, detail: bool) -> Node {
                         .attr("file", &p.file)
                         .attr("size", p.size)
                         .attr("container", &p.container)
+                        .opt_attr("deletedAt", p.deleted_at)
                 }))
         }));
     for kind in TagKind::ALL {

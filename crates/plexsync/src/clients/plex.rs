@@ -86,6 +86,10 @@ pub struct PlexPart {
     pub size: Option<u64>,
     #[serde(deserialize_with = "opt_unsigned")]
     pub duration: Option<u64>,
+    /// Set on a part whose file is gone while its item waits in Plex's
+    /// trash: the item holds that path no more.
+    #[serde(deserialize_with = "opt_number")]
+    pub deleted_at: Option<i64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -147,8 +151,9 @@ pub struct PlexItem {
 }
 
 impl PlexItem {
+    /// The item's files, leaving out parts in the trash (their file is gone).
     pub fn files(&self) -> impl Iterator<Item = &PlexPart> {
-        self.media.iter().flat_map(|m| m.parts.iter())
+        self.media.iter().flat_map(|m| m.parts.iter()).filter(|p| p.deleted_at.is_none())
     }
 
     pub fn is_locked(&self, field: &str) -> bool {

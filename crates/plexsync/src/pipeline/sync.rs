@@ -700,6 +700,8 @@ impl Pipeline {
             );
             let mut slot = self.index.lock().await;
             if let Some(index) = slot.as_mut() {
+                // Whatever replaced it is likely new to the index too.
+                index.refreshed_at = None;
                 index.insert(section, item);
                 self.save_index(index, Some(std::slice::from_ref(&item.rating_key)));
                 self.requeue_moved(Some(index));
