@@ -776,7 +776,9 @@ mod tests {
     fn item(rk: &str, path: &str, size: u64) -> PlexItem {
         PlexItem {
             rating_key: rk.into(),
-            media: vec![PlexMedia { parts: vec![PlexPart { file: path.into(), size: Some(size), duration: None }] }],
+            media: vec![PlexMedia {
+                parts: vec![PlexPart { file: path.into(), size: Some(size), ..Default::default() }],
+            }],
             ..Default::default()
         }
     }
