@@ -20,9 +20,15 @@ fn assert_edits_name_their_item(bed: &Bed) {
     }
 }
 
-fn row_error(bed: &Bed, scene: u64) -> (Option<String>, String) {
-    let rows = bed.queue().rows("pending", 100).unwrap();
-    let row = rows.into_iter().find(|r| r.scene_id == scene.to_string()).expect("the scene waits");
+/// The class and message of the error the scene waits with, once its row
+/// has one (within 20 s).
+async fn row_error(bed: &Bed, scene: u64) -> (Option<String>, String) {
+    let failed = || {
+        let rows = bed.queue().rows("pending", 1000).unwrap();
+        rows.into_iter().find(|r| r.scene_id == scene.to_string() && r.last_error.is_some())
+    };
+    common::eventually(std::time::Duration::from_secs(20), "the row records why", || failed().is_some()).await;
+    let row = failed().expect("the scene waits with an error");
     (row.error_class, row.last_error.unwrap_or_default())
 }
 
@@ -72,7 +78,7 @@ async fn two_scenes_plex_merged_into_one_item_are_ambiguous_for_both() {
     assert_eq!(after.fields, before.fields, "neither scene wrote the shared item");
     assert!(after.locked.is_empty());
     for scene in [a, b] {
-        let (class, error) = row_error(&bed, scene);
+        let (class, error) = row_error(&bed, scene).await;
         assert_eq!(class.as_deref(), Some("ambiguous"), "{error}");
         assert!(error.contains("Split Apart"), "{error}");
     }
@@ -174,15 +180,7 @@ async fn an_answer_that_is_not_plexs_json_is_a_setting_to_fix_not_an_outage() {
     let other = bed.scenes_in_plex()[1];
     let before = bed.item_of(other);
     assert!(!bed.edit_hook(other, "behind a login page").await.failed());
-    common::eventually(std::time::Duration::from_secs(20), "the row records why", || {
-        bed.queue()
-            .rows("pending", 100)
-            .unwrap()
-            .iter()
-            .any(|r| r.scene_id == other.to_string() && r.last_error.is_some())
-    })
-    .await;
-    let (class, error) = row_error(&bed, other);
+    let (class, error) = row_error(&bed, other).await;
     assert_eq!(class.as_deref(), Some("config"), "{error}");
     assert!(error.contains("web page titled \"Sign in\"") && error.contains("plexUrl"), "{error}");
     assert_eq!(bed.plex.item(before.rating_key).unwrap(), before, "nothing changed behind the login page");
@@ -227,15 +225,7 @@ async fn a_shared_users_token_and_a_show_library_are_refused_with_the_fix() {
     bed.plex.faults(|f| f.config.read_only_token = true);
     let scene = bed.scenes_in_plex()[0];
     assert!(!bed.edit_hook(scene, "needs the owner's token").await.failed());
-    common::eventually(std::time::Duration::from_secs(20), "the row records why", || {
-        bed.queue()
-            .rows("pending", 100)
-            .unwrap()
-            .iter()
-            .any(|r| r.scene_id == scene.to_string() && r.last_error.is_some())
-    })
-    .await;
-    let (class, error) = row_error(&bed, scene);
+    let (class, error) = row_error(&bed, scene).await;
     assert_eq!(class.as_deref(), Some("auth"));
     assert!(error.contains("server owner's token"), "{error}");
 

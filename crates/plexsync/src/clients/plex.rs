@@ -160,10 +160,8 @@ impl PlexItem {
         self.fields.iter().any(|f| f.locked && f.name == field)
     }
 
-    /// The tag kinds an edit names (`genre[0].tag.tag`, …), in a fixed order.
-    pub const TAG_KINDS: [&'static str; 4] = ["genre", "actor", "director", "collection"];
-
-    /// The item's tags of `kind` (one of [`PlexItem::TAG_KINDS`]).
+    /// The item's tags of `kind` (as an edit names it: `genre`, `actor`,
+    /// `director`, `collection`).
     pub fn tags(&self, kind: &str) -> &[PlexTag] {
         match kind {
             "genre" => &self.genres,

@@ -23,22 +23,6 @@ pub struct IndexedItem {
     pub files: Box<[(Box<str>, Option<u64>)]>,
     /// Part durations in ms, for tie-breaks.
     pub durations: Box<[u64]>,
-    /// Which tag kinds the listing showed at least one tag of (bits of
-    /// [`tag_kind_bit`]); `None` in an index stored before this was kept.
-    /// A listing shows only the first few tags of a kind, but it never
-    /// hides that there are some: a kind it shows none of is empty.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tag_kinds: Option<u8>,
-}
-
-/// The bit of a tag kind (its place in [`PlexItem::TAG_KINDS`]) in
-/// [`IndexedItem::tag_kinds`]; an unknown kind gets bits no kind sets.
-pub fn tag_kind_bit(kind: &str) -> u8 {
-    PlexItem::TAG_KINDS.iter().position(|k| *k == kind).map_or(0xF0, |i| 1 << i)
-}
-
-fn tag_kinds(item: &PlexItem) -> u8 {
-    PlexItem::TAG_KINDS.iter().filter(|k| !item.tags(k).is_empty()).fold(0, |bits, k| bits | tag_kind_bit(k))
 }
 
 /// How sure a match is.
@@ -332,7 +316,6 @@ impl LibraryIndex {
             section: section.into(),
             files: item.files().map(|p| (p.file.as_str().into(), p.size)).collect(),
             durations: item.files().filter_map(|p| p.duration).collect(),
-            tag_kinds: Some(tag_kinds(item)),
         });
     }
 
