@@ -171,17 +171,6 @@ impl PlexItem {
             _ => &[],
         }
     }
-
-    /// The same, to change.
-    pub fn tags_mut(&mut self, kind: &str) -> Option<&mut Vec<PlexTag>> {
-        match kind {
-            "genre" => Some(&mut self.genres),
-            "actor" => Some(&mut self.actors),
-            "director" => Some(&mut self.directors),
-            "collection" => Some(&mut self.collections),
-            _ => None,
-        }
-    }
 }
 
 /// One page of a section listing.

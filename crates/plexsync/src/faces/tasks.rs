@@ -105,6 +105,7 @@ pub async fn reconcile(
             }
             let wanted = crate::desired::desired(&scene, &settings, &mut Default::default());
             let preserve = settings.preserve_plex_edits;
+            let ours = queue.records(&scene.id).map_err(db)?;
             for (rk, _) in items {
                 let Some(item) = pipeline.plex.as_ref().expect("find needs Plex").item(&rk).await? else {
                     missing += 1;
@@ -113,7 +114,6 @@ pub async fn reconcile(
                 };
                 // Reconcile writes again only what PlexSync owns: with
                 // preservePlexEdits, a person's locked edit is not a difference.
-                let ours = queue.records(&scene.id).map_err(db)?;
                 let wrote = |d: &crate::desired::Desired| {
                     ours.iter().any(|r| r.rating_key == rk && r.field_hashes.contains_key(d.field.name()))
                 };

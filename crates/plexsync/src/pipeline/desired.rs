@@ -215,7 +215,12 @@ fn is_stand_in(image_url: &str) -> bool {
 /// so emptiness says nothing). A lock of ours (`ours`: we wrote the field to
 /// this item before) is not a person's.
 pub fn person_edited(d: &Desired, item: &PlexItem, ours: bool) -> bool {
-    !ours && plex_names(d.field).iter().any(|name| item.is_locked(name))
+    !ours && locked_in_plex(d, item)
+}
+
+/// Whether Plex shows `d`'s field locked (by us or by a person).
+fn locked_in_plex(d: &Desired, item: &PlexItem) -> bool {
+    plex_names(d.field).iter().any(|name| item.is_locked(name))
 }
 
 /// Whether Plex's current value differs from `d` (for reconcile).
@@ -241,27 +246,15 @@ pub fn differs(d: &Desired, item: &PlexItem) -> bool {
         }
         // Plex shows an extracted frame or an agent's image until one is
         // uploaded; ours is locked when uploaded.
-        Value::Image(url) => url.is_some() && !plex_names(d.field).iter().any(|name| item.is_locked(name)),
-    }
-}
-
-/// Adds `names` (tags we wrote before) to what we know `item` holds, so an
-/// edit removes them without reading the item.
-pub fn remember_tags(item: &mut PlexItem, kind: &str, names: &[String]) {
-    let Some(list) = item.tags_mut(kind) else { return };
-    for name in names {
-        if !list.iter().any(|t| t.tag.eq_ignore_ascii_case(name)) {
-            list.push(crate::plex::PlexTag { tag: name.clone(), ..Default::default() });
-        }
+        Value::Image(url) => url.is_some() && !locked_in_plex(d, item),
     }
 }
 
 /// Query parameters of the one edit that writes `changes` (scalars and
 /// tags; images are uploaded separately) and unlocks `released` fields.
-/// An indexed list is the field's whole new list (python-plexapi's add
-/// sends the existing tags first), so a non-empty list needs no item read;
-/// tags known to be there (read, or written by us before) and not wanted
-/// any more are also removed explicitly, which an empty list needs.
+/// An indexed list may replace the field or add to it (real servers are
+/// unsettled), so the tags `item` holds (it was read) and not wanted any
+/// more are also removed explicitly, which an empty list needs anyway.
 pub fn edit_params(changes: &[&Desired], released: &[Field], item: &PlexItem) -> Vec<(String, String)> {
     let mut params = Vec::new();
     for d in changes {

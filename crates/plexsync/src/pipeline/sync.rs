@@ -157,9 +157,14 @@ impl Pipeline {
         }
     }
 
+    /// The Plex server records name (its URL; empty when not set).
+    fn plex_server(&self) -> String {
+        self.settings.plex_url.as_ref().map(|u| u.to_string()).unwrap_or_default()
+    }
+
     /// Which server and libraries an index belongs to.
     fn index_key(&self) -> String {
-        let url = self.settings.plex_url.as_ref().map(|u| u.to_string()).unwrap_or_default();
+        let url = self.plex_server();
         format!("{url}|{}", self.settings.libraries.join(","))
     }
 
@@ -306,7 +311,7 @@ impl Pipeline {
             self.tally(|s| s.plex_writes += 1);
             // Recorded so change capture knows this version was delivered.
             let record = SyncRecord {
-                plex_server: self.settings.plex_url.as_ref().map(|u| u.to_string()).unwrap_or_default(),
+                plex_server: self.plex_server(),
                 rating_key: rk.clone(),
                 section: section.clone(),
                 stash_updated_at: scene.updated_at.clone(),
@@ -625,17 +630,10 @@ impl Pipeline {
             wanted.iter().filter(|d| previous.get(d.field.name()) != Some(&d.hash())).collect();
         let released: Vec<Field> =
             previous.keys().filter_map(|name| Field::parse(name)).filter(|f| !self.settings.owns(*f)).collect();
-        let mut item = PlexItem::default();
-        if !changes.is_empty() || !released.is_empty() {
-            item = self.read_item(rk).await?;
-            if !self.holds_scene_file(&item, section, scene).await {
-                return Ok(None);
-            }
-        }
-        for d in &changes {
-            if let Value::Tags(kind, _) = &d.value {
-                desired::remember_tags(&mut item, kind, &written_names(d.field, &previous));
-            }
+        let writes = !changes.is_empty() || !released.is_empty();
+        let item = if writes { self.read_item(rk).await? } else { PlexItem::default() };
+        if writes && !self.holds_scene_file(&item, section, scene).await {
+            return Ok(None);
         }
         let changes: Vec<&Desired> = changes
             .into_iter()
@@ -667,14 +665,11 @@ impl Pipeline {
         for d in &changes {
             if let Some(hash) = written.remove(&d.field) {
                 hashes.insert(d.field.name().to_string(), hash);
-                if let desired::Value::Tags(_, list) = &d.value {
-                    hashes.insert(format!("{}{NAMES_SUFFIX}", d.field.name()), tag_names(list));
-                }
             }
         }
         hashes.extend(checked.record);
         let record = SyncRecord {
-            plex_server: self.settings.plex_url.as_ref().map(|u| u.to_string()).unwrap_or_default(),
+            plex_server: self.plex_server(),
             rating_key: rk.to_string(),
             section: section.to_string(),
             field_hashes: hashes,
@@ -921,18 +916,6 @@ fn batches<T>(units: Vec<Unit<T>>, fits: impl Fn(&[(String, String)]) -> bool) -
     out
 }
 
-/// The tag names last written to `field` (empty when unknown).
-fn written_names(field: Field, previous: &std::collections::BTreeMap<String, String>) -> Vec<String> {
-    let names = previous.get(&format!("{}{NAMES_SUFFIX}", field.name()));
-    names.and_then(|n| serde_json::from_str(n).ok()).unwrap_or_default()
-}
-
-/// The names of a tag list as stored in the record (JSON, lower case).
-fn tag_names(list: &[desired::TagValue]) -> String {
-    let names: Vec<String> = list.iter().map(|t| t.name.to_lowercase()).collect();
-    serde_json::to_string(&names).expect("strings serialize")
-}
-
 /// The performers, studios (and parent) and tags a scene shows, by kind.
 fn shown_objects(scene: &Scene) -> Vec<(&'static str, String)> {
     let mut out: Vec<(&'static str, String)> = Vec::new();
@@ -966,10 +949,9 @@ struct CheckedImages {
 }
 
 /// Record key suffixes beside a field's value hash: the hash of an image's
-/// content, its `ETag` at Stash, and the names of a tag list we wrote.
+/// content and its `ETag` at Stash.
 const CONTENT_SUFFIX: &str = ".content";
 const ETAG_SUFFIX: &str = ".etag";
-const NAMES_SUFFIX: &str = ".names";
 
 /// What one delivery writes: the changed fields, the fields no longer
 /// owned (unlocked), the images whose content is new, and the image fields
