@@ -208,7 +208,7 @@ impl PlexEmulator {
     /// The item whose part is `file`, if Plex has scanned it.
     pub fn item_by_file(&self, file: &str) -> Option<Item> {
         let state = self.shared.state.lock();
-        state.items.values().find(|i| i.files().any(|p| p.file == file && p.deleted_at.is_none())).cloned()
+        state.items.values().find(|i| i.files().any(|p| p.file == file)).cloned()
     }
 
     pub fn requests(&self) -> Vec<RequestRecord> {

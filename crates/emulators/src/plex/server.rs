@@ -184,7 +184,7 @@ async fn fault_layer(State(shared): Shr, req: Request, next: Next) -> Response {
         response
     } else if path != "/identity" && !token_ok(&shared, &config, header_token.or(query_token)) {
         html(StatusCode::UNAUTHORIZED, "Unauthorized")
-    } else if config.read_only_token && req.method() != axum::http::Method::GET || is_scan(&config, &path) {
+    } else if refused_to_a_shared_user(&config, req.method(), &path) {
         html(StatusCode::FORBIDDEN, "Forbidden")
     } else {
         let response = untidy(&config, next.run(req).await).await;
@@ -221,9 +221,10 @@ fn in_front_of_plex(config: &FaultConfig, req: &Request) -> Option<(&'static str
     None
 }
 
-/// A scan request, which a read-only token may not make either.
-fn is_scan(config: &FaultConfig, path: &str) -> bool {
-    config.read_only_token && path.ends_with("/refresh")
+/// With a shared user's token, Plex lists but refuses every change: edits,
+/// uploads, refreshes and scans (a scan is a `GET` of `…/refresh`).
+fn refused_to_a_shared_user(config: &FaultConfig, method: &axum::http::Method, path: &str) -> bool {
+    config.read_only_token && (method != axum::http::Method::GET || path.ends_with("/refresh"))
 }
 
 /// JSON answers made as untidy as real servers' are, when asked.

@@ -152,8 +152,9 @@ impl Item {
         self.tags.get(&kind).map(|t| t.iter().map(|t| t.tag.as_str()).collect()).unwrap_or_default()
     }
 
+    /// The item's files, leaving out parts in the trash (their file is gone).
     pub fn files(&self) -> impl Iterator<Item = &Part> {
-        self.media.iter().flat_map(|m| m.parts.iter())
+        self.media.iter().flat_map(|m| m.parts.iter()).filter(|p| p.deleted_at.is_none())
     }
 
     pub fn duration_ms(&self) -> u64 {
