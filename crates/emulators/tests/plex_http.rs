@@ -252,7 +252,7 @@ fn compare_shapes(ours: &Value, real: &Value, path: &str, compared: &mut usize) 
 }
 
 fn fixture(name: &str) -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/plex/");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../third_party/plex-json/");
     serde_json::from_str(&std::fs::read_to_string(format!("{path}{name}")).unwrap()).unwrap()
 }
 

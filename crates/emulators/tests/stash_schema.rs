@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 #[test]
 fn the_emulators_schema_is_a_subset_of_stashs() {
-    let real = RealSchema::get().expect("Stash's schema under shared/stash-schema");
+    let real = RealSchema::get().expect("Stash's schema under third_party/stash-schema");
     let differences = real.differences(&emulators::stash::schema::sdl()).unwrap();
     assert!(differences.is_empty(), "the emulator differs from Stash:\n{}", differences.join("\n"));
 }

@@ -19,7 +19,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use emulators::{PlexEmulator, StashEmulator};
-use plexsync::queue::Queue;
+use plexsync::store::Store;
 use serde_json::json;
 
 /// Waits until the worker has delivered everything (nothing waiting,
@@ -29,7 +29,7 @@ async fn drained(data: &Path) -> Duration {
     let mut quiet = 0;
     while quiet < 5 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let busy = Queue::open(&data.join("queue.sqlite"))
+        let busy = Store::open(&data.join("queue.sqlite"))
             .and_then(|q| q.stats())
             .map(|s| s.due_now + s.leased + s.requests > 0)
             .unwrap_or(true);
@@ -90,7 +90,7 @@ async fn main() {
     let started = Instant::now();
     stash.run_plugin_task("PlexSync", "Sync all scenes", json!({})).await.unwrap();
     drained(&data).await;
-    let queue = Queue::open(&data.join("queue.sqlite")).unwrap();
+    let queue = Store::open(&data.join("queue.sqlite")).unwrap();
     let synced: Vec<u64> = stash
         .with_state(|s| s.scenes.keys().copied().collect::<Vec<_>>())
         .into_iter()

@@ -48,7 +48,7 @@ mod unix {
             .args(args)
             .env("PLEXSYNC_STASH_URL", stash.url().as_str())
             .env("PLEXSYNC_STASH_SESSION", stash.login_cookie())
-            .env("PLEXSYNC_LOG", "plexsync=warn,plexsync::faces::worker=debug")
+            .env("PLEXSYNC_LOG", "plexsync=warn,plexsync::pipeline::worker=debug")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -204,7 +204,7 @@ mod unix {
             let bed = Bed { exe: &exe, data: &data, stash: &stash, plex: &plex };
             let sync_all = ["sync", "--all"];
             tokio::task::block_in_place(|| run(&bed, "first sync", &sync_all, n, n));
-            let in_plex = plexsync::queue::Queue::open(&data.join("queue.sqlite")).unwrap().stats().unwrap().synced;
+            let in_plex = plexsync::store::Store::open(&data.join("queue.sqlite")).unwrap().stats().unwrap().synced;
             eprintln!("{in_plex} of {n} scenes are in Plex and were delivered");
             tokio::task::block_in_place(|| run(&bed, "unchanged", &sync_all, n, n));
             let edited: Vec<u64> = stash.with_state(|s| s.scenes.keys().copied().step_by(100).collect());

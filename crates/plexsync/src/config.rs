@@ -11,11 +11,10 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use url::Url;
 
-use crate::http::HttpOptions;
 use crate::secret::Secret;
 
 /// The plugin id Stash keeps our settings under (the old plugin's id).
-pub const PLUGIN_ID: &str = "PlexSync";
+pub(crate) const PLUGIN_ID: &str = "PlexSync";
 
 /// Kind of a setting, as Stash's manifest declares it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,7 +110,7 @@ pub enum Field {
 }
 
 impl Field {
-    pub const ALL: [Field; 11] = [
+    pub(crate) const ALL: [Field; 11] = [
         Self::Title,
         Self::Summary,
         Self::Studio,
@@ -126,7 +125,7 @@ impl Field {
     ];
 
     /// Name in `syncFields` and in the stored hashes.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Title => "title",
             Self::Summary => "summary",
@@ -142,7 +141,7 @@ impl Field {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|f| f.name().eq_ignore_ascii_case(s.trim()))
     }
 }
@@ -169,6 +168,28 @@ pub struct StashIdTags {
     pub empty: Option<String>,
     /// (endpoint host fragment, tag id)
     pub by_endpoint: Vec<(&'static str, String)>,
+}
+
+/// Connection options for one server.
+#[derive(Clone, Debug)]
+pub struct HttpOptions {
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    /// Extra CA certificate (PEM) to trust, e.g. a self-signed Plex certificate.
+    pub ca_file: Option<PathBuf>,
+    /// Accept any certificate. Only by explicit setting; logged at each start.
+    pub insecure: bool,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            ca_file: None,
+            insecure: false,
+        }
+    }
 }
 
 /// Resolved settings.
@@ -282,14 +303,14 @@ fn canonical(key: &str) -> String {
 }
 
 /// Settings from the environment: `PLEXSYNC_<NAME>` for every setting.
-pub fn env_layer() -> Map<String, Value> {
+pub(crate) fn env_layer() -> Map<String, Value> {
     std::env::vars()
         .filter_map(|(k, v)| k.strip_prefix("PLEXSYNC_").map(|name| (name.to_string(), Value::String(v))))
         .collect()
 }
 
 /// Settings from a TOML file (same names as the plugin settings).
-pub fn toml_layer(path: &std::path::Path) -> Result<Map<String, Value>, String> {
+pub(crate) fn toml_layer(path: &std::path::Path) -> Result<Map<String, Value>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
     let table: toml::Table = toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))?;
     let value = serde_json::to_value(table).map_err(|e| format!("config file {}: {e}", path.display()))?;
@@ -298,7 +319,7 @@ pub fn toml_layer(path: &std::path::Path) -> Result<Map<String, Value>, String> 
 
 /// PlexSync's settings in Stash with the local layers (file,
 /// environment, flags) over them.
-pub fn load_over(from_stash: Map<String, Value>, local: &[Map<String, Value>]) -> Loaded {
+pub(crate) fn load_over(from_stash: Map<String, Value>, local: &[Map<String, Value>]) -> Loaded {
     let mut layers = vec![from_stash];
     layers.extend(local.iter().cloned());
     load(&layers)
@@ -564,7 +585,7 @@ impl Reader {
 
 impl Settings {
     /// What is missing for delivery, as an instruction to the user.
-    pub fn delivery_problem(&self) -> Option<String> {
+    pub(crate) fn delivery_problem(&self) -> Option<String> {
         if self.plex_url.is_none() {
             return Some(
                 "Plex is not configured: set plexUrl (e.g. http://192.168.1.10:32400) in PlexSync's settings".into(),
@@ -576,7 +597,7 @@ impl Settings {
         None
     }
 
-    pub fn owns(&self, field: Field) -> bool {
+    pub(crate) fn owns(&self, field: Field) -> bool {
         self.fields.contains(&field)
     }
 }

@@ -35,7 +35,7 @@ pub enum ErrorClass {
 }
 
 impl ErrorClass {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::PlexUnavailable => "plex_unavailable",
             Self::Throttled => "throttled",
@@ -74,7 +74,7 @@ impl fmt::Display for ErrorClass {
 
 /// Which server an HTTP error came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Server {
+pub(crate) enum Server {
     Plex,
     Stash,
 }
@@ -108,12 +108,12 @@ pub struct Error {
 }
 
 impl Error {
-    pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
+    pub(crate) fn new(class: ErrorClass, message: impl Into<String>) -> Self {
         Self { class, message: message.into(), retry_after: None, status: None }
     }
 
     /// Classifies a transport error (no HTTP status was received).
-    pub fn transport(server: Server, what: &str, err: reqwest::Error) -> Self {
+    pub(crate) fn transport(server: Server, what: &str, err: reqwest::Error) -> Self {
         let kind = if err.is_timeout() {
             "timed out"
         } else if err.is_connect() {
@@ -138,7 +138,7 @@ impl Error {
     }
 
     /// Classifies an HTTP status other than success.
-    pub fn status(server: Server, what: &str, status: u16, retry_after: Option<Duration>) -> Self {
+    pub(crate) fn status(server: Server, what: &str, status: u16, retry_after: Option<Duration>) -> Self {
         let name = server.name();
         let (class, hint) = match status {
             403 if server == Server::Plex => (
@@ -167,7 +167,7 @@ impl Error {
 
     /// Whether a proxy refused the request for its size (its line, body or
     /// headers): the same content in smaller requests may pass.
-    pub fn too_large(&self) -> bool {
+    pub(crate) fn too_large(&self) -> bool {
         matches!(self.status, Some(413 | 414 | 431))
     }
 }
@@ -180,6 +180,14 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// The store failing is PlexSync's problem, not the user's data: a `bug`
+/// class error naming the database.
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Error::new(ErrorClass::Bug, format!("queue database: {e}"))
+    }
+}
+
 fn root_cause(err: &dyn std::error::Error) -> String {
     let mut cause = err;
     while let Some(next) = cause.source() {
@@ -189,7 +197,7 @@ fn root_cause(err: &dyn std::error::Error) -> String {
 }
 
 /// `Retry-After` in seconds (the HTTP-date form is not used by Plex).
-pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     headers
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())

@@ -1,12 +1,21 @@
 //! PlexSync: keeps a Plex Media Server's metadata in step with Stash.
 //!
-//! Three groups, one folder each: the [`faces`] (plugin, worker, tasks
-//! shared with the CLI in `main.rs`, demo), the delivery [`pipeline`]
-//! (capture → queue → sync: fetch, match, sanitize, diff, write, record)
-//! and the two [`clients`] (Stash, Plex). Settings ([`config`]), assembling
-//! a run ([`app`]), errors ([`error`]) and logging stay at the root.
+//! Four layers, each a folder or file, each using only the ones below it
+//! (a test, `tests/it/layers.rs`, reads the imports and holds this):
+//!
+//! 1. [`faces`]: how PlexSync is started: the Stash plugin, the daemon,
+//!    the operations the CLI (`main.rs`) and both share, the demo.
+//! 2. [`pipeline`]: the delivery engine: capture → queue → fetch → match →
+//!    sanitize → diff → write → record, and the worker that drives it.
+//! 3. [`clients`] (Stash, Plex over HTTP) and the [`store`] (SQLite).
+//! 4. Settings ([`config`]), [`error`]s, [`secret`]s, [`logging`],
+//!    [`metrics`] counters and [`progress`].
+//!
+//! The public modules are the library's API: what the binary and the
+//! integration tests use. Everything else is `pub(crate)` or private.
 
-pub mod app;
+#![deny(unreachable_pub)]
+
 pub mod clients;
 pub mod config;
 pub mod error;
@@ -15,13 +24,8 @@ pub mod logging;
 pub mod metrics;
 pub mod pipeline;
 pub mod progress;
-
-// One hop from the crate root to any module, wherever it lives.
-pub use clients::{http, plex, secret, stash};
-#[cfg(feature = "demo")]
-pub use faces::demo;
-pub use faces::{daemon, plugin, protocol, tasks, worker};
-pub use pipeline::{capture, concurrency, desired, legacy, matching, queue, retry, sanitize, sync};
+pub mod secret;
+pub mod store;
 
 /// `0.1.0 (x86_64-unknown-linux-musl, abc1234567)`: the version, the
 /// target the binary was built for and the commit it was built from.

@@ -7,11 +7,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use serde_json::{json, Map, Value};
 
-use plexsync::app::{Context, Sources};
-use plexsync::queue::Reason;
-use plexsync::sync::db;
-use plexsync::worker::{self, WorkerOptions};
-use plexsync::{logging, plugin, tasks};
+use plexsync::error::ErrorClass;
+use plexsync::faces::context::{Context, Sources};
+use plexsync::faces::operations::{self, Operation};
+use plexsync::faces::plugin;
+use plexsync::logging;
+use plexsync::pipeline::worker::{self, WorkerOptions};
 
 #[derive(Parser)]
 #[command(version = plexsync::BUILD, about = "Keeps Plex's metadata in step with Stash")]
@@ -221,14 +222,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             // For people and tools that need to find the worker (status, kill).
             let _ = std::fs::write(ctx.data_dir.join("worker.pid"), std::process::id().to_string());
-            let queue = ctx.queue()?;
+            let queue = ctx.store()?;
             let mut pipeline = ctx.pipeline()?;
             let options = match (exit_when_idle, plugin) {
                 (true, _) => WorkerOptions::foreground(),
                 (false, true) => WorkerOptions::detached(ctx.settings.retry.worker_idle),
                 (false, false) => WorkerOptions::default(),
             };
-            tracing::info!("worker started ({} waiting)", queue.stats().map_err(db)?.pending);
+            tracing::info!("worker started ({} waiting)", queue.stats()?.pending);
             let result = worker::run(&mut pipeline, &queue, &options, |_, _| {}).await;
             let s = &pipeline.stats();
             tracing::info!(
@@ -245,25 +246,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Sync { all, recent, scene } => {
+            let queue = match (all, recent) {
+                (true, _) => Operation::QueueAll { since: None },
+                (false, true) => Operation::QueueAll { since: Some(operations::day_ago()) },
+                _ if !scene.is_empty() => Operation::QueueScenes(scene.clone()),
+                _ => anyhow::bail!("say what to sync: --all, --recent or --scene ID"),
+            };
             let ctx = Context::from_local(&sources).await?;
-            let mut progress = plexsync::progress::reporter("scenes queued");
-            if *all {
-                tasks::enqueue_changed(&ctx, None, &mut progress).await?;
-            } else if *recent {
-                tasks::enqueue_changed(&ctx, Some(tasks::day_ago()), &mut progress).await?;
-            } else if !scene.is_empty() {
-                let queue = ctx.queue()?;
-                queue.enqueue_many(scene.iter().map(String::as_str), Reason::Manual).map_err(db)?;
-            } else {
-                anyhow::bail!("say what to sync: --all, --recent or --scene ID");
-            }
-            let result = tasks::process_queue(
-                &ctx,
-                WorkerOptions::foreground(),
-                &mut plexsync::progress::reporter("scenes delivered"),
-            )
-            .await?;
-            println!("{}", serde_json::to_string_pretty(&result)?);
+            operations::run(&ctx, &queue, &mut plexsync::progress::reporter("scenes queued")).await?;
+            let delivered =
+                operations::run(&ctx, &Operation::Deliver, &mut plexsync::progress::reporter("scenes delivered"))
+                    .await?;
+            println!("{}", serde_json::to_string_pretty(&delivered)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Daemon { .. } => {
@@ -271,94 +265,80 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for w in &ctx.warnings {
                 tracing::warn!("setting: {w}");
             }
-            plexsync::daemon::run(ctx).await?;
+            plexsync::faces::daemon::run(ctx).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { json } => {
             let ctx = Context::from_local(&sources).await?;
-            let status = tasks::status(&ctx)?;
+            let status = operations::run(&ctx, &Operation::Status, &mut |_, _| {}).await?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Queue { action } => {
+            let class = |class: &Option<String>| -> anyhow::Result<Option<ErrorClass>> {
+                class
+                    .as_deref()
+                    .map(|c| {
+                        ErrorClass::parse(c)
+                            .ok_or_else(|| anyhow::anyhow!("unknown failure class '{c}' (see docs/failures.md)"))
+                    })
+                    .transpose()
+            };
+            let op = match action {
+                QueueAction::Clear => Operation::ClearQueue,
+                QueueAction::Retry { class: c } => Operation::RetryDead { class: class(c)? },
+                QueueAction::Purge { class: c } => Operation::PurgeDead { class: class(c)? },
+            };
             let ctx = Context::from_local(&sources).await?;
-            let queue = ctx.queue()?;
-            let check = |class: &Option<String>| -> anyhow::Result<()> {
-                if let Some(c) = class {
-                    anyhow::ensure!(
-                        plexsync::error::ErrorClass::parse(c).is_some(),
-                        "unknown failure class '{c}' (see the README's failure table)"
-                    );
-                }
-                Ok(())
-            };
-            let result = match action {
-                QueueAction::Clear => json!({"removed": queue.clear().map_err(db)?}),
-                QueueAction::Retry { class } => {
-                    check(class)?;
-                    json!({"retried": queue.retry_dead(class.as_deref()).map_err(db)?})
-                }
-                QueueAction::Purge { class } => {
-                    check(class)?;
-                    json!({"purged": queue.purge_dead(class.as_deref()).map_err(db)?})
-                }
-            };
+            let result = operations::run(&ctx, &op, &mut |_, _| {}).await?;
             println!("{result}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Reconcile { recent, since } => {
-            let ctx = Context::from_local(&sources).await?;
             let since = match (recent, since) {
-                (true, _) => Some(tasks::day_ago()),
+                (true, _) => Some(operations::day_ago()),
                 (false, Some(s)) => Some(parse_since(s)?),
                 (false, None) => None,
             };
-            let found = tasks::reconcile(
-                &ctx.pipeline()?,
-                &ctx.queue()?,
-                since,
+            let ctx = Context::from_local(&sources).await?;
+            let found = operations::run(
+                &ctx,
+                &Operation::Reconcile { since },
                 &mut plexsync::progress::reporter("scenes compared"),
             )
             .await?;
-            let delivered = tasks::process_queue(
-                &ctx,
-                WorkerOptions::foreground(),
-                &mut plexsync::progress::reporter("scenes delivered"),
-            )
-            .await?;
+            let delivered =
+                operations::run(&ctx, &Operation::Deliver, &mut plexsync::progress::reporter("scenes delivered"))
+                    .await?;
             println!("{}", serde_json::to_string_pretty(&json!({"reconcile": found, "delivery": delivered}))?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Explain { scene } => {
-            let ctx = Context::from_local(&sources).await?;
-            let out = tasks::explain(&ctx, scene).await?;
-            println!("{}", serde_json::to_string_pretty(&out)?);
-            Ok(ExitCode::SUCCESS)
+            print_operation(&sources, Operation::Explain { scene: Some(scene.clone()) }).await
         }
-        Command::Paths { action: PathsAction::Suggest } => {
-            let ctx = Context::from_local(&sources).await?;
-            let out = tasks::suggest_paths(&ctx).await?;
-            println!("{}", serde_json::to_string_pretty(&out)?);
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Health => {
-            let ctx = Context::from_local(&sources).await?;
-            let report = tasks::health(&ctx).await?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Paths { action: PathsAction::Suggest } => print_operation(&sources, Operation::SuggestPaths).await,
+        Command::Health => print_operation(&sources, Operation::Health).await,
         Command::Manifest => {
             print!("{}", plugin::manifest());
             Ok(ExitCode::SUCCESS)
         }
         #[cfg(feature = "demo")]
         Command::Demo { scenes, seed, outage_secs } => {
-            plexsync::demo::run(*scenes, *seed, std::time::Duration::from_secs_f64(outage_secs.max(0.0))).await?;
+            plexsync::faces::demo::run(*scenes, *seed, std::time::Duration::from_secs_f64(outage_secs.max(0.0)))
+                .await?;
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Runs `op` and prints its result as JSON.
+async fn print_operation(sources: &Sources, op: Operation) -> anyhow::Result<ExitCode> {
+    let ctx = Context::from_local(sources).await?;
+    let out = operations::run(&ctx, &op, &mut |_, _| {}).await?;
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `--since`: a date (midnight UTC) or an RFC 3339 time.
@@ -369,17 +349,16 @@ fn parse_since(s: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
     t.map_err(|_| anyhow::anyhow!("--since must be a date (2026-01-31) or an RFC 3339 time, got '{s}'"))
 }
 
-/// Prints progress at every tenth of the work.
 /// The daemon's context. A daemon may start before Stash (a compose file,
 /// a reboot): it waits for Stash instead of exiting, until Ctrl-C or
 /// SIGTERM (`None`). A missing setting is an error at once.
 async fn daemon_context(sources: &Sources) -> anyhow::Result<Option<Context>> {
-    let stop = plexsync::daemon::stop_signal();
+    let stop = plexsync::faces::daemon::stop_signal();
     tokio::pin!(stop);
     loop {
         match Context::from_local(sources).await {
             Ok(ctx) => return Ok(Some(ctx)),
-            Err(e) if e.class == plexsync::error::ErrorClass::Config => return Err(e.into()),
+            Err(e) if e.class == ErrorClass::Config => return Err(e.into()),
             Err(e) => tracing::warn!("{e}; trying again in 10 s"),
         }
         tokio::select! {

@@ -1,7 +1,8 @@
 //! Counters of what this process did, for the daemon's `/metrics`
-//! (Prometheus text format, `prometheus-client`). Gauges of the queue are
-//! read from the database at scrape time, so they are right whichever
-//! process (plugin worker or daemon) delivered.
+//! (Prometheus text format, `prometheus-client`). The clients and the
+//! pipeline count here; gauges of the queue are read from the store at
+//! scrape time by the daemon and handed to [`render`], so they are right
+//! whichever process (plugin worker or daemon) delivered.
 
 use std::sync::{LazyLock, Mutex};
 
@@ -12,9 +13,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use std::collections::BTreeMap;
+
 use crate::error::ErrorClass;
-use crate::queue::Queue;
-use crate::sync::Outcome;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Delivery {
@@ -60,13 +61,13 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
 });
 
 /// The adaptive limit of deliveries at once just became `n`.
-pub fn concurrency(n: usize) {
+pub(crate) fn concurrency(n: usize) {
     METRICS.concurrency.set(n as i64);
 }
 
 /// Sends a request to `server` (`plex`, `stash`) and records its status
 /// (`error` when no answer came) and how long it took.
-pub async fn timed(
+pub(crate) async fn timed(
     server: &str,
     send: impl std::future::Future<Output = reqwest::Result<reqwest::Response>>,
 ) -> reqwest::Result<reqwest::Response> {
@@ -81,28 +82,33 @@ pub async fn timed(
 static SCRAPE: Mutex<()> = Mutex::new(());
 
 /// One delivery that ended with `outcome`.
-pub fn delivered(outcome: &Outcome) {
-    let outcome = match outcome {
-        Outcome::Synced { .. } => "synced",
-        Outcome::Unchanged => "unchanged",
-        Outcome::Skipped(_) => "skipped",
-        Outcome::Gone => "gone",
-        Outcome::Refreshed(_) => "refreshed",
-    };
+pub(crate) fn delivered(outcome: &str) {
     METRICS.deliveries.get_or_create(&Delivery { outcome: outcome.into(), class: String::new() }).inc();
 }
 
 /// One delivery that failed with `class`.
-pub fn failed(class: ErrorClass) {
+pub(crate) fn failed(class: ErrorClass) {
     let label = Delivery { outcome: "failed".into(), class: class.as_str().into() };
     METRICS.deliveries.get_or_create(&label).inc();
 }
 
 /// The Prometheus text exposition of this process's counters and the
 /// queue's state.
-pub fn render(queue: &Queue) -> rusqlite::Result<String> {
+/// The queue as the store holds it at scrape time.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct QueueGauges {
+    pub pending: i64,
+    /// Waiting rows by the class of their last failure.
+    pub by_class: BTreeMap<String, i64>,
+    pub dead: i64,
+    pub synced: i64,
+    pub breaker_open: bool,
+    pub last_sync_ms: i64,
+    pub last_capture_ms: i64,
+}
+
+pub(crate) fn render(stats: &QueueGauges) -> String {
     let _one = SCRAPE.lock().unwrap_or_else(|e| e.into_inner());
-    let stats = queue.stats()?;
     let mut registry = Registry::with_prefix("plexsync");
     registry.register(
         "deliveries",
@@ -130,21 +136,23 @@ pub fn render(queue: &Queue) -> rusqlite::Result<String> {
     };
     registry.register("dead_letters", "Scenes given up on", gauge(stats.dead));
     registry.register("synced_scenes", "Scenes with a sync record", gauge(stats.synced));
-    let kv = |key: &str| queue.kv_number(key);
-    let open = kv(crate::worker::BREAKER_KEY)? > 0;
-    registry.register("breaker_open", "1 while Plex is unreachable and the queue waits", gauge(i64::from(open)));
+    registry.register(
+        "breaker_open",
+        "1 while Plex is unreachable and the queue waits",
+        gauge(i64::from(stats.breaker_open)),
+    );
     let seconds = |ms: i64| gauge(ms / 1000);
     registry.register(
         "last_sync_timestamp_seconds",
         "When a delivery last succeeded (Unix time)",
-        seconds(kv(crate::worker::LAST_SYNC_KEY)?),
+        seconds(stats.last_sync_ms),
     );
     registry.register(
         "last_capture_timestamp_seconds",
         "When Stash was last asked for changes (Unix time)",
-        seconds(kv(crate::worker::LAST_CAPTURE_KEY)?),
+        seconds(stats.last_capture_ms),
     );
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String cannot fail");
-    Ok(out)
+    out
 }

@@ -14,7 +14,7 @@ type Sink = Box<dyn Fn(&str, usize, usize) + Send + Sync>;
 static SINK: OnceLock<Sink> = OnceLock::new();
 
 /// `done` of `total` for the operation named `what`.
-pub fn report(what: &str, done: usize, total: usize) {
+pub(crate) fn report(what: &str, done: usize, total: usize) {
     if let Some(sink) = SINK.get() {
         sink(what, done, total);
     }

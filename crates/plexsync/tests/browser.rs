@@ -142,7 +142,7 @@ async fn the_stash_ui_badge_shows_synced_waiting_dead_and_unsynced_scenes() {
     bed.plex.go_down();
     assert!(!bed.edit_hook(waiting, "Waiting").await.failed());
     eventually(Duration::from_secs(20), "the worker saw the outage", || {
-        bed.queue().get_kv(plexsync::worker::OUTAGE_SINCE_KEY).unwrap().is_some_and(|v| v != "0")
+        bed.queue().get_kv(plexsync::store::kv::OUTAGE_SINCE).unwrap().is_some_and(|v| v != "0")
     })
     .await;
 

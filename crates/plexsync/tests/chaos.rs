@@ -74,7 +74,7 @@ async fn chaos() {
                 let pid = std::fs::read_to_string(bed.data_dir().join("worker.pid"))
                     .ok()
                     .and_then(|p| p.trim().parse::<i32>().ok());
-                if let Some(pid) = pid.filter(|_| plexsync::worker::is_running(&bed.data_dir())) {
+                if let Some(pid) = pid.filter(|_| plexsync::pipeline::worker::is_running(&bed.data_dir())) {
                     // SAFETY: sending a signal to a process id we started.
                     unsafe { libc::kill(pid, libc::SIGKILL) };
                     kills += 1;
@@ -101,7 +101,7 @@ async fn chaos() {
     let mut last_nudge: Option<Instant> = None;
     while !converged() && calm.elapsed() < Duration::from_secs(120) {
         // A killed worker is restarted by the next plugin invocation, as in Stash.
-        let idle = !plexsync::worker::is_running(&bed.data_dir());
+        let idle = !plexsync::pipeline::worker::is_running(&bed.data_dir());
         if idle && last_nudge.is_none_or(|t| t.elapsed() > Duration::from_secs(2)) {
             assert!(!bed.update_hook(ids[0]).await.failed());
             last_nudge = Some(Instant::now());

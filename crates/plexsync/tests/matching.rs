@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 
 use emulators::corpus::{Corpus, Variation, PLEX_PREFIX, STASH_PREFIX};
 use emulators::{Library, PlexEmulator, PlexState, StashAuth, StashEmulator, StashState};
-use plexsync::app::{Context, Sources};
+use plexsync::clients::plex::PlexClient;
+use plexsync::clients::stash::{Scene, StashClient, StashCredentials};
 use plexsync::config::{self, Settings};
-use plexsync::matching::{suggest_mappings, LibraryIndex, Match};
-use plexsync::plex::PlexClient;
-use plexsync::stash::{Scene, StashClient, StashCredentials};
+use plexsync::faces::context::{Context, Sources};
+use plexsync::pipeline::matching::{suggest_mappings, LibraryIndex, Match};
 use serde_json::json;
 
 const TOKEN: &str = "matching-token";
@@ -143,25 +143,25 @@ async fn explain_shows_a_hit_an_ambiguous_case_and_a_miss() {
     let pick = |v: Variation| corpus.scenes.iter().position(|s| s.variation == v).unwrap();
 
     let hit = pick(Variation::RenamedFolder);
-    let out = plexsync::tasks::explain(&ctx, &ids[hit].to_string()).await.unwrap();
+    let out = plexsync::faces::operations::explain(&ctx, &ids[hit].to_string()).await.unwrap();
     let trace = out["trace"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect::<Vec<_>>().join("\n");
     assert!(trace.contains("exact path: none"), "{trace}");
     assert!(trace.contains("+ size"), "{trace}");
     assert!(trace.contains(&format!("decision: item {}", keys[corpus.scenes[hit].answer.unwrap()])), "{trace}");
 
     let amb = pick(Variation::AmbiguousCopies);
-    let out = plexsync::tasks::explain(&ctx, &ids[amb].to_string()).await.unwrap();
+    let out = plexsync::faces::operations::explain(&ctx, &ids[amb].to_string()).await.unwrap();
     let trace = out["trace"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect::<Vec<_>>().join("\n");
     assert!(trace.contains("decision: ambiguous, nothing written"), "{trace}");
     assert_eq!(out["decision"]["Ambiguous"]["candidates"].as_array().unwrap().len(), 2);
 
     let miss = pick(Variation::Missing);
-    let out = plexsync::tasks::explain(&ctx, &ids[miss].to_string()).await.unwrap();
+    let out = plexsync::faces::operations::explain(&ctx, &ids[miss].to_string()).await.unwrap();
     let trace = out["trace"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect::<Vec<_>>().join("\n");
     assert!(trace.contains(&format!("file {}", corpus.scenes[miss].files[0].0)), "{trace}");
     assert!(trace.contains("/media/library/"), "the mapped path is shown: {trace}");
     assert!(trace.contains("decision: not in Plex"), "{trace}");
 
-    let unknown = plexsync::tasks::explain(&ctx, "999999").await.unwrap_err();
+    let unknown = plexsync::faces::operations::explain(&ctx, "999999").await.unwrap_err();
     assert!(unknown.message.contains("does not exist"));
 }

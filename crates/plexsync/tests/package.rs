@@ -125,7 +125,7 @@ async fn the_arm64_binary_delivers_under_qemu() {
         .spawn()
         .unwrap();
     eventually(Duration::from_secs(20), "the emulated worker holds the lock", || {
-        plexsync::worker::is_running(&data_dir)
+        plexsync::pipeline::worker::is_running(&data_dir)
     })
     .await;
 

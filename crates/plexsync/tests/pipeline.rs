@@ -83,7 +83,7 @@ async fn two_updates_while_waiting_coalesce_into_one_delivery_of_the_latest() {
     let bed = Bed::new(20, json!({})).await;
     let id = bed.scenes_in_plex()[0];
     // Hold the worker lock so the queued row waits, as during a busy worker.
-    let lock = plexsync::worker::try_lock(&bed.data_dir()).unwrap().unwrap();
+    let lock = plexsync::pipeline::worker::try_lock(&bed.data_dir()).unwrap().unwrap();
     bed.stash.update_scene(id, |s| s.title = Some("First".into()));
     assert!(!bed.update_hook(id).await.failed());
     bed.stash.update_scene(id, |s| s.title = Some("Second".into()));
@@ -314,7 +314,7 @@ async fn hooks_return_before_delivery_and_leave_no_pipe_open() {
     assert!(!run.failed());
     assert!(run.elapsed < Duration::from_millis(1_000), "hook took {:?}", run.elapsed);
     let started = std::time::Instant::now();
-    while !plexsync::worker::is_running(&bed.data_dir()) {
+    while !plexsync::pipeline::worker::is_running(&bed.data_dir()) {
         assert!(started.elapsed() < Duration::from_secs(5), "a worker was started");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -344,7 +344,11 @@ async fn missing_settings_keep_the_queue_and_say_what_to_fix() {
 async fn committed_manifest_matches_the_settings_table() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../plugin/PlexSync.yml");
     let committed = std::fs::read_to_string(path).unwrap();
-    assert_eq!(committed, plexsync::plugin::manifest(), "regenerate with `plexsync manifest > plugin/PlexSync.yml`");
+    assert_eq!(
+        committed,
+        plexsync::faces::plugin::manifest(),
+        "regenerate with `plexsync manifest > plugin/PlexSync.yml`"
+    );
     for key in ["plexHost", "plexPort", "plexToken", "skipUnorganized", "cleanTitles", "tagStashIDs", "tagID_stashdb"] {
         assert!(committed.contains(&format!("  {key}:\n")), "old setting {key} kept");
     }
@@ -365,7 +369,7 @@ async fn a_new_worker_reuses_the_stored_library_index() {
     };
     assert!(full_reads(&bed) >= 1, "the first worker read the library");
     // Wait for that worker to exit, so the next hook starts a new process.
-    while plexsync::worker::is_running(&bed.data_dir()) {
+    while plexsync::pipeline::worker::is_running(&bed.data_dir()) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     bed.plex.clear_requests();

@@ -6,9 +6,9 @@
 use std::sync::OnceLock;
 
 use emulators::{PlexEmulator, PlexState};
-use plexsync::plex::PlexClient;
-use plexsync::protocol::parse_input;
-use plexsync::sanitize::{self, MULTI_LINE_MAX, ONE_LINE_MAX};
+use plexsync::clients::plex::PlexClient;
+use plexsync::faces::protocol::parse_input;
+use plexsync::pipeline::sanitize::{self, MULTI_LINE_MAX, ONE_LINE_MAX};
 use plexsync::secret::Secret;
 use proptest::prelude::*;
 use unicode_normalization::UnicodeNormalization;
@@ -91,10 +91,10 @@ proptest! {
 
     #[test]
     fn plex_parser_never_panics(value in json_value(), raw in prop::collection::vec(any::<u8>(), 0..200)) {
-        let _ = plexsync::plex::parse_listing(value.to_string().as_bytes());
-        let _ = plexsync::plex::parse_listing(&raw);
+        let _ = plexsync::clients::plex::parse_listing(value.to_string().as_bytes());
+        let _ = plexsync::clients::plex::parse_listing(&raw);
         let wrapped = serde_json::json!({"MediaContainer": value});
-        let _ = plexsync::plex::parse_listing(wrapped.to_string().as_bytes());
+        let _ = plexsync::clients::plex::parse_listing(wrapped.to_string().as_bytes());
     }
 }
 
@@ -131,7 +131,7 @@ proptest! {
             ("title.value".to_string(), title.clone()),
             ("genre[0].tag.tag".to_string(), tag.clone()),
         ];
-        let key = plexsync::plex::RatingKey::parse(&l.rk).unwrap();
+        let key = plexsync::clients::plex::RatingKey::parse(&l.rk).unwrap();
         l.rt.block_on(l.client.edit("1", &key, &params)).unwrap();
         let item = l.rt.block_on(l.client.item(&l.rk)).unwrap().unwrap();
         let stored_title = l.plex.item(l.rk.parse().unwrap()).unwrap().field("title").map(str::to_string);

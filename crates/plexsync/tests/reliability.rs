@@ -162,7 +162,7 @@ async fn killed_workers_lose_nothing_and_leave_no_stuck_lease() {
     queue
         .enqueue_many(
             ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().iter().map(String::as_str),
-            plexsync::queue::Reason::Manual,
+            plexsync::store::Reason::Manual,
         )
         .unwrap();
     drop(queue);

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{Bed, PLEX_TOKEN};
-use plexsync::stash::Image;
+use plexsync::clients::stash::Image;
 use serde_json::json;
 
 /// Runs the plugin with `stdin` as Stash would, returning (exit code, stdout, stderr).
@@ -182,7 +182,7 @@ async fn secrets_never_appear_in_any_output() {
     assert!(all.contains("401") || all.contains("plexToken"), "the failures were exercised: {all}");
     assert!(all.contains("timed out"), "the timeout was exercised");
     assert!(queue.stats().unwrap().dead >= 1, "a dead letter exists");
-    let hook_session = queue.get_kv(plexsync::plugin::SESSION_KEY).unwrap().expect("hooks handed their session");
+    let hook_session = queue.get_kv(plexsync::store::kv::STASH_SESSION).unwrap().expect("hooks handed their session");
     for secret in [PLEX_TOKEN, session.as_str(), hook_session.as_str(), API_KEY] {
         assert!(!all.contains(secret), "secret {secret} leaked:\n{all}");
     }

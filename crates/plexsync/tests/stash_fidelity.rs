@@ -100,7 +100,7 @@ async fn a_stash_restarted_in_another_zone_loses_nothing() {
     let ids = bed.scenes_in_plex();
     assert!(!bed.update_hook(ids[0]).await.failed());
     bed.settle().await;
-    while plexsync::worker::is_running(&bed.data_dir()) {
+    while plexsync::pipeline::worker::is_running(&bed.data_dir()) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Restarted with TZ 18 hours west: new times sort below everything seen.
@@ -140,7 +140,7 @@ async fn without_an_api_key_an_expired_session_says_what_to_set_and_a_new_hook_r
     // The worker's session expires while it idles; then work arrives that
     // no hook brought (as after an outage), so no fresh session comes with it.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    bed.queue().enqueue(&ids[1].to_string(), plexsync::queue::Reason::Manual).unwrap();
+    bed.queue().enqueue(&ids[1].to_string(), plexsync::store::Reason::Manual).unwrap();
     let log_path = bed.data_dir().join("worker.log");
     let started = Instant::now();
     while !std::fs::read_to_string(&log_path).unwrap_or_default().contains("Settings → Security → API Key") {
@@ -157,8 +157,8 @@ async fn without_an_api_key_an_expired_session_says_what_to_set_and_a_new_hook_r
 
 #[test]
 fn every_document_plexsync_sends_is_valid_in_stashs_schema() {
-    let real = emulators::stash::contract::RealSchema::get().expect("Stash's schema under shared/stash-schema");
-    let docs = plexsync::stash::queries::all();
+    let real = emulators::stash::contract::RealSchema::get().expect("Stash's schema under third_party/stash-schema");
+    let docs = plexsync::clients::stash::queries::all();
     assert!(docs.len() >= 10, "all of them: {docs:?}");
     for (name, doc) in docs {
         if let Err((code, errors)) = real.check(&doc) {

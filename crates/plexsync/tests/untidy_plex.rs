@@ -165,7 +165,7 @@ async fn an_answer_that_is_not_plexs_json_is_a_setting_to_fix_not_an_outage() {
     // `Field.locked` as a number: still read as locked.
     bed.plex.faults(|f| f.config.locked_as_number = true);
     let rk = bed.item_of(scene).rating_key;
-    let client = plexsync::plex::PlexClient::new(
+    let client = plexsync::clients::plex::PlexClient::new(
         bed.plex.url(),
         plexsync::secret::Secret::new(common::PLEX_TOKEN),
         &Default::default(),
@@ -427,7 +427,7 @@ async fn field_soak_a_month_of_a_home_server() {
     };
     let mut last_nudge: Option<Instant> = None;
     while !ids.iter().all(|id| equal(*id)) && calm.elapsed() < Duration::from_secs(150) {
-        if !plexsync::worker::is_running(&bed.data_dir())
+        if !plexsync::pipeline::worker::is_running(&bed.data_dir())
             && last_nudge.is_none_or(|t| t.elapsed() > Duration::from_secs(2))
         {
             assert!(!bed.update_hook(ids[0]).await.failed());

@@ -23,8 +23,8 @@ pub struct RealSchema {
 }
 
 impl RealSchema {
-    /// The schema from [`SCHEMA_DIR_ENV`], else `shared/stash-schema` beside
-    /// the repository; an error says where it looked.
+    /// The schema from [`SCHEMA_DIR_ENV`], else `third_party/stash-schema` in
+    /// this repository; an error says where it looked.
     pub fn get() -> Result<&'static RealSchema, String> {
         static SCHEMA: OnceLock<Result<RealSchema, String>> = OnceLock::new();
         SCHEMA.get_or_init(|| Self::load(&schema_dir())).as_ref().map_err(Clone::clone)
@@ -155,7 +155,7 @@ fn same_type(
 fn schema_dir() -> PathBuf {
     std::env::var_os(SCHEMA_DIR_ENV)
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/stash-schema"))
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../third_party/stash-schema"))
 }
 
 fn collect_graphql(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {

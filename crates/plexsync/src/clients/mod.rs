@@ -1,7 +1,6 @@
-//! The two HTTP clients ([`stash`], [`plex`]), their shared options
-//! ([`http`]) and credentials that never format ([`secret`]).
+//! The two HTTP clients ([`stash`], [`plex`]) and their shared transport
+//! ([`http`]: timeouts, TLS, the round-trip meter the limiter reads).
 
 pub mod http;
 pub mod plex;
-pub mod secret;
 pub mod stash;

@@ -8,14 +8,14 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use url::Url;
 
+use crate::config::HttpOptions;
 use crate::error::{retry_after, Error, ErrorClass, Server};
-use crate::http::HttpOptions;
 use crate::secret::Secret;
 
 /// Page size for section listings. python-plexapi asks for 100; 500 keeps
 /// a 100 000-item library to 200 requests while a page stays a few hundred
 /// kilobytes.
-pub const PAGE_SIZE: usize = 500;
+pub(crate) const PAGE_SIZE: usize = 500;
 
 #[derive(Clone)]
 pub struct PlexClient {
@@ -23,7 +23,7 @@ pub struct PlexClient {
     base: Url,
     token: Secret,
     /// Answer times, shared by clones: what the delivery concurrency follows.
-    rtt: std::sync::Arc<crate::concurrency::RttMeter>,
+    rtt: std::sync::Arc<crate::clients::http::RttMeter>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -34,7 +34,7 @@ struct Envelope<T> {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
-pub struct Identity {
+pub(crate) struct Identity {
     pub machine_identifier: String,
     pub version: String,
 }
@@ -152,7 +152,7 @@ pub struct PlexItem {
 
 impl PlexItem {
     /// The item's files, leaving out parts in the trash (their file is gone).
-    pub fn files(&self) -> impl Iterator<Item = &PlexPart> {
+    pub(crate) fn files(&self) -> impl Iterator<Item = &PlexPart> {
         self.media.iter().flat_map(|m| m.parts.iter()).filter(|p| p.deleted_at.is_none())
     }
 
@@ -162,7 +162,7 @@ impl PlexItem {
 
     /// The item's tags of `kind` (as an edit names it: `genre`, `actor`,
     /// `director`, `collection`).
-    pub fn tags(&self, kind: &str) -> &[PlexTag] {
+    pub(crate) fn tags(&self, kind: &str) -> &[PlexTag] {
         match kind {
             "genre" => &self.genres,
             "actor" => &self.actors,
@@ -313,11 +313,11 @@ impl PlexClient {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
-        Ok(Self { http: options.client()?, base, token, rtt: Default::default() })
+        Ok(Self { http: crate::clients::http::client(options)?, base, token, rtt: Default::default() })
     }
 
     /// Plex's answer times since the limiter last looked.
-    pub fn rtt(&self) -> &crate::concurrency::RttMeter {
+    pub(crate) fn rtt(&self) -> &crate::clients::http::RttMeter {
         &self.rtt
     }
 
@@ -380,19 +380,19 @@ impl PlexClient {
     }
 
     /// `GET /identity`: the cheap health probe (answers without a token).
-    pub async fn identity(&self) -> Result<Identity, Error> {
+    pub(crate) async fn identity(&self) -> Result<Identity, Error> {
         let env: Envelope<Identity> = self.get_json("identity", self.url("identity", &[]), &[]).await?;
         Ok(env.container)
     }
 
-    pub async fn sections(&self) -> Result<Vec<PlexSection>, Error> {
+    pub(crate) async fn sections(&self) -> Result<Vec<PlexSection>, Error> {
         let env: Envelope<Container> = self.get_json("list libraries", self.url("library/sections", &[]), &[]).await?;
         Ok(env.container.directory)
     }
 
     /// One page of a movie section, `start`-based, narrowed by `filter`
     /// (Plex listing filters such as `updatedAt>>`).
-    pub async fn section_page(
+    pub(crate) async fn section_page(
         &self,
         section: &str,
         filter: &[(&str, &str)],
@@ -411,7 +411,7 @@ impl PlexClient {
     /// Every item of a section matching `filter`, handed to `on_page`
     /// page by page with the total, so a large library is never held whole.
     /// Returns the number of pages read.
-    pub async fn for_each_page(
+    pub(crate) async fn for_each_page(
         &self,
         section: &str,
         filter: &[(&str, &str)],
@@ -431,13 +431,13 @@ impl PlexClient {
     }
 
     /// How many movie items a section holds (a page of none: only the total).
-    pub async fn section_total(&self, section: &str) -> Result<usize, Error> {
+    pub(crate) async fn section_total(&self, section: &str) -> Result<usize, Error> {
         Ok(self.section_page(section, &[], 0, 0).await?.total)
     }
 
     /// Items of a section Plex added after `since` (Unix seconds), with
     /// Plex's `addedAt>>=` filter.
-    pub async fn section_added_since(&self, section: &str, since: i64) -> Result<Vec<PlexItem>, Error> {
+    pub(crate) async fn section_added_since(&self, section: &str, since: i64) -> Result<Vec<PlexItem>, Error> {
         let mut items = Vec::new();
         self.for_each_page(section, &[("addedAt>>", &since.to_string())], &mut |page, _| items.extend(page)).await?;
         Ok(items)
@@ -479,14 +479,14 @@ impl PlexClient {
 
     /// The length of the request line (`PUT /path?query HTTP/1.1`) of an
     /// edit, which reverse proxies limit (nginx: 8 KB).
-    pub fn edit_line_len(&self, section: &str, rating_key: &RatingKey, params: &[(String, String)]) -> usize {
+    pub(crate) fn edit_line_len(&self, section: &str, rating_key: &RatingKey, params: &[(String, String)]) -> usize {
         let url = self.edit_url(section, rating_key, params);
         let query = url.query().map_or(0, |q| q.len() + 1);
         "PUT ".len() + url.path().len() + query + " HTTP/1.1".len()
     }
 
     /// Uploads poster (`posters`) or background (`arts`) bytes.
-    pub async fn upload_image(&self, rating_key: &str, kind: ImageKind, bytes: Vec<u8>) -> Result<(), Error> {
+    pub(crate) async fn upload_image(&self, rating_key: &str, kind: ImageKind, bytes: Vec<u8>) -> Result<(), Error> {
         let url = self.url(&format!("library/metadata/{rating_key}/{}", kind.endpoint()), &[]);
         let what = kind.endpoint();
         let response = self.send(what, || self.request(reqwest::Method::POST, url.clone()).body(bytes.clone())).await?;
@@ -494,12 +494,12 @@ impl PlexClient {
     }
 
     /// `PUT /library/metadata/{ratingKey}/refresh`: the agent pulls again.
-    pub async fn refresh(&self, rating_key: &str) -> Result<(), Error> {
+    pub(crate) async fn refresh(&self, rating_key: &str) -> Result<(), Error> {
         self.put("refresh item", self.url(&format!("library/metadata/{rating_key}/refresh"), &[])).await
     }
 
     /// Scan of one folder of a section, or of the whole section.
-    pub async fn scan_folder(&self, section: &str, folder: Option<&str>) -> Result<(), Error> {
+    pub(crate) async fn scan_folder(&self, section: &str, folder: Option<&str>) -> Result<(), Error> {
         let path: Vec<(&str, &str)> = folder.map(|f| ("path", f)).into_iter().collect();
         let url = self.url(&format!("library/sections/{section}/refresh"), &path);
         let response = self.send("scan folder", || self.request(reqwest::Method::GET, url.clone())).await?;
@@ -522,7 +522,7 @@ impl RatingKey {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ImageKind {
+pub(crate) enum ImageKind {
     Poster,
     Background,
 }

@@ -3,15 +3,15 @@
 
 use std::sync::{Arc, Mutex};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use url::Url;
 
+use crate::config::HttpOptions;
 use crate::error::{Error, ErrorClass, Server};
-use crate::http::HttpOptions;
 use crate::secret::Secret;
 
 /// How we authenticate to Stash.
@@ -35,29 +35,32 @@ pub struct StashClient {
 /// What to do when Stash no longer accepts us: plugins get only a session
 /// cookie, which expires after Stash's `max_session_age` (1 hour unless
 /// changed), and an API key is what outlives it.
-pub const SESSION_EXPIRED_FIX: &str = "Stash refused PlexSync's login session (a plugin's session expires after \
+pub(crate) const SESSION_EXPIRED_FIX: &str =
+    "Stash refused PlexSync's login session (a plugin's session expires after \
 Stash's max session age, one hour by default) and Stash has no API key PlexSync could use instead: generate one in \
 Stash under Settings → Security → API Key (PlexSync reads it itself), or set stashApiKey for the CLI. Nothing is lost: \
 the queue waits, and the next Stash event or task brings a fresh session";
 
 /// Stash's session cookie name (pkg/session).
-pub const SESSION_COOKIE: &str = "session";
+pub(crate) const SESSION_COOKIE: &str = "session";
 
 /// Every GraphQL document PlexSync sends, in one place so a test can
 /// validate each against Stash's real schema.
 pub mod queries {
-    pub const API_KEY: &str = "query ApiKey { configuration { general { apiKey } } }";
-    pub const CONFIG_PATH: &str = "query ConfigPath { configuration { general { configFilePath } } }";
-    pub const CONFIG: &str = "query Config($ids: [ID!]) { configuration { plugins(include: $ids) } }";
-    pub const UPDATE: &str = "mutation Update($input: SceneUpdateInput!) { sceneUpdate(input: $input) { id } }";
-    pub const BULK: &str = "mutation Bulk($input: BulkSceneUpdateInput!) { bulkSceneUpdate(input: $input) { id } }";
-    pub const NEWEST: &str = "query Newest($f: FindFilterType) { findScenes(filter: $f) { scenes { updated_at } } }";
+    pub(crate) const API_KEY: &str = "query ApiKey { configuration { general { apiKey } } }";
+    pub(crate) const CONFIG_PATH: &str = "query ConfigPath { configuration { general { configFilePath } } }";
+    pub(crate) const CONFIG: &str = "query Config($ids: [ID!]) { configuration { plugins(include: $ids) } }";
+    pub(crate) const UPDATE: &str = "mutation Update($input: SceneUpdateInput!) { sceneUpdate(input: $input) { id } }";
+    pub(crate) const BULK: &str =
+        "mutation Bulk($input: BulkSceneUpdateInput!) { bulkSceneUpdate(input: $input) { id } }";
+    pub(crate) const NEWEST: &str =
+        "query Newest($f: FindFilterType) { findScenes(filter: $f) { scenes { updated_at } } }";
 
-    pub fn scene() -> String {
+    pub(crate) fn scene() -> String {
         format!("query Scene($id: ID!) {{ findScene(id: $id) {{ ...SceneData }} }} {}", super::SCENE_FRAGMENT)
     }
 
-    pub fn scenes_page() -> String {
+    pub(crate) fn scenes_page() -> String {
         format!(
             "query Changed($f: FindFilterType, $sf: SceneFilterType) {{ findScenes(filter: $f, scene_filter: $sf) {{ count scenes {{ ...SceneData }} }} }} {}",
             super::SCENE_FRAGMENT
@@ -65,19 +68,19 @@ pub mod queries {
     }
 
     /// A `findScenes` listing of `fields` per scene.
-    pub fn rows(fields: &str) -> String {
+    pub(crate) fn rows(fields: &str) -> String {
         format!(
             "query Rows($f: FindFilterType, $sf: SceneFilterType) {{ findScenes(filter: $f, scene_filter: $sf) {{ count scenes {{ {fields} }} }} }}"
         )
     }
 
     /// Row listings PlexSync uses (see `StashClient`).
-    pub const ROW_FIELDS: [&str; 4] =
+    pub(crate) const ROW_FIELDS: [&str; 4] =
         ["id", "files { path basename size duration }", "id updated_at", "id files { path basename size duration }"];
 
     /// Performers, studios and tags changed since a time (their own
     /// `updated_at`; a rename moves no scene's).
-    pub const OBJECTS_CHANGED: &str = "query ObjectsChanged($f: FindFilterType, $pf: PerformerFilterType, $sf: StudioFilterType, $tf: TagFilterType) {
+    pub(crate) const OBJECTS_CHANGED: &str = "query ObjectsChanged($f: FindFilterType, $pf: PerformerFilterType, $sf: StudioFilterType, $tf: TagFilterType) {
   findPerformers(filter: $f, performer_filter: $pf) { performers { id updated_at } }
   findStudios(filter: $f, studio_filter: $sf) { studios { id updated_at } }
   findTags(filter: $f, tag_filter: $tf) { tags { id updated_at } }
@@ -117,7 +120,7 @@ async fn refused_document(what: &str, response: reqwest::Response) -> Error {
 }
 
 /// The fields of a scene PlexSync reads (facts/stash.md, `SceneData`).
-pub const SCENE_FRAGMENT: &str = "fragment SceneData on Scene {
+pub(crate) const SCENE_FRAGMENT: &str = "fragment SceneData on Scene {
   id title code details director urls date rating100 organized created_at updated_at
   files { path basename size duration fingerprints { type value } }
   paths { screenshot }
@@ -243,7 +246,12 @@ impl StashClient {
         }
         let origin = base.join("/").expect("root joins");
         let endpoint = origin.join("graphql").expect("relative path joins");
-        Ok(Self { http: options.client()?, endpoint, origin, credentials: Arc::new(Mutex::new(credentials)) })
+        Ok(Self {
+            http: crate::clients::http::client(options)?,
+            endpoint,
+            origin,
+            credentials: Arc::new(Mutex::new(credentials)),
+        })
     }
 
     fn creds(&self) -> std::sync::MutexGuard<'_, StashCredentials> {
@@ -283,16 +291,16 @@ impl StashClient {
     }
 
     /// The session cookie in use now (the newest Stash handed us).
-    pub fn session_cookie(&self) -> Option<Secret> {
+    pub(crate) fn session_cookie(&self) -> Option<Secret> {
         self.creds().session_cookie.clone()
     }
 
     /// Uses `cookie` from now on, e.g. a newer one a hook brought.
-    pub fn set_session_cookie(&self, cookie: Secret) {
+    pub(crate) fn set_session_cookie(&self, cookie: Secret) {
         self.creds().session_cookie = Some(cookie);
     }
 
-    pub fn has_api_key(&self) -> bool {
+    pub(crate) fn has_api_key(&self) -> bool {
         self.creds().api_key.is_some()
     }
 
@@ -300,7 +308,7 @@ impl StashClient {
     /// (`configuration.general.apiKey`) and uses it from then on, so
     /// delivery goes on after the session expires. Returns whether a key
     /// is in use; a Stash without one (or without a login) answers empty.
-    pub async fn adopt_api_key(&self) -> Result<bool, Error> {
+    pub(crate) async fn adopt_api_key(&self) -> Result<bool, Error> {
         if self.has_api_key() || self.session_cookie().is_none() {
             return Ok(self.has_api_key());
         }
@@ -327,7 +335,7 @@ impl StashClient {
 
     /// Stash's config folder as Stash sees it (the folder of
     /// `configFilePath`, which is where the plugin keeps its data).
-    pub async fn config_folder(&self) -> Result<Option<std::path::PathBuf>, Error> {
+    pub(crate) async fn config_folder(&self) -> Result<Option<std::path::PathBuf>, Error> {
         let data: Value = self.query("read Stash's config path", queries::CONFIG_PATH, json!({})).await?;
         let path = data["configuration"]["general"]["configFilePath"].as_str().unwrap_or("");
         Ok(std::path::Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()).map(|p| p.to_path_buf()))
@@ -364,7 +372,7 @@ impl StashClient {
     }
 
     /// The scene, or `None` when it no longer exists.
-    pub async fn find_scene(&self, id: &str) -> Result<Option<Scene>, Error> {
+    pub(crate) async fn find_scene(&self, id: &str) -> Result<Option<Scene>, Error> {
         #[derive(Deserialize)]
         struct Data {
             #[serde(rename = "findScene")]
@@ -384,7 +392,7 @@ impl StashClient {
         per_page: usize,
         since: Option<DateTime<Utc>>,
     ) -> Result<ScenePage, Error> {
-        let filter = since.map(|t| updated_since(&crate::capture::superset_cursor(t)));
+        let filter = since.map(|t| updated_since(&superset_cursor(t)));
         #[derive(Deserialize)]
         struct Data {
             #[serde(rename = "findScenes")]
@@ -420,7 +428,7 @@ impl StashClient {
     }
 
     /// Ids of every scene (updated after `since`, when given), paged.
-    pub async fn scene_ids(
+    pub(crate) async fn scene_ids(
         &self,
         since: Option<DateTime<Utc>>,
         mut progress: impl FnMut(usize, usize) + Send,
@@ -428,13 +436,13 @@ impl StashClient {
         let Some(since) = since else {
             return self.ids_where("list scene ids", None, &mut progress).await;
         };
-        let rows = self.changed_since(&crate::capture::superset_cursor(since)).await?;
+        let rows = self.changed_since(&superset_cursor(since)).await?;
         Ok(rows.into_iter().filter(|(_, at)| updated_after(at, since)).map(|(id, _)| id).collect())
     }
 
     /// Ids of every scene that shows `object` (a performer, a studio or one
     /// of its children, a tag), paged.
-    pub async fn scenes_showing(&self, object: &Related) -> Result<Vec<String>, Error> {
+    pub(crate) async fn scenes_showing(&self, object: &Related) -> Result<Vec<String>, Error> {
         let (key, depth) = match object.kind {
             RelatedKind::Performer => ("performers", None),
             RelatedKind::Studio => ("studios", Some(-1)),
@@ -465,7 +473,7 @@ impl StashClient {
     }
 
     /// Every file of every scene: (path, size), paged.
-    pub async fn all_files(&self) -> Result<Vec<(String, u64)>, Error> {
+    pub(crate) async fn all_files(&self) -> Result<Vec<(String, u64)>, Error> {
         #[derive(Deserialize)]
         struct Row {
             files: Vec<SceneFile>,
@@ -476,7 +484,7 @@ impl StashClient {
 
     /// Scenes with a file whose path contains the file name `name` (a
     /// phrase: Stash would split unquoted words), with their files.
-    pub async fn scenes_with_file_named(&self, name: &str) -> Result<Vec<(String, Vec<SceneFile>)>, Error> {
+    pub(crate) async fn scenes_with_file_named(&self, name: &str) -> Result<Vec<(String, Vec<SceneFile>)>, Error> {
         #[derive(Deserialize)]
         struct Row {
             id: String,
@@ -490,7 +498,7 @@ impl StashClient {
 
     /// (id, updated_at) of scenes whose stored `updated_at` text is greater
     /// than the text `since`, in Stash's text order.
-    pub async fn changed_since(&self, since: &str) -> Result<Vec<(String, String)>, Error> {
+    pub(crate) async fn changed_since(&self, since: &str) -> Result<Vec<(String, String)>, Error> {
         #[derive(Deserialize)]
         struct Row {
             id: String,
@@ -505,7 +513,7 @@ impl StashClient {
     /// Performers, studios and tags whose stored `updated_at` text is after
     /// `since`: (kind, id, updated_at). Few rows (edits of objects are
     /// rare), so one unpaged request.
-    pub async fn objects_changed_since(&self, since: &str) -> Result<Vec<(RelatedKind, String, String)>, Error> {
+    pub(crate) async fn objects_changed_since(&self, since: &str) -> Result<Vec<(RelatedKind, String, String)>, Error> {
         #[derive(Deserialize)]
         struct Row {
             id: String,
@@ -544,7 +552,7 @@ impl StashClient {
     }
 
     /// The latest `updated_at` of any scene (Stash's clock, not ours).
-    pub async fn newest_update(&self) -> Result<Option<String>, Error> {
+    pub(crate) async fn newest_update(&self) -> Result<Option<String>, Error> {
         #[derive(Deserialize)]
         struct Row {
             updated_at: String,
@@ -564,7 +572,7 @@ impl StashClient {
     }
 
     /// `configuration.plugins[plugin_id]`: the plugin's settings in Stash.
-    pub async fn plugin_settings(&self, plugin_id: &str) -> Result<Map<String, Value>, Error> {
+    pub(crate) async fn plugin_settings(&self, plugin_id: &str) -> Result<Map<String, Value>, Error> {
         #[derive(Deserialize)]
         struct Config {
             plugins: Map<String, Value>,
@@ -578,7 +586,7 @@ impl StashClient {
     }
 
     /// `sceneUpdate` with the given input fields (plus `id`).
-    pub async fn update_scene(&self, id: &str, fields: Map<String, Value>) -> Result<(), Error> {
+    pub(crate) async fn update_scene(&self, id: &str, fields: Map<String, Value>) -> Result<(), Error> {
         let mut input = fields;
         input.insert("id".into(), Value::String(id.to_string()));
         let _: Value = self.query("update scene", queries::UPDATE, json!({"input": input})).await?;
@@ -587,7 +595,7 @@ impl StashClient {
 
     /// Adds tags to a scene without touching its other tags (`bulkSceneUpdate`
     /// in `ADD` mode, as the old plugin did).
-    pub async fn add_tags(&self, id: &str, tag_ids: &[String]) -> Result<(), Error> {
+    pub(crate) async fn add_tags(&self, id: &str, tag_ids: &[String]) -> Result<(), Error> {
         let input = json!({"ids": [id], "tag_ids": {"ids": tag_ids, "mode": "ADD"}});
         let _: Value = self.query("add tags", queries::BULK, json!({"input": input})).await?;
         Ok(())
@@ -651,9 +659,23 @@ pub enum Image {
     },
 }
 
+/// The most western UTC offset in use (Baker Island, UTC−12).
+const WESTMOST: i32 = -12 * 3600;
+
+/// `t` as Go's `time.RFC3339` writes it in `offset` (`Z` at zero).
+pub(crate) fn format_in(t: DateTime<Utc>, offset: FixedOffset) -> String {
+    t.with_timezone(&offset).to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// A cursor that compares, as text, below every stored time later than
+/// `t`, whatever offset the server wrote it in.
+pub(crate) fn superset_cursor(t: DateTime<Utc>) -> String {
+    format_in(t, FixedOffset::east_opt(WESTMOST).expect("valid offset"))
+}
+
 /// Whether a time Stash returned is later than `since` (compared as
 /// instants, whatever offset each carries).
-pub fn updated_after(updated_at: &str, since: DateTime<Utc>) -> bool {
+pub(crate) fn updated_after(updated_at: &str, since: DateTime<Utc>) -> bool {
     DateTime::parse_from_rfc3339(updated_at).is_ok_and(|t| t > since)
 }
 
@@ -673,13 +695,13 @@ fn updated_since(cursor: &str) -> Value {
 /// What a performer, studio or tag hook names: an object whose change
 /// shows on every scene that has it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Related {
+pub(crate) struct Related {
     pub kind: RelatedKind,
     pub id: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RelatedKind {
+pub(crate) enum RelatedKind {
     Performer,
     Studio,
     Tag,
@@ -687,7 +709,7 @@ pub enum RelatedKind {
 
 impl RelatedKind {
     /// From a hook type's prefix (`Performer.Update.Post`).
-    pub fn of_hook(hook_type: &str) -> Option<Self> {
+    pub(crate) fn of_hook(hook_type: &str) -> Option<Self> {
         match hook_type.split('.').next()? {
             "Performer" => Some(Self::Performer),
             "Studio" => Some(Self::Studio),
@@ -696,11 +718,35 @@ impl RelatedKind {
         }
     }
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Performer => "performer",
             Self::Studio => "studio",
             Self::Tag => "tag",
         }
+    }
+}
+
+#[cfg(test)]
+mod time_text_tests {
+    use super::*;
+
+    #[test]
+    fn the_superset_cursor_is_below_every_later_time_in_any_offset_as_text() {
+        let t = Utc::now();
+        let cursor = superset_cursor(t);
+        for offset_h in -12..=14 {
+            let later = t + chrono::Duration::seconds(1);
+            let text = format_in(later, FixedOffset::east_opt(offset_h * 3600).unwrap());
+            assert!(text.as_str() > cursor.as_str(), "{text} vs {cursor}");
+        }
+    }
+
+    #[test]
+    fn cursors_look_like_stash_times() {
+        let t = DateTime::parse_from_rfc3339("2026-11-24T10:00:00Z").unwrap().with_timezone(&Utc);
+        assert_eq!(format_in(t, FixedOffset::east_opt(0).unwrap()), "2026-11-24T10:00:00Z");
+        assert_eq!(format_in(t, FixedOffset::east_opt(-5 * 3600).unwrap()), "2026-11-24T05:00:00-05:00");
+        assert_eq!(superset_cursor(t), "2026-11-23T22:00:00-12:00");
     }
 }

@@ -23,19 +23,20 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Value};
 
-use crate::app::{open_queue, Context};
 use crate::error::{Error, ErrorClass};
-use crate::queue::{now_ms, Queue};
+use crate::faces::context::{open_queue, Context};
+use crate::faces::operations::{self, Operation};
+use crate::pipeline::breaker;
+use crate::pipeline::requests::{self, Work};
+use crate::pipeline::worker::{self, WorkerOptions};
 use crate::secret::Secret;
-use crate::sync::db;
-use crate::worker::{self, Work, WorkerOptions};
+use crate::store::kv;
+use crate::store::{now_ms, Store};
 
 /// Change capture runs this often (the plugin's worker: 30 s).
 const CAPTURE_EVERY: Duration = Duration::from_secs(10);
 /// How often a daemon without the worker lock tries to take it.
 const LOCK_RETRY: Duration = Duration::from_secs(5);
-/// When the last scheduled reconcile was handed to the worker (ms).
-const LAST_RECONCILE_KEY: &str = "last_reconcile_ms";
 
 /// How often Stash's side of the settings is read again: an edit in
 /// Stash's plugin settings reaches a daemon that never restarts.
@@ -211,7 +212,7 @@ async fn watch_settings(sh: Arc<Shared>, stop: Arc<AtomicBool>, cycle: Arc<Atomi
 }
 
 async fn deliver_locked(ctx: &Context, options: &WorkerOptions) -> Result<(), Error> {
-    let queue = ctx.queue()?;
+    let queue = ctx.store()?;
     schedule_reconcile(&queue, ctx.settings.daemon.reconcile_every)?;
     let mut pipeline = ctx.pipeline()?;
     let scheduler = tokio::spawn(reconcile_schedule(ctx.data_dir.clone(), ctx.settings.daemon.reconcile_every));
@@ -221,14 +222,14 @@ async fn deliver_locked(ctx: &Context, options: &WorkerOptions) -> Result<(), Er
 }
 
 /// Hands a reconcile to the worker when the last one is `every` ago.
-fn schedule_reconcile(queue: &Queue, every: Duration) -> Result<(), Error> {
+fn schedule_reconcile(queue: &Store, every: Duration) -> Result<(), Error> {
     if every.is_zero() {
         return Ok(());
     }
-    let last = queue.kv_number(LAST_RECONCILE_KEY).map_err(db)?;
+    let last = queue.kv_number(kv::LAST_RECONCILE)?;
     if now_ms() - last >= every.as_millis() as i64 {
-        worker::request(queue, &Work::Reconcile { since: None })?;
-        queue.set_kv(LAST_RECONCILE_KEY, &now_ms().to_string()).map_err(db)?;
+        requests::request(queue, &Work::Reconcile { since: None })?;
+        queue.set_kv(kv::LAST_RECONCILE, &now_ms().to_string())?;
         tracing::info!("scheduled reconcile queued (every {:.0} h)", every.as_secs_f64() / 3600.0);
     }
     Ok(())
@@ -273,16 +274,16 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// Health as a container check reads it: 200 while delivery works, 503
 /// with the reasons when it cannot (settings, credentials, a Plex outage
 /// longer than `healthOutageSecs`).
-pub fn health(
-    queue: &Queue,
+pub(crate) fn health(
+    queue: &Store,
     outage_unhealthy_after: Duration,
     config_problem: Option<&str>,
 ) -> Result<(bool, Value), Error> {
-    let stats = queue.stats().map_err(db)?;
-    let kv = |key: &str| queue.kv_number(key).map_err(db);
+    let stats = queue.stats()?;
+    let kv = |key: &str| queue.kv_number(key);
     let now = now_ms();
     let ago = |ms: i64| (ms > 0).then(|| (now - ms).max(0) / 1000);
-    let outage = worker::plex_outage(queue)?;
+    let outage = breaker::plex_outage(queue)?;
     let (breaker_open, outage_since) = (outage.is_some(), outage.unwrap_or(0));
     let mut reasons = Vec::new();
     if let Some(problem) = config_problem {
@@ -302,8 +303,8 @@ pub fn health(
         "status": if reasons.is_empty() { "ok" } else { "unhealthy" },
         "reasons": reasons,
         "plex": {"breaker_open": breaker_open, "outage_secs": ago(outage_since).filter(|_| breaker_open)},
-        "stash": {"last_capture_secs_ago": ago(kv(worker::LAST_CAPTURE_KEY)?)},
-        "last_sync_secs_ago": ago(kv(worker::LAST_SYNC_KEY)?),
+        "stash": {"last_capture_secs_ago": ago(kv(kv::LAST_CAPTURE)?)},
+        "last_sync_secs_ago": ago(kv(kv::LAST_SYNC)?),
         "queue": stats,
     });
     Ok((reasons.is_empty(), body))
@@ -330,10 +331,25 @@ async fn metrics(State(sh): State<Arc<Shared>>) -> Response {
         Ok(q) => q,
         Err(e) => return internal(e),
     };
-    match crate::metrics::render(&queue) {
-        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response(),
+    match gauges(&queue) {
+        Ok(g) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], crate::metrics::render(&g))
+            .into_response(),
         Err(e) => internal(e),
     }
+}
+
+/// The queue's gauges as the store holds them now.
+fn gauges(store: &Store) -> Result<crate::metrics::QueueGauges, Error> {
+    let stats = store.stats()?;
+    Ok(crate::metrics::QueueGauges {
+        pending: stats.pending,
+        by_class: stats.by_class,
+        dead: stats.dead,
+        synced: stats.synced,
+        breaker_open: store.kv_number(kv::BREAKER_UNTIL)? > 0,
+        last_sync_ms: store.kv_number(kv::LAST_SYNC)?,
+        last_capture_ms: store.kv_number(kv::LAST_CAPTURE)?,
+    })
 }
 
 /// The page's buttons. Refused unless the form carries this process's
@@ -352,19 +368,21 @@ async fn action(
         Ok(q) => q,
         Err(e) => return internal(e),
     };
-    let done = match action.as_str() {
-        "sync" => match form.get("scene").map(|s| s.trim()).filter(|s| crate::protocol::is_id(s)) {
-            Some(id) => {
-                queue.enqueue(id, crate::queue::Reason::Manual).map(|_| format!("scene {id} queued")).map_err(db)
-            }
+    let op = match action.as_str() {
+        "sync" => match form.get("scene").map(|s| s.trim()).filter(|s| crate::faces::protocol::is_id(s)) {
+            Some(id) => Operation::QueueScenes(vec![id.to_string()]),
             None => return (StatusCode::BAD_REQUEST, "scene: a Stash scene id (digits) is required\n").into_response(),
         },
-        "retry-dead" => queue.retry_dead(None).map(|n| format!("{n} dead letters queued again")).map_err(db),
-        "purge-dead" => queue.purge_dead(None).map(|n| format!("{n} dead letters removed")).map_err(db),
-        "reconcile" => {
-            worker::request(&queue, &Work::Reconcile { since: None }).map(|_| "reconcile queued".to_string())
-        }
+        "retry-dead" => Operation::RetryDead { class: None },
+        "purge-dead" => Operation::PurgeDead { class: None },
+        "reconcile" => Operation::Reconcile { since: None },
         _ => return (StatusCode::NOT_FOUND, "no such action\n").into_response(),
+    };
+    let done = match operations::hand_to_worker(&queue, &op) {
+        Some(handed) => handed,
+        None => operations::run_on_store(&queue, &op)
+            .expect("the page's buttons need only the store")
+            .map(|v| v.to_string()),
     };
     match done {
         Ok(message) => {
@@ -494,8 +512,8 @@ table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding
 
 /// One scene: where it stands in the queue, its Plex items, and how
 /// matching decides today (the `explain` trace, asked of Stash and Plex).
-async fn scene_section(ctx: &Context, state: rusqlite::Result<crate::queue::SceneState>, id: &str) -> String {
-    if !crate::protocol::is_id(id) {
+async fn scene_section(ctx: &Context, state: Result<crate::store::SceneState, Error>, id: &str) -> String {
+    if !crate::faces::protocol::is_id(id) {
         return "<p class=\"bad\">A Stash scene id is digits only.</p>".to_string();
     }
     let mut html = format!("<h2 id=\"scene\">Scene {id}</h2>");
@@ -522,7 +540,7 @@ async fn scene_section(ctx: &Context, state: rusqlite::Result<crate::queue::Scen
         }
         Err(e) => html.push_str(&format!("<p class=\"bad\">{}</p>", escape(&e.to_string()))),
     }
-    match crate::tasks::explain(ctx, id).await {
+    match crate::faces::operations::explain(ctx, id).await {
         Ok(out) => {
             // The trace ends with the decision.
             let trace: Vec<&str> = out["trace"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();

@@ -6,13 +6,12 @@ use std::time::{Duration, Instant};
 use emulators::{Library, PlexEmulator, PlexState, StashAuth, StashEmulator, StashState};
 use serde_json::json;
 
-use crate::app::{Context, Sources};
+use crate::clients::stash::StashCredentials;
 use crate::config::PLUGIN_ID;
-use crate::queue::Reason;
+use crate::faces::context::{Context, Sources};
+use crate::pipeline::worker::{self, WorkerOptions};
 use crate::secret::Secret;
-use crate::stash::StashCredentials;
-use crate::sync::db;
-use crate::worker::{self, WorkerOptions};
+use crate::store::Reason;
 
 pub async fn run(scenes: usize, seed: u64, outage: Duration) -> anyhow::Result<()> {
     let lib = Library::sample(scenes, seed);
@@ -35,9 +34,9 @@ pub async fn run(scenes: usize, seed: u64, outage: Duration) -> anyhow::Result<(
     let data_dir = std::env::temp_dir().join(format!("plexsync-demo-{}", std::process::id()));
     let creds = StashCredentials { api_key: Some(Secret::new(api_key)), session_cookie: None };
     let ctx = Context::new(&stash.url(), creds, data_dir.clone(), &Sources::default()).await?;
-    let queue = ctx.queue()?;
+    let queue = ctx.store()?;
     let ids = ctx.stash.scene_ids(None, |_, _| {}).await?;
-    queue.enqueue_many(ids.iter().map(String::as_str), Reason::Manual).map_err(db)?;
+    queue.enqueue_many(ids.iter().map(String::as_str), Reason::Manual)?;
     println!("queued {} scenes; Plex is down for the first {:.1?} (a simulated restart)", ids.len(), outage);
 
     let started = Instant::now();
@@ -57,7 +56,7 @@ pub async fn run(scenes: usize, seed: u64, outage: Duration) -> anyhow::Result<(
     let elapsed = started.elapsed();
 
     let stats = &pipeline.stats();
-    let waiting = queue.stats().map_err(db)?;
+    let waiting = queue.stats()?;
     let matching_titles = lib
         .scenes
         .iter()

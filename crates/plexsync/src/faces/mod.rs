@@ -1,14 +1,19 @@
-//! The faces: how PlexSync is started. Stash runs the plugin ([`plugin`],
-//! speaking [`protocol`]) for hooks and tasks; the plugin starts the
-//! [`worker`], which delivers the queue; the CLI (`main.rs`) and the plugin
-//! share the operations in [`tasks`]; the [`daemon`] runs the worker for
-//! good, with HTTP health, metrics and a status page; `plexsync demo` runs
-//! `demo`.
+//! The faces: how PlexSync is started. Each one turns what started it
+//! (Stash's JSON on stdin, an HTTP request, a command line) into one of the
+//! [`operations`] and reports the result in its own way; none of them
+//! delivers anything itself.
+//!
+//! - [`plugin`]: Stash runs it for hooks and tasks, speaking [`protocol`];
+//!   it queues, hands long work to the worker and starts the worker.
+//! - [`daemon`]: the worker for good, with HTTP health, metrics and a
+//!   status page.
+//! - [`context`]: settings, clients and the data folder of one run.
+//! - `demo`: the bundled emulators and a sample library.
 
+pub mod context;
 pub mod daemon;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod operations;
 pub mod plugin;
 pub mod protocol;
-pub mod tasks;
-pub mod worker;

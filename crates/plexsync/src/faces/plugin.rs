@@ -9,31 +9,14 @@ use std::process::Stdio;
 
 use serde_json::{json, Value};
 
-use crate::app::{open_queue, Context, Sources};
-use crate::protocol::{self, HookContext, PluginInput, ServerConnection};
-use crate::queue::Reason;
-use crate::worker::{self, Work};
-
-/// Task modes (the manifest's `defaultArgs.mode`), with their names and
-/// descriptions in Stash's task list.
-pub const MODES: &[(&str, &str, &str)] = &[
-    ("sync_all", "Sync all scenes", "Queue every scene for Plex; a background worker delivers them."),
-    ("sync_recent", "Sync recent scenes", "Queue scenes changed in Stash in the last 24 hours."),
-    ("process_queue", "Process queue", "Deliver what is due now, here, with progress."),
-    ("queue_status", "Queue status", "Show waiting scenes, failures by class, and dead letters."),
-    ("clear_queue", "Clear queue", "Remove every waiting scene from the queue."),
-    ("health_check", "Health check", "Check settings, Stash, Plex and the libraries, naming what to fix."),
-    (
-        "reconcile",
-        "Reconcile all",
-        "Compare every scene with Plex and queue those whose Plex values differ or are missing.",
-    ),
-    ("reconcile_recent", "Reconcile recent", "Compare scenes changed in the last 24 hours with Plex."),
-    ("paths_suggest", "Suggest path mappings", "Compare file names and sizes in Stash and Plex and propose pathMappings rules."),
-    ("explain", "Explain matches", "Show how scenes are matched: the scene in args.scene_id, or up to ten scenes waiting as not in Plex or ambiguous."),
-    ("retry_dead", "Retry dead letters", "Queue every scene that was given up on again, with fresh attempts."),
-    ("purge_dead", "Purge dead letters", "Remove every scene that was given up on from the queue."),
-];
+use crate::faces::context::{open_queue, Context, Sources};
+use crate::faces::operations::{self, Operation, TASKS};
+use crate::faces::protocol::{self, HookContext, PluginInput, ServerConnection};
+use crate::pipeline::breaker;
+use crate::pipeline::requests::{self, Work};
+use crate::pipeline::worker;
+use crate::store::kv;
+use crate::store::Reason;
 
 /// The plugin manifest (`PlexSync.yml`), generated from the settings table
 /// and the task list so the two cannot drift apart.
@@ -63,7 +46,7 @@ pub fn manifest() -> String {
     // The badge on scene pages and cards (files beside this manifest).
     let _ = writeln!(m, "ui:\n  javascript:\n    - {UI_SCRIPT}\n  css:\n    - {UI_STYLE}");
     let _ = writeln!(m, "tasks:");
-    for (mode, name, description) in MODES {
+    for (mode, name, description) in crate::faces::operations::TASKS {
         let _ = writeln!(
             m,
             "  - name: {}\n    description: {}\n    defaultArgs:\n      mode: {mode}",
@@ -94,7 +77,7 @@ pub async fn run(stdin: &str) -> i32 {
     let input = match protocol::parse_input(stdin) {
         Ok(input) => input,
         Err(e) => {
-            protocol::log(protocol::Level::Error, &format!("PlexSync: {e}"));
+            protocol::log_error(&format!("PlexSync: {e}"));
             protocol::output(Err(e));
             return 1;
         }
@@ -109,7 +92,7 @@ pub async fn run(stdin: &str) -> i32 {
             0
         }
         Err(e) => {
-            protocol::log(protocol::Level::Error, &e);
+            protocol::log_error(&e);
             protocol::output(Err(e));
             1
         }
@@ -122,12 +105,12 @@ fn data_dir(conn: &ServerConnection) -> PathBuf {
     local.data_dir.unwrap_or_else(|| match (&conn.dir, &conn.plugin_dir) {
         (Some(dir), _) => dir.join("plexsync"),
         (None, Some(dir)) => dir.join("data"),
-        (None, None) => crate::app::default_data_dir(),
+        (None, None) => crate::faces::context::default_data_dir(),
     })
 }
 
 /// Hooks this plugin handles (the manifest's `triggeredBy`).
-pub const HOOKS: [&str; 10] = [
+pub(crate) const HOOKS: [&str; 10] = [
     "Scene.Create.Post",
     "Scene.Update.Post",
     "Scene.Destroy.Post",
@@ -140,9 +123,6 @@ pub const HOOKS: [&str; 10] = [
     "Tag.Merge.Post",
 ];
 
-/// Where the newest session cookie a hook brought waits for the worker.
-pub const SESSION_KEY: &str = "stash_session";
-
 /// A hook runs inside the person's request (a bulk edit runs one per scene,
 /// in a row), so it only writes to the queue and makes sure a worker runs:
 /// no Stash or Plex request, whatever the size of the edit.
@@ -154,8 +134,8 @@ async fn handle_hook(input: &PluginInput, hook: &HookContext) -> Result<Value, S
             HOOKS.join(", ")
         ));
     }
-    let related = crate::stash::RelatedKind::of_hook(&hook.hook_type);
-    let what = related.map_or("scene", crate::stash::RelatedKind::name);
+    let related = crate::clients::stash::RelatedKind::of_hook(&hook.hook_type);
+    let what = related.map_or("scene", crate::clients::stash::RelatedKind::name);
     let id =
         hook.scene_id().ok_or_else(|| format!("hook {} came without a {what} id (got {})", hook.hook_type, hook.id))?;
     let conn = &input.server_connection;
@@ -174,8 +154,8 @@ async fn handle_hook(input: &PluginInput, hook: &HookContext) -> Result<Value, S
             let mut ids = vec![id.clone()];
             ids.extend(merged_sources(hook));
             for id in &ids {
-                let work = Work::Related(crate::stash::Related { kind, id: id.clone() });
-                worker::request(&queue, &work).map_err(|e| e.to_string())?;
+                let work = Work::Related(crate::clients::stash::Related { kind, id: id.clone() });
+                requests::request(&queue, &work).map_err(|e| e.to_string())?;
             }
             format!("scenes showing {what} {} queued for Plex", ids.join(", "))
         }
@@ -201,10 +181,10 @@ fn merged_sources(hook: &HookContext) -> Vec<String> {
 /// Leaves the session cookie Stash just gave us for a running worker,
 /// whose own cookie may have expired, and asks it to look for changes no
 /// hook reports (Stash is active now: a scan's cover, an auto-tag).
-fn hand_session(queue: &crate::queue::Queue, conn: &ServerConnection) {
-    let mut result = queue.set_kv(worker::CAPTURE_SOON_KEY, "1");
+fn hand_session(queue: &crate::store::Store, conn: &ServerConnection) {
+    let mut result = queue.set_kv(kv::CAPTURE_SOON, "1");
     if let Some(cookie) = conn.credentials().session_cookie {
-        result = result.and_then(|_| queue.set_kv(SESSION_KEY, cookie.expose()));
+        result = result.and_then(|_| queue.set_kv(kv::STASH_SESSION, cookie.expose()));
     }
     if let Err(e) = result {
         tracing::debug!("could not hand the session to the worker: {e}");
@@ -212,7 +192,7 @@ fn hand_session(queue: &crate::queue::Queue, conn: &ServerConnection) {
 }
 
 /// Starts a detached worker unless one runs.
-pub fn ensure_worker(data_dir: &Path, conn: &ServerConnection) -> Result<(), String> {
+pub(crate) fn ensure_worker(data_dir: &Path, conn: &ServerConnection) -> Result<(), String> {
     if worker::is_running(data_dir) {
         return Ok(());
     }
@@ -322,14 +302,14 @@ pub const UI_STYLE: &str = "plexsync.css";
 /// Modes the Stash UI script runs through `runPluginOperation`: no task
 /// in Stash's list, no Stash or Plex request, answered from the queue
 /// database while the person looks at the page.
-pub const OPERATIONS: [&str; 2] = ["scene_status", "sync_scene"];
+pub(crate) const OPERATIONS: [&str; 2] = ["scene_status", "sync_scene"];
 
 /// Most scenes one `scene_status` answers (a page of scene cards).
 const MAX_STATUS_IDS: usize = 500;
 
 async fn handle_task(input: &PluginInput) -> Result<Value, String> {
     let conn = &input.server_connection;
-    let known = || MODES.iter().map(|(m, _, _)| *m).chain(OPERATIONS).collect::<Vec<_>>().join(", ");
+    let known = || TASKS.iter().map(|(m, _, _)| *m).chain(OPERATIONS).collect::<Vec<_>>().join(", ");
     let mode = input
         .args
         .mode
@@ -338,56 +318,41 @@ async fn handle_task(input: &PluginInput) -> Result<Value, String> {
     if OPERATIONS.contains(&mode.as_str()) {
         return ui_operation(input, &mode);
     }
-    if !MODES.iter().any(|(m, _, _)| *m == mode) {
-        return Err(format!("unknown task mode '{mode}'; known: {}", known()));
-    }
+    let scene_arg = input.args.extra.get("scene_id").map(|v| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    });
+    let op = Operation::from_task(&mode, scene_arg).map_err(|e| format!("{}, {}", e.message, OPERATIONS.join(", ")))?;
     let url = conn.url()?;
     let ctx =
         Context::new(&url, conn.credentials(), data_dir(conn), &Sources::default()).await.map_err(|e| e.to_string())?;
     for w in &ctx.warnings {
         tracing::warn!("setting: {w}");
     }
-    let scene_arg = input.args.extra.get("scene_id").map(|v| match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    });
-    let queue = ctx.queue().map_err(|e| e.to_string())?;
+    let queue = ctx.store().map_err(|e| e.to_string())?;
     hand_session(&queue, conn);
     // A task is one of Stash's jobs, and Stash runs one job at a time: what
     // could take long goes to the worker, and the task reports at once.
-    let work = match mode.as_str() {
-        "sync_all" => Some(Work::Sync { since: None }),
-        "sync_recent" => Some(Work::Sync { since: Some(crate::tasks::day_ago()) }),
-        "reconcile" => Some(Work::Reconcile { since: None }),
-        "reconcile_recent" => Some(Work::Reconcile { since: Some(crate::tasks::day_ago()) }),
-        _ => None,
-    };
-    if let Some(work) = work {
-        worker::request(&queue, &work).map_err(|e| e.to_string())?;
+    if let Some(handed) = operations::hand_to_worker(&queue, &op) {
+        let message = handed.map_err(|e| e.to_string())?;
         ensure_worker(&ctx.data_dir, conn)?;
-        let msg = format!("{} handed to the background worker; run Queue status to follow it", work.describe());
-        tracing::info!("{msg}");
-        return Ok(json!({"message": msg}));
+        return Ok(json!({"message": message}));
     }
-    if mode == "process_queue" {
+    if op == Operation::Deliver {
         ensure_worker(&ctx.data_dir, conn)?;
         return Ok(watch_queue(&queue).await);
     }
-    let result = crate::tasks::run_with(&ctx, &mode, scene_arg, &mut |done, total| {
+    let value = operations::run(&ctx, &op, &mut |done, total| {
         if total > 0 {
             protocol::progress(done as f64 / total as f64)
         }
     })
-    .await;
-    match result {
-        Ok(value) => {
-            if mode == "retry_dead" {
-                ensure_worker(&ctx.data_dir, conn)?;
-            }
-            Ok(value)
-        }
-        Err(e) => Err(e.to_string()),
+    .await
+    .map_err(|e| e.to_string())?;
+    if matches!(op, Operation::RetryDead { .. }) {
+        ensure_worker(&ctx.data_dir, conn)?;
     }
+    Ok(value)
 }
 
 /// The UI script's questions: where scenes stand (`scene_ids`, a list or
@@ -400,10 +365,12 @@ fn ui_operation(input: &PluginInput, mode: &str) -> Result<Value, String> {
     if mode == "sync_scene" {
         let id =
             extra.get("scene_id").and_then(protocol::id_in).ok_or("scene_id: a Stash scene id (digits) is required")?;
-        queue.enqueue(&id, Reason::Manual).map_err(|e| format!("cannot queue scene {id}: {e}"))?;
+        operations::run_on_store(&queue, &Operation::QueueScenes(vec![id.clone()]))
+            .expect("the store answers")
+            .map_err(|e| format!("cannot queue scene {id}: {e}"))?;
         hand_session(&queue, conn);
         ensure_worker(&dir, conn)?;
-        let (message, now) = (format!("scene {id} queued for Plex"), crate::queue::now_ms());
+        let (message, now) = (format!("scene {id} queued for Plex"), crate::store::now_ms());
         return Ok(json!({"message": message, "now": now, "scene": scene_state(&queue, &id)?}));
     }
     let ids: Vec<String> = match extra.get("scene_ids") {
@@ -418,11 +385,11 @@ fn ui_operation(input: &PluginInput, mode: &str) -> Result<Value, String> {
     let scenes = ids.iter().map(|id| scene_state(&queue, id)).collect::<Result<Vec<_>, _>>()?;
     // While the breaker holds the queue, waiting rows carry no error of their
     // own: the outage is the reason, said once for the page.
-    let plex_down_since = worker::plex_outage(&queue).map_err(|e| e.to_string())?.filter(|since| *since > 0);
-    Ok(json!({"now": crate::queue::now_ms(), "plex_down_since": plex_down_since, "scenes": scenes}))
+    let plex_down_since = breaker::plex_outage(&queue).map_err(|e| e.to_string())?.filter(|since| *since > 0);
+    Ok(json!({"now": crate::store::now_ms(), "plex_down_since": plex_down_since, "scenes": scenes}))
 }
 
-fn scene_state(queue: &crate::queue::Queue, id: &str) -> Result<crate::queue::SceneState, String> {
+fn scene_state(queue: &crate::store::Store, id: &str) -> Result<crate::store::SceneState, String> {
     queue.scene_state(id).map_err(|e| format!("cannot read scene {id} from the queue: {e}"))
 }
 
@@ -431,7 +398,7 @@ fn scene_state(queue: &crate::queue::Queue, id: &str) -> Result<crate::queue::Sc
 const WATCH: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Shows the worker's progress for a few seconds, then the queue's state.
-async fn watch_queue(queue: &crate::queue::Queue) -> Value {
+async fn watch_queue(queue: &crate::store::Store) -> Value {
     let started = std::time::Instant::now();
     let first = queue.stats().map(|s| s.pending).unwrap_or(0).max(1);
     loop {

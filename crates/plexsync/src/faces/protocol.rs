@@ -8,8 +8,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use url::Url;
 
+use crate::clients::stash::StashCredentials;
 use crate::secret::Secret;
-use crate::stash::StashCredentials;
 
 #[derive(Debug, Deserialize)]
 pub struct Cookie {
@@ -41,7 +41,7 @@ fn default_scheme() -> String {
 
 impl ServerConnection {
     /// Stash's base URL; `0.0.0.0` (listen on all) means connect to localhost.
-    pub fn url(&self) -> Result<Url, String> {
+    pub(crate) fn url(&self) -> Result<Url, String> {
         let host = match self.host.as_str() {
             "" | "0.0.0.0" | "::" | "[::]" => "localhost",
             h => h,
@@ -54,7 +54,7 @@ impl ServerConnection {
         Ok(url)
     }
 
-    pub fn credentials(&self) -> StashCredentials {
+    pub(crate) fn credentials(&self) -> StashCredentials {
         StashCredentials {
             api_key: None,
             session_cookie: self.session_cookie.as_ref().filter(|c| !c.value.is_empty()).map(|c| Secret::new(&c.value)),
@@ -77,18 +77,18 @@ pub struct HookContext {
 impl HookContext {
     /// The scene's (or performer's, studio's, tag's) id, whether Stash
     /// sent it as a number or a string.
-    pub fn scene_id(&self) -> Option<String> {
+    pub(crate) fn scene_id(&self) -> Option<String> {
         id_in(&self.id)
     }
 }
 
 /// Whether `s` is a Stash object id (digits only).
-pub fn is_id(s: &str) -> bool {
+pub(crate) fn is_id(s: &str) -> bool {
     !s.is_empty() && s.chars().all(|c| c.is_ascii_digit())
 }
 
 /// A Stash object id sent as a number or as a string of digits.
-pub fn id_in(value: &Value) -> Option<String> {
+pub(crate) fn id_in(value: &Value) -> Option<String> {
     match value {
         Value::Number(n) => n.as_u64().map(|n| n.to_string()),
         Value::String(s) if is_id(s) => Some(s.clone()),
@@ -127,39 +127,18 @@ pub fn parse_input(raw: &str) -> Result<PluginInput, String> {
     serde_json::from_value(value).map_err(|e| format!("the input from Stash has an unexpected shape: {e}"))
 }
 
-/// Stash's log levels on stderr.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Level {
-    Trace,
-    Debug,
-    Info,
-    Warning,
-    Error,
-}
-
-impl Level {
-    fn code(self) -> char {
-        match self {
-            Self::Trace => 't',
-            Self::Debug => 'd',
-            Self::Info => 'i',
-            Self::Warning => 'w',
-            Self::Error => 'e',
-        }
-    }
-}
-
 /// Longest stderr line we write: Stash reads stderr with Go's
 /// `bufio.Scanner`, whose 64 KiB limit stops its reader for good.
-pub const MAX_LINE: usize = 16 * 1024;
+pub(crate) const MAX_LINE: usize = 16 * 1024;
 
-/// Writes one log line in Stash's format. Newlines inside the message are
+/// Writes an error in Stash's log format (level `e`), for the failures
+/// that happen before logging is set up. Newlines inside the message are
 /// split into several lines, each with the prefix, so none loses its level;
 /// a longer line is cut at a character boundary and marked.
-pub fn log(level: Level, message: &str) {
+pub(crate) fn log_error(message: &str) {
     let mut err = std::io::stderr().lock();
     for line in message.lines() {
-        let _ = writeln!(err, "\x01{}\x02{}", level.code(), cut(line, MAX_LINE));
+        let _ = writeln!(err, "\x01e\x02{}", cut(line, MAX_LINE));
     }
 }
 
@@ -176,12 +155,12 @@ fn cut(line: &str, max: usize) -> std::borrow::Cow<'_, str> {
 }
 
 /// Reports task progress (0..=1) to Stash.
-pub fn progress(fraction: f64) {
+pub(crate) fn progress(fraction: f64) {
     let _ = writeln!(std::io::stderr().lock(), "\x01p\x02{:.3}", fraction.clamp(0.0, 1.0));
 }
 
 /// Writes the single output JSON Stash reads from stdout.
-pub fn output(result: Result<Value, String>) {
+pub(crate) fn output(result: Result<Value, String>) {
     let body = match result {
         Ok(output) => json!({ "output": output }),
         Err(error) => json!({ "error": error }),

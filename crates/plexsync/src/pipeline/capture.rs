@@ -25,67 +25,51 @@
 //! read or queued at least [`SAME_SECOND`] after its second, so a second
 //! edit within the same second as an earlier look is queued once more.
 
-use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
+use chrono::{DateTime, FixedOffset, Utc};
 
+use crate::clients::stash::StashClient;
 use crate::error::Error;
-use crate::queue::{now_ms, Queue, Reason};
-use crate::stash::StashClient;
-use crate::sync::db;
+use crate::store::kv;
+use crate::store::{now_ms, Reason, Store};
 
-const NARROW_KEY: &str = "stash_watermark";
-const WIDE_KEY: &str = "stash_watermark_wide";
-const WIDE_AT_KEY: &str = "stash_watermark_wide_at";
 /// A DST change shifts the server's offset by up to an hour; a little more
 /// covers same-second edits and a slow clock.
-pub const OVERLAP: chrono::Duration = chrono::Duration::minutes(65);
+pub(crate) const OVERLAP: chrono::Duration = chrono::Duration::minutes(65);
 /// How often the wide look runs (also at every worker start).
-pub const WIDE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+pub(crate) const WIDE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
 /// A version read this long after its second cannot be followed by another
 /// edit in that same second.
 const SAME_SECOND: i64 = 2000;
-/// The most western UTC offset in use (Baker Island, UTC−12).
-const WESTMOST: i32 = -12 * 3600;
 
 fn parse(t: &str) -> Option<DateTime<FixedOffset>> {
     DateTime::parse_from_rfc3339(t).ok()
 }
 
-/// `t` as Go's `time.RFC3339` writes it in `offset` (`Z` at zero).
-fn format_in(t: DateTime<Utc>, offset: FixedOffset) -> String {
-    t.with_timezone(&offset).to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
-/// A cursor that compares, as text, below every stored time later than
-/// `t`, whatever offset the server wrote it in.
-pub fn superset_cursor(t: DateTime<Utc>) -> String {
-    format_in(t, FixedOffset::east_opt(WESTMOST).expect("valid offset"))
-}
-
 /// Which look to make.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Look {
+pub(crate) enum Look {
     Narrow,
     Wide,
 }
 
 /// Queues scenes changed since the last look; returns how many were queued.
 /// The first look only sets the cursors (a full sync is `sync_all`'s job).
-pub async fn capture(stash: &StashClient, queue: &Queue, look: Look) -> Result<usize, Error> {
+pub(crate) async fn capture(stash: &StashClient, queue: &Store, look: Look) -> Result<usize, Error> {
     let key = match look {
-        Look::Narrow => NARROW_KEY,
-        Look::Wide => WIDE_KEY,
+        Look::Narrow => kv::WATERMARK_NARROW,
+        Look::Wide => kv::WATERMARK_WIDE,
     };
-    let Some(mark) = queue.get_kv(key).map_err(db)?.as_deref().and_then(parse) else {
+    let Some(mark) = queue.get_kv(key)?.as_deref().and_then(parse) else {
         if let Some(newest) = stash.newest_update().await? {
-            queue.set_kv(NARROW_KEY, &newest).map_err(db)?;
-            queue.set_kv(WIDE_KEY, &newest).map_err(db)?;
+            queue.set_kv(kv::WATERMARK_NARROW, &newest)?;
+            queue.set_kv(kv::WATERMARK_WIDE, &newest)?;
         }
         return Ok(0);
     };
     let from = mark.with_timezone(&Utc) - OVERLAP;
     let cursor = match look {
-        Look::Narrow => format_in(from, *mark.offset()),
-        Look::Wide => superset_cursor(from),
+        Look::Narrow => crate::clients::stash::format_in(from, *mark.offset()),
+        Look::Wide => crate::clients::stash::superset_cursor(from),
     };
     let rows = stash.changed_since(&cursor).await?;
     let objects = stash.objects_changed_since(&cursor).await?;
@@ -96,11 +80,11 @@ pub async fn capture(stash: &StashClient, queue: &Queue, look: Look) -> Result<u
         if taken_care_of(queue, id, at)? {
             continue;
         }
-        if !queue.is_pending(id).map_err(db)? {
-            queue.enqueue(id, Reason::Watermark).map_err(db)?;
+        if !queue.is_pending(id)? {
+            queue.enqueue(id, Reason::Watermark)?;
             queued += 1;
         }
-        queue.mark_seen(id, updated, now).map_err(db)?;
+        queue.mark_seen(id, updated, now)?;
     }
     // A renamed, re-parented or re-imaged performer, studio or tag: its
     // scenes show it, and none of their `updated_at` moved.
@@ -110,9 +94,9 @@ pub async fn capture(stash: &StashClient, queue: &Queue, look: Look) -> Result<u
         if taken_care_of(queue, &key, at)? {
             continue;
         }
-        let object = crate::stash::Related { kind: *kind, id: id.clone() };
-        queued += crate::tasks::enqueue_showing(stash, queue, &object).await?;
-        queue.mark_seen(&key, updated, now).map_err(db)?;
+        let object = crate::clients::stash::Related { kind: *kind, id: id.clone() };
+        queued += crate::pipeline::related::enqueue_showing(stash, queue, &object).await?;
+        queue.mark_seen(&key, updated, now)?;
     }
     let times = rows.iter().map(|(_, u)| u).chain(objects.iter().map(|(_, _, u)| u));
     let newest_text = times.filter_map(|u| parse(u).map(|t| (t, u))).filter(|(t, _)| *t > mark).max_by_key(|(t, _)| *t);
@@ -120,51 +104,27 @@ pub async fn capture(stash: &StashClient, queue: &Queue, look: Look) -> Result<u
     let newest_text = newest_text.map(|(_, u)| u.clone());
     // Keep Stash's own text of the newest time: its offset is the server's.
     if let Some(text) = newest_text {
-        queue.set_kv(key, &text).map_err(db)?;
-        if look == Look::Wide && queue.get_kv(NARROW_KEY).map_err(db)?.as_deref().and_then(parse) < Some(newest) {
-            queue.set_kv(NARROW_KEY, &text).map_err(db)?;
+        queue.set_kv(key, &text)?;
+        if look == Look::Wide && queue.get_kv(kv::WATERMARK_NARROW)?.as_deref().and_then(parse) < Some(newest) {
+            queue.set_kv(kv::WATERMARK_NARROW, &text)?;
         }
     }
     if look == Look::Wide {
-        queue.set_kv(WIDE_AT_KEY, &now.to_string()).map_err(db)?;
+        queue.set_kv(kv::WATERMARK_WIDE_AT, &now.to_string())?;
     }
     Ok(queued)
 }
 
 /// Whether the wide look is due (never made, or [`WIDE_EVERY`] ago).
-pub fn wide_due(queue: &Queue) -> Result<bool, Error> {
-    let at = queue.kv_number(WIDE_AT_KEY).map_err(db)?;
+pub(crate) fn wide_due(queue: &Store) -> Result<bool, Error> {
+    let at = queue.kv_number(kv::WATERMARK_WIDE_AT)?;
     Ok(now_ms() - at >= WIDE_EVERY.as_millis() as i64)
 }
 
 /// Whether version `at` of the scene was already read or queued late
 /// enough that no later edit can share its second.
-fn taken_care_of(queue: &Queue, id: &str, at: DateTime<FixedOffset>) -> Result<bool, Error> {
-    let Some((version, seen_at)) = queue.seen(id).map_err(db)? else { return Ok(false) };
+fn taken_care_of(queue: &Store, id: &str, at: DateTime<FixedOffset>) -> Result<bool, Error> {
+    let Some((version, seen_at)) = queue.seen(id)? else { return Ok(false) };
     let Some(seen_version) = parse(&version) else { return Ok(false) };
     Ok(seen_version > at || (seen_version == at && seen_at >= at.timestamp_millis() + SAME_SECOND))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_superset_cursor_is_below_every_later_time_in_any_offset_as_text() {
-        let t = Utc::now();
-        let cursor = superset_cursor(t);
-        for offset_h in -12..=14 {
-            let later = t + chrono::Duration::seconds(1);
-            let text = format_in(later, FixedOffset::east_opt(offset_h * 3600).unwrap());
-            assert!(text.as_str() > cursor.as_str(), "{text} vs {cursor}");
-        }
-    }
-
-    #[test]
-    fn cursors_look_like_stash_times() {
-        let t = DateTime::parse_from_rfc3339("2026-11-24T10:00:00Z").unwrap().with_timezone(&Utc);
-        assert_eq!(format_in(t, FixedOffset::east_opt(0).unwrap()), "2026-11-24T10:00:00Z");
-        assert_eq!(format_in(t, FixedOffset::east_opt(-5 * 3600).unwrap()), "2026-11-24T05:00:00-05:00");
-        assert_eq!(superset_cursor(t), "2026-11-23T22:00:00-12:00");
-    }
 }

@@ -9,30 +9,9 @@
 //! queueing inside Plex), it shrinks by a quarter. A Plex error or timeout
 //! drops it to one at once. `plexConcurrency` caps it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Plex's answer times, summed by the client as requests finish and taken
-/// by the limiter once per round.
-#[derive(Debug, Default)]
-pub struct RttMeter {
-    micros: AtomicU64,
-    count: AtomicU64,
-}
-
-impl RttMeter {
-    pub fn record(&self, rtt: Duration) {
-        self.micros.fetch_add(rtt.as_micros() as u64, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Mean since the last take, and resets; `None` when nothing was asked.
-    fn take(&self) -> Option<Duration> {
-        let count = self.count.swap(0, Ordering::Relaxed);
-        let micros = self.micros.swap(0, Ordering::Relaxed);
-        (count > 0).then(|| Duration::from_micros(micros / count))
-    }
-}
+use crate::clients::http::RttMeter;
 
 /// A round slower than the baseline by this factor means Plex is queueing.
 const SLOWER: f64 = 1.5;
@@ -47,7 +26,7 @@ const BASELINE_CREEP: f64 = 0.05;
 
 /// The adaptive limit.
 #[derive(Debug)]
-pub struct Limiter {
+pub(crate) struct Limiter {
     max: usize,
     limit: usize,
     baseline: Option<Duration>,
@@ -59,7 +38,7 @@ pub struct Limiter {
 
 /// What a round did to the limit, for the log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Change {
+pub(crate) enum Change {
     Up(usize),
     /// Plex answered slower: down to this.
     Down(usize),
@@ -68,34 +47,34 @@ pub enum Change {
 }
 
 impl Limiter {
-    pub fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize) -> Self {
         Self { max: max.max(1), limit: 1, baseline: None, finished: 0, saturated: false }
     }
 
-    pub fn limit(&self) -> usize {
+    pub(crate) fn limit(&self) -> usize {
         self.limit
     }
 
     /// Plex's usual answer time (zero before the first round).
-    pub fn baseline(&self) -> Duration {
+    pub(crate) fn baseline(&self) -> Duration {
         self.baseline.unwrap_or_default()
     }
 
     /// A new cap (the setting changed); the limit follows it down at once.
-    pub fn set_max(&mut self, max: usize) {
+    pub(crate) fn set_max(&mut self, max: usize) {
         self.max = max.max(1);
         self.limit = self.limit.min(self.max);
     }
 
     /// A delivery is starting with `in_flight` others running.
-    pub fn starting(&mut self, in_flight: usize) {
+    pub(crate) fn starting(&mut self, in_flight: usize) {
         if in_flight + 1 >= self.limit {
             self.saturated = true;
         }
     }
 
     /// Plex failed (5xx, timeout, throttled, unreachable): one at a time.
-    pub fn trouble(&mut self) -> Option<Change> {
+    pub(crate) fn trouble(&mut self) -> Option<Change> {
         self.finished = 0;
         self.saturated = false;
         if self.limit == 1 {
@@ -107,7 +86,7 @@ impl Limiter {
 
     /// A delivery finished without trouble; at the end of a round, adjusts
     /// the limit from the round's mean answer time in `meter`.
-    pub fn finished(&mut self, meter: &RttMeter) -> Option<Change> {
+    pub(crate) fn finished(&mut self, meter: &RttMeter) -> Option<Change> {
         self.finished += 1;
         if self.finished < self.limit {
             return None;

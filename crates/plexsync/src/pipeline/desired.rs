@@ -18,25 +18,23 @@
 //! Every field written is locked in Plex so agents leave it alone; a field
 //! dropped from `syncFields` is unlocked, never cleared.
 
-use std::collections::BTreeMap;
-
 use sha2::{Digest, Sha256};
 
+use crate::clients::plex::PlexItem;
+use crate::clients::stash::Scene;
 use crate::config::{Field, Settings, TaglineSource};
-use crate::plex::PlexItem;
-use crate::sanitize;
-use crate::stash::Scene;
+use crate::pipeline::sanitize;
 
 /// A tag entry: name, and for actors an optional photo URL.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct TagValue {
+pub(crate) struct TagValue {
     pub name: String,
     pub thumb: Option<String>,
 }
 
 /// The value one field should have.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub enum Value {
+pub(crate) enum Value {
     /// Plex scalar fields (name, value); an empty value clears.
     Scalars(Vec<(&'static str, String)>),
     /// A tag field (`genre`, `actor`, …) and its whole list.
@@ -46,21 +44,21 @@ pub enum Value {
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct Desired {
+pub(crate) struct Desired {
     pub field: Field,
     pub value: Value,
 }
 
 impl Desired {
     /// Stable hash of the value, stored to detect changes.
-    pub fn hash(&self) -> String {
+    pub(crate) fn hash(&self) -> String {
         let json = serde_json::to_vec(&self.value).expect("values serialize");
         hex::encode(&Sha256::digest(&json)[..12])
     }
 }
 
 /// Plex names a field occupies, for locking and unlocking.
-pub fn plex_names(field: Field) -> &'static [&'static str] {
+pub(crate) fn plex_names(field: Field) -> &'static [&'static str] {
     match field {
         Field::Title => &["title"],
         Field::Summary => &["summary"],
@@ -96,7 +94,7 @@ fn tags(kind: &'static str, names: Vec<String>) -> Value {
 /// each, naming scene and field) and `changed` ones (shown at debug level
 /// and by `explain`).
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     pub dropped: Vec<String>,
     pub changed: Vec<String>,
 }
@@ -116,7 +114,7 @@ impl Report {
 
 /// Computes the desired value of every owned field, recording in `report`
 /// what the sanitizer changed or dropped.
-pub fn desired(scene: &Scene, settings: &Settings, report: &mut Report) -> Vec<Desired> {
+pub(crate) fn desired(scene: &Scene, settings: &Settings, report: &mut Report) -> Vec<Desired> {
     let mut out = Vec::new();
     for field in settings.fields.iter().copied() {
         let mut line = |s: &str| report.note(scene, field, sanitize::one_line(s, sanitize::ONE_LINE_MAX));
@@ -214,7 +212,7 @@ fn is_stand_in(image_url: &str) -> bool {
 /// frame Plex extracts for a poster stay unlocked (items are never empty,
 /// so emptiness says nothing). A lock of ours (`ours`: we wrote the field to
 /// this item before) is not a person's.
-pub fn person_edited(d: &Desired, item: &PlexItem, ours: bool) -> bool {
+pub(crate) fn person_edited(d: &Desired, item: &PlexItem, ours: bool) -> bool {
     !ours && locked_in_plex(d, item)
 }
 
@@ -224,7 +222,7 @@ fn locked_in_plex(d: &Desired, item: &PlexItem) -> bool {
 }
 
 /// Whether Plex's current value differs from `d` (for reconcile).
-pub fn differs(d: &Desired, item: &PlexItem) -> bool {
+pub(crate) fn differs(d: &Desired, item: &PlexItem) -> bool {
     let current = |name: &str| -> String {
         match name {
             "title" => item.title.clone(),
@@ -255,7 +253,7 @@ pub fn differs(d: &Desired, item: &PlexItem) -> bool {
 /// An indexed list may replace the field or add to it (real servers are
 /// unsettled), so the tags `item` holds (it was read) and not wanted any
 /// more are also removed explicitly, which an empty list needs anyway.
-pub fn edit_params(changes: &[&Desired], released: &[Field], item: &PlexItem) -> Vec<(String, String)> {
+pub(crate) fn edit_params(changes: &[&Desired], released: &[Field], item: &PlexItem) -> Vec<(String, String)> {
     let mut params = Vec::new();
     for d in changes {
         match &d.value {
@@ -305,7 +303,7 @@ pub fn edit_params(changes: &[&Desired], released: &[Field], item: &PlexItem) ->
 /// `d` made smaller for a request a proxy refused for its size: tag photos
 /// dropped first, then half the tags, or half of the longest text; `None`
 /// when nothing is left to take away.
-pub fn shrunk(d: &Desired) -> Option<Desired> {
+pub(crate) fn shrunk(d: &Desired) -> Option<Desired> {
     let value = match &d.value {
         Value::Tags(kind, list) if list.iter().any(|t| t.thumb.is_some()) => {
             Value::Tags(kind, list.iter().map(|t| TagValue { thumb: None, ..t.clone() }).collect())
@@ -319,17 +317,12 @@ pub fn shrunk(d: &Desired) -> Option<Desired> {
             if keep == 0 {
                 return None;
             }
-            *text = crate::sanitize::cut(text, keep);
+            *text = crate::pipeline::sanitize::cut(text, keep);
             Value::Scalars(values)
         }
         _ => return None,
     };
     Some(Desired { field: d.field, value })
-}
-
-/// Hashes of the desired values, by field name, as stored after a write.
-pub fn hashes(desired: &[Desired]) -> BTreeMap<String, String> {
-    desired.iter().map(|d| (d.field.name().to_string(), d.hash())).collect()
 }
 
 #[cfg(test)]

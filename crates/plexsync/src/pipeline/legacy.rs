@@ -2,8 +2,8 @@
 //! `cleanTitles` and `tagStashIDs`. Both are idempotent, so the hook our
 //! own Stash write fires leads to one more delivery that changes nothing.
 
+use crate::clients::stash::Scene;
 use crate::config::StashIdTags;
-use crate::stash::Scene;
 
 /// Trailing words the old plugin dropped (file types and a quality marker).
 const TRAILING_WORDS: &[&str] = &[" Wmv", " Mp4", " Mov", " Qt", " HD"];
@@ -14,7 +14,7 @@ const TRAILING_WORDS: &[&str] = &[" Wmv", " Mp4", " Mov", " Qt", " HD"];
 /// `The '`, `A "`, `A '` lose the quote; one trailing file-type word
 /// dropped; one leading non-alphanumeric character and then one leading
 /// space dropped. An empty result becomes `ZZZ Invalid Title`.
-pub fn clean_title(title: &str) -> String {
+pub(crate) fn clean_title(title: &str) -> String {
     let mut t = deunicode::deunicode(title);
     t = t.trim_start_matches([' ', '\u{a0}', '@', '\'']).trim_end_matches(' ').to_string();
     for junk in ['!', '?', '*'] {
@@ -45,7 +45,7 @@ pub fn clean_title(title: &str) -> String {
 /// The old `tagStashIDs` behaviour: the tag ids to add to `scene` for its
 /// stash-box endpoints (or the "empty" tag when it has none); only ids the
 /// scene lacks are returned.
-pub fn stash_id_tags(scene: &Scene, tags: &StashIdTags) -> Vec<String> {
+pub(crate) fn stash_id_tags(scene: &Scene, tags: &StashIdTags) -> Vec<String> {
     let mut wanted: Vec<String> = Vec::new();
     if scene.stash_ids.is_empty() {
         wanted.extend(tags.empty.clone());
@@ -64,7 +64,7 @@ pub fn stash_id_tags(scene: &Scene, tags: &StashIdTags) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stash::{Named, StashIdRef};
+    use crate::clients::stash::{Named, StashIdRef};
 
     #[test]
     fn clean_title_cases_of_the_old_plugin() {

@@ -9,14 +9,14 @@ use std::time::Instant;
 
 use unicode_normalization::UnicodeNormalization;
 
+use crate::clients::plex::{PlexClient, PlexItem, PlexSection};
+use crate::clients::stash::Scene;
 use crate::config::{PathMap, Settings};
 use crate::error::{Error, ErrorClass};
-use crate::plex::{PlexClient, PlexItem, PlexSection};
-use crate::stash::Scene;
 
 /// A Plex item as the index keeps it.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct IndexedItem {
+pub(crate) struct IndexedItem {
     pub rating_key: Box<str>,
     pub section: Box<str>,
     /// (raw path, size)
@@ -56,7 +56,7 @@ pub enum Match {
 impl Match {
     /// The matched items (ratingKey, section), the main one first; none
     /// unless found.
-    pub fn items(&self) -> Vec<(String, String)> {
+    pub(crate) fn items(&self) -> Vec<(String, String)> {
         match self {
             Match::Found { rating_key, section, also, .. } => {
                 std::iter::once((rating_key.clone(), section.clone())).chain(also.iter().cloned()).collect()
@@ -69,7 +69,7 @@ impl Match {
 /// Normalizes a path for comparison: `\` → `/`, Unicode NFC, repeated
 /// separators collapsed, trailing spaces and dots of each component
 /// dropped (Windows ignores them), optionally case-folded.
-pub fn normalize(path: &str, fold_case: bool) -> String {
+pub(crate) fn normalize(path: &str, fold_case: bool) -> String {
     let unified: String = path.replace('\\', "/").nfc().collect();
     let mut out = String::with_capacity(unified.len());
     for (i, part) in unified.split('/').enumerate() {
@@ -100,7 +100,7 @@ fn percent_decoded(path: &str) -> Option<String> {
 
 /// Applies the longest matching `stash => plex` prefix rule, comparing
 /// normalized forms and only at component boundaries.
-pub fn map_path(stash_path: &str, maps: &[PathMap], fold_case: bool) -> String {
+pub(crate) fn map_path(stash_path: &str, maps: &[PathMap], fold_case: bool) -> String {
     let path = normalize(stash_path, fold_case);
     let mut best: Option<(usize, String)> = None;
     for m in maps {
@@ -132,7 +132,7 @@ fn stem(path: &str) -> &str {
 
 /// The ratingKey in a Plex URL the agent left on a scene
 /// (`plex/library/metadata/12345`, possibly with more after it).
-pub fn rating_key_in_url(url: &str) -> Option<String> {
+pub(crate) fn rating_key_in_url(url: &str) -> Option<String> {
     let rest = url.split("/library/metadata/").nth(1)?;
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
     (!digits.is_empty()).then_some(digits)
@@ -286,7 +286,7 @@ impl LibraryIndex {
     /// re-reading the library, and our own edits are not read back. An item
     /// whose file moved is found by the next full read (or a 404).
     /// Returns the ratingKeys of items new to the index or changed.
-    pub async fn refresh_recent(&mut self, plex: &PlexClient) -> Result<Vec<String>, Error> {
+    pub(crate) async fn refresh_recent(&mut self, plex: &PlexClient) -> Result<Vec<String>, Error> {
         // A minute of overlap: Plex's times have second precision and
         // clocks of scans in progress may lag.
         let since = (self.newest_added - 60).max(0);
@@ -306,10 +306,10 @@ impl LibraryIndex {
         Ok(changed)
     }
 
-    pub fn insert(&mut self, section: &str, item: &PlexItem) {
+    pub(crate) fn insert(&mut self, section: &str, item: &PlexItem) {
         // `addedAt` may be a file's modification time, even in the future:
         // beyond now it would hide every later addition from refreshes.
-        let added = item.added_at.unwrap_or(0).min(crate::queue::now_ms() / 1000);
+        let added = item.added_at.unwrap_or(0).min(crate::store::now_ms() / 1000);
         self.newest_added = self.newest_added.max(added);
         self.insert_indexed(IndexedItem {
             rating_key: item.rating_key.as_str().into(),
@@ -354,7 +354,7 @@ impl LibraryIndex {
     }
 
     /// The item `rk`, if the library has it.
-    pub fn item(&self, rk: &str) -> Option<&IndexedItem> {
+    pub(crate) fn item(&self, rk: &str) -> Option<&IndexedItem> {
         self.position(rk).map(|id| &self.items[id as usize])
     }
 
@@ -372,11 +372,11 @@ impl LibraryIndex {
 
     /// What to store besides the items: which server and libraries, when
     /// read, the newest addition, the sections.
-    pub fn meta(&self, key: &str) -> String {
+    pub(crate) fn meta(&self, key: &str) -> String {
         let age_ms = self.built_at.map_or(0, |t| t.elapsed().as_millis() as i64);
         let meta = serde_json::json!({
             "key": key,
-            "built_at_ms": crate::queue::now_ms() - age_ms,
+            "built_at_ms": crate::store::now_ms() - age_ms,
             "newest_added": self.newest_added,
             "sections": self.sections,
         });
@@ -385,7 +385,7 @@ impl LibraryIndex {
 
     /// One stored row per item (ratingKey, JSON), of `only` these items
     /// when given, made as they are taken.
-    pub fn rows<'a>(&'a self, only: Option<&'a [String]>) -> Box<dyn Iterator<Item = (String, String)> + 'a> {
+    pub(crate) fn rows<'a>(&'a self, only: Option<&'a [String]>) -> Box<dyn Iterator<Item = (String, String)> + 'a> {
         let row = |i: &IndexedItem| (i.rating_key.to_string(), serde_json::to_string(i).expect("items serialize"));
         match only {
             Some(keys) => Box::new(keys.iter().filter_map(|k| self.item(k)).map(row)),
@@ -396,12 +396,12 @@ impl LibraryIndex {
     /// An empty index described by stored `meta`, unless it was read for
     /// another `key` (server or libraries changed) or is older than
     /// `max_age`; its items follow through [`LibraryIndex::insert_row`].
-    pub fn from_meta(key: &str, meta: &str, max_age: std::time::Duration) -> Option<Self> {
+    pub(crate) fn from_meta(key: &str, meta: &str, max_age: std::time::Duration) -> Option<Self> {
         let meta: serde_json::Value = serde_json::from_str(meta).ok()?;
         if meta["key"].as_str() != Some(key) {
             return None;
         }
-        let age_ms = (crate::queue::now_ms() - meta["built_at_ms"].as_i64()?).max(0) as u64;
+        let age_ms = (crate::store::now_ms() - meta["built_at_ms"].as_i64()?).max(0) as u64;
         let age = std::time::Duration::from_millis(age_ms);
         if age > max_age {
             return None;
@@ -416,26 +416,22 @@ impl LibraryIndex {
     }
 
     /// Adds one stored row; false when it cannot be read.
-    pub fn insert_row(&mut self, row: &str) -> bool {
+    pub(crate) fn insert_row(&mut self, row: &str) -> bool {
         serde_json::from_str(row).map(|item| self.insert_indexed(item)).is_ok()
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.items.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
-    }
-
     /// Whether one of the item's files is `file` (after mapping).
-    fn item_holds(&self, rk: &str, file: &crate::stash::SceneFile, maps: &[PathMap]) -> bool {
+    fn item_holds(&self, rk: &str, file: &crate::clients::stash::SceneFile, maps: &[PathMap]) -> bool {
         self.item(rk).is_some_and(|item| item.files.iter().any(|(p, size)| is_file(file, p, *size, maps)))
     }
 
     /// The files of item `rk` that are none of the scene's (Plex merged or
     /// stacked other files into it): (path, size).
-    pub fn foreign_files(&self, rk: &str, scene: &Scene, maps: &[PathMap]) -> Vec<(String, Option<u64>)> {
+    pub(crate) fn foreign_files(&self, rk: &str, scene: &Scene, maps: &[PathMap]) -> Vec<(String, Option<u64>)> {
         let Some(item) = self.item(rk) else { return Vec::new() };
         item.files
             .iter()
@@ -446,7 +442,7 @@ impl LibraryIndex {
 
     /// The items of `old` that this index no longer has, or has with other
     /// files (after a full read replaced it).
-    pub fn moved_since(&self, old: &LibraryIndex) -> Vec<String> {
+    pub(crate) fn moved_since(&self, old: &LibraryIndex) -> Vec<String> {
         old.items
             .iter()
             .filter(|i| !i.files.is_empty() && self.item(&i.rating_key).is_none_or(|now| now.files != i.files))
@@ -455,7 +451,7 @@ impl LibraryIndex {
     }
 
     /// Drops what the index knows of an item Plex no longer has.
-    pub fn forget(&mut self, rk: &str) {
+    pub(crate) fn forget(&mut self, rk: &str) {
         if let Some(id) = self.position(rk) {
             self.items[id as usize].files = Box::default();
             self.items[id as usize].durations = Box::default();
@@ -463,13 +459,13 @@ impl LibraryIndex {
     }
 
     /// Items of `section` that hold files (what Plex's count of it should be).
-    pub fn count_in(&self, section: &str) -> usize {
+    pub(crate) fn count_in(&self, section: &str) -> usize {
         self.items.iter().filter(|i| &*i.section == section && !i.files.is_empty()).count()
     }
 
     /// Why the Plex URL on the scene (the newest one) is not taken, when it
     /// is not: the item it names holds none of the scene's files.
-    pub fn refused_url(&self, scene: &Scene, maps: &[PathMap]) -> Option<String> {
+    pub(crate) fn refused_url(&self, scene: &Scene, maps: &[PathMap]) -> Option<String> {
         let rk = scene.urls.iter().rev().find_map(|u| rating_key_in_url(u))?;
         if scene.files.iter().any(|f| self.item_holds(&rk, f, maps)) {
             return None;
@@ -496,7 +492,7 @@ impl LibraryIndex {
     /// Each file is resolved on its own; a scene whose files are different
     /// items matches all of them, and one file that could be several items
     /// makes the whole scene ambiguous.
-    pub fn explain(&self, scene: &Scene, recorded: &[String], maps: &[PathMap]) -> (Match, Vec<String>) {
+    pub(crate) fn explain(&self, scene: &Scene, recorded: &[String], maps: &[PathMap]) -> (Match, Vec<String>) {
         let mut trace = Vec::new();
         if !recorded.is_empty() {
             let keys = recorded.join(", ");
@@ -566,7 +562,7 @@ impl LibraryIndex {
     /// The candidates of one scene file, by the first signal that has any.
     fn file_candidates(
         &self,
-        file: &crate::stash::SceneFile,
+        file: &crate::clients::stash::SceneFile,
         maps: &[PathMap],
         trace: &mut Vec<String>,
     ) -> Vec<(String, Confidence, String)> {
@@ -641,7 +637,7 @@ impl LibraryIndex {
     /// (within 2 s); otherwise the file is ambiguous.
     fn break_tie(
         &self,
-        file: &crate::stash::SceneFile,
+        file: &crate::clients::stash::SceneFile,
         many: &[(String, Confidence, String)],
     ) -> Option<(String, Confidence, String)> {
         let close = |rk: &str| {
@@ -655,7 +651,7 @@ impl LibraryIndex {
     }
 
     /// The section holding `path` (after mapping), for a partial scan.
-    pub fn section_for(&self, plex_path: &str) -> Option<&PlexSection> {
+    pub(crate) fn section_for(&self, plex_path: &str) -> Option<&PlexSection> {
         let p = normalize(plex_path, true);
         self.sections.iter().find(|s| {
             s.locations.iter().any(|l| {
@@ -668,14 +664,19 @@ impl LibraryIndex {
 
 /// Whether the Stash file `file` is the Plex file `path` (with `size`):
 /// the same path after mapping (ignoring case), or the same file name and size.
-pub fn is_file(file: &crate::stash::SceneFile, path: &str, size: Option<u64>, maps: &[PathMap]) -> bool {
+pub(crate) fn is_file(
+    file: &crate::clients::stash::SceneFile,
+    path: &str,
+    size: Option<u64>,
+    maps: &[PathMap],
+) -> bool {
     let mapped = map_path(&file.path, maps, true);
     let plex = normalize(path, true);
     plex == mapped || (file_name(&plex) == file_name(&mapped) && size == Some(file.size))
 }
 
 /// The file name of a Plex or Stash path (either separator).
-pub fn file_name_of(path: &str) -> &str {
+pub(crate) fn file_name_of(path: &str) -> &str {
     path.rsplit(['/', '\\']).next().unwrap_or(path)
 }
 
@@ -686,7 +687,7 @@ fn decided(decision: Match, mut trace: Vec<String>) -> (Match, Vec<String>) {
 }
 
 /// The trace's last line: what was decided.
-pub fn decision_line(decision: &Match) -> String {
+pub(crate) fn decision_line(decision: &Match) -> String {
     match decision {
         Match::Found { rating_key, confidence, reason, also, .. } if !also.is_empty() => {
             let more: Vec<&str> = also.iter().map(|(rk, _)| rk.as_str()).collect();
@@ -753,8 +754,8 @@ pub fn suggest_mappings(stash_files: &[(String, u64)], index: &LibraryIndex) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plex::{PlexMedia, PlexPart};
-    use crate::stash::SceneFile;
+    use crate::clients::plex::{PlexMedia, PlexPart};
+    use crate::clients::stash::SceneFile;
 
     fn item(rk: &str, path: &str, size: u64) -> PlexItem {
         PlexItem {

@@ -21,7 +21,7 @@ use rand::RngExt;
 use crate::config::RetrySettings;
 use crate::error::{Error, ErrorClass};
 
-pub struct Policy {
+pub(crate) struct Policy {
     pub base: Duration,
     pub cap: Duration,
     pub floor: Duration,
@@ -33,7 +33,7 @@ pub struct Policy {
 const MIN: Duration = Duration::from_secs(60);
 const HOUR: Duration = Duration::from_secs(3600);
 
-pub fn policy(class: ErrorClass, knobs: &RetrySettings) -> Policy {
+pub(crate) fn policy(class: ErrorClass, knobs: &RetrySettings) -> Policy {
     let p = |base, cap, burns, max_attempts, max_age| Policy {
         base,
         cap,
@@ -55,13 +55,13 @@ pub fn policy(class: ErrorClass, knobs: &RetrySettings) -> Policy {
 }
 
 /// What to do with a row after `err` on its `attempts`-th try.
-pub struct Decision {
+pub(crate) struct Decision {
     pub delay: Duration,
     pub burn: bool,
     pub dead: bool,
 }
 
-pub fn decide(err: &Error, attempts: i64, age: Duration, knobs: &RetrySettings) -> Decision {
+pub(crate) fn decide(err: &Error, attempts: i64, age: Duration, knobs: &RetrySettings) -> Decision {
     let p = policy(err.class, knobs);
     let exp = p.base.saturating_mul(2u32.saturating_pow(attempts.clamp(0, 20) as u32));
     let ceiling = exp.min(p.cap).max(p.floor);

@@ -18,7 +18,7 @@ use unicode_segmentation::UnicodeSegmentation;
 
 pub const ONE_LINE_MAX: usize = 255;
 pub const MULTI_LINE_MAX: usize = 10_000;
-pub const LIST_MAX: usize = 100;
+pub(crate) const LIST_MAX: usize = 100;
 
 /// A value after cleaning, with notes on what was changed (empty when
 /// nothing was).
@@ -51,7 +51,7 @@ fn truncate(s: &str, max: usize) -> (String, bool) {
 }
 
 /// `s` cut to at most `max` characters at a grapheme boundary.
-pub fn cut(s: &str, max: usize) -> String {
+pub(crate) fn cut(s: &str, max: usize) -> String {
     truncate(s, max).0
 }
 
@@ -144,16 +144,9 @@ pub fn date(raw: &str) -> Result<PlexDate, String> {
     }
 }
 
-/// Stash's `rating100` as Plex's 0–10 rating, clamped.
-pub fn rating(raw: i64) -> Clean<f64> {
-    let clamped = raw.clamp(0, 100);
-    let notes = if clamped == raw { Vec::new() } else { vec![format!("rating {raw} clamped to {clamped}")] };
-    Clean { value: clamped as f64 / 10.0, notes }
-}
-
 /// A URL that may be handed to Plex (performer photos): http(s) with a
 /// host, at most 2 048 characters, no user or password in it.
-pub fn url(raw: &str) -> Result<String, String> {
+pub(crate) fn url(raw: &str) -> Result<String, String> {
     let trimmed = raw.trim();
     if trimmed.len() > 2048 {
         return Err("URL longer than 2048 characters".into());
@@ -213,10 +206,7 @@ mod tests {
     }
 
     #[test]
-    fn ratings_and_urls() {
-        assert_eq!(rating(85).value, 8.5);
-        assert_eq!(rating(150).value, 10.0);
-        assert!(!rating(-3).notes.is_empty());
+    fn urls() {
         assert_eq!(url(" http://stash:9999/performer/1/image ").unwrap(), "http://stash:9999/performer/1/image");
         assert!(url("file:///etc/passwd").is_err());
         assert!(url("javascript:alert(1)").is_err());

@@ -5,18 +5,18 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::clients::plex::{ImageKind, PlexClient, PlexItem, RatingKey};
+use crate::clients::stash::{Image, Scene, StashClient};
 use crate::config::{Field, Mode, Settings};
-use crate::desired::{self, Desired, Value};
 use crate::error::{Error, ErrorClass};
-use crate::legacy;
-use crate::matching::{rating_key_in_url, LibraryIndex, Match};
-use crate::plex::{ImageKind, PlexClient, PlexItem, RatingKey};
-use crate::queue::{now_ms, Queue, SyncRecord};
-use crate::stash::{Image, Scene, StashClient};
+use crate::pipeline::desired::{self, Desired, Value};
+use crate::pipeline::legacy;
+use crate::pipeline::matching::{rating_key_in_url, LibraryIndex, Match};
+use crate::store::{now_ms, Store, SyncRecord};
 use sha2::{Digest, Sha256};
 
 /// Largest image we copy from Stash to Plex.
-pub const MAX_IMAGE_BYTES: usize = 20 * 1024 * 1024;
+pub(crate) const MAX_IMAGE_BYTES: usize = 20 * 1024 * 1024;
 /// The index is re-read in full when older than this (so items deleted
 /// from Plex leave it); in between, misses fetch only what changed. The same
 /// rule decides whether a stored index may be used by a new process.
@@ -39,7 +39,7 @@ const MAX_FOREIGN_FILES: usize = 8;
 
 /// How one delivery ended.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Fields written to the Plex item.
     Synced { rating_key: String, fields: usize },
     /// Plex already has what we would write.
@@ -50,6 +50,19 @@ pub enum Outcome {
     Gone,
     /// Refresh mode: the item was asked to refresh.
     Refreshed(String),
+}
+
+impl Outcome {
+    /// The outcome's name in metrics.
+    pub(crate) fn label(&self) -> &'static str {
+        match self {
+            Self::Synced { .. } => "synced",
+            Self::Unchanged => "unchanged",
+            Self::Skipped(_) => "skipped",
+            Self::Gone => "gone",
+            Self::Refreshed(_) => "refreshed",
+        }
+    }
 }
 
 /// Totals of a run, for summaries and tests.
@@ -67,7 +80,7 @@ pub struct Stats {
 }
 
 impl Stats {
-    pub fn count(&mut self, outcome: &Outcome) {
+    pub(crate) fn count(&mut self, outcome: &Outcome) {
         match outcome {
             Outcome::Synced { fields, .. } => {
                 self.synced += 1;
@@ -101,7 +114,7 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(settings: Settings, stash: StashClient) -> Result<Self, Error> {
+    pub(crate) fn new(settings: Settings, stash: StashClient) -> Result<Self, Error> {
         let plex = match (&settings.plex_url, &settings.plex_token) {
             (Some(url), Some(token)) => Some(PlexClient::new(url.clone(), token.clone(), &settings.plex_http)?),
             _ => None,
@@ -127,13 +140,13 @@ impl Pipeline {
     }
 
     /// Adds to the totals.
-    pub fn tally(&self, add: impl FnOnce(&mut Stats)) {
+    pub(crate) fn tally(&self, add: impl FnOnce(&mut Stats)) {
         add(&mut self.stats.lock().expect("stats lock"));
     }
 
     /// Reads PlexSync's settings from Stash again (a long-lived worker must
     /// follow a person's changes); the index is kept when it still fits.
-    pub async fn reload_settings(&mut self) -> Result<(), Error> {
+    pub(crate) async fn reload_settings(&mut self) -> Result<(), Error> {
         let from_stash = self.stash.plugin_settings(crate::config::PLUGIN_ID).await?;
         let loaded = crate::config::load_over(from_stash, &self.local_layers);
         let key = self.index_key();
@@ -204,11 +217,11 @@ impl Pipeline {
     fn requeue_moved(&self, index: Option<&mut LibraryIndex>) {
         let Some(index) = index.filter(|i| !i.moved.is_empty()) else { return };
         let moved = std::mem::take(&mut index.moved);
-        let Some(Ok(queue)) = self.index_store.as_ref().map(|p| Queue::open(p)) else { return };
+        let Some(Ok(queue)) = self.index_store.as_ref().map(|p| Store::open(p)) else { return };
         let requeued = queue.scenes_recorded_at(&moved).and_then(|ids| {
             for id in &ids {
                 queue.reset_hashes(id)?;
-                queue.enqueue(id, crate::queue::Reason::Reconcile)?;
+                queue.enqueue(id, crate::store::Reason::Reconcile)?;
             }
             Ok(ids.len())
         });
@@ -224,7 +237,7 @@ impl Pipeline {
     /// The index a previous process stored, when it is for this server and
     /// libraries and young enough.
     fn load_index(&self) -> Option<LibraryIndex> {
-        let queue = Queue::open(self.index_store.as_ref()?).ok()?;
+        let queue = Store::open(self.index_store.as_ref()?).ok()?;
         let meta = queue.index_meta().ok()??;
         let mut index = LibraryIndex::from_meta(&self.index_key(), &meta, INDEX_MAX_AGE_ON_MISS)?;
         if !queue.each_index_row(|row| index.insert_row(row)).ok()? {
@@ -238,7 +251,7 @@ impl Pipeline {
     fn save_index(&self, index: &LibraryIndex, changed: Option<&[String]>) {
         let Some(path) = &self.index_store else { return };
         let meta = index.meta(&self.index_key());
-        let saved = Queue::open(path).and_then(|mut q| q.save_index(&meta, index.rows(changed), changed.is_none()));
+        let saved = Store::open(path).and_then(|mut q| q.save_index(&meta, index.rows(changed), changed.is_none()));
         if let Err(e) = saved {
             tracing::warn!("could not store the Plex library index: {e}");
         }
@@ -247,20 +260,20 @@ impl Pipeline {
     /// Forgets the index here and on disk: the next match reads Plex again.
     fn drop_index(&self, slot: &mut Option<LibraryIndex>) {
         *slot = None;
-        if let Some(Ok(q)) = self.index_store.as_ref().map(|p| Queue::open(p)) {
+        if let Some(Ok(q)) = self.index_store.as_ref().map(|p| Store::open(p)) {
             let _ = q.drop_index();
         }
     }
 
     /// Delivers the scene `id` as it is in Stash now.
     /// `attempts` is how often the row failed before (for partial scans).
-    pub async fn deliver(&self, queue: &Queue, id: &str, attempts: i64) -> Result<Outcome, Error> {
+    pub(crate) async fn deliver(&self, queue: &Store, id: &str, attempts: i64) -> Result<Outcome, Error> {
         let Some(mut scene) = self.stash.find_scene(id).await? else {
-            queue.forget(id).map_err(db)?;
+            queue.forget(id)?;
             return Ok(Outcome::Gone);
         };
         // This version is now taken care of (change capture skips it).
-        queue.mark_seen(id, &scene.updated_at, now_ms()).map_err(db)?;
+        queue.mark_seen(id, &scene.updated_at, now_ms())?;
         if self.settings.skip_unorganized && !scene.organized {
             return Ok(Outcome::Skipped("not organized in Stash (skipUnorganized is on)".into()));
         }
@@ -302,8 +315,8 @@ impl Pipeline {
     /// Refresh mode: ask Plex to refresh the scene's items, so the
     /// section's agent pulls from Stash. The items are found by the same
     /// matcher as push: a Plex URL on the scene is only a candidate.
-    async fn refresh(&self, queue: &Queue, scene: &Scene, attempts: i64) -> Result<Outcome, Error> {
-        let recorded = queue.rating_keys(&scene.id).map_err(db)?;
+    async fn refresh(&self, queue: &Store, scene: &Scene, attempts: i64) -> Result<Outcome, Error> {
+        let recorded = queue.rating_keys(&scene.id)?;
         let targets = self.targets(queue, scene, &recorded, attempts).await?;
         let plex = self.plex()?;
         for (rk, section) in &targets {
@@ -318,10 +331,10 @@ impl Pipeline {
                 synced_at: now_ms(),
                 ..SyncRecord::default()
             };
-            queue.save_record(&scene.id, &record).map_err(db)?;
+            queue.save_record(&scene.id, &record)?;
         }
         let keys: Vec<String> = targets.into_iter().map(|(rk, _)| rk).collect();
-        queue.keep_records(&scene.id, &keys).map_err(db)?;
+        queue.keep_records(&scene.id, &keys)?;
         Ok(Outcome::Refreshed(keys.join(",")))
     }
 
@@ -331,7 +344,7 @@ impl Pipeline {
     /// so new files arrive without waiting for Plex's own schedule).
     async fn targets(
         &self,
-        queue: &Queue,
+        queue: &Store,
         scene: &Scene,
         recorded: &[String],
         attempts: i64,
@@ -352,7 +365,7 @@ impl Pipeline {
 
     /// Finds the scene's items (see [`Pipeline::explain`]); a stale Plex URL
     /// on the scene is said in the log.
-    pub async fn find(&self, scene: &Scene, recorded: &[String]) -> Result<Match, Error> {
+    pub(crate) async fn find(&self, scene: &Scene, recorded: &[String]) -> Result<Match, Error> {
         let (found, trace) = self.explain(scene, recorded).await?;
         for line in trace.iter().filter(|l| l.starts_with("Plex URL") && l.ends_with("ignored")) {
             tracing::warn!("scene {}: {line}", scene.id);
@@ -366,7 +379,7 @@ impl Pipeline {
     /// file keeps its item and its `addedAt`), then what Plex added, and
     /// the whole library only when the index is old or its count is off.
     /// An item that also holds another Stash scene's file is ambiguous.
-    pub async fn explain(&self, scene: &Scene, recorded: &[String]) -> Result<(Match, Vec<String>), Error> {
+    pub(crate) async fn explain(&self, scene: &Scene, recorded: &[String]) -> Result<(Match, Vec<String>), Error> {
         let mut slot = self.index.lock().await;
         self.ensure_index(&mut slot, None).await?;
         let maps = &self.settings.path_maps;
@@ -478,9 +491,9 @@ impl Pipeline {
                 .collect()
         };
         for (rk, path, size) in foreign {
-            let others = self.stash.scenes_with_file_named(crate::matching::file_name_of(&path)).await?;
+            let others = self.stash.scenes_with_file_named(crate::pipeline::matching::file_name_of(&path)).await?;
             let owner = others.into_iter().find(|(id, files)| {
-                *id != scene.id && files.iter().any(|f| crate::matching::is_file(f, &path, size, maps))
+                *id != scene.id && files.iter().any(|f| crate::pipeline::matching::is_file(f, &path, size, maps))
             });
             let Some((other, _)) = owner else {
                 trace.push(format!("item {rk} also holds {path}, which no other Stash scene has"));
@@ -494,21 +507,21 @@ impl Pipeline {
                      split the item in Plex (Split Apart) so that each scene has its own"
                 ),
             };
-            trace.push(crate::matching::decision_line(&decision));
+            trace.push(crate::pipeline::matching::decision_line(&decision));
             return Ok((decision, trace));
         }
         Ok((found, trace))
     }
 
     /// Partial scans of the Plex folders holding the scene's files.
-    async fn scan_folders(&self, queue: &Queue, scene: &Scene) -> Result<(), Error> {
+    async fn scan_folders(&self, queue: &Store, scene: &Scene) -> Result<(), Error> {
         let plex = self.plex()?;
         // (section, folder) pairs, gathered before any request so the
         // index is not held while Plex answers.
         let mut folders: Vec<(String, String)> = Vec::new();
         if let Some(index) = self.index.lock().await.as_ref() {
             for file in &scene.files {
-                let path = crate::matching::map_path(&file.path, &self.settings.path_maps, false);
+                let path = crate::pipeline::matching::map_path(&file.path, &self.settings.path_maps, false);
                 let Some((folder, _)) = path.rsplit_once('/') else { continue };
                 let Some(section) = index.section_for(&path) else {
                     tracing::warn!("scene {}: {path} is in no Plex library folder; check pathMappings", scene.id);
@@ -525,8 +538,8 @@ impl Pipeline {
         for (section, folder) in folders {
             // One scan per folder and window, whichever scene asks: a bulk
             // import misses hundreds of scenes of a few folders.
-            let key = format!("scan:{section}:{folder}");
-            let last = queue.kv_number(&key).map_err(db)?;
+            let key = crate::store::kv::scan_asked(&section.to_string(), &folder);
+            let last = queue.kv_number(&key)?;
             if now_ms() - last < window {
                 tracing::debug!("scene {}: {folder} was scanned recently; waiting for Plex", scene.id);
                 continue;
@@ -545,7 +558,7 @@ impl Pipeline {
             // Plex skips (it has never indexed it): the whole library then.
             let what = if last > 0 { None } else { Some(folder.as_str()) };
             plex.scan_folder(&section, what).await?;
-            queue.set_kv(&key, &now_ms().to_string()).map_err(db)?;
+            queue.set_kv(&key, &now_ms().to_string())?;
             self.tally(|s| s.plex_writes += 1);
             match what {
                 Some(folder) => tracing::info!("scene {}: asked Plex to scan {folder}", scene.id),
@@ -557,7 +570,7 @@ impl Pipeline {
         Ok(())
     }
 
-    async fn push(&self, queue: &Queue, scene: &Scene, attempts: i64) -> Result<Outcome, Error> {
+    async fn push(&self, queue: &Store, scene: &Scene, attempts: i64) -> Result<Outcome, Error> {
         self.plex()?;
         let mut report = desired::Report::default();
         let wanted = desired::desired(scene, &self.settings, &mut report);
@@ -577,7 +590,7 @@ impl Pipeline {
         let mut rounds = 0;
         let targets = 'matched: loop {
             rounds += 1;
-            let records = queue.records(&scene.id).map_err(db)?;
+            let records = queue.records(&scene.id)?;
             let recorded: Vec<String> = records.iter().map(|r| r.rating_key.clone()).collect();
             let targets = self.targets(queue, scene, &recorded, attempts).await?;
             for (rk, section) in &targets {
@@ -600,8 +613,8 @@ impl Pipeline {
             break targets;
         };
         let keys: Vec<String> = targets.iter().map(|(rk, _)| rk.clone()).collect();
-        queue.keep_records(&scene.id, &keys).map_err(db)?;
-        queue.save_shows(&scene.id, &shown_objects(scene)).map_err(db)?;
+        queue.keep_records(&scene.id, &keys)?;
+        queue.save_shows(&scene.id, &shown_objects(scene))?;
         if wrote {
             Ok(Outcome::Synced { rating_key: keys.join(","), fields })
         } else {
@@ -619,7 +632,7 @@ impl Pipeline {
     /// sent), or `None` when the item holds none of the scene's files.
     async fn push_item(
         &self,
-        queue: &Queue,
+        queue: &Store,
         scene: &Scene,
         wanted: &[Desired],
         target: Target<'_>,
@@ -676,7 +689,7 @@ impl Pipeline {
             stash_updated_at: scene.updated_at.clone(),
             synced_at: now_ms(),
         };
-        queue.save_record(&scene.id, &record).map_err(db)?;
+        queue.save_record(&scene.id, &record)?;
         Ok(Some((changes.len(), !changes.is_empty() || !released.is_empty())))
     }
 
@@ -684,8 +697,9 @@ impl Pipeline {
     /// does not, the index learns what it holds now.
     async fn holds_scene_file(&self, item: &PlexItem, section: &str, scene: &Scene) -> bool {
         let maps = &self.settings.path_maps;
-        let holds =
-            item.files().any(|p| scene.files.iter().any(|f| crate::matching::is_file(f, &p.file, p.size, maps)));
+        let holds = item
+            .files()
+            .any(|p| scene.files.iter().any(|f| crate::pipeline::matching::is_file(f, &p.file, p.size, maps)));
         if !holds {
             tracing::warn!(
                 "scene {}: Plex item {} now holds {} (renamed, rebuilt or a reused key): not written; matching again",
@@ -965,11 +979,6 @@ struct Plan<'a> {
 }
 
 /// An image downloaded from Stash whose content is new to the item.
-pub struct Fetched {
+pub(crate) struct Fetched {
     bytes: Vec<u8>,
-}
-
-/// A database error is a bug of ours or a broken disk: kept and reported.
-pub fn db(e: rusqlite::Error) -> Error {
-    Error::new(ErrorClass::Bug, format!("queue database: {e}"))
 }

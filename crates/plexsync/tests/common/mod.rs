@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use emulators::plex::Item;
 use emulators::plugin::PluginRun;
 use emulators::{Library, PlexEmulator, PlexState, StashAuth, StashEmulator, StashState};
-use plexsync::queue::Queue;
+use plexsync::store::Store;
 use serde_json::{json, Value};
 
 pub const PLEX_TOKEN: &str = "plex-secret-token";
@@ -42,7 +42,7 @@ pub fn install_files(config_dir: &Path) -> PathBuf {
     let folder = config_dir.join("plugins").join("PlexSync");
     std::fs::create_dir_all(&folder).unwrap();
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plugin");
-    for file in ["PlexSync.yml", plexsync::plugin::UI_SCRIPT, plexsync::plugin::UI_STYLE] {
+    for file in ["PlexSync.yml", plexsync::faces::plugin::UI_SCRIPT, plexsync::faces::plugin::UI_STYLE] {
         std::fs::copy(source.join(file), folder.join(file)).unwrap();
     }
     link_binary(Path::new(env!("CARGO_BIN_EXE_plexsync")), &folder);
@@ -95,12 +95,12 @@ impl Bed {
     }
 
     /// PlexSync's Stash client, with a logged-in person's session.
-    pub fn stash_client(&self) -> plexsync::stash::StashClient {
-        let credentials = plexsync::stash::StashCredentials {
+    pub fn stash_client(&self) -> plexsync::clients::stash::StashClient {
+        let credentials = plexsync::clients::stash::StashCredentials {
             api_key: None,
             session_cookie: Some(plexsync::secret::Secret::new(self.session())),
         };
-        plexsync::stash::StashClient::new(&self.stash.url(), credentials, &Default::default()).unwrap()
+        plexsync::clients::stash::StashClient::new(&self.stash.url(), credentials, &Default::default()).unwrap()
     }
 
     /// A logged-in person's session, for the CLI.
@@ -125,8 +125,8 @@ impl Bed {
         self.dir.path().join("plexsync")
     }
 
-    pub fn queue(&self) -> Queue {
-        Queue::open(&self.data_dir().join("queue.sqlite")).unwrap()
+    pub fn queue(&self) -> Store {
+        Store::open(&self.data_dir().join("queue.sqlite")).unwrap()
     }
 
     /// Stash fires `hook_type` for `scene` (see `StashEmulator::fire_hook`).

@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 use url::Url;
 
+use crate::clients::stash::{StashClient, StashCredentials};
+use crate::config::HttpOptions;
 use crate::config::{self, Loaded, Settings};
 use crate::error::{Error, ErrorClass};
-use crate::http::HttpOptions;
-use crate::queue::Queue;
-use crate::stash::{StashClient, StashCredentials};
-use crate::sync::{db, Pipeline};
+use crate::pipeline::sync::Pipeline;
+use crate::store::Store;
 
 /// Settings sources other than Stash, highest precedence last.
 #[derive(Clone, Debug, Default)]
@@ -24,7 +24,7 @@ pub struct Sources {
 impl Sources {
     /// TOML file, environment, flags (lowest first). A broken file is
     /// reported as a warning, not fatal.
-    pub fn local_layers(&self, warnings: &mut Vec<String>) -> Vec<Map<String, Value>> {
+    pub(crate) fn local_layers(&self, warnings: &mut Vec<String>) -> Vec<Map<String, Value>> {
         let mut layers = Vec::new();
         if let Some(path) = &self.config_file {
             match config::toml_layer(path) {
@@ -38,7 +38,7 @@ impl Sources {
     }
 
     /// Settings without asking Stash (to find Stash itself).
-    pub fn local(&self) -> Loaded {
+    pub(crate) fn local(&self) -> Loaded {
         let mut warnings = Vec::new();
         let mut loaded = config::load(&self.local_layers(&mut warnings));
         warnings.append(&mut loaded.warnings);
@@ -82,7 +82,7 @@ impl Context {
 
     /// The same context with Stash's side of the settings read again, and
     /// that side as read (a long-running face compares it to notice edits).
-    pub async fn reload(&self) -> Result<(Self, Map<String, Value>), Error> {
+    pub(crate) async fn reload(&self) -> Result<(Self, Map<String, Value>), Error> {
         let from_stash = self.stash.plugin_settings(config::PLUGIN_ID).await?;
         let loaded = config::load_over(from_stash.clone(), &self.local_layers);
         let ctx = Self {
@@ -129,7 +129,7 @@ impl Context {
         data.join("queue.sqlite").is_file().then_some(data)
     }
 
-    pub fn queue(&self) -> Result<Queue, Error> {
+    pub fn store(&self) -> Result<Store, Error> {
         open_queue(&self.data_dir)
     }
 
@@ -141,12 +141,12 @@ impl Context {
     }
 }
 
-pub fn open_queue(data_dir: &Path) -> Result<Queue, Error> {
-    Queue::open(&data_dir.join("queue.sqlite")).map_err(db)
+pub(crate) fn open_queue(data_dir: &Path) -> Result<Store, Error> {
+    Store::open(&data_dir.join("queue.sqlite"))
 }
 
 /// Where a person's CLI keeps its data when nothing else is set.
-pub fn default_data_dir() -> PathBuf {
+pub(crate) fn default_data_dir() -> PathBuf {
     std::env::var_os("XDG_DATA_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))

@@ -1,25 +1,20 @@
-//! The worker: drains the queue, waits out backoff and outages, exits when
-//! nothing is left. One at a time per data folder (an OS file lock, which
-//! the OS releases when a worker dies, so a killed worker never blocks the
-//! next one).
-//!
-//! While Plex is unavailable a circuit breaker holds the whole queue: no
-//! row is tried and no attempt is burned; `/identity` is probed with capped,
-//! jittered backoff, and delivery resumes when it answers.
+//! The worker: drains the queue, waits out backoff and outages (the
+//! [`breaker`](super::breaker)), exits when nothing is left. One at a time
+//! per data folder (an OS file lock, which the OS releases when a worker
+//! dies, so a killed worker never blocks the next one). Every face that
+//! delivers (the plugin's detached worker, the daemon, the CLI) runs this
+//! loop.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
-use rand::RngExt;
-use serde::{Deserialize, Serialize};
-
-use crate::concurrency::{Change, Limiter};
 use crate::error::{Error, ErrorClass};
-use crate::queue::{now_ms, Claimed, Queue};
-use crate::retry;
-use crate::sync::{db, Outcome, Pipeline};
+use crate::pipeline::breaker::{self, Gate};
+use crate::pipeline::concurrency::{Change, Limiter};
+use crate::pipeline::retry;
+use crate::pipeline::sync::{Outcome, Pipeline};
+use crate::store::{now_ms, Claimed, Store};
 
 /// Held while a worker runs.
 pub struct WorkerLock {
@@ -88,7 +83,7 @@ impl Default for WorkerOptions {
 const STOP_CHECK: Duration = Duration::from_millis(100);
 
 /// Sleeps `d`, or less once `stop` is set (looked at every `STOP_CHECK`).
-pub async fn nap_unless(stop: &std::sync::atomic::AtomicBool, d: Duration) {
+pub(crate) async fn nap_unless(stop: &std::sync::atomic::AtomicBool, d: Duration) {
     let until = Instant::now() + d;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < until {
         tokio::time::sleep(STOP_CHECK.min(until - Instant::now())).await;
@@ -119,98 +114,23 @@ impl WorkerOptions {
     }
 }
 
-/// A long operation a plugin task hands to the worker, so the task returns
-/// at once (Stash runs one job at a time).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum Work {
-    /// Queue every scene (changed after `since`).
-    Sync { since: Option<DateTime<Utc>> },
-    /// Compare scenes (changed after `since`) with Plex, queue what differs.
-    Reconcile { since: Option<DateTime<Utc>> },
-    /// A performer, studio or tag changed: queue every scene that shows it.
-    Related(crate::stash::Related),
-}
-
-impl Work {
-    pub fn describe(&self) -> String {
-        match self {
-            Self::Sync { since: None } => "Sync all scenes".into(),
-            Self::Sync { since: Some(_) } => "Sync recent scenes".into(),
-            Self::Reconcile { since: None } => "Reconcile all".into(),
-            Self::Reconcile { since: Some(_) } => "Reconcile recent".into(),
-            Self::Related(r) => format!("scenes showing {} {}", r.kind.name(), r.id),
-        }
-    }
-}
-
-/// Hands `work` to the worker of this queue.
-pub fn request(queue: &Queue, work: &Work) -> Result<(), Error> {
-    queue.push_work(&serde_json::to_string(work).expect("work serializes")).map_err(db)
-}
-
-/// Runs the requests plugin tasks left, oldest first.
-async fn run_requests(pipeline: &Pipeline, queue: &Queue) -> Result<(), Error> {
-    for raw in queue.take_work().map_err(db)? {
-        let Ok(work) = serde_json::from_str::<Work>(&raw) else {
-            tracing::warn!("ignoring an unreadable request: {raw}");
-            continue;
-        };
-        tracing::info!("{}: started", work.describe());
-        let mut shown = 0;
-        let mut progress = |done: usize, total: usize| {
-            if done == total || done >= shown + 1000 {
-                shown = done;
-                tracing::info!("{}: {done}/{total}", work.describe());
-            }
-        };
-        let result = match &work {
-            Work::Sync { since } => crate::tasks::enqueue_ids(&pipeline.stash, queue, *since, &mut progress).await,
-            Work::Reconcile { since } => crate::tasks::reconcile(pipeline, queue, *since, &mut progress).await,
-            Work::Related(object) => crate::tasks::enqueue_showing(&pipeline.stash, queue, object)
-                .await
-                .map(|n| serde_json::json!({"queued": n})),
-        };
-        match result {
-            Ok(summary) => tracing::info!("{}: done: {summary}", work.describe()),
-            Err(e) => {
-                tracing::error!("{}: {e}; asked again", work.describe());
-                request(queue, &work)?;
-                return Err(e);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Set by hooks: the worker looks for unreported changes at its next turn
-/// (at most every [`CAPTURE_GAP`]) instead of waiting for `capture_every`.
-pub const CAPTURE_SOON_KEY: &str = "capture_soon";
+/// After a hook set `CAPTURE_SOON`, the worker looks for unreported
+/// changes at its next turn, but not more often than this.
 const CAPTURE_GAP: Duration = Duration::from_secs(2);
-
-/// Session key the plugin leaves the newest cookie under.
-const SESSION_KEY: &str = crate::plugin::SESSION_KEY;
 
 /// After Stash refused us: takes the newer session cookie a hook or task
 /// left, if any; returns whether there was one.
-fn take_newer_session(pipeline: &Pipeline, queue: &Queue) -> Result<bool, Error> {
-    let Some(stored) = queue.get_kv(SESSION_KEY).map_err(db)? else { return Ok(false) };
+fn take_newer_session(pipeline: &Pipeline, queue: &Store) -> Result<bool, Error> {
+    let Some(stored) = queue.get_kv(crate::store::kv::STASH_SESSION)? else { return Ok(false) };
     if pipeline.stash.session_cookie().is_some_and(|c| c.expose() == stored) {
         return Ok(false);
     }
     pipeline.stash.set_session_cookie(crate::secret::Secret::new(&stored));
-    queue.wake(ErrorClass::Auth).map_err(db)?;
+    queue.wake(ErrorClass::Auth)?;
     tracing::info!("Stash refused the session; using the newer one Stash gave the plugin");
     Ok(true)
 }
 
-pub const BREAKER_KEY: &str = "plex_breaker_until";
-const BREAKER_FAILS_KEY: &str = "plex_breaker_failures";
-/// When the current Plex outage began (ms), `0` when Plex answers.
-pub const OUTAGE_SINCE_KEY: &str = "plex_outage_since";
-/// When change capture last succeeded (ms): Stash answers.
-pub const LAST_CAPTURE_KEY: &str = "last_capture_ms";
-/// When a delivery last succeeded (ms).
-pub const LAST_SYNC_KEY: &str = "last_sync_ms";
 /// Deliveries after Plex comes back are paced for this long.
 const GENTLE_PERIOD: Duration = Duration::from_secs(60);
 
@@ -238,7 +158,7 @@ const SETTINGS_EVERY: Duration = Duration::from_secs(30);
 /// The caller holds the worker lock ([`try_lock`]).
 pub async fn run(
     pipeline: &mut Pipeline,
-    queue: &Queue,
+    queue: &Store,
     options: &WorkerOptions,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<(), Error> {
@@ -255,7 +175,7 @@ pub async fn run(
     let lease = pipeline.settings.retry.lease;
     // One worker per queue (the lock): rows a killed worker leased are
     // free now, not when its lease runs out.
-    let freed = queue.release_all_leases().map_err(db)?;
+    let freed = queue.release_all_leases()?;
     if freed > 0 {
         tracing::info!("{freed} scenes a stopped worker had claimed are free again");
     }
@@ -269,7 +189,7 @@ pub async fn run(
             tracing::info!("the queue database was removed; stopping");
             break Ok(());
         }
-        if let Err(e) = run_requests(pipeline, queue).await {
+        if let Err(e) = super::requests::run(pipeline, queue).await {
             if e.class == ErrorClass::Auth && take_newer_session(pipeline, queue)? {
                 continue;
             }
@@ -283,16 +203,16 @@ pub async fn run(
             }
             tracing::warn!("change capture: {e}");
         }
-        match wait_for_breaker(pipeline, queue, options).await {
+        match wait_for_plex(pipeline, queue, options).await {
             Ok(true) => st.gentle_until = Some(Instant::now() + GENTLE_PERIOD),
             Ok(false) => {}
             Err(e) => break Err(e),
         }
         // Enough rows that the running deliveries rarely wait for a claim.
         let batch = options.batch.max(4 * st.limiter.limit());
-        let rows = queue.claim(&st.owner, lease, batch).map_err(db)?;
+        let rows = queue.claim(&st.owner, lease, batch)?;
         if rows.is_empty() {
-            match queue.next_due().map_err(db)? {
+            match queue.next_due()? {
                 Some(due) if due - now_ms() <= options.max_wait.as_millis() as i64 => {
                     idle_since = None;
                     let wait = Duration::from_millis((due - now_ms()).max(50) as u64).min(options.max_sleep);
@@ -317,7 +237,7 @@ pub async fn run(
         // Counted at most every second: a count per batch would make a
         // large run quadratic.
         if st.counted.is_none_or(|(at, _)| at.elapsed() > Duration::from_secs(1)) {
-            st.counted = Some((Instant::now(), st.done + queue.pending_count().map_err(db)?));
+            st.counted = Some((Instant::now(), st.done + queue.pending_count()?));
         }
         let total = st.counted.map_or(0, |(_, total)| total);
         if let Err(e) = deliver_batch(pipeline, queue, &rows, &mut st, options, total, &mut progress).await {
@@ -327,7 +247,7 @@ pub async fn run(
             break Err(e);
         }
     };
-    queue.release_owner(&st.owner).map_err(db)?;
+    queue.release_owner(&st.owner)?;
     if st.done > 0 {
         tracing::info!(
             "delivered {} scenes; deliveries at once: at most {}, {} at the end",
@@ -339,33 +259,47 @@ pub async fn run(
     result
 }
 
+/// Holds the run while the breaker is open; returns whether it was.
+async fn wait_for_plex(pipeline: &Pipeline, queue: &Store, options: &WorkerOptions) -> Result<bool, Error> {
+    loop {
+        if options.stopped() {
+            return Ok(false);
+        }
+        match breaker::check(pipeline, queue).await? {
+            Gate::Closed => return Ok(false),
+            Gate::Reopened => return Ok(true),
+            Gate::Wait(d) => options.nap(d.min(options.max_sleep)).await,
+        }
+    }
+}
+
 /// Watermark change capture, at the first loop and then every
 /// `capture_every`: scenes changed in Stash since the last look that no
 /// hook queued (and that we have not synced at that version) are queued.
 async fn capture_if_due(
     pipeline: &Pipeline,
-    queue: &Queue,
+    queue: &Store,
     options: &WorkerOptions,
     st: &mut RunState,
 ) -> Result<(), Error> {
     let Some(every) = options.capture_every else { return Ok(()) };
-    let asked = queue.get_kv(CAPTURE_SOON_KEY).map_err(db)?.is_some_and(|v| v == "1");
+    let asked = queue.get_kv(crate::store::kv::CAPTURE_SOON)?.is_some_and(|v| v == "1");
     let since = st.last_capture.map(|t| t.elapsed());
     if since.is_some_and(|t| t < every && !(asked && t >= CAPTURE_GAP)) {
         return Ok(());
     }
     if asked {
-        queue.set_kv(CAPTURE_SOON_KEY, "0").map_err(db)?;
+        queue.set_kv(crate::store::kv::CAPTURE_SOON, "0")?;
     }
     let first = st.last_capture.is_none();
     st.last_capture = Some(Instant::now());
-    let look = if first || crate::capture::wide_due(queue)? {
-        crate::capture::Look::Wide
+    let look = if first || crate::pipeline::capture::wide_due(queue)? {
+        crate::pipeline::capture::Look::Wide
     } else {
-        crate::capture::Look::Narrow
+        crate::pipeline::capture::Look::Narrow
     };
-    let n = crate::capture::capture(&pipeline.stash, queue, look).await?;
-    queue.set_kv(LAST_CAPTURE_KEY, &now_ms().to_string()).map_err(db)?;
+    let n = crate::pipeline::capture::capture(&pipeline.stash, queue, look).await?;
+    queue.set_kv(crate::store::kv::LAST_CAPTURE, &now_ms().to_string())?;
     if n > 0 {
         tracing::info!("queued {n} scenes changed in Stash without a hook");
     }
@@ -403,7 +337,7 @@ impl Halt {
 /// deliveries are paced after an outage, one at a time.
 async fn deliver_batch(
     pipeline: &Pipeline,
-    queue: &Queue,
+    queue: &Store,
     rows: &[Claimed],
     st: &mut RunState,
     options: &WorkerOptions,
@@ -456,7 +390,7 @@ async fn deliver_batch(
         None => Ok(()),
         Some(Halt::Stop) => release_all(queue, rest, now_ms()),
         Some(Halt::Breaker(err)) => {
-            open_breaker(queue, &err, knobs.scale)?;
+            breaker::open(queue, &err, knobs.scale)?;
             release_all(queue, rest, now_ms())
         }
         Some(Halt::Until(due)) => release_all(queue, rest, due),
@@ -468,22 +402,22 @@ async fn deliver_batch(
 }
 
 /// Records a delivery that ended with `outcome`.
-fn finished(pipeline: &Pipeline, queue: &Queue, row: &Claimed, outcome: &Outcome) -> Result<(), Error> {
+fn finished(pipeline: &Pipeline, queue: &Store, row: &Claimed, outcome: &Outcome) -> Result<(), Error> {
     log_outcome(&row.scene_id, outcome);
-    crate::metrics::delivered(outcome);
+    crate::metrics::delivered(outcome.label());
     if matches!(outcome, Outcome::Synced { .. } | Outcome::Unchanged | Outcome::Refreshed(_)) {
-        queue.set_kv(LAST_SYNC_KEY, &now_ms().to_string()).map_err(db)?;
+        queue.set_kv(crate::store::kv::LAST_SYNC, &now_ms().to_string())?;
     }
     pipeline.tally(|s| s.count(outcome));
-    queue.complete(row).map_err(db)?;
-    queue.set_kv(BREAKER_FAILS_KEY, "0").map_err(db)
+    queue.complete(row)?;
+    queue.set_kv(crate::store::kv::BREAKER_FAILURES, "0")
 }
 
 /// Records a failed delivery and decides its next try; returns why the
 /// batch must stop starting deliveries, if it must.
 fn failed(
     pipeline: &Pipeline,
-    queue: &Queue,
+    queue: &Store,
     row: &Claimed,
     err: Error,
     knobs: &crate::config::RetrySettings,
@@ -494,7 +428,7 @@ fn failed(
     let age = Duration::from_millis((now_ms() - row.enqueued_at).max(0) as u64);
     let decision = retry::decide(&err, row.attempts, age, knobs);
     let due = now_ms() + decision.delay.as_millis() as i64;
-    queue.fail(row, err.class, &err.message, decision.burn, due, decision.dead).map_err(db)?;
+    queue.fail(row, err.class, &err.message, decision.burn, due, decision.dead)?;
     if decision.dead {
         tracing::error!("scene {}: given up after {} attempts: {err}", row.scene_id, row.attempts + 1);
     } else {
@@ -539,68 +473,9 @@ fn log_outcome(id: &str, outcome: &Outcome) {
     }
 }
 
-fn release_all(queue: &Queue, rows: &[Claimed], due: i64) -> Result<(), Error> {
+fn release_all(queue: &Store, rows: &[Claimed], due: i64) -> Result<(), Error> {
     for row in rows {
-        queue.release(&row.scene_id, due).map_err(db)?;
+        queue.release(&row.scene_id, due)?;
     }
     Ok(())
-}
-
-/// While the breaker holds the queue: since when Plex has not answered
-/// (ms; 0 when unknown). `None` while Plex answers.
-pub fn plex_outage(queue: &Queue) -> Result<Option<i64>, Error> {
-    let open = queue.kv_number(BREAKER_KEY).map_err(db)? > 0;
-    Ok(if open { Some(queue.kv_number(OUTAGE_SINCE_KEY).map_err(db)?) } else { None })
-}
-
-/// Opens the breaker (persisted, so a new process during the outage waits
-/// too) for a jittered, growing delay, or Retry-After when Plex gave one.
-fn open_breaker(queue: &Queue, err: &Error, scale: f64) -> Result<(), Error> {
-    let fails = u32::try_from(queue.kv_number(BREAKER_FAILS_KEY).map_err(db)?).unwrap_or(0);
-    let delay = probe_delay(fails, err.retry_after, scale);
-    if fails == 0 {
-        queue.set_kv(OUTAGE_SINCE_KEY, &now_ms().to_string()).map_err(db)?;
-    }
-    queue.set_kv(BREAKER_FAILS_KEY, &(fails + 1).to_string()).map_err(db)?;
-    queue.set_kv(BREAKER_KEY, &(now_ms() + delay.as_millis() as i64).to_string()).map_err(db)?;
-    tracing::warn!("Plex unavailable: the queue waits ({:.0?} before the next probe)", delay);
-    Ok(())
-}
-
-/// Capped exponential delay with jitter: 1 s, 2 s, 4 s … 60 s, ±50 %.
-fn probe_delay(fails: u32, retry_after: Option<Duration>, scale: f64) -> Duration {
-    let base = Duration::from_secs(1).saturating_mul(2u32.saturating_pow(fails.min(6))).min(Duration::from_secs(60));
-    let jittered = base.mul_f64(rand::rng().random_range(0.5..1.0) * scale);
-    retry_after.map_or(jittered, |r| jittered.max(r))
-}
-
-/// While the breaker is open, sleeps and probes `/identity` until Plex
-/// answers; returns whether it was open.
-async fn wait_for_breaker(pipeline: &Pipeline, queue: &Queue, options: &WorkerOptions) -> Result<bool, Error> {
-    let started = Instant::now();
-    loop {
-        let until = queue.kv_number(BREAKER_KEY).map_err(db)?;
-        if until == 0 || options.stopped() {
-            return Ok(false);
-        }
-        let wait = until - now_ms();
-        if wait > 0 {
-            options.nap(Duration::from_millis(wait as u64).min(options.max_sleep)).await;
-            continue;
-        }
-        let Some(plex) = &pipeline.plex else { return Ok(false) };
-        match plex.identity().await {
-            Ok(_) => {
-                queue.set_kv(BREAKER_KEY, "0").map_err(db)?;
-                queue.set_kv(BREAKER_FAILS_KEY, "0").map_err(db)?;
-                queue.set_kv(OUTAGE_SINCE_KEY, "0").map_err(db)?;
-                tracing::info!("Plex is back after {:.0?}; delivering gently for a minute", started.elapsed());
-                return Ok(true);
-            }
-            Err(e) => {
-                tracing::debug!("probe: {e}");
-                open_breaker(queue, &e, pipeline.settings.retry.scale)?;
-            }
-        }
-    }
 }

@@ -1,0 +1,64 @@
+//! The Plex library index as the last process left it, so a new worker
+//! does not read the whole library again.
+
+use rusqlite::params;
+
+use super::{Result, Store};
+
+impl Store {
+    /// Stores the Plex library index: `meta` and one JSON row per item.
+    /// `whole` replaces what was stored; otherwise the rows are added to it
+    /// (an incremental refresh). Rows are written as they come, never
+    /// gathered first.
+    pub(crate) fn save_index(
+        &mut self,
+        meta: &str,
+        rows: impl Iterator<Item = (String, String)>,
+        whole: bool,
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        if whole {
+            tx.execute("DELETE FROM plex_index", [])?;
+        }
+        {
+            let mut stmt = tx.prepare("INSERT OR REPLACE INTO plex_index (rating_key, item) VALUES (?1, ?2)")?;
+            for (rk, item) in rows {
+                stmt.execute(params![rk, item])?;
+            }
+        }
+        tx.execute(
+            "INSERT INTO kv (key, value) VALUES (?2, ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![meta, super::kv::PLEX_INDEX_META],
+        )?;
+        Ok(tx.commit()?)
+    }
+
+    /// The stored index's meta, if an index is stored.
+    pub(crate) fn index_meta(&self) -> Result<Option<String>> {
+        self.get_kv(super::kv::PLEX_INDEX_META)
+    }
+
+    /// Hands each stored index row to `row` as it is read, until it returns
+    /// false; whether every row was taken.
+    pub(crate) fn each_index_row(&self, mut row: impl FnMut(&str) -> bool) -> Result<bool> {
+        let mut stmt = self.conn.prepare("SELECT item FROM plex_index")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let text = r
+                .get_ref(0)?
+                .as_str()
+                .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))?;
+            if !row(text) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Forgets the stored index (an item vanished: the next run reads Plex again).
+    pub(crate) fn drop_index(&self) -> Result<()> {
+        self.conn.execute("DELETE FROM kv WHERE key = ?1", [super::kv::PLEX_INDEX_META])?;
+        self.conn.execute("DELETE FROM plex_index", [])?;
+        Ok(())
+    }
+}

@@ -1,0 +1,49 @@
+//! Which performers, studios and tags each scene showed when delivered:
+//! once one is deleted or merged away, Stash can no longer say which
+//! scenes had it.
+
+use rusqlite::params;
+
+use super::{Result, Store};
+
+impl Store {
+    /// Remembers which performers, studios and tags the scene showed when
+    /// it was delivered: when one is deleted or merged away, Stash can no
+    /// longer say which scenes had it.
+    pub(crate) fn save_shows(&self, scene_id: &str, objects: &[(&str, String)]) -> Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute("DELETE FROM shows WHERE scene_id = ?1", params![scene_id])?;
+        {
+            let mut stmt =
+                tx.prepare_cached("INSERT OR IGNORE INTO shows (kind, object_id, scene_id) VALUES (?1, ?2, ?3)")?;
+            for (kind, id) in objects {
+                stmt.execute(params![kind, id, scene_id])?;
+            }
+        }
+        Ok(tx.commit()?)
+    }
+
+    /// Scenes that showed the object when last delivered.
+    pub(crate) fn scenes_recorded_showing(&self, kind: &str, object_id: &str) -> Result<Vec<String>> {
+        let mut stmt = self.conn.prepare_cached("SELECT scene_id FROM shows WHERE kind = ?1 AND object_id = ?2")?;
+        let rows = stmt.query_map(params![kind, object_id], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::store::tests::store;
+
+    #[test]
+    fn objects_shown_are_remembered_per_scene() {
+        let (_d, q) = store();
+        q.save_shows("1", &[("tag", "5".into()), ("performer", "9".into())]).unwrap();
+        q.save_shows("2", &[("tag", "5".into())]).unwrap();
+        assert_eq!(q.scenes_recorded_showing("tag", "5").unwrap(), ["1", "2"]);
+        q.save_shows("1", &[("performer", "9".into())]).unwrap();
+        assert_eq!(q.scenes_recorded_showing("tag", "5").unwrap(), ["2"], "replaced, not added to");
+        q.forget("2").unwrap();
+        assert!(q.scenes_recorded_showing("tag", "5").unwrap().is_empty());
+    }
+}
