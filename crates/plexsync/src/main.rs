@@ -261,11 +261,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Daemon { .. } => {
-            let Some(ctx) = daemon_context(&sources).await? else { return Ok(ExitCode::SUCCESS) };
-            for w in &ctx.warnings {
-                tracing::warn!("setting: {w}");
-            }
-            plexsync::faces::daemon::run(ctx).await?;
+            plexsync::faces::daemon::run(sources).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { json } => {
@@ -347,23 +343,4 @@ fn parse_since(s: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
         chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").map(|d| d.and_time(Default::default()).and_utc())
     });
     t.map_err(|_| anyhow::anyhow!("--since must be a date (2026-01-31) or an RFC 3339 time, got '{s}'"))
-}
-
-/// The daemon's context. A daemon may start before Stash (a compose file,
-/// a reboot): it waits for Stash instead of exiting, until Ctrl-C or
-/// SIGTERM (`None`). A missing setting is an error at once.
-async fn daemon_context(sources: &Sources) -> anyhow::Result<Option<Context>> {
-    let stop = plexsync::faces::daemon::stop_signal();
-    tokio::pin!(stop);
-    loop {
-        match Context::from_local(sources).await {
-            Ok(ctx) => return Ok(Some(ctx)),
-            Err(e) if e.class == ErrorClass::Config => return Err(e.into()),
-            Err(e) => tracing::warn!("{e}; trying again in 10 s"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
-            _ = &mut stop => return Ok(None),
-        }
-    }
 }

@@ -92,19 +92,31 @@ async fn beyond_loopback_a_token_is_required_and_no_secret_is_ever_served() {
     }
 }
 
-#[test]
-fn a_daemon_started_before_stash_waits_for_it_and_still_stops_at_once() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_started_before_stash_answers_503_with_the_reason_and_still_stops_at_once() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let data = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_plexsync"))
-        .args(["--data-dir", data.path().to_str().unwrap(), "daemon"])
+        .args(["--data-dir", data.path().to_str().unwrap(), "daemon", "--listen", "127.0.0.1:0"])
         .env("PLEXSYNC_STASH_URL", format!("http://127.0.0.1:{port}"))
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
-    assert!(first.contains("trying again"), "{first}");
+    let url = first.split("listening on ").nth(1).and_then(|a| a.split_whitespace().next());
+    let url = url.unwrap_or_else(|| panic!("it listens before asking Stash: {first}")).to_string();
+    let second = lines.next().unwrap().unwrap();
+    assert!(second.contains("trying again"), "{second}");
+    let health = reqwest::get(format!("{url}/healthz")).await.unwrap();
+    assert_eq!(health.status().as_u16(), 503);
+    let body: serde_json::Value = health.json().await.unwrap();
+    assert_eq!(body["status"], "stash_unreachable", "{body}");
+    let reason = body["reasons"][0].as_str().unwrap();
+    assert!(reason.starts_with("stash_unreachable: ") && reason.contains("Stash"), "{reason}");
+    let page = reqwest::get(&url).await.unwrap();
+    assert_eq!(page.status().as_u16(), 503);
+    assert!(page.text().await.unwrap().contains("waiting for Stash"));
     assert!(child.try_wait().unwrap().is_none(), "still running");
     let started = Instant::now();
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };

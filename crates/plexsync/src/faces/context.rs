@@ -135,7 +135,7 @@ impl Context {
 
     pub fn pipeline(&self) -> Result<Pipeline, Error> {
         let mut pipeline = Pipeline::new(self.settings.clone(), self.stash.clone())?;
-        pipeline.index_store = Some(self.data_dir.join("queue.sqlite"));
+        pipeline.store = Some(std::sync::Mutex::new(self.store()?));
         pipeline.local_layers = self.local_layers.clone();
         Ok(pipeline)
     }

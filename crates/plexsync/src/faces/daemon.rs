@@ -24,7 +24,7 @@ use axum::Router;
 use serde_json::{json, Value};
 
 use crate::error::{Error, ErrorClass};
-use crate::faces::context::{open_queue, Context};
+use crate::faces::context::{open_queue, Context, Sources};
 use crate::faces::operations::{self, Operation};
 use crate::pipeline::breaker;
 use crate::pipeline::requests::{self, Work};
@@ -35,6 +35,8 @@ use crate::store::{now_ms, Store};
 
 /// Change capture runs this often (the plugin's worker: 30 s).
 const CAPTURE_EVERY: Duration = Duration::from_secs(10);
+/// How often a daemon started before Stash asks it again.
+const STASH_RETRY: Duration = Duration::from_secs(10);
 /// How often a daemon without the worker lock tries to take it.
 const LOCK_RETRY: Duration = Duration::from_secs(5);
 
@@ -44,31 +46,48 @@ const SETTINGS_EVERY: Duration = Duration::from_secs(30);
 
 /// What the worker loop and the HTTP handlers share.
 struct Shared {
-    data_dir: PathBuf,
     /// The settings in use, replaced when they change in Stash (the
     /// worker starts again with them; the page's scene search uses them).
-    ctx: std::sync::RwLock<Arc<Context>>,
+    /// `None` until Stash first answers.
+    ctx: std::sync::RwLock<Option<Arc<Context>>>,
+    /// Why Stash has not answered yet, while `ctx` is `None`.
+    stash_error: std::sync::RwLock<String>,
     token: Option<Secret>,
-    outage_unhealthy_after: Duration,
     /// Random per process; every form on the page carries it and every
     /// POST must send it back, so another site cannot make a browser act.
     form_key: String,
 }
 
 impl Shared {
-    fn ctx(&self) -> Arc<Context> {
-        Arc::clone(&self.ctx.read().unwrap_or_else(|e| e.into_inner()))
+    /// The context, once Stash has answered.
+    fn ready(&self) -> Option<Arc<Context>> {
+        self.ctx.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Why delivery cannot work with the settings in use, if so.
-    fn config_problem(&self) -> Option<String> {
-        self.ctx().settings.delivery_problem()
+    /// The context of the running worker (set before it starts).
+    fn ctx(&self) -> Arc<Context> {
+        self.ready().expect("the worker starts once Stash answered")
+    }
+
+    /// The answer of every endpoint until Stash answers: 503 and why, so a
+    /// container's health check sees the reason, not a refused connection.
+    fn not_ready(&self) -> Response {
+        let error = self.stash_error.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let body = json!({
+            "status": "stash_unreachable",
+            "reasons": [format!("stash_unreachable: {error}")],
+        });
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
     }
 }
 
-/// Runs until SIGTERM or Ctrl-C; never exits on its own.
-pub async fn run(ctx: Context) -> Result<(), Error> {
-    let settings = &ctx.settings.daemon;
+/// Runs until SIGTERM or Ctrl-C; never exits on its own. Listens at once
+/// (the daemon's settings are local ones), then waits for Stash: a daemon
+/// may start before Stash (a compose file, a reboot). A missing setting is
+/// an error at once.
+pub async fn run(sources: Sources) -> Result<(), Error> {
+    let local = sources.local().settings;
+    let settings = &local.daemon;
     let addr: SocketAddr = settings.listen.parse().map_err(|e| {
         Error::new(
             ErrorClass::Config,
@@ -94,13 +113,12 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
         tracing::info!("stopping");
         on_signal.store(true, Ordering::Relaxed);
     });
-    tracing::info!("listening on http://{bound} (/healthz, /metrics, /); data folder {}", ctx.data_dir.display());
+    tracing::info!("listening on http://{bound} (/healthz, /metrics, /)");
     let shared = Arc::new(Shared {
-        data_dir: ctx.data_dir.clone(),
+        ctx: std::sync::RwLock::new(None),
+        stash_error: std::sync::RwLock::new("connecting to Stash".into()),
         token: settings.token.clone().filter(|t| !t.is_empty()),
-        outage_unhealthy_after: settings.outage_unhealthy_after,
         form_key: hex::encode(rand::random::<[u8; 16]>()),
-        ctx: std::sync::RwLock::new(Arc::new(ctx)),
     });
     let server_stop = Arc::clone(&stop);
     let server_shared = Arc::clone(&shared);
@@ -112,10 +130,38 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
         };
         axum::serve(listener, router(server_shared)).with_graceful_shutdown(stopped).await
     });
-    deliver(&shared, &stop).await;
+    let connected = connect(&shared, &sources, &stop).await;
+    if let Ok(true) = connected {
+        deliver(&shared, &stop).await;
+    }
+    stop.store(true, Ordering::Relaxed);
     let _ = tokio::time::timeout(Duration::from_secs(3), server).await;
     tracing::info!("stopped");
-    Ok(())
+    connected.map(|_| ())
+}
+
+/// Asks Stash for the settings until it answers (`true`) or the daemon is
+/// stopped (`false`); meanwhile the endpoints say why they wait.
+async fn connect(sh: &Shared, sources: &Sources, stop: &AtomicBool) -> Result<bool, Error> {
+    while !stop.load(Ordering::Relaxed) {
+        match Context::from_local(sources).await {
+            Ok(ctx) => {
+                for w in &ctx.warnings {
+                    tracing::warn!("setting: {w}");
+                }
+                tracing::info!("Stash answers; data folder {}", ctx.data_dir.display());
+                *sh.ctx.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(ctx));
+                return Ok(true);
+            }
+            Err(e) if e.class == ErrorClass::Config => return Err(e),
+            Err(e) => {
+                tracing::warn!("{e}; trying again in {STASH_RETRY:?}");
+                *sh.stash_error.write().unwrap_or_else(|e| e.into_inner()) = e.to_string();
+                worker::nap_unless(stop, STASH_RETRY).await;
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// Completes at SIGTERM (Docker, systemd) or Ctrl-C. SIGTERM is watched
@@ -148,7 +194,8 @@ pub fn stop_signal() -> impl std::future::Future<Output = ()> {
 async fn deliver(sh: &Arc<Shared>, stop: &Arc<AtomicBool>) {
     let mut waiting_said = false;
     while !stop.load(Ordering::Relaxed) {
-        let lock = match worker::try_lock(&sh.data_dir) {
+        let data_dir = sh.ctx().data_dir.clone();
+        let lock = match worker::try_lock(&data_dir) {
             Ok(Some(lock)) => lock,
             Ok(None) => {
                 if !std::mem::replace(&mut waiting_said, true) {
@@ -158,7 +205,7 @@ async fn deliver(sh: &Arc<Shared>, stop: &Arc<AtomicBool>) {
                 continue;
             }
             Err(e) => {
-                tracing::error!("worker lock in {}: {e}", sh.data_dir.display());
+                tracing::error!("worker lock in {}: {e}", data_dir.display());
                 worker::nap_unless(stop, LOCK_RETRY).await;
                 continue;
             }
@@ -199,7 +246,7 @@ async fn watch_settings(sh: Arc<Shared>, stop: Arc<AtomicBool>, cycle: Arc<Atomi
                     for w in &ctx.warnings {
                         tracing::warn!("setting: {w}");
                     }
-                    *sh.ctx.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ctx);
+                    *sh.ctx.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(ctx));
                     break;
                 }
                 Ok((_, raw)) => last = Some(raw),
@@ -310,16 +357,27 @@ pub(crate) fn health(
     Ok((reasons.is_empty(), body))
 }
 
+/// The page until Stash answers: what the daemon waits for.
+fn waiting_page(sh: &Shared) -> Response {
+    let error = sh.stash_error.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let html = format!(
+        "{PAGE_HEAD}<h1>PlexSync</h1><p class=\"bad\">Not delivering</p><ul><li>stash_unreachable: waiting for Stash: {}</li></ul></body></html>",
+        escape(&error)
+    );
+    (StatusCode::SERVICE_UNAVAILABLE, Html(html)).into_response()
+}
+
 fn internal(e: impl std::fmt::Display) -> Response {
     (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()
 }
 
 async fn healthz(State(sh): State<Arc<Shared>>) -> Response {
-    let queue = match open_queue(&sh.data_dir) {
+    let Some(ctx) = sh.ready() else { return sh.not_ready() };
+    let queue = match open_queue(&ctx.data_dir) {
         Ok(q) => q,
         Err(e) => return internal(e),
     };
-    match health(&queue, sh.outage_unhealthy_after, sh.config_problem().as_deref()) {
+    match health(&queue, ctx.settings.daemon.outage_unhealthy_after, ctx.settings.delivery_problem().as_deref()) {
         Ok((true, body)) => (StatusCode::OK, axum::Json(body)).into_response(),
         Ok((false, body)) => (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response(),
         Err(e) => internal(e),
@@ -327,7 +385,8 @@ async fn healthz(State(sh): State<Arc<Shared>>) -> Response {
 }
 
 async fn metrics(State(sh): State<Arc<Shared>>) -> Response {
-    let queue = match open_queue(&sh.data_dir) {
+    let Some(ctx) = sh.ready() else { return sh.not_ready() };
+    let queue = match open_queue(&ctx.data_dir) {
         Ok(q) => q,
         Err(e) => return internal(e),
     };
@@ -364,7 +423,8 @@ async fn action(
     if !key_ok || !same_origin(&headers) {
         return (StatusCode::FORBIDDEN, "refused: not sent from PlexSync's own page\n").into_response();
     }
-    let queue = match open_queue(&sh.data_dir) {
+    let Some(ctx) = sh.ready() else { return sh.not_ready() };
+    let queue = match open_queue(&ctx.data_dir) {
         Ok(q) => q,
         Err(e) => return internal(e),
     };
@@ -422,14 +482,16 @@ async fn status_page(
     State(sh): State<Arc<Shared>>,
     Query(query): Query<std::collections::HashMap<String, String>>,
 ) -> Response {
-    let queue = match open_queue(&sh.data_dir) {
+    let Some(ctx) = sh.ready() else { return waiting_page(&sh) };
+    let queue = match open_queue(&ctx.data_dir) {
         Ok(q) => q,
         Err(e) => return internal(e),
     };
-    let (healthy, body) = match health(&queue, sh.outage_unhealthy_after, sh.config_problem().as_deref()) {
-        Ok(h) => h,
-        Err(e) => return internal(e),
-    };
+    let (healthy, body) =
+        match health(&queue, ctx.settings.daemon.outage_unhealthy_after, ctx.settings.delivery_problem().as_deref()) {
+            Ok(h) => h,
+            Err(e) => return internal(e),
+        };
     // Everything from the database first: the scene search then waits on
     // Stash and Plex without holding it.
     let lists = [("Waiting", queue.rows("pending", 50)), ("Dead letters", queue.rows("dead", 50))];
@@ -472,7 +534,7 @@ async fn status_page(
     let key = escape(&sh.form_key);
     html.push_str("<h2>Find a scene</h2><form method=\"get\" action=\"/\"><label>Scene id <input name=\"scene\" inputmode=\"numeric\" required></label> <button>Show</button></form>");
     if let Some((id, state)) = scene {
-        html.push_str(&scene_section(&sh.ctx(), state, &id).await);
+        html.push_str(&scene_section(&ctx, state, &id).await);
     }
     html.push_str("<h2>Last deliveries</h2>");
     if delivered.is_empty() {

@@ -103,8 +103,10 @@ pub struct Pipeline {
     pub stash: StashClient,
     pub plex: Option<PlexClient>,
     pub index: tokio::sync::Mutex<Option<LibraryIndex>>,
-    /// Queue database where the index is kept between processes.
-    pub index_store: Option<std::path::PathBuf>,
+    /// The store the index is kept in between processes: its own
+    /// connection, opened once by whoever assembles the pipeline, behind a
+    /// lock so the pipeline can be shared with the daemon's handlers.
+    pub store: Option<std::sync::Mutex<Store>>,
     /// Local settings layered over Stash's when settings are read again.
     pub local_layers: Vec<serde_json::Map<String, serde_json::Value>>,
     stats: std::sync::Mutex<Stats>,
@@ -127,7 +129,7 @@ impl Pipeline {
             stash,
             plex,
             index: tokio::sync::Mutex::new(None),
-            index_store: None,
+            store: None,
             local_layers: Vec::new(),
             stats: std::sync::Mutex::new(Stats::default()),
             scans: tokio::sync::Mutex::new(()),
@@ -154,7 +156,7 @@ impl Pipeline {
         if fresh.index_key() == key {
             fresh.index = tokio::sync::Mutex::new(self.index.get_mut().take());
         }
-        fresh.index_store = self.index_store.take();
+        fresh.store = self.store.take();
         fresh.local_layers = std::mem::take(&mut self.local_layers);
         fresh.stats = std::sync::Mutex::new(self.stats());
         *self = fresh;
@@ -217,7 +219,7 @@ impl Pipeline {
     fn requeue_moved(&self, index: Option<&mut LibraryIndex>) {
         let Some(index) = index.filter(|i| !i.moved.is_empty()) else { return };
         let moved = std::mem::take(&mut index.moved);
-        let Some(Ok(queue)) = self.index_store.as_ref().map(|p| Store::open(p)) else { return };
+        let Some(queue) = self.store() else { return };
         let requeued = queue.scenes_recorded_at(&moved).and_then(|ids| {
             for id in &ids {
                 queue.reset_hashes(id)?;
@@ -237,7 +239,7 @@ impl Pipeline {
     /// The index a previous process stored, when it is for this server and
     /// libraries and young enough.
     fn load_index(&self) -> Option<LibraryIndex> {
-        let queue = Store::open(self.index_store.as_ref()?).ok()?;
+        let queue = self.store()?;
         let meta = queue.index_meta().ok()??;
         let mut index = LibraryIndex::from_meta(&self.index_key(), &meta, INDEX_MAX_AGE_ON_MISS)?;
         if !queue.each_index_row(|row| index.insert_row(row)).ok()? {
@@ -247,11 +249,16 @@ impl Pipeline {
         Some(index)
     }
 
+    /// The pipeline's own store connection, if it has one.
+    fn store(&self) -> Option<std::sync::MutexGuard<'_, Store>> {
+        self.store.as_ref().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// Stores the index: whole, or only the items `changed` by a refresh.
     fn save_index(&self, index: &LibraryIndex, changed: Option<&[String]>) {
-        let Some(path) = &self.index_store else { return };
+        let Some(store) = self.store() else { return };
         let meta = index.meta(&self.index_key());
-        let saved = Store::open(path).and_then(|mut q| q.save_index(&meta, index.rows(changed), changed.is_none()));
+        let saved = store.save_index(&meta, index.rows(changed), changed.is_none());
         if let Err(e) = saved {
             tracing::warn!("could not store the Plex library index: {e}");
         }
@@ -260,7 +267,7 @@ impl Pipeline {
     /// Forgets the index here and on disk: the next match reads Plex again.
     fn drop_index(&self, slot: &mut Option<LibraryIndex>) {
         *slot = None;
-        if let Some(Ok(q)) = self.index_store.as_ref().map(|p| Store::open(p)) {
+        if let Some(q) = self.store() {
             let _ = q.drop_index();
         }
     }

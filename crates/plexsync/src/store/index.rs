@@ -11,12 +11,12 @@ impl Store {
     /// (an incremental refresh). Rows are written as they come, never
     /// gathered first.
     pub(crate) fn save_index(
-        &mut self,
+        &self,
         meta: &str,
         rows: impl Iterator<Item = (String, String)>,
         whole: bool,
     ) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.unchecked_transaction()?;
         if whole {
             tx.execute("DELETE FROM plex_index", [])?;
         }

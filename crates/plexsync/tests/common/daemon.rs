@@ -17,8 +17,9 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `plexsync daemon` on the bed's queue; `None` when it exited
-    /// before listening (its log is in the error).
+    /// Starts `plexsync daemon` on the bed's queue and returns once Stash
+    /// answered it (it listens before that, answering 503); an error with
+    /// its log when it exited first.
     pub fn start(bed: &Bed, listen: &str, env: &[(&str, &str)]) -> Result<Self, String> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_plexsync"))
             .args(["--data-dir", bed.data_dir().to_str().unwrap(), "daemon", "--listen", listen])
@@ -33,9 +34,13 @@ impl Daemon {
         let lines = BufReader::new(child.stderr.take().unwrap());
         let sink = Arc::clone(&log);
         std::thread::spawn(move || {
+            let mut url = String::new();
             for line in lines.lines().map_while(Result::ok) {
                 if let Some(addr) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_string());
+                    url = addr.split_whitespace().next().unwrap_or("").to_string();
+                }
+                if line.contains("Stash answers") {
+                    let _ = tx.send(url.clone());
                 }
                 sink.lock().unwrap().push_str(&(line + "\n"));
             }
