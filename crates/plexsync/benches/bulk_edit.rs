@@ -1,6 +1,6 @@
 //! What PlexSync adds to a person's bulk edit in Stash. Stash runs a
 //! plugin's hook once per scene, one after another, inside the request
-//! (facts/stash.md), so every millisecond of a hook is a millisecond the
+//! (Stash's `pkg/plugin` hook executor), so every millisecond of a hook is a millisecond the
 //! person waits, times the number of scenes.
 //!
 //!     cargo build --release -p plexsync && cargo bench -p plexsync --bench bulk_edit

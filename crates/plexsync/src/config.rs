@@ -337,7 +337,7 @@ pub fn load(layers: &[Map<String, Value>]) -> Loaded {
                     merged.insert(def.key.to_string(), value.clone());
                 }
                 Some(_) => {}
-                None => warnings.push(format!("unknown setting '{key}' is ignored; see the README for the list")),
+                None => warnings.push(format!("unknown setting '{key}' is ignored; see docs/settings.md for the list")),
             }
         }
     }

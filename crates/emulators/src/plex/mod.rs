@@ -1,6 +1,6 @@
 //! A Plex Media Server emulator: real HTTP on loopback, Plex's XML and JSON,
 //! its query-string edit API, partial scans, a request log and fault
-//! injection. See `facts/plex-api.md` for the contract it follows.
+//! injection. The real Plex answers in `third_party/plex-json` fix its JSON shape.
 
 pub mod render;
 mod server;

@@ -1,7 +1,7 @@
 //! A Stash emulator: GraphQL over real HTTP on loopback (a real GraphQL
 //! engine, Stash's names), session-cookie or API-key auth, images served
 //! behind the same auth, and helpers to run a plugin exactly as Stash does.
-//! See `facts/stash.md` for the contract it follows.
+//! Stash's real schema (`third_party/stash-schema`) is its contract.
 
 #[cfg(feature = "stash-schema")]
 pub mod contract;

@@ -119,7 +119,7 @@ async fn refused_document(what: &str, response: reqwest::Response) -> Error {
     )
 }
 
-/// The fields of a scene PlexSync reads (facts/stash.md, `SceneData`).
+/// The fields of a scene PlexSync reads (Stash's GraphQL `Scene` type, `third_party/stash-schema`).
 pub(crate) const SCENE_FRAGMENT: &str = "fragment SceneData on Scene {
   id title code details director urls date rating100 organized created_at updated_at
   files { path basename size duration fingerprints { type value } }

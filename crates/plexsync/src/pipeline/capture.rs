@@ -5,7 +5,7 @@
 //!
 //! Stash stores `updated_at` as RFC 3339 text in the server's local offset,
 //! to the second, and filters with a plain text comparison
-//! (facts/stash.md). So the cursor is text too, built from a time Stash
+//! (Stash's SQLite store). So the cursor is text too, built from a time Stash
 //! returned:
 //!
 //! - the **narrow look** (every call) sends the newest time seen, minus

@@ -1,5 +1,5 @@
 //! Finding a scene's Plex item: an in-memory index of the Plex library
-//! (read once, paged) and the signals of DESIGN.md, strongest first:
+//! (read once, paged) and these signals, strongest first:
 //! recorded ratingKey (verified) → Plex URL on the scene → mapped path →
 //! file name + size → unique file name. Every result says why; an
 //! ambiguous result is never written.

@@ -1,4 +1,4 @@
-//! One retry policy per failure class (DESIGN.md, failure classes).
+//! One retry policy per failure class (docs/failures.md has the table).
 //!
 //! Backoff is full jitter: `random(0, min(cap, base · 2^attempt))`, never
 //! less than `floor` so a failing row cannot spin. `retryScale` multiplies

@@ -7,7 +7,6 @@
 //! | multi-line  | NFC; control characters removed except newline and tab; CRLF → LF; trimmed | 10 000 chars |
 //! | date        | `YYYY-MM-DD` real calendar date, year 1800–2200; `YYYY-MM` → first of month; `YYYY` → year only | — |
 //! | name / tag  | one-line rules; empty dropped; duplicates (ignoring case) dropped          | 255 chars, 100 entries |
-//! | rating      | Stash's 0–100 clamped, mapped to Plex's 0–10                              | —            |
 //! | URL         | http(s) with a host, no credentials in it                                 | 2 048 chars  |
 //!
 //! Cuts happen between grapheme clusters: never inside an emoji sequence or

@@ -1,11 +1,9 @@
 //! Nothing is lost: outages, faults, killed workers, late files, changes
 //! without hooks, values reset behind our back, dead letters.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{eventually, Bed};
+use crate::common::{eventually, Bed};
 use rand::{RngExt, SeedableRng};
 use serde_json::json;
 

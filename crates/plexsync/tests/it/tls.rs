@@ -1,12 +1,10 @@
 //! TLS to Plex: verified by default, a CA file makes a self-signed server
 //! trusted, the insecure switch works and is warned about.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use common::Bed;
+use crate::common::Bed;
 use emulators::plugin::LogLevel;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use serde_json::json;

@@ -4,14 +4,12 @@
 //! plugin's hooks (installed from the manifest) fill it, the daemon delivers.
 #![cfg(unix)]
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::daemon::{deliveries, sample, Daemon};
-use common::{eventually, Bed, PLEX_TOKEN};
+use crate::common::daemon::{deliveries, sample, Daemon};
+use crate::common::{eventually, Bed, PLEX_TOKEN};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

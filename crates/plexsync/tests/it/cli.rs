@@ -1,10 +1,8 @@
 //! The CLI face, configured by a TOML file and environment variables.
 
-mod common;
-
 use std::process::Command;
 
-use common::{Bed, PLEX_TOKEN};
+use crate::common::{Bed, PLEX_TOKEN};
 use serde_json::{json, Value};
 
 /// The CLI's config file for the bed: Stash's URL and the Plex token.

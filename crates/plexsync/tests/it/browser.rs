@@ -9,13 +9,11 @@
 //! `PLEXSYNC_` variable: those are settings.)
 #![cfg(unix)]
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::daemon::{deliveries, Daemon};
-use common::{eventually, Bed};
+use crate::common::daemon::{deliveries, Daemon};
+use crate::common::{eventually, Bed};
 use serde_json::{json, Value};
 
 fn browser_dir() -> PathBuf {

@@ -4,12 +4,10 @@
 //! fires none), and no task run by hand afterwards. After each, every
 //! affected Plex item shows what Stash has, and no other item was written.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::{eventually, Bed};
+use crate::common::{eventually, Bed};
 use emulators::plex::{Image, Item, TagKind};
 use emulators::stash::state::fixture_image;
 use serde_json::json;

@@ -2,17 +2,15 @@
 //! and SIGKILLs of the worker, then a check that every Plex item equals
 //! Stash's desired state. Seeded and bounded in time; ignored by default:
 //!
-//!     CHAOS_SECS=60 CHAOS_SEED=1 cargo test -p plexsync --test chaos -- --ignored --nocapture
+//!     CHAOS_SECS=60 CHAOS_SEED=1 cargo test -p plexsync --test it chaos:: -- --ignored --nocapture
 //!
 //! Prints: updates, faults injected, kills, lost, wrong-item writes, time to converge.
 #![cfg(unix)]
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::Bed;
+use crate::common::Bed;
 use emulators::plex::TagKind;
 use rand::{RngExt, SeedableRng};
 use serde_json::json;

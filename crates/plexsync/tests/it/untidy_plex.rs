@@ -3,11 +3,9 @@
 //! shared users' tokens, show libraries and tag edits that add — each
 //! against the emulators over HTTP, with PlexSync started as Stash starts it.
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::Bed;
+use crate::common::Bed;
 use emulators::plex::state::Tag;
 use emulators::plex::TagKind;
 use serde_json::json;
@@ -27,7 +25,7 @@ async fn row_error(bed: &Bed, scene: u64) -> (Option<String>, String) {
         let rows = bed.queue().rows("pending", 1000).unwrap();
         rows.into_iter().find(|r| r.scene_id == scene.to_string() && r.last_error.is_some())
     };
-    common::eventually(std::time::Duration::from_secs(20), "the row records why", || failed().is_some()).await;
+    crate::common::eventually(std::time::Duration::from_secs(20), "the row records why", || failed().is_some()).await;
     let row = failed().expect("the scene waits with an error");
     (row.error_class, row.last_error.unwrap_or_default())
 }
@@ -145,7 +143,7 @@ async fn items_dated_in_the_past_or_the_future_are_still_found() {
         assert!(!bed.update_hook(scene).await.failed());
     }
     for scene in late {
-        common::eventually(std::time::Duration::from_secs(20), "the late items are written", || {
+        crate::common::eventually(std::time::Duration::from_secs(20), "the late items are written", || {
             bed.item_of(scene).field("title").map(str::to_string) == Some(format!("Late {scene}"))
         })
         .await;
@@ -167,7 +165,7 @@ async fn an_answer_that_is_not_plexs_json_is_a_setting_to_fix_not_an_outage() {
     let rk = bed.item_of(scene).rating_key;
     let client = plexsync::clients::plex::PlexClient::new(
         bed.plex.url(),
-        plexsync::secret::Secret::new(common::PLEX_TOKEN),
+        plexsync::secret::Secret::new(crate::common::PLEX_TOKEN),
         &Default::default(),
     )
     .unwrap();
@@ -292,7 +290,7 @@ async fn a_bulk_import_asks_plex_to_scan_each_folder_once_and_waits_for_the_scan
     for id in &ids {
         assert!(bed.stash.edit_scene(*id, &["title"], |s| s.title = Some(format!("Imported {id}"))).await);
     }
-    common::eventually(std::time::Duration::from_secs(40), "every imported scene reached Plex", || {
+    crate::common::eventually(std::time::Duration::from_secs(40), "every imported scene reached Plex", || {
         (0..30).all(|i| {
             bed.plex
                 .item_by_file(&format!("{}/{}", bed.lib.plex_prefix, name(i)))
@@ -324,7 +322,7 @@ fn renamed(path: &str, suffix: &str) -> String {
 /// half the scenes (the tag semantics come from `PLEX_TAG_EDITS`: CI runs
 /// this under both). Short in `cargo test`; a longer run:
 ///
-///     FIELD_DAYS=30 FIELD_SCENES=2000 cargo test -p plexsync --test untidy_plex field_soak -- --nocapture
+///     FIELD_DAYS=30 FIELD_SCENES=2000 cargo test -p plexsync --test it untidy_plex::field_soak -- --nocapture
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn field_soak_a_month_of_a_home_server() {
     use rand::{RngExt, SeedableRng};

@@ -1,12 +1,10 @@
 //! Bad input to the plugin, secrets that never leak, images only from Stash.
 
-mod common;
-
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Bed, PLEX_TOKEN};
+use crate::common::{Bed, PLEX_TOKEN};
 use plexsync::clients::stash::Image;
 use serde_json::json;
 

@@ -2,11 +2,9 @@
 //! its manifest, timestamps as text in the server's zone, sessions that
 //! expire.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{eventually, Bed};
+use crate::common::{eventually, Bed};
 use emulators::stash::Zone;
 use emulators::StashAuth;
 use serde_json::json;
@@ -110,7 +108,7 @@ async fn a_stash_restarted_in_another_zone_loses_nothing() {
 
 #[tokio::test]
 async fn the_worker_outlives_its_session_with_stashs_api_key() {
-    let auth = StashAuth::login(Some(common::API_KEY)).max_session_age(Duration::from_secs(2));
+    let auth = StashAuth::login(Some(crate::common::API_KEY)).max_session_age(Duration::from_secs(2));
     let bed = Bed::with_auth(12, fast(), auth).await;
     let ids = bed.scenes_in_plex();
     let outage = Duration::from_secs(10);

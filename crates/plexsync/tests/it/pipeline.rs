@@ -1,11 +1,9 @@
 //! The delivery pipeline end to end, over HTTP against both emulators, with
 //! the plugin binary run exactly as Stash runs it.
 
-mod common;
-
 use std::time::Duration;
 
-use common::Bed;
+use crate::common::Bed;
 use emulators::plex::TagKind;
 use serde_json::json;
 

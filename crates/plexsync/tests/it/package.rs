@@ -3,14 +3,12 @@
 //! syncing a scene end to end. Needs `scripts/package` first, so it is
 //! ignored by default; `scripts/verify-package` runs it:
 //!
-//!     scripts/package && cargo test -p plexsync --test package -- --ignored
-
-mod common;
+//!     scripts/package && cargo test -p plexsync --test it package:: -- --ignored
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{eventually, Bed};
+use crate::common::{eventually, Bed};
 use emulators::StashAuth;
 use serde_json::json;
 

@@ -1,14 +1,12 @@
 //! A renamed performer or tag changes what every scene that shows it should
 //! show in Plex, with no scene hook and no scene's `updated_at` moving
-//! (facts/stash.md). Driven as Stash drives it: a GraphQL mutation, the
+//! (Stash's hooks fire per object). Driven as Stash drives it: a GraphQL mutation, the
 //! emulator fires the object's hook, PlexSync's hook hands the object to the
 //! worker, which finds its scenes.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{eventually, Bed};
+use crate::common::{eventually, Bed};
 use emulators::plex::TagKind;
 use serde_json::json;
 

@@ -1,0 +1,22 @@
+//! PlexSync's integration tests, one module per subject, built as one
+//! test binary (one link instead of one per file). Each talks to the
+//! emulators over real HTTP, starts the plugin from its manifest and uses a
+//! real SQLite queue; `common` is the test bed they share.
+
+mod browser;
+mod chaos;
+mod cli;
+mod common;
+mod daemon;
+mod layers;
+mod matching;
+mod package;
+mod pipeline;
+mod properties;
+mod related;
+mod reliability;
+mod scenarios;
+mod security;
+mod stash_fidelity;
+mod tls;
+mod untidy_plex;
