@@ -75,8 +75,11 @@ pub(crate) async fn capture(stash: &StashClient, queue: &Store, look: Look) -> R
     let objects = stash.objects_changed_since(&cursor).await?;
     let mut queued = 0;
     let now = now_ms();
+    // The wide cursor's text lets through up to a day of earlier times;
+    // only what changed after the cursor's instant is news.
+    let after = |at: &DateTime<FixedOffset>| at.with_timezone(&Utc) > from;
     for (id, updated) in &rows {
-        let Some(at) = parse(updated) else { continue };
+        let Some(at) = parse(updated).filter(after) else { continue };
         if taken_care_of(queue, id, at)? {
             continue;
         }
@@ -89,7 +92,7 @@ pub(crate) async fn capture(stash: &StashClient, queue: &Store, look: Look) -> R
     // A renamed, re-parented or re-imaged performer, studio or tag: its
     // scenes show it, and none of their `updated_at` moved.
     for (kind, id, updated) in &objects {
-        let Some(at) = parse(updated) else { continue };
+        let Some(at) = parse(updated).filter(after) else { continue };
         let key = format!("{}:{id}", kind.name());
         if taken_care_of(queue, &key, at)? {
             continue;
@@ -127,4 +130,31 @@ fn taken_care_of(queue: &Store, id: &str, at: DateTime<FixedOffset>) -> Result<b
     let Some((version, seen_at)) = queue.seen(id)? else { return Ok(false) };
     let Some(seen_version) = parse(&version) else { return Ok(false) };
     Ok(seen_version > at || (seen_version == at && seen_at >= at.timestamp_millis() + SAME_SECOND))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use emulators::{Library, StashAuth, StashEmulator, StashState};
+
+    /// A fresh install on a library edited over the last day: the wide
+    /// look's text cursor lets hours of earlier edits through (Stash's zone
+    /// is UTC−5, the cursor's UTC−12), and none of them is news.
+    #[tokio::test]
+    async fn the_wide_look_queues_only_what_changed_after_its_cursor() {
+        let stash = StashEmulator::start(StashState::from_library(&Library::sample(600, 1)), StashAuth::default())
+            .await
+            .unwrap();
+        let client = StashClient::new(&stash.url(), Default::default(), &Default::default()).unwrap();
+        let (_dir, store) = crate::store::tests::store();
+        assert_eq!(capture(&client, &store, Look::Wide).await.unwrap(), 0, "the first look only sets the cursors");
+        let mark = parse(&store.get_kv(kv::WATERMARK_WIDE).unwrap().unwrap()).unwrap();
+        let cursor = crate::clients::stash::superset_cursor(mark.with_timezone(&Utc) - OVERLAP);
+        let returned = client.changed_since(&cursor).await.unwrap().len();
+        let queued = capture(&client, &store, Look::Wide).await.unwrap();
+        // One scene a minute: the 65 minutes of the overlap, and no more.
+        assert!((60..=66).contains(&queued), "queued {queued} of the {returned} Stash returned");
+        assert!(returned > 300, "the superset cursor returns hours more ({returned}): the check would see nothing");
+        assert_eq!(store.pending_count().unwrap(), queued);
+    }
 }
