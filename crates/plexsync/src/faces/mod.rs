@@ -1,7 +1,8 @@
 //! The faces: how PlexSync is started. Each one turns what started it
 //! (Stash's JSON on stdin, an HTTP request, a command line) into one of the
-//! [`operations`] and reports the result in its own way; none of them
-//! delivers anything itself.
+//! [`operations`], a hook's queue row, or a run of the pipeline's worker,
+//! and reports the result in its own way; none of them delivers anything
+//! itself.
 //!
 //! - [`plugin`]: Stash runs it for hooks and tasks, speaking [`protocol`];
 //!   it queues, hands long work to the worker and starts the worker.
