@@ -75,8 +75,13 @@ pub mod queries {
     }
 
     /// Row listings PlexSync uses (see `StashClient`).
-    pub(crate) const ROW_FIELDS: [&str; 4] =
-        ["id", "files { path basename size duration }", "id updated_at", "id files { path basename size duration }"];
+    pub(crate) const ROW_FIELDS: [&str; 5] = [
+        "id",
+        "files { path basename size duration }",
+        "id updated_at",
+        "id files { path basename size duration }",
+        "id title date updated_at files { path basename size duration }",
+    ];
 
     /// Performers, studios and tags changed since a time (their own
     /// `updated_at`; a rename moves no scene's).
@@ -496,6 +501,18 @@ impl StashClient {
         Ok(rows.into_iter().map(|r| (r.id, r.files)).collect())
     }
 
+    /// Every scene's id, title, date, `updated_at` and files (of those whose
+    /// stored `updated_at` text is after `since`, when given), paged: what
+    /// the metadata provider's index of Stash's files holds.
+    pub(crate) async fn file_rows(
+        &self,
+        since: Option<&str>,
+        progress: &mut (dyn FnMut(usize, usize) + Send),
+    ) -> Result<Vec<FileRow>, Error> {
+        let what = "list scenes and their files";
+        self.all_rows(what, queries::ROW_FIELDS[4], since.map(updated_since), progress).await
+    }
+
     /// (id, updated_at) of scenes whose stored `updated_at` text is greater
     /// than the text `since`, in Stash's text order.
     pub(crate) async fn changed_since(&self, since: &str) -> Result<Vec<(String, String)>, Error> {
@@ -643,6 +660,17 @@ impl StashClient {
         }
         Ok(Image::Fetched { bytes: bytes.to_vec(), etag })
     }
+}
+
+/// A scene as the metadata provider's index of Stash's files reads it.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct FileRow {
+    pub id: String,
+    pub title: Option<String>,
+    pub date: Option<String>,
+    pub updated_at: String,
+    pub files: Vec<SceneFile>,
 }
 
 /// What a (conditional) image request found.

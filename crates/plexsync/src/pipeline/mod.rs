@@ -17,6 +17,7 @@ pub(crate) mod reconcile;
 pub(crate) mod related;
 pub(crate) mod requests;
 pub(crate) mod retry;
+pub mod reverse;
 pub mod sanitize;
 pub mod sync;
 pub mod worker;
