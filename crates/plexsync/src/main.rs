@@ -100,6 +100,9 @@ enum Command {
     },
     /// Check settings, Stash, Plex and libraries.
     Health,
+    /// Print the metadata provider's URL to paste into Plex (the daemon
+    /// serves it with the setting provider on).
+    ProviderUrl,
     /// Print the Stash plugin manifest (PlexSync.yml).
     Manifest,
     /// Sync a sample library between the bundled emulators, through a Plex outage.
@@ -316,6 +319,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Paths { action: PathsAction::Suggest } => print_operation(&sources, Operation::SuggestPaths).await,
         Command::Health => print_operation(&sources, Operation::Health).await,
+        Command::ProviderUrl => print_operation(&sources, Operation::ProviderUrl).await,
         Command::Manifest => {
             print!("{}", plugin::manifest());
             Ok(ExitCode::SUCCESS)

@@ -80,7 +80,7 @@ pub mod queries {
         "files { path basename size duration }",
         "id updated_at",
         "id files { path basename size duration }",
-        "id title date updated_at files { path basename size duration }",
+        "id title date organized updated_at files { path basename size duration }",
     ];
 
     /// Performers, studios and tags changed since a time (their own
@@ -669,6 +669,7 @@ pub(crate) struct FileRow {
     pub id: String,
     pub title: Option<String>,
     pub date: Option<String>,
+    pub organized: bool,
     pub updated_at: String,
     pub files: Vec<SceneFile>,
 }

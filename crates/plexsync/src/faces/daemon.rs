@@ -26,6 +26,7 @@ use serde_json::{json, Value};
 use crate::error::{Error, ErrorClass};
 use crate::faces::context::{open_queue, Context, Sources};
 use crate::faces::operations::{self, Operation};
+use crate::faces::provider::{self, Provider};
 use crate::pipeline::breaker;
 use crate::pipeline::requests::{self, Work};
 use crate::pipeline::worker::{self, WorkerOptions};
@@ -56,12 +57,35 @@ struct Shared {
     /// Random per process; every form on the page carries it and every
     /// POST must send it back, so another site cannot make a browser act.
     form_key: String,
+    /// The metadata provider, when `provider` is on.
+    provider: Option<Arc<Provider>>,
+    /// The address the daemon listens on, for the provider's URL.
+    listen: String,
 }
 
 impl Shared {
     /// The context, once Stash has answered.
     fn ready(&self) -> Option<Arc<Context>> {
         self.ctx.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts new settings in place, for the worker's next cycle, the page
+    /// and the provider.
+    fn set_ctx(&self, ctx: Arc<Context>) {
+        if let Some(p) = &self.provider {
+            match open_queue(&ctx.data_dir).and_then(|store| provider::secret(&store, &ctx.settings)) {
+                Ok(secret) => p.set_context(Arc::clone(&ctx), secret),
+                Err(e) => tracing::error!("metadata provider: {e}"),
+            }
+        }
+        *self.ctx.write().unwrap_or_else(|e| e.into_inner()) = Some(ctx);
+    }
+
+    /// The provider's URL, once Stash answered and the secret is known.
+    fn provider_url(&self, ctx: &Context) -> Option<Result<url::Url, Error>> {
+        self.provider.as_ref()?;
+        let secret = open_queue(&ctx.data_dir).and_then(|store| provider::secret(&store, &ctx.settings));
+        Some(secret.and_then(|s| provider::root_url(&self.listen, &s)))
     }
 
     /// The context of the running worker (set before it starts).
@@ -100,6 +124,9 @@ pub async fn run(sources: Sources) -> Result<(), Error> {
             format!("daemonListen {addr} is reachable from other machines: set daemonToken, or listen on 127.0.0.1"),
         ));
     }
+    if settings.provider {
+        provider::check_secret_setting(settings.provider_secret.as_ref())?;
+    }
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Error::new(ErrorClass::Config, format!("cannot listen on {addr} (daemonListen): {e}")))?;
@@ -119,7 +146,13 @@ pub async fn run(sources: Sources) -> Result<(), Error> {
         stash_error: std::sync::RwLock::new("connecting to Stash".into()),
         token: settings.token.clone().filter(|t| !t.is_empty()),
         form_key: hex::encode(rand::random::<[u8; 16]>()),
+        provider: settings.provider.then(|| Arc::new(Provider::default())),
+        listen: bound.to_string(),
     });
+    if let Some(p) = &shared.provider {
+        tracing::info!("metadata provider on: its URL (http://{bound}/provider/<secret>) is on the page at / and printed by `plexsync provider-url`");
+        tokio::spawn(Arc::clone(p).keep_fresh(Arc::clone(&stop)));
+    }
     let server_stop = Arc::clone(&stop);
     let server_shared = Arc::clone(&shared);
     let server = tokio::spawn(async move {
@@ -150,7 +183,7 @@ async fn connect(sh: &Shared, sources: &Sources, stop: &AtomicBool) -> Result<bo
                     tracing::warn!("setting: {w}");
                 }
                 tracing::info!("Stash answers; data folder {}", ctx.data_dir.display());
-                *sh.ctx.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(ctx));
+                sh.set_ctx(Arc::new(ctx));
                 return Ok(true);
             }
             Err(e) if e.class == ErrorClass::Config => return Err(e),
@@ -246,7 +279,7 @@ async fn watch_settings(sh: Arc<Shared>, stop: Arc<AtomicBool>, cycle: Arc<Atomi
                     for w in &ctx.warnings {
                         tracing::warn!("setting: {w}");
                     }
-                    *sh.ctx.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(ctx));
+                    sh.set_ctx(Arc::new(ctx));
                     break;
                 }
                 Ok((_, raw)) => last = Some(raw),
@@ -292,14 +325,21 @@ async fn reconcile_schedule(data_dir: PathBuf, every: Duration) {
     }
 }
 
+/// The daemon's routes behind `daemonToken`; the provider's beside them,
+/// behind their secret path segment (Plex sends providers no token).
 fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
+    let provider = shared.provider.clone();
+    let own = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/", get(status_page))
         .route("/actions/{action}", post(action))
         .layer(middleware::from_fn_with_state(Arc::clone(&shared), require_token))
-        .with_state(shared)
+        .with_state(shared);
+    match provider {
+        Some(p) => own.merge(provider::router(p)),
+        None => own,
+    }
 }
 
 /// With a token set, every request must carry it (`Authorization: Bearer`).
@@ -307,15 +347,11 @@ async fn require_token(State(sh): State<Arc<Shared>>, req: Request, next: Next) 
     let Some(token) = &sh.token else { return next.run(req).await };
     let given =
         req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    if given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.expose().as_bytes())) {
+    if given.is_some_and(|g| crate::secret::same(g.as_bytes(), token.expose().as_bytes())) {
         next.run(req).await
     } else {
         (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], "daemonToken required\n").into_response()
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Health as a container check reads it: 200 while delivery works, 503
@@ -419,7 +455,7 @@ async fn action(
     headers: HeaderMap,
     Form(form): Form<std::collections::HashMap<String, String>>,
 ) -> Response {
-    let key_ok = form.get("key").is_some_and(|k| constant_time_eq(k.as_bytes(), sh.form_key.as_bytes()));
+    let key_ok = form.get("key").is_some_and(|k| crate::secret::same(k.as_bytes(), sh.form_key.as_bytes()));
     if !key_ok || !same_origin(&headers) {
         return (StatusCode::FORBIDDEN, "refused: not sent from PlexSync's own page\n").into_response();
     }
@@ -550,6 +586,16 @@ async fn status_page(
             ));
         }
         html.push_str("</table>");
+    }
+    if let Some(url) = sh.provider_url(&ctx) {
+        html.push_str("<h2>Metadata provider</h2>");
+        match url {
+            Ok(url) => html.push_str(&format!(
+                "<p>Paste this URL into Plex (Settings → Metadata Agents → Add Provider); anyone who has it can read                  what Plex shows of your scenes:</p><pre class=\"trace\">{}</pre>",
+                escape(url.as_str())
+            )),
+            Err(e) => html.push_str(&format!("<p class=\"bad\">{}</p>", escape(&e.to_string()))),
+        }
     }
     html.push_str("<h2>Actions</h2>");
     html.push_str(&format!(

@@ -50,6 +50,8 @@ pub enum Operation {
     PurgeDead {
         class: Option<ErrorClass>,
     },
+    /// The metadata provider's URL, to paste into Plex.
+    ProviderUrl,
 }
 
 /// Task modes (the manifest's `defaultArgs.mode`), with their names and
@@ -128,6 +130,7 @@ pub async fn run(
             crate::pipeline::reconcile::reconcile(&ctx.pipeline()?, &ctx.store()?, *since, progress).await
         }
         Operation::SuggestPaths => suggest_paths(ctx).await,
+        Operation::ProviderUrl => provider_url(ctx),
         Operation::Explain { scene: Some(id) } => explain(ctx, id).await,
         Operation::Explain { scene: None } => explain_failing(ctx).await,
         Operation::QueueScenes(_)
@@ -173,6 +176,22 @@ pub(crate) fn hand_to_worker(store: &Store, op: &Operation) -> Option<Result<Str
         tracing::info!("{message}");
         message
     }))
+}
+
+/// The provider's URL, made of `daemonListen` and its secret (made now
+/// when the daemon has not run yet).
+fn provider_url(ctx: &Context) -> Result<Value, Error> {
+    let settings = &ctx.settings;
+    let secret = crate::faces::provider::secret(&ctx.store()?, settings)?;
+    let url = crate::faces::provider::root_url(&settings.daemon.listen, &secret)?;
+    let mut notes = vec!["Plex: Settings → Metadata Agents → Add Provider, then paste the URL".to_string()];
+    if !settings.daemon.provider {
+        notes.push("the daemon serves it once the setting provider is on (PLEXSYNC_PROVIDER=true)".into());
+    }
+    if url.host_str() == Some("this-machine") {
+        notes.push("replace this-machine by this machine's address as Plex reaches it".into());
+    }
+    Ok(json!({"provider_url": url.as_str(), "identifier": crate::faces::provider::IDENTIFIER, "notes": notes}))
 }
 
 /// 24 hours ago, for the "recent" tasks.

@@ -74,7 +74,7 @@ pub(crate) fn plex_names(field: Field) -> &'static [&'static str] {
     }
 }
 
-fn scene_title(scene: &Scene) -> String {
+pub(crate) fn scene_title(scene: &Scene) -> String {
     match scene.title.as_deref().map(str::trim) {
         Some(t) if !t.is_empty() => t.to_string(),
         // Stash shows the file name when a scene has no title; so do we.

@@ -33,6 +33,7 @@ pub const AUTOMATIC: u8 = 90;
 struct Entry {
     title: Box<str>,
     year: Option<i32>,
+    organized: bool,
     /// Its files' paths as Plex would see them (mapped and normalized).
     files: Box<[Box<str>]>,
 }
@@ -57,6 +58,8 @@ pub struct Query<'a> {
     pub scene_id: Option<&'a str>,
     /// A person is fixing the match: ranked candidates, not one answer.
     pub manual: bool,
+    /// Scenes not organized in Stash are no match (`skipUnorganized`).
+    pub organized_only: bool,
 }
 
 /// Stash's scenes by the names of their files.
@@ -135,7 +138,7 @@ impl SceneIndex {
                 }
             }
             let title = row.title.unwrap_or_default().trim().into();
-            self.scenes.insert(id, Entry { title, year: year_of(row.date.as_deref()), files });
+            self.scenes.insert(id, Entry { title, year: year_of(row.date.as_deref()), organized: row.organized, files });
         }
     }
 
@@ -194,6 +197,14 @@ impl SceneIndex {
     /// Answers a match call: with `manual`, every candidate, best first;
     /// otherwise the one scene that is best, or none when it is not sure.
     pub fn find(&self, q: &Query<'_>) -> Vec<Candidate> {
+        let mut found = self.ranked(q);
+        if q.organized_only {
+            found.retain(|c| self.scenes.get(c.scene_id.as_str()).is_some_and(|e| e.organized));
+        }
+        found
+    }
+
+    fn ranked(&self, q: &Query<'_>) -> Vec<Candidate> {
         let mut out: Vec<Candidate> = Vec::new();
         // A re-match names the scene it chose before: still its file?
         if let Some(id) = q.scene_id.filter(|id| self.has(id)) {
@@ -277,6 +288,7 @@ mod tests {
             id: id.into(),
             title: Some(title.into()),
             date: Some("2024-05-01".into()),
+            organized: id != "3",
             updated_at: "2026-01-01T00:00:00Z".into(),
             files: paths.iter().map(|p| SceneFile { path: p.to_string(), ..Default::default() }).collect(),
         }
@@ -323,6 +335,8 @@ mod tests {
         assert_eq!(ranked[..2], [("2".to_string(), 80), ("3".to_string(), 79)]);
         assert!(ranked.iter().all(|(_, s)| *s < 85), "none would be taken automatically");
         assert!(ranked.iter().any(|(id, _)| id == "3"), "the title finds Three: {ranked:?}");
+        let q = Query { organized_only: true, ..q };
+        assert!(i.find(&q).iter().all(|c| c.scene_id != "3"), "skipUnorganized leaves Three out");
     }
 
     #[test]

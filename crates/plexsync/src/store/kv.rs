@@ -28,6 +28,9 @@ pub(crate) const WATERMARK_WIDE_AT: &str = "stash_watermark_wide_at";
 /// What the stored Plex library index is for (server, libraries, age).
 pub(crate) const PLEX_INDEX_META: &str = "plex_index_meta";
 
+/// The metadata provider's secret path segment, made at its first start.
+pub(crate) const PROVIDER_SECRET: &str = "provider_secret";
+
 /// When a partial scan of `folder` in `section` was last asked for (ms).
 pub(crate) fn scan_asked(section: &str, folder: &str) -> String {
     format!("scan:{section}:{folder}")

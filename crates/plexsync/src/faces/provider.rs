@@ -1,0 +1,586 @@
+//! The metadata provider face (Plex Media Server 1.43+): Plex pulls
+//! Stash's metadata from the daemon when it scans or refreshes an item,
+//! the successor of the legacy agent the old plugin asked Plex to refresh.
+//!
+//! The protocol: a manifest at the root, `POST …/library/metadata/matches`,
+//! `GET …/library/metadata/{ratingKey}` with `/images` and `/extras`
+//! (docs/provider.md). Matching is [`reverse`] over an in-memory index of
+//! Stash's files; an item is made of the same [`desired`] values push
+//! writes, so both deliveries agree.
+//!
+//! Plex sends providers no credentials. So every route lives under a
+//! secret path segment (a capability URL) and anything else is 404; it
+//! only reads; an answer holds nothing Plex would not show (no token, key
+//! or Stash URL: images are served from here); Stash sees at most
+//! [`STASH_AT_ONCE`] provider requests at a time, and a scene read is
+//! reused for [`SCENE_CACHE`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::{Json, Router};
+use serde_json::{json, Map, Value};
+use url::Url;
+
+use crate::clients::stash::{Image, Scene};
+use crate::config::{Field, Settings};
+use crate::error::{Error, ErrorClass};
+use crate::faces::context::Context;
+use crate::pipeline::desired::{self, Value as Wanted};
+use crate::pipeline::reverse::{Candidate, Query, SceneIndex};
+use crate::secret::Secret;
+use crate::store::{kv, Store};
+
+/// Our provider's identifier: Plex requires the `tv.plex.agents.custom.` part.
+pub const IDENTIFIER: &str = "tv.plex.agents.custom.plexsync";
+/// The provider's name in Plex's settings.
+const TITLE: &str = "PlexSync (Stash)";
+/// Provider requests that may wait on Stash at once; more wait their turn
+/// (Stash's SQLite has answered "database is locked" to floods).
+pub const STASH_AT_ONCE: usize = 4;
+/// How long a scene read from Stash answers again.
+pub const SCENE_CACHE: Duration = Duration::from_secs(5);
+/// How long a request waits for a Stash slot before answering 503.
+const STASH_WAIT: Duration = Duration::from_secs(30);
+/// Scenes changed in Stash reach the index this often.
+const REFRESH_EVERY: Duration = Duration::from_secs(5);
+/// A full read catches what no `updated_at` shows (deleted scenes).
+const REBUILD_EVERY: Duration = Duration::from_secs(3600);
+/// A match that finds nothing reads Stash's latest changes first, at most this often.
+const MISS_REFRESH_GAP: Duration = Duration::from_secs(2);
+/// The largest image passed on.
+const MAX_IMAGE_BYTES: usize = 20 * 1024 * 1024;
+/// Shortest secret path segment accepted.
+const SECRET_MIN: usize = 16;
+
+/// What the provider's handlers share.
+pub struct Provider {
+    ctx: RwLock<Option<Arc<Context>>>,
+    secret: RwLock<Option<String>>,
+    index: tokio::sync::RwLock<Option<SceneIndex>>,
+    scenes: Mutex<HashMap<String, (Instant, Option<Arc<Scene>>)>>,
+    stash_slots: tokio::sync::Semaphore,
+    last_miss_refresh: Mutex<Option<Instant>>,
+}
+
+impl Default for Provider {
+    fn default() -> Self {
+        Self {
+            ctx: RwLock::new(None),
+            secret: RwLock::new(None),
+            index: tokio::sync::RwLock::new(None),
+            scenes: Mutex::new(HashMap::new()),
+            stash_slots: tokio::sync::Semaphore::new(STASH_AT_ONCE),
+            last_miss_refresh: Mutex::new(None),
+        }
+    }
+}
+
+/// Whether `secret` may be the path segment: long, and URL-safe as is.
+fn valid_secret(secret: &str) -> bool {
+    secret.len() >= SECRET_MIN && secret.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Refuses a `providerSecret` too weak to stand in for a login.
+pub(crate) fn check_secret_setting(secret: Option<&Secret>) -> Result<(), Error> {
+    match secret {
+        Some(s) if !valid_secret(s.expose()) => Err(Error::new(
+            ErrorClass::Config,
+            format!(
+                "providerSecret must be at least {SECRET_MIN} letters, digits, - or _ (it is the only thing between \
+                 the network and the provider); remove it to use a random one kept in the data folder"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The provider's secret path segment: `providerSecret`, or a random one
+/// made once and kept in the store.
+pub(crate) fn secret(store: &Store, settings: &Settings) -> Result<String, Error> {
+    check_secret_setting(settings.daemon.provider_secret.as_ref())?;
+    if let Some(s) = &settings.daemon.provider_secret {
+        return Ok(s.expose().to_string());
+    }
+    if let Some(s) = store.get_kv(kv::PROVIDER_SECRET)?.filter(|s| valid_secret(s)) {
+        return Ok(s);
+    }
+    let made = hex::encode(rand::random::<[u8; 16]>());
+    store.set_kv(kv::PROVIDER_SECRET, &made)?;
+    Ok(made)
+}
+
+/// The URL to paste into Plex: the daemon's address and the secret. An
+/// address that listens on every interface is named as this machine.
+pub(crate) fn root_url(listen: &str, secret: &str) -> Result<Url, Error> {
+    let addr: std::net::SocketAddr = listen
+        .parse()
+        .map_err(|e| Error::new(ErrorClass::Config, format!("daemonListen {listen:?} is not an address: {e}")))?;
+    let host = if addr.ip().is_unspecified() { "THIS-MACHINE".to_string() } else { addr.ip().to_string() };
+    let mut url = Url::parse("http://localhost/").expect("valid");
+    url.set_host(Some(&host)).map_err(|e| Error::new(ErrorClass::Config, format!("daemonListen {listen:?}: {e}")))?;
+    url.set_port(Some(addr.port())).expect("http URLs take a port");
+    url.path_segments_mut().expect("http URLs have a path").clear().extend(["provider", secret]);
+    Ok(url)
+}
+
+impl Provider {
+    /// Puts the settings in use (at the first answer of Stash, and after
+    /// every change) and the secret path segment in place.
+    pub(crate) fn set_context(&self, ctx: Arc<Context>, secret: String) {
+        *self.ctx.write().unwrap_or_else(|e| e.into_inner()) = Some(ctx);
+        *self.secret.write().unwrap_or_else(|e| e.into_inner()) = Some(secret);
+        self.scenes.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    fn ctx(&self) -> Option<Arc<Context>> {
+        self.ctx.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Keeps the index of Stash's files: read whole at start, when the
+    /// path mappings change and every hour; the changes every few seconds.
+    pub(crate) async fn keep_fresh(self: Arc<Self>, stop: Arc<std::sync::atomic::AtomicBool>) {
+        let mut maps = None;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Some(ctx) = self.ctx() {
+                let stale = {
+                    let index = self.index.read().await;
+                    index.as_ref().and_then(|i| i.built_at).is_none_or(|t| t.elapsed() > REBUILD_EVERY)
+                        || maps.as_ref() != Some(&ctx.settings.path_maps)
+                };
+                if stale {
+                    match SceneIndex::build(&ctx.stash, &ctx.settings.path_maps).await {
+                        Ok(index) => {
+                            tracing::info!("metadata provider: {} Stash scenes indexed by file", index.len());
+                            *self.index.write().await = Some(index);
+                            maps = Some(ctx.settings.path_maps.clone());
+                        }
+                        Err(e) => tracing::warn!("metadata provider: reading Stash's files: {e}"),
+                    }
+                } else if let Err(e) = self.refresh(&ctx, REFRESH_EVERY).await {
+                    tracing::debug!("metadata provider: Stash's changes not read: {e}");
+                }
+            }
+            crate::pipeline::worker::nap_unless(&stop, Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Reads Stash's changes into the index unless it did within `gap`.
+    async fn refresh(&self, ctx: &Context, gap: Duration) -> Result<(), Error> {
+        let mut guard = self.index.write().await;
+        let Some(index) = guard.as_mut() else { return Ok(()) };
+        if index.refreshed_at.is_some_and(|t| t.elapsed() < gap) {
+            return Ok(());
+        }
+        let n = index.refresh(&ctx.stash).await?;
+        if n > 0 {
+            tracing::debug!("metadata provider: {n} changed scenes read");
+        }
+        Ok(())
+    }
+
+    /// The scene, read from Stash at most every [`SCENE_CACHE`], by at
+    /// most [`STASH_AT_ONCE`] requests at a time.
+    async fn scene(&self, ctx: &Context, id: &str) -> Result<Option<Arc<Scene>>, Error> {
+        let cached = |scenes: &Mutex<HashMap<String, (Instant, Option<Arc<Scene>>)>>| {
+            let scenes = scenes.lock().unwrap_or_else(|e| e.into_inner());
+            scenes.get(id).filter(|(at, _)| at.elapsed() < SCENE_CACHE).map(|(_, s)| s.clone())
+        };
+        if let Some(scene) = cached(&self.scenes) {
+            return Ok(scene);
+        }
+        let _slot = tokio::time::timeout(STASH_WAIT, self.stash_slots.acquire())
+            .await
+            .map_err(|_| Error::new(ErrorClass::StashUnavailable, "too many provider requests wait for Stash"))?
+            .expect("never closed");
+        // Another request may have read it while this one waited.
+        if let Some(scene) = cached(&self.scenes) {
+            return Ok(scene);
+        }
+        let scene = ctx.stash.find_scene(id).await?.map(Arc::new);
+        let mut scenes = self.scenes.lock().unwrap_or_else(|e| e.into_inner());
+        scenes.retain(|_, (at, _)| at.elapsed() < SCENE_CACHE);
+        scenes.insert(id.to_string(), (Instant::now(), scene.clone()));
+        Ok(scene)
+    }
+}
+
+/// The provider's routes, each under `/provider/<secret>`.
+pub(crate) fn router(provider: Arc<Provider>) -> Router {
+    Router::new()
+        .route("/provider/{secret}", any(root))
+        .route("/provider/{secret}/", any(root))
+        .route("/provider/{secret}/{*rest}", any(entry))
+        .with_state(provider)
+}
+
+fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "text/plain")], "Not Found\n").into_response()
+}
+
+fn unavailable(why: &str) -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "10")], format!("{why}\n")).into_response()
+}
+
+/// The context, when `given` is the secret and Stash has answered.
+fn admitted(p: &Provider, given: &str) -> Result<Arc<Context>, Response> {
+    let secret = p.secret.read().unwrap_or_else(|e| e.into_inner()).clone();
+    match secret {
+        Some(s) if crate::secret::same(s.as_bytes(), given.as_bytes()) => {
+            p.ctx().ok_or_else(|| unavailable("waiting for Stash"))
+        }
+        // Before Stash answered the secret is unknown: nothing to reveal either way.
+        None => Err(unavailable("waiting for Stash")),
+        Some(_) => Err(not_found()),
+    }
+}
+
+async fn root(State(p): State<Arc<Provider>>, Path(secret): Path<String>, method: Method) -> Response {
+    if let Err(refused) = admitted(&p, &secret) {
+        return refused;
+    }
+    if method != Method::GET && method != Method::HEAD {
+        return not_found();
+    }
+    Json(manifest()).into_response()
+}
+
+/// `GET {root}`: who we are and what we answer.
+pub fn manifest() -> Value {
+    json!({"MediaProvider": {
+        "identifier": IDENTIFIER,
+        "title": TITLE,
+        "version": env!("CARGO_PKG_VERSION"),
+        "Types": [{"type": 1, "Scheme": [{"scheme": IDENTIFIER}]}],
+        "Feature": [
+            {"type": "metadata", "key": "/library/metadata"},
+            {"type": "match", "key": "/library/metadata/matches"},
+        ],
+    }})
+}
+
+async fn entry(
+    State(p): State<Arc<Provider>>,
+    Path((secret, rest)): Path<(String, String)>,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    let ctx = match admitted(&p, &secret) {
+        Ok(ctx) => ctx,
+        Err(refused) => return refused,
+    };
+    let base = match base_url(&headers, &secret) {
+        Some(base) => base,
+        None => return (StatusCode::BAD_REQUEST, "Host header required\n").into_response(),
+    };
+    let parts: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let answer = match (&method, parts.as_slice()) {
+        (&Method::GET | &Method::HEAD, []) => Ok(Json(manifest()).into_response()),
+        (&Method::POST, ["library", "metadata", "matches"]) => {
+            Ok(matches(&p, &ctx, &base, query.as_deref(), &body).await)
+        }
+        (&Method::GET | &Method::HEAD, ["library", "metadata", rk]) => metadata(&p, &ctx, &base, rk).await,
+        (&Method::GET | &Method::HEAD, ["library", "metadata", rk, "images"]) => images(&p, &ctx, &base, rk).await,
+        (&Method::GET | &Method::HEAD, ["library", "metadata", rk, "extras"]) if is_scene_id(rk) => {
+            Ok(Json(container(Vec::new())).into_response())
+        }
+        (&Method::GET | &Method::HEAD, ["images", "scene", id]) => image(&p, &ctx, id, None).await,
+        (&Method::GET | &Method::HEAD, ["images", "scene", id, "performer", performer]) => {
+            image(&p, &ctx, id, Some(performer)).await
+        }
+        _ => Ok(not_found()),
+    };
+    answer.unwrap_or_else(|e| {
+        tracing::warn!("metadata provider: {e}");
+        match e.class {
+            ErrorClass::StashUnavailable | ErrorClass::Auth => unavailable("Stash does not answer; try again"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "the provider failed; PlexSync's log says why\n").into_response(),
+        }
+    })
+}
+
+fn is_scene_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 19 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The provider's root as Plex reached it (its `Host`), for image URLs
+/// Plex fetches.
+fn base_url(headers: &HeaderMap, secret: &str) -> Option<Url> {
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    if host.is_empty() || host.contains(['/', '@', '?', '#', '\\']) {
+        return None;
+    }
+    let mut url = Url::parse(&format!("http://{host}/")).ok()?;
+    url.path_segments_mut().ok()?.extend(["provider", secret]);
+    Some(url)
+}
+
+/// `base` followed by `segments`, each escaped as one segment.
+fn under(base: &Url, segments: &[&str]) -> String {
+    let mut url = base.clone();
+    url.path_segments_mut().expect("http URLs have a path").extend(segments);
+    url.to_string()
+}
+
+fn container(metadata: Vec<Value>) -> Value {
+    json!({"MediaContainer": {
+        "offset": 0,
+        "totalSize": metadata.len(),
+        "identifier": IDENTIFIER,
+        "size": metadata.len(),
+        "Metadata": metadata,
+    }})
+}
+
+fn guid(id: &str) -> String {
+    format!("{IDENTIFIER}://movie/{id}")
+}
+
+/// The scene id a guid of ours names.
+fn scene_in_guid(guid: &str) -> Option<&str> {
+    guid.strip_prefix(IDENTIFIER)?.strip_prefix("://movie/").filter(|id| is_scene_id(id))
+}
+
+/// A field of the match request: the JSON body's, else the query's.
+/// Numbers may come as numbers, strings or booleans.
+fn field(body: &Map<String, Value>, query: &[(String, String)], name: &str) -> Option<String> {
+    match body.get(name) {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(Value::Bool(b)) => Some(if *b { "1" } else { "0" }.into()),
+        _ => query.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()),
+    }
+}
+
+/// `POST …/matches`: the scene that holds the file Plex names.
+async fn matches(p: &Provider, ctx: &Context, base: &Url, query: Option<&str>, body: &[u8]) -> Response {
+    let body: Map<String, Value> = match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => m,
+        _ if body.iter().all(u8::is_ascii_whitespace) => Map::new(),
+        _ => return (StatusCode::BAD_REQUEST, "the body is not a JSON object\n").into_response(),
+    };
+    let query: Vec<(String, String)> =
+        url::form_urlencoded::parse(query.unwrap_or("").as_bytes()).into_owned().collect();
+    let get = |name: &str| field(&body, &query, name);
+    if get("type").is_some_and(|t| t.trim() != "1") {
+        return Json(container(Vec::new())).into_response();
+    }
+    let (filename, title, guid_given) = (get("filename"), get("title"), get("guid"));
+    let manual = get("manual").is_some_and(|m| m == "1" || m == "true");
+    let q = Query {
+        filename: filename.as_deref().filter(|f| !f.trim().is_empty()),
+        title: title.as_deref(),
+        year: get("year").and_then(|y| y.trim().parse().ok()),
+        scene_id: guid_given.as_deref().and_then(scene_in_guid),
+        manual,
+        // The old plugin's default: an unorganized scene's metadata is not ready.
+        organized_only: ctx.settings.skip_unorganized,
+    };
+    let mut found = find(p, &q).await;
+    if found.is_empty() && !manual && q.filename.is_some() {
+        // Plex may have scanned a file Stash has only just scanned too.
+        let due = {
+            let mut last = p.last_miss_refresh.lock().unwrap_or_else(|e| e.into_inner());
+            let due = last.is_none_or(|t| t.elapsed() >= MISS_REFRESH_GAP);
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        };
+        if due && p.refresh(ctx, Duration::ZERO).await.is_ok() {
+            found = find(p, &q).await;
+        }
+    }
+    let metadata = found.iter().map(|c| candidate_json(c, base)).collect();
+    Json(container(metadata)).into_response()
+}
+
+async fn find(p: &Provider, q: &Query<'_>) -> Vec<Candidate> {
+    p.index.read().await.as_ref().map(|i| i.find(q)).unwrap_or_default()
+}
+
+fn candidate_json(c: &Candidate, base: &Url) -> Value {
+    let mut m = json!({
+        "ratingKey": c.scene_id,
+        "key": format!("/library/metadata/{}", c.scene_id),
+        "guid": guid(&c.scene_id),
+        "type": "movie",
+        "title": c.title,
+        "score": c.score,
+        "thumb": under(base, &["images", "scene", &c.scene_id]),
+    });
+    if let Some(year) = c.year {
+        m["year"] = json!(year);
+    }
+    m
+}
+
+/// `GET …/library/metadata/{id}`: the scene as push would write it.
+async fn metadata(p: &Provider, ctx: &Context, base: &Url, rk: &str) -> Result<Response, Error> {
+    if !is_scene_id(rk) {
+        return Ok(not_found());
+    }
+    let Some(scene) = p.scene(ctx, rk).await? else { return Ok(not_found()) };
+    Ok(Json(container(vec![item(&scene, &ctx.settings, base)])).into_response())
+}
+
+/// `GET …/library/metadata/{id}/images`.
+async fn images(p: &Provider, ctx: &Context, base: &Url, rk: &str) -> Result<Response, Error> {
+    if !is_scene_id(rk) {
+        return Ok(not_found());
+    }
+    let Some(scene) = p.scene(ctx, rk).await? else { return Ok(not_found()) };
+    let item = item(&scene, &ctx.settings, base);
+    let images = item.get("Image").cloned().unwrap_or_else(|| json!([]));
+    Ok(Json(json!({"MediaContainer": {"offset": 0, "size": images.as_array().map_or(0, Vec::len), "identifier": IDENTIFIER, "Image": images}})).into_response())
+}
+
+/// The provider's item for `scene`: the required fields, then every
+/// owned field of `syncFields` as [`desired`] computes it for push.
+pub(crate) fn item(scene: &Scene, settings: &Settings, base: &Url) -> Value {
+    let id = scene.id.as_str();
+    let mut report = desired::Report::default();
+    let wanted = desired::desired(scene, settings, &mut report);
+    for why in &report.dropped {
+        tracing::warn!("metadata provider: {why}");
+    }
+    let mut m = json!({
+        "ratingKey": id,
+        "key": format!("/library/metadata/{id}"),
+        "guid": guid(id),
+        "type": "movie",
+        "title": desired::scene_title(scene),
+    });
+    let mut images = Vec::new();
+    for d in wanted {
+        match d.value {
+            Wanted::Scalars(values) => {
+                for (name, value) in values.into_iter().filter(|(_, v)| !v.is_empty()) {
+                    m[name] = match name {
+                        "year" => value.parse::<i64>().map_or(json!(value), |y| json!(y)),
+                        _ => json!(value),
+                    };
+                }
+            }
+            Wanted::Tags(kind, list) => {
+                let element = match kind {
+                    "genre" => "Genre",
+                    "actor" => "Role",
+                    "director" => "Director",
+                    "collection" => "Collection",
+                    _ => continue,
+                };
+                let tags: Vec<Value> = list
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| {
+                        let mut tag = json!({"tag": t.name});
+                        if kind == "actor" {
+                            tag["order"] = json!(i + 1);
+                            if let Some(photo) = t.thumb.as_deref().and_then(|u| performer_of(scene, u)) {
+                                tag["thumb"] = json!(under(base, &["images", "scene", id, "performer", photo]));
+                            }
+                        }
+                        tag
+                    })
+                    .collect();
+                m[element] = json!(tags);
+            }
+            Wanted::Image(Some(_)) => {
+                let url = under(base, &["images", "scene", id]);
+                let (kind, field) =
+                    if d.field == Field::Poster { ("coverPoster", "thumb") } else { ("background", "art") };
+                m[field] = json!(url);
+                images.push(json!({"type": kind, "url": url, "alt": m["title"]}));
+            }
+            Wanted::Image(None) => {}
+        }
+    }
+    if !images.is_empty() {
+        m["Image"] = json!(images);
+    }
+    m
+}
+
+/// The id of the scene's performer whose photo is `url`.
+fn performer_of<'a>(scene: &'a Scene, url: &str) -> Option<&'a str> {
+    scene.performers.iter().find(|p| p.image_path.as_deref() == Some(url)).map(|p| p.id.as_str())
+}
+
+/// `GET …/images/scene/{id}[/performer/{pid}]`: the scene's cover or a
+/// photo of one of its performers, fetched from Stash with PlexSync's
+/// credentials. Only these two: no URL is ever taken from the request.
+async fn image(p: &Provider, ctx: &Context, id: &str, performer: Option<&str>) -> Result<Response, Error> {
+    if !is_scene_id(id) {
+        return Ok(not_found());
+    }
+    let Some(scene) = p.scene(ctx, id).await? else { return Ok(not_found()) };
+    let url = match performer {
+        None => scene.paths.screenshot.clone(),
+        Some(pid) => scene.performers.iter().find(|p| p.id == pid).and_then(|p| p.image_path.clone()),
+    };
+    let Some(url) = url.filter(|u| !u.is_empty()) else { return Ok(not_found()) };
+    let _slot = tokio::time::timeout(STASH_WAIT, p.stash_slots.acquire())
+        .await
+        .map_err(|_| Error::new(ErrorClass::StashUnavailable, "too many provider requests wait for Stash"))?
+        .expect("never closed");
+    match ctx.stash.image(&url, MAX_IMAGE_BYTES, None).await? {
+        Image::Fetched { bytes, .. } => {
+            let kind = image_type(&bytes);
+            Ok(([(header::CONTENT_TYPE, kind), (header::CACHE_CONTROL, "private, max-age=300")], bytes).into_response())
+        }
+        // Stash's stand-in for a missing cover: Plex keeps its own frame.
+        Image::Placeholder | Image::NotModified => Ok(not_found()),
+    }
+}
+
+/// The type of an image by its first bytes (Stash's answer may say
+/// `application/octet-stream` through some proxies).
+fn image_type(bytes: &[u8]) -> &'static str {
+    match bytes {
+        [0x89, b'P', b'N', b'G', ..] => "image/png",
+        [b'G', b'I', b'F', ..] => "image/gif",
+        [b'R', b'I', b'F', b'F', _, _, _, _, b'W', b'E', b'B', b'P', ..] => "image/webp",
+        _ => "image/jpeg",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_manifest_has_what_plex_requires() {
+        let m = &manifest()["MediaProvider"];
+        let id = m["identifier"].as_str().unwrap();
+        let rest = id.strip_prefix("tv.plex.agents.custom.").expect("Plex requires the custom. part");
+        assert!(!rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.'));
+        assert_eq!(m["Types"][0]["type"], 1);
+        assert_eq!(m["Types"][0]["Scheme"][0]["scheme"], id);
+        let features: Vec<&str> = m["Feature"].as_array().unwrap().iter().map(|f| f["type"].as_str().unwrap()).collect();
+        assert_eq!(features, ["metadata", "match"]);
+    }
+
+    #[test]
+    fn secrets_urls_and_guids() {
+        assert!(!valid_secret("short"));
+        assert!(!valid_secret("has a space in it, long enough"));
+        assert!(valid_secret("0123456789abcdef"));
+        let url = root_url("0.0.0.0:9977", "0123456789abcdef").unwrap();
+        assert_eq!(url.as_str(), "http://this-machine:9977/provider/0123456789abcdef");
+        assert_eq!(scene_in_guid(&guid("42")), Some("42"));
+        assert_eq!(scene_in_guid("tv.plex.agents.custom.other://movie/42"), None);
+        assert_eq!(scene_in_guid(&format!("{IDENTIFIER}://movie/../x")), None);
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, "evil.example/x@y".parse().unwrap());
+        assert!(base_url(&h, "s").is_none(), "a Host header cannot reshape the URL");
+    }
+}
