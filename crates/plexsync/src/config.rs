@@ -314,6 +314,8 @@ fn canonical(key: &str) -> String {
 pub(crate) fn env_layer() -> Map<String, Value> {
     std::env::vars()
         .filter_map(|(k, v)| k.strip_prefix("PLEXSYNC_").map(|name| (name.to_string(), Value::String(v))))
+        // The log filter, not a setting (see logging.rs).
+        .filter(|(name, _)| name != "LOG")
         .collect()
 }
 

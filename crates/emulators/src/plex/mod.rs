@@ -2,6 +2,7 @@
 //! its query-string edit API, partial scans, a request log and fault
 //! injection. The real Plex answers in `third_party/plex-json` fix its JSON shape.
 
+mod agent;
 pub mod render;
 mod server;
 pub mod state;
@@ -17,7 +18,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-pub use state::{DiskFile, Image, Item, PlexState, Section, TagKind};
+pub use state::{DiskFile, Image, Item, PlexState, Provider, Pull, Section, TagKind};
 
 /// How a request presented its token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,11 +151,29 @@ impl Shared {
     }
 }
 
+/// Registers the provider at `root` (replacing one of the same identifier).
+pub(crate) async fn add_provider(shared: &Shared, root: &str) -> Result<String, String> {
+    let provider = match agent::register(root).await {
+        Ok(p) => p,
+        Err(e) => {
+            shared.state.lock().agent_log.push(format!("adding provider {root}: {e}"));
+            return Err(e);
+        }
+    };
+    let mut state = shared.state.lock();
+    state.providers.retain(|p| p.identifier != provider.identifier);
+    let id = provider.identifier.clone();
+    state.providers.push(provider);
+    Ok(id)
+}
+
 /// A running Plex emulator. Dropping it stops the server.
 pub struct PlexEmulator {
     addr: SocketAddr,
     shared: Arc<Shared>,
     task: tokio::task::JoinHandle<()>,
+    /// Finishes scans and calls metadata providers (`agent.rs`).
+    agent: tokio::task::JoinHandle<()>,
 }
 
 impl PlexEmulator {
@@ -180,7 +199,8 @@ impl PlexEmulator {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(server::serve(listener, Arc::clone(&shared)));
-        Ok(Self { addr, shared, task })
+        let agent = tokio::spawn(agent::run(Arc::clone(&shared)));
+        Ok(Self { addr, shared, task, agent })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -209,6 +229,34 @@ impl PlexEmulator {
     pub fn item_by_file(&self, file: &str) -> Option<Item> {
         let state = self.shared.state.lock();
         state.items.values().find(|i| i.files().any(|p| p.file == file)).cloned()
+    }
+
+    /// Adds a custom metadata provider by its root URL, as the owner does
+    /// in Settings → Metadata Agents: its manifest is fetched and checked.
+    /// Returns its identifier.
+    pub async fn add_provider(&self, root: &str) -> Result<String, String> {
+        add_provider(&self.shared, root).await
+    }
+
+    /// Makes `agent` (a provider's identifier, or Plex's own agent) the
+    /// agent of `section` (Library → Edit → Advanced).
+    pub fn set_agent(&self, section: u32, agent: &str) {
+        let mut state = self.shared.state.lock();
+        if let Some(s) = state.sections.iter_mut().find(|s| s.key == section) {
+            s.agent = agent.to_string();
+        }
+    }
+
+    /// Whether every scanned item has had its provider's answer: nothing
+    /// waits on disk, for a call, or for an answer.
+    pub fn agent_idle(&self) -> bool {
+        let state = self.shared.state.lock();
+        state.disk.is_empty() && state.pulls_in_flight == 0 && state.items.values().all(|i| i.pull.is_none())
+    }
+
+    /// What went wrong talking to providers.
+    pub fn agent_log(&self) -> Vec<String> {
+        self.shared.state.lock().agent_log.clone()
     }
 
     pub fn requests(&self) -> Vec<RequestRecord> {
@@ -275,6 +323,7 @@ impl PlexEmulator {
 
 impl Drop for PlexEmulator {
     fn drop(&mut self) {
+        self.agent.abort();
         self.task.abort();
     }
 }

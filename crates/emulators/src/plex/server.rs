@@ -91,7 +91,8 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/down", post(admin_down))
         .route("/maintenance", post(admin_maintenance))
         .route("/requests", get(admin_requests).delete(admin_clear_requests))
-        .route("/files", post(admin_add_file));
+        .route("/files", post(admin_add_file))
+        .route("/providers", post(admin_add_provider));
     Router::new()
         .route("/", get(root))
         .route("/identity", get(identity))
@@ -101,6 +102,8 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/library/sections/{key}/refresh", get(section_scan).put(section_scan).post(section_scan))
         .route("/library/metadata/{rk}", get(metadata).put(metadata_edit))
         .route("/library/metadata/{rk}/refresh", put(item_refresh).post(item_refresh))
+        .route("/library/metadata/{rk}/matches", get(item_matches))
+        .route("/library/metadata/{rk}/match", put(item_fix_match))
         .route("/library/metadata/{rk}/posters", get(list_posters).post(upload_poster).put(upload_poster))
         .route("/library/metadata/{rk}/arts", post(upload_art).put(upload_art))
         .route("/library/metadata/{rk}/thumb/{ts}", get(get_poster))
@@ -485,8 +488,42 @@ fn with_item(s: &Shared, rk: &str, f: impl FnOnce(&mut Item)) -> Response {
     }
 }
 
+/// "Refresh metadata": an item of a provider's section asks it again.
 async fn item_refresh(State(s): Shr, Path(rk): Path<String>) -> Response {
-    with_item(&s, &rk, |item| item.refreshes += 1)
+    let provider_section = {
+        let state = s.state.lock();
+        let section = rk.parse::<u64>().ok().and_then(|rk| state.items.get(&rk)).map(|i| i.section);
+        section.is_some_and(|section| state.provider_of(section).is_some())
+    };
+    with_item(&s, &rk, |item| {
+        item.refreshes += 1;
+        if provider_section {
+            item.pull = Some(super::state::Pull::Refresh);
+        }
+    })
+}
+
+/// Fix Match's search (`?manual=1&title=…&year=…`): the section's
+/// provider asked with `manual=1`; its candidates as `SearchResult`s.
+async fn item_matches(State(s): Shr, Path(rk): Path<String>, RawQuery(raw): RawQuery) -> Response {
+    let query = query_pairs(raw.as_deref());
+    let get = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let Some(rk) = rk.parse::<u64>().ok() else { return html(StatusCode::NOT_FOUND, "Not Found") };
+    let year = get("year").and_then(|y| y.parse().ok());
+    match super::agent::search(&s, rk, get("title"), year).await {
+        Ok(results) => {
+            Json(serde_json::json!({"MediaContainer": {"size": results.len(), "SearchResult": results}})).into_response()
+        }
+        Err(e) => html(StatusCode::BAD_REQUEST, &e),
+    }
+}
+
+/// Fix Match's choice (`?guid=…`): the item reads that guid's metadata.
+async fn item_fix_match(State(s): Shr, Path(rk): Path<String>, RawQuery(raw): RawQuery) -> Response {
+    let Some(guid) = query_pairs(raw.as_deref()).into_iter().find(|(k, _)| k == "guid").map(|(_, v)| v) else {
+        return html(StatusCode::BAD_REQUEST, "Bad Request");
+    };
+    with_item(&s, &rk, |item| item.pull = Some(super::state::Pull::Fix(guid)))
 }
 
 /// A poster or background from `?url=` (Plex fetches it) or from the body.
@@ -619,6 +656,28 @@ struct NewFile {
     size: u64,
     #[serde(default)]
     duration_ms: u64,
+}
+
+#[derive(Deserialize)]
+struct NewProvider {
+    url: String,
+    /// Make it the agent of this section too.
+    section: Option<u32>,
+}
+
+async fn admin_add_provider(State(s): Shr, Json(p): Json<NewProvider>) -> Response {
+    match super::add_provider(&s, &p.url).await {
+        Ok(id) => {
+            if let Some(section) = p.section {
+                let mut state = s.state.lock();
+                if let Some(sec) = state.sections.iter_mut().find(|x| x.key == section) {
+                    sec.agent = id.clone();
+                }
+            }
+            Json(serde_json::json!({"identifier": id})).into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, e).into_response(),
+    }
 }
 
 async fn admin_add_file(State(s): Shr, Json(f): Json<NewFile>) -> StatusCode {

@@ -134,6 +134,31 @@ pub struct Item {
     pub agent_matched: bool,
     /// How often `/refresh` was called for this item.
     pub refreshes: u32,
+    /// What the item waits for from its section's metadata provider.
+    pub pull: Option<Pull>,
+}
+
+/// A custom metadata provider the server owner added (Settings → Metadata
+/// Agents → Add Provider), as its manifest described it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Provider {
+    pub identifier: String,
+    pub title: String,
+    /// The URL the owner entered; every feature key is appended to it.
+    pub root: String,
+    pub metadata_key: String,
+    pub match_key: String,
+}
+
+/// A provider call an item waits for.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Pull {
+    /// A new item: match by its file, then read the metadata.
+    Match,
+    /// "Refresh metadata": match again (with the stored guid), read again.
+    Refresh,
+    /// "Fix Match" chose this guid: read its metadata.
+    Fix(String),
 }
 
 /// The content key of an uploaded image (Plex names uploads by a hash of
@@ -223,6 +248,18 @@ pub struct PlexState {
     /// default comes from `PLEX_TAG_EDITS` (`add` or `replace`, the default)
     /// so that whole suites run under either.
     pub tag_edits_add: bool,
+    /// Registered metadata providers; a section whose `agent` is one's
+    /// identifier pulls from it (the agent runner, `agent.rs`).
+    pub providers: Vec<Provider>,
+    /// What a match call's `filename` holds: the path relative to the
+    /// section's folder (false, as Plex's provider docs show) or the
+    /// server's full path (true, as one provider reports receiving).
+    pub provider_full_paths: bool,
+    /// What went wrong talking to providers (a refused manifest, a bad
+    /// answer), as Plex's log would say it.
+    pub agent_log: Vec<String>,
+    /// Provider calls taken and not yet answered.
+    pub pulls_in_flight: usize,
     next_id: u64,
     tag_ids: HashMap<(TagKind, String), u64>,
 }
@@ -282,6 +319,10 @@ impl PlexState {
             agent_fills: true,
             journal: None,
             tag_edits_add: tag_edits_add_by_default(),
+            providers: Vec::new(),
+            provider_full_paths: false,
+            agent_log: Vec::new(),
+            pulls_in_flight: 0,
             next_id: 100,
             tag_ids: HashMap::new(),
         }
@@ -367,9 +408,13 @@ impl PlexState {
             uploads: Vec::new(),
             agent_matched: false,
             refreshes: 0,
+            pull: None,
         };
         self.items.insert(rating_key, item);
-        if self.agent_fills && rating_key.is_multiple_of(4) {
+        if self.provider_of(section).is_some() {
+            // The section's agent is a custom provider: it is asked.
+            self.items.get_mut(&rating_key).expect("just added").pull = Some(Pull::Match);
+        } else if self.agent_fills && rating_key.is_multiple_of(4) {
             self.agent_fill(rating_key);
         }
         rating_key
@@ -482,6 +527,12 @@ impl PlexState {
         self.disk_due = [self.disk_due, due].into_iter().flatten().min();
     }
 
+    /// The provider that is `section`'s agent, if it is one.
+    pub fn provider_of(&self, section: u32) -> Option<&Provider> {
+        let agent = &self.section(section)?.agent;
+        self.providers.iter().find(|p| &p.identifier == agent)
+    }
+
     pub fn section(&self, key: u32) -> Option<&Section> {
         self.sections.iter().find(|s| s.key == key)
     }
@@ -538,7 +589,7 @@ impl PlexState {
         }
     }
 
-    fn tag_id(&mut self, kind: TagKind, name: &str) -> u64 {
+    pub(crate) fn tag_id(&mut self, kind: TagKind, name: &str) -> u64 {
         let key = (kind, name.to_lowercase());
         if let Some(id) = self.tag_ids.get(&key) {
             return *id;

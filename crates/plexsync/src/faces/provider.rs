@@ -384,6 +384,10 @@ async fn matches(p: &Provider, ctx: &Context, base: &Url, query: Option<&str>, b
         // The old plugin's default: an unorganized scene's metadata is not ready.
         organized_only: ctx.settings.skip_unorganized,
     };
+    if p.index.read().await.is_none() {
+        // No answer rather than "no match": Plex would keep that.
+        return unavailable("indexing Stash's files; try again in a minute");
+    }
     let mut found = find(p, &q).await;
     if found.is_empty() && !manual && q.filename.is_some() {
         // Plex may have scanned a file Stash has only just scanned too.
@@ -399,6 +403,7 @@ async fn matches(p: &Provider, ctx: &Context, base: &Url, query: Option<&str>, b
             found = find(p, &q).await;
         }
     }
+    tracing::debug!("metadata provider: match {:?} (manual: {manual}): {} candidates", q.filename, found.len());
     let metadata = found.iter().map(|c| candidate_json(c, base)).collect();
     Json(container(metadata)).into_response()
 }

@@ -13,6 +13,7 @@ mod matching;
 mod package;
 mod pipeline;
 mod properties;
+mod provider;
 mod related;
 mod reliability;
 mod scenarios;
