@@ -26,8 +26,17 @@ const AT_ONCE: usize = 4;
 
 /// Every field an answer may set, by its name in a provider item and on
 /// a Plex item (and its lock).
-const SCALARS: &[&str] =
-    &["title", "summary", "tagline", "studio", "originallyAvailableAt", "year", "contentRating", "originalTitle", "titleSort"];
+const SCALARS: &[&str] = &[
+    "title",
+    "summary",
+    "tagline",
+    "studio",
+    "originallyAvailableAt",
+    "year",
+    "contentRating",
+    "originalTitle",
+    "titleSort",
+];
 const TAGS: &[(&str, TagKind)] = &[
     ("Genre", TagKind::Genre),
     ("Role", TagKind::Actor),
@@ -69,9 +78,8 @@ pub fn check_manifest(root: &str, m: &Value) -> Result<Provider, String> {
         return Err("the movie type has no Scheme naming the identifier".into());
     }
     let features = m["Feature"].as_array().ok_or("the manifest has no Feature")?;
-    let key = |kind: &str| {
-        features.iter().find(|f| f["type"] == kind).and_then(|f| f["key"].as_str()).map(str::to_string)
-    };
+    let key =
+        |kind: &str| features.iter().find(|f| f["type"] == kind).and_then(|f| f["key"].as_str()).map(str::to_string);
     Ok(Provider {
         identifier: identifier.into(),
         title: title.into(),
@@ -93,7 +101,8 @@ struct Job {
 /// name, a year found in it, the file's path, and on a re-match its guid.
 fn match_body(state: &PlexState, item: &Item, provider: &Provider, manual: bool) -> Value {
     let file = item.files().next().map(|p| p.file.clone()).unwrap_or_default();
-    let location = state.section(item.section).and_then(|s| s.locations.iter().find(|l| super::state::in_folder(&file, l)));
+    let location =
+        state.section(item.section).and_then(|s| s.locations.iter().find(|l| super::state::in_folder(&file, l)));
     let filename = match location {
         Some(l) if !state.provider_full_paths => file[l.trim_end_matches('/').len()..].to_string(),
         _ => file.clone(),
@@ -251,7 +260,10 @@ async fn read_metadata(http: &reqwest::Client, provider: &Provider, rating_key: 
         ("title", m["title"].as_str().is_some_and(|t| !t.is_empty())),
     ] {
         if !ok {
-            return Err(format!("primary provider failed to return a result: {field} is {} in item {rating_key}", m[field]));
+            return Err(format!(
+                "primary provider failed to return a result: {field} is {} in item {rating_key}",
+                m[field]
+            ));
         }
     }
     Ok(m)
@@ -314,9 +326,7 @@ pub(crate) fn apply(state: &mut PlexState, rating_key: u64, answer: &Answer) {
             item.tags.insert(kind, list);
         }
     }
-    for (lock, bytes, slot) in
-        [("thumb", &answer.poster, &mut item.poster), ("art", &answer.art, &mut item.art)]
-    {
+    for (lock, bytes, slot) in [("thumb", &answer.poster, &mut item.poster), ("art", &answer.art, &mut item.art)] {
         if let (false, Some(bytes)) = (item.locked.contains(lock), bytes) {
             *slot = Some(Image::Upload(bytes.clone()));
         }
@@ -334,7 +344,12 @@ pub(crate) fn apply(state: &mut PlexState, rating_key: u64, answer: &Answer) {
 
 /// Fix Match's search: the provider's candidates for `item` with
 /// `manual=1`, as Plex lists them (`SearchResult`: guid, name, year, score).
-pub(crate) async fn search(shared: &Shared, rating_key: u64, title: Option<String>, year: Option<i64>) -> Result<Vec<Value>, String> {
+pub(crate) async fn search(
+    shared: &Shared,
+    rating_key: u64,
+    title: Option<String>,
+    year: Option<i64>,
+) -> Result<Vec<Value>, String> {
     let (provider, mut body) = {
         let state = shared.state.lock();
         let item = state.items.get(&rating_key).ok_or("no such item")?;

@@ -511,9 +511,8 @@ async fn item_matches(State(s): Shr, Path(rk): Path<String>, RawQuery(raw): RawQ
     let Some(rk) = rk.parse::<u64>().ok() else { return html(StatusCode::NOT_FOUND, "Not Found") };
     let year = get("year").and_then(|y| y.parse().ok());
     match super::agent::search(&s, rk, get("title"), year).await {
-        Ok(results) => {
-            Json(serde_json::json!({"MediaContainer": {"size": results.len(), "SearchResult": results}})).into_response()
-        }
+        Ok(results) => Json(serde_json::json!({"MediaContainer": {"size": results.len(), "SearchResult": results}}))
+            .into_response(),
         Err(e) => html(StatusCode::BAD_REQUEST, &e),
     }
 }

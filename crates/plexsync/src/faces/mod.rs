@@ -17,5 +17,5 @@ pub mod daemon;
 pub mod demo;
 pub mod operations;
 pub mod plugin;
-pub mod provider;
 pub mod protocol;
+pub mod provider;

@@ -59,12 +59,15 @@ const MAX_IMAGE_BYTES: usize = 20 * 1024 * 1024;
 /// Shortest secret path segment accepted.
 const SECRET_MIN: usize = 16;
 
+/// Scenes read lately, by id: when, and the scene (`None`: not in Stash).
+type SceneCache = Mutex<HashMap<String, (Instant, Option<Arc<Scene>>)>>;
+
 /// What the provider's handlers share.
 pub struct Provider {
     ctx: RwLock<Option<Arc<Context>>>,
     secret: RwLock<Option<String>>,
     index: tokio::sync::RwLock<Option<SceneIndex>>,
-    scenes: Mutex<HashMap<String, (Instant, Option<Arc<Scene>>)>>,
+    scenes: SceneCache,
     stash_slots: tokio::sync::Semaphore,
     last_miss_refresh: Mutex<Option<Instant>>,
 }
@@ -188,7 +191,7 @@ impl Provider {
     /// The scene, read from Stash at most every [`SCENE_CACHE`], by at
     /// most [`STASH_AT_ONCE`] requests at a time.
     async fn scene(&self, ctx: &Context, id: &str) -> Result<Option<Arc<Scene>>, Error> {
-        let cached = |scenes: &Mutex<HashMap<String, (Instant, Option<Arc<Scene>>)>>| {
+        let cached = |scenes: &SceneCache| {
             let scenes = scenes.lock().unwrap_or_else(|e| e.into_inner());
             scenes.get(id).filter(|(at, _)| at.elapsed() < SCENE_CACHE).map(|(_, s)| s.clone())
         };
@@ -228,22 +231,23 @@ fn unavailable(why: &str) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "10")], format!("{why}\n")).into_response()
 }
 
-/// The context, when `given` is the secret and Stash has answered.
-fn admitted(p: &Provider, given: &str) -> Result<Arc<Context>, Response> {
+/// The context, when `given` is the secret and Stash has answered;
+/// otherwise the answer (boxed: a response is large).
+fn admitted(p: &Provider, given: &str) -> Result<Arc<Context>, Box<Response>> {
     let secret = p.secret.read().unwrap_or_else(|e| e.into_inner()).clone();
     match secret {
         Some(s) if crate::secret::same(s.as_bytes(), given.as_bytes()) => {
-            p.ctx().ok_or_else(|| unavailable("waiting for Stash"))
+            p.ctx().ok_or_else(|| Box::new(unavailable("waiting for Stash")))
         }
         // Before Stash answered the secret is unknown: nothing to reveal either way.
-        None => Err(unavailable("waiting for Stash")),
-        Some(_) => Err(not_found()),
+        None => Err(Box::new(unavailable("waiting for Stash"))),
+        Some(_) => Err(Box::new(not_found())),
     }
 }
 
 async fn root(State(p): State<Arc<Provider>>, Path(secret): Path<String>, method: Method) -> Response {
     if let Err(refused) = admitted(&p, &secret) {
-        return refused;
+        return *refused;
     }
     if method != Method::GET && method != Method::HEAD {
         return not_found();
@@ -275,7 +279,7 @@ async fn entry(
 ) -> Response {
     let ctx = match admitted(&p, &secret) {
         Ok(ctx) => ctx,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let base = match base_url(&headers, &secret) {
         Some(base) => base,
@@ -570,7 +574,8 @@ mod tests {
         assert!(!rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.'));
         assert_eq!(m["Types"][0]["type"], 1);
         assert_eq!(m["Types"][0]["Scheme"][0]["scheme"], id);
-        let features: Vec<&str> = m["Feature"].as_array().unwrap().iter().map(|f| f["type"].as_str().unwrap()).collect();
+        let features: Vec<&str> =
+            m["Feature"].as_array().unwrap().iter().map(|f| f["type"].as_str().unwrap()).collect();
         assert_eq!(features, ["metadata", "match"]);
     }
 

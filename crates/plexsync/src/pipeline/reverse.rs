@@ -138,7 +138,8 @@ impl SceneIndex {
                 }
             }
             let title = row.title.unwrap_or_default().trim().into();
-            self.scenes.insert(id, Entry { title, year: year_of(row.date.as_deref()), organized: row.organized, files });
+            self.scenes
+                .insert(id, Entry { title, year: year_of(row.date.as_deref()), organized: row.organized, files });
         }
     }
 
@@ -295,7 +296,8 @@ mod tests {
     }
 
     fn index() -> SceneIndex {
-        let mut i = SceneIndex { maps: vec![PathMap { stash: "/data".into(), plex: "/media".into() }], ..Default::default() };
+        let mut i =
+            SceneIndex { maps: vec![PathMap { stash: "/data".into(), plex: "/media".into() }], ..Default::default() };
         i.add_rows(vec![
             row("1", "One", &["/data/Movies/a/x.mp4"]),
             row("2", "Two", &["/data/Movies/b/dup.mp4"]),

@@ -73,9 +73,12 @@ fn paths(code: &str, binary: bool) -> Vec<String> {
     let mut rest = code.to_string();
     // Use statements first (their braces), then cut out.
     while let Some(at) = rest.find("use ") {
-        let before = rest[..at].chars().last();
+        // A use statement starts its line (after `pub`): "use " in a
+        // string or a comment is not one.
+        let line_start = rest[..at].rfind('\n').map_or(0, |n| n + 1);
+        let lead = rest[line_start..at].trim();
         let end = rest[at..].find(';').map_or(rest.len(), |e| at + e);
-        if before.is_none_or(|c| !c.is_alphanumeric() && c != '_') {
+        if lead.is_empty() || lead == "pub" || lead.starts_with("pub(") {
             out.extend(expand(&rest[at + 4..end]));
         }
         rest.replace_range(at..end, " ");

@@ -75,10 +75,8 @@ async fn a_scan_of_200_files_gets_stashs_metadata_with_no_push_equal_to_what_pus
     let files = unscanned(&bed);
     let (daemon, _) = registered(&bed, &[("PLEXSYNC_LOG", "plexsync=debug")]).await;
     scan(&bed);
-    eventually(Duration::from_secs(60), "Plex scanned every file and asked the provider", || {
-        bed.plex.agent_idle()
-    })
-    .await;
+    eventually(Duration::from_secs(60), "Plex scanned every file and asked the provider", || bed.plex.agent_idle())
+        .await;
     let items: Vec<Item> = bed.plex.with_state(|s| s.items.values().cloned().collect());
     assert_eq!(items.len(), files, "one item per file");
     assert!(bed.plex.agent_log().is_empty(), "Plex took every answer: {:?}", bed.plex.agent_log());
@@ -140,7 +138,8 @@ async fn refresh_mode_sends_a_stash_edit_through_the_provider_and_a_locked_field
     let (_daemon, _) = registered(&bed, &[]).await;
     scan(&bed);
     eventually(Duration::from_secs(30), "the scene's item matched", || {
-        bed.plex.with_state(|s| s.disk.is_empty()) && bed.plex.item_by_file(&plex_path(&bed, id)).is_some_and(|i| scene_of(&i) == Some(id))
+        bed.plex.with_state(|s| s.disk.is_empty())
+            && bed.plex.item_by_file(&plex_path(&bed, id)).is_some_and(|i| scene_of(&i) == Some(id))
     })
     .await;
     let rk = bed.plex.item_by_file(&plex_path(&bed, id)).unwrap().rating_key;
@@ -188,10 +187,7 @@ async fn an_ambiguous_file_is_never_matched_and_fix_match_ranks_the_candidates()
         s.add_disk_file(&format!("{plex}/Elsewhere/same name.mp4"), 3000, 60_000, None);
     });
     scan(&bed);
-    eventually(Duration::from_secs(30), "every file scanned and asked about", || {
-        bed.plex.agent_idle()
-    })
-    .await;
+    eventually(Duration::from_secs(30), "every file scanned and asked about", || bed.plex.agent_idle()).await;
     let sure = bed.plex.item_by_file(&format!("{plex}/Twins/b/same name.mp4")).unwrap();
     assert_eq!(scene_of(&sure), Some(ids[1]), "the full path settles it: {}", daemon.log.lock().unwrap());
     let unsure = bed.plex.item_by_file(&format!("{plex}/Elsewhere/same name.mp4")).unwrap();
@@ -239,7 +235,11 @@ async fn the_provider_answers_only_under_its_secret_and_shows_nothing_secret() {
     let weak = Daemon::start(
         &bed,
         "0.0.0.0:0",
-        &[("PLEXSYNC_PROVIDER", "true"), ("PLEXSYNC_DAEMON_TOKEN", "t0ken-of-the-daemon"), ("PLEXSYNC_PROVIDER_SECRET", "short")],
+        &[
+            ("PLEXSYNC_PROVIDER", "true"),
+            ("PLEXSYNC_DAEMON_TOKEN", "t0ken-of-the-daemon"),
+            ("PLEXSYNC_PROVIDER_SECRET", "short"),
+        ],
     )
     .err()
     .expect("a weak secret is refused");
@@ -252,7 +252,10 @@ async fn the_provider_answers_only_under_its_secret_and_shows_nothing_secret() {
     daemon.url = format!("http://127.0.0.1:{port}");
     let shown = provider_url(&daemon, Some(token)).await;
     let secret = shown.rsplit('/').next().unwrap().to_string();
-    assert!(shown.starts_with("http://this-machine:"), "listening everywhere, the page says to put the address: {shown}");
+    assert!(
+        shown.starts_with("http://this-machine:"),
+        "listening everywhere, the page says to put the address: {shown}"
+    );
     let root = format!("{}/provider/{secret}", daemon.url);
     eventually(Duration::from_secs(20), "the provider indexed Stash's files", || {
         daemon.log.lock().unwrap().contains("Stash scenes indexed by file")
@@ -277,12 +280,18 @@ async fn the_provider_answers_only_under_its_secret_and_shows_nothing_secret() {
             (r.status().as_u16(), r.text().await.unwrap())
         }
     };
-    for path in ["/provider", "/provider/", "/provider/wrong-secret-0123456789", "/provider/wrong-secret-0123456789/library/metadata/1"]
-    {
+    for path in [
+        "/provider",
+        "/provider/",
+        "/provider/wrong-secret-0123456789",
+        "/provider/wrong-secret-0123456789/library/metadata/1",
+    ] {
         let (status, _) = get(format!("{}{path}", daemon.url)).await;
         assert_eq!(status, 404, "{path}");
     }
-    for path in ["/nothing", "/library/metadata/1/refresh", "/images/scene/../../graphql", "/library/metadata/1/../../x"] {
+    for path in
+        ["/nothing", "/library/metadata/1/refresh", "/images/scene/../../graphql", "/library/metadata/1/../../x"]
+    {
         let (status, _) = get(format!("{root}{path}")).await;
         assert_eq!(status, 404, "{path}");
     }
@@ -295,12 +304,22 @@ async fn the_provider_answers_only_under_its_secret_and_shows_nothing_secret() {
     let id = bed.scenes_in_plex()[0];
     let file = plex_path(&bed, id);
     let mut answers = vec![get(root.clone()).await];
-    let matched = http.post(format!("{root}/library/metadata/matches")).json(&json!({"type": 1, "filename": file, "includeAdult": 1, "unknownField": [1]})).send().await.unwrap();
+    let matched = http
+        .post(format!("{root}/library/metadata/matches"))
+        .json(&json!({"type": 1, "filename": file, "includeAdult": 1, "unknownField": [1]}))
+        .send()
+        .await
+        .unwrap();
     answers.push((matched.status().as_u16(), matched.text().await.unwrap()));
-    for path in [format!("/library/metadata/{id}"), format!("/library/metadata/{id}/images"), format!("/library/metadata/{id}/extras")] {
+    for path in [
+        format!("/library/metadata/{id}"),
+        format!("/library/metadata/{id}/images"),
+        format!("/library/metadata/{id}/extras"),
+    ] {
         answers.push(get(format!("{root}{path}")).await);
     }
-    let stash_host = bed.stash.url().host_str().unwrap().to_string() + ":" + &bed.stash.url().port().unwrap().to_string();
+    let stash_host =
+        bed.stash.url().host_str().unwrap().to_string() + ":" + &bed.stash.url().port().unwrap().to_string();
     for (status, body) in &answers {
         assert_eq!(*status, 200, "{body}");
         for secret in [PLEX_TOKEN, token, bed.session().as_str(), stash_host.as_str(), bed.lib.stash_prefix.as_str()] {
@@ -308,12 +327,21 @@ async fn the_provider_answers_only_under_its_secret_and_shows_nothing_secret() {
         }
     }
     let matched: Value = serde_json::from_str(&answers[1].1).unwrap();
-    assert_eq!(matched["MediaContainer"]["Metadata"][0]["ratingKey"], id.to_string(), "{matched} {}", daemon.log.lock().unwrap());
+    assert_eq!(
+        matched["MediaContainer"]["Metadata"][0]["ratingKey"],
+        id.to_string(),
+        "{matched} {}",
+        daemon.log.lock().unwrap()
+    );
     let item: Value = serde_json::from_str(&answers[2].1).unwrap();
     let poster = item["MediaContainer"]["Metadata"][0]["Image"][0]["url"].as_str().unwrap().to_string();
     assert!(poster.starts_with(&root), "images come from the provider: {poster}");
     let bytes = http.get(&poster).send().await.unwrap().bytes().await.unwrap();
-    assert_eq!(bytes.to_vec(), bed.stash.scene(id).unwrap().cover.unwrap(), "Stash's cover, fetched with PlexSync's credentials");
+    assert_eq!(
+        bytes.to_vec(),
+        bed.stash.scene(id).unwrap().cover.unwrap(),
+        "Stash's cover, fetched with PlexSync's credentials"
+    );
 
     // A flood of metadata calls for one scene costs Stash one read per cache period.
     let before = bed.stash.request_count();
