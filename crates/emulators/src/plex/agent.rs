@@ -369,3 +369,44 @@ pub(crate) async fn search(
         .map(|c| json!({"guid": c["guid"], "name": c["title"], "year": c["year"], "score": c["score"], "thumb": c["thumb"]}))
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> Value {
+        json!({
+            "identifier": "tv.plex.agents.custom.example",
+            "title": "Example",
+            "Types": [{"type": 1, "Scheme": [{"scheme": "tv.plex.agents.custom.example"}]}],
+            "Feature": [
+                {"type": "metadata", "key": "/library/metadata"},
+                {"type": "match", "key": "/library/metadata/matches"},
+            ],
+        })
+    }
+
+    #[test]
+    fn a_manifest_is_refused_as_plex_refuses_it() {
+        let root = "http://127.0.0.1:1/provider/x/";
+        let p = check_manifest(root, &manifest()).unwrap();
+        assert_eq!(
+            (p.root.as_str(), p.match_key.as_str()),
+            ("http://127.0.0.1:1/provider/x", "/library/metadata/matches")
+        );
+        let broken = |f: &dyn Fn(&mut Value)| {
+            let mut m = manifest();
+            f(&mut m);
+            check_manifest(root, &m).err().expect("refused")
+        };
+        assert!(broken(&|m| m["identifier"] = json!("tv.plex.agents.example")).contains("custom"));
+        assert!(broken(&|m| m["identifier"] = json!("tv.plex.agents.custom.has space")).contains("identifier"));
+        assert!(broken(&|m| m["identifier"] = json!("tv.plex.agents.custom.")).contains("identifier"));
+        assert!(broken(&|m| m["title"] = json!("")).contains("title"));
+        assert!(broken(&|m| m.as_object_mut().unwrap().remove("Types").map(drop).unwrap()).contains("Types"));
+        assert!(broken(&|m| m["Types"][0]["type"] = json!(2)).contains("movie"));
+        assert!(broken(&|m| m["Types"][0]["Scheme"][0]["scheme"] = json!("other")).contains("Scheme"));
+        assert!(broken(&|m| m.as_object_mut().unwrap().remove("Feature").map(drop).unwrap()).contains("Feature"));
+        assert!(broken(&|m| m["Feature"].as_array_mut().unwrap().truncate(1)).contains("match"));
+    }
+}
