@@ -95,7 +95,8 @@ async fn main() {
             .await
             .unwrap();
         times.push(started.elapsed());
-        right += usize::from(answer["MediaContainer"]["Metadata"][0]["ratingKey"] == id.to_string());
+        let got = answer["MediaContainer"]["Metadata"][0]["ratingKey"].as_str().and_then(|k| k.parse::<u64>().ok());
+        right += usize::from(got == Some(*id));
     }
     let (match50, match95) = percentiles(&mut times);
 
@@ -125,6 +126,7 @@ async fn main() {
     }
     let (stash50, stash95) = percentiles(&mut times);
     let _ = child.kill();
+    let _ = child.wait();
 
     println!("provider over {n} Stash scenes (release daemon, loopback HTTP)");
     println!("  index of Stash's files read in {:.1} s", indexed.as_secs_f64());

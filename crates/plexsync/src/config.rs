@@ -83,6 +83,7 @@ settings! {
     "daemonListen", String, false, "Daemon address", "Daemon: address of its HTTP endpoints (default 127.0.0.1:9977); anything but loopback needs daemonToken.";
     "daemonToken", String, false, "Daemon token", "Daemon: token a request must carry (Authorization: Bearer …) when daemonListen is not loopback.";
     "reconcileHours", Number, false, "Reconcile every (hours)", "Daemon: hours between scheduled reconciles (default 24; 0 turns them off).";
+    "daemonHosts", String, false, "Daemon names", "Daemon: more names it answers to, comma-separated (a reverse proxy's, a LAN name); IP addresses and localhost always work.";
     "provider", Boolean, false, "Metadata provider", "Daemon: also serve a Plex metadata provider, so Plex pulls Stash's metadata at scan and refresh time (default off; see docs/provider.md).";
     "providerSecret", String, false, "Provider secret", "Daemon: the secret path segment of the provider's URL (at least 16 letters, digits, - or _); by default a random one kept in the data folder.";
     "healthOutageSecs", Number, false, "Outage before unhealthy", "Daemon: seconds Plex may be unreachable before /healthz answers 503 (default 300).";
@@ -228,6 +229,8 @@ pub struct DaemonSettings {
     /// Zero: no scheduled reconcile.
     pub reconcile_every: Duration,
     pub outage_unhealthy_after: Duration,
+    /// Names beyond IP addresses and `localhost` the daemon answers to.
+    pub hosts: Vec<String>,
     /// Serve the metadata provider.
     pub provider: bool,
     /// The provider's secret path segment, when set (else one is made).
@@ -292,6 +295,7 @@ impl Default for Settings {
                 token: None,
                 reconcile_every: Duration::from_secs(24 * 3600),
                 outage_unhealthy_after: Duration::from_secs(300),
+                hosts: Vec::new(),
                 provider: false,
                 provider_secret: None,
             },
@@ -579,6 +583,7 @@ impl Reader {
             daemon: DaemonSettings {
                 listen: self.string("daemonListen").unwrap_or_else(|| "127.0.0.1:9977".into()),
                 token: self.string("daemonToken").map(Secret::new),
+                hosts: self.list("daemonHosts"),
                 provider: self.boolean("provider", false),
                 provider_secret: self.string("providerSecret").map(Secret::new),
                 reconcile_every: Duration::from_secs_f64(

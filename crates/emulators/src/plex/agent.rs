@@ -397,7 +397,7 @@ mod tests {
         let broken = |f: &dyn Fn(&mut Value)| {
             let mut m = manifest();
             f(&mut m);
-            check_manifest(root, &m).err().expect("refused")
+            check_manifest(root, &m).expect_err("refused")
         };
         assert!(broken(&|m| m["identifier"] = json!("tv.plex.agents.example")).contains("custom"));
         assert!(broken(&|m| m["identifier"] = json!("tv.plex.agents.custom.has space")).contains("identifier"));

@@ -27,6 +27,7 @@ use crate::error::{Error, ErrorClass};
 use crate::faces::context::{open_queue, Context, Sources};
 use crate::faces::operations::{self, Operation};
 use crate::faces::provider::{self, Provider};
+use crate::faces::web;
 use crate::pipeline::breaker;
 use crate::pipeline::requests::{self, Work};
 use crate::pipeline::worker::{self, WorkerOptions};
@@ -61,6 +62,8 @@ struct Shared {
     provider: Option<Arc<Provider>>,
     /// The address the daemon listens on, for the provider's URL.
     listen: String,
+    /// The names it answers to (`web.rs`).
+    names: Arc<web::Names>,
 }
 
 impl Shared {
@@ -148,6 +151,7 @@ pub async fn run(sources: Sources) -> Result<(), Error> {
         form_key: hex::encode(rand::random::<[u8; 16]>()),
         provider: settings.provider.then(|| Arc::new(Provider::default())),
         listen: bound.to_string(),
+        names: Arc::new(web::Names::new(&settings.hosts, bound.port())),
     });
     if let Some(p) = &shared.provider {
         tracing::info!("metadata provider on: its URL (http://{bound}/provider/<secret>) is on the page at / and printed by `plexsync provider-url`");
@@ -329,6 +333,7 @@ async fn reconcile_schedule(data_dir: PathBuf, every: Duration) {
 /// behind their secret path segment (Plex sends providers no token).
 fn router(shared: Arc<Shared>) -> Router {
     let provider = shared.provider.clone();
+    let names = Arc::clone(&shared.names);
     let own = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -336,10 +341,12 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/actions/{action}", post(action))
         .layer(middleware::from_fn_with_state(Arc::clone(&shared), require_token))
         .with_state(shared);
-    match provider {
+    let all = match provider {
         Some(p) => own.merge(provider::router(p)),
         None => own,
-    }
+    };
+    all.layer(axum::extract::DefaultBodyLimit::max(web::BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(names, web::guard))
 }
 
 /// With a token set, every request must carry it (`Authorization: Bearer`).
@@ -456,7 +463,7 @@ async fn action(
     Form(form): Form<std::collections::HashMap<String, String>>,
 ) -> Response {
     let key_ok = form.get("key").is_some_and(|k| crate::secret::same(k.as_bytes(), sh.form_key.as_bytes()));
-    if !key_ok || !same_origin(&headers) {
+    if !key_ok || !web::same_origin(&sh.names, &headers) {
         return (StatusCode::FORBIDDEN, "refused: not sent from PlexSync's own page\n").into_response();
     }
     let Some(ctx) = sh.ready() else { return sh.not_ready() };
@@ -486,29 +493,6 @@ async fn action(
             (StatusCode::SEE_OTHER, [(header::LOCATION, "/")]).into_response()
         }
         Err(e) => internal(e),
-    }
-}
-
-/// A browser names where a request comes from (`Sec-Fetch-Site`, `Origin`);
-/// a request from another site is refused. Non-browser clients send
-/// neither and are judged by the form key alone.
-fn same_origin(headers: &HeaderMap) -> bool {
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if get("sec-fetch-site").is_some_and(|site| site != "same-origin" && site != "none") {
-        return false;
-    }
-    match (get("origin"), get("host")) {
-        (Some(origin), Some(host)) => url::Url::parse(origin).is_ok_and(|o| {
-            o.host_str().zip(Some(o.port_or_known_default())).is_some_and(|(h, p)| {
-                let own = match p {
-                    Some(p) => format!("{h}:{p}"),
-                    None => h.to_string(),
-                };
-                own == host || h == host
-            })
-        }),
-        (Some(_), None) => false,
-        (None, _) => true,
     }
 }
 

@@ -19,3 +19,4 @@ pub mod operations;
 pub mod plugin;
 pub mod protocol;
 pub mod provider;
+pub(crate) mod web;

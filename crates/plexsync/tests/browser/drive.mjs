@@ -1,6 +1,7 @@
 // Loads a page in headless Chromium, follows a list of steps, and prints
 // what a person would see: {"text": the page's visible text, "html": its
-// DOM}. Used by crates/plexsync/tests/browser.rs.
+// DOM, "frames": its frames' addresses and text, "problems": errors seen}.
+// Used by crates/plexsync/tests/it/browser.rs.
 //
 //   node drive.mjs <url> [wait:<css>] [click:<css>] [fill:<css>=<text>] [gone:<css>] [shot:<png>] ...
 //
@@ -57,7 +58,15 @@ try {
   }
   const text = await page.evaluate(() => document.body.innerText);
   const html = await page.content();
-  console.log(JSON.stringify({ text, html, problems }));
+  // Each frame the page holds: where it is and what it shows (a frame the
+  // browser refused to render shows its error page, not the content).
+  const frames = await Promise.all(
+    page.frames().filter((f) => f !== page.mainFrame()).map(async (f) => ({
+      url: f.url(),
+      text: await f.evaluate(() => (document.body ? document.body.innerText : "")).catch((e) => "unreadable: " + e),
+    })),
+  );
+  console.log(JSON.stringify({ text, html, problems, frames }));
 } catch (e) {
   const text = await page.evaluate(() => document.body.innerText).catch(() => "");
   console.error(String(e) + "\n--- page text ---\n" + text + "\n--- problems ---\n" + problems.join("\n"));

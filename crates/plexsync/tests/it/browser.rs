@@ -45,6 +45,13 @@ fn screenshot(name: &str) -> String {
 /// What the page shows after `steps` (see `tests/browser/drive.mjs`):
 /// its visible text and its DOM.
 async fn drive(url: &str, steps: &[String], cookie: Option<&str>) -> (String, String) {
+    let page = drive_raw(url, steps, cookie).await;
+    assert_eq!(page["problems"], json!([]), "errors on the page {url}");
+    (page["text"].as_str().unwrap().to_string(), page["html"].as_str().unwrap().to_string())
+}
+
+/// Everything `drive.mjs` reports, errors on the page included.
+async fn drive_raw(url: &str, steps: &[String], cookie: Option<&str>) -> Value {
     let mut cmd = tokio::process::Command::new("node");
     cmd.arg(browser_dir().join("drive.mjs")).arg(url).args(steps).env("CHROMIUM", chromium());
     if let Some(cookie) = cookie {
@@ -53,9 +60,7 @@ async fn drive(url: &str, steps: &[String], cookie: Option<&str>) -> (String, St
     let out = tokio::time::timeout(Duration::from_secs(90), cmd.output()).await.expect("the browser finished").unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "the browser failed at {url} {steps:?}:\n{stderr}");
-    let page: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
-    assert_eq!(page["problems"], json!([]), "errors on the page {url}");
-    (page["text"].as_str().unwrap().to_string(), page["html"].as_str().unwrap().to_string())
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,4 +201,44 @@ async fn the_stash_ui_badge_shows_synced_waiting_dead_and_unsynced_scenes() {
     eventually(Duration::from_secs(20), "Sync now delivered", || !bed.queue().is_pending(&synced.to_string()).unwrap())
         .await;
     assert_eq!(bed.stash.hook_runs().len(), runs, "the UI ran operations, no hook");
+}
+
+/// Another site's page framing the daemon's (to have a person click
+/// "Purge dead letters"): the browser refuses to render it; a frame of a
+/// page without those headers, beside it, renders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_sites_page_cannot_frame_the_status_page() {
+    if !browser_ready() {
+        return;
+    }
+    let bed = Bed::new(5, json!({"reconcileHours": 0})).await;
+    let daemon = Daemon::start(&bed, "127.0.0.1:0", &[]).unwrap();
+    let site = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let site_url = format!("http://{}", site.local_addr().unwrap());
+    let framing = format!(
+        "<!doctype html><title>another site</title><iframe src=\"{}/\" width=600 height=300></iframe>\
+         <iframe src=\"{site_url}/control\" width=300 height=100></iframe>",
+        daemon.url
+    );
+    let app = axum::Router::new()
+        .route("/", axum::routing::get(move || async move { axum::response::Html(framing) }))
+        .route("/control", axum::routing::get(|| async { axum::response::Html("a page that may be framed") }));
+    tokio::spawn(async move { axum::serve(site, app).await });
+
+    let page = drive_raw(&site_url, &[format!("shot:{}", screenshot("framed"))], None).await;
+    let frames = page["frames"].as_array().unwrap();
+    let text_of = |want: &str| {
+        frames.iter().find(|f| f["url"].as_str().unwrap().starts_with(want)).map(|f| f["text"].as_str().unwrap_or(""))
+    };
+    assert_eq!(
+        text_of(&format!("{site_url}/control")),
+        Some("a page that may be framed"),
+        "framing works here: {page}"
+    );
+    let framed =
+        frames.iter().find(|f| !f["url"].as_str().unwrap().starts_with(&site_url)).expect("the daemon's frame");
+    let shown = framed["text"].as_str().unwrap_or("");
+    assert!(!shown.contains("PlexSync") && !shown.contains("Dead letters"), "the page rendered in a frame: {framed}");
+    let problems = page["problems"].to_string();
+    assert!(problems.contains("frame-ancestors") || problems.contains("X-Frame-Options"), "{problems}");
 }

@@ -21,3 +21,4 @@ mod security;
 mod stash_fidelity;
 mod tls;
 mod untidy_plex;
+mod web_security;
