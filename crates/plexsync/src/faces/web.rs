@@ -88,16 +88,14 @@ pub(crate) fn same_origin(names: &Names, headers: &HeaderMap) -> bool {
 /// setting that fixes it), then adds the security headers to the answer.
 pub(crate) async fn guard(State(names): State<Arc<Names>>, req: Request, next: Next) -> Response {
     let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let mut response = if names.admits_host(host) {
-        next.run(req).await
+    let announced = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let mut response = if !names.admits_host(host) {
+        refused_name(host)
+    } else if announced.is_some_and(|n| n > BODY_LIMIT as u64) {
+        // Refused from the length alone: nothing that large is read.
+        (StatusCode::PAYLOAD_TOO_LARGE, format!("request bodies are limited to {BODY_LIMIT} bytes\n")).into_response()
     } else {
-        let shown: String = host.chars().filter(|c| c.is_ascii_graphic()).take(100).collect();
-        let body = format!(
-            "PlexSync's daemon does not answer to the name {shown:?}: it answers to IP addresses, localhost \
-             and the names in daemonHosts. Reached through a reverse proxy or a LAN name, add that name to \
-             daemonHosts.\n"
-        );
-        (StatusCode::MISDIRECTED_REQUEST, body).into_response()
+        next.run(req).await
     };
     let h = response.headers_mut();
     for (name, value) in [
@@ -109,6 +107,17 @@ pub(crate) async fn guard(State(names): State<Arc<Names>>, req: Request, next: N
         h.insert(name, HeaderValue::from_static(value));
     }
     response
+}
+
+/// 421 for a `Host` the daemon is not reached by, with the fix.
+fn refused_name(host: &str) -> Response {
+    let shown: String = host.chars().filter(|c| c.is_ascii_graphic()).take(100).collect();
+    let body = format!(
+        "PlexSync's daemon does not answer to the name {shown:?}: it answers to IP addresses, localhost \
+         and the names in daemonHosts. Reached through a reverse proxy or a LAN name, add that name to \
+         daemonHosts.\n"
+    );
+    (StatusCode::MISDIRECTED_REQUEST, body).into_response()
 }
 
 #[cfg(test)]

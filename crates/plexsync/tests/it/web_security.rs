@@ -115,6 +115,32 @@ async fn a_rebound_name_is_refused_on_every_route_and_origins_are_judged_by_the_
     }
 }
 
+/// Sends `request` as is on a new connection and reads what comes back
+/// (the server may answer and close before reading it all).
+async fn raw(addr: &str, request: String) -> String {
+    let addr = addr.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = conn.write_all(request.as_bytes());
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        // Up to the end of the status line and headers is enough.
+        while let Ok(n) = conn.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..n]);
+            if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&answer).into_owned()
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_too_big_or_malformed_get_a_clear_4xx_and_the_daemon_goes_on() {
     let bed = Bed::new(5, json!({"reconcileHours": 0})).await;
@@ -123,13 +149,19 @@ async fn requests_too_big_or_malformed_get_a_clear_4xx_and_the_daemon_goes_on() 
     let http = no_redirects();
     let at = |path: &str| format!("{}{path}", daemon.url);
 
-    let big = "x".repeat(1024 * 1024);
-    let r =
-        http.post(at("/actions/sync")).form(&[("key", key.as_str()), ("scene", big.as_str())]).send().await.unwrap();
-    assert_eq!(r.status().as_u16(), 413, "a 1 MB form");
-    let r =
-        http.post(at(&format!("/provider/{secret}/library/metadata/matches"))).body(big.clone()).send().await.unwrap();
-    assert_eq!(r.status().as_u16(), 413, "a 1 MB match call");
+    // 1 MB bodies, announced: refused from the length alone, before the
+    // body is read (a client still sending would see the connection cut).
+    let addr = daemon.url.trim_start_matches("http://").to_string();
+    for (path, kind) in [
+        ("/actions/sync".to_string(), "application/x-www-form-urlencoded"),
+        (format!("/provider/{secret}/library/metadata/matches"), "application/json"),
+    ] {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {kind}\r\nContent-Length: 1048576\r\n\r\nkey={key}&"
+        );
+        let answer = raw(&addr, head).await;
+        assert!(answer.starts_with("HTTP/1.1 413"), "a 1 MB body to {path}: {:?}", answer.lines().next());
+    }
     let r =
         http.post(at(&format!("/provider/{secret}/library/metadata/matches"))).body("{not json").send().await.unwrap();
     assert_eq!(r.status().as_u16(), 400, "a match call that is not JSON");
@@ -140,26 +172,29 @@ async fn requests_too_big_or_malformed_get_a_clear_4xx_and_the_daemon_goes_on() 
         assert!(status.is_client_error(), "{path}: {status}");
     }
 
-    // 10 000 headers, over a raw connection.
-    let addr = daemon.url.trim_start_matches("http://").to_string();
-    let answer = tokio::task::spawn_blocking(move || {
-        let mut conn = std::net::TcpStream::connect(&addr).unwrap();
-        conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut request = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n");
-        for i in 0..10_000 {
-            request.push_str(&format!("X-Filler-{i}: {i}\r\n"));
-        }
-        request.push_str("\r\n");
-        // The server may answer and close before reading it all.
-        let _ = conn.write_all(request.as_bytes());
-        let mut answer = String::new();
-        let _ = conn.read_to_string(&mut answer);
-        answer
-    })
-    .await
-    .unwrap();
+    // 10 000 headers.
+    let mut request = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n");
+    for i in 0..10_000 {
+        request.push_str(&format!("X-Filler-{i}: {i}\r\n"));
+    }
+    request.push_str("\r\n");
+    let answer = raw(&addr, request).await;
     assert!(answer.starts_with("HTTP/1.1 431"), "10 000 headers: {:?}", answer.lines().next());
     let (status, _) = daemon.health().await;
     assert_eq!(status, 200, "the daemon still answers");
     assert!(!daemon.log.lock().unwrap().contains("panicked"));
+
+    // The form key is the process's: a restart makes a new one, and a
+    // page kept open from before can no longer act.
+    let mut daemon = daemon;
+    daemon.terminate();
+    let again = Daemon::start(&bed, "127.0.0.1:0", &[("PLEXSYNC_PROVIDER", "true")]).unwrap();
+    let (new_key, new_secret) = key_and_secret(&again).await;
+    assert_ne!(new_key, key, "the key rotates");
+    assert_eq!(new_secret, secret, "the provider's URL stays (Plex keeps it)");
+    let r = http.post(format!("{}/actions/retry-dead", again.url)).form(&[("key", key.as_str())]).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 403, "the old key");
+    let r =
+        http.post(format!("{}/actions/retry-dead", again.url)).form(&[("key", new_key.as_str())]).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 303, "the new key");
 }
