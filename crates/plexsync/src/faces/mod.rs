@@ -7,7 +7,8 @@
 //! - [`plugin`]: Stash runs it for hooks and tasks, speaking [`protocol`];
 //!   it queues, hands long work to the worker and starts the worker.
 //! - [`daemon`]: the worker for good, with HTTP health, metrics and a
-//!   status page.
+//!   status page; with `provider` on it also serves [`provider`], Plex's
+//!   metadata provider; `web` guards every one of its answers.
 //! - [`context`]: settings, clients and the data folder of one run.
 //! - `demo`: the bundled emulators and a sample library.
 
