@@ -230,6 +230,7 @@ pub fn stop_signal() -> impl std::future::Future<Output = ()> {
 /// with new settings when they change in Stash.
 async fn deliver(sh: &Arc<Shared>, stop: &Arc<AtomicBool>) {
     let mut waiting_said = false;
+    let mut last_raw = None;
     while !stop.load(Ordering::Relaxed) {
         let data_dir = sh.ctx().data_dir.clone();
         let lock = match worker::try_lock(&data_dir) {
@@ -238,6 +239,7 @@ async fn deliver(sh: &Arc<Shared>, stop: &Arc<AtomicBool>) {
                 if !std::mem::replace(&mut waiting_said, true) {
                     tracing::info!("another worker (the plugin's) is delivering this queue; waiting for it");
                 }
+                follow_settings(sh, &mut last_raw).await;
                 worker::nap_unless(stop, LOCK_RETRY).await;
                 continue;
             }
@@ -264,6 +266,22 @@ async fn deliver(sh: &Arc<Shared>, stop: &Arc<AtomicBool>) {
         }
         watcher.abort();
         drop(lock);
+    }
+}
+
+/// While another worker holds the queue, the page and the provider still
+/// follow Stash's settings (a new path mapping, `syncFields`).
+async fn follow_settings(sh: &Shared, last: &mut Option<serde_json::Map<String, Value>>) {
+    match sh.ctx().reload().await {
+        Ok((ctx, raw)) if last.as_ref() != Some(&raw) => {
+            if last.is_some() {
+                tracing::info!("PlexSync's settings changed in Stash; the page and the provider use them");
+            }
+            *last = Some(raw);
+            sh.set_ctx(Arc::new(ctx));
+        }
+        Ok(_) => {}
+        Err(e) => tracing::debug!("settings not read again: {e}"),
     }
 }
 

@@ -11,7 +11,8 @@
 //! Plex sends providers no credentials. So every route lives under a
 //! secret path segment (a capability URL) and anything else is 404; it
 //! only reads; an answer holds nothing Plex would not show (no token, key
-//! or Stash URL: images are served from here); Stash sees at most
+//! or Stash URL: images are served from here, each under a token that
+//! opens that one image, as Plex shows image URLs to its users); Stash sees at most
 //! [`STASH_AT_ONCE`] provider requests at a time, and a scene read is
 //! reused for [`SCENE_CACHE`].
 
@@ -25,7 +26,9 @@ use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::{Json, Router};
+use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{json, Map, Value};
+use sha2::Sha256;
 use url::Url;
 
 use crate::clients::stash::{Image, Scene};
@@ -150,41 +153,71 @@ impl Provider {
     /// path mappings change and every hour; the changes every few seconds.
     pub(crate) async fn keep_fresh(self: Arc<Self>, stop: Arc<std::sync::atomic::AtomicBool>) {
         let mut maps = None;
+        // After a failure, the next try waits longer (up to 5 minutes):
+        // a Stash in trouble is not read in full every half second.
+        let (mut not_before, mut failures) = (Instant::now(), 0u32);
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            if let Some(ctx) = self.ctx() {
-                let stale = {
-                    let index = self.index.read().await;
-                    index.as_ref().and_then(|i| i.built_at).is_none_or(|t| t.elapsed() > REBUILD_EVERY)
-                        || maps.as_ref() != Some(&ctx.settings.path_maps)
-                };
-                if stale {
-                    match SceneIndex::build(&ctx.stash, &ctx.settings.path_maps).await {
-                        Ok(index) => {
-                            tracing::info!("metadata provider: {} Stash scenes indexed by file", index.len());
-                            *self.index.write().await = Some(index);
-                            maps = Some(ctx.settings.path_maps.clone());
-                        }
-                        Err(e) => tracing::warn!("metadata provider: reading Stash's files: {e}"),
+            match self.ctx() {
+                Some(ctx) if Instant::now() >= not_before => {
+                    let outcome = self.keep_fresh_once(&ctx, &mut maps).await;
+                    if let Err(e) = outcome {
+                        failures += 1;
+                        let wait = REFRESH_EVERY.saturating_mul(1 << failures.min(6)).min(Duration::from_secs(300));
+                        tracing::warn!("metadata provider: reading Stash's files: {e}; again in {}s", wait.as_secs());
+                        not_before = Instant::now() + wait;
+                    } else {
+                        failures = 0;
                     }
-                } else if let Err(e) = self.refresh(&ctx, REFRESH_EVERY).await {
-                    tracing::debug!("metadata provider: Stash's changes not read: {e}");
                 }
+                _ => {}
             }
             crate::pipeline::worker::nap_unless(&stop, Duration::from_millis(500)).await;
         }
     }
 
+    /// Reads the whole index when it is missing, old or made with other
+    /// path mappings; otherwise Stash's changes when they are due.
+    async fn keep_fresh_once(
+        &self,
+        ctx: &Context,
+        maps: &mut Option<Vec<crate::config::PathMap>>,
+    ) -> Result<(), Error> {
+        let stale = {
+            let index = self.index.read().await;
+            index.as_ref().and_then(|i| i.built_at).is_none_or(|t| t.elapsed() > REBUILD_EVERY)
+                || maps.as_ref() != Some(&ctx.settings.path_maps)
+        };
+        if stale {
+            let index = SceneIndex::build(&ctx.stash, &ctx.settings.path_maps).await?;
+            tracing::info!("metadata provider: {} Stash scenes indexed by file", index.len());
+            *self.index.write().await = Some(index);
+            *maps = Some(ctx.settings.path_maps.clone());
+            Ok(())
+        } else {
+            self.refresh(ctx, REFRESH_EVERY).await
+        }
+    }
+
     /// Reads Stash's changes into the index unless it did within `gap`.
+    /// Stash is asked without holding the index, so matches go on meanwhile.
     async fn refresh(&self, ctx: &Context, gap: Duration) -> Result<(), Error> {
-        let mut guard = self.index.write().await;
-        let Some(index) = guard.as_mut() else { return Ok(()) };
-        if index.refreshed_at.is_some_and(|t| t.elapsed() < gap) {
-            return Ok(());
+        let since = {
+            let index = self.index.read().await;
+            match index.as_ref() {
+                Some(i) if i.refreshed_at.is_none_or(|t| t.elapsed() >= gap) => i.cursor(),
+                _ => return Ok(()),
+            }
+        };
+        let rows = ctx.stash.file_rows(since.as_deref(), &mut |_, _| {}).await;
+        let mut index = self.index.write().await;
+        let Some(index) = index.as_mut() else { return Ok(()) };
+        // Tried either way: a failing Stash is asked again after `gap`.
+        index.refreshed_at = Some(Instant::now());
+        let rows = rows?;
+        if !rows.is_empty() {
+            tracing::debug!("metadata provider: {} changed scenes read", rows.len());
         }
-        let n = index.refresh(&ctx.stash).await?;
-        if n > 0 {
-            tracing::debug!("metadata provider: {n} changed scenes read");
-        }
+        index.add_rows(rows);
         Ok(())
     }
 
@@ -220,6 +253,7 @@ pub(crate) fn router(provider: Arc<Provider>) -> Router {
         .route("/provider/{secret}", any(root))
         .route("/provider/{secret}/", any(root))
         .route("/provider/{secret}/{*rest}", any(entry))
+        .route("/provider-image/{token}/{*rest}", any(image_entry))
         .with_state(provider)
 }
 
@@ -281,57 +315,108 @@ async fn entry(
         Ok(ctx) => ctx,
         Err(refused) => return *refused,
     };
-    let base = match base_url(&headers, &secret) {
-        Some(base) => base,
-        None => return (StatusCode::BAD_REQUEST, "Host header required\n").into_response(),
+    let Some(base) = origin(&headers) else {
+        return (StatusCode::BAD_REQUEST, "Host header required\n").into_response();
     };
+    let images = Images { origin: &base, secret: &secret };
     let parts: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     let answer = match (&method, parts.as_slice()) {
         (&Method::GET | &Method::HEAD, []) => Ok(Json(manifest()).into_response()),
         (&Method::POST, ["library", "metadata", "matches"]) => {
-            Ok(matches(&p, &ctx, &base, query.as_deref(), &body).await)
+            Ok(matches(&p, &ctx, &images, query.as_deref(), &body).await)
         }
-        (&Method::GET | &Method::HEAD, ["library", "metadata", rk]) => metadata(&p, &ctx, &base, rk).await,
-        (&Method::GET | &Method::HEAD, ["library", "metadata", rk, "images"]) => images(&p, &ctx, &base, rk).await,
+        (&Method::GET | &Method::HEAD, ["library", "metadata", rk]) => metadata(&p, &ctx, &images, rk).await,
+        (&Method::GET | &Method::HEAD, ["library", "metadata", rk, "images"]) => {
+            list_images(&p, &ctx, &images, rk).await
+        }
         (&Method::GET | &Method::HEAD, ["library", "metadata", rk, "extras"]) if is_scene_id(rk) => {
             Ok(Json(container(Vec::new())).into_response())
         }
-        (&Method::GET | &Method::HEAD, ["images", "scene", id]) => image(&p, &ctx, id, None).await,
-        (&Method::GET | &Method::HEAD, ["images", "scene", id, "performer", performer]) => {
-            image(&p, &ctx, id, Some(performer)).await
-        }
         _ => Ok(not_found()),
     };
-    answer.unwrap_or_else(|e| {
+    answer.unwrap_or_else(failed)
+}
+
+/// The answer to a failure: 503 while Stash does not answer, else 500.
+fn failed(e: Error) -> Response {
+    {
         tracing::warn!("metadata provider: {e}");
         match e.class {
             ErrorClass::StashUnavailable | ErrorClass::Auth => unavailable("Stash does not answer; try again"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "the provider failed; PlexSync's log says why\n").into_response(),
         }
-    })
+    }
 }
 
+/// `GET /provider-image/{token}/scene/{id}[/performer/{pid}]`: one image,
+/// its token checked; the root secret is never needed (nor given).
+async fn image_entry(
+    State(p): State<Arc<Provider>>,
+    Path((token, rest)): Path<(String, String)>,
+    method: Method,
+) -> Response {
+    let secret = p.secret.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let (Some(secret), Some(ctx)) = (secret, p.ctx()) else { return unavailable("waiting for Stash") };
+    let parts: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let (id, performer) = match parts.as_slice() {
+        ["scene", id] => (*id, None),
+        ["scene", id, "performer", pid] => (*id, Some(*pid)),
+        _ => return not_found(),
+    };
+    let named = parts.join("/");
+    let good = crate::secret::same(image_token(&secret, &named).as_bytes(), token.as_bytes());
+    if !good || (method != Method::GET && method != Method::HEAD) {
+        return not_found();
+    }
+    image(&p, &ctx, id, performer).await.unwrap_or_else(failed)
+}
+
+/// Builds the URLs of a scene's images as Plex is to fetch them.
+struct Images<'a> {
+    /// `http://<Host>/`, as Plex reached the provider.
+    origin: &'a Url,
+    secret: &'a str,
+}
+
+impl Images<'_> {
+    /// The URL of the image `segments` names (`scene/<id>[/performer/<pid>]`).
+    fn url(&self, segments: &[&str]) -> String {
+        let token = image_token(self.secret, &segments.join("/"));
+        let mut url = self.origin.clone();
+        url.path_segments_mut()
+            .expect("http URLs have a path")
+            .clear()
+            .push("provider-image")
+            .push(&token)
+            .extend(segments);
+        url.to_string()
+    }
+}
+
+/// The token of one image URL: an HMAC of what it names under the
+/// provider's secret. Plex shows image URLs (an actor's photo) to every
+/// user of the server; such a URL opens that image and nothing else.
+fn image_token(secret: &str, named: &str) -> String {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
+    mac.update(b"plexsync provider image\0");
+    mac.update(named.as_bytes());
+    hex::encode(&mac.finalize().into_bytes()[..16])
+}
+
+/// A scene id as Stash writes it: digits without a leading zero, within
+/// SQLite's integers (so `7` and `007` are never two answers).
 fn is_scene_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 19 && s.bytes().all(|b| b.is_ascii_digit())
+    s.bytes().all(|b| b.is_ascii_digit()) && !s.starts_with('0') && s.parse::<i64>().is_ok()
 }
 
-/// The provider's root as Plex reached it (its `Host`), for image URLs
-/// Plex fetches.
-fn base_url(headers: &HeaderMap, secret: &str) -> Option<Url> {
+/// The daemon as Plex reached it (its `Host`, which `web.rs` admitted),
+/// for the image URLs Plex fetches.
+fn origin(headers: &HeaderMap) -> Option<Url> {
     let host = headers.get(header::HOST)?.to_str().ok()?;
     if host.is_empty() || host.contains(['/', '@', '?', '#', '\\']) {
         return None;
     }
-    let mut url = Url::parse(&format!("http://{host}/")).ok()?;
-    url.path_segments_mut().ok()?.extend(["provider", secret]);
-    Some(url)
-}
-
-/// `base` followed by `segments`, each escaped as one segment.
-fn under(base: &Url, segments: &[&str]) -> String {
-    let mut url = base.clone();
-    url.path_segments_mut().expect("http URLs have a path").extend(segments);
-    url.to_string()
+    Url::parse(&format!("http://{host}/")).ok()
 }
 
 fn container(metadata: Vec<Value>) -> Value {
@@ -365,7 +450,7 @@ fn field(body: &Map<String, Value>, query: &[(String, String)], name: &str) -> O
 }
 
 /// `POST …/matches`: the scene that holds the file Plex names.
-async fn matches(p: &Provider, ctx: &Context, base: &Url, query: Option<&str>, body: &[u8]) -> Response {
+async fn matches(p: &Provider, ctx: &Context, images: &Images<'_>, query: Option<&str>, body: &[u8]) -> Response {
     let body: Map<String, Value> = match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => m,
         _ if body.iter().all(u8::is_ascii_whitespace) => Map::new(),
@@ -408,7 +493,7 @@ async fn matches(p: &Provider, ctx: &Context, base: &Url, query: Option<&str>, b
         }
     }
     tracing::debug!("metadata provider: match {:?} (manual: {manual}): {} candidates", q.filename, found.len());
-    let metadata = found.iter().map(|c| candidate_json(c, base)).collect();
+    let metadata = found.iter().map(|c| candidate_json(c, images)).collect();
     Json(container(metadata)).into_response()
 }
 
@@ -416,7 +501,7 @@ async fn find(p: &Provider, q: &Query<'_>) -> Vec<Candidate> {
     p.index.read().await.as_ref().map(|i| i.find(q)).unwrap_or_default()
 }
 
-fn candidate_json(c: &Candidate, base: &Url) -> Value {
+fn candidate_json(c: &Candidate, images: &Images<'_>) -> Value {
     let mut m = json!({
         "ratingKey": c.scene_id,
         "key": format!("/library/metadata/{}", c.scene_id),
@@ -424,7 +509,7 @@ fn candidate_json(c: &Candidate, base: &Url) -> Value {
         "type": "movie",
         "title": c.title,
         "score": c.score,
-        "thumb": under(base, &["images", "scene", &c.scene_id]),
+        "thumb": images.url(&["scene", &c.scene_id]),
     });
     if let Some(year) = c.year {
         m["year"] = json!(year);
@@ -433,28 +518,30 @@ fn candidate_json(c: &Candidate, base: &Url) -> Value {
 }
 
 /// `GET …/library/metadata/{id}`: the scene as push would write it.
-async fn metadata(p: &Provider, ctx: &Context, base: &Url, rk: &str) -> Result<Response, Error> {
+async fn metadata(p: &Provider, ctx: &Context, images: &Images<'_>, rk: &str) -> Result<Response, Error> {
     if !is_scene_id(rk) {
         return Ok(not_found());
     }
     let Some(scene) = p.scene(ctx, rk).await? else { return Ok(not_found()) };
-    Ok(Json(container(vec![item(&scene, &ctx.settings, base)])).into_response())
+    Ok(Json(container(vec![item(&scene, &ctx.settings, images)])).into_response())
 }
 
 /// `GET …/library/metadata/{id}/images`.
-async fn images(p: &Provider, ctx: &Context, base: &Url, rk: &str) -> Result<Response, Error> {
+async fn list_images(p: &Provider, ctx: &Context, images: &Images<'_>, rk: &str) -> Result<Response, Error> {
     if !is_scene_id(rk) {
         return Ok(not_found());
     }
     let Some(scene) = p.scene(ctx, rk).await? else { return Ok(not_found()) };
-    let item = item(&scene, &ctx.settings, base);
-    let images = item.get("Image").cloned().unwrap_or_else(|| json!([]));
-    Ok(Json(json!({"MediaContainer": {"offset": 0, "size": images.as_array().map_or(0, Vec::len), "identifier": IDENTIFIER, "Image": images}})).into_response())
+    let item = item(&scene, &ctx.settings, images);
+    let list = item.get("Image").cloned().unwrap_or_else(|| json!([]));
+    let size = list.as_array().map_or(0, Vec::len);
+    Ok(Json(json!({"MediaContainer": {"offset": 0, "size": size, "identifier": IDENTIFIER, "Image": list}}))
+        .into_response())
 }
 
 /// The provider's item for `scene`: the required fields, then every
 /// owned field of `syncFields` as [`desired`] computes it for push.
-pub(crate) fn item(scene: &Scene, settings: &Settings, base: &Url) -> Value {
+fn item(scene: &Scene, settings: &Settings, images: &Images<'_>) -> Value {
     let id = scene.id.as_str();
     let mut report = desired::Report::default();
     let wanted = desired::desired(scene, settings, &mut report);
@@ -468,7 +555,7 @@ pub(crate) fn item(scene: &Scene, settings: &Settings, base: &Url) -> Value {
         "type": "movie",
         "title": desired::scene_title(scene),
     });
-    let mut images = Vec::new();
+    let mut pictures = Vec::new();
     for d in wanted {
         match d.value {
             Wanted::Scalars(values) => {
@@ -494,8 +581,8 @@ pub(crate) fn item(scene: &Scene, settings: &Settings, base: &Url) -> Value {
                         let mut tag = json!({"tag": t.name});
                         if kind == "actor" {
                             tag["order"] = json!(i + 1);
-                            if let Some(photo) = t.thumb.as_deref().and_then(|u| performer_of(scene, u)) {
-                                tag["thumb"] = json!(under(base, &["images", "scene", id, "performer", photo]));
+                            if let Some(pid) = t.performer.as_deref().filter(|_| t.thumb.is_some()) {
+                                tag["thumb"] = json!(images.url(&["scene", id, "performer", pid]));
                             }
                         }
                         tag
@@ -504,27 +591,22 @@ pub(crate) fn item(scene: &Scene, settings: &Settings, base: &Url) -> Value {
                 m[element] = json!(tags);
             }
             Wanted::Image(Some(_)) => {
-                let url = under(base, &["images", "scene", id]);
+                let url = images.url(&["scene", id]);
                 let (kind, field) =
                     if d.field == Field::Poster { ("coverPoster", "thumb") } else { ("background", "art") };
                 m[field] = json!(url);
-                images.push(json!({"type": kind, "url": url, "alt": m["title"]}));
+                pictures.push(json!({"type": kind, "url": url, "alt": m["title"]}));
             }
             Wanted::Image(None) => {}
         }
     }
-    if !images.is_empty() {
-        m["Image"] = json!(images);
+    if !pictures.is_empty() {
+        m["Image"] = json!(pictures);
     }
     m
 }
 
-/// The id of the scene's performer whose photo is `url`.
-fn performer_of<'a>(scene: &'a Scene, url: &str) -> Option<&'a str> {
-    scene.performers.iter().find(|p| p.image_path.as_deref() == Some(url)).map(|p| p.id.as_str())
-}
-
-/// `GET …/images/scene/{id}[/performer/{pid}]`: the scene's cover or a
+/// An image route: the scene's cover or a
 /// photo of one of its performers, fetched from Stash with PlexSync's
 /// credentials. Only these two: no URL is ever taken from the request.
 async fn image(p: &Provider, ctx: &Context, id: &str, performer: Option<&str>) -> Result<Response, Error> {
@@ -591,6 +673,15 @@ mod tests {
         assert_eq!(scene_in_guid(&format!("{IDENTIFIER}://movie/../x")), None);
         let mut h = HeaderMap::new();
         h.insert(header::HOST, "evil.example/x@y".parse().unwrap());
-        assert!(base_url(&h, "s").is_none(), "a Host header cannot reshape the URL");
+        assert!(origin(&h).is_none(), "a Host header cannot reshape the URL");
+        for (id, ok) in [("7", true), ("007", false), ("0", false), ("99999999999999999999", false), ("", false)] {
+            assert_eq!(is_scene_id(id), ok, "{id:?}");
+        }
+        let base = Url::parse("http://127.0.0.1:9977/").unwrap();
+        let images = Images { origin: &base, secret: "0123456789abcdef" };
+        let url = images.url(&["scene", "7"]);
+        assert!(url.starts_with("http://127.0.0.1:9977/provider-image/") && url.ends_with("/scene/7"), "{url}");
+        assert!(!url.contains("0123456789abcdef"), "the secret never leaves in an image URL");
+        assert_ne!(image_token("0123456789abcdef", "scene/7"), image_token("0123456789abcdef", "scene/8"));
     }
 }

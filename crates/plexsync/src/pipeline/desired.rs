@@ -30,6 +30,10 @@ use crate::pipeline::sanitize;
 pub(crate) struct TagValue {
     pub name: String,
     pub thumb: Option<String>,
+    /// For actors, the Stash performer (the provider serves the photo by
+    /// id). Not part of the value: stored hashes do not change with it.
+    #[serde(skip)]
+    pub performer: Option<String>,
 }
 
 /// The value one field should have.
@@ -87,7 +91,7 @@ pub(crate) fn scene_title(scene: &Scene) -> String {
 }
 
 fn tags(kind: &'static str, names: Vec<String>) -> Value {
-    Value::Tags(kind, names.into_iter().map(|name| TagValue { name, thumb: None }).collect())
+    Value::Tags(kind, names.into_iter().map(|name| TagValue { name, thumb: None, performer: None }).collect())
 }
 
 /// What the sanitizer did to a scene's values: `dropped` values (a warning
@@ -156,15 +160,12 @@ pub(crate) fn desired(scene: &Scene, settings: &Settings, report: &mut Report) -
                 let names = report.note(scene, field, names);
                 let mut list = Vec::new();
                 for name in names {
-                    let photo = settings
-                        .actor_images
-                        .then(|| {
-                            scene
-                                .performers
-                                .iter()
-                                .find(|p| sanitize::one_line(&p.name, sanitize::ONE_LINE_MAX).value == name)
-                        })
-                        .flatten()
+                    let performer = scene
+                        .performers
+                        .iter()
+                        .find(|p| sanitize::one_line(&p.name, sanitize::ONE_LINE_MAX).value == name);
+                    let photo = performer
+                        .filter(|_| settings.actor_images)
                         .and_then(|p| p.image_path.as_deref())
                         .filter(|u| !is_stand_in(u));
                     let thumb = match photo.map(sanitize::url) {
@@ -175,7 +176,7 @@ pub(crate) fn desired(scene: &Scene, settings: &Settings, report: &mut Report) -
                         }
                         None => None,
                     };
-                    list.push(TagValue { name, thumb });
+                    list.push(TagValue { name, thumb, performer: performer.map(|p| p.id.clone()) });
                 }
                 Value::Tags("actor", list)
             }

@@ -23,6 +23,9 @@ use crate::pipeline::matching::{map_path, normalize};
 
 /// Score of a match that explains the whole path Plex sent.
 pub const SURE: u8 = 100;
+/// Under Plex's threshold: shown to a person fixing a match, never taken
+/// by itself.
+const MANUAL_ONLY: u8 = 80;
 /// Plex takes an automatic match above 85 (its own match API) and one
 /// provider reports results under 80 discarded: every automatic answer
 /// scores at least this.
@@ -103,16 +106,11 @@ impl SceneIndex {
         Ok(index)
     }
 
-    /// Reads the scenes changed since the newest one seen (a generous
-    /// overlap: Stash compares times as text in its own offset); returns
-    /// how many were read.
-    pub async fn refresh(&mut self, stash: &StashClient) -> Result<usize, Error> {
-        let since = self.newest.map(|t| superset_cursor(t - chrono::Duration::minutes(2)));
-        let rows = stash.file_rows(since.as_deref(), &mut |_, _| {}).await?;
-        let n = rows.len();
-        self.add_rows(rows);
-        self.refreshed_at = Some(Instant::now());
-        Ok(n)
+    /// The cursor of the next incremental read: the newest `updated_at`
+    /// read, less a generous overlap (Stash compares times as text in its
+    /// own offset), in a form below every later time in any zone.
+    pub(crate) fn cursor(&self) -> Option<String> {
+        self.newest.map(|t| superset_cursor(t - chrono::Duration::minutes(2)))
     }
 
     /// Adds or replaces scenes.
@@ -209,7 +207,14 @@ impl SceneIndex {
         let mut out: Vec<Candidate> = Vec::new();
         // A re-match names the scene it chose before: still its file?
         if let Some(id) = q.scene_id.filter(|id| self.has(id)) {
-            let holds = q.filename.is_none_or(|f| self.by_file(f).iter().any(|c| c.0 == id));
+            // Still the best for the file, and alone there: otherwise the
+            // file went to another scene, and the path decides again.
+            let holds = q.filename.is_none_or(|f| {
+                let found = self.by_file(f);
+                let best = found.first().map(|c| (c.1, c.2));
+                let best_ones: Vec<&str> = found.iter().filter(|c| Some((c.1, c.2)) == best).map(|c| c.0).collect();
+                best_ones == [id]
+            });
             if holds {
                 out.push(self.candidate(id, SURE, "the scene of the earlier match, still holding the file".into()));
                 if !q.manual {
@@ -219,14 +224,25 @@ impl SceneIndex {
         }
         let files = q.filename.map(|f| self.by_file(f)).unwrap_or_default();
         if let Some(&(best_id, tail, fold, parts)) = files.first() {
-            let rivals = files.iter().filter(|c| (c.1, c.2) == (tail, fold)).count();
-            // A name alone is push's "unique file name": taken, but the
-            // lowest automatic score.
+            // On the name alone, a name equal but for case is a rival too.
+            let rivals = files.iter().filter(|c| c.1 == tail && (tail == 1 || c.2 == fold)).count();
+            // A name alone is push's "unique file name": taken, at the
+            // lowest automatic score, only when Plex sent nothing else;
+            // folders that disagree say it is another video (the same name
+            // elsewhere), which a person may still choose.
             let score = match (tail >= parts && parts >= 2, tail >= 2, fold) {
                 (true, _, false) => SURE,
                 (true, _, true) | (false, true, false) => 95,
-                _ => AUTOMATIC,
+                _ if parts == 1 => AUTOMATIC,
+                _ => MANUAL_ONLY,
             };
+            if score == MANUAL_ONLY && !q.manual {
+                tracing::info!(
+                    "provider: {:?} has the name of scene {best_id}'s file in another folder; no automatic match",
+                    q.filename.unwrap_or_default()
+                );
+                return Vec::new();
+            }
             if rivals == 1 && !out.iter().any(|c| c.scene_id == best_id) {
                 let how = if fold { " (ignoring case)" } else { "" };
                 let reason = format!("{tail} of {parts} path components agree{how}");
@@ -319,6 +335,7 @@ mod tests {
         assert_eq!(auto(&i, "/Movies/a/x.mp4"), ["1:100"], "relative to the library's parent");
         assert_eq!(auto(&i, "a/x.mp4"), ["1:100"], "relative to the library root");
         assert_eq!(auto(&i, "C:\\Media\\Movies\\a\\x.mp4"), ["1:95"], "another head, Windows separators");
+        assert!(auto(&i, "/Movies/elsewhere/x.mp4").is_empty(), "the name in another folder is another video");
         assert_eq!(auto(&i, "x.mp4"), ["1:90"], "the name alone, unique");
         assert_eq!(auto(&i, "/media/Movies/a/x%2Emp4"), ["1:100"], "percent-encoded");
         assert_eq!(auto(&i, "/Movies/Café.MP4"), ["4:100"], "NFC and NFD are one name");
@@ -350,5 +367,9 @@ mod tests {
         let found = i.find(&q);
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].scene_id, "9", "the file moved to another scene");
+        // Another scene holding the exact path outranks the name alone.
+        i.add_rows(vec![row("1", "One", &["/data/Other/x.mp4"])]);
+        let q = Query { filename: Some("/Movies/a/x.mp4"), scene_id: Some("1"), ..Default::default() };
+        assert_eq!(i.find(&q).iter().map(|c| c.scene_id.as_str()).collect::<Vec<_>>(), ["9"]);
     }
 }

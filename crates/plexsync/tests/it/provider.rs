@@ -322,7 +322,9 @@ async fn the_provider_answers_only_under_its_secret_and_shows_nothing_secret() {
         bed.stash.url().host_str().unwrap().to_string() + ":" + &bed.stash.url().port().unwrap().to_string();
     for (status, body) in &answers {
         assert_eq!(*status, 200, "{body}");
-        for secret in [PLEX_TOKEN, token, bed.session().as_str(), stash_host.as_str(), bed.lib.stash_prefix.as_str()] {
+        // Nor the provider's own secret: Plex shows image URLs to its users.
+        let session = bed.session();
+        for secret in [PLEX_TOKEN, token, &session, &stash_host, &bed.lib.stash_prefix, &secret] {
             assert!(!body.contains(secret), "an answer shows {secret:?}: {body}");
         }
     }
@@ -335,7 +337,19 @@ async fn the_provider_answers_only_under_its_secret_and_shows_nothing_secret() {
     );
     let item: Value = serde_json::from_str(&answers[2].1).unwrap();
     let poster = item["MediaContainer"]["Metadata"][0]["Image"][0]["url"].as_str().unwrap().to_string();
-    assert!(poster.starts_with(&root), "images come from the provider: {poster}");
+    let images = format!("{}/provider-image/", daemon.url);
+    assert!(poster.starts_with(&images) && poster.ends_with(&format!("/scene/{id}")), "from the provider: {poster}");
+    // Its token opens that one image: not another scene's, not the rest.
+    let other = bed.scenes_in_plex()[1];
+    for tampered in
+        [poster.replace(&format!("/scene/{id}"), &format!("/scene/{other}")), format!("{poster}/performer/1")]
+    {
+        let (status, _) = get(tampered.clone()).await;
+        assert_eq!(status, 404, "{tampered}");
+    }
+    let token = poster.trim_start_matches(&images).split('/').next().unwrap().to_string();
+    let (status, _) = get(format!("{}/provider/{token}/library/metadata/{id}", daemon.url)).await;
+    assert_eq!(status, 404, "an image token is not the provider's secret");
     let bytes = http.get(&poster).send().await.unwrap().bytes().await.unwrap();
     assert_eq!(
         bytes.to_vec(),
