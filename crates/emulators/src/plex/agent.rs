@@ -107,8 +107,7 @@ fn match_body(state: &PlexState, item: &Item, provider: &Provider, manual: bool)
         Some(l) if !state.provider_full_paths => file[l.trim_end_matches('/').len()..].to_string(),
         _ => file.clone(),
     };
-    let stem = file.rsplit('/').next().unwrap_or(&file);
-    let stem = stem.rsplit_once('.').map_or(stem, |(s, _)| s);
+    let stem = super::state::file_stem(&file);
     let mut body = json!({
         "type": 1,
         "title": item.field("title").unwrap_or(stem),

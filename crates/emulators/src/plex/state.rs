@@ -274,7 +274,8 @@ pub fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
-fn file_stem(path: &str) -> &str {
+/// The file name of `path` without its extension (Plex's title before any agent).
+pub(crate) fn file_stem(path: &str) -> &str {
     let name = path.rsplit(['/', '\\']).next().unwrap_or(path);
     name.rsplit_once('.').map(|(stem, _)| stem).unwrap_or(name)
 }

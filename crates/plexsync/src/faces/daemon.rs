@@ -87,8 +87,7 @@ impl Shared {
     /// The provider's URL, once Stash answered and the secret is known.
     fn provider_url(&self, ctx: &Context) -> Option<Result<url::Url, Error>> {
         self.provider.as_ref()?;
-        let secret = open_queue(&ctx.data_dir).and_then(|store| provider::secret(&store, &ctx.settings));
-        Some(secret.and_then(|s| provider::root_url(&self.listen, &s)))
+        Some(open_queue(&ctx.data_dir).and_then(|store| provider::url(&store, &ctx.settings, &self.listen)))
     }
 
     /// The context of the running worker (set before it starts).
@@ -239,7 +238,9 @@ async fn deliver(sh: &Arc<Shared>, stop: &Arc<AtomicBool>) {
                 if !std::mem::replace(&mut waiting_said, true) {
                     tracing::info!("another worker (the plugin's) is delivering this queue; waiting for it");
                 }
-                follow_settings(sh, &mut last_raw).await;
+                // The page and the provider follow Stash's settings even
+                // while another worker holds the queue.
+                reread_settings(sh, &mut last_raw).await;
                 worker::nap_unless(stop, LOCK_RETRY).await;
                 continue;
             }
@@ -269,19 +270,28 @@ async fn deliver(sh: &Arc<Shared>, stop: &Arc<AtomicBool>) {
     }
 }
 
-/// While another worker holds the queue, the page and the provider still
-/// follow Stash's settings (a new path mapping, `syncFields`).
-async fn follow_settings(sh: &Shared, last: &mut Option<serde_json::Map<String, Value>>) {
+/// Reads Stash's side of the settings again; when they changed since
+/// `last` (the first read only records them), puts the new ones in place
+/// and returns true.
+async fn reread_settings(sh: &Shared, last: &mut Option<serde_json::Map<String, Value>>) -> bool {
     match sh.ctx().reload().await {
-        Ok((ctx, raw)) if last.as_ref() != Some(&raw) => {
-            if last.is_some() {
-                tracing::info!("PlexSync's settings changed in Stash; the page and the provider use them");
+        Ok((ctx, raw)) if last.as_ref().is_some_and(|l| *l != raw) => {
+            tracing::info!("PlexSync's settings changed in Stash; using the new ones");
+            for w in &ctx.warnings {
+                tracing::warn!("setting: {w}");
             }
             *last = Some(raw);
             sh.set_ctx(Arc::new(ctx));
+            true
         }
-        Ok(_) => {}
-        Err(e) => tracing::debug!("settings not read again: {e}"),
+        Ok((_, raw)) => {
+            *last = Some(raw);
+            false
+        }
+        Err(e) => {
+            tracing::debug!("settings not read again: {e}");
+            false
+        }
     }
 }
 
@@ -295,17 +305,8 @@ async fn watch_settings(sh: Arc<Shared>, stop: Arc<AtomicBool>, cycle: Arc<Atomi
     while !stop.load(Ordering::Relaxed) {
         if tokio::time::Instant::now() >= next_read {
             next_read += every;
-            match sh.ctx().reload().await {
-                Ok((ctx, raw)) if last.as_ref().is_some_and(|l| *l != raw) => {
-                    tracing::info!("PlexSync's settings changed in Stash; delivering with the new ones");
-                    for w in &ctx.warnings {
-                        tracing::warn!("setting: {w}");
-                    }
-                    sh.set_ctx(Arc::new(ctx));
-                    break;
-                }
-                Ok((_, raw)) => last = Some(raw),
-                Err(e) => tracing::debug!("settings not read again: {e}"),
+            if reread_settings(&sh, &mut last).await {
+                break;
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -182,8 +182,7 @@ pub(crate) fn hand_to_worker(store: &Store, op: &Operation) -> Option<Result<Str
 /// when the daemon has not run yet).
 fn provider_url(ctx: &Context) -> Result<Value, Error> {
     let settings = &ctx.settings;
-    let secret = crate::faces::provider::secret(&ctx.store()?, settings)?;
-    let url = crate::faces::provider::root_url(&settings.daemon.listen, &secret)?;
+    let url = crate::faces::provider::url(&ctx.store()?, settings, &settings.daemon.listen)?;
     let mut notes = vec!["Plex: Settings → Metadata Agents → Add Provider, then paste the URL".to_string()];
     if !settings.daemon.provider {
         notes.push("the daemon serves it once the setting provider is on (PLEXSYNC_PROVIDER=true)".into());

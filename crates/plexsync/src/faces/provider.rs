@@ -122,9 +122,14 @@ pub(crate) fn secret(store: &Store, settings: &Settings) -> Result<String, Error
     Ok(made)
 }
 
+/// The URL to paste into Plex for a daemon listening on `listen`.
+pub(crate) fn url(store: &Store, settings: &Settings, listen: &str) -> Result<Url, Error> {
+    root_url(listen, &secret(store, settings)?)
+}
+
 /// The URL to paste into Plex: the daemon's address and the secret. An
 /// address that listens on every interface is named as this machine.
-pub(crate) fn root_url(listen: &str, secret: &str) -> Result<Url, Error> {
+fn root_url(listen: &str, secret: &str) -> Result<Url, Error> {
     let addr: std::net::SocketAddr = listen
         .parse()
         .map_err(|e| Error::new(ErrorClass::Config, format!("daemonListen {listen:?} is not an address: {e}")))?;
@@ -221,6 +226,15 @@ impl Provider {
         Ok(())
     }
 
+    /// One of the [`STASH_AT_ONCE`] turns at Stash, waited for at most
+    /// [`STASH_WAIT`].
+    async fn stash_slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Error> {
+        let waited = tokio::time::timeout(STASH_WAIT, self.stash_slots.acquire()).await;
+        let slot = waited
+            .map_err(|_| Error::new(ErrorClass::StashUnavailable, "too many provider requests wait for Stash"))?;
+        Ok(slot.expect("never closed"))
+    }
+
     /// The scene, read from Stash at most every [`SCENE_CACHE`], by at
     /// most [`STASH_AT_ONCE`] requests at a time.
     async fn scene(&self, ctx: &Context, id: &str) -> Result<Option<Arc<Scene>>, Error> {
@@ -231,10 +245,7 @@ impl Provider {
         if let Some(scene) = cached(&self.scenes) {
             return Ok(scene);
         }
-        let _slot = tokio::time::timeout(STASH_WAIT, self.stash_slots.acquire())
-            .await
-            .map_err(|_| Error::new(ErrorClass::StashUnavailable, "too many provider requests wait for Stash"))?
-            .expect("never closed");
+        let _slot = self.stash_slot().await?;
         // Another request may have read it while this one waited.
         if let Some(scene) = cached(&self.scenes) {
             return Ok(scene);
@@ -619,10 +630,7 @@ async fn image(p: &Provider, ctx: &Context, id: &str, performer: Option<&str>) -
         Some(pid) => scene.performers.iter().find(|p| p.id == pid).and_then(|p| p.image_path.clone()),
     };
     let Some(url) = url.filter(|u| !u.is_empty()) else { return Ok(not_found()) };
-    let _slot = tokio::time::timeout(STASH_WAIT, p.stash_slots.acquire())
-        .await
-        .map_err(|_| Error::new(ErrorClass::StashUnavailable, "too many provider requests wait for Stash"))?
-        .expect("never closed");
+    let _slot = p.stash_slot().await?;
     match ctx.stash.image(&url, MAX_IMAGE_BYTES, None).await? {
         Image::Fetched { bytes, .. } => {
             let kind = image_type(&bytes);

@@ -36,7 +36,12 @@ pub(crate) struct Names {
 
 impl Names {
     pub(crate) fn new(extra: &[String], port: u16) -> Self {
-        Self { extra: extra.iter().map(|n| n.trim().trim_end_matches('.').to_lowercase()).collect(), port }
+        Self { extra: extra.iter().map(|n| name(n.trim())).collect(), port }
+    }
+
+    /// Whether `domain` is one of `daemonHosts`.
+    fn listed(&self, domain: &str) -> bool {
+        self.extra.contains(&name(domain))
     }
 
     /// Whether `host` (a `Host` header or an origin's host, with or without
@@ -45,10 +50,7 @@ impl Names {
     fn admits(&self, host: &Host<&str>) -> bool {
         match host {
             Host::Ipv4(_) | Host::Ipv6(_) => true,
-            Host::Domain(d) => {
-                let d = d.trim_end_matches('.').to_lowercase();
-                d == "localhost" || self.extra.contains(&d)
-            }
+            Host::Domain(d) => name(d) == "localhost" || self.listed(d),
         }
     }
 
@@ -68,9 +70,14 @@ impl Names {
     pub(crate) fn admits_origin(&self, origin: &str) -> bool {
         let Ok(url) = Url::parse(origin) else { return false };
         let Some(host) = url.host() else { return false };
-        let proxied = matches!(host, Host::Domain(d) if self.extra.contains(&d.trim_end_matches('.').to_lowercase()));
+        let proxied = matches!(host, Host::Domain(d) if self.listed(d));
         self.admits(&host) && (proxied || url.port_or_known_default() == Some(self.port))
     }
+}
+
+/// A DNS name as compared: lower case, without the root's final dot.
+fn name(domain: &str) -> String {
+    domain.trim_end_matches('.').to_lowercase()
 }
 
 /// A browser's own request, judged by the headers it adds: another

@@ -90,7 +90,7 @@ pub(crate) fn normalize(path: &str, fold_case: bool) -> String {
 
 /// Decodes `%XX` sequences when the result is valid UTF-8 and differs
 /// (paths that went through a URL somewhere).
-fn percent_decoded(path: &str) -> Option<String> {
+pub(crate) fn percent_decoded(path: &str) -> Option<String> {
     if !path.contains('%') {
         return None;
     }

@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use crate::clients::stash::{superset_cursor, FileRow, StashClient};
 use crate::config::PathMap;
 use crate::error::Error;
-use crate::pipeline::matching::{map_path, normalize};
+use crate::pipeline::matching::{map_path, normalize, percent_decoded};
 
 /// Score of a match that explains the whole path Plex sent.
 pub const SURE: u8 = 100;
@@ -163,11 +163,7 @@ impl SceneIndex {
     /// trailing components agree and whether case had to be ignored.
     fn by_file(&self, filename: &str) -> Vec<(&str, usize, bool, usize)> {
         let given = normalize(filename, false);
-        let decoded = given
-            .contains('%')
-            .then(|| percent_encoding::percent_decode_str(&given).decode_utf8().ok().map(|d| normalize(&d, false)))
-            .flatten()
-            .filter(|d| *d != given);
+        let decoded = percent_decoded(&given).map(|d| normalize(&d, false)).filter(|d| *d != given);
         let forms: Vec<String> = std::iter::once(given).chain(decoded).collect();
         let mut found = Vec::new();
         for form in &forms {
@@ -205,24 +201,20 @@ impl SceneIndex {
 
     fn ranked(&self, q: &Query<'_>) -> Vec<Candidate> {
         let mut out: Vec<Candidate> = Vec::new();
+        let files = q.filename.map(|f| self.by_file(f)).unwrap_or_default();
         // A re-match names the scene it chose before: still its file?
         if let Some(id) = q.scene_id.filter(|id| self.has(id)) {
             // Still the best for the file, and alone there: otherwise the
             // file went to another scene, and the path decides again.
-            let holds = q.filename.is_none_or(|f| {
-                let found = self.by_file(f);
-                let best = found.first().map(|c| (c.1, c.2));
-                let best_ones: Vec<&str> = found.iter().filter(|c| Some((c.1, c.2)) == best).map(|c| c.0).collect();
-                best_ones == [id]
-            });
-            if holds {
+            let best = files.first().map(|c| (c.1, c.2));
+            let best_ones: Vec<&str> = files.iter().filter(|c| Some((c.1, c.2)) == best).map(|c| c.0).collect();
+            if q.filename.is_none() || best_ones == [id] {
                 out.push(self.candidate(id, SURE, "the scene of the earlier match, still holding the file".into()));
                 if !q.manual {
                     return out;
                 }
             }
         }
-        let files = q.filename.map(|f| self.by_file(f)).unwrap_or_default();
         if let Some(&(best_id, tail, fold, parts)) = files.first() {
             // On the name alone, a name equal but for case is a rival too.
             let rivals = files.iter().filter(|c| c.1 == tail && (tail == 1 || c.2 == fold)).count();

@@ -127,9 +127,7 @@ async fn a_daemon_started_before_stash_answers_503_with_the_reason_and_still_sto
 async fn the_pages_buttons_act_only_from_the_page_itself() {
     let bed = Bed::new(10, json!({"reconcileHours": 0})).await;
     let daemon = Daemon::start(&bed, "127.0.0.1:0", &[]).unwrap();
-    let (_, page) = daemon.get("/", None).await;
-    let key =
-        page.split("name=\"key\" value=\"").nth(1).and_then(|r| r.split('"').next()).expect("a form key").to_string();
+    let key = daemon.form_key(None).await;
     let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let post = |action: &str, form: Vec<(&str, String)>, headers: Vec<(&str, String)>| {
         let mut req = client.post(format!("{}/actions/{action}", daemon.url)).form(&form);

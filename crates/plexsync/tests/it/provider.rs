@@ -32,20 +32,12 @@ fn unscanned(bed: &Bed) -> usize {
     })
 }
 
-/// The provider's URL as the daemon's page shows it.
-async fn provider_url(daemon: &Daemon, token: Option<&str>) -> String {
-    let (status, page) = daemon.get("/", token).await;
-    assert_eq!(status, 200, "{page}");
-    let url = page.split("Metadata provider").nth(1).and_then(|r| r.split("<pre class=\"trace\">").nth(1));
-    url.and_then(|r| r.split("</pre>").next()).expect("the page shows the provider's URL").to_string()
-}
-
 /// A daemon serving the provider, registered in Plex as section 1's agent.
 async fn registered(bed: &Bed, env: &[(&str, &str)]) -> (Daemon, String) {
     let mut all = vec![("PLEXSYNC_PROVIDER", "true")];
     all.extend_from_slice(env);
     let daemon = Daemon::start(bed, "127.0.0.1:0", &all).unwrap();
-    let url = provider_url(&daemon, None).await;
+    let url = daemon.provider_url(None).await;
     eventually(Duration::from_secs(20), "the provider indexed Stash's files", || {
         daemon.log.lock().unwrap().contains("Stash scenes indexed by file")
     })
@@ -250,7 +242,7 @@ async fn the_provider_answers_only_under_its_secret_and_shows_nothing_secret() {
         Daemon::start(&bed, "0.0.0.0:0", &[("PLEXSYNC_PROVIDER", "true"), ("PLEXSYNC_DAEMON_TOKEN", token)]).unwrap();
     let port = daemon.url.rsplit(':').next().unwrap().to_string();
     daemon.url = format!("http://127.0.0.1:{port}");
-    let shown = provider_url(&daemon, Some(token)).await;
+    let shown = daemon.provider_url(Some(token)).await;
     let secret = shown.rsplit('/').next().unwrap().to_string();
     assert!(
         shown.starts_with("http://this-machine:"),

@@ -22,12 +22,8 @@ fn no_redirects() -> reqwest::Client {
 
 /// The page's form key and the provider's secret, as the page shows them.
 async fn key_and_secret(daemon: &Daemon) -> (String, String) {
-    let (status, page) = daemon.get("/", None).await;
-    assert_eq!(status, 200);
-    let key = page.split("name=\"key\" value=\"").nth(1).and_then(|r| r.split('"').next()).unwrap().to_string();
-    let url = page.split("Metadata provider").nth(1).and_then(|r| r.split("<pre class=\"trace\">").nth(1)).unwrap();
-    let secret = url.split("</pre>").next().unwrap().rsplit('/').next().unwrap().to_string();
-    (key, secret)
+    let url = daemon.provider_url(None).await;
+    (daemon.form_key(None).await, url.rsplit('/').next().unwrap().to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -63,6 +63,27 @@ impl Daemon {
         (resp.status().as_u16(), resp.text().await.unwrap())
     }
 
+    /// The status page (with `token` when the daemon needs one).
+    pub async fn page(&self, token: Option<&str>) -> String {
+        let (status, page) = self.get("/", token).await;
+        assert_eq!(status, 200, "{page}");
+        page
+    }
+
+    /// The key every form of the page carries.
+    pub async fn form_key(&self, token: Option<&str>) -> String {
+        let page = self.page(token).await;
+        let key = page.split("name=\"key\" value=\"").nth(1).and_then(|r| r.split('"').next());
+        key.expect("a form key").to_string()
+    }
+
+    /// The metadata provider's URL, as the page shows it.
+    pub async fn provider_url(&self, token: Option<&str>) -> String {
+        let page = self.page(token).await;
+        let url = page.split("Metadata provider").nth(1).and_then(|r| r.split("<pre class=\"trace\">").nth(1));
+        url.and_then(|r| r.split("</pre>").next()).expect("the page shows the provider's URL").to_string()
+    }
+
     pub async fn health(&self) -> (u16, Value) {
         let (status, body) = self.get("/healthz", None).await;
         (status, serde_json::from_str(&body).unwrap_or(Value::Null))
