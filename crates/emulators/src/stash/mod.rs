@@ -225,7 +225,11 @@ impl StashEmulator {
         }
         let ids = loaded.iter().map(|p| p.id.clone()).collect();
         *self.shared.config_dir.lock() = config_dir.to_path_buf();
-        self.shared.plugins.lock().extend(loaded);
+        // Stash reloads plugins after an install or update: a plugin loaded
+        // again replaces the one with its id.
+        let mut plugins = self.shared.plugins.lock();
+        plugins.retain(|p| !loaded.iter().any(|l| l.id == p.id));
+        plugins.extend(loaded);
         Ok(ids)
     }
 

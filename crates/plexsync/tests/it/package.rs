@@ -1,22 +1,33 @@
-//! The packaged plugin, installed from its plugin source the way Stash's
-//! package manager does it, started through its manifest and launcher, and
-//! syncing a scene end to end. Needs `scripts/package` first, so it is
-//! ignored by default; `scripts/verify-package` runs it:
+//! The packaged plugin, installed from its published plugin source the way
+//! Stash's package manager does it, started through its manifest and
+//! launcher, and syncing a scene end to end; then updated from the next
+//! published version. Needs the package built and published, so it is
+//! ignored by default; `scripts/verify-package` makes both and runs it:
 //!
-//!     scripts/package && cargo test -p plexsync --test it package:: -- --ignored
+//!     scripts/verify-package    (target/site-1: this version; target/site-2: the next)
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::daemon::Daemon;
 use crate::common::{eventually, Bed};
+use emulators::package::{installed, upgradable, HttpSource, Site};
 use emulators::StashAuth;
 use serde_json::json;
 
+/// A published site `scripts/verify-package` made: `var`, or `default`
+/// under the workspace.
+fn site(var: &str, default: &str) -> PathBuf {
+    let dir = std::env::var(var).unwrap_or_else(|_| default.into());
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(dir);
+    assert!(dir.join("index.yml").exists(), "run scripts/verify-package first: {} has no index.yml", dir.display());
+    dir
+}
+
+/// The index of the published site of this version.
 fn index() -> PathBuf {
-    let dist = std::env::var("PLEXSYNC_DIST").unwrap_or_else(|_| "dist".into());
-    let index = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(dist).join("index.yml");
-    assert!(index.exists(), "run scripts/package first: {} is missing", index.display());
-    index
+    site("PLEXSYNC_SITE", "target/site-1").join("index.yml")
 }
 
 #[tokio::test]
@@ -99,22 +110,46 @@ async fn the_static_binary_answers_a_hook_and_delivers_from_an_empty_root() {
 }
 
 /// The arm64 build under qemu-user: `--version` names its target, and a
-/// hook and the worker deliver a scene. (Without binfmt_misc, a foreign
-/// binary cannot start another one, so the worker is started first, under
-/// qemu too, and the hook finds it running.)
+/// hook and the worker deliver a scene.
 #[tokio::test]
 #[ignore = "needs scripts/package and qemu-user-static"]
 async fn the_arm64_binary_delivers_under_qemu() {
+    delivers_under_qemu("aarch64-unknown-linux-musl", &["qemu-aarch64-static"]).await;
+}
+
+/// The 32-bit ARM builds (standard library built from source): armv7 for
+/// most 32-bit boards and NAS boxes, armv6 for the Raspberry Pi Zero and 1,
+/// run on an ARM1176 CPU so no ARMv7 instruction can slip in.
+#[tokio::test]
+#[ignore = "needs scripts/package and qemu-user-static"]
+async fn the_armv7_binary_delivers_under_qemu() {
+    delivers_under_qemu("armv7-unknown-linux-musleabihf", &["qemu-arm-static", "-cpu", "cortex-a7"]).await;
+}
+
+#[tokio::test]
+#[ignore = "needs scripts/package and qemu-user-static"]
+async fn the_armv6_binary_delivers_under_qemu() {
+    delivers_under_qemu("arm-unknown-linux-musleabihf", &["qemu-arm-static", "-cpu", "arm1176"]).await;
+}
+
+/// `--version` under `qemu` names `target`; a hook and the worker deliver.
+/// (Without binfmt_misc, a foreign binary cannot start another one, so the
+/// worker is started first, under qemu too, and the hook finds it running.)
+async fn delivers_under_qemu(target: &str, qemu: &[&str]) {
     let bed = packaged_bed(json!({"retryScale": 0.02})).await;
-    let binary = bed.plugin_dir.join("bin/aarch64-unknown-linux-musl/plexsync");
-    let qemu = "qemu-aarch64-static";
-    let version = std::process::Command::new(qemu).arg(&binary).arg("--version").output().unwrap();
+    let binary = bed.plugin_dir.join(format!("bin/{target}/plexsync"));
+    let command = || {
+        let mut c = tokio::process::Command::new(qemu[0]);
+        c.args(&qemu[1..]).arg(&binary);
+        c
+    };
+    let version = command().arg("--version").output().await.unwrap();
     let version = String::from_utf8_lossy(&version.stdout).to_string();
-    assert!(version.contains("aarch64-unknown-linux-musl"), "{version}");
+    assert!(version.contains(target), "{version}");
+    assert!(version.contains(env!("CARGO_PKG_VERSION")), "{version}");
 
     let data_dir = bed.data_dir();
-    let mut worker = tokio::process::Command::new(qemu)
-        .arg(&binary)
+    let mut worker = command()
         .args(["worker", "--plugin", "--data-dir"])
         .arg(&data_dir)
         .env("PLEXSYNC_STASH_URL", bed.stash.url().as_str())
@@ -128,13 +163,15 @@ async fn the_arm64_binary_delivers_under_qemu() {
     .await;
 
     let ids = bed.scenes_in_plex();
-    bed.stash.update_scene(ids[1], |s| s.title = Some("From Arm64".into()));
+    let title = format!("From {target}");
+    bed.stash.update_scene(ids[1], |s| s.title = Some(title.clone()));
     let input = bed.stash.hook_input("PlexSync", "Scene.Update.Post", ids[1], &["title"]).unwrap();
-    let exec = [qemu.to_string(), binary.to_str().unwrap().to_string(), "plugin".to_string()];
+    let mut exec: Vec<String> = qemu.iter().map(|s| s.to_string()).collect();
+    exec.extend([binary.to_str().unwrap().to_string(), "plugin".to_string()]);
     let hook = run(&exec, &input).await;
-    assert!(!hook.failed(), "the arm64 hook answered: {hook:?}");
-    eventually(Duration::from_secs(60), "delivered by the arm64 worker", || {
-        bed.item_of(ids[1]).field("title") == Some("From Arm64")
+    assert!(!hook.failed(), "the {target} hook answered: {hook:?}");
+    eventually(Duration::from_secs(60), "delivered by the emulated worker", || {
+        bed.item_of(ids[1]).field("title") == Some(title.as_str())
     })
     .await;
     worker.kill().await.unwrap();
@@ -203,4 +240,162 @@ fn the_launcher_names_a_machine_it_has_no_binary_for() {
     let error = answer["error"].as_str().unwrap();
     assert!(error.contains("no binary for this machine"), "{error}");
     assert!(error.contains(&folder.path().display().to_string()), "names where it looked: {error}");
+}
+
+/// The update path: the next version, published to the same site from a
+/// later commit, is offered by Stash's "Check for updates" and installed
+/// over the first; a scene the first version queued while Plex was down is
+/// delivered by the second, and the first version's zip stays reachable
+/// (a Stash that read the index before the deploy still gets its zip).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs scripts/verify-package (two published versions)"]
+async fn the_next_published_version_is_offered_installed_and_delivers_what_the_first_queued() {
+    let (first, second) = (site("PLEXSYNC_SITE", "target/site-1"), site("PLEXSYNC_NEXT_SITE", "target/site-2"));
+    let site = Site::start(first).await.unwrap();
+    let source = Arc::new(HttpSource::new(site.url().join("index.yml").unwrap()));
+    let (handle, from) = (tokio::runtime::Handle::current(), Arc::clone(&source));
+    let install = move |config: &Path| {
+        let plugins = config.join("plugins");
+        tokio::task::block_in_place(|| handle.block_on(from.install("PlexSync", &plugins))).unwrap()
+    };
+    let settings = json!({"retryScale": 0.02, "workerIdleSecs": 2});
+    let bed = Bed::installed_by(8, settings, StashAuth::login(None), Default::default(), install).await;
+    let plugins = bed.dir.path().join("plugins");
+    let old = installed(&plugins, "PlexSync").unwrap();
+    assert_eq!(binary_version(&bed.plugin_dir), old.version, "the binary says the index's version");
+    assert!(!upgradable(&old, &source.list().await.unwrap()[0]), "no update offered before one is published");
+
+    // The first version queues an edit while Plex is down for its backup.
+    bed.plex.go_down();
+    let ids = bed.scenes_in_plex();
+    assert!(bed.stash.edit_scene(ids[0], &["title"], |s| s.title = Some("Queued By The First".into())).await);
+    let run = bed.stash.hook_runs().last().expect("the hook ran").run.clone();
+    assert!(!run.failed(), "{run:?}");
+    assert_eq!(bed.queue().stats().unwrap().pending, 1, "waiting in the queue");
+    // The update comes with a restart: the first version's processes end.
+    end_processes_under(&bed.plugin_dir);
+
+    site.deploy(second);
+    let offered = source.list().await.unwrap().remove(0);
+    assert!(upgradable(&old, &offered), "Check for updates offers {} over {}", offered.date, old.date);
+    assert_ne!(offered.version, old.version);
+    let old_zip = site.url().join(&format!("PlexSync-{}.zip", old.version)).unwrap();
+    assert!(reqwest::get(old_zip).await.unwrap().status().is_success(), "the previous zip is still served");
+    let folder = source.install("PlexSync", &plugins).await.unwrap();
+    assert_eq!(folder, bed.plugin_dir);
+    bed.stash.install_plugins(bed.dir.path(), &folder).unwrap();
+    let new = installed(&plugins, "PlexSync").unwrap();
+    assert_eq!(new.version, offered.version);
+    assert_eq!(binary_version(&folder), new.version, "the update replaced the binary");
+    assert!(!upgradable(&new, &source.list().await.unwrap()[0]), "nothing more to offer");
+
+    bed.plex.come_up();
+    assert!(bed.stash.edit_scene(ids[1], &["title"], |s| s.title = Some("Sent By The Second".into())).await);
+    eventually(Duration::from_secs(60), "both edits delivered by the second version", || {
+        bed.item_of(ids[0]).field("title") == Some("Queued By The First")
+            && bed.item_of(ids[1]).field("title") == Some("Sent By The Second")
+    })
+    .await;
+    let health = bed.task("health_check").await;
+    let reported = health.output.as_ref().map(|o| o.to_string()).unwrap_or_default();
+    assert!(reported.contains(&new.version), "the Health check reports {}: {health:?}", new.version);
+}
+
+/// The version the installed x86_64 binary prints.
+fn binary_version(folder: &Path) -> String {
+    let binary = folder.join("bin/x86_64-unknown-linux-musl/plexsync");
+    let out = std::process::Command::new(&binary).arg("--version").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.split_whitespace().nth(1).unwrap_or_default().to_string()
+}
+
+/// Ends every process started from `folder` and waits until none is left.
+fn end_processes_under(folder: &Path) {
+    end_processes_with(&folder.to_string_lossy());
+}
+
+/// Ends every process whose command line (arguments joined by spaces)
+/// contains `needle`, and waits until none is left.
+fn end_processes_with(needle: &str) {
+    let matching = || -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+        entries
+            .flatten()
+            .filter(|e| {
+                let line = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                String::from_utf8_lossy(&line).replace('\0', " ").contains(needle)
+            })
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .collect()
+    };
+    let started = std::time::Instant::now();
+    loop {
+        let pids = matching();
+        if pids.is_empty() {
+            return;
+        }
+        let _ = std::process::Command::new("kill").arg("-KILL").args(&pids).status();
+        assert!(started.elapsed() < Duration::from_secs(10), "processes with {needle} outlived SIGKILL");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The container image `scripts/image` built from the package: a
+/// `FROM scratch` image whose entrypoint is the daemon, whose version is
+/// the package's; `/plexsync --version` and the daemon run in it (buildah's
+/// chroot isolation, the host's network) and deliver a queued edit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs scripts/verify-package (the image) and buildah"]
+async fn the_image_runs_the_daemon_against_the_emulators() {
+    let image = format!("{}-amd64", std::env::var("PLEXSYNC_IMAGE").unwrap_or_else(|_| "localhost/plexsync:ci".into()));
+    let inspect = buildah(&["inspect", "--type", "image", &image]);
+    let config: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    let config = &config["OCIv1"]["config"];
+    assert_eq!(config["Entrypoint"], json!(["/plexsync", "daemon", "--listen", "0.0.0.0:9977"]));
+    assert_eq!(config["Labels"]["org.opencontainers.image.version"], env!("CARGO_PKG_VERSION"));
+    assert!(config["Env"].to_string().contains("PLEXSYNC_DATA_DIR=/data"), "{config}");
+
+    let container = Container(buildah(&["from", "--quiet", &image]).trim().to_string());
+    let version = buildah(&["run", &container.0, "--", "/plexsync", "--version"]);
+    assert!(version.contains(env!("CARGO_PKG_VERSION")) && version.contains("x86_64-unknown-linux-musl"), "{version}");
+
+    let bed = Bed::new(6, json!({"retryScale": 0.02})).await;
+    std::fs::create_dir_all(bed.data_dir()).unwrap();
+    let mut command = std::process::Command::new("buildah");
+    command
+        .args(["run", "--volume", &format!("{}:/data", bed.data_dir().display())])
+        .args(["--env", &format!("PLEXSYNC_STASH_URL={}", bed.stash.url())])
+        .args(["--env", &format!("PLEXSYNC_STASH_SESSION={}", bed.session())])
+        .args([&container.0, "--", "/plexsync", "daemon", "--listen", "127.0.0.1:0"]);
+    let daemon = Daemon::spawn(command).expect("the daemon started in the image");
+    let (status, _) = daemon.get("/healthz", None).await;
+    assert_eq!(status, 200);
+
+    let ids = bed.scenes_in_plex();
+    assert!(!bed.edit_hook(ids[0], "Delivered From The Image").await.failed());
+    eventually(Duration::from_secs(30), "the daemon in the image delivered", || {
+        bed.item_of(ids[0]).field("summary") == Some("Delivered From The Image")
+    })
+    .await;
+    let log = daemon.log.lock().unwrap().clone();
+    assert!(log.contains("fields written to Plex item"), "the image's daemon, not a plugin worker, delivered: {log}");
+    drop(daemon);
+    // Killing buildah can leave the process it ran behind.
+    end_processes_with("/plexsync daemon --listen 127.0.0.1:0");
+}
+
+/// A working container, removed when the test ends.
+struct Container(String);
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("buildah").args(["rm", &self.0]).output();
+    }
+}
+
+/// buildah's stdout; panics with its stderr when it fails.
+fn buildah(args: &[&str]) -> String {
+    let out = std::process::Command::new("buildah").args(args).output().expect("buildah is installed");
+    assert!(out.status.success(), "buildah {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).to_string()
 }

@@ -21,14 +21,19 @@ impl Daemon {
     /// answered it (it listens before that, answering 503); an error with
     /// its log when it exited first.
     pub fn start(bed: &Bed, listen: &str, env: &[(&str, &str)]) -> Result<Self, String> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_plexsync"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_plexsync"));
+        command
             .args(["--data-dir", bed.data_dir().to_str().unwrap(), "daemon", "--listen", listen])
             .env("PLEXSYNC_STASH_URL", bed.stash.url().as_str())
             .env("PLEXSYNC_STASH_SESSION", bed.session())
-            .envs(env.iter().copied())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .envs(env.iter().copied());
+        Self::spawn(command)
+    }
+
+    /// Starts a daemon however `command` runs it (in a container, say),
+    /// reading its log from stderr, as [`Daemon::start`].
+    pub fn spawn(mut command: Command) -> Result<Self, String> {
+        let mut child = command.stderr(Stdio::piped()).spawn().map_err(|e| e.to_string())?;
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let lines = BufReader::new(child.stderr.take().unwrap());
