@@ -1,10 +1,12 @@
 // PlexSync's part of Stash's UI: a badge with the scene's Plex state on
 // the scene page (with "Sync now" and "Explain") and on scene cards.
 //
-// Stash loads this file through the manifest's `ui.javascript` and gives it
-// `window.PluginApi`. Every answer comes from PlexSync's queue database
-// through `runPluginOperation` (mode `scene_status`): no Plex request, so a
-// page of cards costs one short plugin run, not one per card.
+// Stash (v0.28.0 or later for the scene page's panel) loads this file
+// through the manifest's `ui.javascript` and gives it `window.PluginApi`;
+// there is no global React. Every answer comes from PlexSync's queue
+// database through `runPluginOperation` (mode `scene_status`): no Plex
+// request, so a page of cards costs a few short plugin runs, not one per
+// card.
 (function () {
   "use strict";
   const api = window.PluginApi;
@@ -13,10 +15,20 @@
   }
   const React = api.React;
   const h = React.createElement;
-  const PLUGIN_ID = "PlexSync";
+  // The plugin id is the manifest's file name, and Stash serves this script
+  // at `<base>/plugin/<id>/javascript`: read it from there, so a renamed
+  // manifest still reaches its own plugin.
+  const PLUGIN_ID = (function () {
+    const src = document.currentScript && document.currentScript.src;
+    const found = src && /\/plugin\/([^/]+)\/javascript$/.exec(new URL(src).pathname);
+    return found ? decodeURIComponent(found[1]) : "PlexSync";
+  })();
   // A card asks again at most this often (ms); the page asks on each visit.
   const FRESH_FOR = 15000;
   const BATCH_WAIT = 40;
+  // The plugin answers at most 500 scenes a run; Stash shows up to 1000
+  // cards a page (more with a custom page size).
+  const BATCH_MAX = 250;
 
   const OPERATION =
     "mutation PlexSyncOperation($plugin_id: ID!, $args: Map) {" +
@@ -60,23 +72,35 @@
     }
   }
 
+  // Sends the waiting ids in runs the plugin accepts, one after another;
+  // each run's badges are drawn as soon as it answers.
   async function flush() {
     const ids = Array.from(waiting);
     waiting = new Set();
     timer = null;
-    let answer;
-    try {
-      const out = await operation({ mode: "scene_status", scene_ids: ids });
-      answer = (id) => {
-        const found = out && out.scenes ? out.scenes.find((s) => s.scene_id === id) : null;
-        const down = out ? out.plex_down_since : null;
-        return { state: found, now: out ? out.now : Date.now(), down: down, at: Date.now() };
-      };
-    } catch (e) {
-      answer = () => ({ error: String(e.message || e), at: Date.now() });
+    for (let i = 0; i < ids.length; i += BATCH_MAX) {
+      const part = ids.slice(i, i + BATCH_MAX);
+      let answer;
+      try {
+        const out = expect(await operation({ mode: "scene_status", scene_ids: part }), "scenes");
+        const byId = new Map(out.scenes.map((s) => [s.scene_id, s]));
+        answer = (id) => ({ state: byId.get(id), now: out.now, down: out.plex_down_since, at: Date.now() });
+      } catch (e) {
+        answer = () => ({ error: String(e.message || e), at: Date.now() });
+      }
+      part.forEach((id) => cache.set(id, answer(id)));
+      notify();
     }
-    ids.forEach((id) => cache.set(id, answer(id)));
-    notify();
+  }
+
+  // PlexSync answers an object; anything else (another program's text, an
+  // empty answer) is an error to show, never "not synced".
+  function expect(out, list) {
+    const ok = out && typeof out === "object" && (!list || Array.isArray(out[list]));
+    if (!ok) {
+      throw new Error("the plugin's answer is not PlexSync's: " + JSON.stringify(out).slice(0, 160));
+    }
+    return out;
   }
 
   function useSceneState(id) {
@@ -141,6 +165,8 @@
   }
 
   // The scene page's panel: the badge, what it means, and the two actions.
+  // It is keyed by the scene: stepping to the next scene of a queue keeps
+  // Stash's page mounted, and must not carry this scene's state over.
   function Panel(props) {
     const id = props.id;
     const entry = useSceneState(id);
@@ -148,23 +174,30 @@
     const [busy, setBusy] = React.useState(false);
     const [message, setMessage] = React.useState(null);
     const [trace, setTrace] = React.useState(null);
+    const mounted = React.useRef(true);
+    React.useEffect(() => () => (mounted.current = false), []);
 
     async function act(args, then) {
       setBusy(true);
       setMessage(null);
+      let out, failed;
       try {
-        then(await operation(args));
+        out = expect(await operation(args));
       } catch (e) {
-        setMessage(String(e.message || e));
+        failed = String(e.message || e);
       }
+      // An answer that arrives after a step to another scene is dropped.
+      if (!mounted.current) return;
+      if (failed !== undefined) setMessage(failed);
+      else then(out);
       setBusy(false);
     }
     const syncNow = () =>
       act({ mode: "sync_scene", scene_id: id }, (out) => {
-        setMessage(out && out.message);
+        setMessage(out.message);
         // The answer carries the scene's new state; ask again once the
         // worker has had time to deliver it.
-        if (out && out.scene) {
+        if (out.scene) {
           cache.set(id, { state: out.scene, now: out.now, at: Date.now() });
           notify();
         }
@@ -173,7 +206,7 @@
     const explain = () =>
       act({ mode: "explain", scene_id: id }, (out) => {
         // The trace ends with the decision line.
-        setTrace(((out && out.trace) || []).join("\n"));
+        setTrace((out.trace || []).join("\n"));
       });
 
     return h(
@@ -188,22 +221,39 @@
     );
   }
 
-  // React calls a component with (props, context); `after` adds the result.
+  // The scene the page shows: its props' scene or, when another plugin's
+  // `before` passed on only `{children}` (as Stash's example does), the
+  // page's address under Stash's base URL (`<base>scenes/<id>`).
+  function pageSceneId(props) {
+    if (props && props.scene && props.scene.id != null) return String(props.scene.id);
+    const base = new URL(document.baseURI).pathname;
+    const path = window.location.pathname;
+    const found = path.startsWith(base) && /^scenes\/(\d+)\/?$/.exec(path.slice(base.length));
+    return found ? found[1] : null;
+  }
+
+  // React calls a component with (props, context); `after` gets the result
+  // last.
   function lastOf(args) {
     return args[args.length - 1];
   }
 
-  // Renders `Part` for the scene after what Stash's `component` renders.
-  function addAfter(component, Part) {
-    api.patch.after(component, function () {
-      const props = arguments[0];
-      const result = lastOf(arguments);
-      const scene = props && props.scene;
-      if (!scene || !scene.id) return result;
-      return h(React.Fragment, null, result, h(Part, { id: String(scene.id), key: "plexsync" }));
-    });
-  }
+  // The panel at the top of the scene page's tab content: its own row under
+  // the tab links, whichever tab is open.
+  api.patch.after("ScenePage.TabContent", function () {
+    const result = lastOf(arguments);
+    const id = pageSceneId(arguments[0]);
+    if (!id) return result;
+    return h(React.Fragment, null, h(Panel, { id, key: "plexsync-" + id }), result);
+  });
 
-  addAfter("ScenePage.Tabs", Panel);
-  addAfter("SceneCard.Overlays", Badge);
+  // A card's badge, among its overlays (inside `.video-section`).
+  api.patch.after("SceneCard.Overlays", function () {
+    const props = arguments[0];
+    const result = lastOf(arguments);
+    const scene = props && props.scene;
+    if (!scene || scene.id == null) return result;
+    const id = String(scene.id);
+    return h(React.Fragment, null, result, h(Badge, { id, key: "plexsync-" + id }));
+  });
 })();

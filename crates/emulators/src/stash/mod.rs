@@ -273,7 +273,8 @@ impl StashEmulator {
         self.shared.requests.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The page `GET /` serves, where Stash serves its UI: a test puts a
+    /// The page Stash's UI is, served at `/` and at every address without
+    /// an extension (`/scenes/42`), with Stash's page headers: a test puts a
     /// page there that loads plugins' UI files from `/plugin/{id}/…` the
     /// way Stash's UI does, so their requests are same-origin as in Stash.
     pub fn set_ui_page(&self, html: &str) {
@@ -499,6 +500,9 @@ fn router(shared: Arc<Shared>) -> Router {
             }),
         )
         .route("/", get(ui_page))
+        // Stash serves its single-page UI at every address without an
+        // extension (`/scenes/42`), so a reload of a scene page works.
+        .fallback(get(ui_page_at))
         .route("/plugin/{id}/javascript", get(plugin_javascript))
         .route("/plugin/{id}/css", get(plugin_css))
         .route("/scene/{id}/screenshot", get(scene_cover))
@@ -527,8 +531,51 @@ fn refused_by_stash_schema(_document: &str) -> Option<Response> {
     None
 }
 
-async fn ui_page(State(sh): State<Arc<Shared>>) -> Html<String> {
-    Html(sh.ui_page.lock().clone())
+/// The UI page with the headers Stash sends with it
+/// (internal/api/server.go `setPageSecurityHeaders`): its content security
+/// policy, extended by each plugin's `ui.csp` and remote `ui` files, and
+/// `Referrer-Policy: same-origin`. A script the policy refuses fails here
+/// as in Stash.
+async fn ui_page(State(sh): State<Arc<Shared>>) -> Response {
+    let csp = page_csp(&sh.plugins.lock());
+    let headers = [
+        (header::CONTENT_SECURITY_POLICY, csp),
+        (header::REFERRER_POLICY, "same-origin".to_string()),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_string()),
+    ];
+    (headers, Html(sh.ui_page.lock().clone())).into_response()
+}
+
+async fn ui_page_at(state: State<Arc<Shared>>, uri: axum::http::Uri) -> Response {
+    let last = uri.path().rsplit('/').next().unwrap_or("");
+    if last.contains('.') {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    ui_page(state).await
+}
+
+/// Stash's page policy with no Handy key, plus what plugins add.
+fn page_csp(plugins: &[plugin::Plugin]) -> String {
+    let mut connect = vec!["data:", "'self'", "ws:", "wss:"];
+    let mut script =
+        vec!["'self'", "http://www.gstatic.com", "https://www.gstatic.com", "'unsafe-inline'", "'unsafe-eval'"];
+    let mut style = vec!["'self'", "'unsafe-inline'"];
+    for p in plugins {
+        let ui = &p.manifest.ui;
+        connect.extend(ui.csp.connect_src.iter().map(String::as_str));
+        script.extend(ui.csp.script_src.iter().map(String::as_str));
+        style.extend(ui.csp.style_src.iter().map(String::as_str));
+        let remote = |f: &&String| f.starts_with("http://") || f.starts_with("https://");
+        script.extend(ui.javascript.iter().filter(remote).map(String::as_str));
+        style.extend(ui.css.iter().filter(remote).map(String::as_str));
+    }
+    format!(
+        "default-src data: 'self' 'unsafe-inline'; connect-src {}; img-src data: *; script-src {}; style-src {}; \
+         media-src blob: 'self'; worker-src blob:; child-src 'none'; object-src 'none'; form-action 'self';",
+        connect.join(" "),
+        script.join(" "),
+        style.join(" ")
+    )
 }
 
 async fn plugin_javascript(State(sh): State<Arc<Shared>>, UrlPath(id): UrlPath<String>) -> Response {

@@ -845,8 +845,57 @@ impl QueryRoot {
         }
     }
 
+    /// The loaded plugins and where their UI files are
+    /// (internal/api/resolver_model_plugin.go): the manifest's remote
+    /// files, then Stash's own address for its local ones. Stash's UI loads
+    /// plugin scripts from these (PluginsLoader).
+    async fn plugins(&self, ctx: &Context<'_>) -> Option<Vec<PluginView>> {
+        let sh = shared(ctx);
+        let plugins = sh.plugins.lock();
+        Some(plugins.iter().map(|p| plugin_view(p, &sh.base_url)).collect())
+    }
+
     async fn version(&self) -> Version {
         Version { version: Some("v0.28.1".into()), hash: "emulator".into(), build_time: "2026-01-01 00:00:00".into() }
+    }
+}
+
+#[derive(SimpleObject)]
+#[graphql(name = "PluginPaths")]
+pub struct PluginPathsView {
+    javascript: Option<Vec<String>>,
+    css: Option<Vec<String>>,
+}
+
+#[derive(SimpleObject)]
+#[graphql(name = "Plugin")]
+pub struct PluginView {
+    id: ID,
+    name: String,
+    enabled: bool,
+    requires: Option<Vec<ID>>,
+    paths: PluginPathsView,
+}
+
+fn plugin_view(plugin: &crate::plugin::Plugin, base: &url::Url) -> PluginView {
+    let ui = &plugin.manifest.ui;
+    let paths = |files: &[String], kind: &str| {
+        if files.is_empty() {
+            return None;
+        }
+        let remote = |f: &&String| f.starts_with("http://") || f.starts_with("https://");
+        let mut list: Vec<String> = files.iter().filter(remote).cloned().collect();
+        if files.iter().any(|f| !remote(&f)) {
+            list.push(base.join(&format!("plugin/{}/{kind}", plugin.id)).map(String::from).unwrap_or_default());
+        }
+        Some(list)
+    };
+    PluginView {
+        id: ID(plugin.id.clone()),
+        name: plugin.manifest.name.clone(),
+        enabled: true,
+        requires: Some(ui.requires.iter().cloned().map(ID).collect()),
+        paths: PluginPathsView { javascript: paths(&ui.javascript, "javascript"), css: paths(&ui.css, "css") },
     }
 }
 
@@ -1225,10 +1274,13 @@ impl MutationRoot {
 
     /// pkg/plugin `RunPlugin`: runs the plugin now, as the person asking,
     /// and answers its `output`; its `error` (or a failed exit) is the
-    /// GraphQL error.
+    /// GraphQL error. An unknown plugin id gets Stash's panic message.
     async fn run_plugin_operation(&self, ctx: &Context<'_>, plugin_id: ID, args: Option<Map>) -> Result<Option<Any>> {
         let sh = shared(ctx);
-        let plugin = sh.plugin(plugin_id.as_str()).ok_or_else(|| format!("plugin {} not found", plugin_id.as_str()))?;
+        // Stash dereferences the missing plugin and its recover handler
+        // answers the panic (pkg/plugin/plugins.go, internal/api/server.go).
+        let unknown = "Internal system error. Error <runtime error: invalid memory address or nil pointer dereference>";
+        let plugin = sh.plugin(plugin_id.as_str()).ok_or(unknown)?;
         let args = args.map(|a| a.0).filter(Value::is_object).unwrap_or_else(|| Value::Object(Default::default()));
         let run = super::run_operation(sh, &plugin, None, request_auth(ctx), args).await?;
         if let Some(error) = run.error {

@@ -453,3 +453,49 @@ async fn images_carry_an_etag_answer_if_none_match_with_304_and_default_to_an_sv
     .await;
     assert!(!body["data"]["performerUpdate"]["image_path"].as_str().unwrap().contains("default"));
 }
+
+/// What Stash's UI relies on: the page at any address without an extension
+/// with Stash's content security policy (a plugin's `ui.csp` added), where
+/// each plugin's files are (`plugins { paths }`), and Stash's answer to an
+/// operation of a plugin it does not have.
+#[tokio::test]
+async fn the_ui_page_plugin_paths_and_an_unknown_plugin_are_answered_as_stash_does() {
+    let config = tempdir().join("ui");
+    let manifest = "name: Ui\nexec: [run.sh]\ninterface: raw\nui:\n  javascript: [ui.js, https://cdn.example/x.js]\n  csp:\n    connect-src: [https://api.example]\n";
+    let folder = plugin_folder(&config, "Ui", manifest, ECHO);
+    std::fs::write(folder.join("ui.js"), "1").unwrap();
+    let stash = start(1).await;
+    stash.install_plugins(&config, &folder).unwrap();
+    stash.set_ui_page("<!doctype html><title>Stash</title>");
+
+    let client = Client::new();
+    for path in ["", "scenes/42", "scenes/42?qfp"] {
+        let page = client.get(stash.url().join(path).unwrap()).header("ApiKey", KEY).send().await.unwrap();
+        assert_eq!(page.status(), StatusCode::OK, "{path}");
+        let csp = page.headers()["content-security-policy"].to_str().unwrap().to_string();
+        assert!(
+            csp.starts_with(
+                "default-src data: 'self' 'unsafe-inline'; connect-src data: 'self' ws: wss: https://api.example;"
+            ),
+            "{csp}"
+        );
+        assert!(csp.contains("script-src 'self' http://www.gstatic.com https://www.gstatic.com 'unsafe-inline' 'unsafe-eval' https://cdn.example/x.js;"), "{csp}");
+        assert_eq!(page.headers()["referrer-policy"], "same-origin");
+        assert!(page.text().await.unwrap().contains("<title>Stash</title>"));
+    }
+    let missing = client.get(stash.url().join("x.js").unwrap()).header("ApiKey", KEY).send().await.unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND, "a file name is not the page");
+
+    let plugins = gql(&stash, "{ plugins { id enabled paths { javascript css } } }", json!({})).await;
+    let ui = &plugins["data"]["plugins"][0];
+    assert_eq!(ui["id"], "Ui");
+    let local = stash.url().join("plugin/Ui/javascript").unwrap().to_string();
+    assert_eq!(ui["paths"]["javascript"], json!(["https://cdn.example/x.js", local]));
+    assert_eq!(ui["paths"]["css"], Value::Null);
+
+    let operation = "mutation($id: ID!) { runPluginOperation(plugin_id: $id, args: {}) }";
+    let unknown = gql(&stash, operation, json!({"id": "Missing"})).await;
+    let message = unknown["errors"][0]["message"].as_str().unwrap();
+    assert!(message.starts_with("Internal system error. Error <runtime error"), "{unknown}");
+    assert_eq!(unknown["data"]["runPluginOperation"], Value::Null);
+}

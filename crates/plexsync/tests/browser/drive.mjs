@@ -1,9 +1,14 @@
 // Loads a page in headless Chromium, follows a list of steps, and prints
 // what a person would see: {"text": the page's visible text, "html": its
-// DOM, "frames": its frames' addresses and text, "problems": errors seen}.
+// DOM, "frames": its frames' addresses and text, "boxes": where `box:`
+// steps found their elements, "problems": errors seen}.
 // Used by crates/plexsync/tests/it/browser.rs.
 //
-//   node drive.mjs <url> [wait:<css>] [click:<css>] [fill:<css>=<text>] [gone:<css>] [shot:<png>] ...
+//   node drive.mjs <url> [wait:<css>] [click:<css>] [fill:<css>=<text>] [gone:<css>] [none:<css>]
+//                        [box:<css>] [shot:<png>] ...
+//
+// `none` fails when anything matches now; `box` records the first match's
+// bounding box (page coordinates) under `boxes[<css>]`, null when none.
 //
 // CHROMIUM names the browser (default /usr/bin/chromium); SESSION_COOKIE
 // (`name=value`) is set for the page's origin first.
@@ -33,6 +38,7 @@ if (process.env.SESSION_COOKIE) {
 }
 const page = await context.newPage();
 const problems = [];
+const boxes = {};
 page.on("pageerror", (e) => problems.push("page error: " + e.message));
 page.on("console", (m) => {
   // Failed loads are reported below, with their address.
@@ -53,6 +59,11 @@ try {
       const eq = arg.lastIndexOf("=");
       await page.fill(arg.slice(0, eq), arg.slice(eq + 1), { timeout: 15000 });
     }
+    else if (verb === "none") {
+      const found = await page.locator(arg).count();
+      if (found) throw new Error(found + " element(s) match " + arg);
+    }
+    else if (verb === "box") boxes[arg] = await page.locator(arg).first().boundingBox({ timeout: 15000 }).catch(() => null);
     else if (verb === "shot") await page.screenshot({ path: arg, fullPage: true });
     else throw new Error("unknown step " + step);
   }
@@ -66,7 +77,7 @@ try {
       text: await f.evaluate(() => (document.body ? document.body.innerText : "")).catch((e) => "unreadable: " + e),
     })),
   );
-  console.log(JSON.stringify({ text, html, problems, frames }));
+  console.log(JSON.stringify({ text, html, problems, frames, boxes }));
 } catch (e) {
   const text = await page.evaluate(() => document.body.innerText).catch(() => "");
   console.error(String(e) + "\n--- page text ---\n" + text + "\n--- problems ---\n" + problems.join("\n"));

@@ -45,9 +45,16 @@ fn screenshot(name: &str) -> String {
 /// What the page shows after `steps` (see `tests/browser/drive.mjs`):
 /// its visible text and its DOM.
 async fn drive(url: &str, steps: &[String], cookie: Option<&str>) -> (String, String) {
+    let page = drive_clean(url, steps, cookie).await;
+    (page["text"].as_str().unwrap().to_string(), page["html"].as_str().unwrap().to_string())
+}
+
+/// Everything `drive.mjs` reports, after checking the page had no error
+/// (a script error, a refused policy, a failed request).
+async fn drive_clean(url: &str, steps: &[String], cookie: Option<&str>) -> Value {
     let page = drive_raw(url, steps, cookie).await;
     assert_eq!(page["problems"], json!([]), "errors on the page {url}");
-    (page["text"].as_str().unwrap().to_string(), page["html"].as_str().unwrap().to_string())
+    page
 }
 
 /// Everything `drive.mjs` reports, errors on the page included.
@@ -149,31 +156,38 @@ async fn the_stash_ui_badge_shows_synced_waiting_dead_and_unsynced_scenes() {
     })
     .await;
 
-    let scenes: Vec<Value> = [synced, waiting, dead, unsynced]
-        .iter()
-        .map(|id| json!({"id": id.to_string(), "title": format!("Scene {id}")}))
-        .collect();
-    let page = std::fs::read_to_string(browser_dir().join("stash-ui.html")).unwrap();
-    let umd = |path: &str| std::fs::read_to_string(browser_dir().join("node_modules").join(path)).unwrap();
-    let page = page
-        .replace("/*REACT*/", &umd("react/umd/react.production.min.js"))
-        .replace("/*REACT_DOM*/", &umd("react-dom/umd/react-dom.production.min.js"))
-        .replace("/*SCENES*/", &serde_json::to_string(&scenes).unwrap());
-    bed.stash.set_ui_page(&page);
-    let cookie = format!("session={}", bed.session());
-    let url = bed.stash.url().to_string();
+    let mut scenes = scene_list(&[synced, waiting, dead, unsynced]);
+    scenes[0]["resume_time"] = json!(30.0);
+    scenes[0]["duration"] = json!(100.0);
+    let cookie = stash_ui(&bed, &scenes);
+    let url = bed.stash.url().join(&format!("scenes/{synced}")).unwrap().to_string();
 
     let card = |id: u64, state: &str| format!("#card-{id} .plexsync-badge[data-plexsync-state={state}]");
+    let (badge, bar) = (format!("#card-{synced} .plexsync-badge"), format!("#card-{synced} .progress-bar"));
     let shot = screenshot("stash-ui-badges");
     let steps = [
         format!("wait:{}", card(synced, "synced")),
         format!("wait:{}", card(waiting, "waiting")),
         format!("wait:{}", card(dead, "dead")),
         format!("wait:{}", card(unsynced, "unknown")),
-        "wait:#scene-page .plexsync-panel .plexsync-synced".to_string(),
+        // Its own row at the top of the tab content, not in the tab strip.
+        "wait:#scene-page .tab-content > .plexsync-panel .plexsync-synced".to_string(),
+        "none:#scene-page .nav-tabs .plexsync-panel".to_string(),
+        format!("box:{badge}"),
+        format!("box:{bar}"),
+        "box:#scene-page .nav-tabs".to_string(),
+        "box:#scene-page .plexsync-panel".to_string(),
         format!("shot:{shot}"),
     ];
-    let (text, html) = drive(&url, &steps, Some(&cookie)).await;
+    let page = drive_clean(&url, &steps, Some(&cookie)).await;
+    let (text, html) = (page["text"].as_str().unwrap().to_string(), page["html"].as_str().unwrap().to_string());
+    let bottom = |b: &Value| b["y"].as_f64().unwrap() + b["height"].as_f64().unwrap();
+    let boxes = &page["boxes"];
+    assert!(bottom(&boxes[&badge]) <= boxes[&bar]["y"].as_f64().unwrap(), "the badge clears the resume bar: {boxes}");
+    assert!(
+        bottom(&boxes["#scene-page .nav-tabs"]) <= boxes["#scene-page .plexsync-panel"]["y"].as_f64().unwrap(),
+        "the panel is below the tab links: {boxes}"
+    );
     let item = bed.item_of(synced).rating_key;
     assert!(text.contains(&format!("ago to item {item}")), "the page says which item: {text}");
     let badge = |id: u64| {
@@ -201,6 +215,110 @@ async fn the_stash_ui_badge_shows_synced_waiting_dead_and_unsynced_scenes() {
     eventually(Duration::from_secs(20), "Sync now delivered", || !bed.queue().is_pending(&synced.to_string()).unwrap())
         .await;
     assert_eq!(bed.stash.hook_runs().len(), runs, "the UI ran operations, no hook");
+}
+
+/// The scenes the harness page shows, as `{id, title}`.
+fn scene_list(ids: &[u64]) -> Vec<Value> {
+    ids.iter().map(|id| json!({"id": id.to_string(), "title": format!("Scene {id}")})).collect()
+}
+
+/// Puts the harness page (`tests/browser/stash-ui.html`) with `scenes` in
+/// the bed's Stash; returns a logged-in person's cookie for the browser.
+fn stash_ui(bed: &Bed, scenes: &[Value]) -> String {
+    let page = std::fs::read_to_string(browser_dir().join("stash-ui.html")).unwrap();
+    let umd = |path: &str| std::fs::read_to_string(browser_dir().join("node_modules").join(path)).unwrap();
+    let page = page
+        .replace("/*REACT*/", &umd("react/umd/react.production.min.js"))
+        .replace("/*REACT_DOM*/", &umd("react-dom/umd/react-dom.production.min.js"))
+        .replace("/*SCENES*/", &serde_json::to_string(scenes).unwrap());
+    bed.stash.set_ui_page(&page);
+    format!("session={}", bed.session())
+}
+
+/// Stash keeps the scene page mounted when a person steps to the next scene
+/// of a queue: the panel follows the new scene and leaves the old one's
+/// trace behind. Beside a plugin whose `before` passes only `{children}`
+/// on (Stash's example does), the panel finds its scene in the address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scene_panel_follows_a_step_to_the_next_scene_and_another_plugins_before() {
+    if !browser_ready() {
+        return;
+    }
+    let bed = Bed::new(6, json!({"retryScale": 0.02})).await;
+    let ids = bed.scenes_in_plex();
+    let (synced, next) = (ids[0], ids[1]);
+    assert!(!bed.edit_hook(synced, "Synced").await.failed());
+    eventually(Duration::from_secs(20), "delivered", || bed.item_of(synced).field("summary") == Some("Synced")).await;
+    let cookie = stash_ui(&bed, &scene_list(&[synced, next]));
+    let page = |query: &str| bed.stash.url().join(&format!("scenes/{synced}{query}")).unwrap().to_string();
+    let panel = |id: u64| format!("#scene-page .plexsync-panel[data-plexsync-scene=\"{id}\"]");
+
+    let shot = screenshot("stash-ui-next-scene");
+    let steps = [
+        format!("wait:{} .plexsync-synced", panel(synced)),
+        "click:#scene-page button:has-text('Explain')".to_string(),
+        "wait:#scene-page .plexsync-trace".to_string(),
+        "click:#queue-next".to_string(),
+        format!("wait:{} [data-plexsync-state=unknown]", panel(next)),
+        "none:#scene-page .plexsync-trace".to_string(),
+        format!("none:{}", panel(synced)),
+        format!("shot:{shot}"),
+    ];
+    let (text, _) = drive(&page(""), &steps, Some(&cookie)).await;
+    assert!(!text.contains("decision:"), "the first scene's trace is gone: {text}");
+
+    let steps = [format!("wait:{} .plexsync-synced", panel(synced))];
+    let (text, _) = drive(&page("?before=children"), &steps, Some(&cookie)).await;
+    let item = bed.item_of(synced).rating_key;
+    assert!(text.contains(&format!("ago to item {item}")), "{text}");
+}
+
+/// Stash shows up to 1000 cards a page; the plugin answers 500 scenes a
+/// run. Every card gets its badge, none an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_1000_cards_gets_a_badge_on_every_card() {
+    if !browser_ready() {
+        return;
+    }
+    let bed = Bed::new(6, json!({"retryScale": 0.02})).await;
+    let synced = bed.scenes_in_plex()[0];
+    assert!(!bed.edit_hook(synced, "Synced").await.failed());
+    eventually(Duration::from_secs(20), "delivered", || bed.item_of(synced).field("summary") == Some("Synced")).await;
+    let ids: Vec<u64> = std::iter::once(synced).chain(100_000..100_999).collect();
+    let cookie = stash_ui(&bed, &scene_list(&ids));
+    let last = ids[ids.len() - 1];
+    let steps = [
+        format!("wait:#card-{last} .plexsync-badge[data-plexsync-state=unknown]"),
+        format!("wait:#card-{synced} .plexsync-badge[data-plexsync-state=synced]"),
+        "none:.plexsync-badge[data-plexsync-state=error]".to_string(),
+        "none:.plexsync-badge[data-plexsync-state=pending]".to_string(),
+    ];
+    let (_, html) = drive(bed.stash.url().as_str(), &steps, Some(&cookie)).await;
+    assert_eq!(html.matches("class=\"plexsync-badge").count(), 1000, "a badge on every card");
+}
+
+/// A plugin answer that is not PlexSync's JSON (another program in the
+/// plugin's place, a broken install) shows as an error on the badge, never
+/// as "Not synced".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_is_not_plexsyncs_shows_as_an_error() {
+    if !browser_ready() {
+        return;
+    }
+    let install = |config: &Path| {
+        let folder = crate::common::install_files(config);
+        std::fs::remove_file(folder.join("plexsync")).unwrap();
+        std::fs::write(folder.join("plexsync"), "#!/bin/sh\ncat >/dev/null\necho 'not what you expected'\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(folder.join("plexsync"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        folder
+    };
+    let bed = Bed::installed_by(4, json!({}), emulators::StashAuth::login(None), Default::default(), install).await;
+    let id = bed.scenes_in_plex()[0];
+    let cookie = stash_ui(&bed, &scene_list(&[id]));
+    let steps = [format!("wait:#card-{id} .plexsync-badge[data-plexsync-state=error]")];
+    let (_, html) = drive(bed.stash.url().as_str(), &steps, Some(&cookie)).await;
+    assert!(html.contains("not PlexSync's"), "the badge says why: {html}");
 }
 
 /// Another site's page framing the daemon's (to have a person click
