@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(unix)]
 use crate::common::daemon::Daemon;
 use crate::common::{eventually, Bed};
 use emulators::package::{installed, upgradable, HttpSource, Site};
@@ -344,6 +345,7 @@ fn end_processes_with(needle: &str) {
 /// `FROM scratch` image whose entrypoint is the daemon, whose version is
 /// the package's; `/plexsync --version` and the daemon run in it (buildah's
 /// chroot isolation, the host's network) and deliver a queued edit.
+#[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs scripts/verify-package (the image) and buildah"]
 async fn the_image_runs_the_daemon_against_the_emulators() {
@@ -386,8 +388,10 @@ async fn the_image_runs_the_daemon_against_the_emulators() {
 }
 
 /// A working container, removed when the test ends.
+#[cfg(unix)]
 struct Container(String);
 
+#[cfg(unix)]
 impl Drop for Container {
     fn drop(&mut self) {
         let _ = std::process::Command::new("buildah").args(["rm", &self.0]).output();
@@ -395,6 +399,7 @@ impl Drop for Container {
 }
 
 /// buildah's stdout; panics with its stderr when it fails.
+#[cfg(unix)]
 fn buildah(args: &[&str]) -> String {
     let out = std::process::Command::new("buildah").args(args).output().expect("buildah is installed");
     assert!(out.status.success(), "buildah {args:?}: {}", String::from_utf8_lossy(&out.stderr));
