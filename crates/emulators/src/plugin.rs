@@ -167,6 +167,12 @@ pub struct Csp {
     pub connect_src: Vec<String>,
 }
 
+/// A `ui` file given as a URL: Stash links it as it is (and adds it to the
+/// page's policy) instead of serving it from the plugin folder.
+pub fn is_remote_file(file: &str) -> bool {
+    file.starts_with("http://") || file.starts_with("https://")
+}
+
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Ui {

@@ -565,7 +565,7 @@ fn page_csp(plugins: &[plugin::Plugin]) -> String {
         connect.extend(ui.csp.connect_src.iter().map(String::as_str));
         script.extend(ui.csp.script_src.iter().map(String::as_str));
         style.extend(ui.csp.style_src.iter().map(String::as_str));
-        let remote = |f: &&String| f.starts_with("http://") || f.starts_with("https://");
+        let remote = |f: &&String| plugin::is_remote_file(f);
         script.extend(ui.javascript.iter().filter(remote).map(String::as_str));
         style.extend(ui.css.iter().filter(remote).map(String::as_str));
     }
@@ -599,7 +599,7 @@ fn plugin_ui_files(
         return StatusCode::NOT_FOUND.into_response();
     };
     let mut body = Vec::new();
-    for file in files(&plugin.manifest.ui).iter().filter(|f| !f.starts_with("http://") && !f.starts_with("https://")) {
+    for file in files(&plugin.manifest.ui).iter().filter(|f| !plugin::is_remote_file(f)) {
         match std::fs::read(plugin.dir().join(file)) {
             Ok(bytes) => {
                 body.extend(bytes);

@@ -883,7 +883,7 @@ fn plugin_view(plugin: &crate::plugin::Plugin, base: &url::Url) -> PluginView {
         if files.is_empty() {
             return None;
         }
-        let remote = |f: &&String| f.starts_with("http://") || f.starts_with("https://");
+        let remote = |f: &&String| crate::plugin::is_remote_file(f);
         let mut list: Vec<String> = files.iter().filter(remote).cloned().collect();
         if files.iter().any(|f| !remote(&f)) {
             list.push(base.join(&format!("plugin/{}/{kind}", plugin.id)).map(String::from).unwrap_or_default());

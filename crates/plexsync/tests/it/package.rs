@@ -181,12 +181,21 @@ async fn delivers_under_qemu(target: &str, qemu: &[&str]) {
 /// Processes whose command line mentions `needle` (wine's processes carry
 /// their Windows command line).
 fn processes_with(needle: &str) -> usize {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    pids_with(needle).len()
+}
+
+/// Ids of the processes whose command line (arguments joined by spaces)
+/// contains `needle`.
+fn pids_with(needle: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     entries
         .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .filter(|c| String::from_utf8_lossy(c).contains(needle))
-        .count()
+        .filter(|e| {
+            let line = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&line).replace('\0', " ").contains(needle)
+        })
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect()
 }
 
 /// The Windows build under Wine: a hook's stdin gives the right stdout and
@@ -318,20 +327,9 @@ fn end_processes_under(folder: &Path) {
 /// Ends every process whose command line (arguments joined by spaces)
 /// contains `needle`, and waits until none is left.
 fn end_processes_with(needle: &str) {
-    let matching = || -> Vec<String> {
-        let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-        entries
-            .flatten()
-            .filter(|e| {
-                let line = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-                String::from_utf8_lossy(&line).replace('\0', " ").contains(needle)
-            })
-            .map(|e| e.file_name().to_string_lossy().to_string())
-            .collect()
-    };
     let started = std::time::Instant::now();
     loop {
-        let pids = matching();
+        let pids = pids_with(needle);
         if pids.is_empty() {
             return;
         }
