@@ -105,11 +105,26 @@ pub struct Error {
     pub retry_after: Option<Duration>,
     /// The HTTP status that caused it, if one did.
     pub status: Option<u16>,
+    /// What the data folder's disk or file did, when the queue database
+    /// failed for a reason outside PlexSync.
+    pub store_fault: Option<StoreFault>,
+}
+
+/// The queue database failing for a reason outside PlexSync: the worker
+/// waits these out instead of ending, and hooks say what to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreFault {
+    /// Another program holds a lock on the queue file.
+    Locked,
+    /// The data folder's disk is full (or a file-size limit was reached).
+    Full,
+    /// The file is not a database, or its pages are damaged.
+    Corrupt,
 }
 
 impl Error {
     pub(crate) fn new(class: ErrorClass, message: impl Into<String>) -> Self {
-        Self { class, message: message.into(), retry_after: None, status: None }
+        Self { class, message: message.into(), retry_after: None, status: None, store_fault: None }
     }
 
     /// Classifies a transport error (no HTTP status was received).
@@ -162,7 +177,13 @@ impl Error {
             408 | 500 | 502 | 503 | 504 => (server.unavailable(), "server unavailable"),
             _ => (ErrorClass::Bug, "unexpected answer"),
         };
-        Self { class, message: format!("{what}: {name} answered {status} ({hint})"), retry_after, status: Some(status) }
+        Self {
+            class,
+            message: format!("{what}: {name} answered {status} ({hint})"),
+            retry_after,
+            status: Some(status),
+            store_fault: None,
+        }
     }
 
     /// Whether a proxy refused the request for its size (its line, body or
@@ -180,11 +201,32 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// The store failing is PlexSync's problem, not the user's data: a `bug`
-/// class error naming the database.
+/// The store failing is PlexSync's problem (class `bug`), unless the
+/// disk or another program made it fail: then the message says what to
+/// do and [`Error::store_fault`] says which.
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {
-        Error::new(ErrorClass::Bug, format!("queue database: {e}"))
+        use rusqlite::ErrorCode::*;
+        let (fault, hint) = match e.sqlite_error_code() {
+            Some(DatabaseBusy | DatabaseLocked) => (
+                Some(StoreFault::Locked),
+                "another program holds a lock on the queue file (a backup tool, a second Stash?); PlexSync waits for it",
+            ),
+            Some(DiskFull) => (
+                Some(StoreFault::Full),
+                "the data folder's disk is full; free some space: edits made meanwhile reach Plex once there is room",
+            ),
+            Some(NotADatabase | DatabaseCorrupt) => (
+                Some(StoreFault::Corrupt),
+                "the queue file is damaged; PlexSync moves it aside and starts a fresh queue",
+            ),
+            _ => (None, ""),
+        };
+        let message = match fault {
+            Some(_) => format!("queue database: {e} ({hint})"),
+            None => format!("queue database: {e}"),
+        };
+        Error { store_fault: fault, ..Error::new(ErrorClass::Bug, message) }
     }
 }
 

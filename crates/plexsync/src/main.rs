@@ -225,7 +225,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             // For people and tools that need to find the worker (status, kill).
             let _ = std::fs::write(ctx.data_dir.join("worker.pid"), std::process::id().to_string());
-            let queue = ctx.store()?;
+            let queue = ctx.checked_store()?;
             let mut pipeline = ctx.pipeline()?;
             let options = match (exit_when_idle, plugin) {
                 (true, _) => WorkerOptions::foreground(),

@@ -126,11 +126,17 @@ impl Context {
             }
         };
         let data = folder.join("plexsync");
-        data.join("queue.sqlite").is_file().then_some(data)
+        data.join(QUEUE_FILE).is_file().then_some(data)
     }
 
     pub fn store(&self) -> Result<Store, Error> {
         open_queue(&self.data_dir)
+    }
+
+    /// The queue with every page checked, for a worker about to run: a
+    /// damaged file is moved aside and a fresh queue started.
+    pub fn checked_store(&self) -> Result<Store, Error> {
+        Store::open_checked(&self.data_dir.join(QUEUE_FILE))
     }
 
     pub fn pipeline(&self) -> Result<Pipeline, Error> {
@@ -141,8 +147,11 @@ impl Context {
     }
 }
 
+/// The queue's file name in the data folder.
+const QUEUE_FILE: &str = "queue.sqlite";
+
 pub(crate) fn open_queue(data_dir: &Path) -> Result<Store, Error> {
-    Store::open(&data_dir.join("queue.sqlite"))
+    Store::open(&data_dir.join(QUEUE_FILE))
 }
 
 /// Where a person's CLI keeps its data when nothing else is set.

@@ -315,7 +315,7 @@ async fn watch_settings(sh: Arc<Shared>, stop: Arc<AtomicBool>, cycle: Arc<Atomi
 }
 
 async fn deliver_locked(ctx: &Context, options: &WorkerOptions) -> Result<(), Error> {
-    let queue = ctx.store()?;
+    let queue = ctx.checked_store()?;
     schedule_reconcile(&queue, ctx.settings.daemon.reconcile_every)?;
     let mut pipeline = ctx.pipeline()?;
     let scheduler = tokio::spawn(reconcile_schedule(ctx.data_dir.clone(), ctx.settings.daemon.reconcile_every));
@@ -415,6 +415,7 @@ pub(crate) fn health(
         "stash": {"last_capture_secs_ago": ago(kv(kv::LAST_CAPTURE)?)},
         "last_sync_secs_ago": ago(kv(kv::LAST_SYNC)?),
         "queue": stats,
+        "queue_recovered": queue.recovered()?,
     });
     Ok((reasons.is_empty(), body))
 }

@@ -276,7 +276,7 @@ pub(crate) async fn process_queue(
         tracing::info!("{msg}");
         return Ok(json!({"message": msg}));
     };
-    let queue = ctx.store()?;
+    let queue = ctx.checked_store()?;
     let mut pipeline = ctx.pipeline()?;
     let started = Instant::now();
     let result = worker::run(&mut pipeline, &queue, &options, &mut *progress).await;
@@ -302,6 +302,10 @@ pub(crate) fn status(ctx: &Context) -> Result<Value, Error> {
     let waiting: Vec<_> =
         queue.rows("pending", 200)?.into_iter().filter(|r| r.error_class.is_some()).take(50).collect();
     let worker_running = worker::is_running(&ctx.data_dir);
+    let recovered = queue.recovered()?;
+    if let Some(r) = &recovered {
+        tracing::warn!("{}", recovered_text(r));
+    }
     tracing::info!(
         "queue: {} waiting ({} due now), {} dead letters, {} scenes synced; worker {}",
         stats.pending,
@@ -326,7 +330,18 @@ pub(crate) fn status(ctx: &Context) -> Result<Value, Error> {
         "dead": dead,
         "setting_warnings": ctx.warnings,
         "data_dir": ctx.data_dir,
+        "queue_recovered": recovered,
     }))
+}
+
+/// What a person reads about a damaged queue file PlexSync replaced.
+pub(crate) fn recovered_text(r: &crate::store::Recovered) -> String {
+    let at = chrono::DateTime::from_timestamp_millis(r.at).map(|t| t.to_rfc3339()).unwrap_or_default();
+    format!(
+        "the queue file was damaged ({}); at {at} it was moved to {} and a fresh queue started, with a reconcile so no edit is lost",
+        r.error,
+        r.moved_to.display()
+    )
 }
 
 /// Checks everything a delivery needs, naming what to fix.
@@ -337,6 +352,10 @@ pub(crate) async fn health(ctx: &Context) -> Result<Value, Error> {
     }
     let mut report = json!({"stash": "ok", "plexsync": crate::BUILD});
     tracing::info!("health: PlexSync {}", crate::BUILD);
+    if let Some(r) = ctx.store()?.recovered()? {
+        tracing::warn!("health: {}", recovered_text(&r));
+        report["queue_recovered"] = json!(r);
+    }
     let pipeline = ctx.pipeline()?;
     if let Some(plex) = &pipeline.plex {
         match plex.identity().await {

@@ -9,6 +9,7 @@ use std::process::Stdio;
 
 use serde_json::{json, Value};
 
+use crate::error::StoreFault;
 use crate::faces::context::{open_queue, Context, Sources};
 use crate::faces::operations::{self, Operation, TASKS};
 use crate::faces::protocol::{self, HookContext, PluginInput, ServerConnection};
@@ -16,7 +17,7 @@ use crate::pipeline::breaker;
 use crate::pipeline::requests::{self, Work};
 use crate::pipeline::worker;
 use crate::store::kv;
-use crate::store::Reason;
+use crate::store::{Reason, Store};
 
 /// The plugin manifest (`PlexSync.yml`), generated from the settings table
 /// and the task list so the two cannot drift apart.
@@ -140,33 +141,61 @@ async fn handle_hook(input: &PluginInput, hook: &HookContext) -> Result<Value, S
         hook.scene_id().ok_or_else(|| format!("hook {} came without a {what} id (got {})", hook.hook_type, hook.id))?;
     let conn = &input.server_connection;
     let dir = data_dir(conn);
-    let queue = open_queue(&dir).map_err(|e| e.to_string())?;
+    match queue_hook(hook, &id, related, &dir) {
+        // A forgotten scene needs no worker.
+        Ok((_, message)) if hook.hook_type == "Scene.Destroy.Post" => Ok(json!(message)),
+        Ok((queue, message)) => {
+            hand_session(&queue, conn);
+            ensure_worker(&dir, conn)?;
+            Ok(json!(message))
+        }
+        // The edit is in Stash with a new `updated_at`: a worker's change
+        // capture finds it once the queue file takes writes again.
+        Err(e) if matches!(e.store_fault, Some(StoreFault::Locked | StoreFault::Full)) => {
+            let started = ensure_worker(&dir, conn);
+            let next = match started {
+                Ok(()) => "the worker finds this edit in Stash by its update time once the queue file can be written",
+                Err(_) => "the next worker finds this edit in Stash by its update time",
+            };
+            Err(format!("cannot queue {what} {id} now: {e}; {next}"))
+        }
+        Err(e) => Err(format!("cannot queue {what} {id}: {e}")),
+    }
+}
+
+/// Writes what a hook says to the queue; returns the queue and what to
+/// tell Stash.
+fn queue_hook(
+    hook: &HookContext,
+    id: &str,
+    related: Option<crate::clients::stash::RelatedKind>,
+    dir: &Path,
+) -> Result<(Store, String), crate::error::Error> {
+    let queue = open_queue(dir)?;
     if hook.hook_type == "Scene.Destroy.Post" {
-        queue.forget(&id).map_err(|e| e.to_string())?;
+        queue.forget(id)?;
         // A waiting row delivers as "gone" and ends there.
-        return Ok(json!(format!("scene {id} forgotten")));
+        return Ok((queue, format!("scene {id} forgotten")));
     }
     let message = match related {
         Some(kind) => {
             // Which scenes show it is the worker's question: one row here
             // per object. A merge names the merged-away tags only in its
             // input: Stash forgets them, our records still know their scenes.
-            let mut ids = vec![id.clone()];
+            let mut ids = vec![id.to_string()];
             ids.extend(merged_sources(hook));
             for id in &ids {
                 let work = Work::Related(crate::clients::stash::Related { kind, id: id.clone() });
-                requests::request(&queue, &work).map_err(|e| e.to_string())?;
+                requests::request(&queue, &work)?;
             }
-            format!("scenes showing {what} {} queued for Plex", ids.join(", "))
+            format!("scenes showing {} {} queued for Plex", kind.name(), ids.join(", "))
         }
         None => {
-            queue.enqueue(&id, Reason::Hook).map_err(|e| format!("cannot queue scene {id}: {e}"))?;
+            queue.enqueue(id, Reason::Hook)?;
             format!("scene {id} queued for Plex")
         }
     };
-    hand_session(&queue, conn);
-    ensure_worker(&dir, conn)?;
-    Ok(json!(message))
+    Ok((queue, message))
 }
 
 /// The `source` ids of a `Tag.Merge.Post` input (`TagsMergeInput`).

@@ -9,7 +9,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, ErrorClass};
+use crate::error::{Error, ErrorClass, StoreFault};
 use crate::pipeline::breaker::{self, Gate};
 use crate::pipeline::concurrency::{Change, Limiter};
 use crate::pipeline::retry;
@@ -134,8 +134,53 @@ fn take_newer_session(pipeline: &Pipeline, queue: &Store) -> Result<bool, Error>
 /// Deliveries after Plex comes back are paced for this long.
 const GENTLE_PERIOD: Duration = Duration::from_secs(60);
 
+/// A wall clock that moved this much more or less than the monotonic one
+/// jumped (NTP, a VM restore); less is drift, which needs nothing.
+const CLOCK_SLACK: i64 = 5_000;
+
+/// Notices jumps of the wall clock by comparing it with the monotonic one.
+struct ClockWatch {
+    mono: Instant,
+    wall: i64,
+}
+
+impl ClockWatch {
+    fn new() -> Self {
+        Self { mono: Instant::now(), wall: now_ms() }
+    }
+
+    /// Moves the store's times with a jump since the last look, if any.
+    fn look(&mut self, queue: &Store) -> Result<(), Error> {
+        let (mono, wall) = (Instant::now(), now_ms());
+        let jump = (wall - self.wall) - mono.duration_since(self.mono).as_millis() as i64;
+        if jump.abs() > CLOCK_SLACK {
+            queue.shift_clock(jump, wall)?;
+            let way = if jump > 0 { "forward" } else { "back" };
+            let by = Duration::from_secs((jump.unsigned_abs() + 500) / 1000);
+            tracing::warn!(
+                "the system clock jumped {way} by {}; retry times, leases and ages were moved with it",
+                humantime_short(by)
+            );
+        }
+        (self.mono, self.wall) = (mono, wall);
+        Ok(())
+    }
+}
+
+/// `1h 0m 3s` for a log line.
+fn humantime_short(d: Duration) -> String {
+    let s = d.as_secs();
+    match (s / 3600, s / 60 % 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m {s}s"),
+        (h, m, s) => format!("{h}h {m}m {s}s"),
+    }
+}
+
 /// Per-run state of the loop.
 struct RunState {
+    /// Jumps of the wall clock, seen between turns.
+    clock: ClockWatch,
     owner: String,
     done: usize,
     /// Until when deliveries are paced (after an outage).
@@ -154,13 +199,59 @@ struct RunState {
 /// wakes up.
 const SETTINGS_EVERY: Duration = Duration::from_secs(30);
 
+/// How often a worker tries the queue file again while the disk is full or
+/// another program holds its lock, and how often it says so again.
+const STORE_RETRY: Duration = Duration::from_secs(2);
+const STORE_NOTICE_EVERY: Duration = Duration::from_secs(60);
+
 /// Runs until the queue is empty or nothing is due within `max_wait`. `progress(done, total)` after each delivery.
 /// The caller holds the worker lock ([`try_lock`]).
+///
+/// A full disk or another program's lock on the queue file is waited out
+/// (at least a minute, else as long as `max_wait`): every write the worker
+/// makes is one SQLite transaction, so a failed one leaves the queue as it
+/// was, and the run starts again from the queue's state when it can write.
 pub async fn run(
     pipeline: &mut Pipeline,
     queue: &Store,
     options: &WorkerOptions,
     mut progress: impl FnMut(usize, usize),
+) -> Result<(), Error> {
+    let patience = options.max_wait.max(STORE_NOTICE_EVERY);
+    let mut fault_since: Option<(Instant, Instant)> = None;
+    loop {
+        let result = drain(pipeline, queue, options, &mut progress, &mut fault_since).await;
+        let waitable = |e: &Error| matches!(e.store_fault, Some(StoreFault::Locked | StoreFault::Full));
+        match result {
+            Err(e) if waitable(&e) && !options.stopped() => {
+                let (since, told) = fault_since.get_or_insert((Instant::now(), Instant::now() - STORE_NOTICE_EVERY));
+                if since.elapsed() > patience {
+                    return Err(e);
+                }
+                if told.elapsed() >= STORE_NOTICE_EVERY {
+                    *told = Instant::now();
+                    tracing::warn!("{e}; trying again every {STORE_RETRY:?}");
+                }
+                if e.store_fault == Some(StoreFault::Full) {
+                    if let Err(e) = queue.truncate_log() {
+                        tracing::debug!("could not empty the queue's log: {e}");
+                    }
+                }
+                options.nap(STORE_RETRY).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// One run of the loop, until the queue is empty or a store fault;
+/// `fault` is the store fault being waited out, if any.
+async fn drain(
+    pipeline: &mut Pipeline,
+    queue: &Store,
+    options: &WorkerOptions,
+    progress: &mut impl FnMut(usize, usize),
+    fault: &mut Option<(Instant, Instant)>,
 ) -> Result<(), Error> {
     let mut st = RunState {
         owner: format!("{}-{}", std::process::id(), now_ms()),
@@ -171,13 +262,26 @@ pub async fn run(
         limiter: Limiter::new(pipeline.settings.retry.concurrency),
         peak: 1,
         counted: None,
+        clock: ClockWatch::new(),
     };
     let lease = pipeline.settings.retry.lease;
     // One worker per queue (the lock): rows a killed worker leased are
     // free now, not when its lease runs out.
+    if fault.is_some() {
+        // A real write: an update that changes nothing writes nothing.
+        queue.set_kv(crate::store::kv::STORE_WRITTEN_AT, &now_ms().to_string())?;
+        *fault = None;
+        tracing::info!("the queue file can be written again");
+    }
     let freed = queue.release_all_leases()?;
     if freed > 0 {
         tracing::info!("{freed} scenes a stopped worker had claimed are free again");
+    }
+    // A damaged queue file was replaced by an empty one: what it held is
+    // found again by comparing every scene with Plex.
+    if queue.get_kv(crate::store::kv::RECOVERY_RECONCILE)?.is_some_and(|v| v == "1") {
+        super::requests::request(queue, &super::requests::Work::Reconcile { since: None })?;
+        queue.set_kv(crate::store::kv::RECOVERY_RECONCILE, "0")?;
     }
     let mut idle_since: Option<Instant> = None;
     let result = loop {
@@ -185,6 +289,7 @@ pub async fn run(
             tracing::info!("stopping: leases released");
             break Ok(());
         }
+        st.clock.look(queue)?;
         if !queue.path().exists() {
             tracing::info!("the queue database was removed; stopping");
             break Ok(());
@@ -203,7 +308,7 @@ pub async fn run(
             }
             tracing::warn!("change capture: {e}");
         }
-        match wait_for_plex(pipeline, queue, options).await {
+        match wait_for_plex(pipeline, queue, options, &mut st.clock).await {
             Ok(true) => st.gentle_until = Some(Instant::now() + GENTLE_PERIOD),
             Ok(false) => {}
             Err(e) => break Err(e),
@@ -240,7 +345,7 @@ pub async fn run(
             st.counted = Some((Instant::now(), st.done + queue.pending_count()?));
         }
         let total = st.counted.map_or(0, |(_, total)| total);
-        if let Err(e) = deliver_batch(pipeline, queue, &rows, &mut st, options, total, &mut progress).await {
+        if let Err(e) = deliver_batch(pipeline, queue, &rows, &mut st, options, total, progress).await {
             if e.class == ErrorClass::Auth && take_newer_session(pipeline, queue)? {
                 continue;
             }
@@ -260,11 +365,17 @@ pub async fn run(
 }
 
 /// Holds the run while the breaker is open; returns whether it was.
-async fn wait_for_plex(pipeline: &Pipeline, queue: &Store, options: &WorkerOptions) -> Result<bool, Error> {
+async fn wait_for_plex(
+    pipeline: &Pipeline,
+    queue: &Store,
+    options: &WorkerOptions,
+    clock: &mut ClockWatch,
+) -> Result<bool, Error> {
     loop {
         if options.stopped() {
             return Ok(false);
         }
+        clock.look(queue)?;
         match breaker::check(pipeline, queue).await? {
             Gate::Closed => return Ok(false),
             Gate::Reopened => return Ok(true),

@@ -28,6 +28,14 @@ pub(crate) const WATERMARK_WIDE_AT: &str = "stash_watermark_wide_at";
 /// What the stored Plex library index is for (server, libraries, age).
 pub(crate) const PLEX_INDEX_META: &str = "plex_index_meta";
 
+/// The last damaged queue file PlexSync moved aside (JSON, `Recovered`).
+pub(crate) const QUEUE_RECOVERED: &str = "queue_recovered";
+/// `1` until the worker has asked for the reconcile a fresh queue needs.
+pub(crate) const RECOVERY_RECONCILE: &str = "recovery_reconcile";
+
+/// When a worker wrote to the queue after a full disk or a lock (ms).
+pub(crate) const STORE_WRITTEN_AT: &str = "store_written_at";
+
 /// The metadata provider's secret path segment, made at its first start.
 pub(crate) const PROVIDER_SECRET: &str = "provider_secret";
 

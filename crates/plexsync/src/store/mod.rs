@@ -7,6 +7,7 @@
 //! and the `updated_at` watermark re-captures such scenes from Stash. That
 //! keeps each hook's enqueue to a few milliseconds.
 
+mod clock;
 mod dead;
 mod index;
 pub mod kv;
@@ -20,6 +21,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::Connection;
+use serde::{Deserialize, Serialize};
+
+use crate::error::StoreFault;
 
 pub use queue::{Claimed, QueueStats, Reason, RowInfo};
 pub use records::{DeliveredItem, SceneState, SyncRecord};
@@ -114,19 +118,123 @@ pub struct Store {
     path: PathBuf,
 }
 
+/// How long a connection waits for another's lock before its statement
+/// fails as [`StoreFault::Locked`]: a hook runs inside a person's request,
+/// so it must not hang on a backup tool's lock; the worker waits such
+/// failures out.
+const BUSY_WAIT: Duration = Duration::from_secs(10);
+
+/// What a damaged queue file became: kept under `moved_to`, never deleted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Recovered {
+    /// When the fresh queue was started (ms).
+    pub at: i64,
+    pub moved_to: PathBuf,
+    pub error: String,
+}
+
 impl Store {
-    /// Opens (creating when needed) the database at `path`.
+    /// Opens (creating when needed) the database at `path`. A file that is
+    /// not a database or whose schema pages are damaged is moved aside and
+    /// a fresh queue started (see [`Store::recovered`]).
     pub fn open(path: &Path) -> Result<Self> {
+        match Self::open_as_is(path) {
+            Err(e) if e.store_fault == Some(StoreFault::Corrupt) => Self::start_afresh(path, &e),
+            other => other,
+        }
+    }
+
+    /// [`Store::open`], then a check of every page (`PRAGMA quick_check`):
+    /// for the processes that run for long (workers, the daemon), which
+    /// open the queue rarely; a hook's open must stay a few milliseconds.
+    pub fn open_checked(path: &Path) -> Result<Self> {
+        let store = Self::open(path)?;
+        match store.damage() {
+            Ok(None) => Ok(store),
+            Ok(Some(damage)) => {
+                drop(store);
+                let e = crate::error::Error {
+                    store_fault: Some(StoreFault::Corrupt),
+                    ..crate::error::Error::new(crate::error::ErrorClass::Bug, format!("queue database: {damage}"))
+                };
+                Self::start_afresh(path, &e)
+            }
+            Err(e) if e.store_fault == Some(StoreFault::Corrupt) => {
+                drop(store);
+                Self::start_afresh(path, &e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn open_as_is(path: &Path) -> Result<Self> {
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
         let conn = Connection::open(path)?;
-        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.busy_timeout(BUSY_WAIT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
         migrate(&conn)?;
         Ok(Self { conn, path: path.to_path_buf() })
+    }
+
+    /// What `quick_check` found wrong, if anything.
+    fn damage(&self) -> Result<Option<String>> {
+        let mut stmt = self.conn.prepare("PRAGMA quick_check")?;
+        let found: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+        Ok((found != ["ok"]).then(|| found.into_iter().take(3).collect::<Vec<_>>().join("; ")))
+    }
+
+    /// Moves a damaged queue file (and its WAL) aside, never deleting it,
+    /// and opens a fresh queue that remembers why ([`kv::QUEUE_RECOVERED`])
+    /// and asks for a reconcile ([`kv::RECOVERY_RECONCILE`]): the lost rows
+    /// and records are found again by comparing Stash with Plex.
+    fn start_afresh(path: &Path, error: &crate::error::Error) -> Result<Self> {
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let moved_to = path.with_file_name(format!("{name}.damaged-{stamp}"));
+        std::fs::rename(path, &moved_to).map_err(|e| {
+            crate::error::Error::new(
+                crate::error::ErrorClass::Bug,
+                format!(
+                    "{error}; it could not be moved aside ({e}): stop Stash and PlexSync, move {} out of the way, and start again",
+                    path.display()
+                ),
+            )
+        })?;
+        for side in ["-wal", "-shm"] {
+            let from = path.with_file_name(format!("{name}{side}"));
+            if from.exists() {
+                let _ = std::fs::rename(&from, moved_to.with_file_name(format!("{name}.damaged-{stamp}{side}")));
+            }
+        }
+        tracing::error!(
+            "{error}: moved it to {} (kept, not deleted) and started a fresh queue; a reconcile compares every scene with Plex so no edit is lost",
+            moved_to.display()
+        );
+        let store = Self::open_as_is(path)?;
+        let note = Recovered { at: now_ms(), moved_to, error: error.message.clone() };
+        store.set_kv(kv::QUEUE_RECOVERED, &serde_json::to_string(&note).expect("serializes"))?;
+        store.set_kv(kv::RECOVERY_RECONCILE, "1")?;
+        Ok(store)
+    }
+
+    /// Copies the write-ahead log into the database and empties it: the
+    /// log only restarts after a checkpoint, which only follows a commit,
+    /// so on a full disk a log that cannot grow would never shrink either.
+    pub(crate) fn truncate_log(&self) -> Result<()> {
+        self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    /// The last time a damaged queue file was replaced, if that was within
+    /// the past week (what `status`, the Health check and `/healthz` say).
+    pub fn recovered(&self) -> Result<Option<Recovered>> {
+        const SHOWN_FOR: i64 = 7 * 86_400_000;
+        let note = self.get_kv(kv::QUEUE_RECOVERED)?.and_then(|v| serde_json::from_str::<Recovered>(&v).ok());
+        Ok(note.filter(|n| now_ms() - n.at < SHOWN_FOR))
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -169,5 +277,35 @@ pub(crate) mod tests {
         assert_eq!(q.records("7").unwrap().iter().map(|r| r.rating_key.as_str()).collect::<Vec<_>>(), ["43"]);
         drop(q);
         Store::open(&path).unwrap();
+    }
+
+    /// A file whose header is fine but whose pages are damaged (a crash of
+    /// the disk): a hook's open does not notice, a worker's check does.
+    #[test]
+    fn damaged_pages_are_found_by_the_workers_check_and_the_file_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.sqlite");
+        {
+            let q = Store::open(&path).unwrap();
+            let ids: Vec<String> = (0..3000).map(|i| format!("scene-{i}")).collect();
+            q.enqueue_many(ids.iter().map(String::as_str), Reason::Manual).unwrap();
+            q.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
+        }
+        let mut bytes = std::fs::read(&path).unwrap();
+        let page = 4096;
+        assert!(bytes.len() > 8 * page);
+        let end = bytes.len() - page;
+        bytes[3 * page..end].iter_mut().for_each(|b| *b = b.wrapping_mul(31).wrapping_add(7));
+        std::fs::write(&path, &bytes).unwrap();
+
+        let q = Store::open_checked(&path).unwrap();
+        let note = q.recovered().unwrap().expect("the replacement is recorded");
+        assert!(note.moved_to.starts_with(dir.path()));
+        assert_eq!(std::fs::read(&note.moved_to).unwrap(), bytes, "kept as it was");
+        assert_eq!(q.pending_count().unwrap(), 0, "a fresh queue");
+        assert_eq!(q.get_kv(kv::RECOVERY_RECONCILE).unwrap().as_deref(), Some("1"));
+        drop(q);
+        let again = Store::open_checked(&path).unwrap();
+        assert_eq!(again.recovered().unwrap().unwrap().moved_to, note.moved_to, "a sound file is left alone");
     }
 }

@@ -16,6 +16,7 @@ mod properties;
 mod provider;
 mod related;
 mod reliability;
+mod resources;
 mod scenarios;
 mod security;
 mod stash_fidelity;
