@@ -1,6 +1,6 @@
 //! A whole library through the CLI (`plexsync sync --all`, the release
-//! binary), at several sizes: first sync, an unchanged re-sync, and a
-//! re-sync after 1 % of the scenes were edited.
+//! binary), at several sizes: first sync, an unchanged re-sync, a re-sync
+//! after 1 % of the scenes were edited, a reconcile and `paths suggest`.
 //!
 //!     cargo build --release -p plexsync && cargo bench -p plexsync --bench scale
 //!
@@ -11,8 +11,10 @@
 //! `plexConcurrency` cap, default 8) choose the runs. Per run it prints
 //! wall time, Plex requests per scene (library pages, item reads, writes,
 //! uploads), library pages read per 100 scenes, Stash requests, the CLI's
-//! peak RSS (`VmHWM`), and how the adaptive delivery limit moved (from
-//! the worker's log). Partial scans are off, so "unchanged" means unchanged.
+//! peak RSS (`VmHWM`), CPU seconds per 1 000 scenes of the CLI and of the
+//! emulators (this process) beside it, and how the adaptive delivery limit
+//! moved (from the worker's log). Partial scans are off, so "unchanged"
+//! means unchanged.
 
 mod common;
 
@@ -36,10 +38,37 @@ mod unix {
     use emulators::{PlexEmulator, StashEmulator};
     use serde_json::json;
 
-    /// One `plexsync <args>`: wall seconds, peak RSS (MB) of the process,
-    /// and its log.
-    fn cli(exe: &Path, data: &Path, stash: &StashEmulator, args: &[&str]) -> (f64, f64, String) {
+    /// What one `plexsync <args>` cost.
+    struct Cost {
+        wall: f64,
+        /// Peak RSS of the process, MB.
+        rss: f64,
+        /// CPU seconds (user + system) of the process, and of this one
+        /// (the emulators, and this benchmark's polling) meanwhile.
+        cpu: f64,
+        emulators_cpu: f64,
+        log: String,
+    }
+
+    /// CPU seconds this process has used.
+    fn own_cpu() -> f64 {
+        // SAFETY: getrusage fills the struct we pass; no other precondition.
+        let usage = unsafe {
+            let mut usage: libc::rusage = std::mem::zeroed();
+            libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+            usage
+        };
+        seconds(usage.ru_utime) + seconds(usage.ru_stime)
+    }
+
+    fn seconds(t: libc::timeval) -> f64 {
+        t.tv_sec as f64 + t.tv_usec as f64 / 1e6
+    }
+
+    /// One `plexsync <args>`: its wall time, peak RSS, CPU and log.
+    fn cli(exe: &Path, data: &Path, stash: &StashEmulator, args: &[&str]) -> Cost {
         let started = Instant::now();
+        let cpu_before = own_cpu();
         let log = data.with_extension("log");
         // Waited for by `waitpid` below, polling its memory meanwhile.
         #[allow(clippy::zombie_processes)]
@@ -53,10 +82,16 @@ mod unix {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let (status, rss_kb) = wait_with_peak_rss(child.id());
+        let (status, rss_kb, cpu) = wait_with_peak_rss(child.id());
         let log = std::fs::read_to_string(&log).unwrap_or_default();
         assert!(status == 0, "{args:?} failed with status {status}: {log}");
-        (started.elapsed().as_secs_f64(), rss_kb as f64 / 1024.0, log)
+        Cost {
+            wall: started.elapsed().as_secs_f64(),
+            rss: rss_kb as f64 / 1024.0,
+            cpu,
+            emulators_cpu: own_cpu() - cpu_before,
+            log,
+        }
     }
 
     /// The delivery limit's moves in a worker log: "1 → 2 → 3 → 2 …",
@@ -82,12 +117,13 @@ mod unix {
         format!("{} moves, peak {peak}, mean of the later half {mean:.1}: {moves}", limits.len() - 1)
     }
 
-    /// Waits for `pid`; returns its exit status and peak RSS (KiB). The
+    /// Waits for `pid`; returns its exit status, peak RSS (KiB) and CPU
+    /// seconds (from `wait4`'s rusage of the reaped child). The
     /// peak is the kernel's high-water mark of the process's own memory
     /// (`VmHWM`, reset at exec), read until it exits: `wait4`'s
     /// `ru_maxrss` would also count the benchmark's own pages the child
     /// shared between fork and exec.
-    fn wait_with_peak_rss(pid: u32) -> (i32, i64) {
+    fn wait_with_peak_rss(pid: u32) -> (i32, i64, f64) {
         let status_file = format!("/proc/{pid}/status");
         let mut peak = 0;
         loop {
@@ -97,10 +133,11 @@ mod unix {
             });
             peak = hwm.unwrap_or(0).max(peak);
             let mut status = 0;
-            // SAFETY: plain syscall on our own child.
-            let got = unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG) };
+            // SAFETY: plain syscall on our own child, into a zeroed rusage.
+            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+            let got = unsafe { libc::wait4(pid as i32, &mut status, libc::WNOHANG, &mut usage) };
             if got == pid as i32 {
-                return (libc::WEXITSTATUS(status), peak);
+                return (libc::WEXITSTATUS(status), peak, seconds(usage.ru_utime) + seconds(usage.ru_stime));
             }
             assert_eq!(got, 0, "waitpid");
             std::thread::sleep(std::time::Duration::from_millis(10));
@@ -145,12 +182,13 @@ mod unix {
         let Bed { exe, data, stash, plex } = *bed;
         plex.clear_requests();
         let stash_before = stash.request_count();
-        let (secs, rss, log) = cli(exe, data, stash, args);
+        let Cost { wall: secs, rss, cpu, emulators_cpu, log } = cli(exe, data, stash, args);
         let c = plex_counts(plex);
         let total = c.pages + c.reads + c.writes + c.uploads;
         let per_scene = |x: usize| x as f64 / per.max(1) as f64;
+        let per_1000 = |s: f64| s * 1000.0 / n as f64;
         println!(
-            "| {n:>7} | {what:<14} | {secs:>8.1} s | {:>6.3} | {:.3} / {:.3} / {:.3} / {:.3} | {:>6.2} | {:>7} | {rss:>5.1} MB |",
+            "| {n:>7} | {what:<14} | {secs:>8.1} s | {:>6.3} | {:.3} / {:.3} / {:.3} / {:.3} | {:>6.2} | {:>7} | {rss:>5.1} MB | {:.3} / {:.3} |",
             per_scene(total),
             per_scene(c.pages),
             per_scene(c.reads),
@@ -158,6 +196,8 @@ mod unix {
             per_scene(c.uploads),
             c.pages as f64 * 100.0 / n as f64,
             stash.request_count() - stash_before,
+            per_1000(cpu),
+            per_1000(emulators_cpu),
         );
         eprintln!("  {n} {what}: delivery limit {}", limit_moves(&log));
     }
@@ -177,8 +217,8 @@ mod unix {
         println!(
             "Plex latency {latency} ms, {capacity} requests answered at once, plexConcurrency {cap}; requests per scene of the library (first, unchanged), per edited scene (1 %)"
         );
-        println!("|  scenes | run            |    wall    | Plex req/scene | pages / item reads / writes / uploads | pages per 100 scenes | Stash requests | peak RSS |");
-        println!("|--------:|----------------|-----------:|------:|---|------:|--------:|------:|");
+        println!("|  scenes | run            |    wall    | Plex req/scene | pages / item reads / writes / uploads | pages per 100 scenes | Stash requests | peak RSS | CPU s per 1000 scenes: PlexSync / emulators |");
+        println!("|--------:|----------------|-----------:|------:|---|------:|--------:|------:|---|");
         for n in sizes {
             let generated = Instant::now();
             let spec = emulators::LibrarySpec { scenes: n, seed: 7, ..Default::default() };
@@ -214,10 +254,9 @@ mod unix {
                     .await;
             }
             tokio::task::block_in_place(|| run(&bed, "1 % edited", &sync_all, n, edited.len()));
-            // Reconcile reads every item, one at a time: with latency it
-            // measures only the latency.
+            // Reconcile reads every item, as many at once as deliveries.
+            tokio::task::block_in_place(|| run(&bed, "reconcile", &["reconcile"], n, n));
             if latency == 0 {
-                tokio::task::block_in_place(|| run(&bed, "reconcile", &["reconcile"], n, n));
                 tokio::task::block_in_place(|| run(&bed, "paths suggest", &["paths", "suggest"], n, n));
             }
         }

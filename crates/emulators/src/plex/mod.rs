@@ -125,6 +125,28 @@ pub(crate) struct Shared {
     pub record_queries: std::sync::atomic::AtomicBool,
     /// Slots for `FaultConfig::capacity`, rebuilt when it changes.
     pub slots: Mutex<(usize, Arc<tokio::sync::Semaphore>)>,
+    /// Requests being answered now, and the most at once since the last
+    /// [`PlexEmulator::reset_peak_in_flight`]: how parallel a client is.
+    pub in_flight: std::sync::atomic::AtomicUsize,
+    pub peak_in_flight: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a request in flight while it lives.
+pub(crate) struct InFlight<'a>(&'a Shared);
+
+impl<'a> InFlight<'a> {
+    pub(crate) fn enter(shared: &'a Shared) -> Self {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = shared.in_flight.fetch_add(1, SeqCst) + 1;
+        shared.peak_in_flight.fetch_max(now, SeqCst);
+        Self(shared)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Shared {
@@ -190,6 +212,8 @@ impl PlexEmulator {
             state: Mutex::new(state),
             faults: Mutex::new(Faults::new(0)),
             slots: Mutex::new((0, Arc::new(tokio::sync::Semaphore::new(0)))),
+            in_flight: Default::default(),
+            peak_in_flight: Default::default(),
             record_queries: std::sync::atomic::AtomicBool::new(true),
             log: Mutex::new(Vec::new()),
             token: token.to_string(),
@@ -290,6 +314,20 @@ impl PlexEmulator {
     /// Answers `503 Maintenance` to everything for `duration`.
     pub fn maintenance_for(&self, duration: Duration) {
         self.shared.faults.lock().maintenance_until = Some(Instant::now() + duration);
+    }
+
+    /// Requests being answered right now.
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The most requests answered at once since the last reset.
+    pub fn peak_in_flight(&self) -> usize {
+        self.shared.peak_in_flight.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn reset_peak_in_flight(&self) {
+        self.shared.peak_in_flight.store(0, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Closes the port: new connections are refused and open ones are cut.

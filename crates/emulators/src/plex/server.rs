@@ -173,6 +173,7 @@ async fn fault_layer(State(shared): Shr, req: Request, next: Next) -> Response {
         0 => None,
         n => Some(shared.slot(n).await),
     };
+    let _counted = super::InFlight::enter(&shared);
     if config.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(config.latency_ms)).await;
     }

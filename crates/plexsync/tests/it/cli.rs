@@ -126,3 +126,38 @@ async fn a_terminal_gets_progress_bars() {
     assert!(!screen.contains("scenes queued 30/30"), "bars, not lines: {screen}");
     assert!(screen.contains("fields written to Plex item"), "log lines still shown: {screen}");
 }
+
+/// Reconcile reads one Plex item per scene: against a slow Plex it reads
+/// several at once, as deliveries do, and never more than the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_reads_items_several_at_once_under_the_adaptive_limit() {
+    let bed = std::sync::Arc::new(Bed::new(150, json!({"plexConcurrency": 6})).await);
+    let (ok, _, stderr) = plexsync(&bed, &["sync", "--all"]);
+    assert!(ok, "{stderr}");
+    let in_plex = bed.scenes_in_plex();
+    let changed = in_plex[7];
+    bed.stash.update_scene(changed, |s| s.title = Some("Changed Without A Hook".into()));
+    bed.plex.faults(|f| f.config.latency_ms = 30);
+    bed.plex.clear_requests();
+    let cli = {
+        let bed = std::sync::Arc::clone(&bed);
+        tokio::task::spawn_blocking(move || plexsync(&bed, &["reconcile"]))
+    };
+    // Reconcile reads each item in Plex once, then the deliveries begin.
+    let item_reads = || bed.plex.requests().iter().filter(|r| r.path.starts_with("/library/metadata/")).count();
+    let mut peak = 0;
+    while !cli.is_finished() {
+        if item_reads() < in_plex.len() {
+            peak = peak.max(bed.plex.in_flight());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    }
+    let (ok, stdout, stderr) = cli.await.unwrap();
+    assert!(ok, "{stderr}");
+    let result: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(result["reconcile"]["differ"], 1, "{result}");
+    assert_eq!(result["reconcile"]["checked"], 150);
+    assert_eq!(result["reconcile"]["missing"], 150 - in_plex.len());
+    assert!((2..=6).contains(&peak), "item reads at once: {peak} (1 is one at a time, above 6 breaks the cap)");
+    assert_eq!(bed.item_of(changed).field("title"), Some("Changed Without A Hook"), "and delivered");
+}

@@ -63,7 +63,10 @@ impl Tmpfs {
             .arg(at)
             .status()
             .expect("mount runs");
-        assert!(status.success(), "mounting a tmpfs needs root or sudo without a password: the full-disk test cannot run");
+        assert!(
+            status.success(),
+            "mounting a tmpfs needs root or sudo without a password: the full-disk test cannot run"
+        );
         Self(at.to_path_buf())
     }
 
