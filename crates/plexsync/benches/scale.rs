@@ -8,7 +8,8 @@
 //! run), `SCALE_LATENCY_MS` (the Plex emulator's added latency per
 //! request, default 0) and `SCALE_PLEX_CAPACITY` (requests it answers at
 //! once, default 6; the rest queue) and `SCALE_CONCURRENCY` (the
-//! `plexConcurrency` cap, default 8) choose the runs. Per run it prints
+//! `plexConcurrency` cap, default 8) choose the runs;
+//! `SCALE_RECONCILE_LATENCY_MS` gives the reconcile run its own latency. Per run it prints
 //! wall time, Plex requests per scene (library pages, item reads, writes,
 //! uploads), library pages read per 100 scenes, Stash requests, the CLI's
 //! peak RSS (`VmHWM`), CPU seconds per 1 000 scenes of the CLI and of the
@@ -254,8 +255,13 @@ mod unix {
                     .await;
             }
             tokio::task::block_in_place(|| run(&bed, "1 % edited", &sync_all, n, edited.len()));
-            // Reconcile reads every item, as many at once as deliveries.
-            tokio::task::block_in_place(|| run(&bed, "reconcile", &["reconcile"], n, n));
+            // Reconcile reads every item, as many at once as deliveries
+            // (against a Plex as slow as SCALE_RECONCILE_LATENCY_MS, if set).
+            let slow = env("SCALE_RECONCILE_LATENCY_MS", latency);
+            plex.faults(|f| f.config.latency_ms = slow);
+            let what = if slow == latency { "reconcile".to_string() } else { format!("reconcile {slow} ms") };
+            tokio::task::block_in_place(|| run(&bed, &what, &["reconcile"], n, n));
+            plex.faults(|f| f.config.latency_ms = latency);
             if latency == 0 {
                 tokio::task::block_in_place(|| run(&bed, "paths suggest", &["paths", "suggest"], n, n));
             }

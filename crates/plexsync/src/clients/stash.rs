@@ -527,6 +527,19 @@ impl StashClient {
         Ok(rows.into_iter().map(|r| (r.id, r.updated_at)).collect())
     }
 
+    /// How many scenes' stored `updated_at` text is greater than `since`,
+    /// and the greatest such text: one row, so a look at an unchanged
+    /// library costs one small answer whatever the size of its window.
+    pub(crate) async fn probe_since(&self, since: &str) -> Result<(usize, Option<String>), Error> {
+        #[derive(Deserialize)]
+        struct Row {
+            updated_at: String,
+        }
+        let vars = json!({"f": {"page": 1, "per_page": 1, "sort": "updated_at", "direction": "DESC"}, "sf": updated_since(since)});
+        let data: Rows<Row> = self.query("count changed scenes", &queries::rows(queries::ROW_FIELDS[2]), vars).await?;
+        Ok((data.page.count, data.page.scenes.into_iter().next().map(|r| r.updated_at)))
+    }
+
     /// Performers, studios and tags whose stored `updated_at` text is after
     /// `since`: (kind, id, updated_at). Few rows (edits of objects are
     /// rare), so one unpaged request.

@@ -24,8 +24,19 @@
 //! (the `seen` table): a version counts as taken care of only when it was
 //! read or queued at least [`SAME_SECOND`] after its second, so a second
 //! edit within the same second as an earlier look is queued once more.
+//!
+//! A look costs what changed, not its window (after a library-wide edit
+//! the window holds every scene for an hour): each look first asks Stash
+//! for the count and newest time after its cursor ([`Probe`]). The same
+//! answer as last time means nothing changed; a count that grew by exactly
+//! the rows newer than the last newest time means only those are read.
+//! Anything else (a row committed late inside the window, a zone change)
+//! reads the whole window. A look keeps its cursor while it is between one
+//! and two overlaps behind the watermark, so the probe compares like with
+//! like, and moves it (one whole read) once it falls further behind.
 
 use chrono::{DateTime, FixedOffset, Utc};
+use serde::{Deserialize, Serialize};
 
 use crate::clients::stash::StashClient;
 use crate::error::Error;
@@ -52,6 +63,23 @@ pub(crate) enum Look {
     Wide,
 }
 
+/// What a look last learnt of its window: Stash's count of rows after
+/// `cursor`, the newest text among them, and when it asked (ms).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Probe {
+    cursor: String,
+    count: usize,
+    newest: Option<String>,
+    asked_at: i64,
+}
+
+fn probe_key(look: Look) -> &'static str {
+    match look {
+        Look::Narrow => kv::WATERMARK_NARROW_PROBE,
+        Look::Wide => kv::WATERMARK_WIDE_PROBE,
+    }
+}
+
 /// Queues scenes changed since the last look; returns how many were queued.
 /// The first look only sets the cursors (a full sync is `sync_all`'s job).
 pub(crate) async fn capture(stash: &StashClient, queue: &Store, look: Look) -> Result<usize, Error> {
@@ -67,17 +95,34 @@ pub(crate) async fn capture(stash: &StashClient, queue: &Store, look: Look) -> R
         return Ok(0);
     };
     let from = mark.with_timezone(&Utc) - OVERLAP;
-    let cursor = match look {
-        Look::Narrow => crate::clients::stash::format_in(from, *mark.offset()),
-        Look::Wide => crate::clients::stash::superset_cursor(from),
+    let last: Option<Probe> = queue.get_kv(probe_key(look))?.and_then(|v| serde_json::from_str(&v).ok());
+    let cursor = match last.as_ref().filter(|p| keeps_cursor(&p.cursor, from)) {
+        Some(p) => p.cursor.clone(),
+        None => cursor_for(look, &mark),
     };
-    let rows = stash.changed_since(&cursor).await?;
+    let window_from = cursor_instant(&cursor).unwrap_or(from);
+    let (count, newest) = stash.probe_since(&cursor).await?;
+    let now = now_ms();
+    let last = last.filter(|p| p.cursor == cursor && settled(p));
+    let (rows, whole) = match &last {
+        Some(p) if p.count == count && p.newest == newest => (Vec::new(), false),
+        Some(Probe { newest: Some(before), count: before_count, .. }) => {
+            let new = stash.changed_since(before).await?;
+            let moved = moved_out(queue, &new, &cursor, before)?;
+            if before_count + new.len() - moved == count {
+                (new, false)
+            } else {
+                (stash.changed_since(&cursor).await?, true)
+            }
+        }
+        _ => (stash.changed_since(&cursor).await?, true),
+    };
+    let mut probe = Probe { cursor: cursor.clone(), count, newest, asked_at: now };
     let objects = stash.objects_changed_since(&cursor).await?;
     let mut queued = 0;
-    let now = now_ms();
     // The wide cursor's text lets through up to a day of earlier times;
-    // only what changed after the cursor's instant is news.
-    let after = |at: &DateTime<FixedOffset>| at.with_timezone(&Utc) > from;
+    // only what changed after the window's instant is news.
+    let after = |at: &DateTime<FixedOffset>| at.with_timezone(&Utc) > window_from;
     for (id, updated) in &rows {
         let Some(at) = parse(updated).filter(after) else { continue };
         if taken_care_of(queue, id, at)? {
@@ -112,10 +157,61 @@ pub(crate) async fn capture(stash: &StashClient, queue: &Store, look: Look) -> R
             queue.set_kv(kv::WATERMARK_NARROW, &text)?;
         }
     }
+    // A whole read holds every row after any later cursor: the next look
+    // can start from the watermark's own cursor without reading it again.
+    if whole {
+        let mark = queue.get_kv(key)?.as_deref().and_then(parse).unwrap_or(mark);
+        let next = cursor_for(look, &mark);
+        let after_next = rows.iter().map(|(_, u)| u).filter(|u| u.as_str() > next.as_str());
+        probe.count = after_next.clone().count();
+        probe.newest = after_next.max().cloned();
+        probe.cursor = next;
+    }
+    queue.set_kv(probe_key(look), &serde_json::to_string(&probe).expect("serializes"))?;
     if look == Look::Wide {
         queue.set_kv(kv::WATERMARK_WIDE_AT, &now.to_string())?;
     }
     Ok(queued)
+}
+
+/// The cursor a look starts from when it has none to keep: one overlap
+/// before the watermark, in the watermark's offset (narrow) or as the
+/// superset text (wide).
+fn cursor_for(look: Look, mark: &DateTime<FixedOffset>) -> String {
+    let from = mark.with_timezone(&Utc) - OVERLAP;
+    match look {
+        Look::Narrow => crate::clients::stash::format_in(from, *mark.offset()),
+        Look::Wide => crate::clients::stash::superset_cursor(from),
+    }
+}
+
+/// The instant a cursor's text stands for.
+fn cursor_instant(cursor: &str) -> Option<DateTime<Utc>> {
+    parse(cursor).map(|t| t.with_timezone(&Utc))
+}
+
+/// Whether a look keeps its cursor: between one and two overlaps behind
+/// the watermark (`from` is one overlap behind it).
+fn keeps_cursor(cursor: &str, from: DateTime<Utc>) -> bool {
+    cursor_instant(cursor).is_some_and(|t| t <= from && t > from - OVERLAP)
+}
+
+/// Whether no edit can still share the newest second the probe saw.
+fn settled(p: &Probe) -> bool {
+    p.newest.as_deref().and_then(parse).is_none_or(|t| p.asked_at >= t.timestamp_millis() + SAME_SECOND)
+}
+
+/// How many of `new` (rows after `before`) were inside the window
+/// (`cursor`, `before`] at the last look, as the `seen` table knows them:
+/// they left it, so the window's count did not grow by them.
+fn moved_out(queue: &Store, new: &[(String, String)], cursor: &str, before: &str) -> Result<usize, Error> {
+    let mut moved = 0;
+    for (id, _) in new {
+        if queue.seen(id)?.is_some_and(|(version, _)| version.as_str() > cursor && version.as_str() <= before) {
+            moved += 1;
+        }
+    }
+    Ok(moved)
 }
 
 /// Whether the wide look is due (never made, or [`WIDE_EVERY`] ago).
@@ -156,5 +252,38 @@ mod tests {
         assert!((60..=66).contains(&queued), "queued {queued} of the {returned} Stash returned");
         assert!(returned > 300, "the superset cursor returns hours more ({returned}): the check would see nothing");
         assert_eq!(store.pending_count().unwrap(), queued);
+    }
+
+    /// A library-wide edit fills the look's window for an hour; the looks
+    /// after the one that read it cost a probe, then only what changed.
+    #[tokio::test]
+    async fn after_a_library_wide_edit_a_look_reads_only_what_changed_since_the_last() {
+        let stash = StashEmulator::start(StashState::from_library(&Library::sample(2500, 3)), StashAuth::default())
+            .await
+            .unwrap();
+        let client = StashClient::new(&stash.url(), Default::default(), &Default::default()).unwrap();
+        let (_dir, store) = crate::store::tests::store();
+        assert_eq!(capture(&client, &store, Look::Narrow).await.unwrap(), 0, "the first look only sets the cursors");
+        let ids: Vec<u64> = stash.with_state(|s| s.scenes.keys().copied().collect());
+        for id in &ids {
+            stash.update_scene(*id, |s| s.details = Some(format!("Bulk {id}")));
+        }
+        // Past the edit's second, so no later edit can share it.
+        tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+        assert_eq!(capture(&client, &store, Look::Narrow).await.unwrap(), ids.len(), "the edit is read once");
+        store.clear().unwrap(); // delivered
+        let requests = stash.request_count();
+        assert_eq!(capture(&client, &store, Look::Narrow).await.unwrap(), 0);
+        let look = stash.request_count() - requests;
+        assert!(look <= 2, "an unchanged window costs the probe and the objects' query, not its 3 pages: {look}");
+
+        stash.update_scene(ids[10], |s| s.title = Some("One More".into()));
+        tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+        let requests = stash.request_count();
+        assert_eq!(capture(&client, &store, Look::Narrow).await.unwrap(), 1, "the new edit is queued");
+        let look = stash.request_count() - requests;
+        assert!(look <= 3, "probe, the one new row and the objects' query, not the window: {look}");
+        assert!(store.is_pending(&ids[10].to_string()).unwrap());
+        assert_eq!(store.pending_count().unwrap(), 1);
     }
 }

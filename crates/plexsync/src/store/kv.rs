@@ -25,6 +25,9 @@ pub const STASH_SESSION: &str = "stash_session";
 pub(crate) const WATERMARK_NARROW: &str = "stash_watermark";
 pub(crate) const WATERMARK_WIDE: &str = "stash_watermark_wide";
 pub(crate) const WATERMARK_WIDE_AT: &str = "stash_watermark_wide_at";
+/// What each look last learnt of its window (JSON): see `capture.rs`.
+pub(crate) const WATERMARK_NARROW_PROBE: &str = "stash_watermark_probe";
+pub(crate) const WATERMARK_WIDE_PROBE: &str = "stash_watermark_wide_probe";
 /// What the stored Plex library index is for (server, libraries, age).
 pub(crate) const PLEX_INDEX_META: &str = "plex_index_meta";
 
