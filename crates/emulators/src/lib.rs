@@ -6,6 +6,7 @@
 //! - [`fixtures`]: seeded sample libraries shared by both.
 //! - [`plugin`]: running a `raw` plugin binary exactly as Stash does.
 //! - [`package`]: installing a plugin from a plugin source, as Stash does.
+//! - [`table`]: rows kept in the order clients page them by.
 
 pub mod corpus;
 pub mod fixtures;
@@ -13,6 +14,7 @@ pub mod package;
 pub mod plex;
 pub mod plugin;
 pub mod stash;
+pub mod table;
 
 pub use fixtures::{Library, LibrarySpec};
 pub use plex::{PlexEmulator, PlexState};

@@ -138,7 +138,7 @@ fn take_jobs(state: &mut PlexState) -> Vec<Job> {
         let item = &state.items[&rk];
         let Some(provider) = state.provider_of(item.section).cloned() else { continue };
         let body = match_body(state, item, &provider, false);
-        let pull = state.items.get_mut(&rk).and_then(|i| i.pull.take()).expect("waiting");
+        let pull = state.items.get_mut(&rk).and_then(|mut i| i.pull.take()).expect("waiting");
         jobs.push(Job { rating_key: rk, provider, pull, body });
     }
     state.pulls_in_flight += jobs.len();
@@ -299,7 +299,8 @@ pub(crate) fn apply(state: &mut PlexState, rating_key: u64, answer: &Answer) {
             (*kind, tags)
         })
         .collect();
-    let Some(item) = state.items.get_mut(&rating_key) else { return };
+    let Some(mut item) = state.items.get_mut(&rating_key) else { return };
+    let item = &mut *item;
     for field in SCALARS {
         if item.locked.contains(*field) {
             continue;

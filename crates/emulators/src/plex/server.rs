@@ -2,6 +2,7 @@
 //! close), fault and auth middleware, request log, and the handlers.
 
 use std::net::SocketAddr;
+use std::ops::Bound;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,8 +20,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use super::render::Node;
-use super::state::{in_folder, Image, Item};
+use super::state::{in_folder, Image, Item, PlexState};
 use super::{views, FaultConfig, RequestRecord, Shared, TokenUse};
+use crate::table::{Listing, Order};
 
 type Shr = State<Arc<Shared>>;
 
@@ -339,6 +341,9 @@ fn paging(headers: &HeaderMap, query: &[(String, String)]) -> (usize, Option<usi
     (get("X-Plex-Container-Start").unwrap_or(0), get("X-Plex-Container-Size"))
 }
 
+/// The listing filters Plex supports that we use (see [`matches_filters`]).
+const FILTERS: &[&str] = &["title", "file", "addedAt>>", "updatedAt>>", "addedAt<<", "updatedAt<<"];
+
 /// Whether `item` passes the listing filters Plex supports that we use:
 /// `title=` (contains, any case), `file=` (folder of the path),
 /// `addedAt>>=`/`updatedAt>>=` (after) and `<<=` (before).
@@ -362,11 +367,47 @@ fn matches_filters(item: &Item, query: &[(String, String)]) -> bool {
     })
 }
 
-fn sort_items(items: &mut [&Item], sort: Option<&str>) {
-    let (field, desc) = match sort {
+/// The field and direction of a `sort=` (`addedAt:desc`); by title when none.
+fn sort_field(sort: Option<&str>) -> (&str, bool) {
+    match sort {
         Some(s) => s.split_once(':').map_or((s, false), |(f, dir)| (f, dir == "desc")),
         None => ("titleSort", false),
-    };
+    }
+}
+
+/// The listing of the items' index that answers a listing of `section`
+/// sorted by `addedAt` and filtered, if at all, by `addedAt` alone (what
+/// PlexSync pages with). `None` for the others (the caller filters and
+/// sorts).
+fn added_listing(section: u32, sort: Option<&str>, query: &[(String, String)]) -> Option<Listing<(u32, i64)>> {
+    let (field, desc) = sort_field(sort);
+    if field != "addedAt" {
+        return None;
+    }
+    let (mut after, mut before) = (None::<i64>, None::<i64>);
+    for (key, value) in query.iter().filter(|(k, _)| FILTERS.contains(&k.as_str())) {
+        let slot = match key.as_str() {
+            "addedAt>>" => &mut after,
+            "addedAt<<" => &mut before,
+            _ => return None,
+        };
+        // One that is no number matches nothing: the filtering path says so.
+        let bound = value.parse::<i64>().ok()?;
+        // Several bounds of a side all apply: the tightest one counts.
+        let tighter =
+            if key == "addedAt>>" { bound.max(slot.unwrap_or(i64::MIN)) } else { bound.min(slot.unwrap_or(i64::MAX)) };
+        *slot = Some(tighter);
+    }
+    Some(Listing {
+        order: Order::Key,
+        desc,
+        from: after.map_or(Bound::Included((section, i64::MIN)), |a| Bound::Excluded((section, a))),
+        to: before.map_or(Bound::Included((section, i64::MAX)), |b| Bound::Excluded((section, b))),
+    })
+}
+
+fn sort_items(items: &mut [&Item], sort: Option<&str>) {
+    let (field, desc) = sort_field(sort);
     match field {
         "addedAt" => items.sort_by_key(|i| (i.added_at, i.rating_key)),
         "updatedAt" => items.sort_by_key(|i| (i.updated_at, i.rating_key)),
@@ -383,7 +424,7 @@ fn sort_items(items: &mut [&Item], sort: Option<&str>) {
 
 async fn section_all(State(s): Shr, Path(key): Path<u32>, RawQuery(raw): RawQuery, headers: HeaderMap) -> Response {
     let query = query_pairs(raw.as_deref());
-    let state = s.state.lock();
+    let mut state = s.state.lock();
     let Some(section) = state.section(key).cloned() else {
         return html(StatusCode::NOT_FOUND, "Not Found");
     };
@@ -392,15 +433,33 @@ async fn section_all(State(s): Shr, Path(key): Path<u32>, RawQuery(raw): RawQuer
         let node = views::section_container(&section, Vec::new(), 0, 0);
         return paged(reply(&headers, &node), 0, 0);
     }
-    let mut items: Vec<&Item> =
-        state.items.values().filter(|i| i.section == key && matches_filters(i, &query)).collect();
     let sort = query.iter().find(|(k, _)| k == "sort").map(|(_, v)| v.as_str());
-    sort_items(&mut items, sort);
-    let total = items.len();
     let (start, size) = paging(&headers, &query);
-    let page = items.into_iter().skip(start).take(size.unwrap_or(usize::MAX)).map(|i| views::item(&state, i, false));
+    let (total, page) = match added_listing(key, sort, &query) {
+        Some(listing) => state.items.page(&listing, start, size),
+        None => filtered_page(&state, key, sort, &query, start, size),
+    };
+    let page = page.iter().map(|rk| views::item(&state, &state.items[rk], false));
     let node = views::section_container(&section, page.collect(), start, total);
     paged(reply(&headers, &node), start, total)
+}
+
+/// A page of a section's listing, filtered and sorted one item at a time:
+/// the listings the items' index does not answer. The total and the page's
+/// ratingKeys.
+fn filtered_page(
+    state: &PlexState,
+    section: u32,
+    sort: Option<&str>,
+    query: &[(String, String)],
+    start: usize,
+    size: Option<usize>,
+) -> (usize, Vec<u64>) {
+    let mut items: Vec<&Item> =
+        state.items.values().filter(|i| i.section == section && matches_filters(i, query)).collect();
+    sort_items(&mut items, sort);
+    let page = items.iter().skip(start).take(size.unwrap_or(usize::MAX)).map(|i| i.rating_key).collect();
+    (items.len(), page)
 }
 
 fn paged(mut response: Response, start: usize, total: usize) -> Response {
@@ -479,14 +538,12 @@ async fn section_scan(State(s): Shr, Path(key): Path<u32>, RawQuery(raw): RawQue
 
 fn with_item(s: &Shared, rk: &str, f: impl FnOnce(&mut Item)) -> Response {
     let mut state = s.state.lock();
-    match rk.parse::<u64>().ok().and_then(|rk| state.items.get_mut(&rk)) {
-        Some(item) => {
-            f(item);
-            item.updated_at = super::state::unix_now().max(item.updated_at);
-            StatusCode::OK.into_response()
-        }
-        None => html(StatusCode::NOT_FOUND, "Not Found"),
-    }
+    let Some(mut item) = rk.parse::<u64>().ok().and_then(|rk| state.items.get_mut(&rk)) else {
+        return html(StatusCode::NOT_FOUND, "Not Found");
+    };
+    f(&mut item);
+    item.updated_at = super::state::unix_now().max(item.updated_at);
+    StatusCode::OK.into_response()
 }
 
 /// "Refresh metadata": an item of a provider's section asks it again.
@@ -683,4 +740,98 @@ async fn admin_add_provider(State(s): Shr, Json(p): Json<NewProvider>) -> Respon
 async fn admin_add_file(State(s): Shr, Json(f): Json<NewFile>) -> StatusCode {
     s.state.lock().add_disk_file(&f.path, f.size, f.duration_ms, None);
     StatusCode::CREATED
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{RngExt, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+    use crate::fixtures::Library;
+
+    fn random_edit(state: &mut PlexState, rng: &mut ChaCha8Rng) {
+        let keys: Vec<u64> = state.items.keys().copied().collect();
+        let rk = keys[rng.random_range(0..keys.len())];
+        match rng.random_range(0..10) {
+            // Ties: a few distinct times.
+            0..4 => state.items.get_mut(&rk).unwrap().added_at = 1_700_000_000 + rng.random_range(0..5) * 600,
+            4 => state.items.get_mut(&rk).unwrap().section = rng.random_range(1..3),
+            5 => {
+                state.items.remove(&rk);
+            }
+            6 => {
+                state.add_item(rng.random_range(1..3), &[(format!("/media/library/new/{rk}.mp4"), 1, 1)]);
+            }
+            7 => {
+                let file = state.items[&rk].files().next().map(|p| p.file.clone()).unwrap_or_default();
+                state.delete_file(&file, rng.random_bool(0.5));
+            }
+            _ => {
+                let title = [("title.value".to_string(), format!("Edited {rk}"))];
+                state.apply_edit(&[rk], &title).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn indexed_section_pages_are_what_filtering_and_sorting_every_item_gives() {
+        for seed in 0..6 {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let mut state = PlexState::from_library(&Library::sample(300, seed));
+            let mut second = state.sections[0].clone();
+            second.key = 2;
+            state.sections.push(second);
+            let times: Vec<i64> = state.items.values().map(|i| i.added_at).collect();
+            for step in 0..400 {
+                random_edit(&mut state, &mut rng);
+                let section = rng.random_range(1..3);
+                let sort = ["addedAt", "addedAt:asc", "addedAt:desc"][rng.random_range(0..3)];
+                let mut query = vec![("type".to_string(), "1".to_string()), ("sort".to_string(), sort.to_string())];
+                for _ in 0..rng.random_range(0..3) {
+                    let key = ["addedAt>>", "addedAt<<"][rng.random_range(0..2)];
+                    let at = times[rng.random_range(0..times.len())] + rng.random_range(-1..2);
+                    query.push((key.to_string(), at.to_string()));
+                }
+                let size = [None, Some(0), Some(1), Some(9), Some(50)][rng.random_range(0..5)];
+                for page in 0..rng.random_range(1..5) {
+                    let start = page * size.unwrap_or(1);
+                    let listing = added_listing(section, Some(sort), &query).expect("indexed");
+                    let indexed = state.items.page(&listing, start, size);
+                    let filtered = filtered_page(&state, section, Some(sort), &query, start, size);
+                    assert_eq!(indexed, filtered, "seed {seed} step {step} {query:?} start {start} size {size:?}");
+                    if rng.random_bool(0.3) {
+                        random_edit(&mut state, &mut rng);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_listings_plexsync_reads_are_answered_from_the_index() {
+        let mut state = PlexState::from_library(&Library::sample(5_000, 1));
+        let query = |extra: &[(&str, &str)]| {
+            let mut q = vec![("type".to_string(), "1".to_string()), ("sort".to_string(), "addedAt".to_string())];
+            q.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            q
+        };
+        let since = state.items.values().nth(2_000).unwrap().added_at.to_string();
+        for q in [query(&[]), query(&[("addedAt>>", &since)])] {
+            let listing = added_listing(1, Some("addedAt"), &q).expect("indexed");
+            let before = state.items.rows_visited();
+            let (mut start, mut total) = (0, usize::MAX);
+            while start < total {
+                let (t, page) = state.items.page(&listing, start, Some(500));
+                total = t;
+                start += page.len();
+                let edit = [("title.value".to_string(), "Edited".to_string())];
+                state.apply_edit(&page[..1], &edit).unwrap();
+            }
+            let visited = state.items.rows_visited() - before;
+            assert!(visited <= 2 * total as u64, "{visited} rows visited for {total}");
+        }
+        assert!(added_listing(1, None, &query(&[])).is_none(), "by title: filtered and sorted");
+        assert!(added_listing(1, Some("addedAt"), &query(&[("title", "x")])).is_none());
+    }
 }

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::fixtures::Library;
+use crate::table::{Row, Table};
 
 /// Scalar fields the edit API accepts as `<field>.value`.
 pub const SCALAR_FIELDS: &[&str] = &[
@@ -138,6 +139,16 @@ pub struct Item {
     pub pull: Option<Pull>,
 }
 
+/// Items are listed by section, then `addedAt` (PlexSync pages with
+/// `sort=addedAt`), ties by ratingKey.
+impl Row for Item {
+    type Key = (u32, i64);
+
+    fn key(&self) -> (u32, i64) {
+        (self.section, self.added_at)
+    }
+}
+
 /// A custom metadata provider the server owner added (Settings → Metadata
 /// Agents → Add Provider), as its manifest described it.
 #[derive(Clone, Debug, PartialEq)]
@@ -223,7 +234,9 @@ pub struct PlexState {
     pub version: String,
     pub friendly_name: String,
     pub sections: Vec<Section>,
-    pub items: BTreeMap<u64, Item>,
+    /// By ratingKey, and indexed by section and `addedAt` for the section
+    /// listings' pages (see [`Table`]).
+    pub items: Table<Item>,
     pub disk: Vec<DiskFile>,
     /// The earliest `due` in `disk`, kept with it.
     disk_due: Option<Instant>,
@@ -310,7 +323,7 @@ impl PlexState {
                 scanned_at: now,
                 scanning_until: None,
             }],
-            items: BTreeMap::new(),
+            items: Table::default(),
             disk: Vec::new(),
             disk_due: None,
             auto_scan_delay: None,
@@ -334,38 +347,27 @@ impl PlexState {
     /// and the scenes Plex lacks as files on disk waiting for a scan.
     pub fn from_library(lib: &Library) -> Self {
         let mut state = Self::new(&lib.plex_prefix);
+        // Built whole, then loaded at once: a million items in seconds.
+        let mut items = Vec::with_capacity(lib.scenes.len());
         for scene in &lib.scenes {
-            let files: Vec<(String, u64, u64)> =
-                scene.files.iter().map(|f| (f.plex_path.clone(), f.size, (f.duration_secs * 1000.0) as u64)).collect();
+            let duration = |secs: f64| (secs * 1000.0) as u64;
             if !scene.in_plex {
-                for (path, size, duration) in files {
-                    state.add_disk_file(&path, size, duration, None);
+                for f in &scene.files {
+                    state.add_disk_file(&f.plex_path, f.size, duration(f.duration_secs), None);
                 }
                 continue;
             }
-            state.add_item(1, &files);
+            let files = scene.files.iter().map(|f| (f.plex_path.as_str(), f.size, duration(f.duration_secs)));
+            items.push(state.new_item(1, files));
             if scene.plex_duplicate {
-                let (path, size, duration) = &files[0];
-                let copy = path.replacen(&lib.plex_prefix, &format!("{}/Backup", lib.plex_prefix), 1);
-                state.add_item(1, &[(copy, *size, *duration)]);
+                let first = &scene.files[0];
+                let copy = first.plex_path.replacen(&lib.plex_prefix, &format!("{}/Backup", lib.plex_prefix), 1);
+                items.push(state.new_item(1, [(copy.as_str(), first.size, duration(first.duration_secs))]));
             }
         }
-        state.date_as_grown();
+        date_as_grown(&mut items);
+        state.items = items.into_iter().map(|item| (item.rating_key, item)).collect();
         state
-    }
-
-    /// A real library grew over time: items were added one after another,
-    /// not all in this second. Spreads `addedAt`/`updatedAt` back, one item
-    /// every ten minutes, oldest first (a filter by time then returns what a
-    /// real one would).
-    fn date_as_grown(&mut self) {
-        let now = unix_now();
-        let n = self.items.len() as i64;
-        for (i, item) in self.items.values_mut().enumerate() {
-            let at = now - (n - i as i64) * 600;
-            item.added_at = at;
-            item.updated_at = at;
-        }
     }
 
     fn next(&mut self) -> u64 {
@@ -376,14 +378,23 @@ impl PlexState {
     /// Adds an item for `files` (path, size, duration in ms) to `section`,
     /// titled after the first file as Plex does before any agent ran.
     pub fn add_item(&mut self, section: u32, files: &[(String, u64, u64)]) -> u64 {
+        let item = self.new_item(section, files.iter().map(|(path, size, duration)| (path.as_str(), *size, *duration)));
+        let rating_key = item.rating_key;
+        self.items.insert(rating_key, item);
+        rating_key
+    }
+
+    /// The item [`PlexState::add_item`] adds, with the next ids, as the
+    /// section's agent leaves it; not yet in `items`.
+    fn new_item<'a>(&mut self, section: u32, files: impl IntoIterator<Item = (&'a str, u64, u64)>) -> Item {
         let rating_key = self.next();
         let parts: Vec<Part> = files
-            .iter()
+            .into_iter()
             .map(|(path, size, duration)| Part {
                 id: self.next(),
-                file: path.clone(),
-                size: *size,
-                duration_ms: *duration,
+                file: path.to_string(),
+                size,
+                duration_ms: duration,
                 container: extension(path),
                 deleted_at: None,
             })
@@ -392,8 +403,8 @@ impl PlexState {
         let container = parts.first().map(|p| p.container.clone()).unwrap_or_default();
         let now = unix_now();
         let mut fields = BTreeMap::new();
-        fields.insert("title".to_string(), file_stem(&files[0].0).to_string());
-        let item = Item {
+        fields.insert("title".to_string(), file_stem(&parts[0].file).to_string());
+        let mut item = Item {
             rating_key,
             section,
             guid: format!("local://{rating_key}"),
@@ -411,14 +422,14 @@ impl PlexState {
             refreshes: 0,
             pull: None,
         };
-        self.items.insert(rating_key, item);
         if self.provider_of(section).is_some() {
             // The section's agent is a custom provider: it is asked.
-            self.items.get_mut(&rating_key).expect("just added").pull = Some(Pull::Match);
+            item.pull = Some(Pull::Match);
         } else if self.agent_fills && rating_key.is_multiple_of(4) {
-            self.agent_fill(rating_key);
+            let tags = self.agent_tags();
+            fill_as_agent(&mut item, tags);
         }
-        rating_key
+        item
     }
 
     /// The section's agent (Plex Movie) matched the file to a movie: it
@@ -426,7 +437,15 @@ impl PlexState {
     /// locked. Other files keep the title made from their name, as with the
     /// Personal Media agent or none.
     pub fn agent_fill(&mut self, rating_key: u64) {
-        let tags: Vec<(TagKind, Vec<Tag>)> = [
+        let tags = self.agent_tags();
+        if let Some(mut item) = self.items.get_mut(&rating_key) {
+            fill_as_agent(&mut item, tags);
+        }
+    }
+
+    /// The genres, actors and director the agent gives a matched movie.
+    fn agent_tags(&mut self) -> Vec<(TagKind, Vec<Tag>)> {
+        [
             (TagKind::Genre, vec!["Drama", "Thriller"]),
             (TagKind::Actor, vec!["Agent Actor One", "Agent Actor Two"]),
             (TagKind::Director, vec!["Agent Director"]),
@@ -439,28 +458,15 @@ impl PlexState {
                 .collect();
             (kind, tags)
         })
-        .collect();
-        let Some(item) = self.items.get_mut(&rating_key) else { return };
-        let title = format!("A Movie The Agent Matched ({rating_key})");
-        for (field, value) in [
-            ("title", title.as_str()),
-            ("summary", "What the agent's metadata source says of the movie."),
-            ("originallyAvailableAt", "1999-03-31"),
-            ("year", "1999"),
-        ] {
-            item.fields.insert(field.into(), value.into());
-        }
-        item.tags.extend(tags);
-        item.poster = Some(Image::Url(format!("https://metadata-static.plex.tv/p/{rating_key}/poster.jpg")));
-        item.art = Some(Image::Url(format!("https://metadata-static.plex.tv/a/{rating_key}/art.jpg")));
-        item.agent_matched = true;
+        .collect()
     }
 
     /// A file renamed or moved inside the library and seen by a scan: its
     /// item keeps its ratingKey and `addedAt`, only the part's path (and
     /// `updatedAt`) change (scanner: "Part rename detected"). Returns the item.
     pub fn rename_file(&mut self, from: &str, to: &str) -> Option<u64> {
-        let item = self.items.values_mut().find(|i| i.files().any(|p| p.file == from))?;
+        let rating_key = self.items.values().find(|i| i.files().any(|p| p.file == from))?.rating_key;
+        let mut item = self.items.get_mut(&rating_key)?;
         for part in item.media.iter_mut().flat_map(|m| m.parts.iter_mut()) {
             if part.file == from {
                 part.file = to.to_string();
@@ -476,7 +482,7 @@ impl PlexState {
     /// part goes, and the item with its last part.
     pub fn delete_file(&mut self, path: &str, keep_trash: bool) {
         let now = unix_now();
-        for item in self.items.values_mut() {
+        self.items.retain(|_, item| {
             for media in &mut item.media {
                 if keep_trash {
                     media.parts.iter_mut().filter(|p| p.file == path).for_each(|p| p.deleted_at = Some(now));
@@ -485,15 +491,15 @@ impl PlexState {
                 }
             }
             item.media.retain(|m| !m.parts.is_empty());
-        }
-        self.items.retain(|_, i| !i.media.is_empty());
+            !item.media.is_empty()
+        });
     }
 
     /// Plex merged two items it matched to the same title: `from`'s media
     /// join `into`, and `from` is gone.
     pub fn merge_items(&mut self, into: u64, from: u64) {
         let Some(moved) = self.items.remove(&from) else { return };
-        if let Some(item) = self.items.get_mut(&into) {
+        if let Some(mut item) = self.items.get_mut(&into) {
             item.media.extend(moved.media);
             item.updated_at = unix_now().max(item.updated_at + 1);
         }
@@ -505,7 +511,7 @@ impl PlexState {
     /// lowest one, as SQLite does after deletions, so an old key now names
     /// another video.
     pub fn rebuild_reusing_keys(&mut self) {
-        let old: Vec<Item> = std::mem::take(&mut self.items).into_values().collect();
+        let old: Vec<Item> = std::mem::take(&mut self.items).into_iter().map(|(_, item)| item).collect();
         let mut keys: Vec<u64> = old.iter().map(|i| i.rating_key).collect();
         // The scan meets the files in another order than they were added.
         keys.rotate_left(1);
@@ -628,7 +634,7 @@ impl PlexState {
             .collect();
         let now = unix_now();
         for id in ids {
-            let item = self.items.get_mut(id).expect("checked above");
+            let mut item = self.items.get_mut(id).expect("checked above");
             if let Some(journal) = self.journal.as_mut() {
                 let title = edit.values.iter().find(|(f, _)| f == "title").map(|(_, v)| v.clone());
                 let files = item.files().map(|p| p.file.clone()).collect();
@@ -670,6 +676,39 @@ impl PlexState {
         }
         Ok(())
     }
+}
+
+/// A real library grew over time: items were added one after another,
+/// not all in this second. Spreads `addedAt`/`updatedAt` back, one item
+/// every ten minutes, oldest first (a filter by time then returns what a
+/// real one would).
+fn date_as_grown(items: &mut [Item]) {
+    let now = unix_now();
+    let n = items.len() as i64;
+    for (i, item) in items.iter_mut().enumerate() {
+        let at = now - (n - i as i64) * 600;
+        item.added_at = at;
+        item.updated_at = at;
+    }
+}
+
+/// The section's agent (Plex Movie) matched `item`'s file to a movie (see
+/// [`PlexState::agent_fill`]); `tags` from [`PlexState::agent_tags`].
+fn fill_as_agent(item: &mut Item, tags: Vec<(TagKind, Vec<Tag>)>) {
+    let rating_key = item.rating_key;
+    let title = format!("A Movie The Agent Matched ({rating_key})");
+    for (field, value) in [
+        ("title", title.as_str()),
+        ("summary", "What the agent's metadata source says of the movie."),
+        ("originallyAvailableAt", "1999-03-31"),
+        ("year", "1999"),
+    ] {
+        item.fields.insert(field.into(), value.into());
+    }
+    item.tags.extend(tags);
+    item.poster = Some(Image::Url(format!("https://metadata-static.plex.tv/p/{rating_key}/poster.jpg")));
+    item.art = Some(Image::Url(format!("https://metadata-static.plex.tv/a/{rating_key}/art.jpg")));
+    item.agent_matched = true;
 }
 
 #[derive(Default, Debug)]

@@ -1,12 +1,13 @@
 //! The Stash emulator's data: scenes with files, studios, performers, tags,
 //! plugin settings, and a log of the mutations clients made.
 
-use std::collections::BTreeMap;
+use std::cmp::Ordering;
 
 use chrono::{DateTime, FixedOffset, SecondsFormat, SubsecRound, Utc};
 use serde_json::{Map, Value};
 
 use crate::fixtures::Library;
+use crate::table::{Row, Table};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct StashFile {
@@ -76,6 +77,25 @@ pub struct StashTag {
     pub updated_at: String,
 }
 
+/// Scenes, studios, performers and tags are listed by `updated_at` (text
+/// order, as SQLite sorts the stored strings), ties by id.
+macro_rules! by_updated_at {
+    ($($t:ty),*) => {$(
+        impl Row for $t {
+            type Key = String;
+
+            fn key(&self) -> String {
+                self.updated_at.clone()
+            }
+
+            fn cmp_key(&self, key: &String) -> Ordering {
+                self.updated_at.as_str().cmp(key)
+            }
+        }
+    )*};
+}
+by_updated_at!(StashScene, StashStudio, StashPerformer, StashTag);
+
 /// The objects other than scenes whose changes show in Plex.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ObjectKind {
@@ -143,13 +163,15 @@ impl Zone {
     }
 }
 
-/// Everything the Stash emulator knows.
+/// Everything the Stash emulator knows. The tables read as maps by id and
+/// keep an index by `updated_at`, which `findScenes` and the other finders
+/// page from (see [`Table`]).
 #[derive(Debug, Default)]
 pub struct StashState {
-    pub scenes: BTreeMap<u64, StashScene>,
-    pub studios: BTreeMap<u64, StashStudio>,
-    pub performers: BTreeMap<u64, StashPerformer>,
-    pub tags: BTreeMap<u64, StashTag>,
+    pub scenes: Table<StashScene>,
+    pub studios: Table<StashStudio>,
+    pub performers: Table<StashPerformer>,
+    pub tags: Table<StashTag>,
     /// `configuration.plugins`: plugin id → settings.
     pub plugins: Map<String, Value>,
     pub mutations: Vec<MutationRecord>,
@@ -191,13 +213,15 @@ impl StashState {
         // after the studios, performers and tags they show.
         let start = Utc::now().trunc_subsecs(0) - chrono::Duration::minutes(lib.scenes.len() as i64 + 24 * 60);
         let made = state.zone.format(start - chrono::Duration::minutes(1));
-        state.studios.values_mut().for_each(|s| s.updated_at = made.clone());
-        state.performers.values_mut().for_each(|p| p.updated_at = made.clone());
-        state.tags.values_mut().for_each(|t| t.updated_at = made.clone());
+        state.studios.for_each_mut(|s| s.updated_at = made.clone());
+        state.performers.for_each_mut(|p| p.updated_at = made.clone());
+        state.tags.for_each_mut(|t| t.updated_at = made.clone());
+        // Built whole, then loaded at once: a million scenes in seconds.
+        let mut scenes = Vec::with_capacity(lib.scenes.len());
         for (i, scene) in lib.scenes.iter().enumerate() {
-            let files = scene.files.iter().map(|f| (f.stash_path.clone(), f.size, f.duration_secs)).collect::<Vec<_>>();
-            let id = state.add_scene(&files);
-            let s = state.scenes.get_mut(&id).expect("just added");
+            let files = scene.files.iter().map(|f| (f.stash_path.as_str(), f.size, f.duration_secs));
+            let at = state.zone.format(start + chrono::Duration::minutes(i as i64));
+            let mut s = state.new_scene(files, at);
             s.title = Some(scene.title.clone());
             s.code = scene.code.clone();
             s.details = scene.details.clone();
@@ -209,10 +233,12 @@ impl StashState {
             s.studio = scene.studio.map(|i| studio_ids[i]);
             s.performers = scene.performers.iter().map(|i| performer_ids[*i]).collect();
             s.tags = scene.tags.iter().map(|i| tag_ids[*i]).collect();
-            s.cover = Some(fixture_image(id));
-            s.created_at = state.zone.format(start + chrono::Duration::minutes(i as i64));
-            s.updated_at = s.created_at.clone();
+            s.cover = Some(fixture_image(s.id));
+            scenes.push((s.id, s));
         }
+        state.scenes = scenes.into_iter().collect();
+        // As `add_scene` per scene: later stamps are no earlier than now.
+        state.stamp();
         state
     }
 
@@ -258,32 +284,36 @@ impl StashState {
     /// Adds a scene for `files` (path, size, duration in seconds), as a
     /// scan does: no metadata yet.
     pub fn add_scene(&mut self, files: &[(String, u64, f64)]) -> u64 {
+        let now = self.stamp();
+        let scene = self.new_scene(files.iter().map(|(path, size, duration)| (path.as_str(), *size, *duration)), now);
+        let id = scene.id;
+        self.scenes.insert(id, scene);
+        id
+    }
+
+    /// A scene for `files` (path, size, duration in seconds), created and
+    /// updated `at`, with the next ids; not yet in `scenes`.
+    fn new_scene<'a>(&mut self, files: impl IntoIterator<Item = (&'a str, u64, f64)>, at: String) -> StashScene {
         let id = self.next();
         let files = files
-            .iter()
-            .map(|(path, size, duration)| {
-                let file_id = self.next();
-                StashFile {
-                    id: file_id,
-                    path: path.clone(),
-                    size: *size,
-                    duration: *duration,
-                    fingerprints: vec![("oshash".into(), format!("{:016x}", fnv(path) ^ size))],
-                }
+            .into_iter()
+            .map(|(path, size, duration)| StashFile {
+                id: self.next(),
+                path: path.to_string(),
+                size,
+                duration,
+                fingerprints: vec![("oshash".into(), format!("{:016x}", fnv(path) ^ size))],
             })
             .collect();
-        let now = self.stamp();
-        self.scenes
-            .insert(id, StashScene { id, created_at: now.clone(), updated_at: now, files, ..Default::default() });
-        id
+        StashScene { id, created_at: at.clone(), updated_at: at, files, ..Default::default() }
     }
 
     /// Changes a scene and bumps its `updated_at`, as every Stash edit does.
     pub fn update_scene(&mut self, id: u64, f: impl FnOnce(&mut StashScene)) -> bool {
         let now = self.stamp();
         match self.scenes.get_mut(&id) {
-            Some(scene) => {
-                f(scene);
+            Some(mut scene) => {
+                f(&mut scene);
                 scene.updated_at = now;
                 true
             }
@@ -297,17 +327,20 @@ impl StashState {
     /// such object.
     pub fn update_object(&mut self, kind: ObjectKind, id: u64, name: Option<&str>) -> bool {
         let now = self.stamp();
-        let slots = match kind {
-            ObjectKind::Performer => self.performers.get_mut(&id).map(|p| (&mut p.name, &mut p.updated_at)),
-            ObjectKind::Studio => self.studios.get_mut(&id).map(|s| (&mut s.name, &mut s.updated_at)),
-            ObjectKind::Tag => self.tags.get_mut(&id).map(|t| (&mut t.name, &mut t.updated_at)),
-        };
-        let Some((slot, stamp)) = slots else { return false };
-        if let Some(name) = name {
-            *slot = name.to_string();
+        fn update<T: Row>(table: &mut Table<T>, id: u64, f: impl FnOnce(&mut T)) -> bool {
+            table.get_mut(&id).map(|mut row| f(&mut row)).is_some()
         }
-        *stamp = now;
-        true
+        let rename = |slot: &mut String, stamp: &mut String| {
+            if let Some(name) = name {
+                *slot = name.to_string();
+            }
+            *stamp = now;
+        };
+        match kind {
+            ObjectKind::Performer => update(&mut self.performers, id, |p| rename(&mut p.name, &mut p.updated_at)),
+            ObjectKind::Studio => update(&mut self.studios, id, |s| rename(&mut s.name, &mut s.updated_at)),
+            ObjectKind::Tag => update(&mut self.tags, id, |t| rename(&mut t.name, &mut t.updated_at)),
+        }
     }
 
     /// Deletes a performer, studio or tag. Stash's foreign keys drop it
@@ -319,16 +352,18 @@ impl StashState {
             ObjectKind::Studio => self.studios.remove(&id).is_some(),
             ObjectKind::Tag => self.tags.remove(&id).is_some(),
         };
-        for scene in self.scenes.values_mut() {
-            match kind {
-                ObjectKind::Performer => scene.performers.retain(|p| *p != id),
-                ObjectKind::Studio if scene.studio == Some(id) => scene.studio = None,
-                ObjectKind::Studio => {}
-                ObjectKind::Tag => scene.tags.retain(|t| *t != id),
-            }
-        }
+        self.scenes.for_each_mut(|scene| match kind {
+            ObjectKind::Performer => scene.performers.retain(|p| *p != id),
+            ObjectKind::Studio if scene.studio == Some(id) => scene.studio = None,
+            ObjectKind::Studio => {}
+            ObjectKind::Tag => scene.tags.retain(|t| *t != id),
+        });
         if kind == ObjectKind::Studio {
-            self.studios.values_mut().filter(|s| s.parent == Some(id)).for_each(|s| s.parent = None);
+            self.studios.for_each_mut(|s| {
+                if s.parent == Some(id) {
+                    s.parent = None;
+                }
+            });
         }
         gone
     }
@@ -343,14 +378,14 @@ impl StashState {
         if sources.contains(&destination) {
             return Err("cannot merge where source == destination".into());
         }
-        for scene in self.scenes.values_mut() {
+        self.scenes.for_each_mut(|scene| {
             if scene.tags.iter().any(|t| sources.contains(t)) {
                 scene.tags.retain(|t| !sources.contains(t));
                 if !scene.tags.contains(&destination) {
                     scene.tags.push(destination);
                 }
             }
-        }
+        });
         for id in sources {
             self.tags.remove(id);
         }
@@ -365,7 +400,9 @@ impl StashState {
 /// A small PNG that differs per `seed` (the 1×1 PNG with the seed in a
 /// `tEXt` chunk-sized tail after `IEND`, which decoders ignore).
 pub fn fixture_image(seed: u64) -> Vec<u8> {
-    let mut bytes = crate::stash::IMAGE_PNG.to_vec();
+    let png = crate::stash::IMAGE_PNG;
+    let mut bytes = Vec::with_capacity(png.len() + 8);
+    bytes.extend_from_slice(png);
     bytes.extend_from_slice(&seed.to_be_bytes());
     bytes
 }

@@ -247,7 +247,7 @@ async fn preserve_plex_edits_keeps_what_a_person_edited_in_plex() {
     // A person edits the summary in Plex Web, which locks it; the title
     // is Plex's own (from the file name), unlocked.
     bed.plex.with_state(|s| {
-        let item = s.items.get_mut(&rk).unwrap();
+        let mut item = s.items.get_mut(&rk).unwrap();
         item.fields.insert("summary".into(), "Written in Plex".into());
         item.locked.insert("summary".into());
     });

@@ -137,7 +137,7 @@ async fn refresh_mode_sends_a_stash_edit_through_the_provider_and_a_locked_field
     let rk = bed.plex.item_by_file(&plex_path(&bed, id)).unwrap().rating_key;
     // A person's edit in Plex: locked, so no pull may change it.
     bed.plex.with_state(|s| {
-        let item = s.items.get_mut(&rk).unwrap();
+        let mut item = s.items.get_mut(&rk).unwrap();
         item.fields.insert("title".into(), "A person's title".into());
         item.locked.insert("title".into());
     });

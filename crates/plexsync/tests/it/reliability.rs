@@ -273,7 +273,7 @@ async fn reconcile_repairs_values_reset_behind_our_back() {
     let rk = bed.item_of(victim).rating_key;
     // An agent or a person resets Plex's values; our hashes say nothing changed.
     bed.plex.with_state(|s| {
-        let item = s.items.get_mut(&rk).unwrap();
+        let mut item = s.items.get_mut(&rk).unwrap();
         item.fields.insert("title".into(), "Reset by an agent".into());
         item.tags.clear();
     });

@@ -121,7 +121,7 @@ async fn scenario_rename_a_performer_used_by_300_scenes() {
     let star = bed.stash.with_state(|s| s.add_performer("Popular Person"));
     for id in bed.scenes_in_plex().into_iter().take(310) {
         bed.stash.with_state(|s| {
-            let scene = s.scenes.get_mut(&id).unwrap();
+            let mut scene = s.scenes.get_mut(&id).unwrap();
             scene.performers.push(star);
             scene.organized = true;
         });
