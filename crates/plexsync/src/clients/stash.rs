@@ -411,25 +411,44 @@ impl StashClient {
     /// Every row of a `findScenes` query (`$f`, `$sf` variables) whose scene
     /// fields are `fields`, oldest update first, page by page; `filter` is
     /// the `SceneFilterType`.
-    async fn all_rows<T: DeserializeOwned>(
+    async fn all_rows<T: DeserializeOwned + Send>(
         &self,
         what: &str,
         fields: &str,
         filter: Option<Value>,
         progress: &mut (dyn FnMut(usize, usize) + Send),
     ) -> Result<Vec<T>, Error> {
-        let q = queries::rows(fields);
         let mut rows = Vec::new();
+        self.each_page(what, fields, filter, &mut |page, total| {
+            rows.extend(page);
+            progress(rows.len(), total);
+            Ok(())
+        })
+        .await?;
+        Ok(rows)
+    }
+
+    /// Hands the rows of a paged scene query to `page` a page at a time,
+    /// with the total, so a caller need not hold a whole library.
+    async fn each_page<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        fields: &str,
+        filter: Option<Value>,
+        on_page: &mut (dyn FnMut(Vec<T>, usize) -> Result<(), Error> + Send),
+    ) -> Result<(), Error> {
+        let q = queries::rows(fields);
+        let mut taken = 0;
         for page in 1.. {
             let data: Rows<T> = self.query(what, &q, page_vars(page, 1000, filter.as_ref())).await?;
             let got = data.page.scenes.len();
-            rows.extend(data.page.scenes);
-            progress(rows.len(), data.page.count);
-            if got == 0 || rows.len() >= data.page.count {
+            taken += got;
+            on_page(data.page.scenes, data.page.count)?;
+            if got == 0 || taken >= data.page.count {
                 break;
             }
         }
-        Ok(rows)
+        Ok(())
     }
 
     /// Ids of every scene (updated after `since`, when given), paged.
@@ -477,14 +496,20 @@ impl StashClient {
         Ok(rows.into_iter().map(|r| r.id).collect())
     }
 
-    /// Every file of every scene: (path, size), paged.
-    pub(crate) async fn all_files(&self) -> Result<Vec<(String, u64)>, Error> {
+    /// Hands every file of every scene to `file` (path, size), a page
+    /// at a time.
+    pub(crate) async fn each_file(
+        &self,
+        file: &mut (dyn FnMut(&str, u64) -> Result<(), Error> + Send),
+    ) -> Result<(), Error> {
         #[derive(Deserialize)]
         struct Row {
             files: Vec<SceneFile>,
         }
-        let rows: Vec<Row> = self.all_rows("list scene files", queries::ROW_FIELDS[1], None, &mut |_, _| {}).await?;
-        Ok(rows.into_iter().flat_map(|r| r.files).map(|f| (f.path, f.size)).collect())
+        self.each_page("list scene files", queries::ROW_FIELDS[1], None, &mut |rows: Vec<Row>, _| {
+            rows.iter().flat_map(|r| &r.files).try_for_each(|f| file(&f.path, f.size))
+        })
+        .await
     }
 
     /// Scenes with a file whose path contains the file name `name` (a

@@ -206,18 +206,18 @@ pub(crate) async fn suggest_paths(ctx: &Context) -> Result<Value, Error> {
         .as_ref()
         .ok_or_else(|| Error::new(ErrorClass::Config, ctx.settings.delivery_problem().unwrap_or_default()))?;
     let index = LibraryIndex::build(plex, &ctx.settings).await?;
-    let files = ctx.stash.all_files().await?;
-    let rules = crate::pipeline::matching::suggest_mappings(&files, &index);
+    let mut tally = crate::pipeline::matching::MappingTally::default();
+    ctx.stash.each_file(&mut |path, size| tally.add(&index, path, size)).await?;
+    let files = tally.files;
+    let rules = tally.rules();
     for r in rules.iter().take(5) {
-        tracing::info!("suggested mapping: {} => {}  ({} of {} Stash files)", r.stash, r.plex, r.files, files.len());
+        tracing::info!("suggested mapping: {} => {}  ({} of {files} Stash files)", r.stash, r.plex, r.files);
     }
     if rules.is_empty() {
         tracing::info!("no mapping needed or none found: no Stash file has a single same-named, same-sized file in Plex under another folder");
     }
     let setting = rules.iter().take(3).map(|r| format!("{} => {}", r.stash, r.plex)).collect::<Vec<_>>().join("; ");
-    Ok(
-        json!({"suggestions": rules.iter().take(10).collect::<Vec<_>>(), "stash_files": files.len(), "pathMappings": setting}),
-    )
+    Ok(json!({"suggestions": rules.iter().take(10).collect::<Vec<_>>(), "stash_files": files, "pathMappings": setting}))
 }
 
 /// How scene `id` is matched: files, mapped paths, candidates, decision.

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
+use rusqlite::{params, OptionalExtension};
 use unicode_normalization::UnicodeNormalization;
 
 use crate::clients::plex::{PlexClient, PlexItem, PlexSection};
@@ -138,57 +139,59 @@ pub(crate) fn rating_key_in_url(url: &str) -> Option<String> {
     (!digits.is_empty()).then_some(digits)
 }
 
-/// Item positions by a 64-bit hash of a lookup key. Keys are not kept (a
-/// path per file in five maps was most of the index at 100 000 items): a
+fn key_hash(key: impl std::hash::Hash) -> i64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    let hash = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(key);
+    hash as i64
+}
+
+/// The lookups an item's files are found by, as stored in `keys.kind`.
+#[derive(Clone, Copy)]
+enum Key {
+    Path = 0,
+    Name = 1,
+    NameSize = 2,
+    StemSize = 3,
+}
+
+/// The index's own database. Lookup keys are 64-bit hashes, not text: a
 /// lookup checks each candidate's own files against the key, so a hash
 /// collision or an item that moved can never produce a wrong match.
-#[derive(Debug, Default)]
-struct Postings {
-    one: HashMap<u64, u32>,
-    /// Keys that several items share (the same file name in two folders).
-    many: HashMap<u64, Vec<u32>>,
-}
+/// The rollback journal is in memory and nothing is synced: the file is
+/// scratch, rebuilt from Plex or from the queue's copy by the next process.
+const SCHEMA: &str = "
+PRAGMA journal_mode = MEMORY;
+PRAGMA synchronous = OFF;
+CREATE TABLE items (
+    id         INTEGER PRIMARY KEY,
+    rating_key TEXT NOT NULL UNIQUE,
+    section    TEXT NOT NULL,
+    held       INTEGER NOT NULL,
+    item       TEXT NOT NULL
+);
+CREATE INDEX items_by_section ON items (section, held);
+CREATE TABLE keys (
+    kind INTEGER NOT NULL,
+    hash INTEGER NOT NULL,
+    id   INTEGER NOT NULL,
+    PRIMARY KEY (kind, hash, id)
+) WITHOUT ROWID;
+";
 
-fn key_hash(key: impl std::hash::Hash) -> u64 {
-    use std::hash::{BuildHasher, BuildHasherDefault};
-    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(key)
-}
+/// Rows the stored copy is written from, read in runs of this many.
+const ROWS_PER_READ: i64 = 1000;
 
-impl Postings {
-    fn add(&mut self, key: u64, id: u32) {
-        if let Some(list) = self.many.get_mut(&key) {
-            if !list.contains(&id) {
-                list.push(id);
-            }
-            return;
-        }
-        match self.one.insert(key, id) {
-            Some(other) if other != id => {
-                self.one.remove(&key);
-                self.many.insert(key, vec![other, id]);
-            }
-            _ => {}
-        }
-    }
-
-    fn get(&self, key: u64) -> &[u32] {
-        match self.one.get(&key) {
-            Some(id) => std::slice::from_ref(id),
-            None => self.many.get(&key).map_or(&[], Vec::as_slice),
-        }
-    }
-}
-
-/// The library index.
-#[derive(Debug, Default)]
+/// The library index. Its items live in a private SQLite database that
+/// SQLite keeps in a temporary file (deleted as soon as it is opened, so
+/// a crash leaves nothing behind; `SQLITE_TMPDIR` chooses the folder),
+/// with a small page cache: memory stays flat whatever the library's
+/// size, where a million items held in maps took over 400 MB.
+#[derive(Debug)]
 pub struct LibraryIndex {
-    items: Vec<IndexedItem>,
-    /// Positions by a hash of the ratingKey (checked against the item).
-    ids: Postings,
-    by_path: Postings,
-    by_name_size: Postings,
-    by_name: Postings,
-    by_stem_size: Postings,
+    /// Behind a lock only so the index can be shared by reference between
+    /// tasks; every use is short and synchronous.
+    db: std::sync::Mutex<rusqlite::Connection>,
+    len: usize,
     pub sections: Vec<PlexSection>,
     pub built_at: Option<Instant>,
     /// When new and changed items were last fetched.
@@ -203,6 +206,22 @@ pub struct LibraryIndex {
     /// handed out again), until taken: the scenes written there before
     /// are delivered again.
     pub moved: Vec<String>,
+}
+
+/// An error of the index's database, saying where it lives.
+fn index_error(e: rusqlite::Error) -> Error {
+    let hint = match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => {
+            "the temporary folder is full; free some space there or point SQLITE_TMPDIR at a larger disk"
+        }
+        _ => "it is rebuilt from Plex by the next run",
+    };
+    Error::new(ErrorClass::Bug, format!("the Plex library index (a temporary SQLite file) failed: {e}; {hint}"))
+}
+
+fn parse_item(json: &str) -> Result<IndexedItem, Error> {
+    serde_json::from_str(json)
+        .map_err(|e| Error::new(ErrorClass::Bug, format!("the Plex library index holds an unreadable item: {e}")))
 }
 
 /// The lookup keys of one file: its normalized path, its file name (lower
@@ -222,11 +241,47 @@ impl FileKeys {
 }
 
 impl LibraryIndex {
+    /// An index with no items and no sections.
+    pub fn empty() -> Result<Self, Error> {
+        // An empty name is SQLite's private temporary database.
+        let db = rusqlite::Connection::open("").map_err(index_error)?;
+        db.execute_batch(SCHEMA).map_err(index_error)?;
+        Ok(LibraryIndex {
+            db: std::sync::Mutex::new(db),
+            len: 0,
+            sections: Vec::new(),
+            built_at: None,
+            refreshed_at: None,
+            newest_added: 0,
+            reads: 0,
+            moved: Vec::new(),
+        })
+    }
+
+    fn db(&self) -> std::sync::MutexGuard<'_, rusqlite::Connection> {
+        self.db.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` in one transaction (thousands of rows each committed on
+    /// their own would be slow); a failure undoes its rows.
+    pub(crate) fn in_transaction<R>(&mut self, f: impl FnOnce(&mut Self) -> Result<R, Error>) -> Result<R, Error> {
+        self.db().execute_batch("BEGIN").map_err(index_error)?;
+        let (len, moved) = (self.len, self.moved.len());
+        let out = f(self);
+        let end = if out.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        let ended = self.db().execute_batch(end).map_err(index_error);
+        if out.is_err() || ended.is_err() {
+            self.len = len;
+            self.moved.truncate(moved);
+        }
+        ended.and(out)
+    }
+
     /// Reads every configured movie section (all movie sections when none
     /// is named) page by page.
     pub async fn build(plex: &PlexClient, settings: &Settings) -> Result<Self, Error> {
         let all = plex.sections().await?;
-        let mut index = LibraryIndex { reads: 1, ..Default::default() };
+        let mut index = LibraryIndex { reads: 1, ..LibraryIndex::empty()? };
         let sections: Vec<PlexSection> = if settings.libraries.is_empty() {
             all.into_iter().filter(|s| s.kind == "movie").collect()
         } else {
@@ -265,15 +320,19 @@ impl LibraryIndex {
         for section in &sections {
             let what = format!("reading Plex library {}", section.title);
             let mut done = 0;
+            let mut failed = None;
             index.reads += plex
                 .for_each_page(&section.key, &[], &mut |items, total| {
                     done += items.len();
                     crate::progress::report(&what, done, total);
-                    for item in &items {
-                        index.insert(&section.key, item);
+                    if failed.is_none() {
+                        failed = index.insert_all(&section.key, &items).err();
                     }
                 })
                 .await?;
+            if let Some(e) = failed {
+                return Err(e);
+            }
         }
         index.sections = sections;
         index.built_at = Some(Instant::now());
@@ -294,80 +353,119 @@ impl LibraryIndex {
         for section in self.sections.clone() {
             let items = plex.section_added_since(&section.key, since).await?;
             self.reads += 1;
-            for item in items {
-                let before = self.item(&item.rating_key).cloned();
-                self.insert(&section.key, &item);
-                if self.item(&item.rating_key) != before.as_ref() {
-                    changed.push(item.rating_key.clone());
-                }
-            }
+            changed.extend(self.insert_all(&section.key, &items)?);
         }
         self.refreshed_at = Some(Instant::now());
         Ok(changed)
     }
 
-    pub(crate) fn insert(&mut self, section: &str, item: &PlexItem) {
+    /// Adds or replaces `items` of `section`; the ratingKeys of those new
+    /// to the index or changed.
+    pub(crate) fn insert_all(&mut self, section: &str, items: &[PlexItem]) -> Result<Vec<String>, Error> {
+        self.in_transaction(|index| {
+            let mut changed = Vec::new();
+            for item in items {
+                if index.insert(section, item)? {
+                    changed.push(item.rating_key.clone());
+                }
+            }
+            Ok(changed)
+        })
+    }
+
+    /// Adds or replaces one item; whether it was new or changed.
+    pub(crate) fn insert(&mut self, section: &str, item: &PlexItem) -> Result<bool, Error> {
         // `addedAt` may be a file's modification time, even in the future:
         // beyond now it would hide every later addition from refreshes.
         let added = item.added_at.unwrap_or(0).min(crate::store::now_ms() / 1000);
         self.newest_added = self.newest_added.max(added);
-        self.insert_indexed(IndexedItem {
+        self.insert_indexed(&IndexedItem {
             rating_key: item.rating_key.as_str().into(),
             section: section.into(),
             files: item.files().map(|p| (p.file.as_str().into(), p.size)).collect(),
             durations: item.files().filter_map(|p| p.duration).collect(),
-        });
+        })
     }
 
-    /// Adds or replaces an item. A replaced item's old keys stay in the
-    /// postings; lookups check candidates, so they are harmless.
-    fn insert_indexed(&mut self, item: IndexedItem) {
-        let id = match self.position(&item.rating_key) {
-            Some(id) => {
-                let before = &self.items[id as usize].files;
-                if !before.is_empty() && *before != item.files {
+    /// Adds or replaces an item; whether it was new or changed. A
+    /// replaced item's old keys stay; lookups check candidates, so they
+    /// are harmless.
+    fn insert_indexed(&mut self, item: &IndexedItem) -> Result<bool, Error> {
+        let json = serde_json::to_string(item).expect("items serialize");
+        let db = self.db.get_mut().unwrap_or_else(|e| e.into_inner());
+        let before: Option<(i64, String)> = db
+            .prepare_cached("SELECT id, item FROM items WHERE rating_key = ?1")
+            .and_then(|mut s| s.query_row([&*item.rating_key], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+            .map_err(index_error)?;
+        let held = item.files.len() as i64;
+        let id = match before {
+            Some((_, old)) if old == json => return Ok(false),
+            Some((id, old)) => {
+                let old = parse_item(&old)?;
+                if !old.files.is_empty() && old.files != item.files {
                     self.moved.push(item.rating_key.to_string());
                 }
+                db.prepare_cached("UPDATE items SET section = ?2, held = ?3, item = ?4 WHERE id = ?1")
+                    .and_then(|mut s| s.execute(params![id, &*item.section, held, json]))
+                    .map_err(index_error)?;
                 id
             }
             None => {
-                let id = u32::try_from(self.items.len()).expect("fewer than 4 billion items");
-                self.ids.add(key_hash(&item.rating_key), id);
-                self.items.push(IndexedItem::default());
-                id
+                db.prepare_cached("INSERT INTO items (rating_key, section, held, item) VALUES (?1, ?2, ?3, ?4)")
+                    .and_then(|mut s| s.execute(params![&*item.rating_key, &*item.section, held, json]))
+                    .map_err(index_error)?;
+                self.len += 1;
+                db.last_insert_rowid()
             }
         };
+        let mut add = db
+            .prepare_cached("INSERT OR IGNORE INTO keys (kind, hash, id) VALUES (?1, ?2, ?3)")
+            .map_err(index_error)?;
         for (path, size) in &item.files {
             let k = FileKeys::of(path);
-            self.by_path.add(key_hash(&k.path), id);
-            self.by_name.add(key_hash(&k.name), id);
+            let mut keys = vec![(Key::Path, key_hash(&k.path)), (Key::Name, key_hash(&k.name))];
             if let Some(size) = size {
-                self.by_name_size.add(key_hash((&k.name, size)), id);
-                self.by_stem_size.add(key_hash((&k.stem, size)), id);
+                keys.push((Key::NameSize, key_hash((&k.name, size))));
+                keys.push((Key::StemSize, key_hash((&k.stem, size))));
+            }
+            for (kind, hash) in keys {
+                add.execute(params![kind as i64, hash, id]).map_err(index_error)?;
             }
         }
-        self.items[id as usize] = item;
-    }
-
-    fn position(&self, rk: &str) -> Option<u32> {
-        self.ids.get(key_hash(rk)).iter().copied().find(|&id| &*self.items[id as usize].rating_key == rk)
+        Ok(true)
     }
 
     /// The item `rk`, if the library has it.
-    pub(crate) fn item(&self, rk: &str) -> Option<&IndexedItem> {
-        self.position(rk).map(|id| &self.items[id as usize])
+    pub(crate) fn item(&self, rk: &str) -> Result<Option<IndexedItem>, Error> {
+        let json: Option<String> = self
+            .db()
+            .prepare_cached("SELECT item FROM items WHERE rating_key = ?1")
+            .and_then(|mut s| s.query_row([rk], |r| r.get(0)).optional())
+            .map_err(index_error)?;
+        json.as_deref().map(parse_item).transpose()
     }
 
-    /// Rating keys of the items in `postings` under `key` whose own files
+    /// Rating keys of the items under `key` of `kind` whose own files
     /// satisfy `holds` (collisions and moved items drop out here).
-    fn lookup(&self, postings: &Postings, key: u64, holds: impl Fn(&FileKeys, Option<u64>) -> bool) -> Vec<String> {
-        postings
-            .get(key)
-            .iter()
-            .map(|&id| &self.items[id as usize])
-            .filter(|item| item.files.iter().any(|(p, size)| holds(&FileKeys::of(p), *size)))
-            .map(|item| item.rating_key.to_string())
-            .collect()
+    fn lookup(
+        &self,
+        kind: Key,
+        key: i64,
+        holds: impl Fn(&FileKeys, Option<u64>) -> bool,
+    ) -> Result<Vec<String>, Error> {
+        let db = self.db();
+        let mut stmt = db
+            .prepare_cached("SELECT i.item FROM keys k JOIN items i ON i.id = k.id WHERE k.kind = ?1 AND k.hash = ?2")
+            .map_err(index_error)?;
+        let mut rows = stmt.query(params![kind as i64, key]).map_err(index_error)?;
+        let mut found = Vec::new();
+        while let Some(row) = rows.next().map_err(index_error)? {
+            let item = parse_item(row.get_ref(0).and_then(|v| Ok(v.as_str()?)).map_err(index_error)?)?;
+            if item.files.iter().any(|(p, size)| holds(&FileKeys::of(p), *size)) {
+                found.push(item.rating_key.into());
+            }
+        }
+        Ok(found)
     }
 
     /// What to store besides the items: which server and libraries, when
@@ -384,13 +482,41 @@ impl LibraryIndex {
     }
 
     /// One stored row per item (ratingKey, JSON), of `only` these items
-    /// when given, made as they are taken.
-    pub(crate) fn rows<'a>(&'a self, only: Option<&'a [String]>) -> Box<dyn Iterator<Item = (String, String)> + 'a> {
-        let row = |i: &IndexedItem| (i.rating_key.to_string(), serde_json::to_string(i).expect("items serialize"));
-        match only {
-            Some(keys) => Box::new(keys.iter().filter_map(|k| self.item(k)).map(row)),
-            None => Box::new(self.items.iter().map(row)),
+    /// when given, read a thousand at a time as they are taken.
+    pub(crate) fn rows<'a>(
+        &'a self,
+        only: Option<&'a [String]>,
+    ) -> Box<dyn Iterator<Item = Result<(String, String), Error>> + 'a> {
+        let row = |i: IndexedItem| (i.rating_key.to_string(), serde_json::to_string(&i).expect("items serialize"));
+        if let Some(keys) = only {
+            return Box::new(keys.iter().filter_map(move |k| self.item(k).transpose()).map(move |i| i.map(row)));
         }
+        let mut after = 0;
+        let mut run = std::collections::VecDeque::new();
+        Box::new(std::iter::from_fn(move || {
+            if run.is_empty() {
+                let read = self.rows_after(after).map(|rows| {
+                    after = rows.last().map_or(after, |r| r.0);
+                    run.extend(rows.into_iter().map(|(_, rk, json)| Ok((rk, json))));
+                });
+                if let Err(e) = read {
+                    after = i64::MAX;
+                    return Some(Err(e));
+                }
+            }
+            run.pop_front()
+        }))
+    }
+
+    /// Up to [`ROWS_PER_READ`] items after position `after`: (position,
+    /// ratingKey, JSON).
+    fn rows_after(&self, after: i64) -> Result<Vec<(i64, String, String)>, Error> {
+        let db = self.db();
+        let mut stmt = db
+            .prepare_cached("SELECT id, rating_key, item FROM items WHERE id > ?1 ORDER BY id LIMIT ?2")
+            .map_err(index_error)?;
+        let rows = stmt.query_map(params![after, ROWS_PER_READ], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)));
+        rows.and_then(Iterator::collect).map_err(index_error)
     }
 
     /// An empty index described by stored `meta`, unless it was read for
@@ -406,106 +532,144 @@ impl LibraryIndex {
         if age > max_age {
             return None;
         }
-        Some(LibraryIndex {
-            sections: serde_json::from_value(meta["sections"].clone()).ok()?,
-            // An index stored before `newest_added` existed is read again.
-            newest_added: meta["newest_added"].as_i64()?,
-            built_at: Instant::now().checked_sub(age),
-            ..Default::default()
-        })
+        let sections = serde_json::from_value(meta["sections"].clone()).ok()?;
+        // An index stored before `newest_added` existed is read again.
+        let newest_added = meta["newest_added"].as_i64()?;
+        let empty = LibraryIndex::empty().map_err(|e| tracing::warn!("{e}")).ok()?;
+        Some(LibraryIndex { sections, newest_added, built_at: Instant::now().checked_sub(age), ..empty })
     }
 
-    /// Adds one stored row; false when it cannot be read.
+    /// Adds one stored row; false when it cannot be read or kept.
     pub(crate) fn insert_row(&mut self, row: &str) -> bool {
-        serde_json::from_str(row).map(|item| self.insert_indexed(item)).is_ok()
+        serde_json::from_str(row).is_ok_and(|item| self.insert_indexed(&item).is_ok())
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.items.len()
+        self.len
     }
 
     /// Whether one of the item's files is `file` (after mapping).
-    fn item_holds(&self, rk: &str, file: &crate::clients::stash::SceneFile, maps: &[PathMap]) -> bool {
-        self.item(rk).is_some_and(|item| item.files.iter().any(|(p, size)| is_file(file, p, *size, maps)))
+    fn item_holds(&self, rk: &str, file: &crate::clients::stash::SceneFile, maps: &[PathMap]) -> Result<bool, Error> {
+        Ok(self.item(rk)?.is_some_and(|item| item.files.iter().any(|(p, size)| is_file(file, p, *size, maps))))
+    }
+
+    /// Whether one of the item's files is one of the scene's.
+    fn holds_any(&self, rk: &str, scene: &Scene, maps: &[PathMap]) -> Result<bool, Error> {
+        let Some(item) = self.item(rk)? else { return Ok(false) };
+        Ok(scene.files.iter().any(|f| item.files.iter().any(|(p, size)| is_file(f, p, *size, maps))))
     }
 
     /// The files of item `rk` that are none of the scene's (Plex merged or
     /// stacked other files into it): (path, size).
-    pub(crate) fn foreign_files(&self, rk: &str, scene: &Scene, maps: &[PathMap]) -> Vec<(String, Option<u64>)> {
-        let Some(item) = self.item(rk) else { return Vec::new() };
-        item.files
+    pub(crate) fn foreign_files(
+        &self,
+        rk: &str,
+        scene: &Scene,
+        maps: &[PathMap],
+    ) -> Result<Vec<(String, Option<u64>)>, Error> {
+        let Some(item) = self.item(rk)? else { return Ok(Vec::new()) };
+        Ok(item
+            .files
             .iter()
             .filter(|(p, size)| !scene.files.iter().any(|f| is_file(f, p, *size, maps)))
             .map(|(p, size)| (p.to_string(), *size))
-            .collect()
+            .collect())
     }
 
     /// The items of `old` that this index no longer has, or has with other
     /// files (after a full read replaced it).
-    pub(crate) fn moved_since(&self, old: &LibraryIndex) -> Vec<String> {
-        old.items
-            .iter()
-            .filter(|i| !i.files.is_empty() && self.item(&i.rating_key).is_none_or(|now| now.files != i.files))
-            .map(|i| i.rating_key.to_string())
-            .collect()
+    pub(crate) fn moved_since(&self, old: &LibraryIndex) -> Result<Vec<String>, Error> {
+        let mut moved = Vec::new();
+        for row in old.rows(None) {
+            let (rk, json) = row?;
+            let was = parse_item(&json)?;
+            if !was.files.is_empty() && self.item(&rk)?.is_none_or(|now| now.files != was.files) {
+                moved.push(rk);
+            }
+        }
+        Ok(moved)
     }
 
     /// Drops what the index knows of an item Plex no longer has.
-    pub(crate) fn forget(&mut self, rk: &str) {
-        if let Some(id) = self.position(rk) {
-            self.items[id as usize].files = Box::default();
-            self.items[id as usize].durations = Box::default();
-        }
+    pub(crate) fn forget(&mut self, rk: &str) -> Result<(), Error> {
+        let Some(mut item) = self.item(rk)? else { return Ok(()) };
+        item.files = Box::default();
+        item.durations = Box::default();
+        let json = serde_json::to_string(&item).expect("items serialize");
+        self.db()
+            .execute("UPDATE items SET held = 0, item = ?2 WHERE rating_key = ?1", params![rk, json])
+            .map_err(index_error)?;
+        Ok(())
     }
 
     /// Items of `section` that hold files (what Plex's count of it should be).
-    pub(crate) fn count_in(&self, section: &str) -> usize {
-        self.items.iter().filter(|i| &*i.section == section && !i.files.is_empty()).count()
+    pub(crate) fn count_in(&self, section: &str) -> Result<usize, Error> {
+        let count: i64 = self
+            .db()
+            .query_row("SELECT count(*) FROM items WHERE section = ?1 AND held > 0", [section], |r| r.get(0))
+            .map_err(index_error)?;
+        Ok(count as usize)
     }
 
     /// Why the Plex URL on the scene (the newest one) is not taken, when it
     /// is not: the item it names holds none of the scene's files.
-    pub(crate) fn refused_url(&self, scene: &Scene, maps: &[PathMap]) -> Option<String> {
-        let rk = scene.urls.iter().rev().find_map(|u| rating_key_in_url(u))?;
-        if scene.files.iter().any(|f| self.item_holds(&rk, f, maps)) {
-            return None;
+    pub(crate) fn refused_url(&self, scene: &Scene, maps: &[PathMap]) -> Result<Option<String>, Error> {
+        let Some(rk) = scene.urls.iter().rev().find_map(|u| rating_key_in_url(u)) else { return Ok(None) };
+        if self.holds_any(&rk, scene, maps)? {
+            return Ok(None);
         }
-        Some(match self.position(&rk) {
+        Ok(Some(match self.item(&rk)? {
             Some(_) => format!("Plex URL on the scene names {rk}, which holds none of the scene's files (a stale URL: another video): ignored"),
             None => format!("Plex URL on the scene names {rk}, which is not in the library: ignored"),
-        })
+        }))
     }
 
     /// `items` (the first is the main one) as a match.
-    fn found(&self, items: &[String], confidence: Confidence, reason: String) -> Match {
-        let with_section = |rk: &String| (rk.clone(), self.item(rk).map(|i| i.section.to_string()).unwrap_or_default());
-        let (rating_key, section) = with_section(&items[0]);
-        Match::Found { rating_key, section, confidence, reason, also: items[1..].iter().map(with_section).collect() }
+    fn found(&self, items: &[String], confidence: Confidence, reason: String) -> Result<Match, Error> {
+        let mut with_section = Vec::with_capacity(items.len());
+        for rk in items {
+            with_section.push((rk.clone(), self.item(rk)?.map(|i| i.section.to_string()).unwrap_or_default()));
+        }
+        let (rating_key, section) = with_section.remove(0);
+        Ok(Match::Found { rating_key, section, confidence, reason, also: with_section })
     }
 
     /// Finds the scene's items. `recorded` are the ratingKeys we wrote to last time.
-    pub fn find(&self, scene: &Scene, recorded: &[String], maps: &[PathMap]) -> Match {
-        self.explain(scene, recorded, maps).0
+    pub fn find(&self, scene: &Scene, recorded: &[String], maps: &[PathMap]) -> Result<Match, Error> {
+        Ok(self.explain(scene, recorded, maps)?.0)
     }
 
     /// Finds the scene's items and says how: one line per signal tried.
     /// Each file is resolved on its own; a scene whose files are different
     /// items matches all of them, and one file that could be several items
     /// makes the whole scene ambiguous.
-    pub(crate) fn explain(&self, scene: &Scene, recorded: &[String], maps: &[PathMap]) -> (Match, Vec<String>) {
+    pub(crate) fn explain(
+        &self,
+        scene: &Scene,
+        recorded: &[String],
+        maps: &[PathMap],
+    ) -> Result<(Match, Vec<String>), Error> {
         let mut trace = Vec::new();
         if !recorded.is_empty() {
             let keys = recorded.join(", ");
-            let holding: Vec<String> = recorded
-                .iter()
-                .filter(|rk| scene.files.iter().any(|f| self.item_holds(rk, f, maps)))
-                .cloned()
-                .collect();
-            let all_held = scene.files.iter().all(|f| holding.iter().any(|rk| self.item_holds(rk, f, maps)));
+            let mut holding = Vec::new();
+            for rk in recorded {
+                if self.holds_any(rk, scene, maps)? {
+                    holding.push(rk.clone());
+                }
+            }
+            let mut all_held = true;
+            for f in &scene.files {
+                let mut held = false;
+                for rk in &holding {
+                    held = held || self.item_holds(rk, f, maps)?;
+                }
+                all_held &= held;
+            }
             if all_held && !holding.is_empty() {
                 trace.push(format!("recorded ratingKey {keys}: still holds the scene's files — match"));
                 let reason = format!("recorded ratingKey {}, same files", holding.join(", "));
-                return decided(self.found(&holding, Confidence::High, reason), trace);
+                return Ok(decided(self.found(&holding, Confidence::High, reason)?, trace));
             }
             trace.push(format!("recorded ratingKey {keys}: no longer holds every file of the scene"));
         }
@@ -513,16 +677,19 @@ impl LibraryIndex {
         // rebuild, a migration or on a second server: a candidate only,
         // taken when the item holds one of the scene's files.
         if let Some(rk) = scene.urls.iter().rev().find_map(|u| rating_key_in_url(u)) {
-            match self.refused_url(scene, maps) {
+            match self.refused_url(scene, maps)? {
                 None => {
                     trace.push(format!("Plex URL on the scene names {rk}, which holds the scene's file — match"));
                     let reason = format!("Plex URL on the scene names {rk}, same file");
-                    return decided(self.found(std::slice::from_ref(&rk), Confidence::High, reason), trace);
+                    return Ok(decided(self.found(std::slice::from_ref(&rk), Confidence::High, reason)?, trace));
                 }
                 Some(why) => trace.push(why),
             }
         }
-        let per_file: Vec<_> = scene.files.iter().map(|f| (f, self.file_candidates(f, maps, &mut trace))).collect();
+        let mut per_file = Vec::with_capacity(scene.files.len());
+        for f in &scene.files {
+            per_file.push((f, self.file_candidates(f, maps, &mut trace)?));
+        }
         // Only the strongest signal counts: a weaker one never outvotes it.
         let best = per_file.iter().flat_map(|(_, c)| c).map(|c| c.1).max();
         let mut chosen: Vec<(String, Confidence, String)> = Vec::new();
@@ -534,7 +701,7 @@ impl LibraryIndex {
             match candidates.as_slice() {
                 [] => {}
                 [one] => chosen.push(one.clone()),
-                many => match self.break_tie(file, many) {
+                many => match self.break_tie(file, many)? {
                     Some(one) => chosen.push(one),
                     None => ambiguous = Some(many.iter().map(|(rk, _, _)| rk.clone()).collect::<Vec<_>>()),
                 },
@@ -548,15 +715,15 @@ impl LibraryIndex {
                 candidates,
             },
             (None, []) => Match::NotFound { tried: trace.clone() },
-            (None, [(rk, confidence, reason)]) => self.found(std::slice::from_ref(rk), *confidence, reason.clone()),
+            (None, [(rk, confidence, reason)]) => self.found(std::slice::from_ref(rk), *confidence, reason.clone())?,
             (None, many) => {
                 let keys: Vec<String> = many.iter().map(|c| c.0.clone()).collect();
                 let confidence = many.iter().map(|c| c.1).min().expect("several");
                 let reasons: Vec<&str> = many.iter().map(|c| c.2.as_str()).collect();
-                self.found(&keys, confidence, format!("one item per file: {}", reasons.join("; ")))
+                self.found(&keys, confidence, format!("one item per file: {}", reasons.join("; ")))?
             }
         };
-        decided(decision, trace)
+        Ok(decided(decision, trace))
     }
 
     /// The candidates of one scene file, by the first signal that has any.
@@ -565,7 +732,7 @@ impl LibraryIndex {
         file: &crate::clients::stash::SceneFile,
         maps: &[PathMap],
         trace: &mut Vec<String>,
-    ) -> Vec<(String, Confidence, String)> {
+    ) -> Result<Vec<(String, Confidence, String)>, Error> {
         let mapped = map_path(&file.path, maps, false);
         let mut keys = vec![mapped.clone()];
         keys.extend(percent_decoded(&mapped).map(|p| normalize(&p, false)));
@@ -573,51 +740,52 @@ impl LibraryIndex {
         let with = |rks: &[String], c: Confidence, why: String| -> Vec<(String, Confidence, String)> {
             rks.iter().map(|rk| (rk.clone(), c, why.clone())).collect()
         };
-        let exact: Vec<String> =
-            keys.iter().flat_map(|k| self.lookup(&self.by_path, key_hash(k), |f, _| &f.path == k)).collect();
+        let mut exact = Vec::new();
+        for k in &keys {
+            exact.extend(self.lookup(Key::Path, key_hash(k), |f, _| &f.path == k)?);
+        }
         if !exact.is_empty() {
             trace.push(format!("  exact path: items {}", exact.join(", ")));
-            return with(&exact, Confidence::High, format!("path {mapped}"));
+            return Ok(with(&exact, Confidence::High, format!("path {mapped}")));
         }
         trace.push("  exact path: none".into());
-        let folded: Vec<String> = keys
-            .iter()
-            .map(|k| k.to_lowercase())
+        let mut folded = Vec::new();
+        for k in keys.iter().map(|k| k.to_lowercase()) {
             // Paths equal but for case have equal file names in lower case:
-            // the name postings hold the candidates.
-            .flat_map(|k| self.lookup(&self.by_name, key_hash(file_name(&k)), |f, _| f.path.to_lowercase() == k))
-            .collect();
+            // the name keys hold the candidates.
+            folded.extend(self.lookup(Key::Name, key_hash(file_name(&k)), |f, _| f.path.to_lowercase() == k)?);
+        }
         if !folded.is_empty() {
             trace.push(format!("  path ignoring case: items {}", folded.join(", ")));
-            return with(&folded, Confidence::Medium, format!("path {mapped} (ignoring case)"));
+            return Ok(with(&folded, Confidence::Medium, format!("path {mapped} (ignoring case)")));
         }
         trace.push("  path ignoring case: none".into());
         let decoded = keys.last().expect("at least the mapped path");
         let name = file_name(decoded).to_lowercase();
         let size = Some(file.size);
-        let rks = self.lookup(&self.by_name_size, key_hash((&name, &file.size)), |f, s| f.name == name && s == size);
+        let rks = self.lookup(Key::NameSize, key_hash((&name, &file.size)), |f, s| f.name == name && s == size)?;
         if !rks.is_empty() {
             trace.push(format!("  file name {name} + size {}: items {}", file.size, rks.join(", ")));
-            return with(&rks, Confidence::Medium, format!("file name {name} and size {}", file.size));
+            return Ok(with(&rks, Confidence::Medium, format!("file name {name} and size {}", file.size)));
         }
         trace.push(format!("  file name {name} + size {}: none", file.size));
         let stem_of = stem(decoded).to_lowercase();
         let rks =
-            self.lookup(&self.by_stem_size, key_hash((&stem_of, &file.size)), |f, s| f.stem == stem_of && s == size);
+            self.lookup(Key::StemSize, key_hash((&stem_of, &file.size)), |f, s| f.stem == stem_of && s == size)?;
         if !rks.is_empty() {
             trace.push(format!("  same name, other extension, same size: items {}", rks.join(", ")));
-            return with(&rks, Confidence::Medium, format!("{} with another extension, same size", stem(decoded)));
+            return Ok(with(&rks, Confidence::Medium, format!("{} with another extension, same size", stem(decoded))));
         }
         trace.push("  same name with another extension: none".into());
         // A name alone only where Plex does not say the size: a file of the
         // same name and another size is another video (a re-encode, or the
         // same name in a folder Plex has not scanned yet).
-        let sized = self.lookup(&self.by_name, key_hash(&name), |f, s| f.name == name && s.is_some());
+        let sized = self.lookup(Key::Name, key_hash(&name), |f, s| f.name == name && s.is_some())?;
         if !sized.is_empty() {
             trace.push(format!("  file name {name} alone: items {} hold it with another size", sized.join(", ")));
-            return Vec::new();
+            return Ok(Vec::new());
         }
-        match self.lookup(&self.by_name, key_hash(&name), |f, _| f.name == name).as_slice() {
+        Ok(match self.lookup(Key::Name, key_hash(&name), |f, _| f.name == name)?.as_slice() {
             [rk] => {
                 trace.push(format!("  file name {name} alone: only item {rk}"));
                 vec![(rk.clone(), Confidence::Low, format!("unique file name {name}"))]
@@ -630,7 +798,7 @@ impl LibraryIndex {
                 trace.push(format!("  file name {name} alone: {} items, not unique", many.len()));
                 Vec::new()
             }
-        }
+        })
     }
 
     /// Several candidates for one file: its duration may single one out
@@ -639,15 +807,18 @@ impl LibraryIndex {
         &self,
         file: &crate::clients::stash::SceneFile,
         many: &[(String, Confidence, String)],
-    ) -> Option<(String, Confidence, String)> {
-        let close = |rk: &str| {
-            self.item(rk)
-                .is_some_and(|item| item.durations.iter().any(|d| (file.duration - *d as f64 / 1000.0).abs() <= 2.0))
-        };
-        match many.iter().filter(|c| close(&c.0)).collect::<Vec<_>>().as_slice() {
+    ) -> Result<Option<(String, Confidence, String)>, Error> {
+        let mut close = Vec::new();
+        for c in many {
+            let durations = self.item(&c.0)?.map(|i| i.durations).unwrap_or_default();
+            if durations.iter().any(|d| (file.duration - *d as f64 / 1000.0).abs() <= 2.0) {
+                close.push(c);
+            }
+        }
+        Ok(match close.as_slice() {
             [(rk, _, reason)] => Some((rk.clone(), Confidence::Low, format!("{reason}; duration breaks a tie"))),
             _ => None,
-        }
+        })
     }
 
     /// The section holding `path` (after mapping), for a partial scan.
@@ -715,20 +886,35 @@ pub struct Suggestion {
 /// in Plex is paired with that Plex file; the components both paths share
 /// at the end are dropped, and what is left of each is a prefix rule. Rules
 /// are ranked by how many files they explain.
-pub fn suggest_mappings(stash_files: &[(String, u64)], index: &LibraryIndex) -> Vec<Suggestion> {
-    let mut counts: HashMap<(String, String), usize> = HashMap::new();
+pub fn suggest_mappings(stash_files: &[(String, u64)], index: &LibraryIndex) -> Result<Vec<Suggestion>, Error> {
+    let mut tally = MappingTally::default();
     for (path, size) in stash_files {
+        tally.add(index, path, *size)?;
+    }
+    Ok(tally.rules())
+}
+
+/// The prefix rules [`suggest_mappings`] proposes, counted as Stash's files
+/// come, so a library is never held whole: one entry per distinct rule.
+#[derive(Debug, Default)]
+pub struct MappingTally {
+    counts: HashMap<(String, String), usize>,
+    /// Stash files seen.
+    pub files: usize,
+}
+
+impl MappingTally {
+    /// Counts the rule the Stash file `path` of `size` bytes explains, if any.
+    pub fn add(&mut self, index: &LibraryIndex, path: &str, size: u64) -> Result<(), Error> {
+        self.files += 1;
         let stash = normalize(path, false);
         let name = file_name(&stash).to_lowercase();
-        let same = |f: &FileKeys, s: Option<u64>| f.name == name && s == Some(*size);
-        let Ok::<[String; 1], _>([rk]) = index.lookup(&index.by_name_size, key_hash((&name, size)), same).try_into()
-        else {
-            continue;
+        let same = |f: &FileKeys, s: Option<u64>| f.name == name && s == Some(size);
+        let Ok::<[String; 1], _>([rk]) = index.lookup(Key::NameSize, key_hash((&name, &size)), same)?.try_into() else {
+            return Ok(());
         };
-        let Some((plex, _)) = index.item(&rk).and_then(|i| i.files.iter().find(|(p, s)| same(&FileKeys::of(p), *s)))
-        else {
-            continue;
-        };
+        let Some(item) = index.item(&rk)? else { return Ok(()) };
+        let Some((plex, _)) = item.files.iter().find(|(p, s)| same(&FileKeys::of(p), *s)) else { return Ok(()) };
         let plex = normalize(plex, false);
         let (a, b): (Vec<&str>, Vec<&str>) = (stash.split('/').collect(), plex.split('/').collect());
         let common = a.iter().rev().zip(b.iter().rev()).take_while(|(x, y)| x.eq_ignore_ascii_case(y)).count();
@@ -740,15 +926,21 @@ pub fn suggest_mappings(stash_files: &[(String, u64)], index: &LibraryIndex) -> 
                 p
             }
         };
-        *counts.entry((prefix(&a[..a.len() - common]), prefix(&b[..b.len() - common]))).or_default() += 1;
+        *self.counts.entry((prefix(&a[..a.len() - common]), prefix(&b[..b.len() - common]))).or_default() += 1;
+        Ok(())
     }
-    let mut rules: Vec<Suggestion> = counts
-        .into_iter()
-        .filter(|((s, p), _)| s != p)
-        .map(|((stash, plex), files)| Suggestion { stash, plex, files })
-        .collect();
-    rules.sort_by(|x, y| y.files.cmp(&x.files).then(x.stash.cmp(&y.stash)));
-    rules
+
+    /// The rules that change a path, the one explaining most files first.
+    pub fn rules(self) -> Vec<Suggestion> {
+        let mut rules: Vec<Suggestion> = self
+            .counts
+            .into_iter()
+            .filter(|((s, p), _)| s != p)
+            .map(|((stash, plex), files)| Suggestion { stash, plex, files })
+            .collect();
+        rules.sort_by(|x, y| y.files.cmp(&x.files).then(x.stash.cmp(&y.stash)));
+        rules
+    }
 }
 
 #[cfg(test)]
@@ -796,69 +988,93 @@ mod tests {
 
     #[test]
     fn stored_index_is_reused_only_for_the_same_server_and_while_young() {
-        let mut index = LibraryIndex::default();
-        index.insert("1", &item("10", "/media/a/x.mp4", 5));
+        let mut index = LibraryIndex::empty().unwrap();
+        index.insert("1", &item("10", "/media/a/x.mp4", 5)).unwrap();
         index.built_at = Some(Instant::now());
         let meta = index.meta("http://plex/|");
-        let rows: Vec<String> = index.rows(None).map(|(_, r)| r).collect();
+        let rows: Vec<String> = index.rows(None).map(|r| r.unwrap().1).collect();
         let hour = std::time::Duration::from_secs(3600);
         let mut back = LibraryIndex::from_meta("http://plex/|", &meta, hour).unwrap();
         assert!(rows.iter().all(|r| back.insert_row(r)));
         assert!(!back.insert_row("{not json"), "an unreadable row is refused");
-        assert!(matches!(back.find(&scene("/data/a/x.mp4", 5), &[], &maps()), Match::Found { .. }));
+        assert!(matches!(back.find(&scene("/data/a/x.mp4", 5), &[], &maps()).unwrap(), Match::Found { .. }));
         assert!(LibraryIndex::from_meta("http://other/|", &meta, hour).is_none(), "other server");
         let old = meta.replace("\"built_at_ms\":", "\"built_at_ms\":0,\"x\":");
         assert!(LibraryIndex::from_meta("http://plex/|", &old, hour).is_none(), "too old");
     }
 
     #[test]
+    fn rows_come_back_in_runs_and_a_full_read_reports_what_moved() {
+        let items: Vec<PlexItem> =
+            (0..2_500).map(|i| item(&i.to_string(), &format!("/media/{i}/v{i}.mp4"), i as u64)).collect();
+        let mut old = LibraryIndex::empty().unwrap();
+        assert_eq!(old.insert_all("1", &items).unwrap().len(), 2_500, "all new");
+        assert!(old.insert_all("1", &items).unwrap().is_empty(), "nothing changed");
+        let rows: Vec<String> = old.rows(None).map(|r| r.unwrap().0).collect();
+        assert_eq!(rows.len(), 2_500, "three runs of rows, none lost or repeated");
+        assert_eq!(rows.iter().collect::<std::collections::BTreeSet<_>>().len(), 2_500);
+        let mut fresh = LibraryIndex::empty().unwrap();
+        let mut moved = items.clone();
+        moved[7] = item("7", "/media/elsewhere/v7.mp4", 7);
+        moved.truncate(2_400);
+        fresh.insert_all("1", &moved).unwrap();
+        let mut gone = fresh.moved_since(&old).unwrap();
+        gone.sort();
+        assert_eq!(gone.len(), 101, "one moved, a hundred gone: {:?}", &gone[..3]);
+        assert!(gone.contains(&"7".to_string()) && gone.contains(&"2499".to_string()));
+        fresh.forget("8").unwrap();
+        assert_eq!((fresh.count_in("1").unwrap(), fresh.count_in("2").unwrap(), fresh.len()), (2_399, 0, 2_400));
+        assert!(matches!(fresh.find(&scene("/data/8/v8.mp4", 8), &[], &maps()).unwrap(), Match::NotFound { .. }));
+    }
+
+    #[test]
     fn an_item_whose_file_moved_no_longer_matches_its_old_path() {
-        let mut index = LibraryIndex::default();
-        index.insert("1", &item("10", "/media/a/x.mp4", 5));
-        index.insert("1", &item("10", "/media/b/moved.mp4", 6));
+        let mut index = LibraryIndex::empty().unwrap();
+        index.insert("1", &item("10", "/media/a/x.mp4", 5)).unwrap();
+        index.insert("1", &item("10", "/media/b/moved.mp4", 6)).unwrap();
         assert_eq!(index.len(), 1);
-        assert!(matches!(index.find(&scene("/data/a/x.mp4", 5), &[], &maps()), Match::NotFound { .. }));
-        assert!(matches!(index.find(&scene("/data/b/moved.mp4", 6), &[], &maps()), Match::Found { .. }));
+        assert!(matches!(index.find(&scene("/data/a/x.mp4", 5), &[], &maps()).unwrap(), Match::NotFound { .. }));
+        assert!(matches!(index.find(&scene("/data/b/moved.mp4", 6), &[], &maps()).unwrap(), Match::Found { .. }));
     }
 
     #[test]
     fn signals_in_order_and_ambiguity() {
-        let mut index = LibraryIndex::default();
-        index.insert("1", &item("10", "/media/a/x.mp4", 5));
-        index.insert("1", &item("11", "/media/b/dup.mp4", 7));
-        index.insert("1", &item("12", "/media/c/dup.mp4", 7));
-        index.insert("1", &item("13", "/media/d/Y.MP4", 9));
+        let mut index = LibraryIndex::empty().unwrap();
+        index.insert("1", &item("10", "/media/a/x.mp4", 5)).unwrap();
+        index.insert("1", &item("11", "/media/b/dup.mp4", 7)).unwrap();
+        index.insert("1", &item("12", "/media/c/dup.mp4", 7)).unwrap();
+        index.insert("1", &item("13", "/media/d/Y.MP4", 9)).unwrap();
         let m = maps();
         assert!(
-            matches!(index.find(&scene("/data/a/x.mp4", 5), &[], &m), Match::Found { ref rating_key, confidence: Confidence::High, .. } if rating_key == "10")
+            matches!(index.find(&scene("/data/a/x.mp4", 5), &[], &m).unwrap(), Match::Found { ref rating_key, confidence: Confidence::High, .. } if rating_key == "10")
         );
         assert!(
-            matches!(index.find(&scene("/data/b/dup.mp4", 7), &[], &m), Match::Found { ref rating_key, .. } if rating_key == "11")
+            matches!(index.find(&scene("/data/b/dup.mp4", 7), &[], &m).unwrap(), Match::Found { ref rating_key, .. } if rating_key == "11")
         );
-        assert!(matches!(index.find(&scene("/elsewhere/dup.mp4", 7), &[], &m), Match::Ambiguous { .. }));
+        assert!(matches!(index.find(&scene("/elsewhere/dup.mp4", 7), &[], &m).unwrap(), Match::Ambiguous { .. }));
         assert!(matches!(
-            index.find(&scene("/data/d/y.mp4", 9), &[], &m),
+            index.find(&scene("/data/d/y.mp4", 9), &[], &m).unwrap(),
             Match::Found { confidence: Confidence::Medium, .. }
         ));
-        assert!(matches!(index.find(&scene("/data/zzz.mp4", 1), &[], &m), Match::NotFound { .. }));
+        assert!(matches!(index.find(&scene("/data/zzz.mp4", 1), &[], &m).unwrap(), Match::NotFound { .. }));
         // A recorded key that still holds the file wins; a stale one is reported and skipped.
         assert!(
-            matches!(index.find(&scene("/data/a/x.mp4", 5), &["10".to_string()], &m), Match::Found { ref reason, .. } if reason.contains("recorded"))
+            matches!(index.find(&scene("/data/a/x.mp4", 5), &["10".to_string()], &m).unwrap(), Match::Found { ref reason, .. } if reason.contains("recorded"))
         );
         // A Plex URL naming another video (a rebuild, another server) is
         // refused, and the path decides.
         let mut s = scene("/data/a/x.mp4", 5);
         s.urls = vec!["plex/library/metadata/13".into()];
-        let (found, trace) = index.explain(&s, &["12".to_string()], &m);
+        let (found, trace) = index.explain(&s, &["12".to_string()], &m).unwrap();
         assert!(matches!(found, Match::Found { ref rating_key, .. } if rating_key == "10"), "{found:?}");
         assert!(trace.iter().any(|l| l.contains("names 13") && l.ends_with("ignored")), "{trace:?}");
         s.urls = vec!["plex/library/metadata/999".into()];
-        assert!(index.refused_url(&s, &m).is_some_and(|why| why.contains("not in the library")));
+        assert!(index.refused_url(&s, &m).unwrap().is_some_and(|why| why.contains("not in the library")));
         // A URL naming the item that holds the file settles a duplicate.
         let mut s = scene("/elsewhere/dup.mp4", 7);
         s.urls = vec!["plex/library/metadata/12".into()];
         assert!(
-            matches!(index.find(&s, &[], &m), Match::Found { ref rating_key, ref reason, .. } if rating_key == "12" && reason.contains("URL"))
+            matches!(index.find(&s, &[], &m).unwrap(), Match::Found { ref rating_key, ref reason, .. } if rating_key == "12" && reason.contains("URL"))
         );
     }
 }

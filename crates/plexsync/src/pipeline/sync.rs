@@ -197,7 +197,7 @@ impl Pipeline {
             let started = Instant::now();
             let mut index = LibraryIndex::build(self.plex()?, &self.settings).await?;
             if let Some(old) = slot.as_ref() {
-                index.moved = index.moved_since(old);
+                index.moved = index.moved_since(old)?;
             }
             tracing::info!(
                 "read the Plex library: {} items in {} requests, {:.1?}",
@@ -242,7 +242,12 @@ impl Pipeline {
         let queue = self.store()?;
         let meta = queue.index_meta().ok()??;
         let mut index = LibraryIndex::from_meta(&self.index_key(), &meta, INDEX_MAX_AGE_ON_MISS)?;
-        if !queue.each_index_row(|row| index.insert_row(row)).ok()? {
+        let mut taken = Ok(false);
+        let _ = index.in_transaction(|index| {
+            taken = queue.each_index_row(|row| index.insert_row(row));
+            Ok(())
+        });
+        if !taken.ok()? {
             return None;
         }
         tracing::debug!("using the stored Plex library index ({} items)", index.len());
@@ -397,7 +402,7 @@ impl Pipeline {
             self.refresh_index(index, plex, false).await?;
         }
         self.requeue_moved(Some(&mut *index));
-        let (found, trace) = index.explain(scene, recorded, maps);
+        let (found, trace) = index.explain(scene, recorded, maps)?;
         if matches!(found, Match::Found { .. }) {
             drop(slot);
             return self.unshared(scene, found, trace).await;
@@ -410,7 +415,7 @@ impl Pipeline {
             self.refresh_index(index, plex, true).await?;
         }
         self.requeue_moved(slot.as_mut());
-        let (found, trace) = slot.as_ref().expect("index ensured").explain(scene, recorded, maps);
+        let (found, trace) = slot.as_ref().expect("index ensured").explain(scene, recorded, maps)?;
         drop(slot);
         self.unshared(scene, found, trace).await
     }
@@ -430,11 +435,11 @@ impl Pipeline {
         for section in index.sections.clone() {
             let total = plex.section_total(&section.key).await?;
             index.reads += 1;
-            let known = index.count_in(&section.key);
+            let known = index.count_in(&section.key)?;
             if total != known {
                 tracing::info!("Plex library {} has {total} items, the index {known}: reading it again", section.title);
                 let mut fresh = LibraryIndex::build(plex, &self.settings).await?;
-                fresh.moved = fresh.moved_since(index);
+                fresh.moved = fresh.moved_since(index)?;
                 *index = fresh;
                 self.save_index(index, None);
                 break;
@@ -457,14 +462,14 @@ impl Pipeline {
         let url = scene.urls.iter().rev().find_map(|u| rating_key_in_url(u));
         let mut read: Vec<String> = Vec::new();
         for rk in recorded.iter().chain(url.as_ref()) {
-            let Some(section) = index.item(rk).map(|i| i.section.to_string()) else { continue };
+            let Some(section) = index.item(rk)?.map(|i| i.section.to_string()) else { continue };
             if read.contains(rk) {
                 continue;
             }
             index.reads += 1;
             match plex.item(rk).await? {
-                Some(item) => index.insert(&section, &item),
-                None => index.forget(rk),
+                Some(item) => _ = index.insert(&section, &item)?,
+                None => index.forget(rk)?,
             }
             read.push(rk.clone());
         }
@@ -488,14 +493,13 @@ impl Pipeline {
         let foreign: Vec<(String, String, Option<u64>)> = {
             let slot = self.index.lock().await;
             let Some(index) = slot.as_ref() else { return Ok((found, trace)) };
-            found
-                .items()
-                .into_iter()
-                .flat_map(|(rk, _)| {
-                    index.foreign_files(&rk, scene, maps).into_iter().map(move |(path, size)| (rk.clone(), path, size))
-                })
-                .take(MAX_FOREIGN_FILES)
-                .collect()
+            let mut foreign = Vec::new();
+            for (rk, _) in found.items() {
+                let files = index.foreign_files(&rk, scene, maps)?;
+                foreign.extend(files.into_iter().map(|(path, size)| (rk.clone(), path, size)));
+            }
+            foreign.truncate(MAX_FOREIGN_FILES);
+            foreign
         };
         for (rk, path, size) in foreign {
             let others = self.stash.scenes_with_file_named(crate::pipeline::matching::file_name_of(&path)).await?;
@@ -715,12 +719,19 @@ impl Pipeline {
                 item.files().map(|p| p.file.as_str()).collect::<Vec<_>>().join(", ")
             );
             let mut slot = self.index.lock().await;
-            if let Some(index) = slot.as_mut() {
+            let failed = slot.as_mut().and_then(|index| {
                 // Whatever replaced it is likely new to the index too.
                 index.refreshed_at = None;
-                index.insert(section, item);
-                self.save_index(index, Some(std::slice::from_ref(&item.rating_key)));
-                self.requeue_moved(Some(index));
+                let failed = index.insert(section, item).err();
+                if failed.is_none() {
+                    self.save_index(index, Some(std::slice::from_ref(&item.rating_key)));
+                    self.requeue_moved(Some(index));
+                }
+                failed
+            });
+            if let Some(e) = failed {
+                tracing::warn!("{e}; the Plex library is read again");
+                self.drop_index(&mut slot);
             }
         }
         holds

@@ -9,11 +9,11 @@ impl Store {
     /// Stores the Plex library index: `meta` and one JSON row per item.
     /// `whole` replaces what was stored; otherwise the rows are added to it
     /// (an incremental refresh). Rows are written as they come, never
-    /// gathered first.
+    /// gathered first; a row that cannot be read undoes the whole save.
     pub(crate) fn save_index(
         &self,
         meta: &str,
-        rows: impl Iterator<Item = (String, String)>,
+        rows: impl Iterator<Item = Result<(String, String)>>,
         whole: bool,
     ) -> Result<()> {
         let tx = self.conn.unchecked_transaction()?;
@@ -22,7 +22,8 @@ impl Store {
         }
         {
             let mut stmt = tx.prepare("INSERT OR REPLACE INTO plex_index (rating_key, item) VALUES (?1, ?2)")?;
-            for (rk, item) in rows {
+            for row in rows {
+                let (rk, item) = row?;
                 stmt.execute(params![rk, item])?;
             }
         }

@@ -51,7 +51,7 @@ async fn corpus_recall_and_no_false_positive() {
     for (scene, truth) in scenes.iter().zip(&corpus.scenes) {
         let expected = truth.answer.map(|i| keys[i].to_string());
         matchable += usize::from(expected.is_some());
-        match (index.find(scene, &[], &s.path_maps), &expected) {
+        match (index.find(scene, &[], &s.path_maps).unwrap(), &expected) {
             (Match::Found { rating_key, .. }, Some(want)) if &rating_key == want => right += 1,
             (Match::Found { .. }, _) => {
                 false_positives += 1;
@@ -93,7 +93,8 @@ async fn bulk_match_of_10000_scenes_reads_plex_once_per_page() {
     let client = PlexClient::new(s.plex_url.clone().unwrap(), s.plex_token.clone().unwrap(), &s.plex_http).unwrap();
     let index = LibraryIndex::build(&client, &s).await.unwrap();
     let scenes = all_scenes(&stash).await;
-    let found = scenes.iter().filter(|sc| matches!(index.find(sc, &[], &s.path_maps), Match::Found { .. })).count();
+    let found =
+        scenes.iter().filter(|sc| matches!(index.find(sc, &[], &s.path_maps).unwrap(), Match::Found { .. })).count();
     let reads = plex.requests().len();
     println!(
         "bulk match: {} scenes, {found} found, {reads} Plex reads ({:.2} per 100 scenes)",
@@ -115,7 +116,7 @@ async fn paths_suggest_recovers_the_true_prefix_rule() {
     let index = LibraryIndex::build(&client, &s).await.unwrap();
     let files: Vec<(String, u64)> =
         corpus.scenes.iter().flat_map(|sc| sc.files.iter().map(|(p, size, _)| (p.clone(), *size))).collect();
-    let rules = suggest_mappings(&files, &index);
+    let rules = suggest_mappings(&files, &index).unwrap();
     assert_eq!((rules[0].stash.as_str(), rules[0].plex.as_str()), (STASH_PREFIX, PLEX_PREFIX), "{rules:?}");
     assert!(rules[0].files >= 10 * rules[1].files, "the true rule explains far more files: {rules:?}");
 }
