@@ -419,7 +419,7 @@ impl StashClient {
         progress: &mut (dyn FnMut(usize, usize) + Send),
     ) -> Result<Vec<T>, Error> {
         let mut rows = Vec::new();
-        self.each_page(what, fields, filter, &mut |page, total| {
+        self.each_page(what, fields, filter, |page, total| {
             rows.extend(page);
             progress(rows.len(), total);
             Ok(())
@@ -435,7 +435,7 @@ impl StashClient {
         what: &str,
         fields: &str,
         filter: Option<Value>,
-        on_page: &mut (dyn FnMut(Vec<T>, usize) -> Result<(), Error> + Send),
+        mut on_page: impl FnMut(Vec<T>, usize) -> Result<(), Error>,
     ) -> Result<(), Error> {
         let q = queries::rows(fields);
         let mut taken = 0;
@@ -449,6 +449,27 @@ impl StashClient {
             }
         }
         Ok(())
+    }
+
+    /// Hands the ids of every scene to `page` a page at a time, with
+    /// progress: a million ids are never held at once.
+    pub(crate) async fn each_scene_id_page(
+        &self,
+        progress: &mut (dyn FnMut(usize, usize) + Send),
+        mut page: impl FnMut(Vec<String>) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        #[derive(Deserialize)]
+        struct Row {
+            id: String,
+        }
+        let mut taken = 0;
+        self.each_page("list scene ids", queries::ROW_FIELDS[0], None, |rows: Vec<Row>, total| {
+            taken += rows.len();
+            page(rows.into_iter().map(|r| r.id).collect())?;
+            progress(taken, total);
+            Ok(())
+        })
+        .await
     }
 
     /// Ids of every scene (updated after `since`, when given), paged.
@@ -506,7 +527,7 @@ impl StashClient {
         struct Row {
             files: Vec<SceneFile>,
         }
-        self.each_page("list scene files", queries::ROW_FIELDS[1], None, &mut |rows: Vec<Row>, _| {
+        self.each_page("list scene files", queries::ROW_FIELDS[1], None, |rows: Vec<Row>, _| {
             rows.iter().flat_map(|r| &r.files).try_for_each(|f| file(&f.path, f.size))
         })
         .await

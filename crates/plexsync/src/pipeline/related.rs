@@ -15,8 +15,23 @@ pub(crate) async fn enqueue_ids(
     since: Option<DateTime<Utc>>,
     progress: &mut (dyn FnMut(usize, usize) + Send),
 ) -> Result<Value, Error> {
-    let ids = stash.scene_ids(since, &mut *progress).await?;
-    let n = queue.enqueue_many(ids.iter().map(String::as_str), Reason::Manual)?;
+    let n = match since {
+        // A page at a time: a whole library's ids would be tens of MB.
+        None => {
+            let mut n = 0;
+            stash
+                .each_scene_id_page(progress, |ids| {
+                    n += queue.enqueue_many(ids.iter().map(String::as_str), Reason::Manual)?;
+                    Ok(())
+                })
+                .await?;
+            n
+        }
+        Some(_) => {
+            let ids = stash.scene_ids(since, &mut *progress).await?;
+            queue.enqueue_many(ids.iter().map(String::as_str), Reason::Manual)?
+        }
+    };
     tracing::info!("queued {n} scenes for Plex");
     Ok(json!({"queued": n}))
 }
