@@ -242,12 +242,8 @@ impl Pipeline {
         let queue = self.store()?;
         let meta = queue.index_meta().ok()??;
         let mut index = LibraryIndex::from_meta(&self.index_key(), &meta, INDEX_MAX_AGE_ON_MISS)?;
-        let mut taken = Ok(false);
-        let _ = index.in_transaction(|index| {
-            taken = queue.each_index_row(|row| index.insert_row(row));
-            Ok(())
-        });
-        if !taken.ok()? {
+        let loaded = index.in_transaction(|index| Ok(queue.each_index_row(|row| index.insert_row(row))));
+        if !matches!(loaded, Ok(Ok(true))) {
             return None;
         }
         tracing::debug!("using the stored Plex library index ({} items)", index.len());
