@@ -419,23 +419,24 @@ impl StashClient {
         progress: &mut (dyn FnMut(usize, usize) + Send),
     ) -> Result<Vec<T>, Error> {
         let mut rows = Vec::new();
-        self.each_page(what, fields, filter, |page, total| {
+        self.each_page(what, fields, filter, |page, taken, total| {
             rows.extend(page);
-            progress(rows.len(), total);
+            progress(taken, total);
             Ok(())
         })
         .await?;
         Ok(rows)
     }
 
-    /// Hands the rows of a paged scene query to `page` a page at a time,
-    /// with the total, so a caller need not hold a whole library.
+    /// Hands the rows of a paged scene query to `on_page` a page at a time,
+    /// with the rows taken so far and the total, so a caller need not hold
+    /// a whole library.
     async fn each_page<T: DeserializeOwned>(
         &self,
         what: &str,
         fields: &str,
         filter: Option<Value>,
-        mut on_page: impl FnMut(Vec<T>, usize) -> Result<(), Error>,
+        mut on_page: impl FnMut(Vec<T>, usize, usize) -> Result<(), Error>,
     ) -> Result<(), Error> {
         let q = queries::rows(fields);
         let mut taken = 0;
@@ -443,7 +444,7 @@ impl StashClient {
             let data: Rows<T> = self.query(what, &q, page_vars(page, 1000, filter.as_ref())).await?;
             let got = data.page.scenes.len();
             taken += got;
-            on_page(data.page.scenes, data.page.count)?;
+            on_page(data.page.scenes, taken, data.page.count)?;
             if got == 0 || taken >= data.page.count {
                 break;
             }
@@ -462,9 +463,7 @@ impl StashClient {
         struct Row {
             id: String,
         }
-        let mut taken = 0;
-        self.each_page("list scene ids", queries::ROW_FIELDS[0], None, |rows: Vec<Row>, total| {
-            taken += rows.len();
+        self.each_page("list scene ids", queries::ROW_FIELDS[0], None, |rows: Vec<Row>, taken, total| {
             page(rows.into_iter().map(|r| r.id).collect())?;
             progress(taken, total);
             Ok(())
@@ -527,7 +526,7 @@ impl StashClient {
         struct Row {
             files: Vec<SceneFile>,
         }
-        self.each_page("list scene files", queries::ROW_FIELDS[1], None, |rows: Vec<Row>, _| {
+        self.each_page("list scene files", queries::ROW_FIELDS[1], None, |rows: Vec<Row>, _, _| {
             rows.iter().flat_map(|r| &r.files).try_for_each(|f| file(&f.path, f.size))
         })
         .await

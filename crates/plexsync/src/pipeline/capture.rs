@@ -271,7 +271,8 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
         assert_eq!(capture(&client, &store, Look::Narrow).await.unwrap(), ids.len(), "the edit is read once");
         store.clear().unwrap(); // delivered
-                                // What a narrow look queued, and the requests it cost.
+
+        // What a narrow look queued, and the requests it cost.
         let look = || async {
             let requests = stash.request_count();
             let queued = capture(&client, &store, Look::Narrow).await.unwrap();

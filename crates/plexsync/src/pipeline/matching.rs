@@ -26,6 +26,13 @@ pub(crate) struct IndexedItem {
     pub durations: Box<[u64]>,
 }
 
+impl IndexedItem {
+    /// Whether one of the item's files is the Stash file `file` (after mapping).
+    fn holds(&self, file: &crate::clients::stash::SceneFile, maps: &[PathMap]) -> bool {
+        self.files.iter().any(|(p, size)| is_file(file, p, *size, maps))
+    }
+}
+
 /// How sure a match is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 pub enum Confidence {
@@ -437,12 +444,15 @@ impl LibraryIndex {
 
     /// The item `rk`, if the library has it.
     pub(crate) fn item(&self, rk: &str) -> Result<Option<IndexedItem>, Error> {
-        let json: Option<String> = self
-            .db()
+        self.item_json(rk)?.as_deref().map(parse_item).transpose()
+    }
+
+    /// The item `rk` as it is stored, if the library has it.
+    fn item_json(&self, rk: &str) -> Result<Option<String>, Error> {
+        self.db()
             .prepare_cached("SELECT item FROM items WHERE rating_key = ?1")
             .and_then(|mut s| s.query_row([rk], |r| r.get(0)).optional())
-            .map_err(index_error)?;
-        json.as_deref().map(parse_item).transpose()
+            .map_err(index_error)
     }
 
     /// Rating keys of the items under `key` of `kind` whose own files
@@ -487,9 +497,9 @@ impl LibraryIndex {
         &'a self,
         only: Option<&'a [String]>,
     ) -> Box<dyn Iterator<Item = Result<(String, String), Error>> + 'a> {
-        let row = |i: IndexedItem| (i.rating_key.to_string(), serde_json::to_string(&i).expect("items serialize"));
         if let Some(keys) = only {
-            return Box::new(keys.iter().filter_map(move |k| self.item(k).transpose()).map(move |i| i.map(row)));
+            let row = |k: &String| self.item_json(k).map(|json| json.map(|json| (k.clone(), json))).transpose();
+            return Box::new(keys.iter().filter_map(row));
         }
         let mut after = 0;
         let mut run = std::collections::VecDeque::new();
@@ -548,15 +558,9 @@ impl LibraryIndex {
         self.len
     }
 
-    /// Whether one of the item's files is `file` (after mapping).
-    fn item_holds(&self, rk: &str, file: &crate::clients::stash::SceneFile, maps: &[PathMap]) -> Result<bool, Error> {
-        Ok(self.item(rk)?.is_some_and(|item| item.files.iter().any(|(p, size)| is_file(file, p, *size, maps))))
-    }
-
-    /// Whether one of the item's files is one of the scene's.
+    /// Whether the item `rk` holds one of the scene's files.
     fn holds_any(&self, rk: &str, scene: &Scene, maps: &[PathMap]) -> Result<bool, Error> {
-        let Some(item) = self.item(rk)? else { return Ok(false) };
-        Ok(scene.files.iter().any(|f| item.files.iter().any(|(p, size)| is_file(f, p, *size, maps))))
+        Ok(self.item(rk)?.is_some_and(|item| scene.files.iter().any(|f| item.holds(f, maps))))
     }
 
     /// The files of item `rk` that are none of the scene's (Plex merged or
@@ -652,20 +656,13 @@ impl LibraryIndex {
         let mut trace = Vec::new();
         if !recorded.is_empty() {
             let keys = recorded.join(", ");
-            let mut holding = Vec::new();
+            // Each recorded item read once, kept when it holds a file of the scene.
+            let mut items = Vec::new();
             for rk in recorded {
-                if self.holds_any(rk, scene, maps)? {
-                    holding.push(rk.clone());
-                }
+                items.extend(self.item(rk)?.filter(|i| scene.files.iter().any(|f| i.holds(f, maps))));
             }
-            let mut all_held = true;
-            for f in &scene.files {
-                let mut held = false;
-                for rk in &holding {
-                    held = held || self.item_holds(rk, f, maps)?;
-                }
-                all_held &= held;
-            }
+            let all_held = scene.files.iter().all(|f| items.iter().any(|i| i.holds(f, maps)));
+            let holding: Vec<String> = items.iter().map(|i| i.rating_key.to_string()).collect();
             if all_held && !holding.is_empty() {
                 trace.push(format!("recorded ratingKey {keys}: still holds the scene's files — match"));
                 let reason = format!("recorded ratingKey {}, same files", holding.join(", "));
