@@ -30,6 +30,7 @@ async fn no_worker(bed: &Bed) {
 }
 
 /// [`eventually`], failing with the log at `log` (a worker's).
+#[cfg(target_os = "linux")]
 async fn eventually_or_log(limit: Duration, what: &str, log: &Path, mut done: impl FnMut() -> bool) {
     let started = Instant::now();
     while !done() {
@@ -45,6 +46,7 @@ fn titled(bed: &Bed, id: u64, title: &str) -> bool {
     bed.item_of(id).field("title") == Some(title)
 }
 
+#[cfg(target_os = "linux")]
 fn integrity(path: &Path) -> String {
     let conn = rusqlite::Connection::open(path).unwrap();
     conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap()
