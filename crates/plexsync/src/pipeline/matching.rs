@@ -180,10 +180,15 @@ CREATE INDEX items_by_section ON items (section, held);
 CREATE TABLE keys (
     kind INTEGER NOT NULL,
     hash INTEGER NOT NULL,
-    id   INTEGER NOT NULL,
-    PRIMARY KEY (kind, hash, id)
-) WITHOUT ROWID;
+    id   INTEGER NOT NULL
+);
 ";
+
+/// The keys' lookup index, made at the first lookup rather than with the
+/// table: hashes arrive in random order, and a million items' keys
+/// inserted one by one into an index touched a random page each, most of
+/// them no longer cached. Made once over the loaded rows, it is one sort.
+const KEYS_LOOKUP: &str = "CREATE INDEX IF NOT EXISTS keys_lookup ON keys (kind, hash, id)";
 
 /// Rows the stored copy is written from, read in runs of this many.
 const ROWS_PER_READ: i64 = 1000;
@@ -191,7 +196,7 @@ const ROWS_PER_READ: i64 = 1000;
 /// The library index. Its items live in a private SQLite database that
 /// SQLite keeps in a temporary file (deleted as soon as it is opened, so
 /// a crash leaves nothing behind; `SQLITE_TMPDIR` chooses the folder),
-/// with a small page cache: memory stays flat whatever the library's
+/// with SQLite's small page cache: memory stays flat whatever the library's
 /// size, where a million items held in maps took over 400 MB.
 #[derive(Debug)]
 pub struct LibraryIndex {
@@ -209,6 +214,8 @@ pub struct LibraryIndex {
     pub newest_added: i64,
     /// Plex reads the index has made.
     pub reads: usize,
+    /// Whether [`KEYS_LOOKUP`] was made.
+    searchable: std::sync::atomic::AtomicBool,
     /// ratingKeys whose files changed under the index (a rename, a key
     /// handed out again), until taken: the scenes written there before
     /// are delivered again.
@@ -262,6 +269,7 @@ impl LibraryIndex {
             newest_added: 0,
             reads: 0,
             moved: Vec::new(),
+            searchable: false.into(),
         })
     }
 
@@ -280,6 +288,8 @@ impl LibraryIndex {
         if out.is_err() || ended.is_err() {
             self.len = len;
             self.moved.truncate(moved);
+            // A lookup index made inside the transaction was undone too.
+            self.searchable = false.into();
         }
         ended.and(out)
     }
@@ -396,7 +406,8 @@ impl LibraryIndex {
 
     /// Adds or replaces an item; whether it was new or changed. A
     /// replaced item's old keys stay; lookups check candidates, so they
-    /// are harmless.
+    /// are harmless. Keys are added only for new files, so an item edited
+    /// again and again does not grow the table.
     fn insert_indexed(&mut self, item: &IndexedItem) -> Result<bool, Error> {
         let json = serde_json::to_string(item).expect("items serialize");
         let db = self.db.get_mut().unwrap_or_else(|e| e.into_inner());
@@ -415,6 +426,9 @@ impl LibraryIndex {
                 db.prepare_cached("UPDATE items SET section = ?2, held = ?3, item = ?4 WHERE id = ?1")
                     .and_then(|mut s| s.execute(params![id, &*item.section, held, json]))
                     .map_err(index_error)?;
+                if old.files == item.files {
+                    return Ok(true);
+                }
                 id
             }
             None => {
@@ -425,9 +439,8 @@ impl LibraryIndex {
                 db.last_insert_rowid()
             }
         };
-        let mut add = db
-            .prepare_cached("INSERT OR IGNORE INTO keys (kind, hash, id) VALUES (?1, ?2, ?3)")
-            .map_err(index_error)?;
+        let mut add =
+            db.prepare_cached("INSERT INTO keys (kind, hash, id) VALUES (?1, ?2, ?3)").map_err(index_error)?;
         for (path, size) in &item.files {
             let k = FileKeys::of(path);
             let mut keys = vec![(Key::Path, key_hash(&k.path)), (Key::Name, key_hash(&k.name))];
@@ -463,9 +476,15 @@ impl LibraryIndex {
         key: i64,
         holds: impl Fn(&FileKeys, Option<u64>) -> bool,
     ) -> Result<Vec<String>, Error> {
+        use std::sync::atomic::Ordering;
         let db = self.db();
+        if !self.searchable.load(Ordering::Relaxed) {
+            db.execute_batch(KEYS_LOOKUP).map_err(index_error)?;
+            self.searchable.store(true, Ordering::Relaxed);
+        }
+        // `IN` counts an item once however many of its files share the key.
         let mut stmt = db
-            .prepare_cached("SELECT i.item FROM keys k JOIN items i ON i.id = k.id WHERE k.kind = ?1 AND k.hash = ?2")
+            .prepare_cached("SELECT item FROM items WHERE id IN (SELECT id FROM keys WHERE kind = ?1 AND hash = ?2)")
             .map_err(index_error)?;
         let mut rows = stmt.query(params![kind as i64, key]).map_err(index_error)?;
         let mut found = Vec::new();

@@ -93,13 +93,13 @@ pub(crate) async fn reconcile(
 /// Reads the scene's Plex items and compares them with what Stash wants.
 async fn compare(pipeline: &Pipeline, queue: &Store, scene: &Scene) -> Result<Verdict, Error> {
     let settings = &pipeline.settings;
-    let recorded = queue.rating_keys(&scene.id)?;
+    let ours = queue.records(&scene.id)?;
+    let recorded: Vec<String> = ours.iter().map(|r| r.rating_key.clone()).collect();
     let items = pipeline.find(scene, &recorded).await?.items();
     if items.is_empty() {
         return Ok(Verdict::Missing);
     }
     let wanted = crate::pipeline::desired::desired(scene, settings, &mut Default::default());
-    let ours = queue.records(&scene.id)?;
     for (rk, _) in items {
         let Some(item) = pipeline.plex.as_ref().expect("find needs Plex").item(&rk).await? else {
             return Ok(Verdict::Missing);

@@ -191,9 +191,20 @@ struct RunState {
     limiter: Limiter,
     /// The most that ran at once in this run, for its summary.
     peak: usize,
-    /// When the rows to deliver were last counted, and done + waiting then.
-    counted: Option<(Instant, usize)>,
+    /// When the rows to deliver were last counted, how long counting took,
+    /// and done + waiting then.
+    counted: Option<(Instant, Duration, usize)>,
 }
+
+/// The progress total is counted again at most this often, and never more
+/// often than [`COUNT_SHARE`] allows.
+const COUNT_EVERY: Duration = Duration::from_secs(1);
+
+/// Counting walks the queue's index: at a million rows it takes tens of
+/// milliseconds, so a count every second made a large run's cost grow
+/// faster than the library. Waiting this many times the count's own time
+/// keeps it near 2 % of the run at any size.
+const COUNT_SHARE: u32 = 50;
 
 /// A busy worker reads its settings again this often; an idle one when it
 /// wakes up.
@@ -339,12 +350,13 @@ async fn drain(
             }
             st.limiter.set_max(pipeline.settings.retry.concurrency);
         }
-        // Counted at most every second: a count per batch would make a
-        // large run quadratic.
-        if st.counted.is_none_or(|(at, _)| at.elapsed() > Duration::from_secs(1)) {
-            st.counted = Some((Instant::now(), st.done + queue.pending_count()?));
+        if st.counted.is_none_or(|(at, took, _)| at.elapsed() > COUNT_EVERY.max(took * COUNT_SHARE)) {
+            let started = Instant::now();
+            let waiting = queue.pending_count()?;
+            queue.fit_cache()?;
+            st.counted = Some((started, started.elapsed(), st.done + waiting));
         }
-        let total = st.counted.map_or(0, |(_, total)| total);
+        let total = st.counted.map_or(0, |(_, _, total)| total);
         if let Err(e) = deliver_batch(pipeline, queue, &rows, &mut st, options, total, progress).await {
             if e.class == ErrorClass::Auth && take_newer_session(pipeline, queue)? {
                 continue;

@@ -58,8 +58,8 @@ impl Store {
 
     /// Forgets the stored index (an item vanished: the next run reads Plex again).
     pub(crate) fn drop_index(&self) -> Result<()> {
-        self.conn.execute("DELETE FROM kv WHERE key = ?1", [super::kv::PLEX_INDEX_META])?;
-        self.conn.execute("DELETE FROM plex_index", [])?;
+        self.exec("DELETE FROM kv WHERE key = ?1", [super::kv::PLEX_INDEX_META])?;
+        self.exec("DELETE FROM plex_index", [])?;
         Ok(())
     }
 }

@@ -49,7 +49,7 @@ pub(crate) fn scan_asked(section: &str, folder: &str) -> String {
 
 impl Store {
     pub fn get_kv(&self, key: &str) -> Result<Option<String>> {
-        Ok(self.conn.query_row("SELECT value FROM kv WHERE key = ?1", params![key], |r| r.get(0)).optional()?)
+        Ok(self.one("SELECT value FROM kv WHERE key = ?1", params![key], |r| r.get(0)).optional()?)
     }
 
     /// A number kept in the key-value table (times in ms, counters); 0 when
@@ -59,7 +59,7 @@ impl Store {
     }
 
     pub(crate) fn set_kv(&self, key: &str, value: &str) -> Result<()> {
-        self.conn.execute(
+        self.exec(
             "INSERT INTO kv (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             params![key, value],
         )?;

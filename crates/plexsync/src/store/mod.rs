@@ -124,6 +124,24 @@ pub struct Store {
 /// failures out.
 const BUSY_WAIT: Duration = Duration::from_secs(10);
 
+/// The page cache's share of the file, and its bounds in KiB. A large
+/// run looks up each scene's rows in B-trees of a million rows; their
+/// inner pages are about 1 % of the file, and once SQLite's default 2 MiB
+/// no longer holds them every lookup re-reads a path of pages from the
+/// operating system. The cache fills only as pages are read, so a hook's
+/// few lookups never grow it.
+const CACHE_SHARE: u64 = 100;
+const CACHE_KIB: std::ops::RangeInclusive<u64> = 2048..=16384;
+
+/// The page cache for a file of `bytes`, in KiB.
+fn cache_kib(bytes: u64) -> u64 {
+    (bytes / 1024 / CACHE_SHARE).clamp(*CACHE_KIB.start(), *CACHE_KIB.end())
+}
+
+/// Prepared statements kept per connection: more than the statements one
+/// delivery runs, so none is parsed again per scene.
+const STATEMENTS: usize = 64;
+
 /// What a damaged queue file became: kept under `moved_to`, never deleted.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Recovered {
@@ -175,9 +193,38 @@ impl Store {
         conn.busy_timeout(BUSY_WAIT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.set_prepared_statement_cache_capacity(STATEMENTS);
         conn.execute_batch(SCHEMA)?;
         migrate(&conn)?;
-        Ok(Self { conn, path: path.to_path_buf() })
+        let store = Self { conn, path: path.to_path_buf() };
+        store.fit_cache()?;
+        Ok(store)
+    }
+
+    /// Sizes the page cache to the file (see [`CACHE_SHARE`]): at open,
+    /// and again now and then by a worker whose run grows the file.
+    pub(crate) fn fit_cache(&self) -> Result<()> {
+        let size = std::fs::metadata(&self.path).map_or(0, |m| m.len());
+        // A negative cache_size is in KiB.
+        self.conn.pragma_update(None, "cache_size", -(cache_kib(size) as i64))?;
+        Ok(())
+    }
+
+    /// Runs one statement through the connection's statement cache: a
+    /// delivery runs the same few statements for every scene, and parsing
+    /// them each time was a measurable share of a large run's CPU.
+    fn exec(&self, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+        self.conn.prepare_cached(sql)?.execute(params)
+    }
+
+    /// [`Store::exec`] for a statement that returns one row.
+    fn one<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        row: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        self.conn.prepare_cached(sql)?.query_row(params, row)
     }
 
     /// What `quick_check` found wrong, if anything.
@@ -225,7 +272,7 @@ impl Store {
     /// log only restarts after a checkpoint, which only follows a commit,
     /// so on a full disk a log that cannot grow would never shrink either.
     pub(crate) fn truncate_log(&self) -> Result<()> {
-        self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        self.one("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         Ok(())
     }
 
@@ -251,6 +298,17 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("q.sqlite")).unwrap();
         (dir, s)
+    }
+
+    #[test]
+    fn the_page_cache_follows_the_file_within_its_bounds() {
+        assert_eq!(cache_kib(0), 2048, "a new queue keeps SQLite's default");
+        assert_eq!(cache_kib(140 << 20), 2048, "100 000 scenes' queue");
+        assert_eq!(cache_kib(1400 << 20), 14336, "a million scenes' queue: its inner pages");
+        assert_eq!(cache_kib(40 << 30), 16384, "never more than 16 MiB");
+        let (_dir, q) = store();
+        let kib: i64 = q.conn.pragma_query_value(None, "cache_size", |r| r.get(0)).unwrap();
+        assert_eq!(kib, -2048, "set at open");
     }
 
     #[test]

@@ -103,7 +103,7 @@ impl Store {
     /// and made due now. A dead row comes back to life with fresh attempts.
     pub fn enqueue(&self, scene_id: &str, reason: Reason) -> Result<()> {
         let now = now_ms();
-        self.conn.execute(ENQUEUE, params![scene_id, reason.as_str(), now])?;
+        self.exec(ENQUEUE, params![scene_id, reason.as_str(), now])?;
         Ok(())
     }
 
@@ -126,7 +126,7 @@ impl Store {
     /// Claims up to `limit` due rows for `owner` for `lease`.
     pub(crate) fn claim(&self, owner: &str, lease: Duration, limit: usize) -> Result<Vec<Claimed>> {
         let now = now_ms();
-        let mut stmt = self.conn.prepare(&format!(
+        let mut stmt = self.conn.prepare_cached(&format!(
             "UPDATE queue SET lease_owner = ?1, lease_until = ?2 WHERE scene_id IN ({CLAIM_SELECT})
              RETURNING scene_id, generation, attempts, enqueued_at"
         ))?;
@@ -139,10 +139,8 @@ impl Store {
     /// Delivered: removes the row unless it changed meanwhile, in which case
     /// it is released to run again. Returns whether it was removed.
     pub(crate) fn complete(&self, row: &Claimed) -> Result<bool> {
-        let removed = self.conn.execute(
-            "DELETE FROM queue WHERE scene_id = ?1 AND generation = ?2",
-            params![row.scene_id, row.generation],
-        )?;
+        let removed = self
+            .exec("DELETE FROM queue WHERE scene_id = ?1 AND generation = ?2", params![row.scene_id, row.generation])?;
         if removed == 0 {
             self.release(&row.scene_id, now_ms())?;
         }
@@ -152,7 +150,7 @@ impl Store {
     /// Gives a row back, due at `due_ms`, without counting an attempt
     /// (outages: the item was never tried).
     pub(crate) fn release(&self, scene_id: &str, due_ms: i64) -> Result<()> {
-        self.conn.execute(
+        self.exec(
             "UPDATE queue SET lease_owner = NULL, lease_until = NULL, next_due = ?2 WHERE scene_id = ?1",
             params![scene_id, due_ms],
         )?;
@@ -171,7 +169,7 @@ impl Store {
         due_ms: i64,
         dead: bool,
     ) -> Result<()> {
-        self.conn.execute(
+        self.exec(
             "UPDATE queue SET lease_owner = NULL, lease_until = NULL,
                 attempts = attempts + ?3, error_class = ?4, last_error = ?5,
                 next_due = CASE WHEN generation = ?2 THEN ?6 ELSE ?7 END,
@@ -193,24 +191,19 @@ impl Store {
 
     /// Releases every lease held by `owner` (a worker shutting down cleanly).
     pub(crate) fn release_owner(&self, owner: &str) -> Result<()> {
-        self.conn.execute(
-            "UPDATE queue SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?1",
-            params![owner],
-        )?;
+        self.exec("UPDATE queue SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?1", params![owner])?;
         Ok(())
     }
 
     /// Voids every lease (returns how many): for a worker that holds the
     /// worker lock, any lease is a dead worker's.
     pub(crate) fn release_all_leases(&self) -> Result<usize> {
-        Ok(self
-            .conn
-            .execute("UPDATE queue SET lease_owner = NULL, lease_until = NULL WHERE lease_owner IS NOT NULL", [])?)
+        Ok(self.exec("UPDATE queue SET lease_owner = NULL, lease_until = NULL WHERE lease_owner IS NOT NULL", [])?)
     }
 
     /// When the next pending row is due (ms), if any.
     pub(crate) fn next_due(&self) -> Result<Option<i64>> {
-        Ok(self.conn.query_row(
+        Ok(self.one(
             "SELECT MIN(MAX(next_due, COALESCE(lease_until, 0))) FROM queue WHERE state = 'pending'",
             [],
             |r| r.get(0),
@@ -220,14 +213,13 @@ impl Store {
     /// Rows waiting (an index count, cheaper than [`Store::stats`]).
     pub(crate) fn pending_count(&self) -> Result<usize> {
         Ok(self
-            .conn
-            .query_row("SELECT COUNT(*) FROM queue WHERE state = 'pending'", [], |r| r.get::<_, i64>(0))
+            .one("SELECT COUNT(*) FROM queue WHERE state = 'pending'", [], |r| r.get::<_, i64>(0))
             .map(|n| n as usize)?)
     }
 
     pub fn stats(&self) -> Result<QueueStats> {
         let now = now_ms();
-        let count = |sql: &str| self.conn.query_row(sql, params![now], |r| r.get::<_, i64>(0));
+        let count = |sql: &str| self.one(sql, params![now], |r| r.get::<_, i64>(0));
         let mut by_class = BTreeMap::new();
         let mut stmt = self
             .conn
@@ -260,7 +252,7 @@ impl Store {
 
     /// Whether the scene waits in the queue (not dead).
     pub fn is_pending(&self, scene_id: &str) -> Result<bool> {
-        Ok(self.conn.query_row(
+        Ok(self.one(
             "SELECT EXISTS(SELECT 1 FROM queue WHERE scene_id = ?1 AND state = 'pending')",
             params![scene_id],
             |r| r.get(0),
@@ -269,7 +261,7 @@ impl Store {
 
     /// Makes every waiting row of `class` due now (its cause was fixed).
     pub(crate) fn wake(&self, class: ErrorClass) -> Result<usize> {
-        Ok(self.conn.execute(
+        Ok(self.exec(
             "UPDATE queue SET next_due = ?1 WHERE state = 'pending' AND error_class = ?2",
             params![now_ms(), class.as_str()],
         )?)
@@ -277,7 +269,7 @@ impl Store {
 
     /// Empties the queue (not the sync record); returns how many rows went.
     pub(crate) fn clear(&self) -> Result<usize> {
-        Ok(self.conn.execute("DELETE FROM queue", [])?)
+        Ok(self.exec("DELETE FROM queue", [])?)
     }
 }
 

@@ -51,8 +51,7 @@ impl Store {
     /// else whether it was ever delivered.
     pub fn scene_state(&self, scene_id: &str) -> Result<SceneState> {
         let row = self
-            .conn
-            .query_row(&format!("SELECT {ROW_INFO} FROM queue WHERE scene_id = ?1"), params![scene_id], row_info)
+            .one(&format!("SELECT {ROW_INFO} FROM queue WHERE scene_id = ?1"), params![scene_id], row_info)
             .optional()?;
         let items = self.delivered("WHERE scene_id = ?1", params![scene_id])?;
         let state = match &row {
@@ -100,7 +99,7 @@ impl Store {
     }
 
     pub(crate) fn reset_hashes(&self, scene_id: &str) -> Result<()> {
-        self.conn.execute("UPDATE synced_items SET field_hashes = '{}' WHERE scene_id = ?1", params![scene_id])?;
+        self.exec("UPDATE synced_items SET field_hashes = '{}' WHERE scene_id = ?1", params![scene_id])?;
         Ok(())
     }
 
@@ -137,7 +136,7 @@ impl Store {
     /// Stores what was written to one of the scene's items.
     pub(crate) fn save_record(&self, scene_id: &str, rec: &SyncRecord) -> Result<()> {
         let hashes = serde_json::to_string(&rec.field_hashes).expect("string map serializes");
-        self.conn.execute(
+        self.exec(
             "INSERT INTO synced_items (scene_id, plex_server, rating_key, section, field_hashes, stash_updated_at, synced_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT(scene_id, rating_key) DO UPDATE SET plex_server = excluded.plex_server,
@@ -160,7 +159,7 @@ impl Store {
     /// is no longer in them).
     pub(crate) fn keep_records(&self, scene_id: &str, keep: &[String]) -> Result<()> {
         let keep = serde_json::to_string(keep).expect("strings serialize");
-        self.conn.execute(
+        self.exec(
             "DELETE FROM synced_items WHERE scene_id = ?1 AND rating_key NOT IN (SELECT value FROM json_each(?2))",
             params![scene_id, keep],
         )?;
@@ -168,9 +167,9 @@ impl Store {
     }
 
     pub(crate) fn forget(&self, scene_id: &str) -> Result<()> {
-        self.conn.execute("DELETE FROM synced_items WHERE scene_id = ?1", params![scene_id])?;
-        self.conn.execute("DELETE FROM seen WHERE scene_id = ?1", params![scene_id])?;
-        self.conn.execute("DELETE FROM shows WHERE scene_id = ?1", params![scene_id])?;
+        self.exec("DELETE FROM synced_items WHERE scene_id = ?1", params![scene_id])?;
+        self.exec("DELETE FROM seen WHERE scene_id = ?1", params![scene_id])?;
+        self.exec("DELETE FROM shows WHERE scene_id = ?1", params![scene_id])?;
         Ok(())
     }
 }

@@ -8,7 +8,7 @@ use super::{Result, Store};
 impl Store {
     /// Hands a long operation to the worker (a JSON request).
     pub(crate) fn push_work(&self, request: &str) -> Result<()> {
-        self.conn.execute("INSERT INTO work (request) VALUES (?1)", params![request])?;
+        self.exec("INSERT INTO work (request) VALUES (?1)", params![request])?;
         Ok(())
     }
 
