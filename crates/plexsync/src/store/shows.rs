@@ -12,7 +12,7 @@ impl Store {
     /// longer say which scenes had it.
     pub(crate) fn save_shows(&self, scene_id: &str, objects: &[(&str, String)]) -> Result<()> {
         let tx = self.conn.unchecked_transaction()?;
-        tx.prepare_cached("DELETE FROM shows WHERE scene_id = ?1")?.execute(params![scene_id])?;
+        self.exec("DELETE FROM shows WHERE scene_id = ?1", params![scene_id])?;
         {
             let mut stmt =
                 tx.prepare_cached("INSERT OR IGNORE INTO shows (kind, object_id, scene_id) VALUES (?1, ?2, ?3)")?;
