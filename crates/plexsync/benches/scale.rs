@@ -9,7 +9,10 @@
 //! request, default 0) and `SCALE_PLEX_CAPACITY` (requests it answers at
 //! once, default 6; the rest queue) and `SCALE_CONCURRENCY` (the
 //! `plexConcurrency` cap, default 8) choose the runs;
-//! `SCALE_RECONCILE_LATENCY_MS` gives the reconcile run its own latency. Per run it prints
+//! `SCALE_RECONCILE_LATENCY_MS` gives the reconcile run its own latency;
+//! `SCALE_RUNS` (default all: `first,unchanged,edited,reconcile,paths`)
+//! picks runs, to profile one at a million without the others' hour (a
+//! first sync always runs: the others start from its queue). Per run it prints
 //! wall time, Plex requests per scene (library pages, item reads, writes,
 //! uploads), library pages read per 100 scenes, Stash requests, the CLI's
 //! peak RSS (`VmHWM`), CPU seconds per 1 000 scenes of the CLI and of the
@@ -203,6 +206,17 @@ mod unix {
         eprintln!("  {n} {what}: delivery limit {}", limit_moves(&log));
     }
 
+    /// Edits every hundredth scene in Stash, then re-syncs.
+    async fn edit_one_in_100(bed: &Bed<'_>, n: usize) {
+        let edited: Vec<u64> = bed.stash.with_state(|s| s.scenes.keys().copied().step_by(100).collect());
+        for id in &edited {
+            let q = "mutation($i: SceneUpdateInput!) { sceneUpdate(input: $i) { id } }";
+            common::graphql(bed.stash, q, json!({"i": {"id": id.to_string(), "details": format!("Edited {id}.")}}))
+                .await;
+        }
+        tokio::task::block_in_place(|| run(bed, "1 % edited", &["sync", "--all"], n, edited.len()));
+    }
+
     #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
     pub async fn main() {
         let exe = common::release_binary();
@@ -215,6 +229,8 @@ mod unix {
         let latency = env("SCALE_LATENCY_MS", 0);
         let capacity = env("SCALE_PLEX_CAPACITY", 6) as usize;
         let cap = env("SCALE_CONCURRENCY", 8);
+        let runs = std::env::var("SCALE_RUNS").unwrap_or_else(|_| "first,unchanged,edited,reconcile,paths".into());
+        let wanted = |run: &str| runs.split(',').any(|r| r.trim() == run);
         println!(
             "Plex latency {latency} ms, {capacity} requests answered at once, plexConcurrency {cap}; requests per scene of the library (first, unchanged), per edited scene (1 %)"
         );
@@ -247,22 +263,22 @@ mod unix {
             tokio::task::block_in_place(|| run(&bed, "first sync", &sync_all, n, n));
             let in_plex = plexsync::store::Store::open(&data.join("queue.sqlite")).unwrap().stats().unwrap().synced;
             eprintln!("{in_plex} of {n} scenes are in Plex and were delivered");
-            tokio::task::block_in_place(|| run(&bed, "unchanged", &sync_all, n, n));
-            let edited: Vec<u64> = stash.with_state(|s| s.scenes.keys().copied().step_by(100).collect());
-            for id in &edited {
-                let q = "mutation($i: SceneUpdateInput!) { sceneUpdate(input: $i) { id } }";
-                common::graphql(&stash, q, json!({"i": {"id": id.to_string(), "details": format!("Edited {id}.")}}))
-                    .await;
+            if wanted("unchanged") {
+                tokio::task::block_in_place(|| run(&bed, "unchanged", &sync_all, n, n));
             }
-            tokio::task::block_in_place(|| run(&bed, "1 % edited", &sync_all, n, edited.len()));
+            if wanted("edited") {
+                edit_one_in_100(&bed, n).await;
+            }
             // Reconcile reads every item, as many at once as deliveries
             // (against a Plex as slow as SCALE_RECONCILE_LATENCY_MS, if set).
             let slow = env("SCALE_RECONCILE_LATENCY_MS", latency);
             plex.faults(|f| f.config.latency_ms = slow);
             let what = if slow == latency { "reconcile".to_string() } else { format!("reconcile {slow} ms") };
-            tokio::task::block_in_place(|| run(&bed, &what, &["reconcile"], n, n));
+            if wanted("reconcile") {
+                tokio::task::block_in_place(|| run(&bed, &what, &["reconcile"], n, n));
+            }
             plex.faults(|f| f.config.latency_ms = latency);
-            if latency == 0 {
+            if latency == 0 && wanted("paths") {
                 tokio::task::block_in_place(|| run(&bed, "paths suggest", &["paths", "suggest"], n, n));
             }
         }

@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use rusqlite::{params, OptionalExtension};
-use unicode_normalization::UnicodeNormalization;
 
 use crate::clients::plex::{PlexClient, PlexItem, PlexSection};
 use crate::clients::stash::Scene;
@@ -78,7 +77,8 @@ impl Match {
 /// separators collapsed, trailing spaces and dots of each component
 /// dropped (Windows ignores them), optionally case-folded.
 pub(crate) fn normalize(path: &str, fold_case: bool) -> String {
-    let unified: String = path.replace('\\', "/").nfc().collect();
+    let slashed = path.replace('\\', "/");
+    let unified = super::sanitize::nfc(&slashed);
     let mut out = String::with_capacity(unified.len());
     for (i, part) in unified.split('/').enumerate() {
         if part.is_empty() && i > 0 {
@@ -189,6 +189,17 @@ CREATE TABLE keys (
 /// inserted one by one into an index touched a random page each, most of
 /// them no longer cached. Made once over the loaded rows, it is one sort.
 const KEYS_LOOKUP: &str = "CREATE INDEX IF NOT EXISTS keys_lookup ON keys (kind, hash, id)";
+
+/// Sizes the index's page cache to its file by the queue's rule
+/// ([`crate::store::cache_kib`]): at a million items the file is about
+/// 390 MB, and a reconcile read about four pages of it from the
+/// operating system for every page of the queue it read.
+fn fit_cache(db: &rusqlite::Connection) -> rusqlite::Result<()> {
+    let bytes: i64 =
+        db.query_row("SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()", [], |r| r.get(0))?;
+    // A negative cache_size is in KiB.
+    db.pragma_update(None, "cache_size", -(crate::store::cache_kib(bytes.max(0) as u64) as i64))
+}
 
 /// Rows the stored copy is written from, read in runs of this many.
 const ROWS_PER_READ: i64 = 1000;
@@ -480,6 +491,7 @@ impl LibraryIndex {
         let db = self.db();
         if !self.searchable.load(Ordering::Relaxed) {
             db.execute_batch(KEYS_LOOKUP).map_err(index_error)?;
+            fit_cache(&db).map_err(index_error)?;
             self.searchable.store(true, Ordering::Relaxed);
         }
         // `IN` counts an item once however many of its files share the key.
@@ -1041,6 +1053,15 @@ mod tests {
         fresh.forget("8").unwrap();
         assert_eq!((fresh.count_in("1").unwrap(), fresh.count_in("2").unwrap(), fresh.len()), (2_399, 0, 2_400));
         assert!(matches!(fresh.find(&scene("/data/8/v8.mp4", 8), &[], &maps()).unwrap(), Match::NotFound { .. }));
+    }
+
+    #[test]
+    fn the_first_lookup_sizes_the_page_cache_to_the_file() {
+        let index = LibraryIndex::empty().unwrap();
+        let kib = || -> i64 { index.db().pragma_query_value(None, "cache_size", |r| r.get(0)).unwrap() };
+        assert_eq!(kib(), -2000, "SQLite's default until the index is searched");
+        let _ = index.find(&scene("/data/a/x.mp4", 5), &[], &maps()).unwrap();
+        assert_eq!(kib(), -2048, "a small index gets the rule's floor");
     }
 
     #[test]

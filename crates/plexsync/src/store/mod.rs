@@ -133,8 +133,9 @@ const BUSY_WAIT: Duration = Duration::from_secs(10);
 const CACHE_SHARE: u64 = 100;
 const CACHE_KIB: std::ops::RangeInclusive<u64> = 2048..=16384;
 
-/// The page cache for a file of `bytes`, in KiB.
-fn cache_kib(bytes: u64) -> u64 {
+/// The page cache for a file of `bytes`, in KiB (the queue's, and the
+/// library index's).
+pub(crate) fn cache_kib(bytes: u64) -> u64 {
     (bytes / 1024 / CACHE_SHARE).clamp(*CACHE_KIB.start(), *CACHE_KIB.end())
 }
 
