@@ -191,14 +191,13 @@ CREATE TABLE keys (
 const KEYS_LOOKUP: &str = "CREATE INDEX IF NOT EXISTS keys_lookup ON keys (kind, hash, id)";
 
 /// Sizes the index's page cache to its file by the queue's rule
-/// ([`crate::store::cache_kib`]): at a million items the file is about
+/// ([`crate::store::size_cache`]): at a million items the file is about
 /// 390 MB, and a reconcile read about four pages of it from the
 /// operating system for every page of the queue it read.
 fn fit_cache(db: &rusqlite::Connection) -> rusqlite::Result<()> {
     let bytes: i64 =
         db.query_row("SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()", [], |r| r.get(0))?;
-    // A negative cache_size is in KiB.
-    db.pragma_update(None, "cache_size", -(crate::store::cache_kib(bytes.max(0) as u64) as i64))
+    crate::store::size_cache(db, bytes.max(0) as u64)
 }
 
 /// Rows the stored copy is written from, read in runs of this many.

@@ -133,10 +133,16 @@ const BUSY_WAIT: Duration = Duration::from_secs(10);
 const CACHE_SHARE: u64 = 100;
 const CACHE_KIB: std::ops::RangeInclusive<u64> = 2048..=16384;
 
-/// The page cache for a file of `bytes`, in KiB (the queue's, and the
-/// library index's).
-pub(crate) fn cache_kib(bytes: u64) -> u64 {
+/// The page cache for a file of `bytes`, in KiB.
+fn cache_kib(bytes: u64) -> u64 {
     (bytes / 1024 / CACHE_SHARE).clamp(*CACHE_KIB.start(), *CACHE_KIB.end())
+}
+
+/// Sizes `conn`'s page cache for a database of `bytes` by [`CACHE_SHARE`]:
+/// the queue's, and the library index's.
+pub(crate) fn size_cache(conn: &Connection, bytes: u64) -> rusqlite::Result<()> {
+    // A negative cache_size is in KiB.
+    conn.pragma_update(None, "cache_size", -(cache_kib(bytes) as i64))
 }
 
 /// Prepared statements kept per connection: more than the statements one
@@ -206,9 +212,7 @@ impl Store {
     /// and again now and then by a worker whose run grows the file.
     pub(crate) fn fit_cache(&self) -> Result<()> {
         let size = std::fs::metadata(&self.path).map_or(0, |m| m.len());
-        // A negative cache_size is in KiB.
-        self.conn.pragma_update(None, "cache_size", -(cache_kib(size) as i64))?;
-        Ok(())
+        Ok(size_cache(&self.conn, size)?)
     }
 
     /// Runs one statement through the connection's statement cache: a
