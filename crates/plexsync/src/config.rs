@@ -51,9 +51,9 @@ settings! {
     "plexLibraries", String, true, "Plex libraries", "Comma-separated library names to match in; empty means every movie library.";
     "pathMappings", String, true, "Path mappings", "Stash path prefix => Plex path prefix, separated by ';', e.g. /data => /media; D:\\Videos => /mnt/videos. Longest prefix wins.";
     "syncMode", String, true, "Sync mode", "push (default): write metadata into Plex. refresh: only ask Plex to refresh items named by a Plex URL on the scene (old behaviour).";
-    "syncFields", String, true, "Fields to sync", "Comma-separated: title, summary, studio, date, genres, actors, directors, collection, tagline, poster, background; 'all' (default) for every one.";
+    "syncFields", String, true, "Fields to sync", "Comma-separated: title, summary, studio, date, genres, actors, directors, collection, tagline, poster, background, contentRating, rating, userRating; 'all' (default) for every one.";
     "actorImages", Boolean, true, "Actor images", "Send performer image URLs with actors. Plex fetches them itself, so Stash must be reachable by Plex without a login.";
-    "collectionParentStudio", Boolean, true, "Parent studio collection", "Also put the item in a collection named after the studio's parent studio.";
+    "contentRating", String, true, "Content rating", "Plex content rating written to every synced item (default XXX, as StashPlexAgent did; Plex's managed users are restricted by it). Empty leaves Plex's field alone.";
     "taglineSource", String, true, "Tagline source", "What becomes the Plex tagline: none (default), code (studio code), url (first URL), director.";
     "preservePlexEdits", Boolean, true, "Preserve Plex edits", "Never overwrite a field a person edited in Plex (Plex locks what a person edits); values Plex's agent filled in and the frames Plex extracts for posters are still replaced.";
     "skipUnorganized", Boolean, true, "Skip unorganized", "Old setting (default on): scenes not marked organized in Stash are not synced. Set it off to sync every scene.";
@@ -86,6 +86,33 @@ settings! {
     "daemonHosts", String, false, "Daemon names", "Daemon: more names it answers to, comma-separated (a reverse proxy's, a LAN name); IP addresses and localhost always work.";
     "provider", Boolean, false, "Metadata provider", "Daemon: also serve a Plex metadata provider, so Plex pulls Stash's metadata at scan and refresh time (default off; see docs/provider.md).";
     "providerSecret", String, false, "Provider secret", "Daemon: the secret path segment of the provider's URL (at least 16 letters, digits, - or _); by default a random one kept in the data folder.";
+    "UseFormattedTitle", Boolean, true, "Use a formatted title for Plex using Stash metadata", "StashPlexAgent preference (default off): the Plex title follows TitleFormat.";
+    "RemovePerformerFromTitle", Boolean, true, "Remove Performer Names from Stash Title", "StashPlexAgent preference (default on): with a formatted title, a leading performer name and ' - ' are taken off the Stash title.";
+    "TitleFormat", String, true, "Title format to use if enabled (available variables: performer, title, date, studio, filename). Use IgnoreTags to ignore a performer from title.", "StashPlexAgent preference (default '{performer} - {title}'). A variable without a value takes its separator with it.";
+    "IncludeGalleryImages", Boolean, true, "Include attached Gallery images in addition to default poster?", "StashPlexAgent preference (default off): the images of the scene's galleries are uploaded as extra posters and backgrounds; the scene's cover stays the selected poster.";
+    "SortGalleryImages", Boolean, true, "If including gallery images, auto sort into poster/background based on orientation?", "StashPlexAgent preference (default off): portrait gallery images become posters, landscape ones backgrounds (else each is both).";
+    "AppendPerformerTags", Boolean, true, "Include Performer Tags with the scraped scene tags?", "StashPlexAgent preference (default off): the performers' tags are added to the genres.";
+    "IgnoreTags", String, true, "Stash Tag ID numbers to ignore (comma separated, 0 to disable)", "StashPlexAgent preference: tags with these ids never become genres or collections, and a performer with one is left out of the title. Tags whose name contains 'ambiguous' are always left out.";
+    "CreateTagCollectionTags", String, true, "Stash Tag ID numbers create Collections from (comma separated, 0 to disable)", "StashPlexAgent preference: these tags become collections named as the tag (with CreateAllTagCollectionTags: every tag but these).";
+    "CreateAllTagCollectionTags", Boolean, true, "Create Collections from ALL Tags (If TRUE then option above will exclude instead of include tags)", "StashPlexAgent preference (default off).";
+    "AddOrganizedCollectionTag", Boolean, true, "Auto add media marked as organized into a Plex Collection", "StashPlexAgent preference (default off).";
+    "OrganizedCollectionTagName", String, true, "Name for the collection containing all media marked as organized in Stash", "StashPlexAgent preference (default Organized).";
+    "CreateSiteCollectionTags", Boolean, true, "Auto create Plex Collection tags for scene Site", "StashPlexAgent preference (default on): a collection '<prefix><studio>'.";
+    "CustomSiteCollectionPrefix", Boolean, true, "Use a custom prefix for site collections?  If False the box below is ignored.", "StashPlexAgent preference (default on); off: the site collection is the bare studio name.";
+    "PrefixSiteCollectionTags", String, true, "Prefix for Site Collection Names (The Site name will be appended to this value)", "StashPlexAgent preference (default 'Site: ').";
+    "CreateStudioCollectionTags", Boolean, true, "Auto create Plex Collection tags for scene Studio", "StashPlexAgent preference (default on): a collection '<prefix><parent studio>' (Stash's parent studio is the agent's studio). collectionParentStudio is its alias.";
+    "UseSiteForStudioCollectionTags", Boolean, true, "If Studio is not defined, use Site instead (In Stash, Studio is the parent of the scene Studio)", "StashPlexAgent preference (default off).";
+    "CustomStudioCollectionPrefix", Boolean, true, "Use a custom prefix for studio collections?  If False the box below is ignored.", "StashPlexAgent preference (default on); off: the studio collection is the bare parent studio name.";
+    "PrefixStudioCollectionTags", String, true, "Prefix for Studio Collection Names (The Studio name (if available) will be appended to this value)", "StashPlexAgent preference (default 'Studio: ').";
+    "CreateMovieCollectionTags", Boolean, true, "Auto create Plex Collection tags for associated scene Movie", "StashPlexAgent preference (default off): a collection per Stash group (Stash's movies are now groups).";
+    "PrefixMovieCollectionTags", String, true, "Prefix for Movie Collection Names (The Movie title (if available) will be appended to this value)", "StashPlexAgent preference (default 'Movie: ').";
+    "CreatePerformerCollectionTags", Boolean, true, "Auto create Plex Collection tags for associated Performers", "StashPlexAgent preference (default off): a collection per performer.";
+    "PrefixPerformerCollectionTags", String, true, "Prefix for Performer Collection Names (The performer (if available) will be appended to this value)", "StashPlexAgent preference (default 'Actor: ').";
+    "CreateRatingTags", Boolean, true, "Auto create Plex Collection tags for Stash star rating", "StashPlexAgent preference (default off): a collection 'Rating: <n> Stars', n being Stash's rating100 / 10 rounded down.";
+    "SaveUserRatings", Boolean, true, "Auto sync Stash ratings to Plex user ratings", "StashPlexAgent preference (default off): Stash's rating also becomes the Plex user rating of the plexToken's user, and is cleared with it.";
+    "RequireURL", Boolean, true, "Require scene URL to be set in Stash to pull metadata", "StashPlexAgent preference (default off): scenes without a URL are not synced.";
+    "RequireStashID", Boolean, true, "Require a scene StashID to be set in Stash to pull metadata", "StashPlexAgent preference (default off): scenes without a stash-box id are not synced.";
+    "AddPlexURL", Boolean, true, "Adds the Plex media ID to the scene in Stash; allows Stash to update Plex metadata.", "StashPlexAgent preference (default off): plex/library/metadata/<ratingKey> is added to the scene's URLs once per Plex item.";
     "healthOutageSecs", Number, false, "Outage before unhealthy", "Daemon: seconds Plex may be unreachable before /healthz answers 503 (default 300).";
 }
 
@@ -110,10 +137,13 @@ pub enum Field {
     Tagline,
     Poster,
     Background,
+    ContentRating,
+    Rating,
+    UserRating,
 }
 
 impl Field {
-    pub(crate) const ALL: [Field; 11] = [
+    pub(crate) const ALL: [Field; 14] = [
         Self::Title,
         Self::Summary,
         Self::Studio,
@@ -125,6 +155,9 @@ impl Field {
         Self::Tagline,
         Self::Poster,
         Self::Background,
+        Self::ContentRating,
+        Self::Rating,
+        Self::UserRating,
     ];
 
     /// Name in `syncFields` and in the stored hashes.
@@ -141,6 +174,9 @@ impl Field {
             Self::Tagline => "tagline",
             Self::Poster => "poster",
             Self::Background => "background",
+            Self::ContentRating => "contentRating",
+            Self::Rating => "rating",
+            Self::UserRating => "userRating",
         }
     }
 
@@ -205,7 +241,8 @@ pub struct Settings {
     pub mode: Mode,
     pub fields: Vec<Field>,
     pub actor_images: bool,
-    pub collection_parent_studio: bool,
+    /// What StashPlexAgent's preferences shaped, and the content rating.
+    pub agent: AgentPrefs,
     pub tagline: TaglineSource,
     pub preserve_plex_edits: bool,
     pub skip_unorganized: bool,
@@ -220,6 +257,80 @@ pub struct Settings {
     pub retry: RetrySettings,
     pub daemon: DaemonSettings,
 }
+
+/// The library StashPlexAgent wrote, by its preferences (same names, same
+/// meaning; `docs/migration.md` lists where PlexSync differs on purpose).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentPrefs {
+    /// Empty: Plex's content rating is left alone.
+    pub content_rating: String,
+    pub formatted_title: bool,
+    pub remove_performer_from_title: bool,
+    pub title_format: String,
+    pub gallery_images: bool,
+    pub sort_gallery_images: bool,
+    pub append_performer_tags: bool,
+    /// Stash tag ids never sent as genres or collections.
+    pub ignore_tags: Vec<String>,
+    /// Stash tag ids that become collections (or, with
+    /// `all_tag_collections`, the ones that do not).
+    pub tag_collections: Vec<String>,
+    pub all_tag_collections: bool,
+    /// The collection organized scenes join, when on.
+    pub organized_collection: Option<String>,
+    /// Each collection kind's prefix, when the kind is on.
+    pub site_collection: Option<String>,
+    pub studio_collection: Option<String>,
+    pub site_for_studio: bool,
+    pub movie_collection: Option<String>,
+    pub performer_collection: Option<String>,
+    pub rating_collection: bool,
+    pub user_ratings: bool,
+    pub require_url: bool,
+    pub require_stash_id: bool,
+    pub add_plex_url: bool,
+}
+
+impl Default for AgentPrefs {
+    /// The agent's `DefaultPrefs.json`, and `XXX` as it always wrote.
+    fn default() -> Self {
+        Self {
+            content_rating: "XXX".into(),
+            formatted_title: false,
+            remove_performer_from_title: true,
+            title_format: DEFAULT_TITLE_FORMAT.into(),
+            gallery_images: false,
+            sort_gallery_images: false,
+            append_performer_tags: false,
+            ignore_tags: Vec::new(),
+            tag_collections: Vec::new(),
+            all_tag_collections: false,
+            organized_collection: None,
+            site_collection: Some(SITE_PREFIX.into()),
+            studio_collection: Some(STUDIO_PREFIX.into()),
+            site_for_studio: false,
+            movie_collection: None,
+            performer_collection: None,
+            rating_collection: false,
+            user_ratings: false,
+            require_url: false,
+            require_stash_id: false,
+            add_plex_url: false,
+        }
+    }
+}
+
+pub(crate) const DEFAULT_TITLE_FORMAT: &str = "{performer} - {title}";
+const SITE_PREFIX: &str = "Site: ";
+const STUDIO_PREFIX: &str = "Studio: ";
+const MOVIE_PREFIX: &str = "Movie: ";
+const PERFORMER_PREFIX: &str = "Actor: ";
+const ORGANIZED_COLLECTION: &str = "Organized";
+
+/// Old names read as another setting: (alias, setting). Within one layer
+/// the setting's own name wins over its alias.
+pub const ALIASES: &[(&str, &str)] =
+    &[("RequireOrganized", "skipUnorganized"), ("collectionParentStudio", "CreateStudioCollectionTags")];
 
 /// The daemon's HTTP endpoints and schedule.
 #[derive(Clone, Debug)]
@@ -277,7 +388,7 @@ impl Default for Settings {
             mode: Mode::Push,
             fields: Field::ALL.to_vec(),
             actor_images: false,
-            collection_parent_studio: false,
+            agent: AgentPrefs::default(),
             tagline: TaglineSource::None,
             preserve_plex_edits: false,
             skip_unorganized: true,
@@ -344,11 +455,14 @@ pub fn load(layers: &[Map<String, Value>]) -> Loaded {
     let mut merged: Map<String, Value> = Map::new();
     let mut warnings = Vec::new();
     for layer in layers {
-        for (key, value) in layer {
-            let canon = canonical(key);
-            match SETTINGS.iter().find(|d| canonical(d.key) == canon) {
+        // Aliases first, so a setting's own name in the same layer wins.
+        let mut entries: Vec<(&String, &Value, Option<&'static str>)> =
+            layer.iter().map(|(key, value)| (key, value, setting_key(key))).collect();
+        entries.sort_by_key(|(key, _, _)| !is_alias(key));
+        for (key, value, found) in entries {
+            match found {
                 Some(def) if !value.is_null() => {
-                    merged.insert(def.key.to_string(), value.clone());
+                    merged.insert(def.to_string(), value.clone());
                 }
                 Some(_) => {}
                 None => warnings.push(format!("unknown setting '{key}' is ignored; see docs/settings.md for the list")),
@@ -358,6 +472,21 @@ pub fn load(layers: &[Map<String, Value>]) -> Loaded {
     let mut r = Reader { values: merged, warnings };
     let settings = r.settings();
     Loaded { settings, warnings: r.warnings }
+}
+
+/// The setting `key` names, itself or through an alias.
+fn setting_key(key: &str) -> Option<&'static str> {
+    let canon = canonical(key);
+    SETTINGS
+        .iter()
+        .map(|d| d.key)
+        .find(|k| canonical(k) == canon)
+        .or_else(|| ALIASES.iter().find(|(alias, _)| canonical(alias) == canon).map(|(_, k)| *k))
+}
+
+fn is_alias(key: &str) -> bool {
+    let canon = canonical(key);
+    ALIASES.iter().any(|(alias, _)| canonical(alias) == canon)
 }
 
 struct Reader {
@@ -455,6 +584,98 @@ impl Reader {
         Some(url)
     }
 
+    /// Text kept as written (a prefix's trailing space is part of it);
+    /// `None` when empty or blank.
+    fn verbatim(&mut self, key: &str) -> Option<String> {
+        match self.values.get(key) {
+            Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
+            _ => self.string(key),
+        }
+    }
+
+    /// A collection kind's prefix when the kind is on: the agent used the
+    /// prefix setting when its `Custom…Prefix` switch was on (its default
+    /// when the box was empty), and no prefix when it was off.
+    fn prefix(&mut self, on: (&str, bool), custom: Option<&str>, key: &str, default: &str) -> Option<String> {
+        if !self.boolean(on.0, on.1) {
+            return None;
+        }
+        if let Some(custom) = custom {
+            if !self.boolean(custom, true) {
+                return Some(String::new());
+            }
+        }
+        Some(self.verbatim(key).unwrap_or_else(|| default.to_string()))
+    }
+
+    /// A comma list of Stash ids, where the agent's `0` means none.
+    fn id_list(&mut self, key: &str) -> Vec<String> {
+        let mut ids = Vec::new();
+        for id in self.list(key) {
+            if !id.chars().all(|c| c.is_ascii_digit()) {
+                self.warnings
+                    .push(format!("setting '{key}' must list Stash tag ids (numbers), got '{id}'; it is ignored"));
+            } else if id.trim_start_matches('0').is_empty() {
+                continue;
+            } else {
+                ids.push(id.trim_start_matches('0').to_string());
+            }
+        }
+        ids
+    }
+
+    fn agent(&mut self) -> AgentPrefs {
+        let organized = self.boolean("AddOrganizedCollectionTag", false);
+        AgentPrefs {
+            content_rating: match self.values.get("contentRating") {
+                // Set but empty: leave Plex's field alone.
+                Some(Value::String(s)) if s.trim().is_empty() => String::new(),
+                _ => self.string("contentRating").unwrap_or_else(|| "XXX".into()),
+            },
+            formatted_title: self.boolean("UseFormattedTitle", false),
+            remove_performer_from_title: self.boolean("RemovePerformerFromTitle", true),
+            title_format: self.verbatim("TitleFormat").unwrap_or_else(|| DEFAULT_TITLE_FORMAT.into()),
+            gallery_images: self.boolean("IncludeGalleryImages", false),
+            sort_gallery_images: self.boolean("SortGalleryImages", false),
+            append_performer_tags: self.boolean("AppendPerformerTags", false),
+            ignore_tags: self.id_list("IgnoreTags"),
+            tag_collections: self.id_list("CreateTagCollectionTags"),
+            all_tag_collections: self.boolean("CreateAllTagCollectionTags", false),
+            organized_collection: organized
+                .then(|| self.verbatim("OrganizedCollectionTagName").unwrap_or_else(|| ORGANIZED_COLLECTION.into())),
+            site_collection: self.prefix(
+                ("CreateSiteCollectionTags", true),
+                Some("CustomSiteCollectionPrefix"),
+                "PrefixSiteCollectionTags",
+                SITE_PREFIX,
+            ),
+            studio_collection: self.prefix(
+                ("CreateStudioCollectionTags", true),
+                Some("CustomStudioCollectionPrefix"),
+                "PrefixStudioCollectionTags",
+                STUDIO_PREFIX,
+            ),
+            site_for_studio: self.boolean("UseSiteForStudioCollectionTags", false),
+            movie_collection: self.prefix(
+                ("CreateMovieCollectionTags", false),
+                None,
+                "PrefixMovieCollectionTags",
+                MOVIE_PREFIX,
+            ),
+            performer_collection: self.prefix(
+                ("CreatePerformerCollectionTags", false),
+                None,
+                "PrefixPerformerCollectionTags",
+                PERFORMER_PREFIX,
+            ),
+            rating_collection: self.boolean("CreateRatingTags", false),
+            user_ratings: self.boolean("SaveUserRatings", false),
+            require_url: self.boolean("RequireURL", false),
+            require_stash_id: self.boolean("RequireStashID", false),
+            add_plex_url: self.boolean("AddPlexURL", false),
+        }
+    }
+
     fn list(&mut self, key: &str) -> Vec<String> {
         self.string(key)
             .map(|s| s.split(',').map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect())
@@ -547,7 +768,7 @@ impl Reader {
             mode: self.choice("syncMode", Mode::Push, &[("push", Mode::Push), ("refresh", Mode::Refresh)]),
             fields: self.fields(),
             actor_images: self.boolean("actorImages", false),
-            collection_parent_studio: self.boolean("collectionParentStudio", false),
+            agent: self.agent(),
             tagline: self.choice(
                 "taglineSource",
                 TaglineSource::None,

@@ -129,6 +129,22 @@ pub(crate) struct Shared {
     /// [`PlexEmulator::reset_peak_in_flight`]: how parallel a client is.
     pub in_flight: std::sync::atomic::AtomicUsize,
     pub peak_in_flight: std::sync::atomic::AtomicUsize,
+    /// Managed users' tokens and the content ratings each may see.
+    pub managed: Mutex<std::collections::HashMap<String, Restriction>>,
+}
+
+/// What a managed user (a child's account, Plex Home) may see: items
+/// whose content rating is one of `allowed`, and unrated ones. Such a user
+/// changes nothing.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Restriction {
+    pub allowed: Vec<String>,
+}
+
+impl Restriction {
+    pub fn shows(&self, item: &Item) -> bool {
+        item.field("contentRating").is_none_or(|r| self.allowed.iter().any(|a| a.eq_ignore_ascii_case(r)))
+    }
 }
 
 /// Counts a request in flight while it lives.
@@ -217,6 +233,7 @@ impl PlexEmulator {
             record_queries: std::sync::atomic::AtomicBool::new(true),
             log: Mutex::new(Vec::new()),
             token: token.to_string(),
+            managed: Mutex::default(),
             up,
             listening,
         });
@@ -281,6 +298,13 @@ impl PlexEmulator {
     /// What went wrong talking to providers.
     pub fn agent_log(&self) -> Vec<String> {
         self.shared.state.lock().agent_log.clone()
+    }
+
+    /// Adds a managed user (Plex Home) whose `token` sees only items rated
+    /// one of `allowed`, and unrated ones.
+    pub fn add_managed_user(&self, token: &str, allowed: &[&str]) {
+        let restriction = Restriction { allowed: allowed.iter().map(|a| a.to_string()).collect() };
+        self.shared.managed.lock().insert(token.to_string(), restriction);
     }
 
     pub fn requests(&self) -> Vec<RequestRecord> {

@@ -12,7 +12,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use hyper_util::rt::TokioIo;
 use rand::RngExt;
 use serde::Deserialize;
@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 
 use super::render::Node;
 use super::state::{in_folder, Image, Item, PlexState};
-use super::{views, FaultConfig, RequestRecord, Shared, TokenUse};
+use super::{views, FaultConfig, RequestRecord, Restriction, Shared, TokenUse};
 use crate::table::{Listing, Order};
 
 type Shr = State<Arc<Shared>>;
@@ -94,7 +94,8 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/maintenance", post(admin_maintenance))
         .route("/requests", get(admin_requests).delete(admin_clear_requests))
         .route("/files", post(admin_add_file))
-        .route("/providers", post(admin_add_provider));
+        .route("/providers", post(admin_add_provider))
+        .route("/users", post(admin_add_user));
     Router::new()
         .route("/", get(root))
         .route("/identity", get(identity))
@@ -111,6 +112,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/library/metadata/{rk}/thumb/{ts}", get(get_poster))
         .route("/library/metadata/{rk}/art/{ts}", get(get_art))
         .route("/hubs/search", get(hub_search))
+        .route("/:/rate", put(rate).get(rate))
         .nest("/_emulator", admin)
         .fallback(|| async { html(StatusCode::NOT_FOUND, "Not Found") })
         .layer(middleware::from_fn_with_state(Arc::clone(&shared), fault_layer))
@@ -188,6 +190,14 @@ async fn fault_layer(State(shared): Shr, req: Request, next: Next) -> Response {
     let response = if let Some((fault, response)) = fault_response {
         record.fault = Some(fault.to_string());
         response
+    } else if let Some(restriction) = managed_user(&shared, &config, header_token.as_ref().or(query_token.as_ref())) {
+        if req.method() != axum::http::Method::GET || path.ends_with("/refresh") || path.starts_with("/:/") {
+            html(StatusCode::FORBIDDEN, "Forbidden")
+        } else {
+            let mut req = req;
+            req.extensions_mut().insert(restriction);
+            next.run(req).await
+        }
     } else if path != "/identity" && !token_ok(&shared, &config, header_token.or(query_token)) {
         html(StatusCode::UNAUTHORIZED, "Unauthorized")
     } else if refused_to_a_shared_user(&config, req.method(), &path) {
@@ -258,6 +268,14 @@ async fn untidy(config: &FaultConfig, response: Response) -> Response {
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The restriction of a managed user's token.
+fn managed_user(shared: &Shared, config: &FaultConfig, token: Option<&String>) -> Option<Restriction> {
+    if config.token_revoked {
+        return None;
+    }
+    shared.managed.lock().get(token?).cloned()
 }
 
 fn token_ok(shared: &Shared, config: &FaultConfig, token: Option<String>) -> bool {
@@ -422,9 +440,29 @@ fn sort_items(items: &mut [&Item], sort: Option<&str>) {
     }
 }
 
-async fn section_all(State(s): Shr, Path(key): Path<u32>, RawQuery(raw): RawQuery, headers: HeaderMap) -> Response {
+async fn section_all(
+    State(s): Shr,
+    Path(key): Path<u32>,
+    RawQuery(raw): RawQuery,
+    restriction: Option<Extension<Restriction>>,
+    headers: HeaderMap,
+) -> Response {
     let query = query_pairs(raw.as_deref());
     let mut state = s.state.lock();
+    if let Some(Extension(r)) = restriction {
+        // A managed user's listing: what the restriction shows, unpaged.
+        let Some(section) = state.section(key).cloned() else {
+            return html(StatusCode::NOT_FOUND, "Not Found");
+        };
+        let shown: Vec<Node> = state
+            .items
+            .values()
+            .filter(|i| i.section == key && r.shows(i))
+            .map(|i| views::item(&state, i, false))
+            .collect();
+        let total = shown.len();
+        return reply(&headers, &views::section_container(&section, shown, 0, total));
+    }
     let Some(section) = state.section(key).cloned() else {
         return html(StatusCode::NOT_FOUND, "Not Found");
     };
@@ -517,9 +555,15 @@ async fn metadata_edit(State(s): Shr, Path(rk): Path<String>, RawQuery(raw): Raw
     }
 }
 
-async fn metadata(State(s): Shr, Path(rk): Path<String>, headers: HeaderMap) -> Response {
+async fn metadata(
+    State(s): Shr,
+    Path(rk): Path<String>,
+    restriction: Option<Extension<Restriction>>,
+    headers: HeaderMap,
+) -> Response {
     let state = s.state.lock();
-    match rk.parse::<u64>().ok().and_then(|rk| state.items.get(&rk)) {
+    let shown = |i: &&Item| restriction.as_ref().is_none_or(|Extension(r)| r.shows(i));
+    match rk.parse::<u64>().ok().and_then(|rk| state.items.get(&rk)).filter(shown) {
         Some(item) => reply(&headers, &views::metadata_container(&state, item)),
         None => html(StatusCode::NOT_FOUND, "Not Found"),
     }
@@ -647,7 +691,12 @@ async fn get_art(State(s): Shr, Path((rk, _ts)): Path<(String, String)>) -> Resp
     serve_image(&s, &rk, |i| i.art.as_ref())
 }
 
-async fn hub_search(State(s): Shr, RawQuery(raw): RawQuery, headers: HeaderMap) -> Response {
+async fn hub_search(
+    State(s): Shr,
+    RawQuery(raw): RawQuery,
+    restriction: Option<Extension<Restriction>>,
+    headers: HeaderMap,
+) -> Response {
     let query = query_pairs(raw.as_deref());
     let needle = query.iter().find(|(k, _)| k == "query").map(|(_, v)| v.to_lowercase()).unwrap_or_default();
     let limit = query.iter().find(|(k, _)| k == "limit").and_then(|(_, v)| v.parse().ok()).unwrap_or(10);
@@ -655,6 +704,7 @@ async fn hub_search(State(s): Shr, RawQuery(raw): RawQuery, headers: HeaderMap) 
     let found = state
         .items
         .values()
+        .filter(|i| restriction.as_ref().is_none_or(|Extension(r)| r.shows(i)))
         .filter(|i| !needle.is_empty() && i.field("title").unwrap_or("").to_lowercase().contains(&needle))
         .take(limit)
         .collect();
@@ -735,6 +785,35 @@ async fn admin_add_provider(State(s): Shr, Json(p): Json<NewProvider>) -> Respon
         }
         Err(e) => (StatusCode::BAD_REQUEST, e).into_response(),
     }
+}
+
+#[derive(Deserialize)]
+struct NewUser {
+    token: String,
+    #[serde(flatten)]
+    restriction: Restriction,
+}
+
+/// A managed user whose token sees only the content ratings it is allowed.
+async fn admin_add_user(State(s): Shr, Json(u): Json<NewUser>) -> StatusCode {
+    s.managed.lock().insert(u.token, u.restriction);
+    StatusCode::CREATED
+}
+
+/// The token's user rates an item (`/:/rate?key=&identifier=&rating=`;
+/// `-1` clears). Plex Web and python-plexapi send `PUT`, old agents `GET`.
+async fn rate(State(s): Shr, RawQuery(raw): RawQuery) -> Response {
+    let query = query_pairs(raw.as_deref());
+    let param = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    if param("identifier") != Some(views::LIBRARY_IDENTIFIER) {
+        return html(StatusCode::BAD_REQUEST, "Bad Request");
+    }
+    let rating = match param("rating").map(str::parse::<f64>) {
+        Some(Ok(-1.0)) => None,
+        Some(Ok(r)) if (0.0..=10.0).contains(&r) => Some(r),
+        _ => return html(StatusCode::BAD_REQUEST, "Bad Request"),
+    };
+    with_item(&s, param("key").unwrap_or(""), |item| item.user_rating = rating)
 }
 
 async fn admin_add_file(State(s): Shr, Json(f): Json<NewFile>) -> StatusCode {

@@ -17,6 +17,7 @@ pub const SCALAR_FIELDS: &[&str] = &[
     "originallyAvailableAt",
     "year",
     "contentRating",
+    "rating",
 ];
 
 /// Tag fields, by their edit-API name; each renders as its own element.
@@ -137,6 +138,8 @@ pub struct Item {
     pub refreshes: u32,
     /// What the item waits for from its section's metadata provider.
     pub pull: Option<Pull>,
+    /// The server owner's own rating (`/:/rate`), 0–10.
+    pub user_rating: Option<f64>,
 }
 
 /// Items are listed by section, then `addedAt` (PlexSync pages with
@@ -421,6 +424,7 @@ impl PlexState {
             agent_matched: false,
             refreshes: 0,
             pull: None,
+            user_rating: None,
         };
         if self.provider_of(section).is_some() {
             // The section's agent is a custom provider: it is asked.
@@ -796,6 +800,9 @@ fn validate_scalar(field: &str, value: &str) -> Result<(), EditError> {
     }
     match field {
         "year" if value.parse::<u16>().is_err() => Err(EditError(format!("year must be a number, got {value:?}"))),
+        "rating" if !value.parse::<f64>().is_ok_and(|r| (0.0..=10.0).contains(&r)) => {
+            Err(EditError(format!("rating must be a number from 0 to 10, got {value:?}")))
+        }
         "originallyAvailableAt" if chrono::NaiveDate::parse_from_str(value, "%Y-%m-%d").is_err() => {
             Err(EditError(format!("originallyAvailableAt must be YYYY-MM-DD, got {value:?}")))
         }

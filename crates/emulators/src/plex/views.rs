@@ -3,7 +3,7 @@
 use super::render::Node;
 use super::state::{Image, Item, PlexState, Section, TagKind};
 
-const LIBRARY_IDENTIFIER: &str = "com.plexapp.plugins.library";
+pub(crate) const LIBRARY_IDENTIFIER: &str = "com.plexapp.plugins.library";
 
 pub fn identity(state: &PlexState) -> Node {
     Node::new("MediaContainer")
@@ -145,6 +145,8 @@ pub fn item(state: &PlexState, item: &Item, detail: bool) -> Node {
     }
     node = node
         .opt_attr("contentRating", f("contentRating"))
+        .opt_attr("rating", f("rating").and_then(|r| r.parse::<f64>().ok()))
+        .opt_attr("userRating", item.user_rating)
         .opt_attr("summary", f("summary"))
         .opt_attr("year", f("year").and_then(|y| y.parse::<i64>().ok()))
         .opt_attr("tagline", f("tagline"))

@@ -149,7 +149,22 @@ pub struct Performer {
     pub name: String,
     pub disambiguation: Option<String>,
     pub image_path: Option<String>,
+    pub tags: Vec<Tag>,
     pub updated_at: Time,
+}
+
+#[derive(SimpleObject)]
+#[graphql(rename_fields = "snake_case")]
+pub struct Group {
+    pub id: ID,
+    pub name: String,
+}
+
+#[derive(SimpleObject)]
+#[graphql(rename_fields = "snake_case")]
+pub struct SceneGroup {
+    pub group: Group,
+    pub scene_index: Option<i32>,
 }
 
 #[derive(SimpleObject)]
@@ -191,6 +206,7 @@ pub struct Scene {
     pub studio: Option<Studio>,
     pub performers: Vec<Performer>,
     pub tags: Vec<Tag>,
+    pub groups: Vec<SceneGroup>,
     pub stash_ids: Vec<StashId>,
 }
 
@@ -636,8 +652,9 @@ fn studio_view(state: &StashState, id: u64, base: &url::Url, depth: u8) -> Optio
     })
 }
 
-fn performer_view(p: &StashPerformer, base: &url::Url) -> Performer {
+fn performer_view(state: &StashState, p: &StashPerformer, base: &url::Url) -> Performer {
     Performer {
+        tags: p.tags.iter().filter_map(|id| state.tags.get(id)).map(tag_view).collect(),
         id: ID(p.id.to_string()),
         name: p.name.clone(),
         disambiguation: p.disambiguation.clone(),
@@ -705,9 +722,15 @@ pub fn scene_view(state: &StashState, scene: &StashScene, base: &url::Url) -> Sc
             .performers
             .iter()
             .filter_map(|id| state.performers.get(id))
-            .map(|p| performer_view(p, base))
+            .map(|p| performer_view(state, p, base))
             .collect(),
         tags: scene.tags.iter().filter_map(|id| state.tags.get(id)).map(tag_view).collect(),
+        groups: scene
+            .groups
+            .iter()
+            .filter_map(|id| state.groups.get(id))
+            .map(|g| SceneGroup { group: Group { id: ID(g.id.to_string()), name: g.name.clone() }, scene_index: None })
+            .collect(),
         stash_ids: scene.stash_ids.iter().map(|(e, s)| StashId { endpoint: e.clone(), stash_id: s.clone() }).collect(),
     }
 }
@@ -911,7 +934,7 @@ impl QueryRoot {
         let since = performer_filter.and_then(|f| f.updated_at);
         let filter = filter.unwrap_or_default();
         let (count, ids) = object_page(&mut state.performers, |p| &p.updated_at, since.as_ref(), &filter, &state.zone)?;
-        let performers = ids.iter().map(|id| performer_view(&state.performers[id], &sh.base_url)).collect();
+        let performers = ids.iter().map(|id| performer_view(state, &state.performers[id], &sh.base_url)).collect();
         Ok(FindPerformersResultType { count, performers })
     }
 
@@ -1325,7 +1348,7 @@ impl MutationRoot {
         update_object(ctx, ObjectKind::Performer, id, input.name.as_deref()).await?;
         let sh = shared(ctx);
         let state = sh.state.lock();
-        Ok(state.performers.get(&id).map(|p| performer_view(p, &sh.base_url)))
+        Ok(state.performers.get(&id).map(|p| performer_view(&state, p, &sh.base_url)))
     }
 
     async fn studio_update(&self, ctx: &Context<'_>, input: StudioUpdateInput) -> Result<Option<Studio>> {

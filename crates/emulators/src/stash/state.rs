@@ -45,6 +45,8 @@ pub struct StashScene {
     pub studio: Option<u64>,
     pub performers: Vec<u64>,
     pub tags: Vec<u64>,
+    /// The groups (once "movies") the scene belongs to.
+    pub groups: Vec<u64>,
     /// (endpoint, stash_id) pairs from stash-box matches.
     pub stash_ids: Vec<(String, String)>,
     /// The cover's bytes; `None` until a scan's screenshot is generated
@@ -67,7 +69,15 @@ pub struct StashPerformer {
     pub disambiguation: Option<String>,
     /// The photo's bytes; `None` for Stash's default image.
     pub image: Option<Vec<u8>>,
+    pub tags: Vec<u64>,
     pub updated_at: String,
+}
+
+/// A group (Stash's former "movie").
+#[derive(Clone, Debug, PartialEq)]
+pub struct StashGroup {
+    pub id: u64,
+    pub name: String,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -172,6 +182,7 @@ pub struct StashState {
     pub studios: Table<StashStudio>,
     pub performers: Table<StashPerformer>,
     pub tags: Table<StashTag>,
+    pub groups: std::collections::BTreeMap<u64, StashGroup>,
     /// `configuration.plugins`: plugin id → settings.
     pub plugins: Map<String, Value>,
     pub mutations: Vec<MutationRecord>,
@@ -209,6 +220,16 @@ impl StashState {
         }
         let performer_ids: Vec<u64> = lib.performers.iter().map(|p| state.add_performer(p)).collect();
         let tag_ids: Vec<u64> = lib.tags.iter().map(|t| state.add_tag(t)).collect();
+        // Every third performer carries a tag, and every fourth scene is
+        // in a group of up to five: chosen by position, not drawn, so the
+        // seeded library is the same as before they existed.
+        for (i, id) in performer_ids.iter().enumerate().filter(|(i, _)| i % 3 == 0) {
+            if let Some(tag) = tag_ids.get(i % tag_ids.len().max(1)) {
+                state.performers.get_mut(id).expect("just added").tags.push(*tag);
+            }
+        }
+        let group_ids: Vec<u64> =
+            (0..lib.scenes.len().div_ceil(20)).map(|g| state.add_group(&format!("Series {}", g + 1))).collect();
         // Scenes were added and edited over the past days, one a minute,
         // after the studios, performers and tags they show.
         let start = Utc::now().trunc_subsecs(0) - chrono::Duration::minutes(lib.scenes.len() as i64 + 24 * 60);
@@ -233,6 +254,9 @@ impl StashState {
             s.studio = scene.studio.map(|i| studio_ids[i]);
             s.performers = scene.performers.iter().map(|i| performer_ids[*i]).collect();
             s.tags = scene.tags.iter().map(|i| tag_ids[*i]).collect();
+            if i % 4 == 0 {
+                s.groups = group_ids.get(i / 20).copied().into_iter().collect();
+            }
             s.cover = Some(fixture_image(s.id));
             scenes.push((s.id, s));
         }
@@ -269,8 +293,21 @@ impl StashState {
         let updated_at = self.stamp();
         self.performers.insert(
             id,
-            StashPerformer { id, name: name.into(), disambiguation: None, image: Some(fixture_image(id)), updated_at },
+            StashPerformer {
+                id,
+                name: name.into(),
+                disambiguation: None,
+                image: Some(fixture_image(id)),
+                tags: Vec::new(),
+                updated_at,
+            },
         );
+        id
+    }
+
+    pub fn add_group(&mut self, name: &str) -> u64 {
+        let id = self.next();
+        self.groups.insert(id, StashGroup { id, name: name.into() });
         id
     }
 

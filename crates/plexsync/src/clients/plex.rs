@@ -125,6 +125,13 @@ pub struct PlexItem {
     pub summary: Option<String>,
     pub studio: Option<String>,
     pub tagline: Option<String>,
+    pub content_rating: Option<String>,
+    /// The critic rating (0–10).
+    #[serde(deserialize_with = "opt_float")]
+    pub rating: Option<f64>,
+    /// The token's user's own rating (0–10).
+    #[serde(deserialize_with = "opt_float")]
+    pub user_rating: Option<f64>,
     pub originally_available_at: Option<String>,
     #[serde(deserialize_with = "opt_number")]
     pub year: Option<i64>,
@@ -294,6 +301,14 @@ fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D:
 fn opt_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     Ok(match serde_json::Value::deserialize(d)? {
         serde_json::Value::Number(n) => n.as_i64(),
+        serde_json::Value::String(s) => s.parse().ok(),
+        _ => None,
+    })
+}
+
+fn opt_float<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Number(n) => n.as_f64(),
         serde_json::Value::String(s) => s.parse().ok(),
         _ => None,
     })
@@ -491,6 +506,21 @@ impl PlexClient {
         let what = kind.endpoint();
         let response = self.send(what, || self.request(reqwest::Method::POST, url.clone()).body(bytes.clone())).await?;
         done(what, response).await
+    }
+
+    /// The token's user's rating of an item (`PUT /:/rate`, as Plex Web
+    /// and python-plexapi send it): 0–10, or `None` to clear it (`-1`).
+    pub(crate) async fn rate(&self, rating_key: &RatingKey, rating: Option<&str>) -> Result<(), Error> {
+        // "./" keeps ":/rate" a path, never read as a scheme.
+        let url = self.url(
+            "./:/rate",
+            &[
+                ("key", &rating_key.0),
+                ("identifier", "com.plexapp.plugins.library"),
+                ("rating", rating.unwrap_or("-1")),
+            ],
+        );
+        self.put("rate item", url).await
     }
 
     /// `PUT /library/metadata/{ratingKey}/refresh`: the agent pulls again.

@@ -53,6 +53,8 @@ pub mod queries {
     pub(crate) const UPDATE: &str = "mutation Update($input: SceneUpdateInput!) { sceneUpdate(input: $input) { id } }";
     pub(crate) const BULK: &str =
         "mutation Bulk($input: BulkSceneUpdateInput!) { bulkSceneUpdate(input: $input) { id } }";
+    pub(crate) const ADD_URL: &str =
+        "mutation AddUrl($input: BulkSceneUpdateInput!) { bulkSceneUpdate(input: $input) { id updated_at } }";
     pub(crate) const NEWEST: &str =
         "query Newest($f: FindFilterType) { findScenes(filter: $f) { scenes { updated_at } } }";
 
@@ -99,6 +101,7 @@ pub mod queries {
             ("Config", CONFIG.to_string()),
             ("Update", UPDATE.to_string()),
             ("Bulk", BULK.to_string()),
+            ("AddUrl", ADD_URL.to_string()),
             ("Newest", NEWEST.to_string()),
             ("Scene", scene()),
             ("Changed", scenes_page()),
@@ -130,8 +133,9 @@ pub(crate) const SCENE_FRAGMENT: &str = "fragment SceneData on Scene {
   files { path basename size duration fingerprints { type value } }
   paths { screenshot }
   studio { id name parent_studio { id name } }
-  performers { id name disambiguation image_path }
+  performers { id name disambiguation image_path tags { id name } }
   tags { id name }
+  groups { group { id name } }
   stash_ids { endpoint stash_id }
 }";
 
@@ -173,6 +177,14 @@ pub struct Performer {
     pub name: String,
     pub disambiguation: Option<String>,
     pub image_path: Option<String>,
+    pub tags: Vec<Named>,
+}
+
+/// A group (Stash's former "movie") the scene belongs to.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct SceneGroup {
+    pub group: Named,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -208,6 +220,7 @@ pub struct Scene {
     pub studio: Option<Studio>,
     pub performers: Vec<Performer>,
     pub tags: Vec<Named>,
+    pub groups: Vec<SceneGroup>,
     pub stash_ids: Vec<StashIdRef>,
 }
 
@@ -674,6 +687,24 @@ impl StashClient {
         let input = json!({"ids": [id], "tag_ids": {"ids": tag_ids, "mode": "ADD"}});
         let _: Value = self.query("add tags", queries::BULK, json!({"input": input})).await?;
         Ok(())
+    }
+
+    /// Adds `url` to a scene's URLs without touching the others
+    /// (`bulkSceneUpdate` in `ADD` mode, as StashPlexAgent did); returns
+    /// the scene's new `updated_at`.
+    pub(crate) async fn add_url(&self, id: &str, url: &str) -> Result<String, Error> {
+        #[derive(Deserialize)]
+        struct Row {
+            updated_at: String,
+        }
+        #[derive(Deserialize)]
+        struct Data {
+            #[serde(rename = "bulkSceneUpdate")]
+            scenes: Option<Vec<Row>>,
+        }
+        let input = json!({"ids": [id], "urls": {"values": [url], "mode": "ADD"}});
+        let data: Data = self.query("add the Plex URL", queries::ADD_URL, json!({"input": input})).await?;
+        Ok(data.scenes.unwrap_or_default().into_iter().next().map(|r| r.updated_at).unwrap_or_default())
     }
 
     /// Downloads an image from Stash, at most `max_bytes`, images only.

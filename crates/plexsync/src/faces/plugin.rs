@@ -139,6 +139,9 @@ async fn handle_hook(input: &PluginInput, hook: &HookContext) -> Result<Value, S
     let what = related.map_or("scene", crate::clients::stash::RelatedKind::name);
     let id =
         hook.scene_id().ok_or_else(|| format!("hook {} came without a {what} id (got {})", hook.hook_type, hook.id))?;
+    if hook.hook_type == "Scene.Update.Post" && crate::pipeline::legacy::only_plex_urls_added(&hook.input) {
+        return Ok(json!(format!("scene {id}: only Plex links added (AddPlexURL); nothing to deliver")));
+    }
     let conn = &input.server_connection;
     let dir = data_dir(conn);
     match queue_hook(hook, &id, related, &dir) {

@@ -573,8 +573,13 @@ fn item(scene: &Scene, settings: &Settings, images: &Images<'_>) -> Value {
                 for (name, value) in values.into_iter().filter(|(_, v)| !v.is_empty()) {
                     m[name] = match name {
                         "year" => value.parse::<i64>().map_or(json!(value), |y| json!(y)),
+                        "rating" => value.parse::<f64>().map_or(json!(value), |r| json!(r)),
                         _ => json!(value),
                     };
+                    if name == "contentRating" {
+                        // Plex's managed users are kept from adult items by both.
+                        m["isAdult"] = json!(is_adult(&value));
+                    }
                 }
             }
             Wanted::Tags(kind, list) => {
@@ -608,13 +613,20 @@ fn item(scene: &Scene, settings: &Settings, images: &Images<'_>) -> Value {
                 m[field] = json!(url);
                 pictures.push(json!({"type": kind, "url": url, "alt": m["title"]}));
             }
-            Wanted::Image(None) => {}
+            // A person's own rating is not the provider's to give.
+            Wanted::Image(None) | Wanted::Rate(_) => {}
         }
     }
     if !pictures.is_empty() {
         m["Image"] = json!(pictures);
     }
     m
+}
+
+/// Whether a content rating marks adult content (`XXX`, `X`, `NC-17`,
+/// `AO`): what Plex's `isAdult` says of an item.
+fn is_adult(content_rating: &str) -> bool {
+    ["xxx", "x", "nc-17", "ao"].contains(&content_rating.trim().to_ascii_lowercase().as_str())
 }
 
 /// An image route: the scene's cover or a

@@ -10,19 +10,24 @@
 //! | genres                        | tags[].name                         | genres            |
 //! | actors (roles)                | performers[].name (+ image_path with `actorImages`) | actors |
 //! | directors                     | director                            | directors         |
-//! | collections                   | studio.name (+ parent studio with `collectionParentStudio`) | collection |
+//! | collections                   | the agent's collection preferences (site, studio, groups, performers, rating, organized, tags) | collection |
 //! | tagline                       | per `taglineSource`: code, first URL, director | tagline |
 //! | poster                        | paths.screenshot                    | poster            |
 //! | background (art)              | paths.screenshot                    | background        |
+//! | contentRating                 | the `contentRating` setting (`XXX`) | contentRating     |
+//! | rating (critic)               | rating100 / 10                      | rating            |
+//! | user rating (`/:/rate`)       | rating100 / 10, with `SaveUserRatings` | userRating     |
 //!
-//! Every field written is locked in Plex so agents leave it alone; a field
-//! dropped from `syncFields` is unlocked, never cleared.
+//! Titles, genres and collections follow StashPlexAgent's preferences
+//! ([`library`]). Every field written is locked in Plex so agents leave it
+//! alone; a field dropped from `syncFields` is unlocked, never cleared.
 
 use sha2::{Digest, Sha256};
 
 use crate::clients::plex::PlexItem;
 use crate::clients::stash::Scene;
 use crate::config::{Field, Settings, TaglineSource};
+use crate::pipeline::library::{self, Managed};
 use crate::pipeline::sanitize;
 
 /// A tag entry: name, and for actors an optional photo URL.
@@ -45,6 +50,8 @@ pub(crate) enum Value {
     Tags(&'static str, Vec<TagValue>),
     /// An image from Stash (URL on the Stash server), or none.
     Image(Option<String>),
+    /// The token's user's rating (`/:/rate`), or none to clear it.
+    Rate(Option<String>),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -75,6 +82,10 @@ pub(crate) fn plex_names(field: Field) -> &'static [&'static str] {
         Field::Tagline => &["tagline"],
         Field::Poster => &["thumb"],
         Field::Background => &["art"],
+        Field::ContentRating => &["contentRating"],
+        Field::Rating => &["rating"],
+        // A user's own rating has no lock.
+        Field::UserRating => &[],
     }
 }
 
@@ -122,8 +133,17 @@ pub(crate) fn desired(scene: &Scene, settings: &Settings, report: &mut Report) -
     let mut out = Vec::new();
     for field in settings.fields.iter().copied() {
         let mut line = |s: &str| report.note(scene, field, sanitize::one_line(s, sanitize::ONE_LINE_MAX));
+        let prefs = &settings.agent;
         let value = match field {
+            Field::Title if prefs.formatted_title => {
+                Value::Scalars(vec![("title", line(&library::formatted_title(scene, prefs, &scene_title(scene))))])
+            }
             Field::Title => Value::Scalars(vec![("title", line(&scene_title(scene)))]),
+            Field::ContentRating if prefs.content_rating.is_empty() => continue,
+            Field::ContentRating => Value::Scalars(vec![("contentRating", line(&prefs.content_rating))]),
+            Field::Rating => Value::Scalars(vec![("rating", library::ten_point(scene.rating100).unwrap_or_default())]),
+            Field::UserRating if !prefs.user_ratings => continue,
+            Field::UserRating => Value::Rate(library::ten_point(scene.rating100)),
             Field::Studio => {
                 Value::Scalars(vec![("studio", scene.studio.as_ref().map(|s| line(&s.name)).unwrap_or_default())])
             }
@@ -152,7 +172,7 @@ pub(crate) fn desired(scene: &Scene, settings: &Settings, report: &mut Report) -
                 Value::Scalars(vec![("originallyAvailableAt", date), ("year", year)])
             }
             Field::Genres => {
-                let names = sanitize::name_list(scene.tags.iter().map(|t| t.name.as_str()), sanitize::LIST_MAX);
+                let names = sanitize::name_list(library::genres(scene, prefs), sanitize::LIST_MAX);
                 tags("genre", report.note(scene, field, names))
             }
             Field::Actors => {
@@ -186,14 +206,9 @@ pub(crate) fn desired(scene: &Scene, settings: &Settings, report: &mut Report) -
                 tags("director", report.note(scene, field, names))
             }
             Field::Collection => {
-                let mut names = Vec::new();
-                if let Some(studio) = &scene.studio {
-                    names.push(studio.name.as_str());
-                    if let Some(parent) = studio.parent_studio.as_ref().filter(|_| settings.collection_parent_studio) {
-                        names.push(parent.name.as_str());
-                    }
-                }
-                tags("collection", report.note(scene, field, sanitize::name_list(names, sanitize::LIST_MAX)))
+                let names = library::collections(scene, prefs);
+                let names = sanitize::name_list(names.iter().map(String::as_str), sanitize::LIST_MAX);
+                tags("collection", report.note(scene, field, names))
             }
             Field::Poster | Field::Background => Value::Image(scene.paths.screenshot.clone().filter(|s| !s.is_empty())),
         };
@@ -222,14 +237,17 @@ fn locked_in_plex(d: &Desired, item: &PlexItem) -> bool {
     plex_names(d.field).iter().any(|name| item.is_locked(name))
 }
 
-/// Whether Plex's current value differs from `d` (for reconcile).
-pub(crate) fn differs(d: &Desired, item: &PlexItem) -> bool {
+/// Whether Plex's current value differs from `d` (for reconcile). Of the
+/// collections, only those PlexSync manages (`managed`) are compared.
+pub(crate) fn differs(d: &Desired, item: &PlexItem, managed: &Managed) -> bool {
     let current = |name: &str| -> String {
         match name {
             "title" => item.title.clone(),
             "summary" => item.summary.clone(),
             "studio" => item.studio.clone(),
             "tagline" => item.tagline.clone(),
+            "contentRating" => item.content_rating.clone(),
+            "rating" => item.rating.map(|r| library::ten_point(Some((r * 10.0).round() as i64)).unwrap_or_default()),
             "originallyAvailableAt" => item.originally_available_at.clone(),
             "year" => item.year.map(|y| y.to_string()),
             _ => None,
@@ -239,22 +257,38 @@ pub(crate) fn differs(d: &Desired, item: &PlexItem) -> bool {
     match &d.value {
         Value::Scalars(values) => values.iter().any(|(name, value)| current(name) != *value),
         Value::Tags(kind, list) => {
-            let have: Vec<String> = item.tags(kind).iter().map(|t| t.tag.to_lowercase()).collect();
+            let have: Vec<String> = item
+                .tags(kind)
+                .iter()
+                .filter(|t| *kind != "collection" || managed.owns(&t.tag))
+                .map(|t| t.tag.to_lowercase())
+                .collect();
             let want: Vec<String> = list.iter().map(|t| t.name.to_lowercase()).collect();
             have.len() != want.len() || want.iter().any(|w| !have.contains(w))
         }
         // Plex shows an extracted frame or an agent's image until one is
         // uploaded; ours is locked when uploaded.
         Value::Image(url) => url.is_some() && !locked_in_plex(d, item),
+        Value::Rate(want) => {
+            let have = item.user_rating.and_then(|r| library::ten_point(Some((r * 10.0).round() as i64)));
+            have != *want
+        }
     }
 }
 
 /// Query parameters of the one edit that writes `changes` (scalars and
-/// tags; images are uploaded separately) and unlocks `released` fields.
-/// An indexed list may replace the field or add to it (real servers are
-/// unsettled), so the tags `item` holds (it was read) and not wanted any
-/// more are also removed explicitly, which an empty list needs anyway.
-pub(crate) fn edit_params(changes: &[&Desired], released: &[Field], item: &PlexItem) -> Vec<(String, String)> {
+/// tags; images and ratings are sent separately) and unlocks `released`
+/// fields. An indexed list may replace the field or add to it (real servers
+/// are unsettled), so the tags `item` holds (it was read) and not wanted
+/// any more are also removed explicitly, which an empty list needs anyway.
+/// A collection PlexSync does not manage (`managed`) is a person's: it is
+/// sent along (a list that replaces would drop it) and never removed.
+pub(crate) fn edit_params(
+    changes: &[&Desired],
+    released: &[Field],
+    item: &PlexItem,
+    managed: &Managed,
+) -> Vec<(String, String)> {
     let mut params = Vec::new();
     for d in changes {
         match &d.value {
@@ -265,7 +299,13 @@ pub(crate) fn edit_params(changes: &[&Desired], released: &[Field], item: &PlexI
                 }
             }
             Value::Tags(kind, list) => {
-                for (i, tag) in list.iter().enumerate() {
+                let ours = |name: &str| *kind != "collection" || managed.owns(name);
+                let theirs = item
+                    .tags(kind)
+                    .iter()
+                    .filter(|t| !ours(&t.tag) && !list.iter().any(|w| w.name.eq_ignore_ascii_case(&t.tag)))
+                    .map(|t| TagValue { name: t.tag.clone(), thumb: None, performer: None });
+                for (i, tag) in list.iter().cloned().chain(theirs).enumerate() {
                     params.push((format!("{kind}[{i}].tag.tag"), tag.name.clone()));
                     if let Some(thumb) = &tag.thumb {
                         params.push((format!("{kind}[{i}].tag.thumb"), thumb.clone()));
@@ -274,7 +314,7 @@ pub(crate) fn edit_params(changes: &[&Desired], released: &[Field], item: &PlexI
                 let stale: Vec<String> = item
                     .tags(kind)
                     .iter()
-                    .filter(|t| !list.iter().any(|w| w.name.eq_ignore_ascii_case(&t.tag)))
+                    .filter(|t| ours(&t.tag) && !list.iter().any(|w| w.name.eq_ignore_ascii_case(&t.tag)))
                     // Each name is encoded before the comma join (so a comma in a
                     // name survives); the URL library encodes the whole again.
                     .map(|t| {
@@ -291,6 +331,7 @@ pub(crate) fn edit_params(changes: &[&Desired], released: &[Field], item: &PlexI
                     params.push((format!("{name}.locked"), "1".into()));
                 }
             }
+            Value::Rate(_) => {}
         }
     }
     for field in released {

@@ -5,6 +5,27 @@
 use crate::clients::stash::Scene;
 use crate::config::StashIdTags;
 
+/// The link StashPlexAgent's `AddPlexURL` left on a scene, before the
+/// item's ratingKey: the old plugin found items only through it.
+pub(crate) const PLEX_URL_PREFIX: &str = "plex/library/metadata/";
+
+/// Whether a scene update's input is only `AddPlexURL`'s own write: Plex
+/// links added to scenes' URLs (`bulkSceneUpdate`, mode `ADD`) and nothing
+/// else. Stash fires an update hook for it that carries nothing to deliver.
+pub(crate) fn only_plex_urls_added(input: &serde_json::Value) -> bool {
+    let Some(fields) = input.as_object() else { return false };
+    let urls = &input["urls"];
+    let values = urls["values"].as_array().map(Vec::as_slice).unwrap_or_default();
+    fields.keys().all(|k| matches!(k.as_str(), "ids" | "urls" | "clientMutationId"))
+        && urls["mode"] == "ADD"
+        && !values.is_empty()
+        && values.iter().all(|v| {
+            v.as_str()
+                .and_then(|u| u.strip_prefix(PLEX_URL_PREFIX))
+                .is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()))
+        })
+}
+
 /// Trailing words the old plugin dropped (file types and a quality marker).
 const TRAILING_WORDS: &[&str] = &[" Wmv", " Mp4", " Mov", " Qt", " HD"];
 
@@ -64,6 +85,21 @@ pub(crate) fn stash_id_tags(scene: &Scene, tags: &StashIdTags) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_plex_url_write_is_told_from_a_persons_edit() {
+        let ours = serde_json::json!({"ids": ["7"], "urls": {"values": ["plex/library/metadata/12"], "mode": "ADD"}});
+        assert!(only_plex_urls_added(&ours));
+        for theirs in [
+            serde_json::json!({"ids": ["7"], "urls": {"values": ["https://example.com"], "mode": "ADD"}}),
+            serde_json::json!({"ids": ["7"], "urls": {"values": ["plex/library/metadata/12"], "mode": "SET"}}),
+            serde_json::json!({"ids": ["7"], "title": "x", "urls": {"values": ["plex/library/metadata/12"], "mode": "ADD"}}),
+            serde_json::json!({"id": "7", "urls": ["plex/library/metadata/12"]}),
+            serde_json::Value::Null,
+        ] {
+            assert!(!only_plex_urls_added(&theirs), "{theirs}");
+        }
+    }
     use crate::clients::stash::{Named, StashIdRef};
 
     #[test]

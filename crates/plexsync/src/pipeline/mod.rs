@@ -12,6 +12,7 @@ pub(crate) mod capture;
 pub(crate) mod concurrency;
 pub(crate) mod desired;
 pub(crate) mod legacy;
+pub(crate) mod library;
 pub mod matching;
 pub(crate) mod reconcile;
 pub(crate) mod related;

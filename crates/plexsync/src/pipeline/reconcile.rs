@@ -51,7 +51,7 @@ pub(crate) async fn reconcile(
         checked += got;
         let mut waiting = batch.scenes.into_iter().filter(|scene| {
             since.is_none_or(|t| crate::clients::stash::updated_after(&scene.updated_at, t))
-                && (!pipeline.settings.skip_unorganized || scene.organized)
+                && crate::pipeline::library::gate(scene, &pipeline.settings).is_none()
         });
         let mut running = FuturesUnordered::new();
         loop {
@@ -109,8 +109,10 @@ async fn compare(pipeline: &Pipeline, queue: &Store, scene: &Scene) -> Result<Ve
         let wrote = |d: &crate::pipeline::desired::Desired| {
             ours.iter().any(|r| r.rating_key == rk && r.field_hashes.contains_key(d.field.name()))
         };
+        let previous = ours.iter().find(|r| r.rating_key == rk).map(|r| r.field_hashes.clone()).unwrap_or_default();
+        let managed = crate::pipeline::sync::managed_collections(scene, settings, &previous);
         if wanted.iter().any(|d| {
-            crate::pipeline::desired::differs(d, &item)
+            crate::pipeline::desired::differs(d, &item, &managed)
                 && (!settings.preserve_plex_edits || !crate::pipeline::desired::person_edited(d, &item, wrote(d)))
         }) {
             return Ok(Verdict::Differs);

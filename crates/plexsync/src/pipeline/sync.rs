@@ -11,6 +11,7 @@ use crate::config::{Field, Mode, Settings};
 use crate::error::{Error, ErrorClass};
 use crate::pipeline::desired::{self, Desired, Value};
 use crate::pipeline::legacy;
+use crate::pipeline::library::{self, Managed};
 use crate::pipeline::matching::{rating_key_in_url, LibraryIndex, Match};
 use crate::store::{now_ms, Store, SyncRecord};
 use sha2::{Digest, Sha256};
@@ -282,8 +283,8 @@ impl Pipeline {
         };
         // This version is now taken care of (change capture skips it).
         queue.mark_seen(id, &scene.updated_at, now_ms())?;
-        if self.settings.skip_unorganized && !scene.organized {
-            return Ok(Outcome::Skipped("not organized in Stash (skipUnorganized is on)".into()));
+        if let Some(why) = library::gate(&scene, &self.settings) {
+            return Ok(Outcome::Skipped(why.into()));
         }
         if self.apply_stash_side(&scene).await? {
             scene = self.stash.find_scene(id).await?.ok_or_else(|| Error::new(ErrorClass::Bug, "scene vanished"))?;
@@ -673,18 +674,25 @@ impl Pipeline {
             .into_iter()
             .filter(|f| previous.contains_key(&format!("{}{CONTENT_SUFFIX}", f.name())))
             .collect();
+        let managed = managed_collections(scene, &self.settings, &previous);
         let plan = Plan { changes: &changes, released: &released, images: &checked.upload, locked: &locked };
-        let mut written = match self.write(section, rk, &plan, &item, scene).await {
+        let held = Held { item: &item, managed: &managed };
+        let mut written = match self.write(section, rk, &plan, held, scene).await {
             Err(e) if e.class == ErrorClass::NotInPlex => return Err(self.item_gone(rk).await),
             other => other?,
         };
         let mut hashes = previous;
         hashes.retain(|name, _| {
-            Field::parse(name.split('.').next().unwrap_or(name)).is_some_and(|f| self.settings.owns(f))
+            name == PLEX_URL
+                || Field::parse(name.split('.').next().unwrap_or(name)).is_some_and(|f| self.settings.owns(f))
         });
         for d in &changes {
             if let Some(hash) = written.remove(&d.field) {
                 hashes.insert(d.field.name().to_string(), hash);
+                if let Value::Tags("collection", list) = &d.value {
+                    let names: Vec<&str> = list.iter().map(|t| t.name.as_str()).collect();
+                    hashes.insert(COLLECTION_NAMES.into(), serde_json::json!(names).to_string());
+                }
             }
         }
         hashes.extend(checked.record);
@@ -697,7 +705,29 @@ impl Pipeline {
             synced_at: now_ms(),
         };
         queue.save_record(&scene.id, &record)?;
+        if self.settings.agent.add_plex_url && !record.field_hashes.contains_key(PLEX_URL) {
+            self.add_plex_url(queue, scene, record).await?;
+        }
         Ok(Some((changes.len(), !changes.is_empty() || !released.is_empty())))
+    }
+
+    /// `AddPlexURL`: the item's `plex/library/metadata/<ratingKey>` on the
+    /// scene in Stash (what the old plugin's refresh and other tools read),
+    /// once per item: a URL a person removed is not added again. The write
+    /// fires Stash's update hook, which the plugin knows as ours, and moves
+    /// the scene's `updated_at`, which is marked as taken care of so change
+    /// capture does not deliver the scene again for it.
+    async fn add_plex_url(&self, queue: &Store, scene: &Scene, mut record: SyncRecord) -> Result<(), Error> {
+        let url = format!("{}{}", crate::pipeline::legacy::PLEX_URL_PREFIX, record.rating_key);
+        if !scene.urls.iter().any(|u| u.trim() == url) {
+            tracing::info!("scene {}: adding {url} to its URLs in Stash (AddPlexURL)", scene.id);
+            let updated_at = self.stash.add_url(&scene.id, &url).await?;
+            if !updated_at.is_empty() {
+                queue.mark_seen(&scene.id, &updated_at, now_ms())?;
+            }
+        }
+        record.field_hashes.insert(PLEX_URL.into(), url);
+        queue.save_record(&scene.id, &record)
     }
 
     /// Whether the item just read holds one of the scene's files; when it
@@ -758,7 +788,7 @@ impl Pipeline {
         section: &str,
         rk: &str,
         plan: &Plan<'_>,
-        item: &PlexItem,
+        held: Held<'_>,
         scene: &Scene,
     ) -> Result<std::collections::HashMap<Field, String>, Error> {
         let Plan { changes, released, images, locked } = *plan;
@@ -773,9 +803,12 @@ impl Pipeline {
         // One unit per field (a tag list whole: split over two requests, a
         // list that replaces would keep only its second half), and the locks
         // of released fields.
-        let mut units: Vec<Unit<Option<&Desired>>> =
-            edits.iter().map(|d| (Some(*d), desired::edit_params(&[d], &[], item))).collect();
-        units.push((None, desired::edit_params(&[], released, item)));
+        let mut units: Vec<Unit<Option<&Desired>>> = edits
+            .iter()
+            .filter(|d| !matches!(d.value, Value::Rate(_)))
+            .map(|d| (Some(*d), desired::edit_params(&[d], &[], held.item, held.managed)))
+            .collect();
+        units.push((None, desired::edit_params(&[], released, held.item, held.managed)));
         units.retain(|(_, params)| !params.is_empty());
         let fits = |params: &[(String, String)]| plex.edit_line_len(section, &key, params) <= MAX_REQUEST_LINE;
         for batch in batches(units, fits) {
@@ -793,13 +826,19 @@ impl Pipeline {
             for (d, params) in batch {
                 let first = if alone { Some(refused.clone()) } else { None };
                 if let Some((field, hash)) =
-                    self.edit_alone(&plex, section, &key, d, params, item, scene, first).await?
+                    self.edit_alone(&plex, section, &key, d, params, held, scene, first).await?
                 {
                     written.insert(field, hash);
                 }
             }
         }
         for d in changes {
+            if let Value::Rate(rating) = &d.value {
+                self.tally(|s| s.plex_writes += 1);
+                plex.rate(&key, rating.as_deref()).await?;
+                written.insert(d.field, d.hash());
+                continue;
+            }
             let Some(image) = images.get(&d.field) else { continue };
             let kind = if d.field == Field::Poster { ImageKind::Poster } else { ImageKind::Background };
             self.tally(|s| s.plex_writes += 1);
@@ -822,7 +861,7 @@ impl Pipeline {
         key: &RatingKey,
         d: Option<&Desired>,
         mut params: Vec<(String, String)>,
-        item: &PlexItem,
+        held: Held<'_>,
         scene: &Scene,
         mut refused: Option<Error>,
     ) -> Result<Option<(Field, String)>, Error> {
@@ -851,7 +890,7 @@ impl Pipeline {
             };
             match current.as_ref().filter(|_| e.too_large()).and_then(desired::shrunk) {
                 Some(smaller) => {
-                    params = desired::edit_params(&[&smaller], &[], item);
+                    params = desired::edit_params(&[&smaller], &[], held.item, held.managed);
                     current = Some(smaller);
                 }
                 None => {
@@ -990,6 +1029,34 @@ struct Plan<'a> {
     released: &'a [Field],
     images: &'a std::collections::HashMap<Field, Fetched>,
     locked: &'a [Field],
+}
+
+/// The item as read before the write, and which of its collections
+/// PlexSync manages.
+#[derive(Clone, Copy)]
+struct Held<'a> {
+    item: &'a PlexItem,
+    managed: &'a Managed,
+}
+
+/// Record key of the collection names last written to an item (a JSON
+/// list), so a collection PlexSync no longer makes is removed and a
+/// person's own is not.
+const COLLECTION_NAMES: &str = "collection.names";
+
+/// Record key of the Plex URL added to the scene in Stash (`AddPlexURL`).
+const PLEX_URL: &str = "plexUrl";
+
+/// Which collections on an item PlexSync manages, from what was recorded
+/// at the last write there.
+pub(crate) fn managed_collections(
+    scene: &Scene,
+    settings: &Settings,
+    previous: &std::collections::BTreeMap<String, String>,
+) -> Managed {
+    let written = previous.get(COLLECTION_NAMES).and_then(|j| serde_json::from_str::<Vec<String>>(j).ok());
+    let wrote_before = previous.contains_key(Field::Collection.name());
+    Managed::new(scene, &settings.agent, written, wrote_before)
 }
 
 /// An image downloaded from Stash whose content is new to the item.
