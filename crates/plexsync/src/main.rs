@@ -103,6 +103,19 @@ enum Command {
     /// Print the metadata provider's URL to paste into Plex (the daemon
     /// serves it with the setting provider on).
     ProviderUrl,
+    /// Show StashPlexAgent's and Stash2Plex's settings beside the PlexSync
+    /// settings that mean the same; with --apply, write them into
+    /// PlexSync's settings in Stash.
+    Migrate {
+        /// StashPlexAgent's preferences file (Plex's `Plug-in
+        /// Support/Preferences/com.plexapp.agents.stashplexagent.xml`); by
+        /// default Plex is asked, then Plex's usual data folders are looked in.
+        #[arg(long)]
+        agent_prefs: Option<std::path::PathBuf>,
+        /// Write the settings that differ.
+        #[arg(long)]
+        apply: bool,
+    },
     /// Print the Stash plugin manifest (PlexSync.yml).
     Manifest,
     /// Sync a sample library between the bundled emulators, through a Plex outage.
@@ -320,6 +333,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Paths { action: PathsAction::Suggest } => print_operation(&sources, Operation::SuggestPaths).await,
         Command::Health => print_operation(&sources, Operation::Health).await,
         Command::ProviderUrl => print_operation(&sources, Operation::ProviderUrl).await,
+        Command::Migrate { agent_prefs, apply } => {
+            print_operation(&sources, Operation::Migrate { agent_prefs: agent_prefs.clone(), apply: *apply }).await
+        }
         Command::Manifest => {
             print!("{}", plugin::manifest());
             Ok(ExitCode::SUCCESS)

@@ -97,6 +97,8 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/providers", post(admin_add_provider))
         .route("/users", post(admin_add_user));
     Router::new()
+        // Plex's own `/:/rate` is a literal colon, not a capture.
+        .without_v07_checks()
         .route("/", get(root))
         .route("/identity", get(identity))
         .route("/library", get(library_root))
@@ -113,6 +115,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/library/metadata/{rk}/art/{ts}", get(get_art))
         .route("/hubs/search", get(hub_search))
         .route("/:/rate", put(rate).get(rate))
+        .route("/:/plugins/{id}/prefs", get(agent_prefs))
         .nest("/_emulator", admin)
         .fallback(|| async { html(StatusCode::NOT_FOUND, "Not Found") })
         .layer(middleware::from_fn_with_state(Arc::clone(&shared), fault_layer))
@@ -798,6 +801,22 @@ struct NewUser {
 async fn admin_add_user(State(s): Shr, Json(u): Json<NewUser>) -> StatusCode {
     s.managed.lock().insert(u.token, u.restriction);
     StatusCode::CREATED
+}
+
+/// A legacy agent's preferences (`GET /:/plugins/<identifier>/prefs`, as
+/// python-plexapi's `Agent.settings` reads them): one `Setting` each with
+/// its `id` and stored `value`; 404 once the agent is gone.
+async fn agent_prefs(State(s): Shr, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    let state = s.state.lock();
+    let Some(prefs) = state.legacy_agents.get(&id) else {
+        return html(StatusCode::NOT_FOUND, "Not Found");
+    };
+    let settings = prefs.iter().map(|(k, v)| {
+        let kind = if matches!(v.as_str(), "true" | "false") { "bool" } else { "text" };
+        Node::new("Setting").attr("id", k.as_str()).attr("type", kind).attr("value", v.as_str())
+    });
+    let node = Node::new("MediaContainer").attr("size", prefs.len()).children(settings);
+    reply(&headers, &node)
 }
 
 /// The token's user rates an item (`/:/rate?key=&identifier=&rating=`;

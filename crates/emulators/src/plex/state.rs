@@ -264,6 +264,9 @@ pub struct PlexState {
     /// default comes from `PLEX_TAG_EDITS` (`add` or `replace`, the default)
     /// so that whole suites run under either.
     pub tag_edits_add: bool,
+    /// Legacy agents still installed (Plex removes them in 2026), by
+    /// identifier, with their preferences as Plex keeps them (id → text).
+    pub legacy_agents: BTreeMap<String, BTreeMap<String, String>>,
     /// Registered metadata providers; a section whose `agent` is one's
     /// identifier pulls from it (the agent runner, `agent.rs`).
     pub providers: Vec<Provider>,
@@ -336,6 +339,7 @@ impl PlexState {
             agent_fills: true,
             journal: None,
             tag_edits_add: tag_edits_add_by_default(),
+            legacy_agents: BTreeMap::new(),
             providers: Vec::new(),
             provider_full_paths: false,
             agent_log: Vec::new(),

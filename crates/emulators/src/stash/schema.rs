@@ -1407,6 +1407,17 @@ impl MutationRoot {
         Ok(state.tags.get(&destination).map(tag_view))
     }
 
+    /// internal/api `ConfigurePlugin`: the plugin's settings replaced by
+    /// `input` whole (Stash's `SetPluginConfiguration`), answered back.
+    async fn configure_plugin(&self, ctx: &Context<'_>, plugin_id: ID, input: Map) -> Result<Map> {
+        let sh = shared(ctx);
+        if !input.0.is_object() {
+            return Err("input must be a map".into());
+        }
+        sh.state.lock().plugins.insert(plugin_id.to_string(), input.0.clone());
+        Ok(input)
+    }
+
     /// pkg/plugin `RunPlugin`: runs the plugin now, as the person asking,
     /// and answers its `output`; its `error` (or a failed exit) is the
     /// GraphQL error. An unknown plugin id gets Stash's panic message.

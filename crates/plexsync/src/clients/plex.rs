@@ -508,6 +508,45 @@ impl PlexClient {
         done(what, response).await
     }
 
+    /// A legacy agent's preferences as Plex keeps them (`GET
+    /// /:/plugins/<identifier>/prefs`: id → stored text), or `None` when
+    /// Plex has no such agent (Plex removes legacy agents in 2026).
+    pub(crate) async fn legacy_agent_prefs(
+        &self,
+        identifier: &str,
+    ) -> Result<Option<std::collections::BTreeMap<String, String>>, Error> {
+        #[derive(Deserialize)]
+        struct Setting {
+            id: String,
+            #[serde(default)]
+            value: serde_json::Value,
+        }
+        #[derive(Deserialize)]
+        struct Prefs {
+            #[serde(rename = "Setting", default)]
+            settings: Vec<Setting>,
+        }
+        let url = self.url(&format!("./:/plugins/{identifier}/prefs"), &[]);
+        match self.get_json::<Envelope<Prefs>>("read the legacy agent's preferences", url, &[]).await {
+            Ok(env) => Ok(Some(
+                env.container
+                    .settings
+                    .into_iter()
+                    .map(|s| {
+                        let value = match s.value {
+                            serde_json::Value::String(v) => v,
+                            serde_json::Value::Null => String::new(),
+                            other => other.to_string(),
+                        };
+                        (s.id, value)
+                    })
+                    .collect(),
+            )),
+            Err(e) if e.class == ErrorClass::NotInPlex => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The token's user's rating of an item (`PUT /:/rate`, as Plex Web
     /// and python-plexapi send it): 0–10, or `None` to clear it (`-1`).
     pub(crate) async fn rate(&self, rating_key: &RatingKey, rating: Option<&str>) -> Result<(), Error> {

@@ -53,6 +53,8 @@ pub mod queries {
     pub(crate) const UPDATE: &str = "mutation Update($input: SceneUpdateInput!) { sceneUpdate(input: $input) { id } }";
     pub(crate) const BULK: &str =
         "mutation Bulk($input: BulkSceneUpdateInput!) { bulkSceneUpdate(input: $input) { id } }";
+    pub(crate) const CONFIGURE: &str =
+        "mutation Configure($id: ID!, $input: Map!) { configurePlugin(plugin_id: $id, input: $input) }";
     pub(crate) const ADD_URL: &str =
         "mutation AddUrl($input: BulkSceneUpdateInput!) { bulkSceneUpdate(input: $input) { id updated_at } }";
     pub(crate) const NEWEST: &str =
@@ -102,6 +104,7 @@ pub mod queries {
             ("Update", UPDATE.to_string()),
             ("Bulk", BULK.to_string()),
             ("AddUrl", ADD_URL.to_string()),
+            ("Configure", CONFIGURE.to_string()),
             ("Newest", NEWEST.to_string()),
             ("Scene", scene()),
             ("Changed", scenes_page()),
@@ -671,6 +674,14 @@ impl StashClient {
         }
         let data: Data = self.query("read plugin settings", queries::CONFIG, json!({"ids": [plugin_id]})).await?;
         Ok(data.configuration.plugins.get(plugin_id).and_then(Value::as_object).cloned().unwrap_or_default())
+    }
+
+    /// Replaces the plugin's settings in Stash with `settings` (Stash's
+    /// `configurePlugin` sets the whole map: pass every setting to keep).
+    pub(crate) async fn configure_plugin(&self, plugin_id: &str, settings: &Map<String, Value>) -> Result<(), Error> {
+        let vars = json!({"id": plugin_id, "input": settings});
+        let _: Value = self.query("write plugin settings", queries::CONFIGURE, vars).await?;
+        Ok(())
     }
 
     /// `sceneUpdate` with the given input fields (plus `id`).

@@ -10,12 +10,14 @@
 //!   status page; with `provider` on it also serves [`provider`], Plex's
 //!   metadata provider; `web` guards every one of its answers.
 //! - [`context`]: settings, clients and the data folder of one run.
+//! - `migrate`: the settings of StashPlexAgent and Stash2Plex carried over.
 //! - `demo`: the bundled emulators and a sample library.
 
 pub mod context;
 pub mod daemon;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub(crate) mod migrate;
 pub mod operations;
 pub mod plugin;
 pub mod protocol;

@@ -52,6 +52,12 @@ pub enum Operation {
     },
     /// The metadata provider's URL, to paste into Plex.
     ProviderUrl,
+    /// The settings of StashPlexAgent and Stash2Plex beside PlexSync's;
+    /// with `apply`, written into PlexSync's settings in Stash.
+    Migrate {
+        agent_prefs: Option<std::path::PathBuf>,
+        apply: bool,
+    },
 }
 
 /// Task modes (the manifest's `defaultArgs.mode`), with their names and
@@ -73,6 +79,8 @@ pub(crate) const TASKS: &[(&str, &str, &str)] = &[
     ("explain", "Explain matches", "Show how scenes are matched: the scene in args.scene_id, or up to ten scenes waiting as not in Plex or ambiguous."),
     ("retry_dead", "Retry dead letters", "Queue every scene that was given up on again, with fresh attempts."),
     ("purge_dead", "Purge dead letters", "Remove every scene that was given up on from the queue."),
+    ("migrate", "Migrate settings: show", "Show StashPlexAgent's and Stash2Plex's settings beside the PlexSync settings that mean the same; writes nothing."),
+    ("migrate_apply", "Migrate settings: apply", "Write StashPlexAgent's and Stash2Plex's settings into PlexSync's settings (only those that differ), then run Reconcile all."),
 ];
 
 impl Operation {
@@ -92,6 +100,8 @@ impl Operation {
             "explain" => Self::Explain { scene },
             "retry_dead" => Self::RetryDead { class: None },
             "purge_dead" => Self::PurgeDead { class: None },
+            "migrate" => Self::Migrate { agent_prefs: None, apply: false },
+            "migrate_apply" => Self::Migrate { agent_prefs: None, apply: true },
             other => {
                 let known = TASKS.iter().map(|(m, _, _)| *m).collect::<Vec<_>>().join(", ");
                 return Err(Error::new(ErrorClass::Config, format!("unknown task mode '{other}'; known: {known}")));
@@ -131,6 +141,9 @@ pub async fn run(
         }
         Operation::SuggestPaths => suggest_paths(ctx).await,
         Operation::ProviderUrl => provider_url(ctx),
+        Operation::Migrate { agent_prefs, apply } => {
+            crate::faces::migrate::run(ctx, agent_prefs.as_deref(), *apply).await
+        }
         Operation::Explain { scene: Some(id) } => explain(ctx, id).await,
         Operation::Explain { scene: None } => explain_failing(ctx).await,
         Operation::QueueScenes(_)

@@ -3,6 +3,7 @@
 //! emulators over real HTTP, starts the plugin from its manifest and uses a
 //! real SQLite queue; `common` is the test bed they share.
 
+mod agent;
 mod browser;
 mod chaos;
 mod cli;

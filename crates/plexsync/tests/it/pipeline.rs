@@ -51,13 +51,23 @@ async fn a_stash_edit_reaches_plex_locked_and_an_identical_hook_writes_nothing()
     assert_eq!(item.field("year"), Some("2021"));
     assert_eq!(item.tag_names(TagKind::Genre), tags);
     assert_eq!(item.tag_names(TagKind::Actor), performers);
-    assert_eq!(item.tag_names(TagKind::Collection), [studio.as_str()]);
+    assert_eq!(item.tag_names(TagKind::Collection), [format!("Site: {studio}")]);
     let log = std::fs::read_to_string(bed.data_dir().join("worker.log")).unwrap_or_default();
     let uploaded = |image: &Option<emulators::plex::Image>| matches!(image, Some(emulators::plex::Image::Upload(_)));
     assert!(uploaded(&item.poster) && uploaded(&item.art), "poster and background copied: {log}");
-    for field in
-        ["title", "summary", "studio", "originallyAvailableAt", "year", "genre", "actor", "collection", "thumb", "art"]
-    {
+    for field in [
+        "title",
+        "summary",
+        "studio",
+        "originallyAvailableAt",
+        "year",
+        "genre",
+        "actor",
+        "collection",
+        "thumb",
+        "art",
+        "contentRating",
+    ] {
         assert!(item.locked.contains(field), "{field} locked: {:?}", item.locked);
     }
     assert!(

@@ -56,7 +56,7 @@ async fn a_renamed_tag_reaches_the_genres_of_its_scenes() {
 
 #[tokio::test]
 async fn a_studio_given_a_new_parent_reaches_the_collections_of_its_scenes() {
-    let bed = Bed::new(40, json!({"retryScale": 0.02, "collectionParentStudio": true})).await;
+    let bed = Bed::new(40, json!({"retryScale": 0.02})).await;
     assert!(!bed.task("sync_all").await.failed());
     bed.settle().await;
     let in_plex = bed.scenes_in_plex();
@@ -68,7 +68,7 @@ async fn a_studio_given_a_new_parent_reaches_the_collections_of_its_scenes() {
     let q = "mutation($i: ID!, $p: ID) { studioUpdate(input: {id: $i, parent_id: $p}) { id } }";
     bed.graphql(q, json!({"i": studio.to_string(), "p": parent.to_string()})).await;
     eventually(Duration::from_secs(20), "the new parent in every collection", || {
-        showing.iter().all(|id| bed.item_of(*id).tag_names(TagKind::Collection).contains(&"Brand New Network"))
+        showing.iter().all(|id| bed.item_of(*id).tag_names(TagKind::Collection).contains(&"Studio: Brand New Network"))
     })
     .await;
 }

@@ -20,8 +20,9 @@ fn settings() -> serde_json::Value {
 }
 
 /// What Plex shows of `scene` that differs from Stash (title, summary,
-/// studio, genres, actors, collections, poster).
-fn differences(bed: &Bed, scene: u64, item: &Item, parent_collection: bool) -> Vec<String> {
+/// studio, genres, actors, collections as StashPlexAgent's defaults make
+/// them, poster).
+fn differences(bed: &Bed, scene: u64, item: &Item) -> Vec<String> {
     let (s, studio, parent, performers, tags) = bed.stash.with_state(|st| {
         let s = st.scenes[&scene].clone();
         let studio = s.studio.and_then(|id| st.studios.get(&id)).cloned();
@@ -34,10 +35,8 @@ fn differences(bed: &Bed, scene: u64, item: &Item, parent_collection: bool) -> V
         (s, studio.map(|x| x.name), parent, performers, tags)
     });
     let set = |kind| item.tag_names(kind).iter().map(|n| n.to_lowercase()).collect::<BTreeSet<_>>();
-    let mut collections: BTreeSet<String> = studio.iter().map(|n| n.to_lowercase()).collect();
-    if parent_collection {
-        collections.extend(parent.iter().map(|n| n.to_lowercase()));
-    }
+    let mut collections: BTreeSet<String> = studio.iter().map(|n| format!("site: {}", n.to_lowercase())).collect();
+    collections.extend(parent.iter().map(|n| format!("studio: {}", n.to_lowercase())));
     let poster = match (&s.cover, &item.poster) {
         (Some(cover), Some(Image::Upload(bytes))) => cover == bytes,
         // No cover in Stash: Plex keeps the frame it extracted (or its agent's image).
@@ -77,10 +76,8 @@ fn written_items(bed: &Bed) -> BTreeSet<u64> {
 
 /// Waits until every scene of `affected` shows what Stash has, then checks
 /// that only their items were written and every other item is unchanged.
-async fn converges(bed: &Bed, affected: &[u64], before: &BTreeMap<u64, Item>, parent_collection: bool, what: &str) {
-    let wrong = || -> Vec<String> {
-        affected.iter().flat_map(|id| differences(bed, *id, &bed.item_of(*id), parent_collection)).collect()
-    };
+async fn converges(bed: &Bed, affected: &[u64], before: &BTreeMap<u64, Item>, what: &str) {
+    let wrong = || -> Vec<String> { affected.iter().flat_map(|id| differences(bed, *id, &bed.item_of(*id))).collect() };
     let limit = Duration::from_secs(60);
     let started = std::time::Instant::now();
     while !wrong().is_empty() {
@@ -132,7 +129,7 @@ async fn scenario_rename_a_performer_used_by_300_scenes() {
 
     let q = "mutation($i: ID!) { performerUpdate(input: {id: $i, name: \"Renamed Star\"}) { id } }";
     bed.graphql(q, json!({"i": star.to_string()})).await;
-    converges(&bed, &affected, &before, false, "performer renamed").await;
+    converges(&bed, &affected, &before, "performer renamed").await;
     let edits = bed.plex.requests().iter().filter(|r| r.is_write()).count();
     assert_eq!(edits, affected.len(), "one edit per scene, no image upload");
 }
@@ -154,7 +151,7 @@ async fn scenario_merge_two_tags() {
 
     let q = "mutation($s: [ID!]!, $d: ID!) { tagsMerge(input: {source: $s, destination: $d}) { id } }";
     bed.graphql(q, json!({"s": [a.to_string()], "d": b.to_string()})).await;
-    converges(&bed, &affected, &before, false, "tags merged").await;
+    converges(&bed, &affected, &before, "tags merged").await;
     for id in &affected {
         let genres: Vec<String> = bed.item_of(*id).tag_names(TagKind::Genre).iter().map(|g| g.to_string()).collect();
         assert!(!genres.contains(&"Open Air Shoot".to_string()), "scene {id}: {genres:?}");
@@ -163,9 +160,7 @@ async fn scenario_merge_two_tags() {
 
 #[tokio::test]
 async fn scenario_reparent_a_studio() {
-    let mut s = settings();
-    s["collectionParentStudio"] = json!(true);
-    let bed = Bed::new(60, s).await;
+    let bed = Bed::new(60, settings()).await;
     let (delivered, before) = synced(&bed).await;
     let studio = delivered.iter().find_map(|id| bed.stash.scene(*id).unwrap().studio).expect("a studio");
     let affected = showing(&bed, &delivered, |s| s.studio.into_iter().collect(), studio);
@@ -173,7 +168,7 @@ async fn scenario_reparent_a_studio() {
 
     let q = "mutation($i: ID!, $p: ID) { studioUpdate(input: {id: $i, parent_id: $p}) { id } }";
     bed.graphql(q, json!({"i": studio.to_string(), "p": parent.to_string()})).await;
-    converges(&bed, &affected, &before, true, "studio re-parented").await;
+    converges(&bed, &affected, &before, "studio re-parented").await;
 }
 
 #[tokio::test]
@@ -186,7 +181,7 @@ async fn scenario_delete_a_tag() {
 
     let q = "mutation($i: ID!) { tagDestroy(input: {id: $i}) }";
     bed.graphql(q, json!({"i": tag.to_string()})).await;
-    converges(&bed, &affected, &before, false, "tag deleted").await;
+    converges(&bed, &affected, &before, "tag deleted").await;
     assert!(affected.iter().all(|id| !bed.item_of(*id).tag_names(TagKind::Genre).contains(&name.as_str())));
 }
 
@@ -252,7 +247,7 @@ async fn scenario_a_scan_of_200_scenes_then_cover_identify_and_organize_in_every
         // the scene is between them.
         bed.settle().await;
     }
-    converges(&bed, &ids, &before, false, "scanned, covered, identified, organized").await;
+    converges(&bed, &ids, &before, "scanned, covered, identified, organized").await;
     let uploads: Vec<_> = bed.plex.requests().into_iter().filter(|r| r.path.ends_with("/posters")).collect();
     assert_eq!(uploads.len(), ids.len(), "one poster per scene, the final cover, never Stash's stand-in");
 }
