@@ -604,7 +604,7 @@ impl PlexState {
         }
     }
 
-    pub(crate) fn tag_id(&mut self, kind: TagKind, name: &str) -> u64 {
+    pub fn tag_id(&mut self, kind: TagKind, name: &str) -> u64 {
         let key = (kind, name.to_lowercase());
         if let Some(id) = self.tag_ids.get(&key) {
             return *id;

@@ -121,6 +121,9 @@ pub struct PlexField {
 #[serde(rename_all = "camelCase", default)]
 pub struct PlexItem {
     pub rating_key: String,
+    /// The agent's id of what the item was matched to
+    /// (`<agent scheme>://<id>?lang=…`).
+    pub guid: Option<String>,
     pub title: Option<String>,
     pub summary: Option<String>,
     pub studio: Option<String>,
@@ -545,6 +548,18 @@ impl PlexClient {
             Err(e) if e.class == ErrorClass::NotInPlex => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// The bytes of an image Plex serves at `path` (an item's `thumb` or
+    /// `art`), at most `max_bytes`.
+    pub(crate) async fn image(&self, path: &str, max_bytes: usize) -> Result<Vec<u8>, Error> {
+        let url = self.url(path, &[]);
+        let response = self.send("read image", || self.request(reqwest::Method::GET, url.clone())).await?;
+        let bytes = response.bytes().await.map_err(|e| Error::transport(Server::Plex, "read image", e))?;
+        if bytes.len() > max_bytes {
+            return Err(Error::new(ErrorClass::BadData, format!("Plex's image at {path} is over {max_bytes} bytes")));
+        }
+        Ok(bytes.to_vec())
     }
 
     /// The token's user's rating of an item (`PUT /:/rate`, as Plex Web

@@ -60,6 +60,9 @@ const AGENT_SETTINGS: &[&str] = &[
     "AddPlexURL",
 ];
 
+/// PlexSync fields StashPlexAgent never wrote.
+const AGENT_NEVER_WROTE: [&str; 3] = ["directors", "tagline", "background"];
+
 /// The agent's preferences PlexSync has no use for, and why.
 const AGENT_LEFT: &[(&str, &str)] = &[
     ("Hostname", "PlexSync reaches Stash the way Stash starts it"),
@@ -142,7 +145,7 @@ pub(crate) async fn run(ctx: &Context, agent_file: Option<&Path>, apply: bool) -
             from_stash2plex(settings, &mut plan);
         }
     }
-    let effective = config::load(&[current.clone()]).settings;
+    let effective = config::load(std::slice::from_ref(&current)).settings;
     let mut changes = Map::new();
     for c in &mut plan.carried {
         c.now = now_value(&current, &c.setting, &effective);
@@ -287,6 +290,13 @@ fn parse_prefs(xml: &str) -> Result<BTreeMap<String, String>, String> {
 
 /// The agent's preferences as PlexSync settings of the same name.
 fn from_agent(prefs: &BTreeMap<String, String>, plan: &mut Plan) {
+    // It wrote no background (its code: the cover as a background looked
+    // worse than Plex's own), no directors and no tagline: the switch adds
+    // none, so an item it left as PlexSync would write it costs nothing.
+    let fields: Vec<&str> =
+        config::Field::ALL.iter().map(|f| f.name()).filter(|f| !AGENT_NEVER_WROTE.contains(f)).collect();
+    let was = format!("(it wrote no {})", AGENT_NEVER_WROTE.join(", "));
+    plan.carry("syncFields", json!(fields.join(", ")), "StashPlexAgent", was);
     for (name, raw) in prefs {
         let was = format!("{name} = {raw:?}");
         if let Some((_, why)) = AGENT_LEFT.iter().find(|(n, _)| n == name) {
@@ -499,7 +509,9 @@ mod tests {
         let mut plan = Plan::default();
         from_agent(&prefs, &mut plan);
         let carried: Vec<(&str, &Value)> = plan.carried.iter().map(|c| (c.setting.as_str(), &c.write)).collect();
-        assert_eq!(carried, [("CreateRatingTags", &json!(true)), ("UseFormattedTitle", &json!(true))]);
+        assert_eq!(carried[1..], [("CreateRatingTags", &json!(true)), ("UseFormattedTitle", &json!(true))]);
+        assert_eq!(carried[0].0, "syncFields");
+        assert!(!carried[0].1.as_str().unwrap().contains("background"));
         assert!(plan.left.iter().any(|l| l.was.starts_with("APIKey")));
     }
 

@@ -232,6 +232,12 @@ pub(crate) fn person_edited(d: &Desired, item: &PlexItem, ours: bool) -> bool {
     !ours && locked_in_plex(d, item)
 }
 
+/// Whether StashPlexAgent, the legacy agent PlexSync replaces, matched and
+/// wrote the item (its guids are `com.plexapp.agents.stashplexagent://…`).
+pub(crate) fn written_by_legacy_agent(item: &PlexItem) -> bool {
+    item.guid.as_deref().is_some_and(|g| g.starts_with("com.plexapp.agents.stashplexagent://"))
+}
+
 /// Whether Plex shows `d`'s field locked (by us or by a person).
 fn locked_in_plex(d: &Desired, item: &PlexItem) -> bool {
     plex_names(d.field).iter().any(|name| item.is_locked(name))

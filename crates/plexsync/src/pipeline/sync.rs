@@ -663,7 +663,20 @@ impl Pipeline {
                     || !desired::person_edited(d, &item, previous.contains_key(d.field.name()))
             })
             .collect();
-        let checked = self.check_images(&changes, &previous, scene, images).await?;
+        let managed = managed_collections(scene, &self.settings, &previous);
+        // What StashPlexAgent left on an item PlexSync never wrote is kept
+        // where it equals what PlexSync would write: recorded, not sent.
+        let agents = desired::written_by_legacy_agent(&item);
+        let (adopted, changes): (Vec<&Desired>, Vec<&Desired>) = changes.into_iter().partition(|d| {
+            agents
+                && !previous.contains_key(d.field.name())
+                && !matches!(d.value, Value::Image(_))
+                && !desired::differs(d, &item, &managed)
+        });
+        let mut checked = self.check_images(&changes, &previous, scene, images).await?;
+        if agents {
+            self.keep_agents_poster(&item, &previous, &mut checked).await?;
+        }
         let changes: Vec<&Desired> = changes
             .into_iter()
             .filter(|d| !matches!(d.value, desired::Value::Image(Some(_))) || checked.upload.contains_key(&d.field))
@@ -672,9 +685,11 @@ impl Pipeline {
         // only its upload.
         let locked: Vec<Field> = [Field::Poster, Field::Background]
             .into_iter()
-            .filter(|f| previous.contains_key(&format!("{}{CONTENT_SUFFIX}", f.name())))
+            .filter(|f| {
+                previous.contains_key(&format!("{}{CONTENT_SUFFIX}", f.name()))
+                    && !previous.contains_key(&format!("{}{ADOPTED_SUFFIX}", f.name()))
+            })
             .collect();
-        let managed = managed_collections(scene, &self.settings, &previous);
         let plan = Plan { changes: &changes, released: &released, images: &checked.upload, locked: &locked };
         let held = Held { item: &item, managed: &managed };
         let mut written = match self.write(section, rk, &plan, held, scene).await {
@@ -686,7 +701,8 @@ impl Pipeline {
             name == PLEX_URL
                 || Field::parse(name.split('.').next().unwrap_or(name)).is_some_and(|f| self.settings.owns(f))
         });
-        for d in &changes {
+        written.extend(adopted.iter().map(|d| (d.field, d.hash())));
+        for d in changes.iter().chain(&adopted) {
             if let Some(hash) = written.remove(&d.field) {
                 hashes.insert(d.field.name().to_string(), hash);
                 if let Value::Tags("collection", list) = &d.value {
@@ -696,6 +712,14 @@ impl Pipeline {
             }
         }
         hashes.extend(checked.record);
+        for d in wanted.iter().filter(|d| checked.adopted.contains(&d.field)) {
+            hashes.insert(d.field.name().to_string(), d.hash());
+            hashes.insert(format!("{}{ADOPTED_SUFFIX}", d.field.name()), "1".into());
+        }
+        for d in changes.iter().filter(|d| checked.upload.contains_key(&d.field)) {
+            // Uploaded, so locked now.
+            hashes.remove(&format!("{}{ADOPTED_SUFFIX}", d.field.name()));
+        }
         let record = SyncRecord {
             plex_server: self.plex_server(),
             rating_key: rk.to_string(),
@@ -761,6 +785,34 @@ impl Pipeline {
             }
         }
         holds
+    }
+
+    /// The poster StashPlexAgent downloaded into an item is Stash's cover
+    /// already when its bytes are the same: then it is recorded, not
+    /// uploaded again (one read of Plex's copy instead of an upload).
+    async fn keep_agents_poster(
+        &self,
+        item: &PlexItem,
+        previous: &std::collections::BTreeMap<String, String>,
+        checked: &mut CheckedImages,
+    ) -> Result<(), Error> {
+        let content = format!("{}{CONTENT_SUFFIX}", Field::Poster.name());
+        let (Some(thumb), Some(fetched)) = (item.thumb.as_deref(), checked.upload.get(&Field::Poster)) else {
+            return Ok(());
+        };
+        if previous.contains_key(&content) {
+            return Ok(());
+        }
+        let theirs = match self.plex()?.image(thumb, MAX_IMAGE_BYTES).await {
+            Ok(bytes) => bytes,
+            Err(e) if e.class == ErrorClass::BadData || e.class == ErrorClass::NotInPlex => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if Sha256::digest(&theirs) == Sha256::digest(&fetched.bytes) {
+            checked.upload.remove(&Field::Poster);
+            checked.adopted.push(Field::Poster);
+        }
+        Ok(())
     }
 
     /// `GET` of the item, when an edit depends on what it holds.
@@ -1013,11 +1065,15 @@ struct Images(std::collections::HashMap<(String, Option<String>), Image>);
 struct CheckedImages {
     upload: std::collections::HashMap<Field, Fetched>,
     record: Vec<(String, String)>,
+    /// Images Plex has already (StashPlexAgent's copy of the same cover).
+    adopted: Vec<Field>,
 }
 
 /// Record key suffixes beside a field's value hash: the hash of an image's
 /// content and its `ETag` at Stash.
 const CONTENT_SUFFIX: &str = ".content";
+/// Beside an image kept as StashPlexAgent left it: not locked yet.
+const ADOPTED_SUFFIX: &str = ".adopted";
 const ETAG_SUFFIX: &str = ".etag";
 
 /// What one delivery writes: the changed fields, the fields no longer

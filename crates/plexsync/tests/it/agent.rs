@@ -278,3 +278,108 @@ async fn add_plex_url_links_each_item_once_without_a_second_delivery() {
     assert!(!bed.stash.scene(id).unwrap().urls.contains(&link));
     assert_eq!(bed.stash.mutations().iter().filter(|m| m.operation == "bulkSceneUpdate").count(), 1);
 }
+
+/// The agent's preferences as Plex keeps them, at their defaults.
+fn agents_default_prefs() -> std::collections::BTreeMap<String, String> {
+    [
+        ("Hostname", "127.0.0.1"),
+        ("Port", "9999"),
+        ("UseFormattedTitle", "false"),
+        ("TitleFormat", "{performer} - {title}"),
+        ("IgnoreTags", "0"),
+        ("CreateSiteCollectionTags", "true"),
+        ("CustomSiteCollectionPrefix", "true"),
+        ("PrefixSiteCollectionTags", "Site: "),
+        ("CreateStudioCollectionTags", "true"),
+        ("CustomStudioCollectionPrefix", "true"),
+        ("PrefixStudioCollectionTags", "Studio: "),
+        ("RequireOrganized", "false"),
+        ("AddPlexURL", "false"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+#[tokio::test]
+async fn a_switch_from_the_agent_keeps_its_library_and_costs_nothing_where_nothing_differs() {
+    use emulators::legacy_agent;
+    let bed = Bed::new(60, json!({})).await;
+    // Half the scenes hold nothing the agent got wrong (no date: its date
+    // parsing always failed; one-line details; whole-star ratings).
+    let equal: std::collections::BTreeSet<u64> = bed.stash.with_state(|s| {
+        let ids: Vec<u64> = s.scenes.keys().copied().filter(|id| id % 2 == 0).collect();
+        for id in &ids {
+            s.update_scene(*id, |sc| {
+                sc.date = None;
+                sc.details = sc.details.as_ref().map(|d| d.replace('\n', " "));
+                sc.rating100 = sc.rating100.map(|r| r / 10 * 10);
+            });
+        }
+        ids.into_iter().collect()
+    });
+    let (stash_prefix, plex_prefix) = (bed.lib.stash_prefix.clone(), bed.lib.plex_prefix.clone());
+    let written = bed.stash.with_state(|s| {
+        bed.plex.with_state(|p| {
+            p.legacy_agents.insert(legacy_agent::AGENT_ID.into(), agents_default_prefs());
+            legacy_agent::write_library(p, s, &stash_prefix, &plex_prefix)
+        })
+    });
+    let in_plex = bed.scenes_in_plex();
+    assert_eq!(written, in_plex.len());
+    // Two collections a person made in Plex.
+    let hand_made = [(in_plex[0], "Favourites"), (in_plex[1], "Watch Later")];
+    for (scene, name) in hand_made {
+        let rk = bed.item_of(scene).rating_key;
+        bed.plex.with_state(|p| {
+            let id = p.tag_id(emulators::plex::TagKind::Collection, name);
+            let tag = emulators::plex::state::Tag { id, tag: name.into(), role: None, thumb: None };
+            p.items.get_mut(&rk).unwrap().tags.entry(emulators::plex::TagKind::Collection).or_default().push(tag);
+        });
+    }
+
+    let migrated = bed.task("migrate_apply").await;
+    assert!(!migrated.failed(), "{migrated:?}");
+    let settings = bed.stash.with_state(|s| s.plugins["PlexSync"].clone());
+    assert!(!settings["syncFields"].as_str().unwrap().contains("background"), "{settings}");
+    assert_eq!(settings["plexToken"], crate::common::PLEX_TOKEN, "the rest kept");
+
+    bed.plex.clear_requests();
+    assert!(!bed.task("sync_all").await.failed());
+    bed.settle().await;
+    let requests = bed.plex.requests();
+    let written_to = |scene: u64| {
+        let rk = bed.item_of(scene).rating_key.to_string();
+        let item_path = format!("/library/metadata/{rk}/");
+        let ours = |r: &&emulators::plex::RequestRecord| {
+            r.param("id") == Some(rk.as_str()) || r.param("key") == Some(rk.as_str()) || r.path.starts_with(&item_path)
+        };
+        requests.iter().filter(|r| r.is_write()).filter(ours).count()
+    };
+    let (same, differ): (Vec<u64>, Vec<u64>) = in_plex.iter().partition(|id| equal.contains(id));
+    assert!(!same.is_empty() && !differ.is_empty());
+    for id in &same {
+        assert_eq!(written_to(*id), 0, "scene {id} was as PlexSync would write it: {:?}", bed.item_of(*id));
+    }
+    let writes = requests.iter().filter(|r| r.is_write()).count();
+    let reads = requests.len() - writes;
+    eprintln!(
+        "switch of {} items ({} already equal): {reads} Plex reads, {writes} writes ({:.2} requests per item)",
+        in_plex.len(),
+        same.len(),
+        requests.len() as f64 / in_plex.len() as f64
+    );
+    // Every item now shows what the agent would write, with its defects
+    // fixed (dates, newlines, half stars), and the hand-made collections.
+    for id in &in_plex {
+        let item = bed.item_of(*id);
+        let scene = bed.stash.scene(*id).unwrap();
+        assert_eq!(item.field("title"), scene.title.as_deref(), "scene {id}");
+        assert_eq!(item.field("contentRating"), Some("XXX"));
+        assert_eq!(item.field("originallyAvailableAt"), scene.date.as_deref(), "scene {id}");
+        assert_eq!(item.field("summary").unwrap_or(""), scene.details.as_deref().unwrap_or(""), "scene {id}");
+    }
+    for (scene, name) in hand_made {
+        assert!(collections(&bed, scene).contains(&name.to_string()), "{name} kept");
+    }
+}
