@@ -872,6 +872,40 @@ mod tests {
     }
 
     #[test]
+    fn the_agents_preferences_by_their_names_with_its_defaults() {
+        let defaults = load(&[]).settings.agent;
+        assert_eq!(defaults, AgentPrefs::default());
+        assert_eq!(defaults.site_collection.as_deref(), Some("Site: "));
+        assert_eq!(defaults.content_rating, "XXX");
+        let l = load(&[
+            layer(json!({"RequireOrganized": true, "skipUnorganized": false, "PrefixSiteCollectionTags": "Site - ",
+                "CustomStudioCollectionPrefix": "false", "IgnoreTags": "0, 12,x", "CreatePerformerCollectionTags": true,
+                "PrefixPerformerCollectionTags": "", "contentRating": ""})),
+            layer(json!({"CREATE_MOVIE_COLLECTION_TAGS": "true", "collectionParentStudio": false})),
+        ]);
+        let a = &l.settings.agent;
+        assert!(!l.settings.skip_unorganized, "the setting's own name wins over its alias in one layer");
+        assert_eq!(a.site_collection.as_deref(), Some("Site - "), "a prefix keeps its spaces");
+        assert_eq!(a.studio_collection, None, "the later layer's alias turned it off");
+        assert_eq!(a.ignore_tags, ["12"]);
+        assert!(l.warnings.iter().any(|w| w.contains("'IgnoreTags'") && w.contains("'x'")), "{:?}", l.warnings);
+        assert_eq!(a.performer_collection.as_deref(), Some("Actor: "), "an empty prefix is the default one");
+        assert_eq!(a.movie_collection.as_deref(), Some("Movie: "));
+        assert_eq!(a.content_rating, "", "set but empty leaves Plex's field alone");
+        let custom_off = load(&[layer(json!({"CustomSiteCollectionPrefix": false}))]).settings.agent;
+        assert_eq!(custom_off.site_collection.as_deref(), Some(""));
+    }
+
+    #[test]
+    fn every_setting_and_alias_is_in_the_settings_docs() {
+        let docs = include_str!("../../../docs/settings.md");
+        for key in SETTINGS.iter().map(|d| d.key).chain(ALIASES.iter().map(|(alias, _)| *alias)) {
+            let shown = key.starts_with("tagID_") || docs.contains(&format!("`{key}`"));
+            assert!(shown, "docs/settings.md does not name `{key}`");
+        }
+    }
+
+    #[test]
     fn bad_values_name_the_setting_and_fall_back() {
         let l = load(&[layer(json!({"plexUrl": "plex:32400", "skipUnorganized": "maybe", "syncMode": "pull",
             "pathMappings": "/a => /b; nonsense", "syncFields": "title,colour", "bogus": 1, "requestTimeoutSecs": -3}))]);
