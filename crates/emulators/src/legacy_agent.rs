@@ -13,6 +13,21 @@ use crate::stash::StashState;
 /// The agent's identifier, the scheme of the guids of the items it matched.
 pub const AGENT_ID: &str = "com.plexapp.agents.stashplexagent";
 
+/// Makes the scenes with even ids hold nothing the agent got wrong (no
+/// date, one-line details, whole-star ratings): for them its item is what
+/// PlexSync writes. Returns their ids.
+pub fn agreeing_half(stash: &mut StashState) -> Vec<u64> {
+    let ids: Vec<u64> = stash.scenes.keys().copied().filter(|id| id % 2 == 0).collect();
+    for id in &ids {
+        stash.update_scene(*id, |sc| {
+            sc.date = None;
+            sc.details = sc.details.as_ref().map(|d| d.replace('\n', " "));
+            sc.rating100 = sc.rating100.map(|r| r / 10 * 10);
+        });
+    }
+    ids
+}
+
 /// Writes what the agent wrote into every Plex item holding a Stash
 /// scene's file (`stash_prefix` → `plex_prefix`); returns how many.
 pub fn write_library(plex: &mut PlexState, stash: &StashState, stash_prefix: &str, plex_prefix: &str) -> usize {

@@ -22,23 +22,6 @@ use emulators::{PlexEmulator, StashEmulator};
 use plexsync::store::Store;
 use serde_json::json;
 
-/// Waits until the worker has delivered everything (nothing waiting,
-/// leased or handed over), after a short quiet period.
-async fn drained(data: &Path) -> Duration {
-    let started = Instant::now();
-    let mut quiet = 0;
-    while quiet < 5 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let busy = Store::open(&data.join("queue.sqlite"))
-            .and_then(|q| q.stats())
-            .map(|s| s.due_now + s.leased + s.requests > 0)
-            .unwrap_or(true);
-        quiet = if busy { 0 } else { quiet + 1 };
-        assert!(started.elapsed() < Duration::from_secs(1800), "the queue did not drain");
-    }
-    started.elapsed()
-}
-
 /// Plex requests since the last clear: (reads, writes other than uploads, uploads).
 fn plex_requests(plex: &PlexEmulator) -> (usize, usize, usize) {
     let requests = plex.requests();
@@ -59,7 +42,7 @@ async fn measure(
     let images = stash.image_requests();
     let started = Instant::now();
     edit.await;
-    drained(data).await;
+    common::drained(data).await;
     let (reads, writes, uploads) = plex_requests(plex);
     let after = stash.image_requests();
     let per = |n: usize| n as f64 / scenes as f64;
@@ -89,7 +72,7 @@ async fn main() {
 
     let started = Instant::now();
     stash.run_plugin_task("PlexSync", "Sync all scenes", json!({})).await.unwrap();
-    drained(&data).await;
+    common::drained(&data).await;
     let queue = Store::open(&data.join("queue.sqlite")).unwrap();
     let synced: Vec<u64> = stash
         .with_state(|s| s.scenes.keys().copied().collect::<Vec<_>>())

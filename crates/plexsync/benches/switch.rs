@@ -16,26 +16,10 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use emulators::PlexEmulator;
-use plexsync::store::Store;
 use serde_json::json;
-
-async fn drained(data: &Path) {
-    let started = Instant::now();
-    let mut quiet = 0;
-    while quiet < 5 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let busy = Store::open(&data.join("queue.sqlite"))
-            .and_then(|q| q.stats())
-            .map(|s| s.due_now + s.leased + s.requests > 0)
-            .unwrap_or(true);
-        quiet = if busy { 0 } else { quiet + 1 };
-        assert!(started.elapsed() < Duration::from_secs(1800), "the queue did not drain");
-    }
-}
 
 fn report(what: &str, plex: &PlexEmulator, items: usize, started: Instant) {
     let requests = plex.requests();
@@ -73,17 +57,7 @@ async fn main() {
     // The switch.
     let lib = emulators::Library::generate(&spec);
     let (stash, plex) = common::emulators_of(lib.clone()).await;
-    let equal = stash.with_state(|s| {
-        let ids: Vec<u64> = s.scenes.keys().copied().filter(|id| id % 2 == 0).collect();
-        for id in &ids {
-            s.update_scene(*id, |sc| {
-                sc.date = None;
-                sc.details = sc.details.as_ref().map(|d| d.replace('\n', " "));
-                sc.rating100 = sc.rating100.map(|r| r / 10 * 10);
-            });
-        }
-        ids.len()
-    });
+    let equal = stash.with_state(|s| emulators::legacy_agent::agreeing_half(s).len());
     let items = stash.with_state(|s| {
         plex.with_state(|p| {
             let prefs = [("CreateSiteCollectionTags", "true"), ("CreateStudioCollectionTags", "true")];
@@ -100,7 +74,7 @@ async fn main() {
     plex.clear_requests();
     let started = Instant::now();
     stash.run_plugin_task("PlexSync", "Sync all scenes", json!({})).await.unwrap();
-    drained(&data).await;
+    common::drained(&data).await;
     println!("switch: {items} items the agent wrote, {equal} of the scenes as PlexSync would write them");
     report("switch", &plex, items, started);
     drop((stash, plex, config));
@@ -127,7 +101,7 @@ async fn main() {
     plex.clear_requests();
     let started = Instant::now();
     stash.run_plugin_task("PlexSync", "Sync all scenes", json!({})).await.unwrap();
-    drained(&data).await;
+    common::drained(&data).await;
     let items = plex.with_state(|p| p.items.len());
     report("every collection", &plex, items, started);
     drop(config);

@@ -78,6 +78,23 @@ pub async fn graphql(stash: &StashEmulator, query: &str, variables: serde_json::
     assert!(answer["errors"].is_null(), "{answer}");
 }
 
+/// Waits until the worker has delivered everything (nothing waiting,
+/// leased or handed over), after a short quiet period; how long that took.
+pub async fn drained(data: &Path) -> Duration {
+    let started = std::time::Instant::now();
+    let mut quiet = 0;
+    while quiet < 5 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let busy = plexsync::store::Store::open(&data.join("queue.sqlite"))
+            .and_then(|q| q.stats())
+            .map(|s| s.due_now + s.leased + s.requests > 0)
+            .unwrap_or(true);
+        quiet = if busy { 0 } else { quiet + 1 };
+        assert!(started.elapsed() < Duration::from_secs(1800), "the queue did not drain");
+    }
+    started.elapsed()
+}
+
 /// Median and 95th percentile, in milliseconds.
 pub fn median_p95(mut v: Vec<Duration>) -> (f64, f64) {
     v.sort();

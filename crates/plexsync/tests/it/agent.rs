@@ -307,17 +307,8 @@ async fn a_switch_from_the_agent_keeps_its_library_and_costs_nothing_where_nothi
     let bed = Bed::new(60, json!({})).await;
     // Half the scenes hold nothing the agent got wrong (no date: its date
     // parsing always failed; one-line details; whole-star ratings).
-    let equal: std::collections::BTreeSet<u64> = bed.stash.with_state(|s| {
-        let ids: Vec<u64> = s.scenes.keys().copied().filter(|id| id % 2 == 0).collect();
-        for id in &ids {
-            s.update_scene(*id, |sc| {
-                sc.date = None;
-                sc.details = sc.details.as_ref().map(|d| d.replace('\n', " "));
-                sc.rating100 = sc.rating100.map(|r| r / 10 * 10);
-            });
-        }
-        ids.into_iter().collect()
-    });
+    let equal: std::collections::BTreeSet<u64> =
+        bed.stash.with_state(|s| legacy_agent::agreeing_half(s).into_iter().collect());
     let (stash_prefix, plex_prefix) = (bed.lib.stash_prefix.clone(), bed.lib.plex_prefix.clone());
     let written = bed.stash.with_state(|s| {
         bed.plex.with_state(|p| {
