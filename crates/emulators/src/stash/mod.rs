@@ -507,6 +507,8 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/plugin/{id}/css", get(plugin_css))
         .route("/scene/{id}/screenshot", get(scene_cover))
         .route("/performer/{id}/image", get(performer_image))
+        .route("/image/{id}/image", get(gallery_image))
+        .route("/image/{id}/thumbnail", get(gallery_image))
         .route("/studio/{id}/image", get(studio_image))
         .layer(middleware::from_fn_with_state(Arc::clone(&shared), auth_layer))
         .with_state(shared)
@@ -630,6 +632,14 @@ async fn performer_image(State(sh): State<Arc<Shared>>, UrlPath(id): UrlPath<Str
     let image = id.parse().ok().and_then(|id: u64| sh.state.lock().performers.get(&id).map(|p| p.image.clone()));
     match image {
         Some(image) => serve_image(&sh, &headers, image.as_deref().unwrap_or(IMAGE_PNG)),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn gallery_image(State(sh): State<Arc<Shared>>, UrlPath(id): UrlPath<String>, headers: HeaderMap) -> Response {
+    let image = id.parse().ok().and_then(|id: u64| sh.state.lock().images.get(&id).map(|i| i.bytes.clone()));
+    match image {
+        Some(bytes) => serve_image(&sh, &headers, &bytes),
         None => StatusCode::NOT_FOUND.into_response(),
     }
 }

@@ -155,6 +155,60 @@ pub struct Performer {
 
 #[derive(SimpleObject)]
 #[graphql(rename_fields = "snake_case")]
+pub struct Gallery {
+    pub id: ID,
+    pub title: Option<String>,
+}
+
+#[derive(SimpleObject)]
+#[graphql(rename_fields = "snake_case")]
+pub struct ImageFile {
+    pub id: ID,
+    pub path: String,
+    pub basename: String,
+    pub width: i32,
+    pub height: i32,
+}
+
+/// Stash's `VisualFile`: an image's file is a picture or a clip.
+#[derive(async_graphql::Union)]
+pub enum VisualFile {
+    VideoFile(VideoFile),
+    ImageFile(ImageFile),
+}
+
+#[derive(SimpleObject)]
+#[graphql(rename_fields = "snake_case")]
+pub struct ImagePathsType {
+    pub thumbnail: Option<String>,
+    pub image: Option<String>,
+}
+
+#[derive(SimpleObject)]
+#[graphql(rename_fields = "snake_case")]
+pub struct Image {
+    pub id: ID,
+    pub title: Option<String>,
+    pub paths: ImagePathsType,
+    pub visual_files: Vec<VisualFile>,
+}
+
+#[derive(SimpleObject)]
+#[graphql(rename_fields = "snake_case")]
+pub struct FindImagesResultType {
+    pub count: i32,
+    pub images: Vec<Image>,
+}
+
+/// The part of `ImageFilterType` this emulator knows: the galleries.
+#[derive(InputObject, Default)]
+#[graphql(rename_fields = "snake_case", name = "ImageFilterType")]
+pub struct ImageFilterType {
+    pub galleries: Option<MultiCriterionInput>,
+}
+
+#[derive(SimpleObject)]
+#[graphql(rename_fields = "snake_case")]
 pub struct Group {
     pub id: ID,
     pub name: String,
@@ -207,6 +261,7 @@ pub struct Scene {
     pub performers: Vec<Performer>,
     pub tags: Vec<Tag>,
     pub groups: Vec<SceneGroup>,
+    pub galleries: Vec<Gallery>,
     pub stash_ids: Vec<StashId>,
 }
 
@@ -668,6 +723,23 @@ fn performer_view(state: &StashState, p: &StashPerformer, base: &url::Url) -> Pe
     }
 }
 
+fn image_view(i: &super::state::StashImage, base: &url::Url) -> Image {
+    let url = |kind: &str| Some(base.join(&format!("image/{}/{kind}", i.id)).expect("relative path joins").to_string());
+    let basename = i.path.rsplit('/').next().unwrap_or(&i.path).to_string();
+    Image {
+        id: ID(i.id.to_string()),
+        title: None,
+        paths: ImagePathsType { thumbnail: url("thumbnail"), image: url("image") },
+        visual_files: vec![VisualFile::ImageFile(ImageFile {
+            id: ID(i.id.to_string()),
+            path: i.path.clone(),
+            basename,
+            width: i32::try_from(i.width).unwrap_or(i32::MAX),
+            height: i32::try_from(i.height).unwrap_or(i32::MAX),
+        })],
+    }
+}
+
 fn tag_view(t: &StashTag) -> Tag {
     Tag { id: ID(t.id.to_string()), name: t.name.clone(), updated_at: Time(t.updated_at.clone()) }
 }
@@ -730,6 +802,12 @@ pub fn scene_view(state: &StashState, scene: &StashScene, base: &url::Url) -> Sc
             .iter()
             .filter_map(|id| state.groups.get(id))
             .map(|g| SceneGroup { group: Group { id: ID(g.id.to_string()), name: g.name.clone() }, scene_index: None })
+            .collect(),
+        galleries: scene
+            .galleries
+            .iter()
+            .filter_map(|id| state.galleries.get(id))
+            .map(|g| Gallery { id: ID(g.id.to_string()), title: Some(g.title.clone()) })
             .collect(),
         stash_ids: scene.stash_ids.iter().map(|(e, s)| StashId { endpoint: e.clone(), stash_id: s.clone() }).collect(),
     }
@@ -921,6 +999,43 @@ impl QueryRoot {
             filesize,
             scenes: ids.iter().map(|id| scene_view(&state, &state.scenes[id], &sh.base_url)).collect(),
         })
+    }
+
+    /// Images of the galleries `image_filter` names (`INCLUDES`), in id
+    /// order, paged.
+    async fn find_images(
+        &self,
+        ctx: &Context<'_>,
+        image_filter: Option<ImageFilterType>,
+        filter: Option<FindFilterType>,
+    ) -> Result<FindImagesResultType> {
+        let sh = shared(ctx);
+        let state = sh.state.lock();
+        let wanted = match image_filter.and_then(|f| f.galleries) {
+            Some(c) if c.modifier == CriterionModifier::Includes => {
+                Some(ids_of(c.value.as_deref().unwrap_or(&[]), "gallery")?)
+            }
+            Some(_) => return Err("this emulator filters images by galleries with INCLUDES only".into()),
+            None => None,
+        };
+        let mut ids: Vec<u64> = match wanted {
+            Some(galleries) => {
+                galleries.iter().filter_map(|g| state.galleries.get(g)).flat_map(|g| g.images.clone()).collect()
+            }
+            None => state.images.keys().copied().collect(),
+        };
+        ids.sort_unstable();
+        ids.dedup();
+        let (offset, limit) = offset_limit(&filter.unwrap_or_default());
+        let count = ids.len();
+        let images = ids
+            .into_iter()
+            .skip(offset)
+            .take(limit.unwrap_or(usize::MAX))
+            .filter_map(|id| state.images.get(&id))
+            .map(|i| image_view(i, &sh.base_url))
+            .collect();
+        Ok(FindImagesResultType { count: i32::try_from(count).unwrap_or(i32::MAX), images })
     }
 
     async fn find_performers(

@@ -47,6 +47,8 @@ pub struct StashScene {
     pub tags: Vec<u64>,
     /// The groups (once "movies") the scene belongs to.
     pub groups: Vec<u64>,
+    /// The galleries attached to the scene.
+    pub galleries: Vec<u64>,
     /// (endpoint, stash_id) pairs from stash-box matches.
     pub stash_ids: Vec<(String, String)>,
     /// The cover's bytes; `None` until a scan's screenshot is generated
@@ -71,6 +73,24 @@ pub struct StashPerformer {
     pub image: Option<Vec<u8>>,
     pub tags: Vec<u64>,
     pub updated_at: String,
+}
+
+/// A gallery and its images, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StashGallery {
+    pub id: u64,
+    pub title: String,
+    pub images: Vec<u64>,
+}
+
+/// An image file of a gallery.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StashImage {
+    pub id: u64,
+    pub path: String,
+    pub width: u32,
+    pub height: u32,
+    pub bytes: Vec<u8>,
 }
 
 /// A group (Stash's former "movie").
@@ -183,6 +203,8 @@ pub struct StashState {
     pub performers: Table<StashPerformer>,
     pub tags: Table<StashTag>,
     pub groups: std::collections::BTreeMap<u64, StashGroup>,
+    pub galleries: std::collections::BTreeMap<u64, StashGallery>,
+    pub images: std::collections::BTreeMap<u64, StashImage>,
     /// `configuration.plugins`: plugin id → settings.
     pub plugins: Map<String, Value>,
     pub mutations: Vec<MutationRecord>,
@@ -302,6 +324,21 @@ impl StashState {
                 updated_at,
             },
         );
+        id
+    }
+
+    /// A gallery of images, each (width, height) with its own bytes.
+    pub fn add_gallery(&mut self, title: &str, sizes: &[(u32, u32)]) -> u64 {
+        let id = self.next();
+        let mut images = Vec::new();
+        for (width, height) in sizes {
+            let image = self.next();
+            let path = format!("/data/galleries/{id}/{image}.png");
+            let bytes = fixture_image(image);
+            self.images.insert(image, StashImage { id: image, path, width: *width, height: *height, bytes });
+            images.push(image);
+        }
+        self.galleries.insert(id, StashGallery { id, title: title.into(), images });
         id
     }
 

@@ -55,6 +55,7 @@ pub mod queries {
         "mutation Bulk($input: BulkSceneUpdateInput!) { bulkSceneUpdate(input: $input) { id } }";
     pub(crate) const CONFIGURE: &str =
         "mutation Configure($id: ID!, $input: Map!) { configurePlugin(plugin_id: $id, input: $input) }";
+    pub(crate) const GALLERY_IMAGES: &str = "query GalleryImages($f: FindFilterType, $if: ImageFilterType) { findImages(filter: $f, image_filter: $if) { count images { id paths { image } visual_files { ... on ImageFile { width height } } } } }";
     pub(crate) const ADD_URL: &str =
         "mutation AddUrl($input: BulkSceneUpdateInput!) { bulkSceneUpdate(input: $input) { id updated_at } }";
     pub(crate) const NEWEST: &str =
@@ -105,6 +106,7 @@ pub mod queries {
             ("Bulk", BULK.to_string()),
             ("AddUrl", ADD_URL.to_string()),
             ("Configure", CONFIGURE.to_string()),
+            ("GalleryImages", GALLERY_IMAGES.to_string()),
             ("Newest", NEWEST.to_string()),
             ("Scene", scene()),
             ("Changed", scenes_page()),
@@ -139,6 +141,7 @@ pub(crate) const SCENE_FRAGMENT: &str = "fragment SceneData on Scene {
   performers { id name disambiguation image_path tags { id name } }
   tags { id name }
   groups { group { id name } }
+  galleries { id }
   stash_ids { endpoint stash_id }
 }";
 
@@ -224,7 +227,45 @@ pub struct Scene {
     pub performers: Vec<Performer>,
     pub tags: Vec<Named>,
     pub groups: Vec<SceneGroup>,
+    pub galleries: Vec<GalleryRef>,
     pub stash_ids: Vec<StashIdRef>,
+}
+
+/// A gallery attached to a scene.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct GalleryRef {
+    pub id: String,
+}
+
+/// An image of a scene's galleries: its id, where Stash serves it, and
+/// its size (for portrait or landscape).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct GalleryImage {
+    pub id: String,
+    pub paths: GalleryImagePaths,
+    pub visual_files: Vec<VisualFile>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct GalleryImagePaths {
+    pub image: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct VisualFile {
+    pub width: u32,
+    pub height: u32,
+}
+
+impl GalleryImage {
+    /// Taller than wide (its first file's size).
+    pub(crate) fn portrait(&self) -> bool {
+        self.visual_files.first().is_some_and(|f| f.height > f.width)
+    }
 }
 
 #[derive(Deserialize)]
@@ -674,6 +715,32 @@ impl StashClient {
         }
         let data: Data = self.query("read plugin settings", queries::CONFIG, json!({"ids": [plugin_id]})).await?;
         Ok(data.configuration.plugins.get(plugin_id).and_then(Value::as_object).cloned().unwrap_or_default())
+    }
+
+    /// Where Stash serves the image `id` (internal/api `routes_image.go`).
+    pub(crate) fn image_url(&self, id: &str) -> String {
+        let mut url = self.origin.clone();
+        url.path_segments_mut().expect("http URLs have a path").clear().extend(["image", id, "image"]);
+        url.to_string()
+    }
+
+    /// The first `max` images of the galleries `ids`, in one request, and
+    /// how many they hold in all.
+    pub(crate) async fn gallery_images(&self, ids: &[String], max: usize) -> Result<(Vec<GalleryImage>, usize), Error> {
+        #[derive(Deserialize)]
+        struct Page {
+            count: usize,
+            images: Vec<GalleryImage>,
+        }
+        #[derive(Deserialize)]
+        struct Data {
+            #[serde(rename = "findImages")]
+            page: Page,
+        }
+        let vars =
+            json!({"f": {"page": 1, "per_page": max}, "if": {"galleries": {"value": ids, "modifier": "INCLUDES"}}});
+        let data: Data = self.query("list gallery images", queries::GALLERY_IMAGES, vars).await?;
+        Ok((data.page.images, data.page.count))
     }
 
     /// Replaces the plugin's settings in Stash with `settings` (Stash's

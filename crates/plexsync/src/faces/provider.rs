@@ -37,6 +37,7 @@ use crate::error::{Error, ErrorClass};
 use crate::faces::context::Context;
 use crate::pipeline::desired::{self, Value as Wanted};
 use crate::pipeline::reverse::{Candidate, Query, SceneIndex};
+use crate::pipeline::sync::GALLERY_IMAGES_MAX;
 use crate::secret::Secret;
 use crate::store::{kv, Store};
 
@@ -369,9 +370,12 @@ async fn image_entry(
     let secret = p.secret.read().unwrap_or_else(|e| e.into_inner()).clone();
     let (Some(secret), Some(ctx)) = (secret, p.ctx()) else { return unavailable("waiting for Stash") };
     let parts: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
-    let (id, performer) = match parts.as_slice() {
-        ["scene", id] => (*id, None),
-        ["scene", id, "performer", pid] => (*id, Some(*pid)),
+    let (id, of) = match parts.as_slice() {
+        ["scene", id] => (*id, Of::Cover),
+        ["scene", id, "performer", pid] => (*id, Of::Performer(pid)),
+        // The token names the image with its scene: only images of that
+        // scene's galleries were ever given one.
+        ["scene", id, "gallery", image] => (*id, Of::Gallery(image)),
         _ => return not_found(),
     };
     let named = parts.join("/");
@@ -379,7 +383,15 @@ async fn image_entry(
     if !good || (method != Method::GET && method != Method::HEAD) {
         return not_found();
     }
-    image(&p, &ctx, id, performer).await.unwrap_or_else(failed)
+    image(&p, &ctx, id, of).await.unwrap_or_else(failed)
+}
+
+/// Which of a scene's images a URL names.
+#[derive(Clone, Copy)]
+enum Of<'a> {
+    Cover,
+    Performer(&'a str),
+    Gallery(&'a str),
 }
 
 /// Builds the URLs of a scene's images as Plex is to fetch them.
@@ -534,7 +546,42 @@ async fn metadata(p: &Provider, ctx: &Context, images: &Images<'_>, rk: &str) ->
         return Ok(not_found());
     }
     let Some(scene) = p.scene(ctx, rk).await? else { return Ok(not_found()) };
-    Ok(Json(container(vec![item(&scene, &ctx.settings, images)])).into_response())
+    let mut item = item(&scene, &ctx.settings, images);
+    add_gallery_images(p, ctx, &scene, images, &mut item).await?;
+    Ok(Json(container(vec![item])).into_response())
+}
+
+/// `IncludeGalleryImages`: the scene's gallery images after its cover, as
+/// posters and backgrounds (by orientation with `SortGalleryImages`), each
+/// under its own token (one Stash request for them all).
+async fn add_gallery_images(
+    p: &Provider,
+    ctx: &Context,
+    scene: &Scene,
+    images: &Images<'_>,
+    item: &mut Value,
+) -> Result<(), Error> {
+    let prefs = &ctx.settings.agent;
+    if !prefs.gallery_images || !ctx.settings.owns(Field::Poster) || scene.galleries.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<String> = scene.galleries.iter().map(|g| g.id.clone()).collect();
+    let found = {
+        let _slot = p.stash_slot().await?;
+        ctx.stash.gallery_images(&ids, GALLERY_IMAGES_MAX).await?.0
+    };
+    let mut list = item.get("Image").and_then(Value::as_array).cloned().unwrap_or_default();
+    for image in found.iter().filter(|i| is_scene_id(&i.id)) {
+        let url = images.url(&["scene", &scene.id, "gallery", &image.id]);
+        let kinds: &[&str] = match (prefs.sort_gallery_images, image.portrait()) {
+            (true, true) => &["coverPoster"],
+            (true, false) => &["background"],
+            (false, _) => &["coverPoster", "background"],
+        };
+        list.extend(kinds.iter().map(|kind| json!({"type": kind, "url": url, "alt": item["title"]})));
+    }
+    item["Image"] = json!(list);
+    Ok(())
 }
 
 /// `GET …/library/metadata/{id}/images`.
@@ -543,7 +590,8 @@ async fn list_images(p: &Provider, ctx: &Context, images: &Images<'_>, rk: &str)
         return Ok(not_found());
     }
     let Some(scene) = p.scene(ctx, rk).await? else { return Ok(not_found()) };
-    let item = item(&scene, &ctx.settings, images);
+    let mut item = item(&scene, &ctx.settings, images);
+    add_gallery_images(p, ctx, &scene, images, &mut item).await?;
     let list = item.get("Image").cloned().unwrap_or_else(|| json!([]));
     let size = list.as_array().map_or(0, Vec::len);
     Ok(Json(json!({"MediaContainer": {"offset": 0, "size": size, "identifier": IDENTIFIER, "Image": list}}))
@@ -632,14 +680,16 @@ fn is_adult(content_rating: &str) -> bool {
 /// An image route: the scene's cover or a
 /// photo of one of its performers, fetched from Stash with PlexSync's
 /// credentials. Only these two: no URL is ever taken from the request.
-async fn image(p: &Provider, ctx: &Context, id: &str, performer: Option<&str>) -> Result<Response, Error> {
+async fn image(p: &Provider, ctx: &Context, id: &str, of: Of<'_>) -> Result<Response, Error> {
     if !is_scene_id(id) {
         return Ok(not_found());
     }
     let Some(scene) = p.scene(ctx, id).await? else { return Ok(not_found()) };
-    let url = match performer {
-        None => scene.paths.screenshot.clone(),
-        Some(pid) => scene.performers.iter().find(|p| p.id == pid).and_then(|p| p.image_path.clone()),
+    let url = match of {
+        Of::Cover => scene.paths.screenshot.clone(),
+        Of::Performer(pid) => scene.performers.iter().find(|p| p.id == pid).and_then(|p| p.image_path.clone()),
+        Of::Gallery(image) if is_scene_id(image) => Some(ctx.stash.image_url(image)),
+        Of::Gallery(_) => None,
     };
     let Some(url) = url.filter(|u| !u.is_empty()) else { return Ok(not_found()) };
     let _slot = p.stash_slot().await?;

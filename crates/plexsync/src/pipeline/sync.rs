@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::clients::plex::{ImageKind, PlexClient, PlexItem, RatingKey};
-use crate::clients::stash::{Image, Scene, StashClient};
+use crate::clients::stash::{GalleryImage, Image, Scene, StashClient};
 use crate::config::{Field, Mode, Settings};
 use crate::error::{Error, ErrorClass};
 use crate::pipeline::desired::{self, Desired, Value};
@@ -677,10 +677,22 @@ impl Pipeline {
         if agents {
             self.keep_agents_poster(&item, &previous, &mut checked).await?;
         }
-        let changes: Vec<&Desired> = changes
+        let mut changes: Vec<&Desired> = changes
             .into_iter()
             .filter(|d| !matches!(d.value, desired::Value::Image(Some(_))) || checked.upload.contains_key(&d.field))
             .collect();
+        let gallery = if self.settings.agent.gallery_images && self.settings.owns(Field::Poster) {
+            let (on_item, reselect) = self.upload_gallery(rk, scene, &previous).await?;
+            // The cover goes up again after them, so it stays the one shown.
+            for d in wanted.iter().filter(|d| reselect.contains(&d.field) && self.settings.owns(d.field)) {
+                if !changes.contains(&d) && self.cover_bytes(d, &mut checked).await? {
+                    changes.push(d);
+                }
+            }
+            Some(on_item)
+        } else {
+            None
+        };
         // An image we uploaded before is locked already: a new one needs
         // only its upload.
         let locked: Vec<Field> = [Field::Poster, Field::Background]
@@ -712,6 +724,9 @@ impl Pipeline {
             }
         }
         hashes.extend(checked.record);
+        if let Some(on_item) = gallery {
+            hashes.insert(GALLERY_IMAGES.into(), serde_json::json!(on_item).to_string());
+        }
         for d in wanted.iter().filter(|d| checked.adopted.contains(&d.field)) {
             hashes.insert(d.field.name().to_string(), d.hash());
             hashes.insert(format!("{}{ADOPTED_SUFFIX}", d.field.name()), "1".into());
@@ -785,6 +800,80 @@ impl Pipeline {
             }
         }
         holds
+    }
+
+    /// `IncludeGalleryImages`: the images of the scene's galleries this item
+    /// has not had yet, uploaded as extra posters and backgrounds (by
+    /// orientation with `SortGalleryImages`, else as both; one Stash request
+    /// lists them all, at most [`GALLERY_IMAGES_MAX`]). Returns the ids now
+    /// on the item, and the image fields an upload took over (an upload
+    /// becomes the item's shown image).
+    async fn upload_gallery(
+        &self,
+        rk: &str,
+        scene: &Scene,
+        previous: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(Vec<String>, Vec<Field>), Error> {
+        let mut on_item: Vec<String> =
+            previous.get(GALLERY_IMAGES).and_then(|j| serde_json::from_str(j).ok()).unwrap_or_default();
+        let ids: Vec<String> = scene.galleries.iter().map(|g| g.id.clone()).collect();
+        if ids.is_empty() {
+            return Ok((on_item, Vec::new()));
+        }
+        let (images, total) = self.stash.gallery_images(&ids, GALLERY_IMAGES_MAX).await?;
+        if total > images.len() {
+            tracing::warn!(
+                "scene {}: its galleries hold {total} images; the first {} are sent",
+                scene.id,
+                images.len()
+            );
+        }
+        let plex = self.plex()?;
+        let mut took_over = Vec::new();
+        let new: Vec<&GalleryImage> = images.iter().filter(|i| !on_item.contains(&i.id)).collect();
+        for image in new {
+            let Some(url) = image.paths.image.as_deref() else { continue };
+            let bytes = match self.stash.image(url, MAX_IMAGE_BYTES, None).await {
+                Ok(Image::Fetched { bytes, .. }) => bytes,
+                Ok(_) => continue,
+                Err(e) if e.class == ErrorClass::BadData => {
+                    self.tally(|s| s.warnings += 1);
+                    tracing::warn!("scene {}: gallery image {} not copied: {e}", scene.id, image.id);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let kinds: &[(ImageKind, Field)] = match (self.settings.agent.sort_gallery_images, image.portrait()) {
+                (true, true) => &[(ImageKind::Poster, Field::Poster)],
+                (true, false) => &[(ImageKind::Background, Field::Background)],
+                (false, _) => &[(ImageKind::Poster, Field::Poster), (ImageKind::Background, Field::Background)],
+            };
+            for (kind, field) in kinds {
+                self.tally(|s| s.plex_writes += 1);
+                plex.upload_image(rk, *kind, bytes.clone()).await?;
+                if !took_over.contains(field) {
+                    took_over.push(*field);
+                }
+            }
+            on_item.push(image.id.clone());
+        }
+        Ok((on_item, took_over))
+    }
+
+    /// The scene's cover bytes for `d` (poster or background), to upload
+    /// again; false when Stash has no cover yet.
+    async fn cover_bytes(&self, d: &Desired, checked: &mut CheckedImages) -> Result<bool, Error> {
+        if checked.upload.contains_key(&d.field) {
+            return Ok(true);
+        }
+        let Value::Image(Some(url)) = &d.value else { return Ok(false) };
+        match self.stash.image(url, MAX_IMAGE_BYTES, None).await? {
+            Image::Fetched { bytes, .. } => {
+                checked.upload.insert(d.field, Fetched { bytes });
+                Ok(true)
+            }
+            Image::NotModified | Image::Placeholder => Ok(false),
+        }
     }
 
     /// The poster StashPlexAgent downloaded into an item is Stash's cover
@@ -1072,6 +1161,12 @@ struct CheckedImages {
 /// Record key suffixes beside a field's value hash: the hash of an image's
 /// content and its `ETag` at Stash.
 const CONTENT_SUFFIX: &str = ".content";
+/// Record key of the gallery images uploaded to an item (a JSON list of
+/// Stash image ids), so each goes up once.
+const GALLERY_IMAGES: &str = "poster.gallery";
+/// Gallery images sent per scene, at most: a bound on what one delivery
+/// can cost.
+pub(crate) const GALLERY_IMAGES_MAX: usize = 50;
 /// Beside an image kept as StashPlexAgent left it: not locked yet.
 const ADOPTED_SUFFIX: &str = ".adopted";
 const ETAG_SUFFIX: &str = ".etag";

@@ -374,3 +374,35 @@ async fn a_switch_from_the_agent_keeps_its_library_and_costs_nothing_where_nothi
         assert!(collections(&bed, scene).contains(&name.to_string()), "{name} kept");
     }
 }
+
+#[tokio::test]
+async fn gallery_images_become_extra_posters_and_backgrounds_and_the_cover_stays_shown() {
+    for sort in [false, true] {
+        let bed = Bed::new(10, json!({"IncludeGalleryImages": true, "SortGalleryImages": sort})).await;
+        let id = bed.scenes_in_plex()[0];
+        let gallery = bed.stash.with_state(|s| s.add_gallery("Set", &[(600, 900), (1600, 900)]));
+        bed.stash.update_scene(id, |s| s.galleries = vec![gallery]);
+        assert!(!bed.edit_hook(id, "with a gallery").await.failed());
+        bed.settle().await;
+        let cover = bed.stash.scene(id).unwrap().cover.unwrap();
+        let item = bed.item_of(id);
+        assert_eq!(item.poster, Some(emulators::plex::Image::Upload(cover.clone())), "sort={sort}: the cover is shown");
+        assert_eq!(item.art, Some(emulators::plex::Image::Upload(cover.clone())), "sort={sort}: and the background");
+        let images: Vec<Vec<u8>> =
+            bed.stash.with_state(|s| s.galleries[&gallery].images.iter().map(|i| s.images[i].bytes.clone()).collect());
+        let uploads_of = |path_end: &str| bed.plex.requests().iter().filter(|r| r.path.ends_with(path_end)).count();
+        let key = |b: &[u8]| emulators::plex::state::content_key(b);
+        // Every gallery image is among the item's posters (portrait only, when sorted).
+        assert!(item.uploads.contains(&key(&images[0])), "sort={sort}: the portrait image is a poster");
+        assert_eq!(item.uploads.contains(&key(&images[1])), !sort, "sort={sort}: the landscape one only unsorted");
+        let posters = uploads_of("/posters");
+        let arts = uploads_of("/arts");
+        assert_eq!((posters, arts), if sort { (2, 2) } else { (3, 3) }, "sort={sort}: gallery images, then the cover");
+
+        // Each goes up once.
+        bed.plex.clear_requests();
+        assert!(!bed.edit_hook(id, "again").await.failed());
+        bed.settle().await;
+        assert_eq!(uploads_of("/posters") + uploads_of("/arts"), 0);
+    }
+}

@@ -358,3 +358,38 @@ async fn the_provider_answers_only_under_its_secret_and_shows_nothing_secret() {
     let reads = bed.stash.request_count() - before;
     assert!(reads <= 4, "100 calls cost Stash {reads} requests");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_provider_serves_the_agents_item_content_rating_and_gallery_images() {
+    let bed = Bed::new(8, json!({"reconcileHours": 0, "IncludeGalleryImages": true, "SortGalleryImages": true})).await;
+    let id = bed.scenes_in_plex()[0];
+    let gallery = bed.stash.with_state(|s| s.add_gallery("Set", &[(600, 900), (1600, 900)]));
+    let other = bed.stash.with_state(|s| s.add_gallery("Other", &[(600, 900)]));
+    bed.stash.update_scene(id, |s| {
+        s.galleries = vec![gallery];
+        s.rating100 = Some(70);
+    });
+    let (daemon, root) = registered(&bed, &[]).await;
+    let http = reqwest::Client::new();
+    let item: Value = http.get(format!("{root}/library/metadata/{id}")).send().await.unwrap().json().await.unwrap();
+    let item = &item["MediaContainer"]["Metadata"][0];
+    assert_eq!(item["contentRating"], "XXX", "{item}");
+    assert_eq!(item["isAdult"], true);
+    assert_eq!(item["rating"], 7.0);
+    let images = item["Image"].as_array().unwrap();
+    let kinds: Vec<&str> = images.iter().map(|i| i["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["coverPoster", "background", "coverPoster", "background"], "{item}");
+    let (portrait, landscape) = bed.stash.with_state(|s| {
+        let ids = &s.galleries[&gallery].images;
+        (s.images[&ids[0]].clone(), s.images[&ids[1]].clone())
+    });
+    let url = images[2]["url"].as_str().unwrap();
+    assert!(url.ends_with(&format!("/scene/{id}/gallery/{}", portrait.id)), "{url}");
+    assert_eq!(http.get(url).send().await.unwrap().bytes().await.unwrap().to_vec(), portrait.bytes);
+    assert!(images[3]["url"].as_str().unwrap().ends_with(&format!("/gallery/{}", landscape.id)));
+    // A token opens the image it names, not another gallery's.
+    let foreign = bed.stash.with_state(|s| s.galleries[&other].images[0]);
+    let tampered = url.replace(&format!("/gallery/{}", portrait.id), &format!("/gallery/{foreign}"));
+    assert_eq!(http.get(&tampered).send().await.unwrap().status(), 404);
+    drop(daemon);
+}
