@@ -134,6 +134,13 @@ fn compare_type(name: &str, ours: &ExtendedType, real: &ExtendedType, out: &mut 
             }
         }
         (ExtendedType::Scalar(_), ExtendedType::Scalar(_)) => {}
+        (ExtendedType::Union(o), ExtendedType::Union(r)) => {
+            for member in &o.members {
+                if !r.members.contains(member) {
+                    out.push(format!("{name} has {} here, not in Stash's schema", member.name));
+                }
+            }
+        }
         _ => out.push(format!("{name} is a different kind of type in Stash's schema")),
     }
 }
