@@ -259,6 +259,15 @@ impl Provider {
     }
 }
 
+impl Provider {
+    /// The scene, when it exists and passes the sync's gates; a gated
+    /// scene is answered as a missing one.
+    async fn shown_scene(&self, ctx: &Context, id: &str) -> Result<Option<Arc<Scene>>, Error> {
+        let scene = self.scene(ctx, id).await?;
+        Ok(scene.filter(|s| crate::pipeline::library::gate(s, &ctx.settings).is_none()))
+    }
+}
+
 /// The provider's routes, each under `/provider/<secret>`.
 pub(crate) fn router(provider: Arc<Provider>) -> Router {
     Router::new()
@@ -500,7 +509,7 @@ async fn matches(p: &Provider, ctx: &Context, images: &Images<'_>, query: Option
         // No answer rather than "no match": Plex would keep that.
         return unavailable("indexing Stash's files; try again in a minute");
     }
-    let mut found = find(p, &q).await;
+    let mut found = gated(p, ctx, find(p, &q).await).await;
     if found.is_empty() && !manual && q.filename.is_some() {
         // Plex may have scanned a file Stash has only just scanned too.
         let due = {
@@ -512,7 +521,7 @@ async fn matches(p: &Provider, ctx: &Context, images: &Images<'_>, query: Option
             due
         };
         if due && p.refresh(ctx, Duration::ZERO).await.is_ok() {
-            found = find(p, &q).await;
+            found = gated(p, ctx, find(p, &q).await).await;
         }
     }
     tracing::debug!("metadata provider: match {:?} (manual: {manual}): {} candidates", q.filename, found.len());
@@ -541,11 +550,28 @@ fn candidate_json(c: &Candidate, images: &Images<'_>) -> Value {
 }
 
 /// `GET …/library/metadata/{id}`: the scene as push would write it.
+/// `found` less the scenes the sync's gates stop (`RequireURL`,
+/// `RequireStashID`; the index itself leaves out unorganized scenes): the
+/// agent gave a gated scene no metadata, and neither does its successor.
+async fn gated(p: &Provider, ctx: &Context, found: Vec<Candidate>) -> Vec<Candidate> {
+    let prefs = &ctx.settings.agent;
+    if !prefs.require_url && !prefs.require_stash_id {
+        return found;
+    }
+    let mut kept = Vec::with_capacity(found.len());
+    for c in found {
+        if let Ok(Some(_)) = p.shown_scene(ctx, &c.scene_id).await {
+            kept.push(c);
+        }
+    }
+    kept
+}
+
 async fn metadata(p: &Provider, ctx: &Context, images: &Images<'_>, rk: &str) -> Result<Response, Error> {
     if !is_scene_id(rk) {
         return Ok(not_found());
     }
-    let Some(scene) = p.scene(ctx, rk).await? else { return Ok(not_found()) };
+    let Some(scene) = p.shown_scene(ctx, rk).await? else { return Ok(not_found()) };
     let mut item = item(&scene, &ctx.settings, images);
     add_gallery_images(p, ctx, &scene, images, &mut item).await?;
     Ok(Json(container(vec![item])).into_response())
@@ -589,7 +615,7 @@ async fn list_images(p: &Provider, ctx: &Context, images: &Images<'_>, rk: &str)
     if !is_scene_id(rk) {
         return Ok(not_found());
     }
-    let Some(scene) = p.scene(ctx, rk).await? else { return Ok(not_found()) };
+    let Some(scene) = p.shown_scene(ctx, rk).await? else { return Ok(not_found()) };
     let mut item = item(&scene, &ctx.settings, images);
     add_gallery_images(p, ctx, &scene, images, &mut item).await?;
     let list = item.get("Image").cloned().unwrap_or_else(|| json!([]));
@@ -684,7 +710,7 @@ async fn image(p: &Provider, ctx: &Context, id: &str, of: Of<'_>) -> Result<Resp
     if !is_scene_id(id) {
         return Ok(not_found());
     }
-    let Some(scene) = p.scene(ctx, id).await? else { return Ok(not_found()) };
+    let Some(scene) = p.shown_scene(ctx, id).await? else { return Ok(not_found()) };
     let url = match of {
         Of::Cover => scene.paths.screenshot.clone(),
         Of::Performer(pid) => scene.performers.iter().find(|p| p.id == pid).and_then(|p| p.image_path.clone()),

@@ -393,3 +393,23 @@ async fn the_provider_serves_the_agents_item_content_rating_and_gallery_images()
     assert_eq!(http.get(&tampered).send().await.unwrap().status(), 404);
     drop(daemon);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_provider_answers_a_gated_scene_as_a_missing_one() {
+    let bed = Bed::new(8, json!({"reconcileHours": 0, "RequireURL": true})).await;
+    let (gated, shown) = (bed.scenes_in_plex()[0], bed.scenes_in_plex()[1]);
+    bed.stash.update_scene(gated, |s| s.urls.clear());
+    bed.stash.update_scene(shown, |s| s.urls = vec!["https://example.com/scene".into()]);
+    let (daemon, root) = registered(&bed, &[]).await;
+    let http = reqwest::Client::new();
+    let status = |path: String| {
+        let http = http.clone();
+        async move { http.get(path).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status(format!("{root}/library/metadata/{shown}")).await, 200);
+    for path in [format!("{root}/library/metadata/{gated}"), format!("{root}/library/metadata/{gated}/images")] {
+        assert_eq!(status(path.clone()).await, 404, "{path}");
+    }
+    assert_eq!(status(format!("{root}/library/metadata/999999")).await, 404, "as a missing scene");
+    drop(daemon);
+}
