@@ -15,6 +15,9 @@
 //! integration tests use. Everything else is `pub(crate)` or private.
 
 #![deny(unreachable_pub)]
+// `Instant::now() - d` panics when `d` reaches back before the machine's
+// boot (a Raspberry Pi that booted a minute ago): subtract with checks.
+#![deny(clippy::unchecked_time_subtraction)]
 
 pub mod clients;
 pub mod config;

@@ -229,18 +229,21 @@ pub async fn run(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<(), Error> {
     let patience = options.max_wait.max(STORE_NOTICE_EVERY);
-    let mut fault_since: Option<(Instant, Instant)> = None;
+    // When the store fault began, and when it was last told in the log.
+    let mut fault_since: Option<(Instant, Option<Instant>)> = None;
     loop {
         let result = drain(pipeline, queue, options, &mut progress, &mut fault_since).await;
         let waitable = |e: &Error| matches!(e.store_fault, Some(StoreFault::Locked | StoreFault::Full));
         match result {
             Err(e) if waitable(&e) && !options.stopped() => {
-                let (since, told) = fault_since.get_or_insert((Instant::now(), Instant::now() - STORE_NOTICE_EVERY));
+                // No `Instant::now() - …`: an instant before the machine's
+                // boot panics, and a Pi after a power cut booted seconds ago.
+                let (since, told) = fault_since.get_or_insert((Instant::now(), None));
                 if since.elapsed() > patience {
                     return Err(e);
                 }
-                if told.elapsed() >= STORE_NOTICE_EVERY {
-                    *told = Instant::now();
+                if told.is_none_or(|t| t.elapsed() >= STORE_NOTICE_EVERY) {
+                    *told = Some(Instant::now());
                     tracing::warn!("{e}; trying again every {STORE_RETRY:?}");
                 }
                 if e.store_fault == Some(StoreFault::Full) {
@@ -262,7 +265,7 @@ async fn drain(
     queue: &Store,
     options: &WorkerOptions,
     progress: &mut impl FnMut(usize, usize),
-    fault: &mut Option<(Instant, Instant)>,
+    fault: &mut Option<(Instant, Option<Instant>)>,
 ) -> Result<(), Error> {
     let mut st = RunState {
         owner: format!("{}-{}", std::process::id(), now_ms()),
