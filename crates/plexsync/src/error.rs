@@ -169,6 +169,13 @@ impl Error {
                     Server::Stash => "Stash refused our credentials; check the API key",
                 },
             ),
+            // Stash's GraphQL endpoint is missing where we looked: a
+            // wrong address (or a proxy's path), never a scene not in Plex.
+            404 if server == Server::Stash => (
+                ErrorClass::Config,
+                "nothing answers there: check stashUrl, Stash's address (e.g. http://localhost:9999, with the \
+                 path prefix of a reverse proxy in front of it)",
+            ),
             404 => (ErrorClass::NotInPlex, "not found"),
             // A reverse proxy's limits: smaller requests get through.
             413 | 414 | 431 => (ErrorClass::BadData, "the request was too large for a proxy in front of the server"),
@@ -265,6 +272,8 @@ mod tests {
         assert_eq!(class(503), ErrorClass::PlexUnavailable);
         assert_eq!(class(418), ErrorClass::Bug);
         assert_eq!(Error::status(Server::Stash, "x", 502, None).class, ErrorClass::StashUnavailable);
+        let stash_404 = Error::status(Server::Stash, "list scenes", 404, None);
+        assert!(stash_404.class == ErrorClass::Config && stash_404.message.contains("stashUrl"), "{stash_404}");
         for c in ["plex_unavailable", "not_in_plex", "bug"] {
             assert_eq!(ErrorClass::parse(c).unwrap().as_str(), c);
         }

@@ -805,6 +805,11 @@ impl StashClient {
         if response.status() == reqwest::StatusCode::NOT_MODIFIED {
             return Ok(Image::NotModified);
         }
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            // The image went (a performer's photo removed, a gallery image
+            // deleted): bad data for this value, not a wrong address.
+            return Err(Error::new(ErrorClass::BadData, "fetch image: Stash has no such image (404)"));
+        }
         if !response.status().is_success() {
             return Err(Error::status(Server::Stash, "fetch image", response.status().as_u16(), None));
         }
