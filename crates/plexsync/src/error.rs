@@ -139,8 +139,9 @@ impl Error {
             "connection failed"
         };
         // `without_url` keeps query strings (and anything in them) out of the message.
-        let detail = root_cause(&err.without_url());
-        if detail.to_ascii_lowercase().contains("certificate") {
+        let err = err.without_url();
+        let detail = root_cause(&err);
+        if certificate_refused(&err) {
             return Self::new(
                 ErrorClass::Config,
                 format!(
@@ -237,6 +238,35 @@ impl From<rusqlite::Error> for Error {
     }
 }
 
+/// Whether the TLS handshake refused the server's certificate, as rustls
+/// says in its own error type somewhere in the chain (words in a message
+/// could come from anything, a server's answer included).
+fn certificate_refused(err: &(dyn std::error::Error + 'static)) -> bool {
+    let refused = |e: &(dyn std::error::Error + 'static)| {
+        e.downcast_ref::<rustls::Error>().is_some_and(|tls| {
+            matches!(
+                tls,
+                rustls::Error::InvalidCertificate(_)
+                    | rustls::Error::NoCertificatesPresented
+                    | rustls::Error::UnsupportedNameType
+            )
+        })
+    };
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        if refused(e) {
+            return true;
+        }
+        // An I/O error carries the next one as its payload (rustls's is
+        // two I/O errors deep), not as its source.
+        cause = match e.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref) {
+            Some(payload) => Some(payload),
+            None => e.source(),
+        };
+    }
+    false
+}
+
 fn root_cause(err: &dyn std::error::Error) -> String {
     let mut cause = err;
     while let Some(next) = cause.source() {
@@ -257,6 +287,16 @@ pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Durati
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_certificate_is_found_in_the_chain_not_in_the_words() {
+        use std::io::{Error as Io, ErrorKind};
+        let tls = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let nested = Io::other(Io::new(ErrorKind::InvalidData, tls));
+        assert!(certificate_refused(&nested));
+        let words = Io::other("the server said: bad certificate");
+        assert!(!certificate_refused(&words));
+    }
 
     #[test]
     fn statuses_map_to_classes() {
