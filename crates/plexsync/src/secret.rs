@@ -24,9 +24,11 @@ impl Secret {
 }
 
 /// Compares a secret with what a request gave, in time that does not
-/// depend on where they differ.
+/// depend on where they differ (`subtle`, made for it; only the length
+/// shows).
 pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
 }
 
 impl fmt::Debug for Secret {
@@ -44,6 +46,14 @@ impl fmt::Display for Secret {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_are_compared_whole() {
+        assert!(same(b"secret-value", b"secret-value"));
+        assert!(!same(b"secret-value", b"secret-valuE"));
+        assert!(!same(b"secret-value", b"secret-valu"));
+        assert!(!same(b"", b"x"));
+    }
 
     #[test]
     fn never_formats_the_value() {

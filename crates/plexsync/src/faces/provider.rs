@@ -388,7 +388,7 @@ async fn image_entry(
         _ => return not_found(),
     };
     let named = parts.join("/");
-    let good = crate::secret::same(image_token(&secret, &named).as_bytes(), token.as_bytes());
+    let good = image_token_ok(&secret, &named, &token);
     if !good || (method != Method::GET && method != Method::HEAD) {
         return not_found();
     }
@@ -429,10 +429,26 @@ impl Images<'_> {
 /// provider's secret. Plex shows image URLs (an actor's photo) to every
 /// user of the server; such a URL opens that image and nothing else.
 fn image_token(secret: &str, named: &str) -> String {
+    hex::encode(&image_mac(secret, named).finalize().into_bytes()[..IMAGE_TOKEN_BYTES])
+}
+
+/// Whether `token` is the token of the image `named`, checked by the HMAC
+/// crate's own constant-time verification.
+fn image_token_ok(secret: &str, named: &str, token: &str) -> bool {
+    match hex::decode(token) {
+        Ok(tag) if tag.len() == IMAGE_TOKEN_BYTES => image_mac(secret, named).verify_truncated_left(&tag).is_ok(),
+        _ => false,
+    }
+}
+
+/// The first bytes of the HMAC that make an image token.
+const IMAGE_TOKEN_BYTES: usize = 16;
+
+fn image_mac(secret: &str, named: &str) -> Hmac<Sha256> {
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
     mac.update(b"plexsync provider image\0");
     mac.update(named.as_bytes());
-    hex::encode(&mac.finalize().into_bytes()[..16])
+    mac
 }
 
 /// A scene id as Stash writes it: digits without a leading zero, within
@@ -779,5 +795,10 @@ mod tests {
         assert!(url.starts_with("http://127.0.0.1:9977/provider-image/") && url.ends_with("/scene/7"), "{url}");
         assert!(!url.contains("0123456789abcdef"), "the secret never leaves in an image URL");
         assert_ne!(image_token("0123456789abcdef", "scene/7"), image_token("0123456789abcdef", "scene/8"));
+        let token = image_token("0123456789abcdef", "scene/7");
+        assert!(image_token_ok("0123456789abcdef", "scene/7", &token));
+        assert!(!image_token_ok("0123456789abcdef", "scene/8", &token));
+        assert!(!image_token_ok("0123456789abcdef", "scene/7", &token[..30]));
+        assert!(!image_token_ok("0123456789abcdef", "scene/7", "not hex"));
     }
 }
