@@ -892,6 +892,8 @@ mod tests {
         assert_eq!(a.performer_collection.as_deref(), Some("Actor: "), "an empty prefix is the default one");
         assert_eq!(a.movie_collection.as_deref(), Some("Movie: "));
         assert_eq!(a.content_rating, "", "set but empty leaves Plex's field alone");
+        assert!(!load(&[layer(json!({"RequireOrganized": false}))]).settings.skip_unorganized, "the alias alone");
+        assert!(load(&[layer(json!({"REQUIRE_ORGANIZED": "true"}))]).settings.skip_unorganized);
         let custom_off = load(&[layer(json!({"CustomSiteCollectionPrefix": false}))]).settings.agent;
         assert_eq!(custom_off.site_collection.as_deref(), Some(""));
     }

@@ -236,25 +236,6 @@ async fn require_url_and_stash_id_gate_a_scene_like_skip_unorganized() {
 }
 
 #[tokio::test]
-async fn require_organized_is_skip_unorganized_by_the_agents_name() {
-    let bed = Bed::new(10, json!({"RequireOrganized": true})).await;
-    // The bed sets skipUnorganized off; the agent's name in a file or the
-    // environment is read the same: here, Stash's settings without it.
-    bed.stash.with_state(|s| {
-        s.plugins["PlexSync"].as_object_mut().unwrap().remove("skipUnorganized");
-    });
-    let id = bed.scenes_in_plex()[0];
-    bed.stash.update_scene(id, |s| {
-        s.organized = false;
-        s.title = Some("Unorganized".into());
-    });
-    bed.plex.clear_requests();
-    assert!(!bed.edit_hook(id, "x").await.failed());
-    bed.settle().await;
-    assert_eq!(bed.plex_writes(), 0);
-}
-
-#[tokio::test]
 async fn add_plex_url_links_each_item_once_without_a_second_delivery() {
     let bed = Bed::new(10, json!({"AddPlexURL": true})).await;
     let id = bed.scenes_in_plex()[0];
