@@ -161,3 +161,40 @@ async fn reconcile_reads_items_several_at_once_under_the_adaptive_limit() {
     assert!((2..=6).contains(&peak), "item reads at once: {peak} (1 is one at a time, above 6 breaks the cap)");
     assert_eq!(bed.item_of(changed).field("title"), Some("Changed Without A Hook"), "and delivered");
 }
+
+/// `plexsync migrate` reads the agent's preferences file Plex kept and
+/// Stash2Plex's settings, shows them beside PlexSync's and writes only with
+/// `--apply`; a token is never printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_shows_then_applies_the_old_settings_and_never_prints_a_token() {
+    let bed = Bed::new(10, json!({})).await;
+    bed.stash.set_plugin_settings("Stash2Plex", json!({"plex_token": "s2p-token-123456", "sync_background": false}));
+    let prefs = bed.dir.path().join("com.plexapp.agents.stashplexagent.xml");
+    std::fs::write(
+        &prefs,
+        "<?xml version='1.0' encoding='utf-8'?>\n<PluginPreferences>\n  <UseFormattedTitle>true</UseFormattedTitle>\n  \
+         <PrefixSiteCollectionTags>Site - </PrefixSiteCollectionTags>\n  <APIKey/>\n</PluginPreferences>\n",
+    )
+    .unwrap();
+    let args = ["migrate", "--agent-prefs", prefs.to_str().unwrap()];
+    let (ok, stdout, stderr) = plexsync(&bed, &args);
+    assert!(ok, "{stderr}");
+    let shown: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(shown["applied"], false);
+    assert!(!stdout.contains("s2p-token-123456") && !stderr.contains("s2p-token-123456"), "{stdout}{stderr}");
+    let settings = shown["settings"].as_array().unwrap();
+    assert!(settings.iter().any(|s| s["setting"] == "UseFormattedTitle" && s["value"] == true), "{shown}");
+    assert!(bed.stash.with_state(|s| s.plugins["PlexSync"].get("UseFormattedTitle").is_none()), "shown, not written");
+
+    let mappings = bed.stash.with_state(|s| s.plugins["PlexSync"]["pathMappings"].clone());
+    assert!(mappings.is_string());
+    let (ok, stdout, stderr) = plexsync(&bed, &[&args[..], &["--apply"]].concat());
+    assert!(ok, "{stderr}");
+    assert!(!stdout.contains("s2p-token-123456"));
+    let stored = bed.stash.with_state(|s| s.plugins["PlexSync"].clone());
+    assert_eq!(stored["UseFormattedTitle"], true);
+    assert_eq!(stored["PrefixSiteCollectionTags"], "Site - ", "a prefix keeps its space");
+    assert_eq!(stored["plexToken"], "s2p-token-123456", "Stash2Plex's token carried over");
+    assert!(!stored["syncFields"].as_str().unwrap().contains("background"));
+    assert_eq!(stored["pathMappings"], mappings, "the rest kept");
+}
