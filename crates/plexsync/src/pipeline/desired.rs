@@ -253,7 +253,7 @@ pub(crate) fn differs(d: &Desired, item: &PlexItem, managed: &Managed) -> bool {
             "studio" => item.studio.clone(),
             "tagline" => item.tagline.clone(),
             "contentRating" => item.content_rating.clone(),
-            "rating" => item.rating.map(|r| library::ten_point(Some((r * 10.0).round() as i64)).unwrap_or_default()),
+            "rating" => item.rating.and_then(library::ten_point_of_plex),
             "originallyAvailableAt" => item.originally_available_at.clone(),
             "year" => item.year.map(|y| y.to_string()),
             _ => None,
@@ -276,7 +276,7 @@ pub(crate) fn differs(d: &Desired, item: &PlexItem, managed: &Managed) -> bool {
         // uploaded; ours is locked when uploaded.
         Value::Image(url) => url.is_some() && !locked_in_plex(d, item),
         Value::Rate(want) => {
-            let have = item.user_rating.and_then(|r| library::ten_point(Some((r * 10.0).round() as i64)));
+            let have = item.user_rating.and_then(library::ten_point_of_plex);
             have != *want
         }
     }

@@ -94,6 +94,11 @@ pub(crate) fn ten_point(rating100: Option<i64>) -> Option<String> {
     Some(if r % 10 == 0 { (r / 10).to_string() } else { format!("{}.{}", r / 10, r % 10) })
 }
 
+/// A rating Plex shows (0–10) as [`ten_point`] writes it, to compare.
+pub(crate) fn ten_point_of_plex(rating: f64) -> Option<String> {
+    ten_point(Some((rating * 10.0).round() as i64))
+}
+
 /// Which collections on a Plex item PlexSync manages (and so may remove):
 /// those it wrote there before, those whose name starts with the prefix of
 /// a collection kind that is on, the organized collection, `Rating: n
