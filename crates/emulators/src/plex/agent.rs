@@ -7,6 +7,12 @@
 //! the item takes every field it does not have locked, and the poster and
 //! background are downloaded. A refresh matches again with the stored
 //! guid; Fix Match asks with `manual=1` and reads the guid chosen.
+//!
+//! As a real PMS since 1.43 does (facts: "Seen in the field since"): an
+//! image URL on a LAN address is fetched through Plex's cloud, which
+//! refuses it; only the documented 200, 400, 404 and 500 are understood,
+//! and any failure leaves the item unmatched with no retry; an item needs
+//! `originallyAvailableAt`, and a `Collection` needs its `guid` and `key`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -86,6 +92,7 @@ pub fn check_manifest(root: &str, m: &Value) -> Result<Provider, String> {
         root: root.trim_end_matches('/').into(),
         metadata_key: key("metadata").ok_or("no metadata feature")?,
         match_key: key("match").ok_or("no match feature")?,
+        collection_key: key("collection"),
     })
 }
 
@@ -95,6 +102,8 @@ struct Job {
     provider: Provider,
     pull: Pull,
     body: Value,
+    /// Whether LAN image URLs can be fetched ([`PlexState::lan_images_reachable`]).
+    lan_images: bool,
 }
 
 /// What Plex sends to match `item`: its type, a title made of the file
@@ -112,9 +121,11 @@ fn match_body(state: &PlexState, item: &Item, provider: &Provider, manual: bool)
         "type": 1,
         "title": item.field("title").unwrap_or(stem),
         "filename": filename,
-        "includeAdult": 1,
         "includeChildren": 0,
     });
+    if let Some(adult) = state.provider_include_adult {
+        body["includeAdult"] = json!(adult);
+    }
     if let Some(year) = item.field("year").and_then(|y| y.parse::<i64>().ok()) {
         body["year"] = json!(year);
     }
@@ -139,7 +150,7 @@ fn take_jobs(state: &mut PlexState) -> Vec<Job> {
         let Some(provider) = state.provider_of(item.section).cloned() else { continue };
         let body = match_body(state, item, &provider, false);
         let pull = state.items.get_mut(&rk).and_then(|mut i| i.pull.take()).expect("waiting");
-        jobs.push(Job { rating_key: rk, provider, pull, body });
+        jobs.push(Job { rating_key: rk, provider, pull, body, lan_images: state.lan_images_reachable });
     }
     state.pulls_in_flight += jobs.len();
     jobs
@@ -190,6 +201,20 @@ pub(crate) struct Answer {
     art: Option<Vec<u8>>,
     /// Images that could not be downloaded.
     log: Vec<String>,
+    /// Image URLs Plex's cloud refused.
+    refused: Vec<String>,
+}
+
+/// Plex's provider docs list these answers and no other.
+const DOCUMENTED: [u16; 4] = [200, 400, 404, 500];
+
+/// The error of an answer that is not a success, as Plex's log says it.
+fn status_error(what: &str, status: reqwest::StatusCode) -> String {
+    if DOCUMENTED.contains(&status.as_u16()) {
+        format!("{what}: HTTP {status}")
+    } else {
+        format!("{what}: HTTP {status}, which the provider protocol does not define")
+    }
 }
 
 fn url_of(provider: &Provider, key: &str) -> String {
@@ -201,7 +226,7 @@ async fn post_match(http: &reqwest::Client, provider: &Provider, body: &Value) -
     let answer = http.post(&url).json(body).header("Accept", "application/json").send().await;
     let answer = answer.map_err(|e| format!("match: {e}"))?;
     if !answer.status().is_success() {
-        return Err(format!("match: HTTP {}", answer.status()));
+        return Err(status_error("match", answer.status()));
     }
     let v: Value = answer.json().await.map_err(|e| format!("match: not JSON: {e}"))?;
     Ok(v["MediaContainer"]["Metadata"].as_array().cloned().unwrap_or_default())
@@ -226,15 +251,21 @@ async fn pull(http: &reqwest::Client, job: &Job) -> Result<Option<Answer>, Strin
         metadata["Image"].as_array().and_then(|l| l.iter().find(|i| i["type"] == kind)).and_then(|i| i["url"].as_str())
     };
     // An image that cannot be downloaded leaves the item's own (Plex logs
-    // it); the metadata is taken all the same.
-    let mut log = Vec::new();
+    // it); the metadata is taken all the same. A LAN URL goes through
+    // Plex's cloud, which cannot reach it.
+    let (mut log, mut refused) = (Vec::new(), Vec::new());
     let mut fetch = async |url: Option<&str>| match url {
+        Some(url) if !job.lan_images && super::state::lan_url(url) => {
+            log.push(format!("https://images.plex.tv/photo?url=… ({url}): HTTP 400"));
+            refused.push(url.to_string());
+            None
+        }
         Some(url) => download(http, url).await.map_err(|e| log.push(e)).ok(),
         None => None,
     };
     let poster = fetch(image("coverPoster")).await;
     let art = fetch(image("background")).await;
-    Ok(Some(Answer { metadata, poster, art, log }))
+    Ok(Some(Answer { metadata, poster, art, log, refused }))
 }
 
 /// `GET {root}{metadata key}/{ratingKey}`, checked as Plex checks it.
@@ -246,7 +277,7 @@ async fn read_metadata(http: &reqwest::Client, provider: &Provider, rating_key: 
     let answer = http.get(&url).header("Accept", "application/json").send().await;
     let answer = answer.map_err(|e| format!("metadata: {e}"))?;
     if !answer.status().is_success() {
-        return Err(format!("metadata {rating_key}: HTTP {}", answer.status()));
+        return Err(status_error(&format!("metadata {rating_key}"), answer.status()));
     }
     let v: Value = answer.json().await.map_err(|e| format!("metadata: not JSON: {e}"))?;
     let m = v["MediaContainer"]["Metadata"][0].clone();
@@ -257,6 +288,15 @@ async fn read_metadata(http: &reqwest::Client, provider: &Provider, rating_key: 
         ("guid", m["guid"] == want_guid.as_str()),
         ("type", m["type"] == "movie"),
         ("title", m["title"].as_str().is_some_and(|t| !t.is_empty())),
+        // Required; an empty string when there is no date (Plex's example).
+        ("originallyAvailableAt", m["originallyAvailableAt"].is_string()),
+        // Collections only with the collection feature, each with its guid and key.
+        (
+            "Collection",
+            m["Collection"].as_array().is_none_or(|l| {
+                provider.collection_key.is_some() && l.iter().all(|c| c["guid"].is_string() && c["key"].is_string())
+            }),
+        ),
     ] {
         if !ok {
             return Err(format!(
@@ -281,7 +321,16 @@ async fn download(http: &reqwest::Client, url: &str) -> Result<Vec<u8>, String> 
 /// the agent's metadata).
 pub(crate) fn apply(state: &mut PlexState, rating_key: u64, answer: &Answer) {
     state.agent_log.extend(answer.log.iter().map(|e| format!("item {rating_key}: {e}")));
+    for url in &answer.refused {
+        state.through_cloud(url);
+    }
     let m = &answer.metadata;
+    // An actor's photo is a URL Plex's clients fetch through the cloud.
+    for role in m["Role"].as_array().into_iter().flatten() {
+        if let Some(thumb) = role["thumb"].as_str() {
+            state.through_cloud(thumb);
+        }
+    }
     let tags: Vec<(TagKind, Vec<Tag>)> = TAGS
         .iter()
         .map(|(element, kind)| {

@@ -640,8 +640,38 @@ fn image_from(raw: Option<&str>, body: Bytes) -> Option<Image> {
     }
 }
 
-async fn upload_poster(State(s): Shr, Path(rk): Path<String>, RawQuery(raw): RawQuery, body: Bytes) -> Response {
-    match image_from(raw.as_deref(), body) {
+/// What Plex makes of an image sent to it: a URL on the LAN goes through
+/// its cloud (refused and written down); bytes it cannot decode, or that
+/// are labelled as another type, are taken and show nothing (written down).
+fn check_image(s: &Shared, rk: &str, image: &Image, headers: &HeaderMap) {
+    let mut state = s.state.lock();
+    match image {
+        Image::Url(url) => {
+            state.through_cloud(url);
+        }
+        Image::Upload(bytes) => {
+            let said = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+            let actual = super::state::image_type(bytes);
+            if actual.is_none() || (!said.is_empty() && Some(said) != actual) {
+                state.agent_log.push(format!("item {rk}: an uploaded image Plex cannot decode ({said:?})"));
+            }
+        }
+        Image::Frame => {}
+    }
+}
+
+async fn upload_poster(
+    State(s): Shr,
+    Path(rk): Path<String>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let image = image_from(raw.as_deref(), body);
+    if let Some(image) = &image {
+        check_image(&s, &rk, image, &headers);
+    }
+    match image {
         Some(image) => with_item(&s, &rk, |item| {
             // An upload joins the candidates (once per content) and is selected.
             if let Image::Upload(bytes) = &image {
@@ -664,8 +694,18 @@ async fn list_posters(State(s): Shr, Path(rk): Path<String>, headers: HeaderMap)
     }
 }
 
-async fn upload_art(State(s): Shr, Path(rk): Path<String>, RawQuery(raw): RawQuery, body: Bytes) -> Response {
-    match image_from(raw.as_deref(), body) {
+async fn upload_art(
+    State(s): Shr,
+    Path(rk): Path<String>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let image = image_from(raw.as_deref(), body);
+    if let Some(image) = &image {
+        check_image(&s, &rk, image, &headers);
+    }
+    match image {
         Some(image) => with_item(&s, &rk, |item| item.art = Some(image)),
         None => html(StatusCode::BAD_REQUEST, "Bad Request"),
     }

@@ -162,6 +162,8 @@ pub struct Provider {
     pub root: String,
     pub metadata_key: String,
     pub match_key: String,
+    /// The optional `collection` feature's key.
+    pub collection_key: Option<String>,
 }
 
 /// A provider call an item waits for.
@@ -277,6 +279,17 @@ pub struct PlexState {
     /// What went wrong talking to providers (a refused manifest, a bad
     /// answer), as Plex's log would say it.
     pub agent_log: Vec<String>,
+    /// What a provider's match call carries as `includeAdult`: Plex's docs
+    /// name the field and never say when PMS sends it, so by default it is
+    /// left out (`None`).
+    pub provider_include_adult: Option<u8>,
+    /// Whether this server fetches LAN image URLs itself. A real PMS hands
+    /// an image URL (a provider's, an actor photo an edit sets) to Plex's
+    /// cloud image service, which cannot reach a private or loopback
+    /// address and answers 400; so by default such an image never shows.
+    pub lan_images_reachable: bool,
+    /// The image URLs (without their query) Plex's cloud refused.
+    pub cloud_refused: BTreeSet<String>,
     /// Provider calls taken and not yet answered.
     pub pulls_in_flight: usize,
     next_id: u64,
@@ -301,6 +314,35 @@ pub(crate) fn file_stem(path: &str) -> &str {
 
 fn extension(path: &str) -> String {
     path.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default()
+}
+
+/// Whether Plex's cloud image service cannot fetch `url`: its host is a
+/// loopback, private, link-local or unspecified address, or a name without
+/// a dot (a LAN or container name), or it is no URL at all.
+pub fn lan_url(url: &str) -> bool {
+    let Ok(url) = url::Url::parse(url) else { return true };
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified(),
+        Some(url::Host::Ipv6(ip)) => {
+            ip.is_loopback()
+                || ip.is_unspecified()
+                || (ip.segments()[0] & 0xfe00) == 0xfc00
+                || (ip.segments()[0] & 0xffc0) == 0xfe80
+        }
+        Some(url::Host::Domain(name)) => !name.contains('.') || name.ends_with(".local") || name.ends_with(".lan"),
+        None => true,
+    }
+}
+
+/// The type of an image Plex decodes (JPEG, PNG, GIF or WebP), by its bytes.
+pub fn image_type(bytes: &[u8]) -> Option<&'static str> {
+    match bytes {
+        [0xFF, 0xD8, 0xFF, ..] => Some("image/jpeg"),
+        [0x89, b'P', b'N', b'G', ..] => Some("image/png"),
+        [b'G', b'I', b'F', b'8', ..] => Some("image/gif"),
+        [b'R', b'I', b'F', b'F', _, _, _, _, b'W', b'E', b'B', b'P', ..] => Some("image/webp"),
+        _ => None,
+    }
 }
 
 /// Whether `path` lies in `folder` (or is it), by whole path components.
@@ -341,8 +383,12 @@ impl PlexState {
             tag_edits_add: tag_edits_add_by_default(),
             legacy_agents: BTreeMap::new(),
             providers: Vec::new(),
-            provider_full_paths: false,
+            // As a provider author found in practice (the docs say relative).
+            provider_full_paths: true,
             agent_log: Vec::new(),
+            provider_include_adult: None,
+            lan_images_reachable: false,
+            cloud_refused: BTreeSet::new(),
             pulls_in_flight: 0,
             next_id: 100,
             tag_ids: HashMap::new(),
@@ -614,6 +660,18 @@ impl PlexState {
         id
     }
 
+    /// Whether the image at `url` shows: a LAN URL goes through Plex's
+    /// cloud, which refuses it (written down), unless this server reaches
+    /// LAN images itself ([`PlexState::lan_images_reachable`]).
+    pub fn through_cloud(&mut self, url: &str) -> bool {
+        if self.lan_images_reachable || !lan_url(url) {
+            return true;
+        }
+        let bare = url.split(['?', '#']).next().unwrap_or(url);
+        self.cloud_refused.insert(bare.to_string());
+        false
+    }
+
     /// Applies one edit request (the query string of an edit `PUT`) to every
     /// item in `ids`. All or nothing: a bad value refuses the whole edit.
     pub fn apply_edit(&mut self, ids: &[u64], params: &[(String, String)]) -> Result<(), EditError> {
@@ -640,6 +698,11 @@ impl PlexState {
                 (*kind, tags)
             })
             .collect();
+        for (_, tags) in &tag_lists {
+            for thumb in tags.iter().filter_map(|t| t.thumb.clone()) {
+                self.through_cloud(&thumb);
+            }
+        }
         let now = unix_now();
         for id in ids {
             let mut item = self.items.get_mut(id).expect("checked above");

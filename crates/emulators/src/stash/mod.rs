@@ -106,6 +106,11 @@ pub(crate) struct Shared {
     pub ui_page: Mutex<String>,
     /// Every request answered, for benchmarks.
     pub requests: std::sync::atomic::AtomicUsize,
+    /// Stash is restarting behind its proxy: every request is answered 502.
+    pub down: std::sync::atomic::AtomicBool,
+    /// Stash is busy (a scan holds its database): every request waits this
+    /// many milliseconds first.
+    pub stall_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -164,12 +169,25 @@ impl StashEmulator {
             ui_page: Mutex::new(String::new()),
             requests: Default::default(),
             images: Mutex::new(ImageRequests::default()),
+            down: Default::default(),
+            stall_ms: Default::default(),
         });
         let app = router(Arc::clone(&shared));
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
         Ok(Self { addr, shared, task })
+    }
+
+    /// Stash restarting (`true`: every request answered 502 by its proxy) or back.
+    pub fn set_down(&self, down: bool) {
+        self.shared.down.store(down, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Stash busy: every request waits `stall` before it is answered.
+    pub fn stall(&self, stall: Duration) {
+        let ms = u64::try_from(stall.as_millis()).unwrap_or(u64::MAX);
+        self.shared.stall_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -655,7 +673,12 @@ fn serve_image(sh: &Shared, headers: &HeaderMap, bytes: &[u8]) -> Response {
     use sha2::Digest;
     let digest: String = sha2::Sha256::digest(bytes)[..16].iter().map(|b| format!("{b:02x}")).collect();
     let etag = format!("\"{digest}\"");
-    let content_type = if bytes.starts_with(b"\x89PNG") { "image/png" } else { "image/svg+xml" };
+    let content_type = match bytes {
+        [0x89, b'P', b'N', b'G', ..] => "image/png",
+        [_, _, _, _, b'f', b't', b'y', b'p', b'a', b'v', b'i', b'f', ..] => "image/avif",
+        [0xFF, 0x0A, ..] => "image/jxl",
+        _ => "image/svg+xml",
+    };
     let matches = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -686,6 +709,13 @@ fn api_key_of(req: &Request) -> Option<String> {
 /// The visited hooks come from a valid cookie, whatever authenticated.
 async fn auth_layer(State(sh): State<Arc<Shared>>, mut req: Request, next: Next) -> Response {
     sh.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let stall = sh.stall_ms.load(std::sync::atomic::Ordering::Relaxed);
+    if stall > 0 {
+        tokio::time::sleep(Duration::from_millis(stall)).await;
+    }
+    if sh.down.load(std::sync::atomic::Ordering::Relaxed) {
+        return (StatusCode::BAD_GATEWAY, "Bad Gateway").into_response();
+    }
     let session = session::from_header(req.headers()).and_then(|v| sh.codec.decode(&v));
     let unauthorized = || (StatusCode::UNAUTHORIZED, [("WWW-Authenticate", "FormBased")]).into_response();
     let (user, refresh) = match api_key_of(&req) {

@@ -279,7 +279,12 @@ impl StashState {
             if i % 4 == 0 {
                 s.groups = group_ids.get(i / 20).copied().into_iter().collect();
             }
-            s.cover = Some(fixture_image(s.id));
+            s.cover = Some(match i {
+                // Stash (v0.30+) keeps covers in formats Plex cannot decode.
+                2 => AVIF_COVER.to_vec(),
+                4 => JPEG_XL_COVER.to_vec(),
+                _ => fixture_image(s.id),
+            });
             scenes.push((s.id, s));
         }
         state.scenes = scenes.into_iter().collect();
@@ -468,6 +473,27 @@ impl StashState {
 
     pub fn tag_by_name(&self, name: &str) -> Option<u64> {
         self.tags.values().find(|t| t.name.eq_ignore_ascii_case(name)).map(|t| t.id)
+    }
+}
+
+/// A cover saved as AVIF (48×72), as Stash v0.30+ accepts: the third scene
+/// of every library built by [`StashState::from_library`] has it.
+pub const AVIF_COVER: &[u8] = include_bytes!("../../assets/cover.avif");
+/// A cover saved as JPEG XL (48×72): the fifth scene's.
+pub const JPEG_XL_COVER: &[u8] = include_bytes!("../../assets/cover.jxl");
+
+/// Whether an item's poster shows the scene's `cover` as Plex would: the
+/// same bytes, a JPEG made of a JPEG XL cover, or, for an AVIF cover (which
+/// Plex cannot decode), the frame Plex extracted itself.
+pub fn poster_shows(cover: &[u8], poster: Option<&crate::plex::Image>) -> bool {
+    use crate::plex::Image;
+    match (cover, poster) {
+        ([_, _, _, _, b'f', b't', b'y', b'p', b'a', b'v', b'i', b'f', ..], p) => {
+            matches!(p, None | Some(Image::Frame))
+        }
+        ([0xFF, 0x0A, ..], Some(Image::Upload(bytes))) => bytes.starts_with(&[0xFF, 0xD8, 0xFF]),
+        (cover, Some(Image::Upload(bytes))) => cover == bytes.as_slice(),
+        _ => false,
     }
 }
 

@@ -504,10 +504,23 @@ impl PlexClient {
     }
 
     /// Uploads poster (`posters`) or background (`arts`) bytes.
-    pub(crate) async fn upload_image(&self, rating_key: &str, kind: ImageKind, bytes: Vec<u8>) -> Result<(), Error> {
+    /// Uploads `bytes` (of the content type `content_type`) as the item's
+    /// poster or background.
+    pub(crate) async fn upload_image(
+        &self,
+        rating_key: &str,
+        kind: ImageKind,
+        bytes: Vec<u8>,
+        content_type: &str,
+    ) -> Result<(), Error> {
         let url = self.url(&format!("library/metadata/{rating_key}/{}", kind.endpoint()), &[]);
         let what = kind.endpoint();
-        let response = self.send(what, || self.request(reqwest::Method::POST, url.clone()).body(bytes.clone())).await?;
+        let response = self
+            .send(what, || {
+                let request = self.request(reqwest::Method::POST, url.clone());
+                request.header(reqwest::header::CONTENT_TYPE, content_type).body(bytes.clone())
+            })
+            .await?;
         done(what, response).await
     }
 

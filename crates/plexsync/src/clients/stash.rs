@@ -717,13 +717,6 @@ impl StashClient {
         Ok(data.configuration.plugins.get(plugin_id).and_then(Value::as_object).cloned().unwrap_or_default())
     }
 
-    /// Where Stash serves the image `id` (internal/api `routes_image.go`).
-    pub(crate) fn image_url(&self, id: &str) -> String {
-        let mut url = self.origin.clone();
-        url.path_segments_mut().expect("http URLs have a path").clear().extend(["image", id, "image"]);
-        url.to_string()
-    }
-
     /// The first `max` images of the galleries `ids`, in one request, and
     /// how many they hold in all.
     pub(crate) async fn gallery_images(&self, ids: &[String], max: usize) -> Result<(Vec<GalleryImage>, usize), Error> {

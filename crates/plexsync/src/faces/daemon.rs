@@ -261,7 +261,7 @@ async fn deliver(sh: &Arc<Shared>, stop: &Arc<AtomicBool>) {
             stop: Some(Arc::clone(&cycle)),
             ..WorkerOptions::default()
         };
-        if let Err(e) = deliver_locked(&ctx, &options).await {
+        if let Err(e) = deliver_locked(&ctx, &options, sh.provider.clone()).await {
             tracing::error!("{e}; trying again in 30 s");
             worker::nap_unless(&cycle, Duration::from_secs(30)).await;
         }
@@ -314,10 +314,13 @@ async fn watch_settings(sh: Arc<Shared>, stop: Arc<AtomicBool>, cycle: Arc<Atomi
     cycle.store(true, Ordering::Relaxed);
 }
 
-async fn deliver_locked(ctx: &Context, options: &WorkerOptions) -> Result<(), Error> {
+async fn deliver_locked(ctx: &Context, options: &WorkerOptions, provider: Option<Arc<Provider>>) -> Result<(), Error> {
     let queue = ctx.checked_store()?;
     schedule_reconcile(&queue, ctx.settings.daemon.reconcile_every)?;
     let mut pipeline = ctx.pipeline()?;
+    if let Some(p) = provider {
+        pipeline.before_refresh = Some(Arc::new(move |scene: &str| p.forget(scene)));
+    }
     let scheduler = tokio::spawn(reconcile_schedule(ctx.data_dir.clone(), ctx.settings.daemon.reconcile_every));
     let result = worker::run(&mut pipeline, &queue, options, |_, _| {}).await;
     scheduler.abort();

@@ -11,12 +11,24 @@
 //! Plex sends providers no credentials. So every route lives under a
 //! secret path segment (a capability URL) and anything else is 404; it
 //! only reads; an answer holds nothing Plex would not show (no token, key
-//! or Stash URL: images are served from here, each under a token that
-//! opens that one image, as Plex shows image URLs to its users); Stash sees at most
-//! [`STASH_AT_ONCE`] provider requests at a time, and a scene read is
-//! reused for [`SCENE_CACHE`].
+//! or Stash URL: a performer's photo is served from here under a token
+//! that opens that one image, as Plex shows image URLs to its users);
+//! Stash sees at most [`STASH_AT_ONCE`] provider requests at a time, and a
+//! scene read is reused for [`SCENE_CACHE`].
+//!
+//! Plex hands a provider's LAN image URLs to its cloud image service,
+//! which cannot reach a LAN. So items carry no poster or background: once
+//! Plex has read a scene, the scene is queued ([`Reason::Provider`]) and
+//! the worker uploads them (with collections, which the protocol takes
+//! only as objects of their own) into the items that hold its file.
+//!
+//! Every answer is one of the documented 200, 400, 404 and 500, within
+//! [`ANSWER_WITHIN`]. Plex does not ask again after a 500, so the files and
+//! scenes it could not be answered about are kept ([`OWED_MAX`]) and queued
+//! ([`Reason::Rematch`]) once Stash answers: the worker asks Plex to match
+//! their items again.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -32,17 +44,17 @@ use sha2::Sha256;
 use url::Url;
 
 use crate::clients::stash::{Image, Scene};
-use crate::config::{Field, Settings};
+use crate::config::Settings;
 use crate::error::{Error, ErrorClass};
-use crate::faces::context::Context;
+use crate::faces::context::{open_queue, Context};
 use crate::pipeline::desired::{self, Value as Wanted};
+use crate::pipeline::picture;
 use crate::pipeline::reverse::{Candidate, Query, SceneIndex};
-use crate::pipeline::sync::GALLERY_IMAGES_MAX;
 use crate::secret::Secret;
-use crate::store::{kv, Store};
+use crate::store::{kv, Reason, Store};
 
 /// Our provider's identifier: Plex requires the `tv.plex.agents.custom.` part.
-pub const IDENTIFIER: &str = "tv.plex.agents.custom.plexsync";
+pub const IDENTIFIER: &str = desired::PROVIDER_IDENTIFIER;
 /// The provider's name in Plex's settings.
 const TITLE: &str = "PlexSync (Stash)";
 /// Provider requests that may wait on Stash at once; more wait their turn
@@ -50,8 +62,21 @@ const TITLE: &str = "PlexSync (Stash)";
 pub const STASH_AT_ONCE: usize = 4;
 /// How long a scene read from Stash answers again.
 pub const SCENE_CACHE: Duration = Duration::from_secs(5);
-/// How long a request waits for a Stash slot before answering 503.
-const STASH_WAIT: Duration = Duration::from_secs(30);
+/// Every answer is given within this: Plex documents no timeout, one
+/// report says 90 s, and PMS makes a few provider calls at a time while it
+/// scans, so a slow answer holds up the scan. A healthy Stash answers a
+/// scene read in well under a second; one that has not in 10 s is in
+/// trouble, and the call is answered 500 and owed.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+/// Files and scenes Plex could not be answered about, kept to ask Plex
+/// again (more are dropped, with a warning: the next reconcile or refresh
+/// brings them).
+pub const OWED_MAX: usize = 5000;
+/// The longest `filename` kept as owed (a path is at most 4096 bytes on Linux).
+const OWED_FILENAME_MAX: usize = 4096;
+/// A scene Plex read is queued this long after, so Plex has applied the
+/// answer before the worker reads the item.
+const UPLOAD_AFTER: Duration = Duration::from_secs(3);
 /// Scenes changed in Stash reach the index this often.
 const REFRESH_EVERY: Duration = Duration::from_secs(5);
 /// A full read catches what no `updated_at` shows (deleted scenes).
@@ -60,6 +85,8 @@ const REBUILD_EVERY: Duration = Duration::from_secs(3600);
 const MISS_REFRESH_GAP: Duration = Duration::from_secs(2);
 /// The largest image passed on.
 const MAX_IMAGE_BYTES: usize = 20 * 1024 * 1024;
+/// Scenes Plex read, waiting to be queued.
+const PULLED_MAX: usize = 100_000;
 /// Shortest secret path segment accepted.
 const SECRET_MIN: usize = 16;
 
@@ -74,6 +101,23 @@ pub struct Provider {
     scenes: SceneCache,
     stash_slots: tokio::sync::Semaphore,
     last_miss_refresh: Mutex<Option<Instant>>,
+    /// What the worker is to be told (see [`Owed`]).
+    owed: Mutex<Owed>,
+}
+
+/// What Plex asked and the worker is to follow up, kept in memory until
+/// the store takes it (every half second).
+#[derive(Default)]
+struct Owed {
+    /// Scenes Plex read: their images and collections are to be pushed.
+    pulled: BTreeSet<String>,
+    /// Scenes whose metadata Plex could not be given.
+    scenes: BTreeSet<String>,
+    /// Files Plex could not be answered a match for (before the index was
+    /// read, or while Stash did not answer).
+    files: BTreeSet<String>,
+    /// Owed entries dropped over [`OWED_MAX`], not yet warned of.
+    dropped: usize,
 }
 
 impl Default for Provider {
@@ -85,6 +129,7 @@ impl Default for Provider {
             scenes: Mutex::new(HashMap::new()),
             stash_slots: tokio::sync::Semaphore::new(STASH_AT_ONCE),
             last_miss_refresh: Mutex::new(None),
+            owed: Mutex::new(Owed::default()),
         }
     }
 }
@@ -151,6 +196,12 @@ impl Provider {
         self.scenes.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
+    /// Reads the scene `id` from Stash at the next call: PlexSync is about
+    /// to ask Plex to refresh it after an edit.
+    pub(crate) fn forget(&self, id: &str) {
+        self.scenes.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+    }
+
     fn ctx(&self) -> Option<Arc<Context>> {
         self.ctx.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -166,6 +217,7 @@ impl Provider {
             match self.ctx() {
                 Some(ctx) if Instant::now() >= not_before => {
                     let outcome = self.keep_fresh_once(&ctx, &mut maps).await;
+                    self.hand_over(&ctx).await;
                     if let Err(e) = outcome {
                         failures += 1;
                         let wait = REFRESH_EVERY.saturating_mul(1 << failures.min(6)).min(Duration::from_secs(300));
@@ -178,6 +230,82 @@ impl Provider {
                 _ => {}
             }
             crate::pipeline::worker::nap_unless(&stop, Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Queues what Plex read and, once the index is read, what Plex could
+    /// not be answered about (the queue's retries wait for Stash); kept for
+    /// the next turn when the store cannot be opened.
+    async fn hand_over(&self, ctx: &Context) {
+        let ready = self.index.read().await.is_some();
+        let (pulled, scenes, files, dropped) = {
+            let mut owed = self.owed.lock().unwrap_or_else(|e| e.into_inner());
+            let scenes = if ready { std::mem::take(&mut owed.scenes) } else { BTreeSet::new() };
+            let files = if ready { std::mem::take(&mut owed.files) } else { BTreeSet::new() };
+            (std::mem::take(&mut owed.pulled), scenes, files, std::mem::take(&mut owed.dropped))
+        };
+        if dropped > 0 {
+            tracing::warn!(
+                "metadata provider: {dropped} unanswered Plex calls not kept (over {OWED_MAX}); \
+                 Refresh all metadata in Plex matches their items again"
+            );
+        }
+        if pulled.is_empty() && scenes.is_empty() && files.is_empty() {
+            return;
+        }
+        let mut rematch = scenes.clone();
+        for file in &files {
+            let q = Query { filename: Some(file), organized_only: ctx.settings.skip_unorganized, ..Query::default() };
+            rematch.extend(find(self, &q).await.into_iter().map(|c| c.scene_id));
+        }
+        // Off the runtime: the store may wait for the worker's write.
+        let (dir, to_push, to_match) = (ctx.data_dir.clone(), pulled.clone(), rematch.clone());
+        let queued = tokio::task::spawn_blocking(move || {
+            let store = open_queue(&dir)?;
+            store.enqueue_many_after(to_push.iter().map(String::as_str), Reason::Provider, UPLOAD_AFTER)?;
+            store.enqueue_many(to_match.iter().map(String::as_str), Reason::Rematch)?;
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap_or_else(|e| Err(Error::new(ErrorClass::Bug, format!("queueing stopped: {e}"))));
+        tracing::debug!("metadata provider: {} scenes Plex read queued for their images", pulled.len());
+        match queued {
+            Ok(()) if !rematch.is_empty() => tracing::info!(
+                "metadata provider: {} scenes queued to have Plex match their items again",
+                rematch.len()
+            ),
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!("metadata provider: queueing what Plex read: {e}; trying again");
+                let mut owed = self.owed.lock().unwrap_or_else(|e| e.into_inner());
+                owed.pulled.extend(pulled);
+                owed.scenes.extend(scenes);
+                owed.files.extend(files);
+            }
+        }
+    }
+
+    /// Plex read the scene: its images and collections are to follow.
+    fn pulled(&self, id: &str) {
+        let mut owed = self.owed.lock().unwrap_or_else(|e| e.into_inner());
+        if owed.pulled.len() < PULLED_MAX {
+            owed.pulled.insert(id.to_string());
+        }
+    }
+
+    /// Plex could not be answered about the scene `id`, or the file
+    /// `filename`: Plex is to be asked to match again.
+    fn owe(&self, scene: Option<&str>, filename: Option<&str>) {
+        let mut owed = self.owed.lock().unwrap_or_else(|e| e.into_inner());
+        if owed.scenes.len() + owed.files.len() >= OWED_MAX {
+            owed.dropped += 1;
+            return;
+        }
+        if let Some(id) = scene {
+            owed.scenes.insert(id.to_string());
+        }
+        if let Some(f) = filename.filter(|f| f.len() <= OWED_FILENAME_MAX) {
+            owed.files.insert(f.to_string());
         }
     }
 
@@ -227,13 +355,10 @@ impl Provider {
         Ok(())
     }
 
-    /// One of the [`STASH_AT_ONCE`] turns at Stash, waited for at most
-    /// [`STASH_WAIT`].
+    /// One of the [`STASH_AT_ONCE`] turns at Stash (each answer is bounded
+    /// by [`ANSWER_WITHIN`] as a whole, the wait included).
     async fn stash_slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Error> {
-        let waited = tokio::time::timeout(STASH_WAIT, self.stash_slots.acquire()).await;
-        let slot = waited
-            .map_err(|_| Error::new(ErrorClass::StashUnavailable, "too many provider requests wait for Stash"))?;
-        Ok(slot.expect("never closed"))
+        self.stash_slots.acquire().await.map_err(|_| Error::new(ErrorClass::Bug, "the Stash slots were closed"))
     }
 
     /// The scene, read from Stash at most every [`SCENE_CACHE`], by at
@@ -282,8 +407,11 @@ fn not_found() -> Response {
     (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "text/plain")], "Not Found\n").into_response()
 }
 
-fn unavailable(why: &str) -> Response {
-    (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "10")], format!("{why}\n")).into_response()
+/// Plex's documented "server error" (its provider docs list 200, 400, 404
+/// and 500 only). Plex keeps what it has and does not ask again by itself,
+/// so the caller owes the call (see [`Owed`]).
+fn server_error(why: &str) -> Response {
+    (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain")], format!("{why}\n")).into_response()
 }
 
 /// The context, when `given` is the secret and Stash has answered;
@@ -292,10 +420,10 @@ fn admitted(p: &Provider, given: &str) -> Result<Arc<Context>, Box<Response>> {
     let secret = p.secret.read().unwrap_or_else(|e| e.into_inner()).clone();
     match secret {
         Some(s) if crate::secret::same(s.as_bytes(), given.as_bytes()) => {
-            p.ctx().ok_or_else(|| Box::new(unavailable("waiting for Stash")))
+            p.ctx().ok_or_else(|| Box::new(server_error("PlexSync is waiting for Stash")))
         }
         // Before Stash answered the secret is unknown: nothing to reveal either way.
-        None => Err(Box::new(unavailable("waiting for Stash"))),
+        None => Err(Box::new(server_error("PlexSync is waiting for Stash"))),
         Some(_) => Err(Box::new(not_found())),
     }
 }
@@ -310,7 +438,8 @@ async fn root(State(p): State<Arc<Provider>>, Path(secret): Path<String>, method
     Json(manifest()).into_response()
 }
 
-/// `GET {root}`: who we are and what we answer.
+/// `GET {root}`: who we are and what we answer. No `collection` feature:
+/// collections are written by push (see [`Reason::Provider`]).
 pub fn manifest() -> Value {
     json!({"MediaProvider": {
         "identifier": IDENTIFIER,
@@ -341,66 +470,80 @@ async fn entry(
     };
     let images = Images { origin: &base, secret: &secret };
     let parts: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
-    let answer = match (&method, parts.as_slice()) {
-        (&Method::GET | &Method::HEAD, []) => Ok(Json(manifest()).into_response()),
-        (&Method::POST, ["library", "metadata", "matches"]) => {
-            Ok(matches(&p, &ctx, &images, query.as_deref(), &body).await)
+    let reads = method == Method::GET || method == Method::HEAD;
+    match (reads, method == Method::POST, parts.as_slice()) {
+        (true, _, []) => Json(manifest()).into_response(),
+        (_, true, ["library", "metadata", "matches"]) => matches(&p, &ctx, query.as_deref(), &body).await,
+        (true, _, ["library", "metadata", rk]) => {
+            let answer = bounded(&p, rk, metadata(&p, &ctx, &images, rk)).await;
+            if answer.status() == StatusCode::OK {
+                p.pulled(rk);
+            }
+            answer
         }
-        (&Method::GET | &Method::HEAD, ["library", "metadata", rk]) => metadata(&p, &ctx, &images, rk).await,
-        (&Method::GET | &Method::HEAD, ["library", "metadata", rk, "images"]) => {
-            list_images(&p, &ctx, &images, rk).await
+        (true, _, ["library", "metadata", rk, "images"]) => bounded(&p, rk, list_images(&p, &ctx, rk)).await,
+        (true, _, ["library", "metadata", rk, "extras"]) if is_scene_id(rk) => {
+            Json(container(Vec::new())).into_response()
         }
-        (&Method::GET | &Method::HEAD, ["library", "metadata", rk, "extras"]) if is_scene_id(rk) => {
-            Ok(Json(container(Vec::new())).into_response())
-        }
-        _ => Ok(not_found()),
-    };
-    answer.unwrap_or_else(failed)
+        _ => not_found(),
+    }
 }
 
-/// The answer to a failure: 503 while Stash does not answer, else 500.
-fn failed(e: Error) -> Response {
-    {
-        tracing::warn!("metadata provider: {e}");
-        match e.class {
-            ErrorClass::StashUnavailable | ErrorClass::Auth => unavailable("Stash does not answer; try again"),
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, "the provider failed; PlexSync's log says why\n").into_response(),
+/// The answer of `work` for the scene `rk` within [`ANSWER_WITHIN`]; a
+/// failure is answered 500, and owed when Stash was the cause.
+async fn bounded(p: &Provider, rk: &str, work: impl std::future::Future<Output = Result<Response, Error>>) -> Response {
+    match tokio::time::timeout(ANSWER_WITHIN, work).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(e)) => {
+            if owed_for(&e) {
+                p.owe(Some(rk), None);
+            }
+            failed(&e)
+        }
+        Err(_) => {
+            p.owe(Some(rk), None);
+            tracing::warn!("metadata provider: scene {rk}: Stash did not answer within {}s", ANSWER_WITHIN.as_secs());
+            server_error("Stash did not answer in time; PlexSync will ask Plex to match again")
         }
     }
 }
 
-/// `GET /provider-image/{token}/scene/{id}[/performer/{pid}]`: one image,
-/// its token checked; the root secret is never needed (nor given).
+/// Whether a failure passes with time (Stash down or slow), so that Plex
+/// is to be asked again once Stash answers.
+fn owed_for(e: &Error) -> bool {
+    matches!(e.class, ErrorClass::StashUnavailable | ErrorClass::Auth)
+}
+
+/// The answer to a failure: 500, and why in PlexSync's log.
+fn failed(e: &Error) -> Response {
+    tracing::warn!("metadata provider: {e}");
+    if owed_for(e) {
+        server_error("Stash does not answer; PlexSync will ask Plex to match again")
+    } else {
+        server_error("the provider failed; PlexSync's log says why")
+    }
+}
+
+/// `GET /provider-image/{token}/scene/{id}/performer/{pid}`: a performer's
+/// photo, its token checked; the root secret is never needed (nor given).
 async fn image_entry(
     State(p): State<Arc<Provider>>,
     Path((token, rest)): Path<(String, String)>,
     method: Method,
 ) -> Response {
     let secret = p.secret.read().unwrap_or_else(|e| e.into_inner()).clone();
-    let (Some(secret), Some(ctx)) = (secret, p.ctx()) else { return unavailable("waiting for Stash") };
+    let (Some(secret), Some(ctx)) = (secret, p.ctx()) else { return server_error("PlexSync is waiting for Stash") };
     let parts: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
-    let (id, of) = match parts.as_slice() {
-        ["scene", id] => (*id, Of::Cover),
-        ["scene", id, "performer", pid] => (*id, Of::Performer(pid)),
-        // The token names the image with its scene: only images of that
-        // scene's galleries were ever given one.
-        ["scene", id, "gallery", image] => (*id, Of::Gallery(image)),
-        _ => return not_found(),
-    };
-    let named = parts.join("/");
-    let good = image_token_ok(&secret, &named, &token);
+    let ["scene", id, "performer", pid] = parts.as_slice() else { return not_found() };
+    let good = image_token_ok(&secret, &parts.join("/"), &token);
     if !good || (method != Method::GET && method != Method::HEAD) {
         return not_found();
     }
-    image(&p, &ctx, id, of).await.unwrap_or_else(failed)
-}
-
-/// Which of a scene's images a URL names.
-#[derive(Clone, Copy)]
-enum Of<'a> {
-    Cover,
-    Performer(&'a str),
-    Gallery(&'a str),
+    match tokio::time::timeout(ANSWER_WITHIN, performer_image(&p, &ctx, id, pid)).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(e)) => failed(&e),
+        Err(_) => server_error("Stash did not answer in time"),
+    }
 }
 
 /// Builds the URLs of a scene's images as Plex is to fetch them.
@@ -497,8 +640,12 @@ fn field(body: &Map<String, Value>, query: &[(String, String)], name: &str) -> O
     }
 }
 
-/// `POST …/matches`: the scene that holds the file Plex names.
-async fn matches(p: &Provider, ctx: &Context, images: &Images<'_>, query: Option<&str>, body: &[u8]) -> Response {
+/// `POST …/matches`: the scene that holds the file Plex names. A match
+/// that cannot be answered yet (the index is being read, Stash does not
+/// answer the gates) is 500 and owed, never "no match", which Plex keeps.
+/// `includeAdult` is not read: what PMS sends is undocumented, and every
+/// scene in Stash is the library owner's own (docs/provider.md).
+async fn matches(p: &Provider, ctx: &Context, query: Option<&str>, body: &[u8]) -> Response {
     let body: Map<String, Value> = match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => m,
         _ if body.iter().all(u8::is_ascii_whitespace) => Map::new(),
@@ -521,12 +668,37 @@ async fn matches(p: &Provider, ctx: &Context, images: &Images<'_>, query: Option
         // The old plugin's default: an unorganized scene's metadata is not ready.
         organized_only: ctx.settings.skip_unorganized,
     };
+    let owe = || {
+        if !manual {
+            p.owe(None, q.filename);
+        }
+    };
     if p.index.read().await.is_none() {
-        // No answer rather than "no match": Plex would keep that.
-        return unavailable("indexing Stash's files; try again in a minute");
+        owe();
+        return server_error("PlexSync is reading Stash's files; it will ask Plex to match again");
     }
-    let mut found = gated(p, ctx, find(p, &q).await).await;
-    if found.is_empty() && !manual && q.filename.is_some() {
+    match tokio::time::timeout(ANSWER_WITHIN, candidates(p, ctx, &q)).await {
+        Ok(Ok(found)) => {
+            tracing::debug!("metadata provider: match {:?} (manual: {manual}): {} candidates", q.filename, found.len());
+            Json(container(found.iter().map(candidate_json).collect())).into_response()
+        }
+        Ok(Err(e)) => {
+            if owed_for(&e) {
+                owe();
+            }
+            failed(&e)
+        }
+        Err(_) => {
+            owe();
+            server_error("Stash did not answer in time; PlexSync will ask Plex to match again")
+        }
+    }
+}
+
+/// The scenes that may hold the file, best first, less those the gates stop.
+async fn candidates(p: &Provider, ctx: &Context, q: &Query<'_>) -> Result<Vec<Candidate>, Error> {
+    let mut found = gated(p, ctx, find(p, q).await).await?;
+    if found.is_empty() && !q.manual && q.filename.is_some() {
         // Plex may have scanned a file Stash has only just scanned too.
         let due = {
             let mut last = p.last_miss_refresh.lock().unwrap_or_else(|e| e.into_inner());
@@ -537,19 +709,19 @@ async fn matches(p: &Provider, ctx: &Context, images: &Images<'_>, query: Option
             due
         };
         if due && p.refresh(ctx, Duration::ZERO).await.is_ok() {
-            found = gated(p, ctx, find(p, &q).await).await;
+            found = gated(p, ctx, find(p, q).await).await?;
         }
     }
-    tracing::debug!("metadata provider: match {:?} (manual: {manual}): {} candidates", q.filename, found.len());
-    let metadata = found.iter().map(|c| candidate_json(c, images)).collect();
-    Json(container(metadata)).into_response()
+    Ok(found)
 }
 
 async fn find(p: &Provider, q: &Query<'_>) -> Vec<Candidate> {
     p.index.read().await.as_ref().map(|i| i.find(q)).unwrap_or_default()
 }
 
-fn candidate_json(c: &Candidate, images: &Images<'_>) -> Value {
+/// A match candidate: what Plex requires of one, and its score. No image:
+/// Fix Match would show it through Plex's cloud, which cannot reach a LAN.
+fn candidate_json(c: &Candidate) -> Value {
     let mut m = json!({
         "ratingKey": c.scene_id,
         "key": format!("/library/metadata/{}", c.scene_id),
@@ -557,7 +729,6 @@ fn candidate_json(c: &Candidate, images: &Images<'_>) -> Value {
         "type": "movie",
         "title": c.title,
         "score": c.score,
-        "thumb": images.url(&["scene", &c.scene_id]),
     });
     if let Some(year) = c.year {
         m["year"] = json!(year);
@@ -565,83 +736,46 @@ fn candidate_json(c: &Candidate, images: &Images<'_>) -> Value {
     m
 }
 
-/// `GET …/library/metadata/{id}`: the scene as push would write it.
 /// `found` less the scenes the sync's gates stop (`RequireURL`,
 /// `RequireStashID`; the index itself leaves out unorganized scenes): the
 /// agent gave a gated scene no metadata, and neither does its successor.
-async fn gated(p: &Provider, ctx: &Context, found: Vec<Candidate>) -> Vec<Candidate> {
+async fn gated(p: &Provider, ctx: &Context, found: Vec<Candidate>) -> Result<Vec<Candidate>, Error> {
     let prefs = &ctx.settings.agent;
     if !prefs.require_url && !prefs.require_stash_id {
-        return found;
+        return Ok(found);
     }
     let mut kept = Vec::with_capacity(found.len());
     for c in found {
-        if let Ok(Some(_)) = p.shown_scene(ctx, &c.scene_id).await {
+        if p.shown_scene(ctx, &c.scene_id).await?.is_some() {
             kept.push(c);
         }
     }
-    kept
+    Ok(kept)
 }
 
+/// `GET …/library/metadata/{id}`: the scene as push would write it, less
+/// what push writes after Plex's read (images, collections).
 async fn metadata(p: &Provider, ctx: &Context, images: &Images<'_>, rk: &str) -> Result<Response, Error> {
     if !is_scene_id(rk) {
         return Ok(not_found());
     }
     let Some(scene) = p.shown_scene(ctx, rk).await? else { return Ok(not_found()) };
-    let mut item = item(&scene, &ctx.settings, images);
-    add_gallery_images(p, ctx, &scene, images, &mut item).await?;
-    Ok(Json(container(vec![item])).into_response())
+    Ok(Json(container(vec![item(&scene, &ctx.settings, images)])).into_response())
 }
 
-/// `IncludeGalleryImages`: the scene's gallery images after its cover, as
-/// posters and backgrounds (by orientation with `SortGalleryImages`), each
-/// under its own token (one Stash request for them all).
-async fn add_gallery_images(
-    p: &Provider,
-    ctx: &Context,
-    scene: &Scene,
-    images: &Images<'_>,
-    item: &mut Value,
-) -> Result<(), Error> {
-    let prefs = &ctx.settings.agent;
-    if !prefs.gallery_images || !ctx.settings.owns(Field::Poster) || scene.galleries.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<String> = scene.galleries.iter().map(|g| g.id.clone()).collect();
-    let found = {
-        let _slot = p.stash_slot().await?;
-        ctx.stash.gallery_images(&ids, GALLERY_IMAGES_MAX).await?.0
-    };
-    let mut list = item.get("Image").and_then(Value::as_array).cloned().unwrap_or_default();
-    for image in found.iter().filter(|i| is_scene_id(&i.id)) {
-        let url = images.url(&["scene", &scene.id, "gallery", &image.id]);
-        let kinds: &[&str] = match (prefs.sort_gallery_images, image.portrait()) {
-            (true, true) => &["coverPoster"],
-            (true, false) => &["background"],
-            (false, _) => &["coverPoster", "background"],
-        };
-        list.extend(kinds.iter().map(|kind| json!({"type": kind, "url": url, "alt": item["title"]})));
-    }
-    item["Image"] = json!(list);
-    Ok(())
-}
-
-/// `GET …/library/metadata/{id}/images`.
-async fn list_images(p: &Provider, ctx: &Context, images: &Images<'_>, rk: &str) -> Result<Response, Error> {
-    if !is_scene_id(rk) {
+/// `GET …/library/metadata/{id}/images`: none. The poster, background and
+/// gallery images are uploaded into the item once Plex has read it.
+async fn list_images(p: &Provider, ctx: &Context, rk: &str) -> Result<Response, Error> {
+    if !is_scene_id(rk) || p.shown_scene(ctx, rk).await?.is_none() {
         return Ok(not_found());
     }
-    let Some(scene) = p.shown_scene(ctx, rk).await? else { return Ok(not_found()) };
-    let mut item = item(&scene, &ctx.settings, images);
-    add_gallery_images(p, ctx, &scene, images, &mut item).await?;
-    let list = item.get("Image").cloned().unwrap_or_else(|| json!([]));
-    let size = list.as_array().map_or(0, Vec::len);
-    Ok(Json(json!({"MediaContainer": {"offset": 0, "size": size, "identifier": IDENTIFIER, "Image": list}}))
-        .into_response())
+    Ok(Json(json!({"MediaContainer": {"offset": 0, "size": 0, "identifier": IDENTIFIER, "Image": []}})).into_response())
 }
 
-/// The provider's item for `scene`: the required fields, then every
-/// owned field of `syncFields` as [`desired`] computes it for push.
+/// The provider's item for `scene`: the required fields (an empty
+/// `originallyAvailableAt` without a date, as Plex's own example sends),
+/// `isAdult`, then every owned field of `syncFields` as [`desired`]
+/// computes it for push, less images and collections (push writes them).
 fn item(scene: &Scene, settings: &Settings, images: &Images<'_>) -> Value {
     let id = scene.id.as_str();
     let mut report = desired::Report::default();
@@ -655,8 +789,9 @@ fn item(scene: &Scene, settings: &Settings, images: &Images<'_>) -> Value {
         "guid": guid(id),
         "type": "movie",
         "title": desired::scene_title(scene),
+        "originallyAvailableAt": "",
+        "isAdult": false,
     });
-    let mut pictures = Vec::new();
     for d in wanted {
         match d.value {
             Wanted::Scalars(values) => {
@@ -677,7 +812,6 @@ fn item(scene: &Scene, settings: &Settings, images: &Images<'_>) -> Value {
                     "genre" => "Genre",
                     "actor" => "Role",
                     "director" => "Director",
-                    "collection" => "Collection",
                     _ => continue,
                 };
                 let tags: Vec<Value> = list
@@ -696,19 +830,10 @@ fn item(scene: &Scene, settings: &Settings, images: &Images<'_>) -> Value {
                     .collect();
                 m[element] = json!(tags);
             }
-            Wanted::Image(Some(_)) => {
-                let url = images.url(&["scene", id]);
-                let (kind, field) =
-                    if d.field == Field::Poster { ("coverPoster", "thumb") } else { ("background", "art") };
-                m[field] = json!(url);
-                pictures.push(json!({"type": kind, "url": url, "alt": m["title"]}));
-            }
-            // A person's own rating is not the provider's to give.
-            Wanted::Image(None) | Wanted::Rate(_) => {}
+            // Images are uploaded after Plex's read; a person's own
+            // rating is not the provider's to give.
+            Wanted::Image(_) | Wanted::Rate(_) => {}
         }
-    }
-    if !pictures.is_empty() {
-        m["Image"] = json!(pictures);
     }
     m
 }
@@ -719,40 +844,30 @@ fn is_adult(content_rating: &str) -> bool {
     ["xxx", "x", "nc-17", "ao"].contains(&content_rating.trim().to_ascii_lowercase().as_str())
 }
 
-/// An image route: the scene's cover or a
-/// photo of one of its performers, fetched from Stash with PlexSync's
-/// credentials. Only these two: no URL is ever taken from the request.
-async fn image(p: &Provider, ctx: &Context, id: &str, of: Of<'_>) -> Result<Response, Error> {
+/// A performer's photo (`actorImages`), fetched from Stash with PlexSync's
+/// credentials and made an image Plex decodes. No URL is ever taken from
+/// the request.
+async fn performer_image(p: &Provider, ctx: &Context, id: &str, pid: &str) -> Result<Response, Error> {
     if !is_scene_id(id) {
         return Ok(not_found());
     }
     let Some(scene) = p.shown_scene(ctx, id).await? else { return Ok(not_found()) };
-    let url = match of {
-        Of::Cover => scene.paths.screenshot.clone(),
-        Of::Performer(pid) => scene.performers.iter().find(|p| p.id == pid).and_then(|p| p.image_path.clone()),
-        Of::Gallery(image) if is_scene_id(image) => Some(ctx.stash.image_url(image)),
-        Of::Gallery(_) => None,
-    };
+    let url = scene.performers.iter().find(|p| p.id == pid).and_then(|p| p.image_path.clone());
     let Some(url) = url.filter(|u| !u.is_empty()) else { return Ok(not_found()) };
     let _slot = p.stash_slot().await?;
     match ctx.stash.image(&url, MAX_IMAGE_BYTES, None).await? {
-        Image::Fetched { bytes, .. } => {
-            let kind = image_type(&bytes);
-            Ok(([(header::CONTENT_TYPE, kind), (header::CACHE_CONTROL, "private, max-age=300")], bytes).into_response())
-        }
-        // Stash's stand-in for a missing cover: Plex keeps its own frame.
+        Image::Fetched { bytes, .. } => match picture::for_plex(bytes) {
+            Ok(shown) => {
+                Ok(([(header::CONTENT_TYPE, shown.kind), (header::CACHE_CONTROL, "private, max-age=300")], shown.bytes)
+                    .into_response())
+            }
+            Err(why) => {
+                tracing::warn!("metadata provider: the photo of performer {pid}: {why}");
+                Ok(not_found())
+            }
+        },
+        // Stash's stand-in for a missing photo: Plex shows none.
         Image::Placeholder | Image::NotModified => Ok(not_found()),
-    }
-}
-
-/// The type of an image by its first bytes (Stash's answer may say
-/// `application/octet-stream` through some proxies).
-fn image_type(bytes: &[u8]) -> &'static str {
-    match bytes {
-        [0x89, b'P', b'N', b'G', ..] => "image/png",
-        [b'G', b'I', b'F', ..] => "image/gif",
-        [b'R', b'I', b'F', b'F', _, _, _, _, b'W', b'E', b'B', b'P', ..] => "image/webp",
-        _ => "image/jpeg",
     }
 }
 

@@ -232,10 +232,20 @@ pub(crate) fn person_edited(d: &Desired, item: &PlexItem, ours: bool) -> bool {
     !ours && locked_in_plex(d, item)
 }
 
+/// The metadata provider's identifier (Plex requires the `custom.` part);
+/// its guids are `<identifier>://movie/<scene id>`.
+pub(crate) const PROVIDER_IDENTIFIER: &str = "tv.plex.agents.custom.plexsync";
+
 /// Whether StashPlexAgent, the legacy agent PlexSync replaces, matched and
 /// wrote the item (its guids are `com.plexapp.agents.stashplexagent://…`).
 pub(crate) fn written_by_legacy_agent(item: &PlexItem) -> bool {
     item.guid.as_deref().is_some_and(|g| g.starts_with("com.plexapp.agents.stashplexagent://"))
+}
+
+/// Whether Plex filled the item from PlexSync's metadata provider: its
+/// values are the scene's already, and only what differs is sent.
+pub(crate) fn pulled_from_provider(item: &PlexItem) -> bool {
+    item.guid.as_deref().and_then(|g| g.strip_prefix(PROVIDER_IDENTIFIER)).is_some_and(|r| r.starts_with("://"))
 }
 
 /// Whether Plex shows `d`'s field locked (by us or by a person).

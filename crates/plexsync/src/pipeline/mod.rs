@@ -14,6 +14,7 @@ pub(crate) mod desired;
 pub(crate) mod legacy;
 pub(crate) mod library;
 pub mod matching;
+pub(crate) mod picture;
 pub(crate) mod reconcile;
 pub(crate) mod related;
 pub(crate) mod requests;

@@ -13,8 +13,15 @@ use crate::pipeline::desired::{self, Desired, Value};
 use crate::pipeline::legacy;
 use crate::pipeline::library::{self, Managed};
 use crate::pipeline::matching::{rating_key_in_url, LibraryIndex, Match};
-use crate::store::{now_ms, Store, SyncRecord};
+use crate::pipeline::picture;
+use crate::store::{now_ms, Reason, Store, SyncRecord};
 use sha2::{Digest, Sha256};
+
+/// What the metadata provider's items leave out, for push to write after
+/// Plex pulled them: images (a LAN image URL reaches Plex only through its
+/// cloud, which cannot fetch it) and collections (which the protocol
+/// accepts only as objects of their own).
+const UNCARRIED: &[Field] = &[Field::Poster, Field::Background, Field::Collection];
 
 /// Largest image we copy from Stash to Plex.
 pub(crate) const MAX_IMAGE_BYTES: usize = 20 * 1024 * 1024;
@@ -95,6 +102,9 @@ impl Stats {
     }
 }
 
+/// See [`Pipeline::before_refresh`].
+pub type BeforeRefresh = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
+
 /// Everything a delivery needs; the index is read lazily and kept.
 /// Deliveries share it by `&self` (several run at once): the index sits
 /// behind an async lock held while it is read or refreshed, the totals
@@ -114,6 +124,10 @@ pub struct Pipeline {
     /// Held while deciding on and asking for scans, so that deliveries
     /// running at once ask for a folder once.
     scans: tokio::sync::Mutex<()>,
+    /// Called with a scene's id before Plex is asked to refresh its items,
+    /// so that a metadata provider in this process forgets what it read of
+    /// the scene: Plex is about to ask for the version just delivered.
+    pub before_refresh: Option<BeforeRefresh>,
 }
 
 impl Pipeline {
@@ -134,6 +148,7 @@ impl Pipeline {
             local_layers: Vec::new(),
             stats: std::sync::Mutex::new(Stats::default()),
             scans: tokio::sync::Mutex::new(()),
+            before_refresh: None,
         })
     }
 
@@ -160,6 +175,7 @@ impl Pipeline {
         fresh.store = self.store.take();
         fresh.local_layers = std::mem::take(&mut self.local_layers);
         fresh.stats = std::sync::Mutex::new(self.stats());
+        fresh.before_refresh = self.before_refresh.take();
         *self = fresh;
         Ok(())
     }
@@ -274,9 +290,16 @@ impl Pipeline {
         }
     }
 
-    /// Delivers the scene `id` as it is in Stash now.
-    /// `attempts` is how often the row failed before (for partial scans).
-    pub(crate) async fn deliver(&self, queue: &Store, id: &str, attempts: i64) -> Result<Outcome, Error> {
+    /// Delivers the scene `id` as it is in Stash now, as `reason` asks
+    /// (see [`Reason`]). `attempts` is how often the row failed before (for
+    /// partial scans).
+    pub(crate) async fn deliver(
+        &self,
+        queue: &Store,
+        id: &str,
+        attempts: i64,
+        reason: Reason,
+    ) -> Result<Outcome, Error> {
         let Some(mut scene) = self.stash.find_scene(id).await? else {
             queue.forget(id)?;
             return Ok(Outcome::Gone);
@@ -289,10 +312,33 @@ impl Pipeline {
         if self.apply_stash_side(&scene).await? {
             scene = self.stash.find_scene(id).await?.ok_or_else(|| Error::new(ErrorClass::Bug, "scene vanished"))?;
         }
-        match self.settings.mode {
-            Mode::Refresh => self.refresh(queue, &scene, attempts).await,
-            Mode::Push => self.push(queue, &scene, attempts).await,
+        let outcome = match (self.settings.mode, reason) {
+            // Plex has just pulled the scene (a refresh leads here too):
+            // what the provider cannot carry goes by push; asking Plex to
+            // refresh again would loop.
+            (Mode::Refresh, Reason::Provider) => self.push(queue, &scene, attempts, Some(UNCARRIED)).await?,
+            (Mode::Refresh, _) => self.refresh(queue, &scene, attempts).await?,
+            (Mode::Push, _) => self.push(queue, &scene, attempts, None).await?,
+        };
+        if reason == Reason::Rematch && self.settings.mode == Mode::Push {
+            self.rematch(queue, &scene).await?;
         }
+        Ok(outcome)
+    }
+
+    /// Asks Plex to match the scene's items again (a refresh matches an
+    /// unmatched item): the provider could not answer Plex's last match
+    /// or metadata call for them, and Plex does not ask again by itself.
+    async fn rematch(&self, queue: &Store, scene: &Scene) -> Result<(), Error> {
+        let plex = self.plex()?;
+        if let Some(forget) = &self.before_refresh {
+            forget(&scene.id);
+        }
+        for rk in queue.rating_keys(&scene.id)? {
+            plex.refresh(&rk).await?;
+            self.tally(|s| s.plex_writes += 1);
+        }
+        Ok(())
     }
 
     /// `tagStashIDs` and `cleanTitles`; returns whether Stash was changed.
@@ -328,17 +374,27 @@ impl Pipeline {
         let recorded = queue.rating_keys(&scene.id)?;
         let targets = self.targets(queue, scene, &recorded, attempts).await?;
         let plex = self.plex()?;
+        if let Some(forget) = &self.before_refresh {
+            forget(&scene.id);
+        }
         for (rk, section) in &targets {
             plex.refresh(rk).await?;
             self.tally(|s| s.plex_writes += 1);
-            // Recorded so change capture knows this version was delivered.
+            // Recorded so change capture knows this version was delivered;
+            // what push wrote into the item (images, collections) stays.
+            let field_hashes = queue
+                .records(&scene.id)?
+                .into_iter()
+                .find(|r| &r.rating_key == rk)
+                .map(|r| r.field_hashes)
+                .unwrap_or_default();
             let record = SyncRecord {
                 plex_server: self.plex_server(),
                 rating_key: rk.clone(),
                 section: section.clone(),
+                field_hashes,
                 stash_updated_at: scene.updated_at.clone(),
                 synced_at: now_ms(),
-                ..SyncRecord::default()
             };
             queue.save_record(&scene.id, &record)?;
         }
@@ -578,10 +634,21 @@ impl Pipeline {
         Ok(())
     }
 
-    async fn push(&self, queue: &Store, scene: &Scene, attempts: i64) -> Result<Outcome, Error> {
+    /// Writes the scene's owned fields (`only` those, when given) into
+    /// every item that holds one of its files.
+    async fn push(
+        &self,
+        queue: &Store,
+        scene: &Scene,
+        attempts: i64,
+        only: Option<&[Field]>,
+    ) -> Result<Outcome, Error> {
         self.plex()?;
         let mut report = desired::Report::default();
-        let wanted = desired::desired(scene, &self.settings, &mut report);
+        let mut wanted = desired::desired(scene, &self.settings, &mut report);
+        if let Some(only) = only {
+            wanted.retain(|d| only.contains(&d.field));
+        }
         for w in &report.dropped {
             tracing::warn!("{w}");
         }
@@ -664,11 +731,13 @@ impl Pipeline {
             })
             .collect();
         let managed = managed_collections(scene, &self.settings, &previous);
-        // What StashPlexAgent left on an item PlexSync never wrote is kept
-        // where it equals what PlexSync would write: recorded, not sent.
+        // What StashPlexAgent or the metadata provider left on an item
+        // PlexSync never wrote is kept where it equals what PlexSync would
+        // write: recorded, not sent.
         let agents = desired::written_by_legacy_agent(&item);
+        let pulled = agents || desired::pulled_from_provider(&item);
         let (adopted, changes): (Vec<&Desired>, Vec<&Desired>) = changes.into_iter().partition(|d| {
-            agents
+            pulled
                 && !previous.contains_key(d.field.name())
                 && !matches!(d.value, Value::Image(_))
                 && !desired::differs(d, &item, &managed)
@@ -685,7 +754,7 @@ impl Pipeline {
             let (on_item, reselect) = self.upload_gallery(rk, scene, &previous).await?;
             // The cover goes up again after them, so it stays the one shown.
             for d in wanted.iter().filter(|d| reselect.contains(&d.field) && self.settings.owns(d.field)) {
-                if !changes.contains(&d) && self.cover_bytes(d, &mut checked).await? {
+                if !changes.contains(&d) && self.cover_bytes(scene, d, &mut checked).await? {
                     changes.push(d);
                 }
             }
@@ -833,8 +902,13 @@ impl Pipeline {
         let new: Vec<&GalleryImage> = images.iter().filter(|i| !on_item.contains(&i.id)).collect();
         for image in new {
             let Some(url) = image.paths.image.as_deref() else { continue };
-            let bytes = match self.stash.image(url, MAX_IMAGE_BYTES, None).await {
-                Ok(Image::Fetched { bytes, .. }) => bytes,
+            let shown = match self.stash.image(url, MAX_IMAGE_BYTES, None).await {
+                Ok(Image::Fetched { bytes, .. }) => {
+                    let Some(shown) = self.shown(&scene.id, &format!("gallery image {}", image.id), bytes) else {
+                        continue;
+                    };
+                    shown
+                }
                 Ok(_) => continue,
                 Err(e) if e.class == ErrorClass::BadData => {
                     self.tally(|s| s.warnings += 1);
@@ -850,7 +924,7 @@ impl Pipeline {
             };
             for (kind, field) in kinds {
                 self.tally(|s| s.plex_writes += 1);
-                plex.upload_image(rk, *kind, bytes.clone()).await?;
+                plex.upload_image(rk, *kind, shown.bytes.clone(), shown.kind).await?;
                 if !took_over.contains(field) {
                     took_over.push(*field);
                 }
@@ -862,17 +936,33 @@ impl Pipeline {
 
     /// The scene's cover bytes for `d` (poster or background), to upload
     /// again; false when Stash has no cover yet.
-    async fn cover_bytes(&self, d: &Desired, checked: &mut CheckedImages) -> Result<bool, Error> {
+    async fn cover_bytes(&self, scene: &Scene, d: &Desired, checked: &mut CheckedImages) -> Result<bool, Error> {
         if checked.upload.contains_key(&d.field) {
             return Ok(true);
         }
         let Value::Image(Some(url)) = &d.value else { return Ok(false) };
         match self.stash.image(url, MAX_IMAGE_BYTES, None).await? {
-            Image::Fetched { bytes, .. } => {
-                checked.upload.insert(d.field, Fetched { bytes });
-                Ok(true)
-            }
+            Image::Fetched { bytes, .. } => match self.shown(&scene.id, d.field.name(), bytes) {
+                Some(shown) => {
+                    checked.upload.insert(d.field, Fetched { bytes: shown.bytes, kind: shown.kind });
+                    Ok(true)
+                }
+                None => Ok(false),
+            },
             Image::NotModified | Image::Placeholder => Ok(false),
+        }
+    }
+
+    /// `bytes` as Plex can show them; `None`, with a warning, when Plex
+    /// could not (an AVIF cover: Plex keeps its own frame).
+    fn shown(&self, scene_id: &str, what: &str, bytes: Vec<u8>) -> Option<picture::Shown> {
+        match picture::for_plex(bytes) {
+            Ok(shown) => Some(shown),
+            Err(why) => {
+                self.tally(|s| s.warnings += 1);
+                tracing::warn!("scene {scene_id}: {what} not copied: {why}");
+                None
+            }
         }
     }
 
@@ -983,7 +1073,7 @@ impl Pipeline {
             let Some(image) = images.get(&d.field) else { continue };
             let kind = if d.field == Field::Poster { ImageKind::Poster } else { ImageKind::Background };
             self.tally(|s| s.plex_writes += 1);
-            plex.upload_image(rk, kind, image.bytes.clone()).await?;
+            plex.upload_image(rk, kind, image.bytes.clone(), image.kind).await?;
             written.insert(d.field, d.hash());
         }
         Ok(written)
@@ -1089,8 +1179,11 @@ impl Pipeline {
                     checked.record.push((key(CONTENT_SUFFIX), content.clone()));
                     if previous.get(&key(CONTENT_SUFFIX)) == Some(&content) {
                         checked.record.push((d.field.name().to_string(), d.hash()));
+                    } else if let Some(shown) = self.shown(&scene.id, d.field.name(), bytes) {
+                        checked.upload.insert(d.field, Fetched { bytes: shown.bytes, kind: shown.kind });
                     } else {
-                        checked.upload.insert(d.field, Fetched { bytes });
+                        // Warned once: taken care of until the cover changes.
+                        checked.record.push((d.field.name().to_string(), d.hash()));
                     }
                 }
             }
@@ -1212,5 +1305,8 @@ pub(crate) fn managed_collections(
 
 /// An image downloaded from Stash whose content is new to the item.
 pub(crate) struct Fetched {
+    /// As Plex decodes them (see [`picture`]).
     bytes: Vec<u8>,
+    /// Their content type.
+    kind: &'static str,
 }

@@ -490,7 +490,7 @@ async fn deliver_batch(
             st.limiter.starting(running.len());
             let row = &rows[next];
             next += 1;
-            running.push(async move { (row, pipeline.deliver(queue, &row.scene_id, row.attempts).await) });
+            running.push(async move { (row, pipeline.deliver(queue, &row.scene_id, row.attempts, row.reason).await) });
             st.peak = st.peak.max(running.len());
         }
         let Some((row, result)) = running.next().await else { break };

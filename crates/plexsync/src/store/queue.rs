@@ -18,13 +18,17 @@ const CLAIM_SELECT: &str = "SELECT scene_id FROM queue
     WHERE state = 'pending' AND next_due <= ?3 AND (lease_until IS NULL OR lease_until < ?3)
     ORDER BY next_due, scene_id LIMIT ?4";
 
-/// Marks a scene dirty (`?1` id, `?2` reason, `?3` now): a new row, or the
-/// waiting row's generation bumped and made due now; a dead row comes back
-/// to life with fresh attempts and a fresh age.
-const ENQUEUE: &str = "INSERT INTO queue (scene_id, reason, enqueued_at, next_due) VALUES (?1, ?2, ?3, ?3)
+/// Marks a scene dirty (`?1` id, `?2` reason, `?3` now, `?4` due): a new
+/// row, or the waiting row's generation bumped and made due by `?4`; a dead
+/// row comes back to life with fresh attempts and a fresh age. A waiting
+/// row keeps the stronger of the two reasons (see [`Reason::rank`]).
+const ENQUEUE: &str = "INSERT INTO queue (scene_id, reason, enqueued_at, next_due) VALUES (?1, ?2, ?3, ?4)
      ON CONFLICT(scene_id) DO UPDATE SET
         generation = generation + 1,
-        reason = excluded.reason,
+        reason = CASE
+            WHEN state = 'dead' THEN excluded.reason
+            WHEN reason = 'rematch' OR excluded.reason = 'provider' THEN reason
+            ELSE excluded.reason END,
         next_due = MIN(next_due, excluded.next_due),
         attempts = CASE WHEN state = 'dead' THEN 0 ELSE attempts END,
         enqueued_at = CASE WHEN state = 'dead' THEN excluded.enqueued_at ELSE enqueued_at END,
@@ -37,6 +41,12 @@ pub enum Reason {
     Manual,
     Watermark,
     Reconcile,
+    /// Plex read the scene from the metadata provider: what the provider
+    /// cannot carry (images, collections) is to be written into its items.
+    Provider,
+    /// The provider could not answer Plex about the scene: Plex is to be
+    /// asked to match its items again, besides the usual delivery.
+    Rematch,
 }
 
 impl Reason {
@@ -46,6 +56,21 @@ impl Reason {
             Self::Manual => "manual",
             Self::Watermark => "watermark",
             Self::Reconcile => "reconcile",
+            Self::Provider => "provider",
+            Self::Rematch => "rematch",
+        }
+    }
+
+    /// The reason a stored row names (an unknown one, from a newer
+    /// version, as a hook: a full delivery).
+    fn parse(s: &str) -> Self {
+        match s {
+            "manual" => Self::Manual,
+            "watermark" => Self::Watermark,
+            "reconcile" => Self::Reconcile,
+            "provider" => Self::Provider,
+            "rematch" => Self::Rematch,
+            _ => Self::Hook,
         }
     }
 }
@@ -57,6 +82,7 @@ pub struct Claimed {
     pub generation: i64,
     pub attempts: i64,
     pub enqueued_at: i64,
+    pub reason: Reason,
 }
 
 /// Counts for `status`.
@@ -103,19 +129,31 @@ impl Store {
     /// and made due now. A dead row comes back to life with fresh attempts.
     pub fn enqueue(&self, scene_id: &str, reason: Reason) -> Result<()> {
         let now = now_ms();
-        self.exec(ENQUEUE, params![scene_id, reason.as_str(), now])?;
+        self.exec(ENQUEUE, params![scene_id, reason.as_str(), now, now])?;
         Ok(())
     }
 
     /// Enqueues many scenes in one transaction.
     pub fn enqueue_many<'a>(&self, ids: impl IntoIterator<Item = &'a str>, reason: Reason) -> Result<usize> {
+        self.enqueue_many_after(ids, reason, Duration::ZERO)
+    }
+
+    /// Enqueues many scenes in one transaction, due after `delay` (a row
+    /// already due sooner stays so).
+    pub fn enqueue_many_after<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a str>,
+        reason: Reason,
+        delay: Duration,
+    ) -> Result<usize> {
         let tx = self.conn.unchecked_transaction()?;
         let now = now_ms();
+        let due = now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
         let mut n = 0;
         {
             let mut stmt = tx.prepare(ENQUEUE)?;
             for id in ids {
-                stmt.execute(params![id, reason.as_str(), now])?;
+                stmt.execute(params![id, reason.as_str(), now, due])?;
                 n += 1;
             }
         }
@@ -128,10 +166,16 @@ impl Store {
         let now = now_ms();
         let mut stmt = self.conn.prepare_cached(&format!(
             "UPDATE queue SET lease_owner = ?1, lease_until = ?2 WHERE scene_id IN ({CLAIM_SELECT})
-             RETURNING scene_id, generation, attempts, enqueued_at"
+             RETURNING scene_id, generation, attempts, enqueued_at, reason"
         ))?;
         let rows = stmt.query_map(params![owner, now + lease.as_millis() as i64, now, limit as i64], |r| {
-            Ok(Claimed { scene_id: r.get(0)?, generation: r.get(1)?, attempts: r.get(2)?, enqueued_at: r.get(3)? })
+            Ok(Claimed {
+                scene_id: r.get(0)?,
+                generation: r.get(1)?,
+                attempts: r.get(2)?,
+                enqueued_at: r.get(3)?,
+                reason: Reason::parse(&r.get::<_, String>(4)?),
+            })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }

@@ -1,13 +1,16 @@
 //! The metadata provider over HTTP: `plexsync daemon` with `provider` on,
 //! and the Plex emulator as its client (it fetches and checks the
-//! manifest, matches each scanned file, reads the metadata, downloads the
-//! poster, re-pulls on refresh, and asks with `manual=1` for Fix Match).
+//! manifest, matches each scanned file, reads the metadata, re-pulls on
+//! refresh, and asks with `manual=1` for Fix Match), as a real PMS runs
+//! it: LAN image URLs refused by Plex's cloud, only documented status
+//! codes understood, no retry after a failure.
 #![cfg(unix)]
 
 use std::process::Command;
 use std::time::Duration;
 
-use emulators::plex::{Image, Item};
+use emulators::plex::Item;
+use emulators::stash::state::poster_shows;
 use serde_json::{json, Value};
 
 use crate::common::daemon::Daemon;
@@ -61,17 +64,44 @@ fn stash_path_of(bed: &Bed, plex_path: &str) -> String {
     plex_path.replacen(&bed.lib.plex_prefix, &bed.lib.stash_prefix, 1)
 }
 
+/// The items matched to a scene that hold its file and do not show its
+/// cover yet (push writes only into an item that holds the scene's file;
+/// a copy elsewhere that the provider matched by name keeps Plex's frame).
+fn posters_not_shown(bed: &Bed) -> Vec<String> {
+    let items: Vec<Item> = bed.plex.with_state(|s| s.items.values().cloned().collect());
+    items
+        .iter()
+        .filter_map(|item| {
+            let scene = bed.stash.scene(scene_of(item)?)?;
+            let own = item.files().any(|f| scene.files.iter().any(|sf| sf.path == stash_path_of(bed, &f.file)));
+            if !own {
+                return None;
+            }
+            let shown = poster_shows(scene.cover.as_deref().unwrap_or_default(), item.poster.as_ref());
+            (!shown).then(|| format!("item {} (scene {}): {:?}", item.rating_key, scene.id, item.poster))
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_scan_of_200_files_gets_stashs_metadata_with_no_push_equal_to_what_push_writes() {
+async fn a_scan_of_200_files_gets_stashs_metadata_and_poster_bytes_equal_to_what_push_writes() {
     let bed = Bed::new(200, json!({"reconcileHours": 0})).await;
     let files = unscanned(&bed);
     let (daemon, _) = registered(&bed, &[("PLEXSYNC_LOG", "plexsync=debug")]).await;
     scan(&bed);
     eventually(Duration::from_secs(60), "Plex scanned every file and asked the provider", || bed.plex.agent_idle())
         .await;
+    let started = std::time::Instant::now();
+    while !posters_not_shown(&bed).is_empty() && started.elapsed() < Duration::from_secs(90) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let unshown = posters_not_shown(&bed);
+    assert!(unshown.is_empty(), "every item holds its scene's poster, uploaded after Plex's read: {unshown:?}");
     let items: Vec<Item> = bed.plex.with_state(|s| s.items.values().cloned().collect());
     assert_eq!(items.len(), files, "one item per file");
     assert!(bed.plex.agent_log().is_empty(), "Plex took every answer: {:?}", bed.plex.agent_log());
+    let refused = bed.plex.with_state(|s| s.cloud_refused.clone());
+    assert!(refused.is_empty(), "no image URL for Plex's cloud to refuse: {refused:?}");
 
     let mut matched = 0;
     for item in &items {
@@ -86,8 +116,8 @@ async fn a_scan_of_200_files_gets_stashs_metadata_with_no_push_equal_to_what_pus
                 matched += 1;
                 let scene = bed.stash.scene(own).unwrap();
                 let cover = scene.cover.clone().expect("fixture scenes have covers");
-                assert_eq!(item.poster, Some(Image::Upload(cover.clone())), "poster bytes of scene {own}");
-                assert_eq!(item.art, Some(Image::Upload(cover)), "background of scene {own}");
+                assert!(poster_shows(&cover, item.poster.as_ref()), "poster of scene {own}: {:?}", item.poster);
+                assert!(poster_shows(&cover, item.art.as_ref()), "background of scene {own}");
                 assert!(item.agent_matched);
             }
             // A copy Plex has beside the library (no Stash file of that
@@ -104,7 +134,30 @@ async fn a_scan_of_200_files_gets_stashs_metadata_with_no_push_equal_to_what_pus
         }
     }
     assert!(matched >= 190, "{matched} of {files} files matched");
-    assert_eq!(bed.plex_writes(), 0, "no push at all: Plex pulled everything");
+    // What this cost Plex, per matched item: the fields Plex pulled are
+    // recorded, not written; images (and collections) are.
+    let requests = bed.plex.requests();
+    let count = |f: &dyn Fn(&emulators::plex::RequestRecord) -> bool| requests.iter().filter(|r| f(r)).count();
+    let uploads = count(&|r| r.method == "POST" && (r.path.ends_with("/posters") || r.path.ends_with("/arts")));
+    let edits = count(&|r| r.method == "PUT" && !r.path.ends_with("/refresh"));
+    let fields: Vec<&str> = requests
+        .iter()
+        .filter(|r| r.method == "PUT")
+        .flat_map(|r| r.query.iter().map(|(k, _)| k.split(['[', '.']).next().unwrap_or(k)))
+        .collect();
+    // Plex takes no critic rating from a provider item: push writes it.
+    let pushed = ["collection", "thumb", "art", "rating", "type", "id"];
+    assert!(fields.iter().all(|f| pushed.contains(f)), "only what Plex did not take is edited: {fields:?}");
+    let reads = count(&|r| r.method == "GET");
+    let per = |n: usize| n as f64 / matched as f64;
+    eprintln!(
+        "provider scan of {matched} items: Plex requests per item: {:.2} reads, {:.2} uploads, {:.2} edits",
+        per(reads),
+        per(uploads),
+        per(edits)
+    );
+    assert!(uploads <= 2 * matched, "a poster and a background per item at most: {uploads}");
+    assert!(per(reads) < 2.5, "{reads} reads for {matched} items");
 
     // What push would write equals what Plex now shows: a reconcile (push
     // mode) of the fields it compares by value finds nothing to change.
@@ -127,6 +180,8 @@ async fn refresh_mode_sends_a_stash_edit_through_the_provider_and_a_locked_field
     let bed = Bed::new(12, json!({"reconcileHours": 0, "syncMode": "refresh", "retryScale": 0.02})).await;
     let id = bed.scenes_in_plex()[0];
     unscanned(&bed);
+    // `filename` relative to the library, as Plex's provider docs show it.
+    bed.plex.with_state(|s| s.provider_full_paths = false);
     let (_daemon, _) = registered(&bed, &[]).await;
     scan(&bed);
     eventually(Duration::from_secs(30), "the scene's item matched", || {
@@ -150,8 +205,20 @@ async fn refresh_mode_sends_a_stash_edit_through_the_provider_and_a_locked_field
     let item = bed.plex.item(rk).unwrap();
     assert!(item.refreshes > refreshes, "PlexSync asked Plex to refresh");
     assert_eq!(item.field("title"), Some("A person's title"), "a locked field stays");
-    let edits = bed.plex.requests().into_iter().filter(|r| r.method == "PUT" && !r.path.ends_with("/refresh")).count();
-    assert_eq!(edits, 0, "refresh mode writes no field itself");
+    let cover = bed.stash.scene(id).unwrap().cover.unwrap();
+    eventually(Duration::from_secs(30), "the poster uploaded after Plex's read", || {
+        poster_shows(&cover, bed.plex.item(rk).unwrap().poster.as_ref())
+    })
+    .await;
+    let fields: Vec<String> = bed
+        .plex
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PUT" && !r.path.ends_with("/refresh"))
+        .flat_map(|r| r.query.into_iter().map(|(k, _)| k))
+        .collect();
+    let uncarried = |k: &str| ["collection", "thumb.", "art.", "type", "id"].iter().any(|p| k.starts_with(p));
+    assert!(fields.iter().all(|k| uncarried(k)), "refresh mode writes only what the provider cannot carry: {fields:?}");
 }
 
 fn plex_path(bed: &Bed, scene: u64) -> String {
@@ -163,7 +230,6 @@ fn plex_path(bed: &Bed, scene: u64) -> String {
 async fn an_ambiguous_file_is_never_matched_and_fix_match_ranks_the_candidates() {
     let bed = Bed::new(5, json!({"reconcileHours": 0})).await;
     unscanned(&bed);
-    bed.plex.with_state(|s| s.provider_full_paths = true);
     let stash = &bed.lib.stash_prefix;
     let ids = bed
         .stash
@@ -238,8 +304,13 @@ async fn the_provider_answers_only_under_its_secret_and_shows_nothing_secret() {
     assert!(weak.contains("providerSecret"), "{weak}");
 
     let token = "t0ken-of-the-daemon";
-    let mut daemon =
-        Daemon::start(&bed, "0.0.0.0:0", &[("PLEXSYNC_PROVIDER", "true"), ("PLEXSYNC_DAEMON_TOKEN", token)]).unwrap();
+    // A scene with a performer whose photo Plex is given (`actorImages`).
+    let id = bed.scenes_in_plex().into_iter().find(|id| !bed.stash.scene(*id).unwrap().performers.is_empty()).unwrap();
+    let performer = bed.stash.scene(id).unwrap().performers[0];
+    let photo = emulators::stash::state::fixture_image(77);
+    bed.stash.with_state(|s| s.performers.get_mut(&performer).unwrap().image = Some(photo.clone()));
+    let env = [("PLEXSYNC_PROVIDER", "true"), ("PLEXSYNC_DAEMON_TOKEN", token), ("PLEXSYNC_ACTOR_IMAGES", "true")];
+    let mut daemon = Daemon::start(&bed, "0.0.0.0:0", &env).unwrap();
     let port = daemon.url.rsplit(':').next().unwrap().to_string();
     daemon.url = format!("http://127.0.0.1:{port}");
     let shown = daemon.provider_url(Some(token)).await;
@@ -293,7 +364,6 @@ async fn the_provider_answers_only_under_its_secret_and_shows_nothing_secret() {
     }
 
     // What Plex is answered, without any credential.
-    let id = bed.scenes_in_plex()[0];
     let file = plex_path(&bed, id);
     let mut answers = vec![get(root.clone()).await];
     let matched = http
@@ -328,26 +398,31 @@ async fn the_provider_answers_only_under_its_secret_and_shows_nothing_secret() {
         daemon.log.lock().unwrap()
     );
     let item: Value = serde_json::from_str(&answers[2].1).unwrap();
-    let poster = item["MediaContainer"]["Metadata"][0]["Image"][0]["url"].as_str().unwrap().to_string();
+    let item = &item["MediaContainer"]["Metadata"][0];
+    for field in ["thumb", "art", "Image", "Collection"] {
+        assert!(item.get(field).is_none(), "{field} is written by push after Plex's read: {item}");
+    }
+    assert!(item["originallyAvailableAt"].is_string(), "{item}");
+    let photo_url = item["Role"][0]["thumb"].as_str().unwrap().to_string();
     let images = format!("{}/provider-image/", daemon.url);
-    assert!(poster.starts_with(&images) && poster.ends_with(&format!("/scene/{id}")), "from the provider: {poster}");
+    let named = format!("/scene/{id}/performer/{performer}");
+    assert!(photo_url.starts_with(&images) && photo_url.ends_with(&named), "from the provider: {photo_url}");
     // Its token opens that one image: not another scene's, not the rest.
-    let other = bed.scenes_in_plex()[1];
-    for tampered in
-        [poster.replace(&format!("/scene/{id}"), &format!("/scene/{other}")), format!("{poster}/performer/1")]
-    {
+    let other = bed.scenes_in_plex().into_iter().find(|o| *o != id).unwrap();
+    for tampered in [
+        photo_url.replace(&format!("/scene/{id}/"), &format!("/scene/{other}/")),
+        photo_url.replace(&named, &format!("/scene/{id}")),
+        format!("{photo_url}/x"),
+    ] {
         let (status, _) = get(tampered.clone()).await;
         assert_eq!(status, 404, "{tampered}");
     }
-    let token = poster.trim_start_matches(&images).split('/').next().unwrap().to_string();
+    let token = photo_url.trim_start_matches(&images).split('/').next().unwrap().to_string();
     let (status, _) = get(format!("{}/provider/{token}/library/metadata/{id}", daemon.url)).await;
     assert_eq!(status, 404, "an image token is not the provider's secret");
-    let bytes = http.get(&poster).send().await.unwrap().bytes().await.unwrap();
-    assert_eq!(
-        bytes.to_vec(),
-        bed.stash.scene(id).unwrap().cover.unwrap(),
-        "Stash's cover, fetched with PlexSync's credentials"
-    );
+    let answer = http.get(&photo_url).send().await.unwrap();
+    assert_eq!(answer.headers()["content-type"], "image/png");
+    assert_eq!(answer.bytes().await.unwrap().to_vec(), photo, "Stash's photo, fetched with PlexSync's credentials");
 
     // A flood of metadata calls for one scene costs Stash one read per cache period.
     let before = bed.stash.request_count();
@@ -360,14 +435,22 @@ async fn the_provider_answers_only_under_its_secret_and_shows_nothing_secret() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_provider_serves_the_agents_item_content_rating_and_gallery_images() {
+async fn the_provider_serves_the_agents_item_and_gallery_images_and_collections_follow_by_push() {
     let bed = Bed::new(8, json!({"reconcileHours": 0, "IncludeGalleryImages": true, "SortGalleryImages": true})).await;
     let id = bed.scenes_in_plex()[0];
     let gallery = bed.stash.with_state(|s| s.add_gallery("Set", &[(600, 900), (1600, 900)]));
-    let other = bed.stash.with_state(|s| s.add_gallery("Other", &[(600, 900)]));
+    let studio = bed.stash.with_state(|s| *s.studios.keys().next().unwrap());
     bed.stash.update_scene(id, |s| {
         s.galleries = vec![gallery];
         s.rating100 = Some(70);
+        s.date = None;
+        s.studio = Some(studio);
+    });
+    let file = plex_path(&bed, id);
+    bed.plex.with_state(|s| {
+        let rk = s.items.values().find(|i| i.files().any(|f| f.file == file)).unwrap().rating_key;
+        s.items.remove(&rk);
+        s.add_disk_file(&file, 1000, 60_000, None);
     });
     let (daemon, root) = registered(&bed, &[]).await;
     let http = reqwest::Client::new();
@@ -376,21 +459,29 @@ async fn the_provider_serves_the_agents_item_content_rating_and_gallery_images()
     assert_eq!(item["contentRating"], "XXX", "{item}");
     assert_eq!(item["isAdult"], true);
     assert_eq!(item["rating"], 7.0);
-    let images = item["Image"].as_array().unwrap();
-    let kinds: Vec<&str> = images.iter().map(|i| i["type"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["coverPoster", "background", "coverPoster", "background"], "{item}");
-    let (portrait, landscape) = bed.stash.with_state(|s| {
-        let ids = &s.galleries[&gallery].images;
-        (s.images[&ids[0]].clone(), s.images[&ids[1]].clone())
-    });
-    let url = images[2]["url"].as_str().unwrap();
-    assert!(url.ends_with(&format!("/scene/{id}/gallery/{}", portrait.id)), "{url}");
-    assert_eq!(http.get(url).send().await.unwrap().bytes().await.unwrap().to_vec(), portrait.bytes);
-    assert!(images[3]["url"].as_str().unwrap().ends_with(&format!("/gallery/{}", landscape.id)));
-    // A token opens the image it names, not another gallery's.
-    let foreign = bed.stash.with_state(|s| s.galleries[&other].images[0]);
-    let tampered = url.replace(&format!("/gallery/{}", portrait.id), &format!("/gallery/{foreign}"));
-    assert_eq!(http.get(&tampered).send().await.unwrap().status(), 404);
+    assert_eq!(item["originallyAvailableAt"], "", "required, empty without a date, as Plex's example: {item}");
+    assert!(item.get("year").is_none());
+    let images: Value =
+        http.get(format!("{root}/library/metadata/{id}/images")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(images["MediaContainer"]["Image"], json!([]), "images are uploaded, not fetched by Plex");
+
+    // Plex scans the file, matches it and reads it; then PlexSync uploads
+    // the gallery images and the cover into the item, and the collections.
+    scan(&bed);
+    eventually(Duration::from_secs(30), "the item matched and its images uploaded", || {
+        bed.plex.item_by_file(&file).is_some_and(|i| {
+            scene_of(&i) == Some(id)
+                && i.uploads.len() >= 2
+                && !i.tag_names(emulators::plex::TagKind::Collection).is_empty()
+        })
+    })
+    .await;
+    let item = bed.plex.item_by_file(&file).unwrap();
+    let portrait = bed.stash.with_state(|s| s.images[&s.galleries[&gallery].images[0]].bytes.clone());
+    assert!(item.uploads.contains(&emulators::plex::state::content_key(&portrait)), "{:?}", item.uploads);
+    let cover = bed.stash.scene(id).unwrap().cover.unwrap();
+    assert!(poster_shows(&cover, item.poster.as_ref()), "the cover is uploaded last, so it is shown");
+    assert!(bed.plex.agent_log().is_empty(), "{:?}", bed.plex.agent_log());
     drop(daemon);
 }
 
@@ -411,5 +502,85 @@ async fn the_provider_answers_a_gated_scene_as_a_missing_one() {
         assert_eq!(status(path.clone()).await, 404, "{path}");
     }
     assert_eq!(status(format!("{root}/library/metadata/999999")).await, 404, "as a missing scene");
+    drop(daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_plex_could_not_be_answered_is_a_500_and_plex_is_asked_to_match_again() {
+    let bed = Bed::new(8, json!({"reconcileHours": 0, "retryScale": 0.02})).await;
+    let (id, other) = (bed.scenes_in_plex()[0], bed.scenes_in_plex()[1]);
+    let file = plex_path(&bed, id);
+    unscanned(&bed);
+    let (daemon, root) = registered(&bed, &[("PLEXSYNC_LOG", "plexsync=debug")]).await;
+
+    // Stash restarts while Plex scans: the match answers from the index,
+    // the metadata cannot be read. Plex keeps the scanner's title.
+    bed.stash.set_down(true);
+    scan(&bed);
+    eventually(Duration::from_secs(30), "Plex scanned and asked", || bed.plex.agent_idle()).await;
+    let item = bed.plex.item_by_file(&file).unwrap();
+    assert!(!item.agent_matched, "no metadata while Stash is down: {:?}", item.guid);
+    let log = bed.plex.agent_log();
+    assert!(log.iter().any(|l| l.contains("HTTP 500")), "a documented server error: {log:?}");
+    assert!(log.iter().all(|l| !l.contains("does not define")), "only documented answers: {log:?}");
+
+    // Stash is back: PlexSync has Plex match the items again.
+    bed.stash.set_down(false);
+    eventually(Duration::from_secs(60), "the item matched once Stash answered", || {
+        bed.plex.item_by_file(&file).is_some_and(|i| i.agent_matched && scene_of(&i) == Some(id))
+    })
+    .await;
+    assert!(daemon.log.lock().unwrap().contains("match their items again"));
+
+    // A Stash that answers too slowly: a 500 in time, never a hung call
+    // (once the scene read Plex's scan made is no longer reused).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    bed.stash.stall(Duration::from_secs(15));
+    let started = std::time::Instant::now();
+    let status = reqwest::Client::new().get(format!("{root}/library/metadata/{other}")).send().await.unwrap().status();
+    assert_eq!(status, 500);
+    assert!(started.elapsed() < Duration::from_secs(15), "answered before Stash did");
+    bed.stash.stall(Duration::ZERO);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actor_photos_on_the_lan_show_only_where_plex_reaches_them_itself() {
+    let bed = Bed::new(8, json!({"reconcileHours": 0})).await;
+    let id = bed.scenes_in_plex().into_iter().find(|id| !bed.stash.scene(*id).unwrap().performers.is_empty()).unwrap();
+    let performer = bed.stash.scene(id).unwrap().performers[0];
+    bed.stash.with_state(|s| {
+        s.performers.get_mut(&performer).unwrap().image = Some(emulators::stash::state::fixture_image(5))
+    });
+    let file = plex_path(&bed, id);
+    unscanned(&bed);
+    let (daemon, _) = registered(&bed, &[("PLEXSYNC_ACTOR_IMAGES", "true")]).await;
+    let photo_of = |rk: u64| {
+        let item = bed.plex.item(rk).unwrap();
+        let roles = item.tags.get(&emulators::plex::TagKind::Actor).cloned().unwrap_or_default();
+        roles.iter().find_map(|t| t.thumb.clone())
+    };
+
+    // A real Plex: the daemon's address is on the LAN, Plex's cloud refuses it.
+    scan(&bed);
+    eventually(Duration::from_secs(30), "the item matched", || {
+        bed.plex.item_by_file(&file).is_some_and(|i| scene_of(&i) == Some(id))
+    })
+    .await;
+    let rk = bed.plex.item_by_file(&file).unwrap().rating_key;
+    let photo = photo_of(rk).expect("the provider names the photo");
+    let bare = photo.split('?').next().unwrap().to_string();
+    assert!(bed.plex.with_state(|s| s.cloud_refused.contains(&bare)), "refused through the cloud: {photo}");
+
+    // A Plex told it reaches the LAN itself: nothing refused.
+    bed.plex.with_state(|s| {
+        s.cloud_refused.clear();
+        s.lan_images_reachable = true;
+    });
+    let http = reqwest::Client::new();
+    let refresh = bed.plex.url().join(&format!("library/metadata/{rk}/refresh")).unwrap();
+    http.put(refresh).header("X-Plex-Token", PLEX_TOKEN).send().await.unwrap();
+    eventually(Duration::from_secs(30), "Plex read the item again", || bed.plex.agent_idle()).await;
+    assert!(photo_of(rk).is_some());
+    assert!(bed.plex.with_state(|s| s.cloud_refused.is_empty()));
     drop(daemon);
 }
