@@ -52,7 +52,7 @@ settings! {
     "pathMappings", String, true, "Path mappings", "Stash path prefix => Plex path prefix, separated by ';', e.g. /data => /media; D:\\Videos => /mnt/videos. Longest prefix wins.";
     "syncMode", String, true, "Sync mode", "push (default): write metadata into Plex. refresh: only ask Plex to refresh items named by a Plex URL on the scene (old behaviour).";
     "syncFields", String, true, "Fields to sync", "Comma-separated: title, summary, studio, date, genres, actors, directors, collection, tagline, poster, background, contentRating, rating, userRating; 'all' (default) for every one.";
-    "actorImages", Boolean, true, "Actor images", "Send performer image URLs with actors. Plex fetches them itself, so Stash must be reachable by Plex without a login.";
+    "actorImages", Boolean, true, "Actor images", "Send performer photo URLs with actors. Plex's apps fetch them through Plex's cloud, which cannot reach a LAN address: on a LAN they do not show. Stash must let Plex in without a login.";
     "contentRating", String, true, "Content rating", "Plex content rating written to every synced item (default XXX, as StashPlexAgent did; Plex's managed users are restricted by it). Empty leaves Plex's field alone.";
     "taglineSource", String, true, "Tagline source", "What becomes the Plex tagline: none (default), code (studio code), url (first URL), director.";
     "preservePlexEdits", Boolean, true, "Preserve Plex edits", "Never overwrite a field a person edited in Plex (Plex locks what a person edits); values Plex's agent filled in and the frames Plex extracts for posters are still replaced.";

@@ -881,6 +881,34 @@ fn validate_scalar(field: &str, value: &str) -> Result<(), EditError> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn plexs_cloud_refuses_lan_image_urls_unless_the_server_reaches_them() {
+        for lan in [
+            "http://192.168.1.71:9999/scene/1/screenshot",
+            "http://10.0.0.5/x",
+            "http://172.20.0.2/x",
+            "http://127.0.0.1:9977/provider-image/t/scene/1",
+            "http://[::1]/x",
+            "http://[fd00::1]/x",
+            "http://stash:9999/x",
+            "http://nas.local/x",
+            "not a url",
+        ] {
+            assert!(lan_url(lan), "{lan}");
+        }
+        for public in ["https://image.tmdb.org/t/p/a.jpg", "http://203.0.113.7/x", "https://stash.example.com/x"] {
+            assert!(!lan_url(public), "{public}");
+        }
+        let mut state = PlexState::new("/media");
+        assert!(!state.through_cloud("http://192.168.1.71/p.jpg?apikey=secret"));
+        assert!(state.cloud_refused.contains("http://192.168.1.71/p.jpg"), "kept without its query");
+        state.lan_images_reachable = true;
+        assert!(state.through_cloud("http://192.168.1.71/q.jpg"));
+        assert_eq!(state.cloud_refused.len(), 1);
+        assert_eq!(image_type(b"\x89PNG\r\n"), Some("image/png"));
+        assert_eq!(image_type(b"\0\0\0\x20ftypavif"), None, "Plex cannot decode AVIF");
+    }
+
     fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }

@@ -484,13 +484,12 @@ pub const JPEG_XL_COVER: &[u8] = include_bytes!("../../assets/cover.jxl");
 
 /// Whether an item's poster shows the scene's `cover` as Plex would: the
 /// same bytes, a JPEG made of a JPEG XL cover, or, for an AVIF cover (which
-/// Plex cannot decode), the frame Plex extracted itself.
+/// Plex cannot decode), Plex's own image (its frame or its agent's), never
+/// an upload.
 pub fn poster_shows(cover: &[u8], poster: Option<&crate::plex::Image>) -> bool {
     use crate::plex::Image;
     match (cover, poster) {
-        ([_, _, _, _, b'f', b't', b'y', b'p', b'a', b'v', b'i', b'f', ..], p) => {
-            matches!(p, None | Some(Image::Frame))
-        }
+        ([_, _, _, _, b'f', b't', b'y', b'p', b'a', b'v', b'i', b'f', ..], p) => !matches!(p, Some(Image::Upload(_))),
         ([0xFF, 0x0A, ..], Some(Image::Upload(bytes))) => bytes.starts_with(&[0xFF, 0xD8, 0xFF]),
         (cover, Some(Image::Upload(bytes))) => cover == bytes.as_slice(),
         _ => false,

@@ -118,4 +118,20 @@ mod tests {
         assert!(for_plex(b"<svg/>".to_vec()).is_err());
         assert!(for_plex(b"\xFF\x0A broken".to_vec()).unwrap_err().contains("JPEG XL"));
     }
+
+    /// The JPEG's size from its frame header (SOF0 or SOF2).
+    fn jpeg_size(jpeg: &[u8]) -> Option<(u16, u16)> {
+        let at = jpeg.windows(2).position(|w| w == [0xFF, 0xC0] || w == [0xFF, 0xC2])?;
+        let be = |i: usize| u16::from_be_bytes([jpeg[at + i], jpeg[at + i + 1]]);
+        Some((be(7), be(5)))
+    }
+
+    #[test]
+    fn the_sample_librarys_jpeg_xl_cover_becomes_a_jpeg_of_its_size_and_its_avif_one_is_refused() {
+        let shown = for_plex(emulators::stash::state::JPEG_XL_COVER.to_vec()).unwrap();
+        assert_eq!((shown.kind, format(&shown.bytes)), ("image/jpeg", Format::Jpeg));
+        assert_eq!(jpeg_size(&shown.bytes), Some((48, 72)));
+        let avif = for_plex(emulators::stash::state::AVIF_COVER.to_vec()).unwrap_err();
+        assert!(avif.contains("AVIF"), "{avif}");
+    }
 }

@@ -112,7 +112,8 @@ async fn compare(pipeline: &Pipeline, queue: &Store, scene: &Scene) -> Result<Ve
         let previous = ours.iter().find(|r| r.rating_key == rk).map(|r| r.field_hashes.clone()).unwrap_or_default();
         let managed = crate::pipeline::sync::managed_collections(scene, settings, &previous);
         if wanted.iter().any(|d| {
-            crate::pipeline::desired::differs(d, &item, &managed)
+            !crate::pipeline::sync::unshown(&previous, d.field)
+                && crate::pipeline::desired::differs(d, &item, &managed)
                 && (!settings.preserve_plex_edits || !crate::pipeline::desired::person_edited(d, &item, wrote(d)))
         }) {
             return Ok(Verdict::Differs);

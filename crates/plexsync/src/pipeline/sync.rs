@@ -803,6 +803,7 @@ impl Pipeline {
         for d in changes.iter().filter(|d| checked.upload.contains_key(&d.field)) {
             // Uploaded, so locked now.
             hashes.remove(&format!("{}{ADOPTED_SUFFIX}", d.field.name()));
+            hashes.remove(&format!("{}{UNSHOWN_SUFFIX}", d.field.name()));
         }
         let record = SyncRecord {
             plex_server: self.plex_server(),
@@ -1182,8 +1183,10 @@ impl Pipeline {
                     } else if let Some(shown) = self.shown(&scene.id, d.field.name(), bytes) {
                         checked.upload.insert(d.field, Fetched { bytes: shown.bytes, kind: shown.kind });
                     } else {
-                        // Warned once: taken care of until the cover changes.
+                        // Warned once: taken care of until the cover changes,
+                        // and no difference to reconcile meanwhile.
                         checked.record.push((d.field.name().to_string(), d.hash()));
+                        checked.record.push((key(UNSHOWN_SUFFIX), "1".into()));
                     }
                 }
             }
@@ -1254,6 +1257,15 @@ struct CheckedImages {
 /// Record key suffixes beside a field's value hash: the hash of an image's
 /// content and its `ETag` at Stash.
 const CONTENT_SUFFIX: &str = ".content";
+/// Recorded beside an image Plex could not be given (an AVIF cover):
+/// Plex shows its own frame, and reconcile does not count it as a difference.
+const UNSHOWN_SUFFIX: &str = ".unshown";
+
+/// Whether the field's image could not be given to Plex at its last
+/// delivery (see [`UNSHOWN_SUFFIX`]).
+pub(crate) fn unshown(previous: &std::collections::BTreeMap<String, String>, field: Field) -> bool {
+    previous.contains_key(&format!("{}{UNSHOWN_SUFFIX}", field.name()))
+}
 /// Record key of the gallery images uploaded to an item (a JSON list of
 /// Stash image ids), so each goes up once.
 const GALLERY_IMAGES: &str = "poster.gallery";

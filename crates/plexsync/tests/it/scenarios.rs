@@ -38,7 +38,8 @@ fn differences(bed: &Bed, scene: u64, item: &Item) -> Vec<String> {
     let mut collections: BTreeSet<String> = studio.iter().map(|n| format!("site: {}", n.to_lowercase())).collect();
     collections.extend(parent.iter().map(|n| format!("studio: {}", n.to_lowercase())));
     let poster = match (&s.cover, &item.poster) {
-        (Some(cover), Some(Image::Upload(bytes))) => cover == bytes,
+        // The same bytes, a JPEG of a JPEG XL cover, Plex's frame for an AVIF one.
+        (Some(cover), poster) => emulators::stash::state::poster_shows(cover, poster.as_ref()),
         // No cover in Stash: Plex keeps the frame it extracted (or its agent's image).
         (None, Some(Image::Frame | Image::Url(_))) => true,
         _ => false,
