@@ -281,6 +281,14 @@ async fn read_metadata(http: &reqwest::Client, provider: &Provider, rating_key: 
     }
     let v: Value = answer.json().await.map_err(|e| format!("metadata: not JSON: {e}"))?;
     let m = v["MediaContainer"]["Metadata"][0].clone();
+    check_item(provider, rating_key, &m)?;
+    Ok(m)
+}
+
+/// What Plex refuses in a provider's item ("primary provider failed to
+/// return a result"): the required fields, a guid with its type segment,
+/// and a `Collection` without the collection feature or its guid and key.
+pub fn check_item(provider: &Provider, rating_key: &str, m: &Value) -> Result<(), String> {
     let want_guid = format!("{}://movie/{rating_key}", provider.identifier);
     for (field, ok) in [
         ("ratingKey", m["ratingKey"] == rating_key),
@@ -305,7 +313,7 @@ async fn read_metadata(http: &reqwest::Client, provider: &Provider, rating_key: 
             ));
         }
     }
-    Ok(m)
+    Ok(())
 }
 
 async fn download(http: &reqwest::Client, url: &str) -> Result<Vec<u8>, String> {
@@ -433,6 +441,38 @@ mod tests {
                 {"type": "match", "key": "/library/metadata/matches"},
             ],
         })
+    }
+
+    #[test]
+    fn an_item_is_refused_as_plex_refuses_it() {
+        let p = check_manifest("http://127.0.0.1:1/provider/x", &manifest()).unwrap();
+        let good = json!({
+            "ratingKey": "7", "key": "/library/metadata/7", "guid": "tv.plex.agents.custom.example://movie/7",
+            "type": "movie", "title": "A", "originallyAvailableAt": "",
+        });
+        assert!(check_item(&p, "7", &good).is_ok());
+        let refused = |f: &dyn Fn(&mut Value)| {
+            let mut m = good.clone();
+            f(&mut m);
+            check_item(&p, "7", &m).expect_err("refused")
+        };
+        assert!(refused(&|m| m["guid"] = json!("tv.plex.agents.custom.example://7")).contains("guid"));
+        assert!(refused(&|m| drop(m.as_object_mut().unwrap().remove("originallyAvailableAt")))
+            .contains("originallyAvailableAt"));
+        assert!(refused(&|m| m["Collection"] = json!([{"tag": "Site: X"}])).contains("Collection"));
+        let mut with_feature = manifest();
+        with_feature["Feature"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "collection", "key": "/library/collections"}));
+        let p = check_manifest("http://127.0.0.1:1/provider/x", &with_feature).unwrap();
+        let mut m = good.clone();
+        m["Collection"] = json!([{"tag": "Site: X"}]);
+        assert!(check_item(&p, "7", &m).is_err(), "a collection needs its guid and key");
+        m["Collection"] = json!([{"tag": "Site: X", "guid": "tv.plex.agents.custom.example://collection/1", "key": "/library/collections/1"}]);
+        assert!(check_item(&p, "7", &m).is_ok());
+        assert!(status_error("metadata 7", reqwest::StatusCode::SERVICE_UNAVAILABLE).contains("does not define"));
+        assert!(!status_error("metadata 7", reqwest::StatusCode::INTERNAL_SERVER_ERROR).contains("does not define"));
     }
 
     #[test]
