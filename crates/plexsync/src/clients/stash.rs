@@ -65,6 +65,13 @@ pub mod queries {
         format!("query Scene($id: ID!) {{ findScene(id: $id) {{ ...SceneData }} }} {}", super::SCENE_FRAGMENT)
     }
 
+    pub(crate) fn scenes_by_id() -> String {
+        format!(
+            "query Scenes($ids: [ID!], $f: FindFilterType) {{ findScenes(ids: $ids, filter: $f) {{ count scenes {{ ...SceneData }} }} }} {}",
+            super::SCENE_FRAGMENT
+        )
+    }
+
     pub(crate) fn scenes_page() -> String {
         format!(
             "query Changed($f: FindFilterType, $sf: SceneFilterType) {{ findScenes(filter: $f, scene_filter: $sf) {{ count scenes {{ ...SceneData }} }} }} {}",
@@ -442,6 +449,22 @@ impl StashClient {
         }
         let data: Data = self.query("read scene", &queries::scene(), json!({"id": id})).await?;
         Ok(data.scene)
+    }
+
+    /// The scenes `ids` that exist, in one request (a worker's claimed
+    /// batch: Stash pays one query for it, not one per scene).
+    pub(crate) async fn find_scenes(&self, ids: &[&str]) -> Result<Vec<Scene>, Error> {
+        #[derive(Deserialize)]
+        struct Data {
+            #[serde(rename = "findScenes")]
+            page: ScenePage,
+        }
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let vars = json!({"ids": ids, "f": {"per_page": -1}});
+        let data: Data = self.query("read scenes", &queries::scenes_by_id(), vars).await?;
+        Ok(data.page.scenes)
     }
 
     /// One page (1-based) of scenes sorted by `updated_at`; with `since`, a

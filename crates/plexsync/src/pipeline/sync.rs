@@ -292,15 +292,21 @@ impl Pipeline {
 
     /// Delivers the scene `id` as it is in Stash now, as `reason` asks
     /// (see [`Reason`]). `attempts` is how often the row failed before (for
-    /// partial scans).
+    /// partial scans). `read` is the scene as its batch's one Stash request
+    /// found it (`Some(None)`: it does not exist); `None` reads it here.
     pub(crate) async fn deliver(
         &self,
         queue: &Store,
         id: &str,
         attempts: i64,
         reason: Reason,
+        read: Option<Option<Scene>>,
     ) -> Result<Outcome, Error> {
-        let Some(mut scene) = self.stash.find_scene(id).await? else {
+        let found = match read {
+            Some(found) => found,
+            None => self.stash.find_scene(id).await?,
+        };
+        let Some(mut scene) = found else {
             queue.forget(id)?;
             return Ok(Outcome::Gone);
         };

@@ -313,6 +313,21 @@ async fn sync_all_task_queues_everything_and_the_worker_delivers_it() {
 }
 
 #[tokio::test]
+async fn an_unchanged_resync_costs_stash_a_read_per_claimed_batch_not_per_scene() {
+    let bed = Bed::new(200, json!({})).await;
+    assert!(!bed.task("sync_all").await.failed());
+    bed.settle().await;
+    let before = bed.stash.request_count();
+    bed.plex.clear_requests();
+    assert!(!bed.task("sync_all").await.failed());
+    bed.settle().await;
+    let asked = bed.stash.request_count() - before;
+    eprintln!("an unchanged re-sync of 200 scenes: {asked} Stash requests (the tasks' own included)");
+    assert!(asked <= 40, "{asked} Stash requests for 200 unchanged scenes");
+    assert_eq!(bed.plex_writes(), 0, "nothing changed, nothing written");
+}
+
+#[tokio::test]
 async fn hooks_return_before_delivery_and_leave_no_pipe_open() {
     let bed = Bed::new(10, json!({})).await;
     // Slow Plex: delivery takes long, the hook must not.
