@@ -566,6 +566,17 @@ async fn metadata(
 ) -> Response {
     let state = s.state.lock();
     let shown = |i: &&Item| restriction.as_ref().is_none_or(|Extension(r)| r.shows(i));
+    // Several keys (`k1,k2,…`, as python-plexapi's fetchItems sends):
+    // the items found, in the order asked, a missing one simply absent.
+    if rk.contains(',') {
+        let found: Vec<&Item> = rk
+            .split(',')
+            .filter_map(|k| k.parse::<u64>().ok())
+            .filter_map(|k| state.items.get(&k))
+            .filter(shown)
+            .collect();
+        return reply(&headers, &views::metadata_list(&state, &found));
+    }
     match rk.parse::<u64>().ok().and_then(|rk| state.items.get(&rk)).filter(shown) {
         Some(item) => reply(&headers, &views::metadata_container(&state, item)),
         None => html(StatusCode::NOT_FOUND, "Not Found"),

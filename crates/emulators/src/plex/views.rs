@@ -245,6 +245,19 @@ pub fn metadata_container(state: &PlexState, it: &Item) -> Node {
         .child(item(state, it, true))
 }
 
+/// Several items read at once: each names its own section.
+pub fn metadata_list(state: &PlexState, found: &[&Item]) -> Node {
+    found.iter().fold(
+        Node::new("MediaContainer")
+            .attr("size", found.len())
+            .attr("allowSync", true)
+            .attr("identifier", LIBRARY_IDENTIFIER)
+            .attr("mediaTagPrefix", "/system/bundle/media/flags/")
+            .attr("mediaTagVersion", 1_700_000_000i64),
+        |node, it| node.child(item(state, it, true)),
+    )
+}
+
 pub fn hubs(state: &PlexState, found: Vec<&Item>) -> Node {
     let hub = Node::new("Hub")
         .attr("title", "Movies")

@@ -6,11 +6,14 @@
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
+use std::collections::HashMap;
+
+use crate::clients::plex::PlexItem;
 use crate::clients::stash::Scene;
+use crate::config::Settings;
 use crate::error::Error;
-use crate::pipeline::concurrency::Limiter;
 use crate::pipeline::sync::Pipeline;
-use crate::store::{Reason, Store};
+use crate::store::{Reason, Store, SyncRecord};
 
 /// Scenes per Stash page in reconcile: Stash pages by offset, so every
 /// page costs a walk to its start; few large pages keep a 100 000-scene
@@ -29,39 +32,33 @@ enum Verdict {
 /// Compares Stash's desired state with Plex's current values for every
 /// scene (changed after `since`, when given) and queues each scene whose
 /// Plex item differs or is missing; its stored hashes are reset so the
-/// delivery rewrites every field. Item reads run several at once under the
-/// same adaptive limit as deliveries: a slow Plex is read in parallel, an
-/// overloaded one is backed off from.
+/// delivery rewrites every field. A page of scenes costs Stash one request
+/// and Plex a read per hundred of its items (`GET /library/metadata/k1,k2,…`).
 pub(crate) async fn reconcile(
     pipeline: &Pipeline,
     queue: &Store,
     since: Option<DateTime<Utc>>,
     progress: &mut (dyn FnMut(usize, usize) + Send),
 ) -> Result<Value, Error> {
-    use futures_util::stream::{FuturesUnordered, StreamExt};
     if pipeline.settings.mode == crate::config::Mode::Refresh {
         return Ok(json!({"message": "reconcile compares pushed values; refresh mode pushes none"}));
     }
     let stash = pipeline.stash.clone();
-    let mut limiter = Limiter::new(pipeline.settings.retry.concurrency);
     let (mut checked, mut differ, mut missing) = (0usize, 0usize, 0usize);
     for page in 1.. {
         let batch = stash.scenes_page(page, RECONCILE_PAGE, since).await?;
         let got = batch.scenes.len();
         checked += got;
-        let mut waiting = batch.scenes.into_iter().filter(|scene| {
-            since.is_none_or(|t| crate::clients::stash::updated_after(&scene.updated_at, t))
-                && crate::pipeline::library::gate(scene, &pipeline.settings).is_none()
-        });
-        let mut running = FuturesUnordered::new();
-        loop {
-            while running.len() < limiter.limit() {
-                let Some(scene) = waiting.next() else { break };
-                limiter.starting(running.len());
-                running.push(async move { (compare(pipeline, queue, &scene).await, scene.id) });
-            }
-            let Some((verdict, id)) = running.next().await else { break };
-            match verdict? {
+        let waiting: Vec<Scene> = batch
+            .scenes
+            .into_iter()
+            .filter(|scene| {
+                since.is_none_or(|t| crate::clients::stash::updated_after(&scene.updated_at, t))
+                    && crate::pipeline::library::gate(scene, &pipeline.settings).is_none()
+            })
+            .collect();
+        for (id, verdict) in compare_page(pipeline, queue, waiting).await? {
+            match verdict {
                 Verdict::Same => {}
                 Verdict::Differs => {
                     differ += 1;
@@ -73,51 +70,67 @@ pub(crate) async fn reconcile(
                     queue.enqueue(&id, Reason::Reconcile)?;
                 }
             }
-            if let Some(plex) = &pipeline.plex {
-                limiter.finished(plex.rtt());
-            }
         }
         progress(checked, batch.count);
         if got == 0 || checked >= batch.count {
             break;
         }
     }
-    tracing::info!(
-        "reconcile: {checked} scenes checked, {differ} differ in Plex, {missing} not found in Plex; queued \
-         (item reads at once: {} at the end)",
-        limiter.limit()
-    );
+    tracing::info!("reconcile: {checked} scenes checked, {differ} differ in Plex, {missing} not found in Plex; queued");
     Ok(json!({"checked": checked, "differ": differ, "missing": missing, "queued": differ + missing}))
 }
 
-/// Reads the scene's Plex items and compares them with what Stash wants.
-async fn compare(pipeline: &Pipeline, queue: &Store, scene: &Scene) -> Result<Verdict, Error> {
-    let settings = &pipeline.settings;
-    let ours = queue.records(&scene.id)?;
-    let recorded: Vec<String> = ours.iter().map(|r| r.rating_key.clone()).collect();
-    let items = pipeline.find(scene, &recorded).await?.items();
-    if items.is_empty() {
-        return Ok(Verdict::Missing);
+/// The verdict on each of a page's scenes: their items found in the index,
+/// then read from Plex together.
+async fn compare_page(pipeline: &Pipeline, queue: &Store, scenes: Vec<Scene>) -> Result<Vec<(String, Verdict)>, Error> {
+    let mut found = Vec::with_capacity(scenes.len());
+    for scene in scenes {
+        let ours = queue.records(&scene.id)?;
+        let recorded: Vec<String> = ours.iter().map(|r| r.rating_key.clone()).collect();
+        let keys: Vec<String> = pipeline.find(&scene, &recorded).await?.items().into_iter().map(|(rk, _)| rk).collect();
+        found.push((scene, ours, keys));
+    }
+    let keys: Vec<String> = found.iter().flat_map(|(_, _, keys)| keys.iter().cloned()).collect();
+    let plex = pipeline.plex.as_ref().expect("find needs Plex");
+    let items: HashMap<String, PlexItem> =
+        plex.items(&keys).await?.into_iter().map(|item| (item.rating_key.clone(), item)).collect();
+    Ok(found
+        .into_iter()
+        .map(|(scene, ours, keys)| {
+            let verdict = compare(&pipeline.settings, &scene, &ours, &keys, &items);
+            (scene.id, verdict)
+        })
+        .collect())
+}
+
+/// Compares the scene's items (`keys`, read into `items`) with what Stash wants.
+fn compare(
+    settings: &Settings,
+    scene: &Scene,
+    ours: &[SyncRecord],
+    keys: &[String],
+    items: &HashMap<String, PlexItem>,
+) -> Verdict {
+    if keys.is_empty() {
+        return Verdict::Missing;
     }
     let wanted = crate::pipeline::desired::desired(scene, settings, &mut Default::default());
-    for (rk, _) in items {
-        let Some(item) = pipeline.plex.as_ref().expect("find needs Plex").item(&rk).await? else {
-            return Ok(Verdict::Missing);
-        };
+    for rk in keys {
+        let Some(item) = items.get(rk) else { return Verdict::Missing };
         // Reconcile writes again only what PlexSync owns: with
         // preservePlexEdits, a person's locked edit is not a difference.
         let wrote = |d: &crate::pipeline::desired::Desired| {
-            ours.iter().any(|r| r.rating_key == rk && r.field_hashes.contains_key(d.field.name()))
+            ours.iter().any(|r| &r.rating_key == rk && r.field_hashes.contains_key(d.field.name()))
         };
-        let previous = ours.iter().find(|r| r.rating_key == rk).map(|r| r.field_hashes.clone()).unwrap_or_default();
+        let previous = ours.iter().find(|r| &r.rating_key == rk).map(|r| r.field_hashes.clone()).unwrap_or_default();
         let managed = crate::pipeline::sync::managed_collections(scene, settings, &previous);
         if wanted.iter().any(|d| {
             !crate::pipeline::sync::unshown(&previous, d.field)
-                && crate::pipeline::desired::differs(d, &item, &managed)
-                && (!settings.preserve_plex_edits || !crate::pipeline::desired::person_edited(d, &item, wrote(d)))
+                && crate::pipeline::desired::differs(d, item, &managed)
+                && (!settings.preserve_plex_edits || !crate::pipeline::desired::person_edited(d, item, wrote(d)))
         }) {
-            return Ok(Verdict::Differs);
+            return Verdict::Differs;
         }
     }
-    Ok(Verdict::Same)
+    Verdict::Same
 }

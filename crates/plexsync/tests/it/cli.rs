@@ -127,38 +127,35 @@ async fn a_terminal_gets_progress_bars() {
     assert!(screen.contains("fields written to Plex item"), "log lines still shown: {screen}");
 }
 
-/// Reconcile reads one Plex item per scene: against a slow Plex it reads
-/// several at once, as deliveries do, and never more than the cap.
+/// Reconcile reads Plex's items a hundred at a time
+/// (`GET /library/metadata/k1,k2,…`), not one request per item.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reconcile_reads_items_several_at_once_under_the_adaptive_limit() {
-    let bed = std::sync::Arc::new(Bed::new(150, json!({"plexConcurrency": 6})).await);
+async fn reconcile_reads_items_in_batches() {
+    let bed = Bed::new(150, json!({})).await;
     let (ok, _, stderr) = plexsync(&bed, &["sync", "--all"]);
     assert!(ok, "{stderr}");
     let in_plex = bed.scenes_in_plex();
     let changed = in_plex[7];
     bed.stash.update_scene(changed, |s| s.title = Some("Changed Without A Hook".into()));
-    bed.plex.faults(|f| f.config.latency_ms = 30);
+    let gone = bed.item_of(in_plex[9]).rating_key;
+    bed.plex.with_state(|s| drop(s.items.remove(&gone)));
     bed.plex.clear_requests();
-    let cli = {
-        let bed = std::sync::Arc::clone(&bed);
-        tokio::task::spawn_blocking(move || plexsync(&bed, &["reconcile"]))
-    };
-    // Reconcile reads each item in Plex once, then the deliveries begin.
-    let item_reads = || bed.plex.requests().iter().filter(|r| r.path.starts_with("/library/metadata/")).count();
-    let mut peak = 0;
-    while !cli.is_finished() {
-        if item_reads() < in_plex.len() {
-            peak = peak.max(bed.plex.in_flight());
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
-    }
-    let (ok, stdout, stderr) = cli.await.unwrap();
+    let (ok, stdout, stderr) = plexsync(&bed, &["reconcile"]);
     assert!(ok, "{stderr}");
     let result: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(result["reconcile"]["differ"], 1, "{result}");
     assert_eq!(result["reconcile"]["checked"], 150);
-    assert_eq!(result["reconcile"]["missing"], 150 - in_plex.len());
-    assert!((2..=6).contains(&peak), "item reads at once: {peak} (1 is one at a time, above 6 breaks the cap)");
+    assert_eq!(result["reconcile"]["missing"], 150 - in_plex.len() + 1, "an item deleted from Plex: {result}");
+    let reads: Vec<String> = bed
+        .plex
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path.starts_with("/library/metadata/"))
+        .map(|r| r.path)
+        .collect();
+    let batched = reads.iter().filter(|p| p.contains(',')).count();
+    assert!(batched >= 1 && batched <= in_plex.len().div_ceil(100) + 1, "{reads:?}");
+    assert!(reads.len() <= batched + 3, "{} item reads for {} items: {reads:?}", reads.len(), in_plex.len());
     assert_eq!(bed.item_of(changed).field("title"), Some("Changed Without A Hook"), "and delivered");
 }
 
