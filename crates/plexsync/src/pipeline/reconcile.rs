@@ -91,9 +91,13 @@ async fn compare_page(pipeline: &Pipeline, queue: &Store, scenes: Vec<Scene>) ->
         found.push((scene, ours, keys));
     }
     let keys: Vec<String> = found.iter().flat_map(|(_, _, keys)| keys.iter().cloned()).collect();
-    let plex = pipeline.plex.as_ref().expect("find needs Plex");
-    let items: HashMap<String, PlexItem> =
-        plex.items(&keys).await?.into_iter().map(|item| (item.rating_key.clone(), item)).collect();
+    let items: HashMap<String, PlexItem> = match &pipeline.plex {
+        Some(plex) if !keys.is_empty() => {
+            plex.items(&keys).await?.into_iter().map(|item| (item.rating_key.clone(), item)).collect()
+        }
+        // No item found (`find` refuses to run without Plex).
+        _ => HashMap::new(),
+    };
     Ok(found
         .into_iter()
         .map(|(scene, ours, keys)| {
