@@ -671,6 +671,14 @@ fn check_image(s: &Shared, rk: &str, image: &Image, headers: &HeaderMap) {
     }
 }
 
+/// The image an upload request carries (a `url` or the body), checked as
+/// Plex would take it (see [`check_image`]).
+fn received_image(s: &Shared, rk: &str, raw: Option<&str>, headers: &HeaderMap, body: Bytes) -> Option<Image> {
+    let image = image_from(raw, body)?;
+    check_image(s, rk, &image, headers);
+    Some(image)
+}
+
 async fn upload_poster(
     State(s): Shr,
     Path(rk): Path<String>,
@@ -678,11 +686,7 @@ async fn upload_poster(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let image = image_from(raw.as_deref(), body);
-    if let Some(image) = &image {
-        check_image(&s, &rk, image, &headers);
-    }
-    match image {
+    match received_image(&s, &rk, raw.as_deref(), &headers, body) {
         Some(image) => with_item(&s, &rk, |item| {
             // An upload joins the candidates (once per content) and is selected.
             if let Image::Upload(bytes) = &image {
@@ -712,11 +716,7 @@ async fn upload_art(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let image = image_from(raw.as_deref(), body);
-    if let Some(image) = &image {
-        check_image(&s, &rk, image, &headers);
-    }
-    match image {
+    match received_image(&s, &rk, raw.as_deref(), &headers, body) {
         Some(image) => with_item(&s, &rk, |item| item.art = Some(image)),
         None => html(StatusCode::BAD_REQUEST, "Bad Request"),
     }
