@@ -231,7 +231,7 @@ impl SceneIndex {
             if score == MANUAL_ONLY && !q.manual {
                 tracing::info!(
                     "provider: {:?} has the name of scene {best_id}'s file in another folder; no automatic match",
-                    q.filename.unwrap_or_default()
+                    for_log(q.filename.unwrap_or_default())
                 );
                 return Vec::new();
             }
@@ -243,7 +243,7 @@ impl SceneIndex {
                 tracing::info!(
                     "provider: {} Stash scenes could hold {:?}; no automatic match (Fix Match in Plex shows them)",
                     rivals,
-                    q.filename.unwrap_or_default()
+                    for_log(q.filename.unwrap_or_default())
                 );
                 return Vec::new();
             }
@@ -287,10 +287,33 @@ impl SceneIndex {
     }
 }
 
+/// The most of a file name a client sent that goes into a log line.
+const LOGGED_NAME_MAX: usize = 160;
+
+/// `filename` as a log line shows it: its tail, at most
+/// [`LOGGED_NAME_MAX`] characters, so a request cannot make a line long.
+fn for_log(filename: &str) -> String {
+    let count = filename.chars().count();
+    if count <= LOGGED_NAME_MAX {
+        return filename.to_string();
+    }
+    let tail: String = filename.chars().skip(count - LOGGED_NAME_MAX).collect();
+    format!("…{tail}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::clients::stash::SceneFile;
+
+    #[test]
+    fn a_file_name_in_a_log_line_is_bounded() {
+        assert_eq!(for_log("/media/a.mp4"), "/media/a.mp4");
+        let long = format!("/{}/é.mp4", "x".repeat(60_000));
+        let shown = for_log(&long);
+        assert_eq!(shown.chars().count(), LOGGED_NAME_MAX + 1);
+        assert!(shown.starts_with('…') && shown.ends_with("/é.mp4"), "the tail is kept: {shown}");
+    }
 
     fn row(id: &str, title: &str, paths: &[&str]) -> FileRow {
         FileRow {
