@@ -76,7 +76,11 @@ impl Shared {
     /// and the provider.
     fn set_ctx(&self, ctx: Arc<Context>) {
         if let Some(p) = &self.provider {
-            match open_queue(&ctx.data_dir).and_then(|store| provider::secret(&store, &ctx.settings)) {
+            let secret = open_queue(&ctx.data_dir).and_then(|store| {
+                store.set_kv(crate::store::kv::DAEMON_LISTEN, &self.listen)?;
+                provider::secret(&store, &ctx.settings)
+            });
+            match secret {
                 Ok(secret) => p.set_context(Arc::clone(&ctx), secret),
                 Err(e) => tracing::error!("metadata provider: {e}"),
             }

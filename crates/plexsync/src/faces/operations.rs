@@ -191,12 +191,22 @@ pub(crate) fn hand_to_worker(store: &Store, op: &Operation) -> Option<Result<Str
     }))
 }
 
-/// The provider's URL, made of `daemonListen` and its secret (made now
-/// when the daemon has not run yet).
+/// The provider's URL, made of the address the daemon last listened on
+/// (else `daemonListen`) and its secret (made now when the daemon has not
+/// run yet).
 fn provider_url(ctx: &Context) -> Result<Value, Error> {
     let settings = &ctx.settings;
-    let url = crate::faces::provider::url(&ctx.store()?, settings, &settings.daemon.listen)?;
+    let store = ctx.store()?;
+    let listened = store.get_kv(crate::store::kv::DAEMON_LISTEN)?;
+    let listen = listened.as_deref().unwrap_or(&settings.daemon.listen);
+    let url = crate::faces::provider::url(&store, settings, listen)?;
     let mut notes = vec!["Plex: Settings → Metadata Agents → Add Provider, then paste the URL".to_string()];
+    if listened.is_none() {
+        notes.push(format!(
+            "the daemon has not served the provider from this data folder yet: the address is daemonListen ({})",
+            settings.daemon.listen
+        ));
+    }
     if !settings.daemon.provider {
         notes.push("the daemon serves it once the setting provider is on (PLEXSYNC_PROVIDER=true)".into());
     }

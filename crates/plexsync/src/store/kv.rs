@@ -41,6 +41,9 @@ pub(crate) const STORE_WRITTEN_AT: &str = "store_written_at";
 
 /// The metadata provider's secret path segment, made at its first start.
 pub(crate) const PROVIDER_SECRET: &str = "provider_secret";
+/// The address the daemon last listened on, for `plexsync provider-url`
+/// (the daemon may listen elsewhere than `daemonListen` says: `--listen`).
+pub(crate) const DAEMON_LISTEN: &str = "daemon_listen";
 
 /// When a partial scan of `folder` in `section` was last asked for (ms).
 pub(crate) fn scan_asked(section: &str, folder: &str) -> String {

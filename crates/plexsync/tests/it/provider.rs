@@ -334,6 +334,7 @@ async fn the_provider_answers_only_under_its_secret_and_shows_nothing_secret() {
         .unwrap();
     let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(cli["provider_url"].as_str().unwrap().ends_with(&format!("/provider/{secret}")), "{cli}");
+    assert!(cli["provider_url"].as_str().unwrap().contains(&format!(":{port}/")), "where the daemon listens: {cli}");
 
     let http = reqwest::Client::new();
     let get = |url: String| {
