@@ -671,12 +671,19 @@ fn check_image(s: &Shared, rk: &str, image: &Image, headers: &HeaderMap) {
     }
 }
 
-/// The image an upload request carries (a `url` or the body), checked as
-/// Plex would take it (see [`check_image`]).
-fn received_image(s: &Shared, rk: &str, raw: Option<&str>, headers: &HeaderMap, body: Bytes) -> Option<Image> {
-    let image = image_from(raw, body)?;
+/// An upload request: its image (a `url` or the body), checked as Plex
+/// would take it (see [`check_image`]), handed to `place` on the item.
+fn upload(
+    s: &Shared,
+    rk: &str,
+    raw: Option<&str>,
+    headers: &HeaderMap,
+    body: Bytes,
+    place: impl FnOnce(&mut Item, Image),
+) -> Response {
+    let Some(image) = image_from(raw, body) else { return html(StatusCode::BAD_REQUEST, "Bad Request") };
     check_image(s, rk, &image, headers);
-    Some(image)
+    with_item(s, rk, |item| place(item, image))
 }
 
 async fn upload_poster(
@@ -686,19 +693,16 @@ async fn upload_poster(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match received_image(&s, &rk, raw.as_deref(), &headers, body) {
-        Some(image) => with_item(&s, &rk, |item| {
-            // An upload joins the candidates (once per content) and is selected.
-            if let Image::Upload(bytes) = &image {
-                let key = super::state::content_key(bytes);
-                if !item.uploads.contains(&key) {
-                    item.uploads.push(key);
-                }
+    upload(&s, &rk, raw.as_deref(), &headers, body, |item, image| {
+        // An upload joins the candidates (once per content) and is selected.
+        if let Image::Upload(bytes) = &image {
+            let key = super::state::content_key(bytes);
+            if !item.uploads.contains(&key) {
+                item.uploads.push(key);
             }
-            item.poster = Some(image)
-        }),
-        None => html(StatusCode::BAD_REQUEST, "Bad Request"),
-    }
+        }
+        item.poster = Some(image)
+    })
 }
 
 async fn list_posters(State(s): Shr, Path(rk): Path<String>, headers: HeaderMap) -> Response {
@@ -716,10 +720,7 @@ async fn upload_art(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match received_image(&s, &rk, raw.as_deref(), &headers, body) {
-        Some(image) => with_item(&s, &rk, |item| item.art = Some(image)),
-        None => html(StatusCode::BAD_REQUEST, "Bad Request"),
-    }
+    upload(&s, &rk, raw.as_deref(), &headers, body, |item, image| item.art = Some(image))
 }
 
 fn serve_image(s: &Shared, rk: &str, pick: impl Fn(&Item) -> Option<&Image>) -> Response {

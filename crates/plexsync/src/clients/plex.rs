@@ -116,6 +116,16 @@ pub struct PlexField {
     pub locked: bool,
 }
 
+/// A detail read's items, each naming its section (the container's, when
+/// the item itself does not).
+fn with_sections(container: Container) -> impl Iterator<Item = PlexItem> {
+    let section = container.library_section_id;
+    container.metadata.into_iter().map(move |mut i| {
+        i.library_section_id = i.library_section_id.or(section);
+        i
+    })
+}
+
 /// Items read in one request: keys of up to 20 digits and a comma each
 /// keep the request line far under the 7 KB an edit is held to.
 const ITEMS_AT_ONCE: usize = 100;
@@ -469,13 +479,7 @@ impl PlexClient {
     pub async fn item(&self, rating_key: &str) -> Result<Option<PlexItem>, Error> {
         let url = self.url(&format!("library/metadata/{rating_key}"), &[]);
         match self.get_json::<Envelope<Container>>("read item", url, &[]).await {
-            Ok(env) => {
-                let section = env.container.library_section_id;
-                Ok(env.container.metadata.into_iter().next().map(|mut i| {
-                    i.library_section_id = i.library_section_id.or(section);
-                    i
-                }))
-            }
+            Ok(env) => Ok(with_sections(env.container).next()),
             Err(e) if e.class == ErrorClass::NotInPlex => Ok(None),
             Err(e) => Err(e),
         }
@@ -489,13 +493,7 @@ impl PlexClient {
         for chunk in rating_keys.chunks(ITEMS_AT_ONCE) {
             let url = self.url(&format!("library/metadata/{}", chunk.join(",")), &[]);
             match self.get_json::<Envelope<Container>>("read items", url, &[]).await {
-                Ok(env) => {
-                    let section = env.container.library_section_id;
-                    found.extend(env.container.metadata.into_iter().map(|mut i| {
-                        i.library_section_id = i.library_section_id.or(section);
-                        i
-                    }));
-                }
+                Ok(env) => found.extend(with_sections(env.container)),
                 Err(e) if e.class == ErrorClass::NotInPlex => {}
                 Err(e) => return Err(e),
             }
@@ -529,9 +527,8 @@ impl PlexClient {
         "PUT ".len() + url.path().len() + query + " HTTP/1.1".len()
     }
 
-    /// Uploads poster (`posters`) or background (`arts`) bytes.
     /// Uploads `bytes` (of the content type `content_type`) as the item's
-    /// poster or background.
+    /// poster (`posters`) or background (`arts`).
     pub(crate) async fn upload_image(
         &self,
         rating_key: &str,

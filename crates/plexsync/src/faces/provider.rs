@@ -492,18 +492,27 @@ async fn entry(
 /// The answer of `work` for the scene `rk` within [`ANSWER_WITHIN`]; a
 /// failure is answered 500, and owed when Stash was the cause.
 async fn bounded(p: &Provider, rk: &str, work: impl std::future::Future<Output = Result<Response, Error>>) -> Response {
+    within(work, || p.owe(Some(rk), None)).await.unwrap_or_else(|refused| refused)
+}
+
+/// `work`'s result within [`ANSWER_WITHIN`], or the 500 that answers its
+/// failure; `owe` is called when Stash was the cause (down, or too slow).
+async fn within<T>(
+    work: impl std::future::Future<Output = Result<T, Error>>,
+    owe: impl FnOnce(),
+) -> Result<T, Response> {
     match tokio::time::timeout(ANSWER_WITHIN, work).await {
-        Ok(Ok(answer)) => answer,
+        Ok(Ok(done)) => Ok(done),
         Ok(Err(e)) => {
             if owed_for(&e) {
-                p.owe(Some(rk), None);
+                owe();
             }
-            failed(&e)
+            Err(failed(&e))
         }
         Err(_) => {
-            p.owe(Some(rk), None);
-            tracing::warn!("metadata provider: scene {rk}: Stash did not answer within {}s", ANSWER_WITHIN.as_secs());
-            server_error("Stash did not answer in time; PlexSync will ask Plex to match again")
+            owe();
+            tracing::warn!("metadata provider: Stash did not answer within {}s", ANSWER_WITHIN.as_secs());
+            Err(server_error("Stash did not answer in time"))
         }
     }
 }
@@ -539,11 +548,8 @@ async fn image_entry(
     if !good || (method != Method::GET && method != Method::HEAD) {
         return not_found();
     }
-    match tokio::time::timeout(ANSWER_WITHIN, performer_image(&p, &ctx, id, pid)).await {
-        Ok(Ok(answer)) => answer,
-        Ok(Err(e)) => failed(&e),
-        Err(_) => server_error("Stash did not answer in time"),
-    }
+    // A photo is not a match: nothing for Plex to be asked again.
+    within(performer_image(&p, &ctx, id, pid), || {}).await.unwrap_or_else(|refused| refused)
 }
 
 /// Builds the URLs of a scene's images as Plex is to fetch them.
@@ -677,21 +683,12 @@ async fn matches(p: &Provider, ctx: &Context, query: Option<&str>, body: &[u8]) 
         owe();
         return server_error("PlexSync is reading Stash's files; it will ask Plex to match again");
     }
-    match tokio::time::timeout(ANSWER_WITHIN, candidates(p, ctx, &q)).await {
-        Ok(Ok(found)) => {
+    match within(candidates(p, ctx, &q), owe).await {
+        Ok(found) => {
             tracing::debug!("metadata provider: match {:?} (manual: {manual}): {} candidates", q.filename, found.len());
             Json(container(found.iter().map(candidate_json).collect())).into_response()
         }
-        Ok(Err(e)) => {
-            if owed_for(&e) {
-                owe();
-            }
-            failed(&e)
-        }
-        Err(_) => {
-            owe();
-            server_error("Stash did not answer in time; PlexSync will ask Plex to match again")
-        }
+        Err(refused) => refused,
     }
 }
 

@@ -383,16 +383,16 @@ impl Pipeline {
         if let Some(forget) = &self.before_refresh {
             forget(&scene.id);
         }
+        let mut records = queue.records(&scene.id)?;
         for (rk, section) in &targets {
             plex.refresh(rk).await?;
             self.tally(|s| s.plex_writes += 1);
             // Recorded so change capture knows this version was delivered;
             // what push wrote into the item (images, collections) stays.
-            let field_hashes = queue
-                .records(&scene.id)?
-                .into_iter()
+            let field_hashes = records
+                .iter_mut()
                 .find(|r| &r.rating_key == rk)
-                .map(|r| r.field_hashes)
+                .map(|r| std::mem::take(&mut r.field_hashes))
                 .unwrap_or_default();
             let record = SyncRecord {
                 plex_server: self.plex_server(),
@@ -951,7 +951,7 @@ impl Pipeline {
         match self.stash.image(url, MAX_IMAGE_BYTES, None).await? {
             Image::Fetched { bytes, .. } => match self.shown(&scene.id, d.field.name(), bytes) {
                 Some(shown) => {
-                    checked.upload.insert(d.field, Fetched { bytes: shown.bytes, kind: shown.kind });
+                    checked.upload.insert(d.field, shown);
                     Ok(true)
                 }
                 None => Ok(false),
@@ -1187,7 +1187,7 @@ impl Pipeline {
                     if previous.get(&key(CONTENT_SUFFIX)) == Some(&content) {
                         checked.record.push((d.field.name().to_string(), d.hash()));
                     } else if let Some(shown) = self.shown(&scene.id, d.field.name(), bytes) {
-                        checked.upload.insert(d.field, Fetched { bytes: shown.bytes, kind: shown.kind });
+                        checked.upload.insert(d.field, shown);
                     } else {
                         // Warned once: taken care of until the cover changes,
                         // and no difference to reconcile meanwhile.
@@ -1254,7 +1254,9 @@ struct Images(std::collections::HashMap<(String, Option<String>), Image>);
 /// The images to upload, and record entries for the ones Plex has already.
 #[derive(Default)]
 struct CheckedImages {
-    upload: std::collections::HashMap<Field, Fetched>,
+    /// Images downloaded from Stash whose content is new to the item, as
+    /// Plex decodes them.
+    upload: std::collections::HashMap<Field, picture::Shown>,
     record: Vec<(String, String)>,
     /// Images Plex has already (StashPlexAgent's copy of the same cover).
     adopted: Vec<Field>,
@@ -1289,7 +1291,7 @@ const ETAG_SUFFIX: &str = ".etag";
 struct Plan<'a> {
     changes: &'a [&'a Desired],
     released: &'a [Field],
-    images: &'a std::collections::HashMap<Field, Fetched>,
+    images: &'a std::collections::HashMap<Field, picture::Shown>,
     locked: &'a [Field],
 }
 
@@ -1319,12 +1321,4 @@ pub(crate) fn managed_collections(
     let written = previous.get(COLLECTION_NAMES).and_then(|j| serde_json::from_str::<Vec<String>>(j).ok());
     let wrote_before = previous.contains_key(Field::Collection.name());
     Managed::new(scene, &settings.agent, written, wrote_before)
-}
-
-/// An image downloaded from Stash whose content is new to the item.
-pub(crate) struct Fetched {
-    /// As Plex decodes them (see [`picture`]).
-    bytes: Vec<u8>,
-    /// Their content type.
-    kind: &'static str,
 }
