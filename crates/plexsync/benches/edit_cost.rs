@@ -11,7 +11,9 @@
 //! - **new cover**: the cover of 100 scenes replaced;
 //!
 //! and for each, the Plex requests per edited scene (reads, writes, image
-//! uploads apart), and Stash's image answers (downloads, `304`s).
+//! uploads apart), the Stash requests PlexSync made per edited scene (the
+//! edit's own mutations and image answers apart), and Stash's image
+//! answers (downloads, `304`s).
 
 mod common;
 
@@ -30,27 +32,34 @@ fn plex_requests(plex: &PlexEmulator) -> (usize, usize, usize) {
     (requests.len() - writes - uploads, writes, uploads)
 }
 
+/// Runs `edit` (which sends `own` requests to Stash itself) and prints
+/// what delivering it cost.
 async fn measure(
     what: &str,
     scenes: usize,
-    stash: &StashEmulator,
-    plex: &PlexEmulator,
+    own: usize,
+    emulators: (&StashEmulator, &PlexEmulator),
     data: &Path,
     edit: impl std::future::Future<Output = ()>,
 ) {
+    let (stash, plex) = emulators;
     plex.clear_requests();
     let images = stash.image_requests();
+    let asked = stash.request_count();
     let started = Instant::now();
     edit.await;
     common::drained(data).await;
     let (reads, writes, uploads) = plex_requests(plex);
     let after = stash.image_requests();
+    let image_answers = after.served - images.served + after.not_modified - images.not_modified;
+    let graphql = stash.request_count() - asked - own - image_answers;
     let per = |n: usize| n as f64 / scenes as f64;
     println!(
-        "{what:<12} {scenes:>5} scenes: {:.3} Plex requests per scene ({:.3} reads, {:.3} writes, {uploads} uploads); Stash images: {} downloads, {} not modified; {:.1} s",
+        "{what:<12} {scenes:>5} scenes: {:.3} Plex requests per scene ({:.3} reads, {:.3} writes, {uploads} uploads); {:.3} Stash requests per scene besides images; Stash images: {} downloads, {} not modified; {:.1} s",
         per(reads + writes + uploads),
         per(reads),
         per(writes),
+        per(graphql),
         after.served - images.served,
         after.not_modified - images.not_modified,
         started.elapsed().as_secs_f64(),
@@ -86,7 +95,7 @@ async fn main() {
     );
 
     let sample: Vec<u64> = synced.iter().copied().step_by(synced.len() / 100).take(100).collect();
-    measure("one field", sample.len(), &stash, &plex, &data, async {
+    measure("one field", sample.len(), sample.len(), (&stash, &plex), &data, async {
         for id in &sample {
             let q = "mutation($i: SceneUpdateInput!) { sceneUpdate(input: $i) { id } }";
             common::graphql(
@@ -100,7 +109,7 @@ async fn main() {
     .await;
 
     let tag = stash.with_state(|s| s.add_tag("Bulk Added"));
-    measure("bulk tag", synced.len(), &stash, &plex, &data, async {
+    measure("bulk tag", synced.len(), 1, (&stash, &plex), &data, async {
         let all: Vec<String> = stash.with_state(|s| s.scenes.keys().map(u64::to_string).collect());
         let q = "mutation($i: BulkSceneUpdateInput!) { bulkSceneUpdate(input: $i) { id } }";
         common::graphql(&stash, q, json!({"i": {"ids": all, "tag_ids": {"ids": [tag.to_string()], "mode": "ADD"}}}))
@@ -108,7 +117,7 @@ async fn main() {
     })
     .await;
 
-    measure("new cover", sample.len(), &stash, &plex, &data, async {
+    measure("new cover", sample.len(), sample.len(), (&stash, &plex), &data, async {
         for id in &sample {
             let png = emulators::stash::state::fixture_image(id + 1_000_000);
             let data_url = emulators::stash::state::data_url(&png);

@@ -45,10 +45,12 @@ pub(crate) async fn reconcile(
     }
     let stash = pipeline.stash.clone();
     let (mut checked, mut differ, mut missing) = (0usize, 0usize, 0usize);
-    for page in 1.. {
-        let batch = stash.scenes_page(page, RECONCILE_PAGE, since).await?;
+    let mut page = 1;
+    let mut batch = stash.scenes_page(page, RECONCILE_PAGE, since).await?;
+    loop {
         let got = batch.scenes.len();
         checked += got;
+        let total = batch.count;
         let waiting: Vec<Scene> = batch
             .scenes
             .into_iter()
@@ -57,7 +59,16 @@ pub(crate) async fn reconcile(
                     && crate::pipeline::library::gate(scene, &pipeline.settings).is_none()
             })
             .collect();
-        for (id, verdict) in compare_page(pipeline, queue, waiting).await? {
+        // The next page is read while this one is compared with Plex.
+        let more = got > 0 && checked < total;
+        let next = async {
+            match more {
+                true => Some(stash.scenes_page(page + 1, RECONCILE_PAGE, since).await),
+                false => None,
+            }
+        };
+        let (verdicts, next) = tokio::join!(compare_page(pipeline, queue, waiting), next);
+        for (id, verdict) in verdicts? {
             match verdict {
                 Verdict::Same => {}
                 Verdict::Differs => {
@@ -71,10 +82,10 @@ pub(crate) async fn reconcile(
                 }
             }
         }
-        progress(checked, batch.count);
-        if got == 0 || checked >= batch.count {
-            break;
-        }
+        progress(checked, total);
+        let Some(next) = next else { break };
+        batch = next?;
+        page += 1;
     }
     tracing::info!("reconcile: {checked} scenes checked, {differ} differ in Plex, {missing} not found in Plex; queued");
     Ok(json!({"checked": checked, "differ": differ, "missing": missing, "queued": differ + missing}))

@@ -44,6 +44,9 @@ const SCAN_WINDOW: Duration = Duration::from_secs(30 * 60);
 const MAX_REQUEST_LINE: usize = 7 * 1024;
 /// Files of other scenes looked up in Stash for one delivery, at most.
 const MAX_FOREIGN_FILES: usize = 8;
+/// An item read ahead of its write (see [`Pipeline::read_ahead`]) stands
+/// in for the read before the write this long; later, it is read again.
+const READ_AHEAD_FRESH: Duration = Duration::from_secs(30);
 
 /// How one delivery ended.
 #[derive(Clone, Debug, PartialEq)]
@@ -128,6 +131,9 @@ pub struct Pipeline {
     /// so that a metadata provider in this process forgets what it read of
     /// the scene: Plex is about to ask for the version just delivered.
     pub before_refresh: Option<BeforeRefresh>,
+    /// Items read ahead of their writes, many per request, by ratingKey
+    /// (see [`Pipeline::read_ahead`]); each is used by one write.
+    read_ahead: std::sync::Mutex<std::collections::HashMap<String, (Instant, PlexItem)>>,
 }
 
 impl Pipeline {
@@ -149,6 +155,7 @@ impl Pipeline {
             stats: std::sync::Mutex::new(Stats::default()),
             scans: tokio::sync::Mutex::new(()),
             before_refresh: None,
+            read_ahead: Default::default(),
         })
     }
 
@@ -494,7 +501,7 @@ impl Pipeline {
         for section in index.sections.clone() {
             let total = plex.section_total(&section.key).await?;
             index.reads += 1;
-            let known = index.count_in(&section.key)?;
+            let known = index.count_in(&section.key);
             if total != known {
                 tracing::info!("Plex library {} has {total} items, the index {known}: reading it again", section.title);
                 let mut fresh = LibraryIndex::build(plex, &self.settings).await?;
@@ -650,11 +657,7 @@ impl Pipeline {
         only: Option<&[Field]>,
     ) -> Result<Outcome, Error> {
         self.plex()?;
-        let mut report = desired::Report::default();
-        let mut wanted = desired::desired(scene, &self.settings, &mut report);
-        if let Some(only) = only {
-            wanted.retain(|d| only.contains(&d.field));
-        }
+        let (wanted, report) = self.wanted(scene, only);
         for w in &report.dropped {
             tracing::warn!("{w}");
         }
@@ -720,10 +723,7 @@ impl Pipeline {
         images: &mut Images,
     ) -> Result<Option<(usize, bool)>, Error> {
         let Target { rating_key: rk, section, previous } = target;
-        let changes: Vec<&Desired> =
-            wanted.iter().filter(|d| previous.get(d.field.name()) != Some(&d.hash())).collect();
-        let released: Vec<Field> =
-            previous.keys().filter_map(|name| Field::parse(name)).filter(|f| !self.settings.owns(*f)).collect();
+        let (changes, released) = self.pending(wanted, &previous);
         let writes = !changes.is_empty() || !released.is_empty();
         let item = if writes { self.read_item(rk).await? } else { PlexItem::default() };
         if writes && !self.holds_scene_file(&item, section, scene).await {
@@ -824,6 +824,84 @@ impl Pipeline {
             self.add_plex_url(queue, scene, record).await?;
         }
         Ok(Some((changes.len(), !changes.is_empty() || !released.is_empty())))
+    }
+
+    /// The values PlexSync writes for the scene (`only` those fields, when
+    /// given), and what sanitizing dropped or changed on the way.
+    fn wanted(&self, scene: &Scene, only: Option<&[Field]>) -> (Vec<Desired>, desired::Report) {
+        let mut report = desired::Report::default();
+        let mut wanted = desired::desired(scene, &self.settings, &mut report);
+        if let Some(only) = only {
+            wanted.retain(|d| only.contains(&d.field));
+        }
+        (wanted, report)
+    }
+
+    /// What an item last written with the hashes `previous` lacks: the
+    /// values that changed, and the fields no longer owned whose locks are
+    /// to be released.
+    fn pending<'a>(
+        &self,
+        wanted: &'a [Desired],
+        previous: &std::collections::BTreeMap<String, String>,
+    ) -> (Vec<&'a Desired>, Vec<Field>) {
+        let changes = wanted.iter().filter(|d| previous.get(d.field.name()) != Some(&d.hash())).collect();
+        let released =
+            previous.keys().filter_map(|name| Field::parse(name)).filter(|f| !self.settings.owns(*f)).collect();
+        (changes, released)
+    }
+
+    /// The items the delivery of `scene` (for `reason`) will read before
+    /// writing: those with something to write since their last write, or,
+    /// for a scene never written, the index's match. A guess that costs no
+    /// request once the index is read: the worker reads the guessed items
+    /// of many deliveries at once ([`Pipeline::read_ahead`]), and a
+    /// delivery whose guess was wrong reads its item on its own.
+    /// The error is Plex's, when reading the library failed: the
+    /// deliveries would meet it too.
+    pub(crate) async fn will_read(&self, queue: &Store, scene: &Scene, reason: Reason) -> Result<Vec<String>, Error> {
+        let only = match (self.settings.mode, reason) {
+            (Mode::Refresh, Reason::Provider) => Some(UNCARRIED),
+            (Mode::Refresh, _) => return Ok(Vec::new()),
+            (Mode::Push, _) => None,
+        };
+        if self.plex().is_err() || library::gate(scene, &self.settings).is_some() {
+            return Ok(Vec::new());
+        }
+        let Ok(records) = queue.records(&scene.id) else { return Ok(Vec::new()) };
+        let (wanted, _) = self.wanted(scene, only);
+        if !records.is_empty() {
+            return Ok(records
+                .into_iter()
+                .filter(|r| {
+                    let (changes, released) = self.pending(&wanted, &r.field_hashes);
+                    !changes.is_empty() || !released.is_empty()
+                })
+                .map(|r| r.rating_key)
+                .collect());
+        }
+        let mut slot = self.index.lock().await;
+        self.ensure_index(&mut slot, None).await?;
+        let found = slot.as_ref().map(|index| index.find(scene, &[], &self.settings.path_maps));
+        Ok(match found {
+            Some(Ok(found @ Match::Found { .. })) => found.items().into_iter().map(|(rk, _)| rk).collect(),
+            _ => Vec::new(),
+        })
+    }
+
+    /// Reads `keys` in as few requests as Plex allows, for the reads
+    /// before writes that follow within [`READ_AHEAD_FRESH`]. Whatever
+    /// was not read ahead, each delivery reads on its own.
+    pub(crate) async fn read_ahead(&self, keys: &[String]) -> Result<(), Error> {
+        let mut keys = keys.to_vec();
+        keys.sort_unstable();
+        keys.dedup();
+        let items = self.plex()?.items(&keys).await?;
+        let now = Instant::now();
+        let mut ahead = self.read_ahead.lock().unwrap_or_else(|e| e.into_inner());
+        ahead.retain(|_, (at, _)| at.elapsed() < READ_AHEAD_FRESH);
+        ahead.extend(items.into_iter().map(|item| (item.rating_key.clone(), (now, item))));
+        Ok(())
     }
 
     /// `AddPlexURL`: the item's `plex/library/metadata/<ratingKey>` on the
@@ -1001,8 +1079,13 @@ impl Pipeline {
         Ok(())
     }
 
-    /// `GET` of the item, when an edit depends on what it holds.
+    /// `GET` of the item, when an edit depends on what it holds (or the
+    /// item as it was read ahead a moment ago).
     async fn read_item(&self, rk: &str) -> Result<PlexItem, Error> {
+        let ahead = self.read_ahead.lock().unwrap_or_else(|e| e.into_inner()).remove(rk);
+        if let Some((_, item)) = ahead.filter(|(at, _)| at.elapsed() < READ_AHEAD_FRESH) {
+            return Ok(item);
+        }
         match self.plex()?.item(rk).await? {
             Some(item) => Ok(item),
             None => Err(self.item_gone(rk).await),

@@ -43,9 +43,10 @@ pub fn is_running(data_dir: &Path) -> bool {
 
 #[derive(Clone, Debug)]
 pub struct WorkerOptions {
-    /// Rows claimed at once; their scenes are one Stash request. 50 keeps
-    /// that under 0.02 requests a scene while a hook that arrives during a
-    /// long sync waits behind at most one batch.
+    /// Rows claimed at once; their scenes are one Stash request. 200 keeps
+    /// a re-sync that changes nothing under 0.01 Stash requests a scene
+    /// (one answer of about a megabyte), while a hook that arrives during
+    /// a long sync waits behind at most one batch.
     pub batch: usize,
     /// Keep running (sleeping) while the next row is due within this long;
     /// zero returns as soon as nothing is due. The detached worker waits up
@@ -71,7 +72,7 @@ pub struct WorkerOptions {
 impl Default for WorkerOptions {
     fn default() -> Self {
         Self {
-            batch: 50,
+            batch: 200,
             max_wait: Duration::from_secs(8 * 86_400),
             capture_every: Some(Duration::from_secs(30)),
             max_sleep: Duration::from_secs(2),
@@ -196,6 +197,8 @@ struct RunState {
     /// When the rows to deliver were last counted, how long counting took,
     /// and done + waiting then.
     counted: Option<(Instant, Duration, usize)>,
+    /// Deliveries waiting to share a read of their items.
+    waiting: Waiting,
 }
 
 /// The progress total is counted again at most this often, and never more
@@ -279,6 +282,7 @@ async fn drain(
         peak: 1,
         counted: None,
         clock: ClockWatch::new(),
+        waiting: Waiting::default(),
     };
     let lease = pipeline.settings.retry.lease;
     // One worker per queue (the lock): rows a killed worker leased are
@@ -332,7 +336,9 @@ async fn drain(
         // Enough rows that the running deliveries rarely wait for a claim.
         let batch = options.batch.max(4 * st.limiter.limit());
         let rows = queue.claim(&st.owner, lease, batch)?;
-        if rows.is_empty() {
+        let last = rows.len() < batch;
+        // With nothing more due, what waits to share a read goes now.
+        if rows.is_empty() && st.waiting.jobs.is_empty() {
             match queue.next_due()? {
                 Some(due) if due - now_ms() <= options.max_wait.as_millis() as i64 => {
                     idle_since = None;
@@ -361,8 +367,7 @@ async fn drain(
             queue.fit_cache()?;
             st.counted = Some((started, started.elapsed(), st.done + waiting));
         }
-        let total = st.counted.map_or(0, |(_, _, total)| total);
-        if let Err(e) = deliver_batch(pipeline, queue, &rows, &mut st, options, total, progress).await {
+        if let Err(e) = deliver_batch(pipeline, queue, &rows, last, &mut st, options, progress).await {
             if e.class == ErrorClass::Auth && take_newer_session(pipeline, queue)? {
                 continue;
             }
@@ -460,26 +465,134 @@ impl Halt {
     }
 }
 
-/// Delivers `rows`, several at once as the limiter allows (each row is a
-/// different scene, so no scene is delivered by two tasks at once). While
-/// deliveries are paced after an outage, one at a time.
+/// One claimed row and its scene as the batch's Stash read found it
+/// (`Some(None)`: gone; `None`: not read, the delivery reads it).
+struct Job {
+    row: Claimed,
+    scene: Option<Option<crate::clients::stash::Scene>>,
+}
+
+/// Deliveries that will write, held back until their items can be read
+/// ahead together: one Plex request for up to [`READ_AHEAD_ITEMS`] reads
+/// before writes, however scattered the changed scenes are in the queue.
+#[derive(Default)]
+struct Waiting {
+    jobs: Vec<Job>,
+    keys: Vec<String>,
+    since: Option<Instant>,
+}
+
+/// Items read ahead in one go (one request: see `PlexClient::items`).
+const READ_AHEAD_ITEMS: usize = 100;
+/// The longest a delivery waits for others to share its read; a queue
+/// with nothing more due now does not wait at all.
+const READ_AHEAD_WAIT: Duration = Duration::from_secs(2);
+
+impl Waiting {
+    fn add(&mut self, job: Job, keys: Vec<String>) {
+        self.since.get_or_insert_with(Instant::now);
+        self.jobs.push(job);
+        self.keys.extend(keys);
+    }
+
+    /// Whether to read and deliver now; `last`: the queue has no more due.
+    fn due(&self, last: bool) -> bool {
+        !self.jobs.is_empty()
+            && (last
+                || self.keys.len() >= READ_AHEAD_ITEMS
+                || self.since.is_some_and(|t| t.elapsed() >= READ_AHEAD_WAIT))
+    }
+
+    fn take(&mut self) -> (Vec<Job>, Vec<String>) {
+        self.since = None;
+        (std::mem::take(&mut self.jobs), std::mem::take(&mut self.keys))
+    }
+}
+
+/// Delivers `rows` (claimed together; `last`: the queue had no more due):
+/// their scenes are one Stash request; those that will write wait in
+/// `st.waiting` until their items are read ahead together, the others go
+/// at once.
 async fn deliver_batch(
     pipeline: &Pipeline,
     queue: &Store,
     rows: &[Claimed],
+    last: bool,
     st: &mut RunState,
     options: &WorkerOptions,
-    total: usize,
     progress: &mut impl FnMut(usize, usize),
 ) -> Result<(), Error> {
+    let mut read = read_batch(pipeline, rows).await;
+    let mut now = Vec::new();
+    // A failed guess (Plex refused the library read) ends the guessing:
+    // the deliveries meet the failure themselves, and handle it as ever.
+    let mut guess = true;
+    for row in rows {
+        let scene = read.as_mut().map(|found| found.remove(&row.scene_id));
+        let keys = match &scene {
+            Some(Some(scene)) if guess => pipeline.will_read(queue, scene, row.reason).await,
+            _ => Ok(Vec::new()),
+        };
+        let job = Job { row: row.clone(), scene };
+        match keys {
+            Ok(keys) if !keys.is_empty() => st.waiting.add(job, keys),
+            Ok(_) => now.push(job),
+            Err(e) => {
+                tracing::debug!("scene {}: its Plex items not guessed: {e}", row.scene_id);
+                guess = false;
+                now.push(job);
+            }
+        }
+    }
+    let mut rest = Vec::new();
+    let mut halt = run_jobs(pipeline, queue, now, &mut rest, st, options, progress).await?;
+    if halt.is_none() && st.waiting.due(last) {
+        let (jobs, keys) = st.waiting.take();
+        if let Err(e) = pipeline.read_ahead(&keys).await {
+            tracing::warn!("{} Plex items not read ahead of their writes ({e}); each is read on its own", keys.len());
+        }
+        halt = run_jobs(pipeline, queue, jobs, &mut rest, st, options, progress).await?;
+    }
+    if halt.is_some() {
+        rest.extend(st.waiting.take().0);
+    }
+    let rest: Vec<Claimed> = rest.into_iter().map(|job| job.row).collect();
+    let knobs = &pipeline.settings.retry;
+    match halt {
+        None => Ok(()),
+        Some(Halt::Stop) => release_all(queue, &rest, now_ms()),
+        Some(Halt::Breaker(err)) => {
+            breaker::open(queue, &err, knobs.scale)?;
+            release_all(queue, &rest, now_ms())
+        }
+        Some(Halt::Until(due)) => release_all(queue, &rest, due),
+        Some(Halt::Fatal(err, due)) => {
+            release_all(queue, &rest, due)?;
+            Err(err)
+        }
+    }
+}
+
+/// Runs `jobs`, several at once as the limiter allows (each is a
+/// different scene, so no scene is delivered by two tasks at once). While
+/// deliveries are paced after an outage, one at a time. Returns why it
+/// stopped starting them, if it did, with the jobs not started in `rest`.
+async fn run_jobs(
+    pipeline: &Pipeline,
+    queue: &Store,
+    jobs: Vec<Job>,
+    rest: &mut Vec<Job>,
+    st: &mut RunState,
+    options: &WorkerOptions,
+    progress: &mut impl FnMut(usize, usize),
+) -> Result<Option<Halt>, Error> {
     use futures_util::stream::{FuturesUnordered, StreamExt};
     let knobs = pipeline.settings.retry.clone();
-    let mut read = read_batch(pipeline, rows).await;
+    let mut jobs = jobs.into_iter();
     let mut running = FuturesUnordered::new();
-    let mut next = 0;
     let mut halt: Option<Halt> = None;
     loop {
-        while halt.is_none() && next < rows.len() && running.len() < st.limiter.limit() {
+        while halt.is_none() && running.len() < st.limiter.limit() {
             if options.stopped() {
                 halt = Some(Halt::Stop);
                 break;
@@ -490,26 +603,26 @@ async fn deliver_batch(
                 }
                 tokio::time::sleep(Duration::from_secs_f64(1.0 / knobs.drain_per_sec)).await;
             }
+            let Some(Job { row, scene }) = jobs.next() else { break };
             st.limiter.starting(running.len());
-            let row = &rows[next];
-            next += 1;
-            let scene = read.as_mut().map(|found| found.remove(&row.scene_id));
             running.push(async move {
-                (row, pipeline.deliver(queue, &row.scene_id, row.attempts, row.reason, scene).await)
+                let result = pipeline.deliver(queue, &row.scene_id, row.attempts, row.reason, scene).await;
+                (row, result)
             });
             st.peak = st.peak.max(running.len());
         }
         let Some((row, result)) = running.next().await else { break };
         let stopped = match result {
             Ok(outcome) => {
-                finished(pipeline, queue, row, &outcome)?;
+                finished(pipeline, queue, &row, &outcome)?;
                 st.done += 1;
+                let total = st.counted.map_or(0, |(_, _, total)| total);
                 progress(st.done, total.max(st.done));
                 let change = pipeline.plex.as_ref().and_then(|p| st.limiter.finished(p.rtt()));
                 limit_moved(change, &st.limiter);
                 None
             }
-            Err(err) => failed(pipeline, queue, row, err, &knobs, &mut st.limiter)?,
+            Err(err) => failed(pipeline, queue, &row, err, &knobs, &mut st.limiter)?,
         };
         if let Some(why) = stopped {
             if halt.as_ref().is_none_or(|h| why.rank() > h.rank()) {
@@ -517,20 +630,8 @@ async fn deliver_batch(
             }
         }
     }
-    let rest = &rows[next..];
-    match halt {
-        None => Ok(()),
-        Some(Halt::Stop) => release_all(queue, rest, now_ms()),
-        Some(Halt::Breaker(err)) => {
-            breaker::open(queue, &err, knobs.scale)?;
-            release_all(queue, rest, now_ms())
-        }
-        Some(Halt::Until(due)) => release_all(queue, rest, due),
-        Some(Halt::Fatal(err, due)) => {
-            release_all(queue, rest, due)?;
-            Err(err)
-        }
-    }
+    rest.extend(jobs);
+    Ok(halt)
 }
 
 /// The claimed rows' scenes in one Stash request, by id (a missing id is a
@@ -540,6 +641,9 @@ async fn read_batch(
     pipeline: &Pipeline,
     rows: &[Claimed],
 ) -> Option<std::collections::HashMap<String, crate::clients::stash::Scene>> {
+    if rows.is_empty() {
+        return Some(Default::default());
+    }
     let ids: Vec<&str> = rows.iter().map(|r| r.scene_id.as_str()).collect();
     match pipeline.stash.find_scenes(&ids).await {
         Ok(scenes) => Some(scenes.into_iter().map(|s| (s.id.clone(), s)).collect()),

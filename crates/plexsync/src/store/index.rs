@@ -31,7 +31,16 @@ impl Store {
             "INSERT INTO kv (key, value) VALUES (?2, ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             params![meta, super::kv::PLEX_INDEX_META],
         )?;
-        Ok(tx.commit()?)
+        tx.commit()?;
+        if whole {
+            // The whole index is the largest write the queue file sees
+            // (its log reached 190 MB at a million items), and SQLite
+            // keeps a log file at its largest size until told otherwise.
+            if let Err(e) = self.truncate_log() {
+                tracing::debug!("the queue's log was not emptied after the index was stored: {e}");
+            }
+        }
+        Ok(())
     }
 
     /// The stored index's meta, if an index is stored.
@@ -61,5 +70,24 @@ impl Store {
         self.exec("DELETE FROM kv WHERE key = ?1", [super::kv::PLEX_INDEX_META])?;
         self.exec("DELETE FROM plex_index", [])?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::store::Store;
+
+    #[test]
+    fn storing_the_whole_index_leaves_no_large_log_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.db");
+        let store = Store::open(&path).unwrap();
+        let padding = "x".repeat(200);
+        let rows = (0..20_000).map(|i| Ok((i.to_string(), format!("{{\"rating_key\":\"{i}\",\"p\":\"{padding}\"}}"))));
+        store.save_index("{}", rows, true).unwrap();
+        let log = std::fs::metadata(format!("{}-wal", path.display())).map_or(0, |m| m.len());
+        assert_eq!(log, 0, "the log holds the index until a checkpoint");
+        assert!(store.each_index_row(|_| true).unwrap());
+        assert_eq!(store.index_meta().unwrap().as_deref(), Some("{}"));
     }
 }

@@ -327,6 +327,54 @@ async fn an_unchanged_resync_costs_stash_a_read_per_claimed_batch_not_per_scene(
     assert_eq!(bed.plex_writes(), 0, "nothing changed, nothing written");
 }
 
+/// Reads of items (`GET /library/metadata/<keys>`, one or many keys) and
+/// edits among the Plex requests so far.
+fn item_reads_and_edits(bed: &Bed) -> (Vec<String>, usize) {
+    let requests = bed.plex.requests();
+    let reads = requests
+        .iter()
+        .filter(|r| r.method == "GET")
+        .filter_map(|r| r.path.strip_prefix("/library/metadata/"))
+        .filter(|keys| !keys.contains('/'))
+        .map(str::to_string)
+        .collect();
+    let edits = requests.iter().filter(|r| r.method == "PUT" && r.path.ends_with("/all")).count();
+    (reads, edits)
+}
+
+/// The read before each write (the check that the item still holds the
+/// scene's file) is shared: a first sync reads its items a hundred at a
+/// time, and a re-sync that finds a few scattered changes reads their
+/// items in one request, not one each.
+#[tokio::test]
+async fn the_reads_before_writes_are_shared_by_many_deliveries() {
+    let bed = Bed::new(240, json!({})).await;
+    bed.plex.clear_requests();
+    assert!(!bed.task("sync_all").await.failed());
+    bed.settle().await;
+    let in_plex = bed.scenes_in_plex();
+    let (reads, edits) = item_reads_and_edits(&bed);
+    eprintln!("first sync of {} items: {} item reads, {edits} edits", in_plex.len(), reads.len());
+    assert_eq!(edits, in_plex.len(), "one edit per item");
+    let keys: usize = reads.iter().map(|r| r.split(',').count()).sum();
+    assert!(keys >= in_plex.len(), "every item was read before its write: {keys} keys read");
+    assert!(reads.len() <= in_plex.len().div_ceil(100) + 3, "{} reads: {reads:?}", reads.len());
+
+    let edited: Vec<u64> = in_plex.iter().copied().step_by(40).collect();
+    for &id in &edited {
+        bed.stash.update_scene(id, |s| s.details = Some(format!("Edited later, scene {id}")));
+    }
+    bed.plex.clear_requests();
+    assert!(!bed.task("sync_all").await.failed());
+    bed.settle().await;
+    let (reads, edits) = item_reads_and_edits(&bed);
+    assert_eq!(edits, edited.len(), "the edited scenes only");
+    assert_eq!(reads.len(), 1, "{} edited scenes among {}: {reads:?}", edited.len(), in_plex.len());
+    for id in edited {
+        assert_eq!(bed.item_of(id).field("summary"), Some(format!("Edited later, scene {id}").as_str()));
+    }
+}
+
 #[tokio::test]
 async fn hooks_return_before_delivery_and_leave_no_pipe_open() {
     let bed = Bed::new(10, json!({})).await;
