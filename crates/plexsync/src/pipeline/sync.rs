@@ -1131,8 +1131,8 @@ impl Pipeline {
             .collect();
         units.push((None, desired::edit_params(&[], released, held.item, held.managed)));
         units.retain(|(_, params)| !params.is_empty());
-        let fits = |params: &[(String, String)]| plex.edit_line_len(section, &key, params) <= MAX_REQUEST_LINE;
-        for batch in batches(units, fits) {
+        let room = MAX_REQUEST_LINE.saturating_sub(plex.edit_line_len(section, &key, &[]));
+        for batch in batches(units, room) {
             let params: Vec<(String, String)> = batch.iter().flat_map(|(_, p)| p.iter().cloned()).collect();
             self.tally(|s| s.plex_writes += 1);
             let refused = match plex.edit(section, &key, &params).await {
@@ -1288,25 +1288,33 @@ impl Pipeline {
 /// its query parameters.
 type Unit<T> = (T, Vec<(String, String)>);
 
-/// `units` packed in order into as few batches as `fits` allows; a unit
-/// that does not fit alone is a batch of its own.
-fn batches<T>(units: Vec<Unit<T>>, fits: impl Fn(&[(String, String)]) -> bool) -> Vec<Vec<Unit<T>>> {
+/// `units` packed in order into as few batches as `room` (the bytes a
+/// request line has left for them) allows; a unit that does not fit alone
+/// is a batch of its own.
+fn batches<T>(units: Vec<Unit<T>>, room: usize) -> Vec<Vec<Unit<T>>> {
     let mut out: Vec<Vec<Unit<T>>> = Vec::new();
-    let mut params: Vec<(String, String)> = Vec::new();
+    let mut used = 0;
     for unit in units {
-        let joined = [params.as_slice(), unit.1.as_slice()].concat();
+        let len: usize = unit.1.iter().map(pair_len).sum();
         match out.last_mut() {
-            Some(last) if fits(&joined) => {
-                params = joined;
+            Some(last) if used + len <= room => {
+                used += len;
                 last.push(unit);
             }
             _ => {
-                params = unit.1.clone();
+                used = len;
                 out.push(vec![unit]);
             }
         }
     }
     out
+}
+
+/// What a query pair adds to a URL's length: `&key=value`, form-encoded
+/// as the URL library encodes it.
+fn pair_len((key, value): &(String, String)) -> usize {
+    let encoded = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).map(str::len).sum::<usize>();
+    encoded(key) + encoded(value) + 2
 }
 
 /// The performers, studios (and parent) and tags a scene shows, by kind.
@@ -1404,4 +1412,34 @@ pub(crate) fn managed_collections(
     let written = previous.get(COLLECTION_NAMES).and_then(|j| serde_json::from_str::<Vec<String>>(j).ok());
     let wrote_before = previous.contains_key(Field::Collection.name());
     Managed::new(scene, &settings.agent, written, wrote_before)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pair_adds_its_length_to_the_url() {
+        let base = url::Url::parse("http://plex:32400/library/sections/1/all?type=1&id=7").unwrap();
+        let pairs: Vec<(String, String)> = [
+            ("title.value", "Café & “quotes” at 100%"),
+            ("summary.value", "two\nlines / ? = + #"),
+            ("tag[0].tag.tag", ""),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let mut url = base.clone();
+        url.query_pairs_mut().extend_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        assert_eq!(url.as_str().len(), base.as_str().len() + pairs.iter().map(pair_len).sum::<usize>());
+    }
+
+    #[test]
+    fn units_are_packed_in_order_within_the_room() {
+        // ("k", n × "v") adds n + 4 bytes: `&k=` and the value.
+        let unit = |n: usize| (n, vec![("k".to_string(), "v".repeat(n))]);
+        let packed = batches(vec![unit(10), unit(12), unit(50), unit(5), unit(5)], 30);
+        let sizes: Vec<Vec<usize>> = packed.iter().map(|b| b.iter().map(|(n, _)| *n).collect()).collect();
+        assert_eq!(sizes, vec![vec![10, 12], vec![50], vec![5, 5]]);
+    }
 }

@@ -658,12 +658,19 @@ async fn read_batch(
 fn finished(pipeline: &Pipeline, queue: &Store, row: &Claimed, outcome: &Outcome) -> Result<(), Error> {
     log_outcome(&row.scene_id, outcome);
     crate::metrics::delivered(outcome.label());
-    if matches!(outcome, Outcome::Synced { .. } | Outcome::Unchanged | Outcome::Refreshed(_)) {
-        queue.set_kv(crate::store::kv::LAST_SYNC, &now_ms().to_string())?;
+    // Written when they change (the time by the second): a write costs
+    // more than a read, and these followed every delivery.
+    let now = now_ms();
+    let delivered = matches!(outcome, Outcome::Synced { .. } | Outcome::Unchanged | Outcome::Refreshed(_));
+    if delivered && queue.kv_number(crate::store::kv::LAST_SYNC)?.abs_diff(now) >= 1_000 {
+        queue.set_kv(crate::store::kv::LAST_SYNC, &now.to_string())?;
     }
     pipeline.tally(|s| s.count(outcome));
     queue.complete(row)?;
-    queue.set_kv(crate::store::kv::BREAKER_FAILURES, "0")
+    if queue.kv_number(crate::store::kv::BREAKER_FAILURES)? != 0 {
+        queue.set_kv(crate::store::kv::BREAKER_FAILURES, "0")?;
+    }
+    Ok(())
 }
 
 /// Records a failed delivery and decides its next try; returns why the
