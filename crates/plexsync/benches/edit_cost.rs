@@ -50,6 +50,7 @@ async fn measure(
     edit.await;
     common::drained(data).await;
     let (reads, writes, uploads) = plex_requests(plex);
+    let shared = shareable_edits(plex);
     let after = stash.image_requests();
     let image_answers = after.served - images.served + after.not_modified - images.not_modified;
     let graphql = stash.request_count() - asked - own - image_answers;
@@ -64,6 +65,29 @@ async fn measure(
         after.not_modified - images.not_modified,
         started.elapsed().as_secs_f64(),
     );
+    println!(
+        "{:<12} edits: {} with {} different parameter sets (what one multi-id edit could carry)",
+        "", shared.0, shared.1
+    );
+}
+
+/// The edits since the last clear, and how many different sets of
+/// parameters (the item's id aside) they sent: edits with the same set are
+/// what Plex's multi-id edit (`id=1,2,3`) could carry in one request
+/// under either tag semantics.
+fn shareable_edits(plex: &PlexEmulator) -> (usize, usize) {
+    let edits: Vec<Vec<(String, String)>> = plex
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PUT" && r.path.ends_with("/all"))
+        .map(|r| {
+            let mut query: Vec<(String, String)> = r.query.into_iter().filter(|(k, _)| k != "id").collect();
+            query.sort();
+            query
+        })
+        .collect();
+    let sets: std::collections::BTreeSet<&Vec<(String, String)>> = edits.iter().collect();
+    (edits.len(), sets.len())
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

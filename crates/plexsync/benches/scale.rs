@@ -14,7 +14,8 @@
 //! picks runs, to profile one at a million without the others' hour (a
 //! first sync always runs: the others start from its queue). Per run it prints
 //! wall time, Plex requests per scene (library pages, item reads, writes,
-//! uploads), library pages read per 100 scenes, Stash requests, the CLI's
+//! uploads), library pages read per 100 scenes, Stash requests per scene
+//! of the library (GraphQL and the rest; images apart), the CLI's
 //! peak RSS (`VmHWM`), CPU seconds per 1 000 scenes of the CLI and of the
 //! emulators (this process) beside it, and how the adaptive delivery limit
 //! moved (from the worker's log). Partial scans are off, so "unchanged"
@@ -196,21 +197,25 @@ mod unix {
     fn run(bed: &Bed, what: &str, args: &[&str], n: usize, per: usize) {
         let Bed { exe, data, stash, plex } = *bed;
         plex.clear_requests();
-        let stash_before = stash.request_count();
+        let stash_before = (stash.request_count(), stash.image_requests());
         let Cost { wall: secs, rss, cpu, emulators_cpu, log } = cli(exe, data, stash, args);
+        let images = stash.image_requests();
+        let images = images.served + images.not_modified - stash_before.1.served - stash_before.1.not_modified;
+        let graphql = stash.request_count() - stash_before.0 - images;
         let c = plex_counts(plex);
         let total = c.pages + c.reads + c.writes + c.uploads;
         let per_scene = |x: usize| x as f64 / per.max(1) as f64;
         let per_1000 = |s: f64| s * 1000.0 / n as f64;
         println!(
-            "| {n:>7} | {what:<14} | {secs:>8.1} s | {:>6.3} | {:.3} / {:.3} / {:.3} / {:.3} | {:>6.2} | {:>7} | {rss:>5.1} MB | {:.3} / {:.3} |",
+            "| {n:>7} | {what:<14} | {secs:>8.1} s | {:>6.3} | {:.3} / {:.3} / {:.3} / {:.3} | {:>6.2} | {:.4} / {:.3} | {rss:>5.1} MB | {:.3} / {:.3} |",
             per_scene(total),
             per_scene(c.pages),
             per_scene(c.reads),
             per_scene(c.writes),
             per_scene(c.uploads),
             c.pages as f64 * 100.0 / n as f64,
-            stash.request_count() - stash_before,
+            graphql as f64 / n as f64,
+            images as f64 / n as f64,
             per_1000(cpu),
             per_1000(emulators_cpu),
         );
@@ -245,8 +250,8 @@ mod unix {
         println!(
             "Plex latency {latency} ms, {capacity} requests answered at once, plexConcurrency {cap}; requests per scene of the library (first, unchanged), per edited scene (1 %)"
         );
-        println!("|  scenes | run            |    wall    | Plex req/scene | pages / item reads / writes / uploads | pages per 100 scenes | Stash requests | peak RSS | CPU s per 1000 scenes: PlexSync / emulators |");
-        println!("|--------:|----------------|-----------:|------:|---|------:|--------:|------:|---|");
+        println!("|  scenes | run            |    wall    | Plex req/scene | pages / item reads / writes / uploads | pages per 100 scenes | Stash req/scene: GraphQL / images | peak RSS | CPU s per 1000 scenes: PlexSync / emulators |");
+        println!("|--------:|----------------|-----------:|------:|---|------:|---|------:|---|");
         for n in sizes {
             let generated = Instant::now();
             let spec = emulators::LibrarySpec { scenes: n, seed: 7, ..Default::default() };

@@ -672,18 +672,25 @@ impl Pipeline {
         // its write (the index was stale: renamed, rebuilt, a key reused)
         // is re-indexed, and the scene is matched once more.
         let mut rounds = 0;
+        // The record of the item just written, saved before the next item
+        // is tried, or with the closing writes after the last.
+        let mut last: Option<SyncRecord> = None;
         let targets = 'matched: loop {
             rounds += 1;
             let records = queue.records(&scene.id)?;
             let recorded: Vec<String> = records.iter().map(|r| r.rating_key.clone()).collect();
             let targets = self.targets(queue, scene, &recorded, attempts).await?;
             for (rk, section) in &targets {
+                if let Some(done) = last.take() {
+                    queue.save_record(&scene.id, &done)?;
+                }
                 let previous = records.iter().find(|r| &r.rating_key == rk).map(|r| r.field_hashes.clone());
                 let item = Target { rating_key: rk, section, previous: previous.unwrap_or_default() };
                 match self.push_item(queue, scene, &wanted, item, &mut images).await? {
-                    Some((n, any)) => {
+                    Some((n, any, record)) => {
                         fields += n;
                         wrote |= any;
+                        last = record;
                     }
                     None if rounds < 2 => continue 'matched,
                     None => {
@@ -697,8 +704,13 @@ impl Pipeline {
             break targets;
         };
         let keys: Vec<String> = targets.iter().map(|(rk, _)| rk.clone()).collect();
-        queue.keep_records(&scene.id, &keys)?;
-        queue.save_shows(&scene.id, &shown_objects(scene))?;
+        queue.atomically(|q| {
+            if let Some(record) = last {
+                q.save_record(&scene.id, &record)?;
+            }
+            q.keep_records(&scene.id, &keys)?;
+            q.save_shows(&scene.id, &shown_objects(scene))
+        })?;
         if wrote {
             Ok(Outcome::Synced { rating_key: keys.join(","), fields })
         } else {
@@ -713,7 +725,8 @@ impl Pipeline {
     /// handed out again after deletions (the read also gives the tags to
     /// remove, whether Plex's tag edits replace or add, and the locks
     /// `preservePlexEdits` looks at). Returns (fields written, anything
-    /// sent), or `None` when the item holds none of the scene's files.
+    /// sent, the item's record when it is left to the caller to save), or
+    /// `None` when the item holds none of the scene's files.
     async fn push_item(
         &self,
         queue: &Store,
@@ -721,7 +734,7 @@ impl Pipeline {
         wanted: &[Desired],
         target: Target<'_>,
         images: &mut Images,
-    ) -> Result<Option<(usize, bool)>, Error> {
+    ) -> Result<Option<(usize, bool, Option<SyncRecord>)>, Error> {
         let Target { rating_key: rk, section, previous } = target;
         let (changes, released) = self.pending(wanted, &previous);
         let writes = !changes.is_empty() || !released.is_empty();
@@ -819,11 +832,13 @@ impl Pipeline {
             stash_updated_at: scene.updated_at.clone(),
             synced_at: now_ms(),
         };
-        queue.save_record(&scene.id, &record)?;
+        let sent = !changes.is_empty() || !released.is_empty();
         if self.settings.agent.add_plex_url && !record.field_hashes.contains_key(PLEX_URL) {
+            queue.save_record(&scene.id, &record)?;
             self.add_plex_url(queue, scene, record).await?;
+            return Ok(Some((changes.len(), sent, None)));
         }
-        Ok(Some((changes.len(), !changes.is_empty() || !released.is_empty())))
+        Ok(Some((changes.len(), sent, Some(record))))
     }
 
     /// The values PlexSync writes for the scene (`only` those fields, when

@@ -215,6 +215,18 @@ impl Store {
         Ok(size_cache(&self.conn, size)?)
     }
 
+    /// Runs `f` in one transaction, or in the one already open: a
+    /// delivery's closing writes are one commit, not one each.
+    pub(crate) fn atomically<R>(&self, f: impl FnOnce(&Self) -> Result<R>) -> Result<R> {
+        if !self.conn.is_autocommit() {
+            return f(self);
+        }
+        let tx = self.conn.unchecked_transaction()?;
+        let out = f(self)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
     /// Runs one statement through the connection's statement cache: a
     /// delivery runs the same few statements for every scene, and parsing
     /// them each time was a measurable share of a large run's CPU.

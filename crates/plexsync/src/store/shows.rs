@@ -23,16 +23,15 @@ impl Store {
         if stored.iter().map(|(kind, id)| (kind.as_str(), id.as_str())).eq(wanted.iter().copied()) {
             return Ok(());
         }
-        let tx = self.conn.unchecked_transaction()?;
-        self.exec("DELETE FROM shows WHERE scene_id = ?1", params![scene_id])?;
-        {
+        self.atomically(|q| {
+            q.exec("DELETE FROM shows WHERE scene_id = ?1", params![scene_id])?;
             let mut stmt =
-                tx.prepare_cached("INSERT OR IGNORE INTO shows (kind, object_id, scene_id) VALUES (?1, ?2, ?3)")?;
-            for (kind, id) in objects {
+                q.conn.prepare_cached("INSERT OR IGNORE INTO shows (kind, object_id, scene_id) VALUES (?1, ?2, ?3)")?;
+            for (kind, id) in wanted {
                 stmt.execute(params![kind, id, scene_id])?;
             }
-        }
-        Ok(tx.commit()?)
+            Ok(())
+        })
     }
 
     /// Scenes that showed the object when last delivered.
