@@ -325,18 +325,27 @@ impl Pipeline {
         if self.apply_stash_side(&scene).await? {
             scene = self.stash.find_scene(id).await?.ok_or_else(|| Error::new(ErrorClass::Bug, "scene vanished"))?;
         }
-        let outcome = match (self.settings.mode, reason) {
-            // Plex has just pulled the scene (a refresh leads here too):
-            // what the provider cannot carry goes by push; asking Plex to
-            // refresh again would loop.
-            (Mode::Refresh, Reason::Provider) => self.push(queue, &scene, attempts, Some(UNCARRIED)).await?,
-            (Mode::Refresh, _) => self.refresh(queue, &scene, attempts).await?,
-            (Mode::Push, _) => self.push(queue, &scene, attempts, None).await?,
+        let outcome = match self.pushes(reason) {
+            Some(only) => self.push(queue, &scene, attempts, only).await?,
+            None => self.refresh(queue, &scene, attempts).await?,
         };
         if reason == Reason::Rematch && self.settings.mode == Mode::Push {
             self.rematch(queue, &scene).await?;
         }
         Ok(outcome)
+    }
+
+    /// What a delivery for `reason` pushes (`Some(None)`: every owned
+    /// field), or `None` when it asks Plex to refresh instead. After Plex
+    /// has just pulled the scene (a refresh leads there too), what the
+    /// provider cannot carry goes by push: asking Plex to refresh again
+    /// would loop.
+    fn pushes(&self, reason: Reason) -> Option<Option<&'static [Field]>> {
+        match (self.settings.mode, reason) {
+            (Mode::Refresh, Reason::Provider) => Some(Some(UNCARRIED)),
+            (Mode::Refresh, _) => None,
+            (Mode::Push, _) => Some(None),
+        }
     }
 
     /// Asks Plex to match the scene's items again (a refresh matches an
@@ -875,11 +884,7 @@ impl Pipeline {
     /// The error is Plex's, when reading the library failed: the
     /// deliveries would meet it too.
     pub(crate) async fn will_read(&self, queue: &Store, scene: &Scene, reason: Reason) -> Result<Vec<String>, Error> {
-        let only = match (self.settings.mode, reason) {
-            (Mode::Refresh, Reason::Provider) => Some(UNCARRIED),
-            (Mode::Refresh, _) => return Ok(Vec::new()),
-            (Mode::Push, _) => None,
-        };
+        let Some(only) = self.pushes(reason) else { return Ok(Vec::new()) };
         if self.plex().is_err() || library::gate(scene, &self.settings).is_some() {
             return Ok(Vec::new());
         }

@@ -588,11 +588,11 @@ async fn run_jobs(
 ) -> Result<Option<Halt>, Error> {
     use futures_util::stream::{FuturesUnordered, StreamExt};
     let knobs = pipeline.settings.retry.clone();
-    let mut jobs = jobs.into_iter();
+    let mut jobs = jobs.into_iter().peekable();
     let mut running = FuturesUnordered::new();
     let mut halt: Option<Halt> = None;
     loop {
-        while halt.is_none() && running.len() < st.limiter.limit() {
+        while halt.is_none() && jobs.peek().is_some() && running.len() < st.limiter.limit() {
             if options.stopped() {
                 halt = Some(Halt::Stop);
                 break;
