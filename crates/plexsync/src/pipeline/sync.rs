@@ -14,7 +14,7 @@ use crate::pipeline::legacy;
 use crate::pipeline::library::{self, Managed};
 use crate::pipeline::matching::{rating_key_in_url, LibraryIndex, Match};
 use crate::pipeline::picture;
-use crate::store::{now_ms, Reason, Store, SyncRecord};
+use crate::store::{now_ms, Closing, Reason, Store, SyncRecord};
 use sha2::{Digest, Sha256};
 
 /// What the metadata provider's items leave out, for push to write after
@@ -300,7 +300,9 @@ impl Pipeline {
     /// Delivers the scene `id` as it is in Stash now, as `reason` asks
     /// (see [`Reason`]). `attempts` is how often the row failed before (for
     /// partial scans). `read` is the scene as its batch's one Stash request
-    /// found it (`Some(None)`: it does not exist); `None` reads it here.
+    /// found it (`Some(None)`: it does not exist), its version marked seen
+    /// by the caller; `None` reads and marks it here. A push's closing
+    /// writes are returned for the caller to commit (see [`Closing`]).
     pub(crate) async fn deliver(
         &self,
         queue: &Store,
@@ -308,31 +310,44 @@ impl Pipeline {
         attempts: i64,
         reason: Reason,
         read: Option<Option<Scene>>,
-    ) -> Result<Outcome, Error> {
+    ) -> Result<(Outcome, Option<Closing>), Error> {
         let found = match read {
             Some(found) => found,
-            None => self.stash.find_scene(id).await?,
+            None => {
+                let found = self.stash.find_scene(id).await?;
+                // This version is now taken care of (change capture skips it).
+                if let Some(scene) = &found {
+                    queue.mark_seen(id, &scene.updated_at, now_ms())?;
+                }
+                found
+            }
         };
         let Some(mut scene) = found else {
             queue.forget(id)?;
-            return Ok(Outcome::Gone);
+            return Ok((Outcome::Gone, None));
         };
-        // This version is now taken care of (change capture skips it).
-        queue.mark_seen(id, &scene.updated_at, now_ms())?;
         if let Some(why) = library::gate(&scene, &self.settings) {
-            return Ok(Outcome::Skipped(why.into()));
+            return Ok((Outcome::Skipped(why.into()), None));
         }
         if self.apply_stash_side(&scene).await? {
             scene = self.stash.find_scene(id).await?.ok_or_else(|| Error::new(ErrorClass::Bug, "scene vanished"))?;
         }
-        let outcome = match self.pushes(reason) {
-            Some(only) => self.push(queue, &scene, attempts, only).await?,
-            None => self.refresh(queue, &scene, attempts).await?,
+        let (outcome, closing) = match self.pushes(reason) {
+            Some(only) => {
+                let (outcome, closing) = self.push(queue, &scene, attempts, only).await?;
+                (outcome, Some(closing))
+            }
+            None => (self.refresh(queue, &scene, attempts).await?, None),
         };
         if reason == Reason::Rematch && self.settings.mode == Mode::Push {
+            // Rematching reads the records the push just made.
+            if let Some(closing) = &closing {
+                queue.close(closing)?;
+            }
             self.rematch(queue, &scene).await?;
+            return Ok((outcome, None));
         }
-        Ok(outcome)
+        Ok((outcome, closing))
     }
 
     /// What a delivery for `reason` pushes (`Some(None)`: every owned
@@ -664,7 +679,7 @@ impl Pipeline {
         scene: &Scene,
         attempts: i64,
         only: Option<&[Field]>,
-    ) -> Result<Outcome, Error> {
+    ) -> Result<(Outcome, Closing), Error> {
         self.plex()?;
         let (wanted, report) = self.wanted(scene, only);
         for w in &report.dropped {
@@ -712,19 +727,10 @@ impl Pipeline {
             }
             break targets;
         };
-        let keys: Vec<String> = targets.iter().map(|(rk, _)| rk.clone()).collect();
-        queue.atomically(|q| {
-            if let Some(record) = last {
-                q.save_record(&scene.id, &record)?;
-            }
-            q.keep_records(&scene.id, &keys)?;
-            q.save_shows(&scene.id, &shown_objects(scene))
-        })?;
-        if wrote {
-            Ok(Outcome::Synced { rating_key: keys.join(","), fields })
-        } else {
-            Ok(Outcome::Unchanged)
-        }
+        let keys: Vec<String> = targets.into_iter().map(|(rk, _)| rk).collect();
+        let outcome = if wrote { Outcome::Synced { rating_key: keys.join(","), fields } } else { Outcome::Unchanged };
+        let closing = Closing { scene_id: scene.id.clone(), record: last, keep: keys, shows: shown_objects(scene) };
+        Ok((outcome, closing))
     }
 
     /// Delivers the scene to one of its items: only the fields whose value

@@ -14,7 +14,7 @@ use crate::pipeline::breaker::{self, Gate};
 use crate::pipeline::concurrency::{Change, Limiter};
 use crate::pipeline::retry;
 use crate::pipeline::sync::{Outcome, Pipeline};
-use crate::store::{now_ms, Claimed, Store};
+use crate::store::{now_ms, Claimed, Closing, Store};
 
 /// Held while a worker runs.
 pub struct WorkerLock {
@@ -523,6 +523,11 @@ async fn deliver_batch(
     progress: &mut impl FnMut(usize, usize),
 ) -> Result<(), Error> {
     let mut read = read_batch(pipeline, rows).await;
+    if let Some(found) = &read {
+        // These versions are now taken care of (change capture skips them).
+        let at = now_ms();
+        queue.atomically(|q| found.values().try_for_each(|scene| q.mark_seen(&scene.id, &scene.updated_at, at)))?;
+    }
     let mut now = Vec::new();
     // A failed guess (Plex refused the library read) ends the guessing:
     // the deliveries meet the failure themselves, and handle it as ever.
@@ -591,6 +596,7 @@ async fn run_jobs(
     let mut jobs = jobs.into_iter().peekable();
     let mut running = FuturesUnordered::new();
     let mut halt: Option<Halt> = None;
+    let mut unwritten = Unwritten::default();
     loop {
         while halt.is_none() && jobs.peek().is_some() && running.len() < st.limiter.limit() {
             if options.stopped() {
@@ -611,10 +617,26 @@ async fn run_jobs(
             });
             st.peak = st.peak.max(running.len());
         }
-        let Some((row, result)) = running.next().await else { break };
+        let next = match unwritten.since {
+            None => running.next().await,
+            Some(since) => {
+                match tokio::time::timeout(WRITE_AFTER.saturating_sub(since.elapsed()), running.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        unwritten.write(queue)?;
+                        continue;
+                    }
+                }
+            }
+        };
+        let Some((row, result)) = next else { break };
         let stopped = match result {
-            Ok(outcome) => {
-                finished(pipeline, queue, &row, &outcome)?;
+            Ok((outcome, closing)) => {
+                finished(pipeline, &row, &outcome);
+                unwritten.add(row, &outcome, closing);
+                if unwritten.due() {
+                    unwritten.write(queue)?;
+                }
                 st.done += 1;
                 let total = st.counted.map_or(0, |(_, _, total)| total);
                 progress(st.done, total.max(st.done));
@@ -630,8 +652,63 @@ async fn run_jobs(
             }
         }
     }
+    unwritten.write(queue)?;
     rest.extend(jobs);
     Ok(halt)
+}
+
+/// Deliveries finished but not yet written down: their closing writes
+/// and queue rows are one commit per [`WRITE_EVERY`] scenes or
+/// [`WRITE_AFTER`], not three per scene. A worker killed meanwhile loses
+/// only that: the rows are still queued, and delivered again they write
+/// what Plex lacks (nothing, when it has it all).
+#[derive(Default)]
+struct Unwritten {
+    rows: Vec<(Claimed, Option<Closing>)>,
+    delivered: bool,
+    since: Option<Instant>,
+}
+
+const WRITE_EVERY: usize = 64;
+const WRITE_AFTER: Duration = Duration::from_millis(250);
+
+impl Unwritten {
+    fn add(&mut self, row: Claimed, outcome: &Outcome, closing: Option<Closing>) {
+        self.since.get_or_insert_with(Instant::now);
+        self.delivered |= matches!(outcome, Outcome::Synced { .. } | Outcome::Unchanged | Outcome::Refreshed(_));
+        self.rows.push((row, closing));
+    }
+
+    fn due(&self) -> bool {
+        self.rows.len() >= WRITE_EVERY || self.since.is_some_and(|t| t.elapsed() >= WRITE_AFTER)
+    }
+
+    /// Commits the closings, completes the rows, and notes the time of the
+    /// last sync (by the second) and that Plex answers again.
+    fn write(&mut self, queue: &Store) -> Result<(), Error> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        let rows = std::mem::take(&mut self.rows);
+        let delivered = std::mem::take(&mut self.delivered);
+        self.since = None;
+        queue.atomically(|q| {
+            for (row, closing) in &rows {
+                if let Some(closing) = closing {
+                    q.close(closing)?;
+                }
+                q.complete(row)?;
+            }
+            let now = now_ms();
+            if delivered && q.kv_number(crate::store::kv::LAST_SYNC)?.abs_diff(now) >= 1_000 {
+                q.set_kv(crate::store::kv::LAST_SYNC, &now.to_string())?;
+            }
+            if q.kv_number(crate::store::kv::BREAKER_FAILURES)? != 0 {
+                q.set_kv(crate::store::kv::BREAKER_FAILURES, "0")?;
+            }
+            Ok(())
+        })
+    }
 }
 
 /// The claimed rows' scenes in one Stash request, by id (a missing id is a
@@ -654,23 +731,12 @@ async fn read_batch(
     }
 }
 
-/// Records a delivery that ended with `outcome`.
-fn finished(pipeline: &Pipeline, queue: &Store, row: &Claimed, outcome: &Outcome) -> Result<(), Error> {
+/// Logs and counts a delivery that ended with `outcome` (its writes wait
+/// in [`Unwritten`]).
+fn finished(pipeline: &Pipeline, row: &Claimed, outcome: &Outcome) {
     log_outcome(&row.scene_id, outcome);
     crate::metrics::delivered(outcome.label());
-    // Written when they change (the time by the second): a write costs
-    // more than a read, and these followed every delivery.
-    let now = now_ms();
-    let delivered = matches!(outcome, Outcome::Synced { .. } | Outcome::Unchanged | Outcome::Refreshed(_));
-    if delivered && queue.kv_number(crate::store::kv::LAST_SYNC)?.abs_diff(now) >= 1_000 {
-        queue.set_kv(crate::store::kv::LAST_SYNC, &now.to_string())?;
-    }
     pipeline.tally(|s| s.count(outcome));
-    queue.complete(row)?;
-    if queue.kv_number(crate::store::kv::BREAKER_FAILURES)? != 0 {
-        queue.set_kv(crate::store::kv::BREAKER_FAILURES, "0")?;
-    }
-    Ok(())
 }
 
 /// Records a failed delivery and decides its next try; returns why the

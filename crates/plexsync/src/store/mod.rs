@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::StoreFault;
 
 pub use queue::{Claimed, QueueStats, Reason, RowInfo};
-pub use records::{DeliveredItem, SceneState, SyncRecord};
+pub use records::{Closing, DeliveredItem, SceneState, SyncRecord};
 
 /// Store operations fail as [`crate::error::Error`]s (class `bug`): the
 /// callers' `?` needs no mapping.
