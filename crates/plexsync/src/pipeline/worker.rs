@@ -304,6 +304,8 @@ async fn drain(
         queue.set_kv(crate::store::kv::RECOVERY_RECONCILE, "0")?;
     }
     let mut idle_since: Option<Instant> = None;
+    // The batch claimed and read while the last one was delivered.
+    let mut ahead: Option<Ready> = None;
     let result = loop {
         if options.stopped() {
             tracing::info!("stopping: leases released");
@@ -329,31 +331,43 @@ async fn drain(
             tracing::warn!("change capture: {e}");
         }
         match wait_for_plex(pipeline, queue, options, &mut st.clock).await {
-            Ok(true) => st.gentle_until = Some(Instant::now() + GENTLE_PERIOD),
+            Ok(true) => {
+                st.gentle_until = Some(Instant::now() + GENTLE_PERIOD);
+                // Read before the outage: read again when their turn comes.
+                if let Some(stale) = ahead.take() {
+                    release_all(queue, &stale.rows(), now_ms())?;
+                }
+            }
             Ok(false) => {}
             Err(e) => break Err(e),
         }
         // Enough rows that the running deliveries rarely wait for a claim.
         let batch = options.batch.max(4 * st.limiter.limit());
-        let rows = queue.claim(&st.owner, lease, batch)?;
-        let last = rows.len() < batch;
-        // With nothing more due, what waits to share a read goes now.
-        if rows.is_empty() && st.waiting.jobs.is_empty() {
-            match queue.next_due()? {
-                Some(due) if due - now_ms() <= options.max_wait.as_millis() as i64 => {
-                    idle_since = None;
-                    let wait = Duration::from_millis((due - now_ms()).max(50) as u64).min(options.max_sleep);
-                    options.nap(wait).await;
-                    continue;
+        let ready = match ahead.take() {
+            Some(ready) => ready,
+            None => {
+                let rows = queue.claim(&st.owner, lease, batch)?;
+                // With nothing more due, what waits to share a read goes now.
+                if rows.is_empty() && st.waiting.jobs.is_empty() {
+                    match queue.next_due()? {
+                        Some(due) if due - now_ms() <= options.max_wait.as_millis() as i64 => {
+                            idle_since = None;
+                            let wait = Duration::from_millis((due - now_ms()).max(50) as u64).min(options.max_sleep);
+                            options.nap(wait).await;
+                            continue;
+                        }
+                        Some(_) => break Ok(()),
+                        None if idle_since.get_or_insert_with(Instant::now).elapsed() < options.idle => {
+                            options.nap(options.max_sleep).await;
+                            continue;
+                        }
+                        None => break Ok(()),
+                    }
                 }
-                Some(_) => break Ok(()),
-                None if idle_since.get_or_insert_with(Instant::now).elapsed() < options.idle => {
-                    options.nap(options.max_sleep).await;
-                    continue;
-                }
-                None => break Ok(()),
+                let last = rows.len() < batch;
+                prepare(pipeline, queue, rows, last).await?
             }
-        }
+        };
         if idle_since.take().is_some() || st.settings_read.elapsed() > SETTINGS_EVERY {
             st.settings_read = Instant::now();
             if let Err(e) = pipeline.reload_settings().await {
@@ -367,11 +381,41 @@ async fn drain(
             queue.fit_cache()?;
             st.counted = Some((started, started.elapsed(), st.done + waiting));
         }
-        if let Err(e) = deliver_batch(pipeline, queue, &rows, last, &mut st, options, progress).await {
-            if e.class == ErrorClass::Auth && take_newer_session(pipeline, queue)? {
-                continue;
+        // The next batch is claimed now and read while this one is
+        // delivered: a batch read from Stash and Plex between two
+        // batches left the deliveries idle for that time.
+        let next = if ready.last { Vec::new() } else { queue.claim(&st.owner, lease, batch)? };
+        let next_last = next.len() < batch;
+        let (delivered, next) =
+            tokio::join!(deliver_batch(pipeline, queue, ready, &mut st, options, progress), async {
+                if next.is_empty() {
+                    Ok(None)
+                } else {
+                    prepare(pipeline, queue, next, next_last).await.map(Some)
+                }
+            });
+        let next = match next {
+            Ok(next) => next,
+            Err(e) => break Err(e),
+        };
+        match delivered {
+            Ok(None) => ahead = next,
+            // The batch stopped: the next one waits as long (it was read
+            // before the trouble, and is read again when its turn comes).
+            Ok(Some(due)) => {
+                if let Some(next) = next {
+                    release_all(queue, &next.rows(), due)?;
+                }
             }
-            break Err(e);
+            Err(e) => {
+                if let Some(next) = next {
+                    release_all(queue, &next.rows(), now_ms())?;
+                }
+                if e.class == ErrorClass::Auth && take_newer_session(pipeline, queue)? {
+                    continue;
+                }
+                break Err(e);
+            }
         }
     };
     queue.release_owner(&st.owner)?;
@@ -509,26 +553,31 @@ impl Waiting {
     }
 }
 
-/// Delivers `rows` (claimed together; `last`: the queue had no more due):
-/// their scenes are one Stash request; those that will write wait in
-/// `st.waiting` until their items are read ahead together, the others go
-/// at once.
-async fn deliver_batch(
-    pipeline: &Pipeline,
-    queue: &Store,
-    rows: &[Claimed],
+/// A claimed batch made ready to deliver: its scenes read from Stash in
+/// one request (and marked seen), those that will write apart with the
+/// items they will write (`Pipeline::will_read`). `last`: the queue had
+/// no more due when it was claimed.
+struct Ready {
     last: bool,
-    st: &mut RunState,
-    options: &WorkerOptions,
-    progress: &mut impl FnMut(usize, usize),
-) -> Result<(), Error> {
-    let mut read = read_batch(pipeline, rows).await;
+    now: Vec<Job>,
+    writing: Vec<(Job, Vec<String>)>,
+}
+
+impl Ready {
+    fn rows(self) -> Vec<Claimed> {
+        self.now.into_iter().chain(self.writing.into_iter().map(|(job, _)| job)).map(|job| job.row).collect()
+    }
+}
+
+/// Reads the claimed `rows`' scenes and guesses which items they write.
+async fn prepare(pipeline: &Pipeline, queue: &Store, rows: Vec<Claimed>, last: bool) -> Result<Ready, Error> {
+    let mut read = read_batch(pipeline, &rows).await;
     if let Some(found) = &read {
         // These versions are now taken care of (change capture skips them).
         let at = now_ms();
         queue.atomically(|q| found.values().try_for_each(|scene| q.mark_seen(&scene.id, &scene.updated_at, at)))?;
     }
-    let mut now = Vec::new();
+    let mut ready = Ready { last, now: Vec::new(), writing: Vec::new() };
     // A failed guess (Plex refused the library read) ends the guessing:
     // the deliveries meet the failure themselves, and handle it as ever.
     let mut guess = true;
@@ -538,20 +587,38 @@ async fn deliver_batch(
             Some(Some(scene)) if guess => pipeline.will_read(queue, scene, row.reason).await,
             _ => Ok(Vec::new()),
         };
-        let job = Job { row: row.clone(), scene };
+        let job = Job { row, scene };
         match keys {
-            Ok(keys) if !keys.is_empty() => st.waiting.add(job, keys),
-            Ok(_) => now.push(job),
+            Ok(keys) if !keys.is_empty() => ready.writing.push((job, keys)),
+            Ok(_) => ready.now.push(job),
             Err(e) => {
-                tracing::debug!("scene {}: its Plex items not guessed: {e}", row.scene_id);
+                tracing::debug!("scene {}: its Plex items not guessed: {e}", job.row.scene_id);
                 guess = false;
-                now.push(job);
+                ready.now.push(job);
             }
         }
     }
+    Ok(ready)
+}
+
+/// Delivers a batch: the deliveries that will write wait in `st.waiting`
+/// until their items are read ahead together, the others go at once.
+/// Returns when the rows not delivered are due again, if the batch
+/// stopped early (they were released).
+async fn deliver_batch(
+    pipeline: &Pipeline,
+    queue: &Store,
+    ready: Ready,
+    st: &mut RunState,
+    options: &WorkerOptions,
+    progress: &mut impl FnMut(usize, usize),
+) -> Result<Option<i64>, Error> {
+    for (job, keys) in ready.writing {
+        st.waiting.add(job, keys);
+    }
     let mut rest = Vec::new();
-    let mut halt = run_jobs(pipeline, queue, now, &mut rest, st, options, progress).await?;
-    if halt.is_none() && st.waiting.due(last) {
+    let mut halt = run_jobs(pipeline, queue, ready.now, &mut rest, st, options, progress).await?;
+    if halt.is_none() && st.waiting.due(ready.last) {
         let (jobs, keys) = st.waiting.take();
         if let Err(e) = pipeline.read_ahead(&keys).await {
             tracing::warn!("{} Plex items not read ahead of their writes ({e}); each is read on its own", keys.len());
@@ -563,19 +630,21 @@ async fn deliver_batch(
     }
     let rest: Vec<Claimed> = rest.into_iter().map(|job| job.row).collect();
     let knobs = &pipeline.settings.retry;
-    match halt {
-        None => Ok(()),
-        Some(Halt::Stop) => release_all(queue, &rest, now_ms()),
+    let due = match halt {
+        None => return Ok(None),
+        Some(Halt::Stop) => now_ms(),
         Some(Halt::Breaker(err)) => {
             breaker::open(queue, &err, knobs.scale)?;
-            release_all(queue, &rest, now_ms())
+            now_ms()
         }
-        Some(Halt::Until(due)) => release_all(queue, &rest, due),
+        Some(Halt::Until(due)) => due,
         Some(Halt::Fatal(err, due)) => {
             release_all(queue, &rest, due)?;
-            Err(err)
+            return Err(err);
         }
-    }
+    };
+    release_all(queue, &rest, due)?;
+    Ok(Some(due))
 }
 
 /// Runs `jobs`, several at once as the limiter allows (each is a
