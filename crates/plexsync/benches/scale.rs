@@ -153,7 +153,11 @@ mod unix {
             let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
             let got = unsafe { libc::wait4(pid as i32, &mut status, libc::WNOHANG, &mut usage) };
             if got == pid as i32 {
-                return (libc::WEXITSTATUS(status), peak, seconds(usage.ru_utime) + seconds(usage.ru_stime));
+                // A process ended by a signal (an abort) is no success: as
+                // the shell says it, 128 and the signal.
+                let code =
+                    if libc::WIFSIGNALED(status) { 128 + libc::WTERMSIG(status) } else { libc::WEXITSTATUS(status) };
+                return (code, peak, seconds(usage.ru_utime) + seconds(usage.ru_stime));
             }
             assert_eq!(got, 0, "waitpid");
             std::thread::sleep(std::time::Duration::from_millis(10));

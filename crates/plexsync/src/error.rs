@@ -275,18 +275,37 @@ fn root_cause(err: &dyn std::error::Error) -> String {
     cause.to_string()
 }
 
-/// `Retry-After` in seconds (the HTTP-date form is not used by Plex).
+/// The longest `Retry-After` honoured: a server (or a proxy) asking for
+/// more is asked again after this, and a huge value cannot overflow the
+/// due times it is added to.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// `Retry-After` in seconds (the HTTP-date form is not used by Plex), at
+/// most [`MAX_RETRY_AFTER`].
 pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     headers
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
+        .map(|secs| Duration::from_secs(secs).min(MAX_RETRY_AFTER))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_is_seconds_and_at_most_an_hour() {
+        let with = |v: &str| {
+            let mut h = reqwest::header::HeaderMap::new();
+            h.insert(reqwest::header::RETRY_AFTER, v.parse().unwrap());
+            retry_after(&h)
+        };
+        assert_eq!(with(" 120 "), Some(Duration::from_secs(120)));
+        assert_eq!(with("18446744073709551615"), Some(MAX_RETRY_AFTER));
+        assert_eq!(with("Wed, 21 Oct 2026 07:28:00 GMT"), None);
+        assert_eq!(retry_after(&reqwest::header::HeaderMap::new()), None);
+    }
 
     #[test]
     fn a_refused_certificate_is_found_in_the_chain_not_in_the_words() {

@@ -37,8 +37,11 @@ fn filter(default: &str) -> EnvFilter {
 
 /// The plugin face: Stash shows these lines in its log at their level.
 pub fn init_stash() {
+    // A log that cannot be written (a full disk) loses the line; its
+    // fallback, a print to stderr, would panic and end the process.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter("plexsync=info"))
+        .log_internal_errors(false)
         .with_writer(std::io::stderr)
         .event_format(StashFormat)
         .try_init();
@@ -56,6 +59,7 @@ pub fn init_plain(level: &str, timestamps: bool, bars: Option<indicatif::MultiPr
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter(&format!("plexsync={level}")))
+        .log_internal_errors(false)
         .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);

@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value};
 
 use plexsync::error::ErrorClass;
 use plexsync::faces::context::{Context, Sources};
-use plexsync::faces::operations::{self, Operation};
+use plexsync::faces::operations::{self, Operation, StoreOp};
 use plexsync::faces::plugin;
 use plexsync::logging;
 use plexsync::pipeline::worker::{self, WorkerOptions};
@@ -125,9 +125,9 @@ enum Command {
         scenes: usize,
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// Seconds Plex stays down during the demo.
-        #[arg(long, default_value_t = 3.0)]
-        outage_secs: f64,
+        /// Seconds Plex stays down during the demo (0 to 3600).
+        #[arg(long, default_value = "3", value_parser = outage_secs)]
+        outage_secs: std::time::Duration,
     },
 }
 
@@ -179,6 +179,16 @@ impl Cli {
         put("plexUrl", self.plex_url.clone());
         Sources { config_file: self.config.clone(), cli }
     }
+}
+
+/// `--outage-secs`: a number of seconds from 0 to an hour.
+#[cfg(feature = "demo")]
+fn outage_secs(text: &str) -> Result<std::time::Duration, String> {
+    let secs: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    if !(0.0..=3600.0).contains(&secs) {
+        return Err("from 0 to 3600 seconds".into());
+    }
+    std::time::Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -265,7 +275,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let queue = match (all, recent) {
                 (true, _) => Operation::QueueAll { since: None },
                 (false, true) => Operation::QueueAll { since: Some(operations::day_ago()) },
-                _ if !scene.is_empty() => Operation::QueueScenes(scene.clone()),
+                _ if !scene.is_empty() => Operation::Store(StoreOp::QueueScenes(scene.clone())),
                 _ => anyhow::bail!("say what to sync: --all, --recent or --scene ID"),
             };
             let ctx = Context::from_local(&sources).await?;
@@ -273,7 +283,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let delivered =
                 operations::run(&ctx, &Operation::Deliver, &mut plexsync::progress::reporter("scenes delivered"))
                     .await?;
-            println!("{}", serde_json::to_string_pretty(&delivered)?);
+            out(&serde_json::to_string_pretty(&delivered)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Daemon { .. } => {
@@ -284,7 +294,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let ctx = Context::from_local(&sources).await?;
             let status = operations::run(&ctx, &Operation::Status, &mut |_, _| {}).await?;
             if *json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
+                out(&serde_json::to_string_pretty(&status)?);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -299,13 +309,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .transpose()
             };
             let op = match action {
-                QueueAction::Clear => Operation::ClearQueue,
-                QueueAction::Retry { class: c } => Operation::RetryDead { class: class(c)? },
-                QueueAction::Purge { class: c } => Operation::PurgeDead { class: class(c)? },
+                QueueAction::Clear => Operation::Store(StoreOp::ClearQueue),
+                QueueAction::Retry { class: c } => Operation::Store(StoreOp::RetryDead { class: class(c)? }),
+                QueueAction::Purge { class: c } => Operation::Store(StoreOp::PurgeDead { class: class(c)? }),
             };
             let ctx = Context::from_local(&sources).await?;
             let result = operations::run(&ctx, &op, &mut |_, _| {}).await?;
-            println!("{result}");
+            out(&result.to_string());
             Ok(ExitCode::SUCCESS)
         }
         Command::Reconcile { recent, since } => {
@@ -324,7 +334,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let delivered =
                 operations::run(&ctx, &Operation::Deliver, &mut plexsync::progress::reporter("scenes delivered"))
                     .await?;
-            println!("{}", serde_json::to_string_pretty(&json!({"reconcile": found, "delivery": delivered}))?);
+            out(&serde_json::to_string_pretty(&json!({"reconcile": found, "delivery": delivered}))?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Explain { scene } => {
@@ -337,13 +347,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print_operation(&sources, Operation::Migrate { agent_prefs: agent_prefs.clone(), apply: *apply }).await
         }
         Command::Manifest => {
-            print!("{}", plugin::manifest());
+            // Exactly as generated (plugin/PlexSync.yml is this output).
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), plugin::manifest().as_bytes());
             Ok(ExitCode::SUCCESS)
         }
         #[cfg(feature = "demo")]
         Command::Demo { scenes, seed, outage_secs } => {
-            plexsync::faces::demo::run(*scenes, *seed, std::time::Duration::from_secs_f64(outage_secs.max(0.0)))
-                .await?;
+            plexsync::faces::demo::run(*scenes, *seed, *outage_secs).await?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -352,9 +362,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// Runs `op` and prints its result as JSON.
 async fn print_operation(sources: &Sources, op: Operation) -> anyhow::Result<ExitCode> {
     let ctx = Context::from_local(sources).await?;
-    let out = operations::run(&ctx, &op, &mut |_, _| {}).await?;
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    let answer = operations::run(&ctx, &op, &mut |_, _| {}).await?;
+    out(&serde_json::to_string_pretty(&answer)?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a command's answer. A reader that went away (`plexsync status |
+/// head`) is not an error of ours; `println!` would panic on it.
+fn out(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{text}");
 }
 
 /// `--since`: a date (midnight UTC) or an RFC 3339 time.

@@ -5,6 +5,7 @@
 //! the daemon). Stash's task progress has its own channel (`protocol`).
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::sync::{Mutex, OnceLock};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -55,7 +56,9 @@ pub fn show_lines() {
         let tenth = done * 10 / total.max(1);
         let mut shown = shown.lock().unwrap_or_else(|e| e.into_inner());
         if shown.insert(what.to_string(), tenth) != Some(tenth) || done >= total {
-            eprintln!("{what} {done}/{total}");
+            // A log that cannot be written (a full disk) loses the line;
+            // `eprintln!` would panic and end the process.
+            let _ = writeln!(std::io::stderr(), "{what} {done}/{total}");
         }
         if done >= total {
             shown.remove(what);

@@ -107,6 +107,32 @@ async fn find_scenes_pages_counts_and_sorts() {
     assert!(scene["updated_at"].as_str().unwrap().ends_with("-05:00"), "the server's offset");
 }
 
+/// `ids` as Stash's `id IN (…)`: each scene once, in the sort's order,
+/// unknown ids absent, with the other criteria still applied.
+#[tokio::test]
+async fn find_scenes_by_ids_answers_each_known_scene_once() {
+    let stash = start(30).await;
+    let q = "query($ids: [ID!], $f: FindFilterType, $sf: SceneFilterType) {
+        findScenes(ids: $ids, filter: $f, scene_filter: $sf) { count scenes { id organized } } }";
+    let ids_of = |r: &Value| -> Vec<u64> {
+        let scenes = r["data"]["findScenes"]["scenes"].as_array().unwrap().iter();
+        scenes.map(|s| s["id"].as_str().unwrap().parse().unwrap()).collect()
+    };
+    let all = ids_of(&gql(&stash, q, json!({"f": {"per_page": -1}})).await);
+    let (a, b, c) = (all[2], all[6], all[11]);
+    let ids = json!([c.to_string(), a.to_string(), c.to_string(), "999999999", b.to_string()]);
+    let r = gql(&stash, q, json!({"ids": ids, "f": {"per_page": -1}})).await;
+    assert!(r.get("errors").is_none(), "{r}");
+    assert_eq!(ids_of(&r), [a, b, c]);
+    assert_eq!(r["data"]["findScenes"]["count"], 3);
+    let desc = gql(&stash, q, json!({"ids": ids, "f": {"per_page": -1, "sort": "id", "direction": "DESC"}})).await;
+    assert_eq!(ids_of(&desc), [c, b, a]);
+    let organized = gql(&stash, q, json!({"ids": ids, "f": {"per_page": -1}, "sf": {"organized": true}})).await;
+    for s in organized["data"]["findScenes"]["scenes"].as_array().unwrap() {
+        assert_eq!(s["organized"], true, "{organized}");
+    }
+}
+
 #[tokio::test]
 async fn updated_at_filter_finds_what_changed() {
     let stash = start(30).await;

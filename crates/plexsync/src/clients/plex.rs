@@ -353,9 +353,12 @@ impl PlexClient {
         &self.rtt
     }
 
-    /// `path` relative to the base, with `query` encoded by the URL library.
+    /// `path` under the base, with `query` encoded by the URL library.
+    /// Always this server: set as a path, `//host/x` or `https://host/x`
+    /// stays a path here (a join would follow it elsewhere, token and all).
     fn url(&self, path: &str, query: &[(&str, &str)]) -> Url {
-        let mut url = self.base.join(path.trim_start_matches('/')).expect("relative path joins a base URL");
+        let mut url = self.base.clone();
+        url.set_path(&format!("{}{}", self.base.path(), path.trim_start_matches('/')));
         if !query.is_empty() {
             url.query_pairs_mut().extend_pairs(query);
         }
@@ -589,6 +592,11 @@ impl PlexClient {
     /// The bytes of an image Plex serves at `path` (an item's `thumb` or
     /// `art`), at most `max_bytes`.
     pub(crate) async fn image(&self, path: &str, max_bytes: usize) -> Result<Vec<u8>, Error> {
+        // An image Plex names by a full address is not on this server (an
+        // agent's source): the token goes to this server only.
+        if path.starts_with("//") || Url::parse(path).is_ok() {
+            return Err(Error::new(ErrorClass::BadData, format!("Plex's image {path:?} is not on this server")));
+        }
         let url = self.url(path, &[]);
         let response = self.send("read image", || self.request(reqwest::Method::GET, url.clone())).await?;
         let bytes = response.bytes().await.map_err(|e| Error::transport(Server::Plex, "read image", e))?;
@@ -652,6 +660,28 @@ impl ImageKind {
         match self {
             Self::Poster => "posters",
             Self::Background => "arts",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_request_goes_to_the_configured_server_under_its_path() {
+        let base = Url::parse("https://plex.lan:32400/proxied").unwrap();
+        let plex = PlexClient::new(base, Secret::new("t"), &Default::default()).unwrap();
+        for (path, expected) in [
+            ("/library/metadata/1,2", "https://plex.lan:32400/proxied/library/metadata/1,2"),
+            ("./:/rate", "https://plex.lan:32400/proxied/:/rate"),
+            ("//evil.example/x", "https://plex.lan:32400/proxied/evil.example/x"),
+            ("https://evil.example/x", "https://plex.lan:32400/proxied/https://evil.example/x"),
+            ("/library/a b?c#d", "https://plex.lan:32400/proxied/library/a%20b%3Fc%23d"),
+        ] {
+            let url = plex.url(path, &[("k", "v w")]);
+            assert_eq!(url.host_str(), Some("plex.lan"), "{path}");
+            assert_eq!(url.as_str(), format!("{expected}?k=v+w"), "{path}");
         }
     }
 }

@@ -801,6 +801,16 @@ impl StashClient {
         Ok(data.scenes.unwrap_or_default().into_iter().next().map(|r| r.updated_at).unwrap_or_default())
     }
 
+    /// `url`'s path and query on Stash's own origin. Set, not joined: a
+    /// path such as `//host/x` must not name another host.
+    fn image_url(&self, url: &str) -> Result<Url, Error> {
+        let given = Url::parse(url).map_err(|e| Error::new(ErrorClass::BadData, format!("image URL {url:?}: {e}")))?;
+        let mut url = self.origin.clone();
+        url.set_path(given.path());
+        url.set_query(given.query());
+        Ok(url)
+    }
+
     /// Downloads an image from Stash, at most `max_bytes`, images only.
     /// Only the URL's path and query are used, on the configured Stash
     /// origin: Stash may name itself by another host (an external URL, a
@@ -808,9 +818,7 @@ impl StashClient {
     /// Fetches an image from Stash; with the `ETag` of the copy we have, a
     /// `304` answers that it is unchanged without sending it again.
     pub async fn image(&self, url: &str, max_bytes: usize, etag: Option<&str>) -> Result<Image, Error> {
-        let given = Url::parse(url).map_err(|e| Error::new(ErrorClass::BadData, format!("image URL {url:?}: {e}")))?;
-        let mut url = self.origin.join(given.path()).expect("absolute path joins");
-        url.set_query(given.query());
+        let url = self.image_url(url)?;
         let mut request = self.authed(self.http.get(url));
         if let Some(etag) = etag {
             request = request.header(reqwest::header::IF_NONE_MATCH, etag);
@@ -965,5 +973,26 @@ mod time_text_tests {
         assert_eq!(format_in(t, FixedOffset::east_opt(0).unwrap()), "2026-11-24T10:00:00Z");
         assert_eq!(format_in(t, FixedOffset::east_opt(-5 * 3600).unwrap()), "2026-11-24T05:00:00-05:00");
         assert_eq!(superset_cursor(t), "2026-11-23T22:00:00-12:00");
+    }
+}
+
+#[cfg(test)]
+mod image_url_tests {
+    use super::*;
+
+    #[test]
+    fn an_image_is_fetched_from_stashs_own_origin_whatever_its_url_names() {
+        let base = Url::parse("http://stash.lan:9999/").unwrap();
+        let stash = StashClient::new(&base, StashCredentials::default(), &Default::default()).unwrap();
+        for (given, expected) in [
+            ("http://stash.example:443/scene/7/screenshot?t=1", "http://stash.lan:9999/scene/7/screenshot?t=1"),
+            ("http://stash.lan:9999//evil.example/x.jpg", "http://stash.lan:9999//evil.example/x.jpg"),
+            ("http://stash.lan:9999/a/../../performer/3/image", "http://stash.lan:9999/performer/3/image"),
+        ] {
+            let url = stash.image_url(given).unwrap();
+            assert_eq!(url.as_str(), expected);
+            assert_eq!(url.host_str(), Some("stash.lan"), "{given}");
+        }
+        assert_eq!(stash.image_url("/scene/7/screenshot").unwrap_err().class, ErrorClass::BadData);
     }
 }

@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 
 use crate::error::{Error, ErrorClass};
 use crate::faces::context::{open_queue, Context, Sources};
-use crate::faces::operations::{self, Operation};
+use crate::faces::operations::{self, StoreOp};
 use crate::faces::provider::{self, Provider};
 use crate::faces::web;
 use crate::pipeline::breaker;
@@ -92,11 +92,6 @@ impl Shared {
     fn provider_url(&self, ctx: &Context) -> Option<Result<url::Url, Error>> {
         self.provider.as_ref()?;
         Some(open_queue(&ctx.data_dir).and_then(|store| provider::url(&store, &ctx.settings, &self.listen)))
-    }
-
-    /// The context of the running worker (set before it starts).
-    fn ctx(&self) -> Arc<Context> {
-        self.ready().expect("the worker starts once Stash answered")
     }
 
     /// The answer of every endpoint until Stash answers: 503 and why, so a
@@ -171,8 +166,8 @@ pub async fn run(sources: Sources) -> Result<(), Error> {
         axum::serve(listener, router(server_shared)).with_graceful_shutdown(stopped).await
     });
     let connected = connect(&shared, &sources, &stop).await;
-    if let Ok(true) = connected {
-        deliver(&shared, &stop).await;
+    if let Ok(Some(ctx)) = &connected {
+        deliver(&shared, &stop, Arc::clone(ctx)).await;
     }
     stop.store(true, Ordering::Relaxed);
     let _ = tokio::time::timeout(Duration::from_secs(3), server).await;
@@ -180,9 +175,10 @@ pub async fn run(sources: Sources) -> Result<(), Error> {
     connected.map(|_| ())
 }
 
-/// Asks Stash for the settings until it answers (`true`) or the daemon is
-/// stopped (`false`); meanwhile the endpoints say why they wait.
-async fn connect(sh: &Shared, sources: &Sources, stop: &AtomicBool) -> Result<bool, Error> {
+/// Asks Stash for the settings until it answers (the context it gave) or
+/// the daemon is stopped (`None`); meanwhile the endpoints say why they
+/// wait.
+async fn connect(sh: &Shared, sources: &Sources, stop: &AtomicBool) -> Result<Option<Arc<Context>>, Error> {
     while !stop.load(Ordering::Relaxed) {
         match Context::from_local(sources).await {
             Ok(ctx) => {
@@ -190,8 +186,9 @@ async fn connect(sh: &Shared, sources: &Sources, stop: &AtomicBool) -> Result<bo
                     tracing::warn!("setting: {w}");
                 }
                 tracing::info!("Stash answers; data folder {}", ctx.data_dir.display());
-                sh.set_ctx(Arc::new(ctx));
-                return Ok(true);
+                let ctx = Arc::new(ctx);
+                sh.set_ctx(Arc::clone(&ctx));
+                return Ok(Some(ctx));
             }
             Err(e) if e.class == ErrorClass::Config => return Err(e),
             Err(e) => {
@@ -201,7 +198,7 @@ async fn connect(sh: &Shared, sources: &Sources, stop: &AtomicBool) -> Result<bo
             }
         }
     }
-    Ok(false)
+    Ok(None)
 }
 
 /// Completes at SIGTERM (Docker, systemd) or Ctrl-C. SIGTERM is watched
@@ -230,12 +227,15 @@ pub fn stop_signal() -> impl std::future::Future<Output = ()> {
 }
 
 /// The worker, whenever the lock is free, until `stop`; started again
-/// with new settings when they change in Stash.
-async fn deliver(sh: &Arc<Shared>, stop: &Arc<AtomicBool>) {
+/// with new settings when they change in Stash (`ctx`: the first ones).
+async fn deliver(sh: &Arc<Shared>, stop: &Arc<AtomicBool>, mut ctx: Arc<Context>) {
     let mut waiting_said = false;
     let mut last_raw = None;
     while !stop.load(Ordering::Relaxed) {
-        let data_dir = sh.ctx().data_dir.clone();
+        if let Some(newer) = sh.ready() {
+            ctx = newer;
+        }
+        let data_dir = ctx.data_dir.clone();
         let lock = match worker::try_lock(&data_dir) {
             Ok(Some(lock)) => lock,
             Ok(None) => {
@@ -244,7 +244,7 @@ async fn deliver(sh: &Arc<Shared>, stop: &Arc<AtomicBool>) {
                 }
                 // The page and the provider follow Stash's settings even
                 // while another worker holds the queue.
-                reread_settings(sh, &mut last_raw).await;
+                reread_settings(sh, &ctx, &mut last_raw).await;
                 worker::nap_unless(stop, LOCK_RETRY).await;
                 continue;
             }
@@ -255,9 +255,9 @@ async fn deliver(sh: &Arc<Shared>, stop: &Arc<AtomicBool>) {
             }
         };
         waiting_said = false;
-        let ctx = sh.ctx();
         let cycle = Arc::new(AtomicBool::new(false));
-        let watcher = tokio::spawn(watch_settings(Arc::clone(sh), Arc::clone(stop), Arc::clone(&cycle)));
+        let watcher =
+            tokio::spawn(watch_settings(Arc::clone(sh), Arc::clone(&ctx), Arc::clone(stop), Arc::clone(&cycle)));
         let options = WorkerOptions {
             max_wait: Duration::from_secs(100 * 365 * 86_400),
             capture_every: Some(CAPTURE_EVERY),
@@ -277,8 +277,8 @@ async fn deliver(sh: &Arc<Shared>, stop: &Arc<AtomicBool>) {
 /// Reads Stash's side of the settings again; when they changed since
 /// `last` (the first read only records them), puts the new ones in place
 /// and returns true.
-async fn reread_settings(sh: &Shared, last: &mut Option<serde_json::Map<String, Value>>) -> bool {
-    match sh.ctx().reload().await {
+async fn reread_settings(sh: &Shared, ctx: &Context, last: &mut Option<serde_json::Map<String, Value>>) -> bool {
+    match ctx.reload().await {
         Ok((ctx, raw)) if last.as_ref().is_some_and(|l| *l != raw) => {
             tracing::info!("PlexSync's settings changed in Stash; using the new ones");
             for w in &ctx.warnings {
@@ -301,15 +301,15 @@ async fn reread_settings(sh: &Shared, last: &mut Option<serde_json::Map<String, 
 
 /// Ends the worker's cycle at `stop`, or when Stash's side of the settings
 /// changed (after putting the new settings in place).
-async fn watch_settings(sh: Arc<Shared>, stop: Arc<AtomicBool>, cycle: Arc<AtomicBool>) {
+async fn watch_settings(sh: Arc<Shared>, ctx: Arc<Context>, stop: Arc<AtomicBool>, cycle: Arc<AtomicBool>) {
     let mut last = None;
     let mut next_read = tokio::time::Instant::now();
     // `retryScale` shortens it for tests, as it does every retry delay.
-    let every = SETTINGS_EVERY.mul_f64(sh.ctx().settings.retry.scale).max(Duration::from_millis(200));
+    let every = SETTINGS_EVERY.mul_f64(ctx.settings.retry.scale).max(Duration::from_millis(200));
     while !stop.load(Ordering::Relaxed) {
         if tokio::time::Instant::now() >= next_read {
             next_read += every;
-            if reread_settings(&sh, &mut last).await {
+            if reread_settings(&sh, &ctx, &mut last).await {
                 break;
             }
         }
@@ -500,20 +500,22 @@ async fn action(
     };
     let op = match action.as_str() {
         "sync" => match form.get("scene").map(|s| s.trim()).filter(|s| crate::faces::protocol::is_id(s)) {
-            Some(id) => Operation::QueueScenes(vec![id.to_string()]),
+            Some(id) => StoreOp::QueueScenes(vec![id.to_string()]),
             None => return (StatusCode::BAD_REQUEST, "scene: a Stash scene id (digits) is required\n").into_response(),
         },
-        "retry-dead" => Operation::RetryDead { class: None },
-        "purge-dead" => Operation::PurgeDead { class: None },
-        "reconcile" => Operation::Reconcile { since: None },
+        "retry-dead" => StoreOp::RetryDead { class: None },
+        "purge-dead" => StoreOp::PurgeDead { class: None },
+        "reconcile" => {
+            let done = operations::hand_work(&queue, &crate::pipeline::requests::Work::Reconcile { since: None });
+            return page_action_done(done);
+        }
         _ => return (StatusCode::NOT_FOUND, "no such action\n").into_response(),
     };
-    let done = match operations::hand_to_worker(&queue, &op) {
-        Some(handed) => handed,
-        None => operations::run_on_store(&queue, &op)
-            .expect("the page's buttons need only the store")
-            .map(|v| v.to_string()),
-    };
+    page_action_done(operations::run_on_store(&queue, &op).map(|v| v.to_string()))
+}
+
+/// Back to the page after one of its buttons, or the error.
+fn page_action_done(done: Result<String, Error>) -> Response {
     match done {
         Ok(message) => {
             tracing::info!("status page: {message}");

@@ -26,12 +26,9 @@ pub enum Operation {
     QueueAll {
         since: Option<DateTime<Utc>>,
     },
-    /// Queue these scenes.
-    QueueScenes(Vec<String>),
     /// Deliver what is due now, here, with progress.
     Deliver,
     Status,
-    ClearQueue,
     Health,
     /// Compare scenes (changed after `since`) with Plex; queue what differs.
     Reconcile {
@@ -42,14 +39,8 @@ pub enum Operation {
     Explain {
         scene: Option<String>,
     },
-    /// Dead letters (all, or of one class) back into the queue.
-    RetryDead {
-        class: Option<ErrorClass>,
-    },
-    /// Dead letters (all, or of one class) deleted.
-    PurgeDead {
-        class: Option<ErrorClass>,
-    },
+    /// What the store alone answers.
+    Store(StoreOp),
     /// The metadata provider's URL, to paste into Plex.
     ProviderUrl,
     /// The settings of StashPlexAgent and Stash2Plex beside PlexSync's;
@@ -57,6 +48,23 @@ pub enum Operation {
     Migrate {
         agent_prefs: Option<std::path::PathBuf>,
         apply: bool,
+    },
+}
+
+/// What the store alone answers, no Stash or Plex request: the Stash UI
+/// and the daemon's page ask while a person waits.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StoreOp {
+    /// Queue these scenes.
+    QueueScenes(Vec<String>),
+    ClearQueue,
+    /// Dead letters (all, or of one class) back into the queue.
+    RetryDead {
+        class: Option<ErrorClass>,
+    },
+    /// Dead letters (all, or of one class) deleted.
+    PurgeDead {
+        class: Option<ErrorClass>,
     },
 }
 
@@ -92,14 +100,14 @@ impl Operation {
             "sync_recent" => Self::QueueAll { since: Some(day_ago()) },
             "process_queue" => Self::Deliver,
             "queue_status" => Self::Status,
-            "clear_queue" => Self::ClearQueue,
+            "clear_queue" => Self::Store(StoreOp::ClearQueue),
             "health_check" => Self::Health,
             "reconcile" => Self::Reconcile { since: None },
             "reconcile_recent" => Self::Reconcile { since: Some(day_ago()) },
             "paths_suggest" => Self::SuggestPaths,
             "explain" => Self::Explain { scene },
-            "retry_dead" => Self::RetryDead { class: None },
-            "purge_dead" => Self::PurgeDead { class: None },
+            "retry_dead" => Self::Store(StoreOp::RetryDead { class: None }),
+            "purge_dead" => Self::Store(StoreOp::PurgeDead { class: None }),
             "migrate" => Self::Migrate { agent_prefs: None, apply: false },
             "migrate_apply" => Self::Migrate { agent_prefs: None, apply: true },
             other => {
@@ -126,10 +134,8 @@ pub async fn run(
     op: &Operation,
     progress: &mut (dyn FnMut(usize, usize) + Send),
 ) -> Result<Value, Error> {
-    if let Some(done) = run_on_store(&ctx.store()?, op) {
-        return done;
-    }
     match op {
+        Operation::Store(op) => run_on_store(&ctx.store()?, op),
         Operation::QueueAll { since } => {
             crate::pipeline::related::enqueue_ids(&ctx.stash, &ctx.store()?, *since, progress).await
         }
@@ -146,49 +152,44 @@ pub async fn run(
         }
         Operation::Explain { scene: Some(id) } => explain(ctx, id).await,
         Operation::Explain { scene: None } => explain_failing(ctx).await,
-        Operation::QueueScenes(_)
-        | Operation::ClearQueue
-        | Operation::RetryDead { .. }
-        | Operation::PurgeDead { .. } => {
-            unreachable!("answered from the store")
-        }
     }
 }
 
-/// Runs `op` when the store alone answers it (no Stash or Plex request:
-/// the Stash UI and the daemon's page ask while a person waits).
-pub(crate) fn run_on_store(store: &Store, op: &Operation) -> Option<Result<Value, Error>> {
-    let done = match op {
-        Operation::QueueScenes(ids) => store.enqueue_many(ids.iter().map(String::as_str), Reason::Manual).map(|n| {
+/// Runs what the store alone answers.
+pub(crate) fn run_on_store(store: &Store, op: &StoreOp) -> Result<Value, Error> {
+    match op {
+        StoreOp::QueueScenes(ids) => store.enqueue_many(ids.iter().map(String::as_str), Reason::Manual).map(|n| {
             tracing::info!("queued {n} scenes for Plex");
             json!({"queued": n})
         }),
-        Operation::ClearQueue => store.clear().map(|n| {
+        StoreOp::ClearQueue => store.clear().map(|n| {
             tracing::info!("removed {n} scenes from the queue");
             json!({"removed": n})
         }),
-        Operation::RetryDead { class } => store.retry_dead(class.map(ErrorClass::as_str)).map(|n| {
+        StoreOp::RetryDead { class } => store.retry_dead(class.map(ErrorClass::as_str)).map(|n| {
             tracing::info!("{n} dead letters queued again");
             json!({"retried": n})
         }),
-        Operation::PurgeDead { class } => store.purge_dead(class.map(ErrorClass::as_str)).map(|n| {
+        StoreOp::PurgeDead { class } => store.purge_dead(class.map(ErrorClass::as_str)).map(|n| {
             tracing::info!("{n} dead letters removed");
             json!({"purged": n})
         }),
-        _ => return None,
-    };
-    Some(done)
+    }
 }
 
 /// Hands `op` to the worker when it is one that reads the whole library
 /// (a plugin task must return at once: Stash runs one task at a time).
 pub(crate) fn hand_to_worker(store: &Store, op: &Operation) -> Option<Result<String, Error>> {
-    let work = op.request()?;
-    Some(crate::pipeline::requests::request(store, &work).map(|()| {
+    op.request().map(|work| hand_work(store, &work))
+}
+
+/// Hands `work` to the worker; says so.
+pub(crate) fn hand_work(store: &Store, work: &Work) -> Result<String, Error> {
+    crate::pipeline::requests::request(store, work).map(|()| {
         let message = format!("{} handed to the background worker; run Queue status to follow it", work.describe());
         tracing::info!("{message}");
         message
-    }))
+    })
 }
 
 /// The provider's URL, made of the address the daemon last listened on

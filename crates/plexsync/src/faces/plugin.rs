@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::error::StoreFault;
 use crate::faces::context::{open_queue, Context, Sources};
-use crate::faces::operations::{self, Operation, TASKS};
+use crate::faces::operations::{self, Operation, StoreOp, TASKS};
 use crate::faces::protocol::{self, HookContext, PluginInput, ServerConnection};
 use crate::pipeline::breaker;
 use crate::pipeline::requests::{self, Work};
@@ -381,7 +381,7 @@ async fn handle_task(input: &PluginInput) -> Result<Value, String> {
     })
     .await
     .map_err(|e| e.to_string())?;
-    if matches!(op, Operation::RetryDead { .. }) {
+    if matches!(op, Operation::Store(StoreOp::RetryDead { .. })) {
         ensure_worker(&ctx.data_dir, conn)?;
     }
     Ok(value)
@@ -397,8 +397,7 @@ fn ui_operation(input: &PluginInput, mode: &str) -> Result<Value, String> {
     if mode == "sync_scene" {
         let id =
             extra.get("scene_id").and_then(protocol::id_in).ok_or("scene_id: a Stash scene id (digits) is required")?;
-        operations::run_on_store(&queue, &Operation::QueueScenes(vec![id.clone()]))
-            .expect("the store answers")
+        operations::run_on_store(&queue, &StoreOp::QueueScenes(vec![id.clone()]))
             .map_err(|e| format!("cannot queue scene {id}: {e}"))?;
         hand_session(&queue, conn);
         ensure_worker(&dir, conn)?;

@@ -678,8 +678,11 @@ impl LibraryIndex {
         for rk in items {
             with_section.push((rk.clone(), self.item(rk)?.map(|i| i.section.to_string()).unwrap_or_default()));
         }
-        let (rating_key, section) = with_section.remove(0);
-        Ok(Match::Found { rating_key, section, confidence, reason, also: with_section })
+        let mut with_section = with_section.into_iter();
+        let Some((rating_key, section)) = with_section.next() else {
+            return Err(Error::new(ErrorClass::Bug, format!("a match of no item ({reason})")));
+        };
+        Ok(Match::Found { rating_key, section, confidence, reason, also: with_section.collect() })
     }
 
     /// Finds the scene's items. `recorded` are the ratingKeys we wrote to last time.

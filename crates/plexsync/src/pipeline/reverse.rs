@@ -154,9 +154,11 @@ impl SceneIndex {
         self.scenes.contains_key(id)
     }
 
-    fn candidate(&self, id: &str, score: u8, reason: String) -> Candidate {
-        let entry = &self.scenes[id];
-        Candidate { scene_id: id.to_string(), title: entry.title.to_string(), year: entry.year, score, reason }
+    /// Scene `id` as a candidate; `None` when the index lacks it (the
+    /// name map and the scenes are kept together, so never).
+    fn candidate(&self, id: &str, score: u8, reason: String) -> Option<Candidate> {
+        let entry = self.scenes.get(id)?;
+        Some(Candidate { scene_id: id.to_string(), title: entry.title.to_string(), year: entry.year, score, reason })
     }
 
     /// The scenes with a file of the name Plex sent, each with how many
@@ -171,7 +173,7 @@ impl SceneIndex {
             let Some(ids) = self.by_name.get(name_of(form).as_str()) else { continue };
             let folded = form.to_lowercase();
             for id in ids {
-                let files = &self.scenes[id].files;
+                let Some(files) = self.scenes.get(id).map(|e| &e.files) else { continue };
                 let exact = files.iter().map(|f| shared_tail(f, form)).max().unwrap_or(0);
                 let (tail, fold) = if exact > 0 {
                     (exact, false)
@@ -209,7 +211,7 @@ impl SceneIndex {
             let best = files.first().map(|c| (c.1, c.2));
             let best_ones: Vec<&str> = files.iter().filter(|c| Some((c.1, c.2)) == best).map(|c| c.0).collect();
             if q.filename.is_none() || best_ones == [id] {
-                out.push(self.candidate(id, SURE, "the scene of the earlier match, still holding the file".into()));
+                out.extend(self.candidate(id, SURE, "the scene of the earlier match, still holding the file".into()));
                 if !q.manual {
                     return out;
                 }
@@ -238,7 +240,7 @@ impl SceneIndex {
             if rivals == 1 && !out.iter().any(|c| c.scene_id == best_id) {
                 let how = if fold { " (ignoring case)" } else { "" };
                 let reason = format!("{tail} of {parts} path components agree{how}");
-                out.push(self.candidate(best_id, score, reason));
+                out.extend(self.candidate(best_id, score, reason));
             } else if rivals > 1 && !q.manual {
                 tracing::info!(
                     "provider: {} Stash scenes could hold {:?}; no automatic match (Fix Match in Plex shows them)",
@@ -258,7 +260,7 @@ impl SceneIndex {
                 continue;
             }
             let how = if fold { ", ignoring case" } else { "" };
-            out.push(self.candidate(id, rank, format!("{tail} of {parts} path components agree{how}")));
+            out.extend(self.candidate(id, rank, format!("{tail} of {parts} path components agree{how}")));
             rank = rank.saturating_sub(1).max(50);
         }
         self.by_title(q, &mut out);
@@ -282,7 +284,7 @@ impl SceneIndex {
         hits.sort_by(|a, b| (b.1, b.2).cmp(&(a.1, a.2)).then(a.0.cmp(b.0)));
         for (i, (id, same, _)) in hits.into_iter().take(20).enumerate() {
             let score = if same { 70u8 } else { 60 }.saturating_sub(i.min(10) as u8);
-            out.push(self.candidate(id, score, "title".into()));
+            out.extend(self.candidate(id, score, "title".into()));
         }
     }
 }

@@ -207,41 +207,40 @@ impl Pipeline {
         format!("{url}|{}", self.settings.libraries.join(","))
     }
 
-    /// Fills `slot` (the locked index) from the store or from Plex.
-    async fn ensure_index(&self, slot: &mut Option<LibraryIndex>, max_age: Option<Duration>) -> Result<(), Error> {
-        if slot.is_none() {
-            *slot = self.load_index();
-        }
-        let stale = match (&*slot, max_age) {
-            (None, _) => true,
-            (Some(i), Some(age)) => i.built_at.is_none_or(|t| t.elapsed() > age),
-            (Some(_), None) => false,
+    /// Fills `slot` (the locked index) from the store or from Plex, and
+    /// returns the index.
+    async fn ensure_index<'a>(&self, slot: &'a mut Option<LibraryIndex>) -> Result<&'a mut LibraryIndex, Error> {
+        let index = match slot.take().or_else(|| self.load_index()) {
+            Some(index) => index,
+            None => self.build_index().await?,
         };
-        if stale {
-            let started = Instant::now();
-            let mut index = LibraryIndex::build(self.plex()?, &self.settings).await?;
-            if let Some(old) = slot.as_ref() {
-                index.moved = index.moved_since(old)?;
-            }
-            tracing::info!(
-                "read the Plex library: {} items in {} requests, {:.1?}",
-                index.len(),
-                index.reads,
-                started.elapsed()
-            );
-            self.save_index(&index, None);
-            *slot = Some(index);
-        }
-        self.requeue_moved(slot.as_mut());
-        Ok(())
+        let index = slot.insert(index);
+        self.requeue_moved(index);
+        Ok(index)
+    }
+
+    /// Reads the whole library and stores it.
+    async fn build_index(&self) -> Result<LibraryIndex, Error> {
+        let started = Instant::now();
+        let index = LibraryIndex::build(self.plex()?, &self.settings).await?;
+        tracing::info!(
+            "read the Plex library: {} items in {} requests, {:.1?}",
+            index.len(),
+            index.reads,
+            started.elapsed()
+        );
+        self.save_index(&index, None);
+        Ok(index)
     }
 
     /// Queues again, with their hashes forgotten, the scenes written to
     /// items whose files changed under the index: a library rebuilt with
     /// its keys handed out again, or a file moved, leaves Plex's items
     /// without the metadata written there, and no Stash change says so.
-    fn requeue_moved(&self, index: Option<&mut LibraryIndex>) {
-        let Some(index) = index.filter(|i| !i.moved.is_empty()) else { return };
+    fn requeue_moved(&self, index: &mut LibraryIndex) {
+        if index.moved.is_empty() {
+            return;
+        }
         let moved = std::mem::take(&mut index.moved);
         let Some(queue) = self.store() else { return };
         let requeued = queue.scenes_recorded_at(&moved).and_then(|ids| {
@@ -483,29 +482,27 @@ impl Pipeline {
     /// An item that also holds another Stash scene's file is ambiguous.
     pub(crate) async fn explain(&self, scene: &Scene, recorded: &[String]) -> Result<(Match, Vec<String>), Error> {
         let mut slot = self.index.lock().await;
-        self.ensure_index(&mut slot, None).await?;
         let maps = &self.settings.path_maps;
         let gap = |d: Duration| d.mul_f64(self.settings.retry.scale);
         let plex = self.plex()?;
-        let index = slot.as_mut().expect("index ensured");
+        let index = self.ensure_index(&mut slot).await?;
         if index.refreshed_at.is_none_or(|t| t.elapsed() > gap(INDEX_CHECK_GAP)) {
             self.refresh_index(index, plex, false).await?;
         }
-        self.requeue_moved(Some(&mut *index));
+        self.requeue_moved(index);
         let (found, trace) = index.explain(scene, recorded, maps)?;
         if matches!(found, Match::Found { .. }) {
             drop(slot);
             return self.unshared(scene, found, trace).await;
         }
         let reread = self.reread_candidates(index, plex, scene, recorded).await?;
-        if index.built_at.is_some_and(|t| t.elapsed() > INDEX_MAX_AGE_ON_MISS) {
+        let too_old = index.built_at.is_some_and(|t| t.elapsed() > INDEX_MAX_AGE_ON_MISS);
+        if too_old {
             self.drop_index(&mut slot);
-            self.ensure_index(&mut slot, None).await?;
         } else if !reread && index.refreshed_at.is_none_or(|t| t.elapsed() > gap(INDEX_REFRESH_GAP)) {
             self.refresh_index(index, plex, true).await?;
         }
-        self.requeue_moved(slot.as_mut());
-        let (found, trace) = slot.as_ref().expect("index ensured").explain(scene, recorded, maps)?;
+        let (found, trace) = self.ensure_index(&mut slot).await?.explain(scene, recorded, maps)?;
         drop(slot);
         self.unshared(scene, found, trace).await
     }
@@ -907,10 +904,9 @@ impl Pipeline {
                 .collect());
         }
         let mut slot = self.index.lock().await;
-        self.ensure_index(&mut slot, None).await?;
-        let found = slot.as_ref().map(|index| index.find(scene, &[], &self.settings.path_maps));
-        Ok(match found {
-            Some(Ok(found @ Match::Found { .. })) => found.items().into_iter().map(|(rk, _)| rk).collect(),
+        let index = self.ensure_index(&mut slot).await?;
+        Ok(match index.find(scene, &[], &self.settings.path_maps) {
+            Ok(found @ Match::Found { .. }) => found.items().into_iter().map(|(rk, _)| rk).collect(),
             _ => Vec::new(),
         })
     }
@@ -970,7 +966,7 @@ impl Pipeline {
                 let failed = index.insert(section, item).err();
                 if failed.is_none() {
                     self.save_index(index, Some(std::slice::from_ref(&item.rating_key)));
-                    self.requeue_moved(Some(index));
+                    self.requeue_moved(index);
                 }
                 failed
             });

@@ -279,9 +279,15 @@ impl Store {
             moved_to.display()
         );
         let store = Self::open_as_is(path)?;
-        let note = Recovered { at: now_ms(), moved_to, error: error.message.clone() };
-        store.set_kv(kv::QUEUE_RECOVERED, &serde_json::to_string(&note).expect("serializes"))?;
         store.set_kv(kv::RECOVERY_RECONCILE, "1")?;
+        // As text: a path that is not UTF-8 (a data folder from a Latin-1
+        // $HOME) does not serialize as JSON.
+        let moved_to = PathBuf::from(moved_to.to_string_lossy().into_owned());
+        let note = Recovered { at: now_ms(), moved_to, error: error.message.clone() };
+        match serde_json::to_string(&note) {
+            Ok(note) => store.set_kv(kv::QUEUE_RECOVERED, &note)?,
+            Err(e) => tracing::warn!("the replacement of the queue file is not shown by status: {e}"),
+        }
         Ok(store)
     }
 
