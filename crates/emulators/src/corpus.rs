@@ -125,8 +125,9 @@ impl Corpus {
         let studio = format!("Studio {}", i % 37);
         let base = name(rng, i);
         let size = rng.random_range(10_000_000..4_000_000_000u64);
-        let secs = f64::from(rng.random_range(60..7200u32));
-        let ms = (secs * 1000.0) as u64;
+        let whole_secs = rng.random_range(60..7200u32);
+        let secs = f64::from(whole_secs);
+        let ms = u64::from(whole_secs) * 1000;
         let rel = format!("{studio}/{base}.mp4");
         let stash = format!("{STASH_PREFIX}/{rel}");
         let plex = format!("{PLEX_PREFIX}/{rel}");

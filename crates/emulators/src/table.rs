@@ -540,13 +540,13 @@ mod tests {
                     row.0 = rng.random_range(0..7);
                 }
                 let (total, ids) = table.page(&listing, page * per_page, Some(per_page));
-                assert_eq!(total, n as usize);
+                assert_eq!(total, usize::try_from(n).unwrap());
                 seen += ids.len();
                 if ids.is_empty() {
                     break;
                 }
             }
-            assert_eq!(seen, n as usize);
+            assert_eq!(seen, usize::try_from(n).unwrap());
             // A sort per page would visit 40 × 20 000 rows; a restart per page half that.
             let visited = table.rows_visited() - before;
             assert!(visited < 3 * n, "{visited} rows visited for {n}");

@@ -54,7 +54,7 @@ async fn main() {
             "{n:>5} scenes: edit {:.2} s without PlexSync, {:.2} s with ({:.2} s added); per hook median {median:.2} ms, p95 {p95:.2} ms; median of the first half {first:.2} ms, of the second {second:.2} ms",
             without.as_secs_f64(),
             with.as_secs_f64(),
-            (with - without).as_secs_f64(),
+            (with.saturating_sub(without)).as_secs_f64(),
         );
         drop(stash);
         drop(plex);

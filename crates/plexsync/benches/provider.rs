@@ -29,8 +29,8 @@ const METADATA: usize = 1000;
 /// p50 and p95 of `times`, in ms.
 fn percentiles(times: &mut [Duration]) -> (f64, f64) {
     times.sort();
-    let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)].as_secs_f64() * 1000.0;
-    (at(0.50), at(0.95))
+    let at = |percent: usize| times[(times.len() * percent / 100).min(times.len() - 1)].as_secs_f64() * 1000.0;
+    (at(50), at(95))
 }
 
 #[tokio::main]

@@ -151,8 +151,9 @@ mod unix {
             let mut status = 0;
             // SAFETY: plain syscall on our own child, into a zeroed rusage.
             let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-            let got = unsafe { libc::wait4(pid as i32, &mut status, libc::WNOHANG, &mut usage) };
-            if got == pid as i32 {
+            let pid = libc::pid_t::try_from(pid).expect("a process id is a pid_t");
+            let got = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+            if got == pid {
                 // A process ended by a signal (an abort) is no success: as
                 // the shell says it, 128 and the signal.
                 let code =
@@ -247,7 +248,7 @@ mod unix {
             .collect();
         let env = |name: &str, default: u64| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
         let latency = env("SCALE_LATENCY_MS", 0);
-        let capacity = env("SCALE_PLEX_CAPACITY", 6) as usize;
+        let capacity = usize::try_from(env("SCALE_PLEX_CAPACITY", 6)).expect("SCALE_PLEX_CAPACITY fits a usize");
         let cap = env("SCALE_CONCURRENCY", 8);
         let runs = std::env::var("SCALE_RUNS").unwrap_or_else(|_| "first,unchanged,edited,reconcile,paths".into());
         let wanted = |run: &str| runs.split(',').any(|r| r.trim() == run);

@@ -796,7 +796,7 @@ impl Reader {
                 ),
                 outage_max_age: Duration::from_secs_f64(self.number("outageMaxDays", 7.0, 0.0, 365.0) * 86_400.0),
                 drain_per_sec: self.number("drainPerSec", 10.0, 0.1, 10_000.0),
-                concurrency: self.number("plexConcurrency", 8.0, 1.0, 32.0) as usize,
+                concurrency: crate::units::to_usize(crate::units::round(self.number("plexConcurrency", 8.0, 1.0, 32.0))),
                 scale: self.number("retryScale", 1.0, 0.0001, 100.0),
                 lease: Duration::from_secs_f64(self.number("leaseSecs", 300.0, 0.1, 86_400.0)),
                 worker_idle: Duration::from_secs_f64(self.number("workerIdleSecs", 600.0, 0.0, 86_400.0)),

@@ -235,7 +235,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugin => {
             let mut stdin = String::new();
             let _ = std::io::stdin().read_to_string(&mut stdin);
-            Ok(ExitCode::from(plugin::run(&stdin).await as u8))
+            Ok(ExitCode::from(u8::try_from(plugin::run(&stdin).await).unwrap_or(1)))
         }
         Command::Worker { exit_when_idle, plugin } => {
             let ctx = Context::from_local(&sources).await?;

@@ -62,7 +62,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
 
 /// The adaptive limit of deliveries at once just became `n`.
 pub(crate) fn concurrency(n: usize) {
-    METRICS.concurrency.set(n as i64);
+    METRICS.concurrency.set(crate::units::to_i64(n));
 }
 
 /// Sends a request to `server` (`plex`, `stash`) and records its status

@@ -64,12 +64,12 @@ impl From<i64> for Val {
 }
 impl From<u64> for Val {
     fn from(i: u64) -> Self {
-        Val::Int(i as i64)
+        Val::Int(i64::try_from(i).unwrap_or(i64::MAX))
     }
 }
 impl From<usize> for Val {
     fn from(i: usize) -> Self {
-        Val::Int(i as i64)
+        Val::Int(i64::try_from(i).unwrap_or(i64::MAX))
     }
 }
 impl From<bool> for Val {

@@ -303,7 +303,7 @@ pub fn tag_edits_add_by_default() -> bool {
 }
 
 pub fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)).unwrap_or(0)
 }
 
 /// The file name of `path` without its extension (Plex's title before any agent).
@@ -403,6 +403,8 @@ impl PlexState {
         // Built whole, then loaded at once: a million items in seconds.
         let mut items = Vec::with_capacity(lib.scenes.len());
         for scene in &lib.scenes {
+            // `as` from a float saturates: a negative or NaN duration is 0.
+            #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "saturating by design")]
             let duration = |secs: f64| (secs * 1000.0) as u64;
             if !scene.in_plex {
                 for f in &scene.files {
@@ -755,9 +757,8 @@ impl PlexState {
 /// real one would).
 fn date_as_grown(items: &mut [Item]) {
     let now = unix_now();
-    let n = items.len() as i64;
-    for (i, item) in items.iter_mut().enumerate() {
-        let at = now - (n - i as i64) * 600;
+    for (age, item) in (1..=items.len()).rev().zip(items.iter_mut()) {
+        let at = now.saturating_sub(i64::try_from(age).unwrap_or(i64::MAX).saturating_mul(600));
         item.added_at = at;
         item.updated_at = at;
     }

@@ -419,7 +419,11 @@ fn destroy_input(scene: &StashScene) -> Value {
 fn server_connection(shared: &Shared, auth: &RequestAuth, plugin: &Plugin) -> Value {
     let session = Session { user: auth.user.clone(), visited: auth.visited.clone() };
     let max_age = shared.auth.max_session_age.as_secs();
-    let expires = shared.state.lock().zone.format(chrono::Utc::now() + chrono::Duration::seconds(max_age as i64));
+    let expires = shared
+        .state
+        .lock()
+        .zone
+        .format(chrono::Utc::now() + chrono::Duration::seconds(i64::try_from(max_age).unwrap_or(i64::MAX)));
     let cookie = json!({"Name": "session", "Value": shared.codec.encode(&session), "Path": "/", "Domain": "",
         "Expires": expires, "RawExpires": "", "MaxAge": max_age, "Secure": false, "HttpOnly": true,
         "SameSite": 2, "Partitioned": false, "Raw": "", "Unparsed": null});

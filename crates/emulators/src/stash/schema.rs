@@ -565,9 +565,14 @@ fn updated_listing(
 }
 
 /// `page` and `per_page` as an offset and a limit (`None`: every row).
+/// A count as GraphQL's `Int` (32 bits, as Stash's schema types counts).
+fn graphql_int(count: usize) -> i32 {
+    i32::try_from(count).unwrap_or(i32::MAX)
+}
+
 fn offset_limit(filter: &FindFilterType) -> (usize, Option<usize>) {
     let per_page = filter.per_page.unwrap_or(25);
-    let page = filter.page.unwrap_or(1).max(1) as usize;
+    let page = usize::try_from(filter.page.unwrap_or(1).max(1)).unwrap_or(1);
     match usize::try_from(per_page) {
         Ok(per_page) => ((page - 1) * per_page, Some(per_page)),
         Err(_) => (0, None),
@@ -768,7 +773,7 @@ pub fn scene_view(state: &StashState, scene: &StashScene, base: &url::Url) -> Sc
                 id: ID(f.id.to_string()),
                 path: f.path.clone(),
                 basename: f.basename().to_string(),
-                size: Int64(f.size as i64),
+                size: Int64(i64::try_from(f.size).unwrap_or(i64::MAX)),
                 duration: f.duration,
                 width: 1920,
                 height: 1080,
@@ -848,7 +853,7 @@ fn object_page<T: Row<Key = String>>(
         Some(listing) => {
             let (offset, limit) = offset_limit(filter);
             let (count, ids) = table.page(&listing, offset, limit);
-            Ok((count as i32, ids))
+            Ok((graphql_int(count), ids))
         }
         None => filtered_objects(table, updated_at, since, filter, zone),
     }
@@ -876,7 +881,7 @@ fn filtered_objects<T: Row>(
     if filter.direction == Some(SortDirectionEnum::Desc) {
         found.reverse();
     }
-    let count = found.len() as i32;
+    let count = graphql_int(found.len());
     let (offset, limit) = offset_limit(filter);
     let ids = found.into_iter().map(|(_, id)| id).skip(offset).take(limit.unwrap_or(usize::MAX)).collect();
     Ok((count, ids))
@@ -975,7 +980,7 @@ impl QueryRoot {
         let filter = filter.unwrap_or_default();
         let scene_filter = scene_filter.unwrap_or_default();
         let wanted: Option<Vec<u64>> = match (scene_ids, ids) {
-            (Some(a), _) => Some(a.into_iter().map(|i| i as u64).collect()),
+            (Some(a), _) => Some(a.into_iter().filter_map(|i| u64::try_from(i).ok()).collect()),
             (None, Some(b)) => Some(b.iter().map(|i| parse_id(i, "scene")).collect::<Result<_>>()?),
             (None, None) => None,
         };
@@ -1003,7 +1008,7 @@ impl QueryRoot {
                 }
             };
         Ok(FindScenesResultType {
-            count: count as i32,
+            count: graphql_int(count),
             duration,
             filesize,
             scenes: ids.iter().map(|id| scene_view(&state, &state.scenes[id], &sh.base_url)).collect(),

@@ -61,7 +61,7 @@ impl CookieCodec {
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(body).ok()?;
         let signed: Signed = serde_json::from_slice(&bytes).ok()?;
         let age = chrono::Utc::now().timestamp() - signed.issued;
-        (age <= self.max_age.as_secs() as i64).then_some(signed.session)
+        (age <= i64::try_from(self.max_age.as_secs()).unwrap_or(i64::MAX)).then_some(signed.session)
     }
 }
 

@@ -254,7 +254,8 @@ impl StashState {
             (0..lib.scenes.len().div_ceil(20)).map(|g| state.add_group(&format!("Series {}", g + 1))).collect();
         // Scenes were added and edited over the past days, one a minute,
         // after the studios, performers and tags they show.
-        let start = Utc::now().trunc_subsecs(0) - chrono::Duration::minutes(lib.scenes.len() as i64 + 24 * 60);
+        let start = Utc::now().trunc_subsecs(0)
+            - chrono::Duration::minutes(i64::try_from(lib.scenes.len()).unwrap_or(i64::MAX / 120) + 24 * 60);
         let made = state.zone.format(start - chrono::Duration::minutes(1));
         state.studios.for_each_mut(|s| s.updated_at = made.clone());
         state.performers.for_each_mut(|p| p.updated_at = made.clone());
@@ -263,7 +264,7 @@ impl StashState {
         let mut scenes = Vec::with_capacity(lib.scenes.len());
         for (i, scene) in lib.scenes.iter().enumerate() {
             let files = scene.files.iter().map(|f| (f.stash_path.as_str(), f.size, f.duration_secs));
-            let at = state.zone.format(start + chrono::Duration::minutes(i as i64));
+            let at = state.zone.format(start + chrono::Duration::minutes(i64::try_from(i).unwrap_or(i64::MAX / 120)));
             let mut s = state.new_scene(files, at);
             s.title = Some(scene.title.clone());
             s.code = scene.code.clone();

@@ -46,7 +46,7 @@ pub(crate) struct RttMeter {
 
 impl RttMeter {
     pub(crate) fn record(&self, rtt: Duration) {
-        self.micros.fetch_add(rtt.as_micros() as u64, Ordering::Relaxed);
+        self.micros.fetch_add(u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 

@@ -205,7 +205,7 @@ pub struct Page {
 }
 
 fn page_of(c: Container) -> Page {
-    let total = c.total_size.or(c.size).map_or(c.metadata.len(), |n| n.max(0) as usize);
+    let total = c.total_size.or(c.size).map_or(c.metadata.len(), crate::units::to_usize);
     let mut items = c.metadata;
     if let Some(id) = c.library_section_id {
         items.iter_mut().for_each(|i| i.library_section_id = i.library_section_id.or(Some(id)));

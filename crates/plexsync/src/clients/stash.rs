@@ -847,7 +847,7 @@ impl StashClient {
         if !content_type.starts_with("image/") {
             return Err(Error::new(ErrorClass::BadData, format!("image is {content_type:?}, not an image")));
         }
-        if response.content_length().is_some_and(|l| l as usize > max_bytes) {
+        if response.content_length().is_some_and(|l| usize::try_from(l).map_or(true, |l| l > max_bytes)) {
             return Err(Error::new(ErrorClass::BadData, format!("image larger than {max_bytes} bytes")));
         }
         let bytes = response.bytes().await.map_err(|e| Error::transport(Server::Stash, "fetch image", e))?;

@@ -337,7 +337,7 @@ fn schedule_reconcile(queue: &Store, every: Duration) -> Result<(), Error> {
         return Ok(());
     }
     let last = queue.kv_number(kv::LAST_RECONCILE)?;
-    if now_ms() - last >= every.as_millis() as i64 {
+    if now_ms() - last >= crate::units::millis(every) {
         requests::request(queue, &Work::Reconcile { since: None })?;
         queue.set_kv(kv::LAST_RECONCILE, &now_ms().to_string())?;
         tracing::info!("scheduled reconcile queued (every {:.0} h)", every.as_secs_f64() / 3600.0);
@@ -412,7 +412,7 @@ pub(crate) fn health(
             reasons.push(format!("{class}: {what} ({n} scenes wait; the log says what to fix)"));
         }
     }
-    if let Some(secs) = ago(outage_since).filter(|s| breaker_open && *s >= outage_unhealthy_after.as_secs() as i64) {
+    if let Some(secs) = ago(outage_since).filter(|s| breaker_open && *s >= crate::units::to_i64(outage_unhealthy_after.as_secs())) {
         reasons.push(format!("plex_unavailable: Plex has not answered for {secs} s"));
     }
     let body = json!({

@@ -28,7 +28,7 @@ pub(crate) fn open(queue: &Store, err: &Error, scale: f64) -> Result<(), Error> 
         queue.set_kv(OUTAGE_SINCE, &now_ms().to_string())?;
     }
     queue.set_kv(BREAKER_FAILURES, &(fails + 1).to_string())?;
-    queue.set_kv(BREAKER_UNTIL, &(now_ms() + delay.as_millis() as i64).to_string())?;
+    queue.set_kv(BREAKER_UNTIL, &(now_ms().saturating_add(crate::units::millis(delay))).to_string())?;
     tracing::warn!("Plex unavailable: the queue waits ({:.0?} before the next probe)", delay);
     Ok(())
 }
@@ -59,7 +59,7 @@ pub(crate) async fn check(pipeline: &Pipeline, queue: &Store) -> Result<Gate, Er
     }
     let wait = until - now_ms();
     if wait > 0 {
-        return Ok(Gate::Wait(Duration::from_millis(wait as u64)));
+        return Ok(Gate::Wait(crate::units::from_millis(wait)));
     }
     let Some(plex) = &pipeline.plex else { return Ok(Gate::Closed) };
     match plex.identity().await {
@@ -68,7 +68,7 @@ pub(crate) async fn check(pipeline: &Pipeline, queue: &Store) -> Result<Gate, Er
             queue.set_kv(BREAKER_UNTIL, "0")?;
             queue.set_kv(BREAKER_FAILURES, "0")?;
             queue.set_kv(OUTAGE_SINCE, "0")?;
-            let down = Duration::from_millis((now_ms() - since).max(0) as u64);
+            let down = crate::units::from_millis(now_ms() - since);
             match since {
                 0 => tracing::info!("Plex is back; delivering gently for a minute"),
                 _ => tracing::info!("Plex is back after {down:.0?}; delivering gently for a minute"),

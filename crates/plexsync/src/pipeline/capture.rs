@@ -216,7 +216,7 @@ fn moved_out(queue: &Store, new: &[(String, String)], cursor: &str, before: &str
 /// Whether the wide look is due (never made, or [`WIDE_EVERY`] ago).
 pub(crate) fn wide_due(queue: &Store) -> Result<bool, Error> {
     let at = queue.kv_number(kv::WATERMARK_WIDE_AT)?;
-    Ok(now_ms() - at >= WIDE_EVERY.as_millis() as i64)
+    Ok(now_ms() - at >= crate::units::millis(WIDE_EVERY))
 }
 
 /// Whether version `at` of the scene was already read or queued late

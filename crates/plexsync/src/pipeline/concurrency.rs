@@ -153,7 +153,7 @@ mod tests {
         // A server that answers 4 requests at once: beyond that, answer
         // times grow with the number in flight.
         let capacity = 4;
-        let rtt = |n: usize| Duration::from_millis(100) * (n.div_ceil(capacity) as u32);
+        let rtt = |n: usize| Duration::from_millis(100) * u32::try_from(n.div_ceil(capacity)).unwrap_or(u32::MAX);
         let (mut l, meter) = (Limiter::new(32), RttMeter::default());
         let mut seen = Vec::new();
         for _ in 0..60 {

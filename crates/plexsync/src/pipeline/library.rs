@@ -96,7 +96,7 @@ pub(crate) fn ten_point(rating100: Option<i64>) -> Option<String> {
 
 /// A rating Plex shows (0–10) as [`ten_point`] writes it, to compare.
 pub(crate) fn ten_point_of_plex(rating: f64) -> Option<String> {
-    ten_point(Some((rating * 10.0).round() as i64))
+    ten_point(Some(crate::units::round(rating * 10.0)))
 }
 
 /// Which collections on a Plex item PlexSync manages (and so may remove):

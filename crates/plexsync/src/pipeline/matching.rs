@@ -149,7 +149,8 @@ pub(crate) fn rating_key_in_url(url: &str) -> Option<String> {
 fn key_hash(key: impl std::hash::Hash) -> i64 {
     use std::hash::{BuildHasher, BuildHasherDefault};
     let hash = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(key);
-    hash as i64
+    // The bits as SQLite's signed integer: a key, not a quantity.
+    hash.cast_signed()
 }
 
 /// The lookups an item's files are found by, as stored in `keys.kind`.
@@ -197,7 +198,7 @@ const KEYS_LOOKUP: &str = "CREATE INDEX IF NOT EXISTS keys_lookup ON keys (kind,
 fn fit_cache(db: &rusqlite::Connection) -> rusqlite::Result<()> {
     let bytes: i64 =
         db.query_row("SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()", [], |r| r.get(0))?;
-    crate::store::size_cache(db, bytes.max(0) as u64)
+    crate::store::size_cache(db, crate::units::to_u64(bytes))
 }
 
 /// Rows the stored copy is written from, read in runs of this many.
@@ -439,7 +440,7 @@ impl LibraryIndex {
             .prepare_cached("SELECT id, item FROM items WHERE rating_key = ?1")
             .and_then(|mut s| s.query_row([&*item.rating_key], |r| Ok((r.get(0)?, r.get(1)?))).optional())
             .map_err(index_error)?;
-        let held = item.files.len() as i64;
+        let held = crate::units::to_i64(item.files.len());
         let id = match before {
             Some((_, old)) if old == json => return Ok(false),
             Some((id, old)) => {
@@ -528,7 +529,7 @@ impl LibraryIndex {
     /// What to store besides the items: which server and libraries, when
     /// read, the newest addition, the sections.
     pub(crate) fn meta(&self, key: &str) -> String {
-        let age_ms = self.built_at.map_or(0, |t| t.elapsed().as_millis() as i64);
+        let age_ms = self.built_at.map_or(0, |t| crate::units::millis(t.elapsed()));
         let meta = serde_json::json!({
             "key": key,
             "built_at_ms": crate::store::now_ms() - age_ms,
@@ -584,7 +585,7 @@ impl LibraryIndex {
         if meta["key"].as_str() != Some(key) {
             return None;
         }
-        let age_ms = (crate::store::now_ms() - meta["built_at_ms"].as_i64()?).max(0) as u64;
+        let age_ms = crate::units::to_u64(crate::store::now_ms() - meta["built_at_ms"].as_i64()?);
         let age = std::time::Duration::from_millis(age_ms);
         if age > max_age {
             return None;
@@ -1050,7 +1051,7 @@ mod tests {
     #[test]
     fn rows_come_back_in_runs_and_a_full_read_reports_what_moved() {
         let items: Vec<PlexItem> =
-            (0..2_500).map(|i| item(&i.to_string(), &format!("/media/{i}/v{i}.mp4"), i as u64)).collect();
+            (0..2_500).map(|i| item(&i.to_string(), &format!("/media/{i}/v{i}.mp4"), i)).collect();
         let mut old = LibraryIndex::empty().unwrap();
         assert_eq!(old.insert_all("1", &items).unwrap().len(), 2_500, "all new");
         assert!(old.insert_all("1", &items).unwrap().is_empty(), "nothing changed");
@@ -1077,7 +1078,7 @@ mod tests {
         fresh.forget("no such key").unwrap();
         let counted = |section: &str| -> usize {
             let sql = "SELECT count(*) FROM items WHERE section = ?1 AND held > 0";
-            fresh.db().query_row(sql, [section], |r| r.get::<_, i64>(0)).unwrap() as usize
+            fresh.db().query_row(sql, [section], |r| r.get::<_, i64>(0)).map(crate::units::to_usize).unwrap()
         };
         assert_eq!((fresh.count_in("1"), fresh.count_in("2")), (counted("1"), counted("2")));
         assert_eq!((fresh.count_in("1"), fresh.count_in("2")), (2_399, 1));

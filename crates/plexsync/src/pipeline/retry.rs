@@ -63,9 +63,11 @@ pub(crate) struct Decision {
 
 pub(crate) fn decide(err: &Error, attempts: i64, age: Duration, knobs: &RetrySettings) -> Decision {
     let p = policy(err.class, knobs);
-    let exp = p.base.saturating_mul(2u32.saturating_pow(attempts.clamp(0, 20) as u32));
+    let exp = p.base.saturating_mul(2u32.saturating_pow(u32::try_from(attempts.clamp(0, 20)).unwrap_or(20)));
     let ceiling = exp.min(p.cap).max(p.floor);
-    let jittered = rand::rng().random_range(p.floor.as_millis() as u64..=ceiling.as_millis() as u64);
+    let jittered = rand::rng().random_range(
+        crate::units::to_u64(crate::units::millis(p.floor))..=crate::units::to_u64(crate::units::millis(ceiling)),
+    );
     let mut delay = Duration::from_millis(jittered).mul_f64(knobs.scale);
     if let Some(after) = err.retry_after {
         delay = delay.max(after);

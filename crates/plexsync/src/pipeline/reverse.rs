@@ -283,7 +283,7 @@ impl SceneIndex {
             .collect();
         hits.sort_by(|a, b| (b.1, b.2).cmp(&(a.1, a.2)).then(a.0.cmp(b.0)));
         for (i, (id, same, _)) in hits.into_iter().take(20).enumerate() {
-            let score = if same { 70u8 } else { 60 }.saturating_sub(i.min(10) as u8);
+            let score = if same { 70u8 } else { 60 }.saturating_sub(u8::try_from(i.min(10)).unwrap_or(10));
             out.extend(self.candidate(id, score, "title".into()));
         }
     }

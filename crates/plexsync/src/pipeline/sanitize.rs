@@ -143,14 +143,15 @@ pub fn date(raw: &str) -> Result<PlexDate, String> {
     let (Some(y), Some(m), Some(d)) = (y, m, d) else {
         return Err(format!("'{s}' is not a date (YYYY-MM-DD)"));
     };
-    if !(1800..=2200).contains(&y) {
-        return Err(format!("'{s}' has an implausible year"));
-    }
+    let year = match i32::try_from(y) {
+        Ok(year) if (1800..=2200).contains(&year) => year,
+        _ => return Err(format!("'{s}' has an implausible year")),
+    };
     if m == 0 {
-        return Ok(PlexDate { date: None, year: y as i32 });
+        return Ok(PlexDate { date: None, year });
     }
-    match chrono::NaiveDate::from_ymd_opt(y as i32, m, d) {
-        Some(date) => Ok(PlexDate { date: Some(date.format("%Y-%m-%d").to_string()), year: y as i32 }),
+    match chrono::NaiveDate::from_ymd_opt(year, m, d) {
+        Some(date) => Ok(PlexDate { date: Some(date.format("%Y-%m-%d").to_string()), year }),
         None => Err(format!("'{s}' is not a real calendar date")),
     }
 }

@@ -631,7 +631,7 @@ impl Pipeline {
             }
         }
         let _deciding = self.scans.lock().await;
-        let window = SCAN_WINDOW.mul_f64(self.settings.retry.scale).as_millis() as i64;
+        let window = crate::units::millis(SCAN_WINDOW.mul_f64(self.settings.retry.scale));
         let mut busy: Option<Vec<String>> = None;
         for (section, folder) in folders {
             // One scan per folder and window, whichever scene asks: a bulk

@@ -155,7 +155,7 @@ impl ClockWatch {
     /// Moves the store's times with a jump since the last look, if any.
     fn look(&mut self, queue: &Store) -> Result<(), Error> {
         let (mono, wall) = (Instant::now(), now_ms());
-        let jump = (wall - self.wall) - mono.duration_since(self.mono).as_millis() as i64;
+        let jump = (wall - self.wall) - crate::units::millis(mono.duration_since(self.mono));
         if jump.abs() > CLOCK_SLACK {
             queue.shift_clock(jump, wall)?;
             let way = if jump > 0 { "forward" } else { "back" };
@@ -350,9 +350,9 @@ async fn drain(
                 // With nothing more due, what waits to share a read goes now.
                 if rows.is_empty() && st.waiting.jobs.is_empty() {
                     match queue.next_due()? {
-                        Some(due) if due - now_ms() <= options.max_wait.as_millis() as i64 => {
+                        Some(due) if due - now_ms() <= crate::units::millis(options.max_wait) => {
                             idle_since = None;
-                            let wait = Duration::from_millis((due - now_ms()).max(50) as u64).min(options.max_sleep);
+                            let wait = crate::units::from_millis((due - now_ms()).max(50)).min(options.max_sleep);
                             options.nap(wait).await;
                             continue;
                         }
@@ -820,9 +820,9 @@ fn failed(
 ) -> Result<Option<Halt>, Error> {
     pipeline.tally(|s| s.failed += 1);
     crate::metrics::failed(err.class);
-    let age = Duration::from_millis((now_ms() - row.enqueued_at).max(0) as u64);
+    let age = crate::units::from_millis(now_ms() - row.enqueued_at);
     let decision = retry::decide(&err, row.attempts, age, knobs);
-    let due = now_ms() + decision.delay.as_millis() as i64;
+    let due = now_ms().saturating_add(crate::units::millis(decision.delay));
     queue.fail(row, err.class, &err.message, decision.burn, due, decision.dead)?;
     if decision.dead {
         tracing::error!("scene {}: given up after {} attempts: {err}", row.scene_id, row.attempts + 1);

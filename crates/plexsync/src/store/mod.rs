@@ -34,7 +34,7 @@ pub(crate) type Result<T> = std::result::Result<T, crate::error::Error>;
 
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(crate::units::millis).unwrap_or(0)
 }
 
 const SCHEMA: &str = "
@@ -142,7 +142,7 @@ fn cache_kib(bytes: u64) -> u64 {
 /// the queue's, and the library index's.
 pub(crate) fn size_cache(conn: &Connection, bytes: u64) -> rusqlite::Result<()> {
     // A negative cache_size is in KiB.
-    conn.pragma_update(None, "cache_size", -(cache_kib(bytes) as i64))
+    conn.pragma_update(None, "cache_size", -crate::units::to_i64(cache_kib(bytes)))
 }
 
 /// Prepared statements kept per connection: more than the statements one

@@ -168,15 +168,18 @@ impl Store {
             "UPDATE queue SET lease_owner = ?1, lease_until = ?2 WHERE scene_id IN ({CLAIM_SELECT})
              RETURNING scene_id, generation, attempts, enqueued_at, reason"
         ))?;
-        let rows = stmt.query_map(params![owner, now + lease.as_millis() as i64, now, limit as i64], |r| {
-            Ok(Claimed {
-                scene_id: r.get(0)?,
-                generation: r.get(1)?,
-                attempts: r.get(2)?,
-                enqueued_at: r.get(3)?,
-                reason: Reason::parse(&r.get::<_, String>(4)?),
-            })
-        })?;
+        let rows = stmt.query_map(
+            params![owner, now.saturating_add(crate::units::millis(lease)), now, crate::units::to_i64(limit)],
+            |r| {
+                Ok(Claimed {
+                    scene_id: r.get(0)?,
+                    generation: r.get(1)?,
+                    attempts: r.get(2)?,
+                    enqueued_at: r.get(3)?,
+                    reason: Reason::parse(&r.get::<_, String>(4)?),
+                })
+            },
+        )?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -258,7 +261,7 @@ impl Store {
     pub(crate) fn pending_count(&self) -> Result<usize> {
         Ok(self
             .one("SELECT COUNT(*) FROM queue WHERE state = 'pending'", [], |r| r.get::<_, i64>(0))
-            .map(|n| n as usize)?)
+            .map(crate::units::to_usize)?)
     }
 
     pub fn stats(&self) -> Result<QueueStats> {
@@ -274,7 +277,7 @@ impl Store {
         }
         let next = self.next_due()?;
         Ok(QueueStats {
-            pending: self.pending_count()? as i64,
+            pending: crate::units::to_i64(self.pending_count()?),
             due_now: count("SELECT COUNT(*) FROM queue WHERE state = 'pending' AND next_due <= ?1")?,
             leased: count("SELECT COUNT(*) FROM queue WHERE lease_until >= ?1")?,
             dead: count("SELECT COUNT(*) FROM queue WHERE state = 'dead' AND ?1 = ?1")?,
@@ -290,7 +293,7 @@ impl Store {
         let mut stmt = self.conn.prepare(&format!(
             "SELECT {ROW_INFO} FROM queue WHERE state = ?1 ORDER BY enqueued_at, scene_id LIMIT ?2"
         ))?;
-        let rows = stmt.query_map(params![state, limit as i64], row_info)?;
+        let rows = stmt.query_map(params![state, crate::units::to_i64(limit)], row_info)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 

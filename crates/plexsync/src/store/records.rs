@@ -85,7 +85,7 @@ impl Store {
 
     /// The newest deliveries, newest first.
     pub(crate) fn recent_deliveries(&self, limit: usize) -> Result<Vec<DeliveredItem>> {
-        self.delivered("ORDER BY synced_at DESC, rowid DESC LIMIT ?1", params![limit as i64])
+        self.delivered("ORDER BY synced_at DESC, rowid DESC LIMIT ?1", params![crate::units::to_i64(limit)])
     }
 
     fn delivered(&self, tail: &str, args: impl rusqlite::Params) -> Result<Vec<DeliveredItem>> {

@@ -117,7 +117,7 @@ async fn a_daemon_started_before_stash_answers_503_with_the_reason_and_still_sto
     assert!(page.text().await.unwrap().contains("waiting for Stash"));
     assert!(child.try_wait().unwrap().is_none(), "still running");
     let started = Instant::now();
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(libc::pid_t::try_from(child.id()).unwrap(), libc::SIGTERM) };
     let status = child.wait().unwrap();
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(status.success(), "{status:?}");

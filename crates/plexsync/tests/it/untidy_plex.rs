@@ -331,7 +331,7 @@ async fn field_soak_a_month_of_a_home_server() {
 
     let (days, scenes, seed) = (env_num("FIELD_DAYS", 6), env_num("FIELD_SCENES", 120), env_num("FIELD_SEED", 7));
     let bed = Bed::new(
-        scenes as usize,
+        usize::try_from(scenes).unwrap(),
         json!({"retryScale": 0.01, "leaseSecs": 1, "drainPerSec": 1000, "requestTimeoutSecs": 1}),
     )
     .await;

@@ -97,7 +97,7 @@ impl Daemon {
     /// SIGTERM; returns how long the process took to exit.
     pub fn terminate(&mut self) -> Duration {
         let started = Instant::now();
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(libc::pid_t::try_from(self.child.id()).unwrap(), libc::SIGTERM) };
         while self.child.try_wait().unwrap().is_none() {
             assert!(started.elapsed() < Duration::from_secs(10), "still running 10 s after SIGTERM");
             std::thread::sleep(Duration::from_millis(20));
