@@ -26,6 +26,7 @@ use serde_json::{json, Value};
 use crate::error::{Error, ErrorClass};
 use crate::faces::context::{open_queue, Context, Sources};
 use crate::faces::operations::{self, StoreOp};
+use crate::faces::page;
 use crate::faces::provider::{self, Provider};
 use crate::faces::web;
 use crate::pipeline::breaker;
@@ -412,7 +413,9 @@ pub(crate) fn health(
             reasons.push(format!("{class}: {what} ({n} scenes wait; the log says what to fix)"));
         }
     }
-    if let Some(secs) = ago(outage_since).filter(|s| breaker_open && *s >= crate::units::to_i64(outage_unhealthy_after.as_secs())) {
+    if let Some(secs) =
+        ago(outage_since).filter(|s| breaker_open && *s >= crate::units::to_i64(outage_unhealthy_after.as_secs()))
+    {
         reasons.push(format!("plex_unavailable: Plex has not answered for {secs} s"));
     }
     let body = json!({
@@ -430,11 +433,7 @@ pub(crate) fn health(
 /// The page until Stash answers: what the daemon waits for.
 fn waiting_page(sh: &Shared) -> Response {
     let error = sh.stash_error.read().unwrap_or_else(|e| e.into_inner()).clone();
-    let html = format!(
-        "{PAGE_HEAD}<h1>PlexSync</h1><p class=\"bad\">Not delivering</p><ul><li>stash_unreachable: waiting for Stash: {}</li></ul></body></html>",
-        escape(&error)
-    );
-    (StatusCode::SERVICE_UNAVAILABLE, Html(html)).into_response()
+    (StatusCode::SERVICE_UNAVAILABLE, Html(page::waiting(&error))).into_response()
 }
 
 fn internal(e: impl std::fmt::Display) -> Response {
@@ -526,7 +525,7 @@ fn page_action_done(done: Result<String, Error>) -> Response {
 }
 
 /// A page a person reads: health, the queue by class, dead letters with
-/// their reasons. Plain HTML, no script, nothing from elsewhere.
+/// their reasons (`page.rs` makes the HTML).
 async fn status_page(
     State(sh): State<Arc<Shared>>,
     Query(query): Query<std::collections::HashMap<String, String>>,
@@ -543,141 +542,38 @@ async fn status_page(
         };
     // Everything from the database first: the scene search then waits on
     // Stash and Plex without holding it.
-    let lists = [("Waiting", queue.rows("pending", 50)), ("Dead letters", queue.rows("dead", 50))];
+    let lists = [("Waiting", "pending"), ("Dead letters", "dead")]
+        .map(|(title, state)| (title, queue.rows(state, 50).unwrap_or_default()))
+        .into();
     let delivered = queue.recent_deliveries(20).unwrap_or_default();
     let scene = query.get("scene").map(|id| (id.trim().to_string(), queue.scene_state(id.trim())));
     drop(queue);
-    let mut html = String::from(PAGE_HEAD);
-    html.push_str(&format!(
-        "<h1>PlexSync</h1><p class=\"{}\">{}</p><ul>",
-        if healthy { "ok" } else { "bad" },
-        if healthy { "Delivering" } else { "Not delivering" }
-    ));
-    for reason in body["reasons"].as_array().into_iter().flatten() {
-        html.push_str(&format!("<li>{}</li>", escape(reason.as_str().unwrap_or(""))));
-    }
-    html.push_str("</ul><h2>Queue</h2><table><tr><th>waiting</th><th>due now</th><th>dead letters</th><th>synced scenes</th></tr>");
-    let q = &body["queue"];
-    html.push_str(&format!(
-        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr></table>",
-        q["pending"], q["due_now"], q["dead"], q["synced"]
-    ));
-    for (title, list) in lists {
-        let list = list.unwrap_or_default();
-        html.push_str(&format!("<h2>{title} ({})</h2>", list.len()));
-        if list.is_empty() {
-            continue;
-        }
-        html.push_str("<table><tr><th>scene</th><th>class</th><th>tries</th><th>last error</th></tr>");
-        for r in list {
-            html.push_str(&format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                escape(&r.scene_id),
-                escape(r.error_class.as_deref().unwrap_or("new")),
-                r.attempts,
-                escape(r.last_error.as_deref().unwrap_or(""))
-            ));
-        }
-        html.push_str("</table>");
-    }
-    let key = escape(&sh.form_key);
-    html.push_str("<h2>Find a scene</h2><form method=\"get\" action=\"/\"><label>Scene id <input name=\"scene\" inputmode=\"numeric\" required></label> <button>Show</button></form>");
-    if let Some((id, state)) = scene {
-        html.push_str(&scene_section(&ctx, state, &id).await);
-    }
-    html.push_str("<h2>Last deliveries</h2>");
-    if delivered.is_empty() {
-        html.push_str("<p>None yet.</p>");
-    } else {
-        html.push_str("<table><tr><th>scene</th><th>Plex item</th><th>when</th></tr>");
-        for d in delivered {
-            html.push_str(&format!(
-                "<tr><td><a href=\"/?scene={0}\">{0}</a></td><td>{1}</td><td>{2}</td></tr>",
-                escape(&d.scene_id),
-                escape(&d.rating_key),
-                when(d.synced_at)
-            ));
-        }
-        html.push_str("</table>");
-    }
-    if let Some(url) = sh.provider_url(&ctx) {
-        html.push_str("<h2>Metadata provider</h2>");
-        match url {
-            Ok(url) => html.push_str(&format!(
-                "<p>Paste this URL into Plex (Settings → Metadata Agents → Add Provider); anyone who has it can read                  what Plex shows of your scenes:</p><pre class=\"trace\">{}</pre>",
-                escape(url.as_str())
-            )),
-            Err(e) => html.push_str(&format!("<p class=\"bad\">{}</p>", escape(&e.to_string()))),
-        }
-    }
-    html.push_str("<h2>Actions</h2>");
-    html.push_str(&format!(
-        "<form method=\"post\" action=\"/actions/sync\"><input type=\"hidden\" name=\"key\" value=\"{key}\">\
-         <label>Scene id <input name=\"scene\" inputmode=\"numeric\" required></label> <button>Sync now</button></form>"
-    ));
-    for (action, label) in
-        [("retry-dead", "Retry dead letters"), ("purge-dead", "Purge dead letters"), ("reconcile", "Reconcile all")]
-    {
-        html.push_str(&format!(
-            "<form method=\"post\" action=\"/actions/{action}\" class=\"inline\"><input type=\"hidden\" name=\"key\" value=\"{key}\"><button>{label}</button></form>"
-        ));
-    }
-    html.push_str("</body></html>");
+    let scene = match scene {
+        Some((id, state)) => Some(scene_section(&ctx, state, id).await),
+        None => None,
+    };
+    let provider = sh.provider_url(&ctx).map(|url| url.map(String::from).map_err(|e| e.to_string()));
+    let html = page::status(&page::Status {
+        healthy,
+        health: &body,
+        lists,
+        scene,
+        delivered: &delivered,
+        provider,
+        form_key: &sh.form_key,
+    });
     Html(html).into_response()
 }
 
-const PAGE_HEAD: &str = "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>PlexSync</title>\
-<style>body{font:15px system-ui,sans-serif;margin:2em;max-width:60em}\
-table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}\
-.inline{display:inline-block;margin-right:.5em}pre.trace{background:#f4f4f4;padding:.6em;white-space:pre-wrap}.ok{color:#176117;font-weight:bold}.bad{color:#a11;font-weight:bold}</style></head><body>";
-
 /// One scene: where it stands in the queue, its Plex items, and how
 /// matching decides today (the `explain` trace, asked of Stash and Plex).
-async fn scene_section(ctx: &Context, state: Result<crate::store::SceneState, Error>, id: &str) -> String {
-    if !crate::faces::protocol::is_id(id) {
-        return "<p class=\"bad\">A Stash scene id is digits only.</p>".to_string();
+async fn scene_section(ctx: &Context, state: Result<crate::store::SceneState, Error>, id: String) -> page::Scene {
+    if !crate::faces::protocol::is_id(&id) {
+        return page::Scene::NotAnId;
     }
-    let mut html = format!("<h2 id=\"scene\">Scene {id}</h2>");
-    match state {
-        Ok(state) => {
-            html.push_str(&format!("<p>State: <b>{}</b>", state.state.replace('_', " ")));
-            if let Some(row) = &state.row {
-                html.push_str(&format!(
-                    " ({}; {} tries; {})",
-                    escape(row.error_class.as_deref().unwrap_or("new")),
-                    row.attempts,
-                    escape(row.last_error.as_deref().unwrap_or("not tried yet"))
-                ));
-            }
-            html.push_str("</p>");
-            for item in &state.items {
-                html.push_str(&format!(
-                    "<p>Plex item {} (library section {}), written {}</p>",
-                    escape(&item.rating_key),
-                    escape(&item.section),
-                    when(item.synced_at)
-                ));
-            }
-        }
-        Err(e) => html.push_str(&format!("<p class=\"bad\">{}</p>", escape(&e.to_string()))),
-    }
-    match crate::faces::operations::explain(ctx, id).await {
-        Ok(out) => {
-            // The trace ends with the decision.
-            let trace: Vec<&str> = out["trace"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-            html.push_str(&format!("<pre class=\"trace\">{}</pre>", escape(&trace.join("\n"))));
-        }
-        Err(e) => html.push_str(&format!("<p class=\"bad\">Cannot explain it now: {}</p>", escape(&e.to_string()))),
-    }
-    html
-}
-
-/// A delivery time as UTC text.
-fn when(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map_or_else(String::new, |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    let trace = crate::faces::operations::explain(ctx, &id)
+        .await
+        .map(|out| out["trace"].as_array().into_iter().flatten().filter_map(Value::as_str).map(String::from).collect())
+        .map_err(|e| e.to_string());
+    page::Scene::Shown(Box::new(page::SceneView { id, state: state.map_err(|e| e.to_string()), trace }))
 }
