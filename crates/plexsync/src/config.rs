@@ -3,8 +3,11 @@
 //! plugin settings). Names are matched case-insensitively and without `_`
 //! or `-`, so `plexUrl`, `plex_url` and `PLEXSYNC_PLEX_URL` are one setting.
 //! A bad value never stops the program: it is reported with the fix and the
-//! default is used.
+//! default is used. A setting's default (and a number's range) is written
+//! once, in the table; the resolver, `Settings::default()`, the manifest's
+//! descriptions and (by a test) docs/settings.md follow it.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -24,96 +27,197 @@ pub enum Kind {
     Boolean,
 }
 
-/// One setting: its name, type, what it does. The manifest's `settings`
-/// must list exactly the `in_stash` ones (a test checks).
+/// One setting: its name, type, default, what it does. The manifest's
+/// `settings` must list exactly the `in_stash` ones (a test checks).
 pub struct SettingDef {
     pub key: &'static str,
     pub kind: Kind,
+    /// What an unset, blank or invalid value resolves to; the only place a
+    /// default is written (the description's "Default: …" is made from it).
+    pub default: DefaultValue,
     pub display: &'static str,
     pub description: &'static str,
     /// Shown in Stash's plugin settings (others: CLI, env, TOML only).
     pub in_stash: bool,
 }
 
+/// A setting's default by its kind; a number also has the range enforced.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum DefaultValue {
+    /// Empty: no default (the setting is unset).
+    Text(&'static str),
+    Flag(bool),
+    Number {
+        value: f64,
+        min: f64,
+        max: f64,
+    },
+}
+
+/// Rows are `key, Kind = default [in min..=max], in Stash, label, text;`.
+/// A number needs its range; the description gets " Default: …" appended
+/// so Stash shows the default the resolver uses.
 macro_rules! settings {
-    ($( $key:literal, $kind:ident, $stash:literal, $display:literal, $desc:literal; )*) => {
+    (@default String, $d:tt) => { DefaultValue::Text($d) };
+    (@default Boolean, $d:tt) => { DefaultValue::Flag($d) };
+    (@default Number, $d:tt, $min:tt, $max:tt) => {
+        DefaultValue::Number { value: $d as f64, min: $min as f64, max: $max as f64 }
+    };
+    (@describe $desc:literal, String, "") => { $desc };
+    (@describe $desc:literal, String, $d:tt) => { concat!($desc, " Default: '", $d, "'.") };
+    (@describe $desc:literal, Boolean, true) => { concat!($desc, " Default: on.") };
+    (@describe $desc:literal, Boolean, false) => { concat!($desc, " Default: off.") };
+    (@describe $desc:literal, Number, $d:tt, $min:tt, $max:tt) => {
+        concat!($desc, " Default: ", stringify!($d), " (", stringify!($min), " to ", stringify!($max), ").")
+    };
+    ($( $key:literal, $kind:ident = $default:tt $(in $min:tt ..= $max:tt)?, $stash:literal, $display:literal, $desc:literal; )*) => {
         pub const SETTINGS: &[SettingDef] = &[
-            $( SettingDef { key: $key, kind: Kind::$kind, display: $display, description: $desc, in_stash: $stash }, )*
+            $( SettingDef {
+                key: $key,
+                kind: Kind::$kind,
+                default: settings!(@default $kind, $default $(, $min, $max)?),
+                display: $display,
+                description: settings!(@describe $desc, $kind, $default $(, $min, $max)?),
+                in_stash: $stash,
+            }, )*
         ];
     };
 }
 
 settings! {
-    "plexUrl", String, true, "Plex URL", "Plex server URL, e.g. http://192.168.1.10:32400. Overrides plexHost/plexPort.";
-    "plexHost", String, true, "Plex host (old)", "Old setting: Plex host name or IP; used as https://<host>:<port> when plexUrl is empty.";
-    "plexPort", String, true, "Plex port (old)", "Old setting: Plex port (default 32400).";
-    "plexToken", String, true, "Plex token", "X-Plex-Token of a Plex user allowed to edit the library.";
-    "plexLibraries", String, true, "Plex libraries", "Comma-separated library names to match in; empty means every movie library.";
-    "pathMappings", String, true, "Path mappings", "Stash path prefix => Plex path prefix, separated by ';', e.g. /data => /media; D:\\Videos => /mnt/videos. Longest prefix wins.";
-    "syncMode", String, true, "Sync mode", "push (default): write metadata into Plex. refresh: only ask Plex to refresh items named by a Plex URL on the scene (old behaviour).";
-    "syncFields", String, true, "Fields to sync", "Comma-separated: title, summary, studio, date, genres, actors, directors, collection, tagline, poster, background, contentRating, rating, userRating; 'all' (default) for every one.";
-    "actorImages", Boolean, true, "Actor images", "Send performer photo URLs with actors. Plex's apps fetch them through Plex's cloud, which cannot reach a LAN address: on a LAN they do not show. Stash must let Plex in without a login.";
-    "contentRating", String, true, "Content rating", "Plex content rating written to every synced item (default XXX, as StashPlexAgent did; Plex's managed users are restricted by it). Empty leaves Plex's field alone.";
-    "taglineSource", String, true, "Tagline source", "What becomes the Plex tagline: none (default), code (studio code), url (first URL), director.";
-    "preservePlexEdits", Boolean, true, "Preserve Plex edits", "Never overwrite a field a person edited in Plex (Plex locks what a person edits); values Plex's agent filled in and the frames Plex extracts for posters are still replaced.";
-    "skipUnorganized", Boolean, true, "Skip unorganized", "Old setting (default on): scenes not marked organized in Stash are not synced. Set it off to sync every scene.";
-    "cleanTitles", Boolean, true, "Clean titles", "Old setting (opt-in): rewrite Stash titles to ASCII without leading punctuation or file-type words, in Stash.";
-    "tagStashIDs", Boolean, true, "Tag stash-box ids", "Old setting: add the tagID_* Stash tags to scenes according to their stash-box endpoints.";
-    "tagID_emptystashid", String, true, "Tag id: no stash id", "Stash tag id added to scenes without any stash-box id (with tagStashIDs).";
-    "tagID_stashdb", String, true, "Tag id: StashDB", "Stash tag id for scenes matched on stashdb.org.";
-    "tagID_pmvstash", String, true, "Tag id: PMV Stash", "Stash tag id for scenes matched on pmvstash.org.";
-    "tagID_porndb", String, true, "Tag id: ThePornDB", "Stash tag id for scenes matched on theporndb.net.";
-    "tagID_fansdb", String, true, "Tag id: FansDB", "Stash tag id for scenes matched on fansdb.cc.";
-    "tagID_javstash", String, true, "Tag id: JAVStash", "Stash tag id for scenes matched on javstash.org.";
-    "plexCaFile", String, true, "Plex CA file", "PEM file of a CA to trust for Plex's HTTPS certificate (self-signed servers).";
-    "plexInsecure", Boolean, true, "Skip TLS verification", "Accept any Plex certificate (what the old plugin did). Logged as a warning at every start.";
-    "requestTimeoutSecs", Number, true, "Request timeout", "Seconds before a Plex request counts as failed (default 30).";
-    "partialScan", Boolean, true, "Scan new folders", "When a scene is not in Plex yet, ask Plex to scan that scene's folder (default on).";
-    "notInPlexHours", Number, true, "Wait for Plex (hours)", "How long a scene Plex has not scanned is retried before it becomes a dead letter (default 24).";
-    "outageMaxDays", Number, true, "Outage limit (days)", "How long updates wait through a Plex or Stash outage before they become dead letters (default 7).";
-    "plexConcurrency", Number, true, "Deliveries at once", "Most scenes delivered to Plex at the same time (1-32, default 8). PlexSync starts at one and goes higher only while Plex answers as fast; any Plex error drops it back to one.";
-    "drainPerSec", Number, true, "Drain rate after outage", "Scenes per second delivered in the first minute after Plex comes back (default 10).";
-    "retryScale", Number, false, "Retry scale", "Multiplies every retry and probe delay (default 1); smaller values are for tests.";
-    "workerIdleSecs", Number, false, "Worker idle time", "Seconds the worker the plugin starts stays alive with an empty queue, watching Stash for changes, before it exits (default 600).";
-    "leaseSecs", Number, false, "Lease", "Seconds a worker owns a claimed scene; a killed worker's scenes return after this (default 300).";
-    "stashUrl", String, false, "Stash URL", "CLI/daemon: Stash's URL, e.g. http://localhost:9999 (the plugin gets it from Stash).";
-    "stashApiKey", String, false, "Stash API key", "CLI/daemon: Stash API key, when Stash has a login.";
-    "stashSession", String, false, "Stash session", "Stash session cookie value (the plugin hands its own to the worker it starts).";
-    "dataDir", String, false, "Data folder", "Where the queue database lives (default: <Stash config folder>/plexsync).";
-    "daemonListen", String, false, "Daemon address", "Daemon: address of its HTTP endpoints (default 127.0.0.1:9977); anything but loopback needs daemonToken.";
-    "daemonToken", String, false, "Daemon token", "Daemon: token a request must carry (Authorization: Bearer …) when daemonListen is not loopback.";
-    "reconcileHours", Number, false, "Reconcile every (hours)", "Daemon: hours between scheduled reconciles (default 24; 0 turns them off).";
-    "daemonHosts", String, false, "Daemon names", "Daemon: more names it answers to, comma-separated (a reverse proxy's, a LAN name); IP addresses and localhost always work.";
-    "provider", Boolean, false, "Metadata provider", "Daemon: also serve a Plex metadata provider, so Plex pulls Stash's metadata at scan and refresh time (default off; see docs/provider.md).";
-    "providerSecret", String, false, "Provider secret", "Daemon: the secret path segment of the provider's URL (at least 16 letters, digits, - or _); by default a random one kept in the data folder.";
-    "UseFormattedTitle", Boolean, true, "Use a formatted title for Plex using Stash metadata", "StashPlexAgent preference (default off): the Plex title follows TitleFormat.";
-    "RemovePerformerFromTitle", Boolean, true, "Remove Performer Names from Stash Title", "StashPlexAgent preference (default on): with a formatted title, a leading performer name and ' - ' are taken off the Stash title.";
-    "TitleFormat", String, true, "Title format to use if enabled (available variables: performer, title, date, studio, filename). Use IgnoreTags to ignore a performer from title.", "StashPlexAgent preference (default '{performer} - {title}'). A variable without a value takes its separator with it.";
-    "IncludeGalleryImages", Boolean, true, "Include attached Gallery images in addition to default poster?", "StashPlexAgent preference (default off): the images of the scene's galleries are uploaded as extra posters and backgrounds; the scene's cover stays the selected poster.";
-    "SortGalleryImages", Boolean, true, "If including gallery images, auto sort into poster/background based on orientation?", "StashPlexAgent preference (default off): portrait gallery images become posters, landscape ones backgrounds (else each is both).";
-    "AppendPerformerTags", Boolean, true, "Include Performer Tags with the scraped scene tags?", "StashPlexAgent preference (default off): the performers' tags are added to the genres.";
-    "IgnoreTags", String, true, "Stash Tag ID numbers to ignore (comma separated, 0 to disable)", "StashPlexAgent preference: tags with these ids never become genres or collections, and a performer with one is left out of the title. Tags whose name contains 'ambiguous' are always left out.";
-    "CreateTagCollectionTags", String, true, "Stash Tag ID numbers create Collections from (comma separated, 0 to disable)", "StashPlexAgent preference: these tags become collections named as the tag (with CreateAllTagCollectionTags: every tag but these).";
-    "CreateAllTagCollectionTags", Boolean, true, "Create Collections from ALL Tags (If TRUE then option above will exclude instead of include tags)", "StashPlexAgent preference (default off).";
-    "AddOrganizedCollectionTag", Boolean, true, "Auto add media marked as organized into a Plex Collection", "StashPlexAgent preference (default off).";
-    "OrganizedCollectionTagName", String, true, "Name for the collection containing all media marked as organized in Stash", "StashPlexAgent preference (default Organized).";
-    "CreateSiteCollectionTags", Boolean, true, "Auto create Plex Collection tags for scene Site", "StashPlexAgent preference (default on): a collection '<prefix><studio>'.";
-    "CustomSiteCollectionPrefix", Boolean, true, "Use a custom prefix for site collections?  If False the box below is ignored.", "StashPlexAgent preference (default on); off: the site collection is the bare studio name.";
-    "PrefixSiteCollectionTags", String, true, "Prefix for Site Collection Names (The Site name will be appended to this value)", "StashPlexAgent preference (default 'Site: ').";
-    "CreateStudioCollectionTags", Boolean, true, "Auto create Plex Collection tags for scene Studio", "StashPlexAgent preference (default on): a collection '<prefix><parent studio>' (Stash's parent studio is the agent's studio). collectionParentStudio is its alias.";
-    "UseSiteForStudioCollectionTags", Boolean, true, "If Studio is not defined, use Site instead (In Stash, Studio is the parent of the scene Studio)", "StashPlexAgent preference (default off).";
-    "CustomStudioCollectionPrefix", Boolean, true, "Use a custom prefix for studio collections?  If False the box below is ignored.", "StashPlexAgent preference (default on); off: the studio collection is the bare parent studio name.";
-    "PrefixStudioCollectionTags", String, true, "Prefix for Studio Collection Names (The Studio name (if available) will be appended to this value)", "StashPlexAgent preference (default 'Studio: ').";
-    "CreateMovieCollectionTags", Boolean, true, "Auto create Plex Collection tags for associated scene Movie", "StashPlexAgent preference (default off): a collection per Stash group (Stash's movies are now groups).";
-    "PrefixMovieCollectionTags", String, true, "Prefix for Movie Collection Names (The Movie title (if available) will be appended to this value)", "StashPlexAgent preference (default 'Movie: ').";
-    "CreatePerformerCollectionTags", Boolean, true, "Auto create Plex Collection tags for associated Performers", "StashPlexAgent preference (default off): a collection per performer.";
-    "PrefixPerformerCollectionTags", String, true, "Prefix for Performer Collection Names (The performer (if available) will be appended to this value)", "StashPlexAgent preference (default 'Actor: ').";
-    "CreateRatingTags", Boolean, true, "Auto create Plex Collection tags for Stash star rating", "StashPlexAgent preference (default off): a collection 'Rating: <n> Stars', n being Stash's rating100 / 10 rounded down.";
-    "SaveUserRatings", Boolean, true, "Auto sync Stash ratings to Plex user ratings", "StashPlexAgent preference (default off): Stash's rating also becomes the Plex user rating of the plexToken's user, and is cleared with it.";
-    "RequireURL", Boolean, true, "Require scene URL to be set in Stash to pull metadata", "StashPlexAgent preference (default off): scenes without a URL are not synced.";
-    "RequireStashID", Boolean, true, "Require a scene StashID to be set in Stash to pull metadata", "StashPlexAgent preference (default off): scenes without a stash-box id are not synced.";
-    "AddPlexURL", Boolean, true, "Adds the Plex media ID to the scene in Stash; allows Stash to update Plex metadata.", "StashPlexAgent preference (default off): plex/library/metadata/<ratingKey> is added to the scene's URLs once per Plex item.";
-    "healthOutageSecs", Number, false, "Outage before unhealthy", "Daemon: seconds Plex may be unreachable before /healthz answers 503 (default 300).";
+    "plexUrl", String = "", true, "Plex URL", "Plex server URL, e.g. http://192.168.1.10:32400. Overrides plexHost/plexPort.";
+    "plexHost", String = "", true, "Plex host (old)", "Old setting: Plex host name or IP; used as https://<host>:<port> when plexUrl is empty.";
+    "plexPort", String = "32400", true, "Plex port (old)", "Old setting: Plex port.";
+    "plexToken", String = "", true, "Plex token", "X-Plex-Token of a Plex user allowed to edit the library.";
+    "plexLibraries", String = "", true, "Plex libraries", "Comma-separated library names to match in; empty means every movie library.";
+    "pathMappings", String = "", true, "Path mappings", "Stash path prefix => Plex path prefix, separated by ';', e.g. /data => /media; D:\\Videos => /mnt/videos. Longest prefix wins.";
+    "syncMode", String = "push", true, "Sync mode", "push: write metadata into Plex. refresh: only ask Plex to refresh items named by a Plex URL on the scene (old behaviour).";
+    "syncFields", String = "all", true, "Fields to sync", "Comma-separated: title, summary, studio, date, genres, actors, directors, collection, tagline, poster, background, contentRating, rating, userRating; 'all' for every one.";
+    "actorImages", Boolean = false, true, "Actor images", "Send performer photo URLs with actors. Plex's apps fetch them through Plex's cloud, which cannot reach a LAN address: on a LAN they do not show. Stash must let Plex in without a login.";
+    "contentRating", String = "XXX", true, "Content rating", "Plex content rating written to every synced item, as StashPlexAgent did (Plex's managed users are restricted by it). Empty leaves Plex's field alone.";
+    "taglineSource", String = "none", true, "Tagline source", "What becomes the Plex tagline: none, code (studio code), url (first URL), director.";
+    "preservePlexEdits", Boolean = false, true, "Preserve Plex edits", "Never overwrite a field a person edited in Plex (Plex locks what a person edits); values Plex's agent filled in and the frames Plex extracts for posters are still replaced.";
+    "skipUnorganized", Boolean = true, true, "Skip unorganized", "Old setting: scenes not marked organized in Stash are not synced. Set it off to sync every scene.";
+    "cleanTitles", Boolean = false, true, "Clean titles", "Old setting: rewrite Stash titles to ASCII without leading punctuation or file-type words, in Stash.";
+    "tagStashIDs", Boolean = false, true, "Tag stash-box ids", "Old setting: add the tagID_* Stash tags to scenes according to their stash-box endpoints.";
+    "tagID_emptystashid", String = "", true, "Tag id: no stash id", "Stash tag id added to scenes without any stash-box id (with tagStashIDs).";
+    "tagID_stashdb", String = "", true, "Tag id: StashDB", "Stash tag id for scenes matched on stashdb.org.";
+    "tagID_pmvstash", String = "", true, "Tag id: PMV Stash", "Stash tag id for scenes matched on pmvstash.org.";
+    "tagID_porndb", String = "", true, "Tag id: ThePornDB", "Stash tag id for scenes matched on theporndb.net.";
+    "tagID_fansdb", String = "", true, "Tag id: FansDB", "Stash tag id for scenes matched on fansdb.cc.";
+    "tagID_javstash", String = "", true, "Tag id: JAVStash", "Stash tag id for scenes matched on javstash.org.";
+    "plexCaFile", String = "", true, "Plex CA file", "PEM file of a CA to trust for Plex's HTTPS certificate (self-signed servers).";
+    "plexInsecure", Boolean = false, true, "Skip TLS verification", "Accept any Plex certificate (what the old plugin did). Logged as a warning at every start.";
+    "requestTimeoutSecs", Number = 30 in 1..=600, true, "Request timeout", "Seconds before a Plex request counts as failed.";
+    "partialScan", Boolean = true, true, "Scan new folders", "When a scene is not in Plex yet, ask Plex to scan that scene's folder.";
+    "notInPlexHours", Number = 24 in 0..=8760, true, "Wait for Plex (hours)", "How long a scene Plex has not scanned is retried before it becomes a dead letter.";
+    "outageMaxDays", Number = 7 in 0..=365, true, "Outage limit (days)", "How long updates wait through a Plex or Stash outage before they become dead letters.";
+    "plexConcurrency", Number = 8 in 1..=32, true, "Deliveries at once", "Most scenes delivered to Plex at the same time. PlexSync starts at one and goes higher only while Plex answers as fast; any Plex error drops it back to one.";
+    "drainPerSec", Number = 10 in 0.1..=10000, true, "Drain rate after outage", "Scenes per second delivered in the first minute after Plex comes back.";
+    "retryScale", Number = 1 in 0.0001..=100, false, "Retry scale", "Multiplies every retry and probe delay; smaller values are for tests.";
+    "workerIdleSecs", Number = 600 in 0..=86400, false, "Worker idle time", "Seconds the worker the plugin starts stays alive with an empty queue, watching Stash for changes, before it exits.";
+    "leaseSecs", Number = 300 in 0.1..=86400, false, "Lease", "Seconds a worker owns a claimed scene; a killed worker's scenes return after this.";
+    "stashUrl", String = "", false, "Stash URL", "CLI/daemon: Stash's URL, e.g. http://localhost:9999 (the plugin gets it from Stash).";
+    "stashApiKey", String = "", false, "Stash API key", "CLI/daemon: Stash API key, when Stash has a login.";
+    "stashSession", String = "", false, "Stash session", "Stash session cookie value (the plugin hands its own to the worker it starts).";
+    "dataDir", String = "", false, "Data folder", "Where the queue database lives; unset: <Stash config folder>/plexsync.";
+    "daemonListen", String = "127.0.0.1:9977", false, "Daemon address", "Daemon: address of its HTTP endpoints; anything but loopback needs daemonToken.";
+    "daemonToken", String = "", false, "Daemon token", "Daemon: token a request must carry (Authorization: Bearer …) when daemonListen is not loopback.";
+    "reconcileHours", Number = 24 in 0..=8760, false, "Reconcile every (hours)", "Daemon: hours between scheduled reconciles; 0 turns them off.";
+    "daemonHosts", String = "", false, "Daemon names", "Daemon: more names it answers to, comma-separated (a reverse proxy's, a LAN name); IP addresses and localhost always work.";
+    "provider", Boolean = false, false, "Metadata provider", "Daemon: also serve a Plex metadata provider, so Plex pulls Stash's metadata at scan and refresh time (see docs/provider.md).";
+    "providerSecret", String = "", false, "Provider secret", "Daemon: the secret path segment of the provider's URL (at least 16 letters, digits, - or _); unset: a random one kept in the data folder.";
+    "UseFormattedTitle", Boolean = false, true, "Use a formatted title for Plex using Stash metadata", "StashPlexAgent preference: the Plex title follows TitleFormat.";
+    "RemovePerformerFromTitle", Boolean = true, true, "Remove Performer Names from Stash Title", "StashPlexAgent preference: with a formatted title, a leading performer name and ' - ' are taken off the Stash title.";
+    "TitleFormat", String = "{performer} - {title}", true, "Title format to use if enabled (available variables: performer, title, date, studio, filename). Use IgnoreTags to ignore a performer from title.", "StashPlexAgent preference. A variable without a value takes its separator with it.";
+    "IncludeGalleryImages", Boolean = false, true, "Include attached Gallery images in addition to default poster?", "StashPlexAgent preference: the images of the scene's galleries are uploaded as extra posters and backgrounds; the scene's cover stays the selected poster.";
+    "SortGalleryImages", Boolean = false, true, "If including gallery images, auto sort into poster/background based on orientation?", "StashPlexAgent preference: portrait gallery images become posters, landscape ones backgrounds (else each is both).";
+    "AppendPerformerTags", Boolean = false, true, "Include Performer Tags with the scraped scene tags?", "StashPlexAgent preference: the performers' tags are added to the genres.";
+    "IgnoreTags", String = "0", true, "Stash Tag ID numbers to ignore (comma separated, 0 to disable)", "StashPlexAgent preference: tags with these ids never become genres or collections, and a performer with one is left out of the title. Tags whose name contains 'ambiguous' are always left out.";
+    "CreateTagCollectionTags", String = "0", true, "Stash Tag ID numbers create Collections from (comma separated, 0 to disable)", "StashPlexAgent preference: these tags become collections named as the tag (with CreateAllTagCollectionTags: every tag but these).";
+    "CreateAllTagCollectionTags", Boolean = false, true, "Create Collections from ALL Tags (If TRUE then option above will exclude instead of include tags)", "StashPlexAgent preference.";
+    "AddOrganizedCollectionTag", Boolean = false, true, "Auto add media marked as organized into a Plex Collection", "StashPlexAgent preference.";
+    "OrganizedCollectionTagName", String = "Organized", true, "Name for the collection containing all media marked as organized in Stash", "StashPlexAgent preference.";
+    "CreateSiteCollectionTags", Boolean = true, true, "Auto create Plex Collection tags for scene Site", "StashPlexAgent preference: a collection '<prefix><studio>'.";
+    "CustomSiteCollectionPrefix", Boolean = true, true, "Use a custom prefix for site collections?  If False the box below is ignored.", "StashPlexAgent preference; off: the site collection is the bare studio name.";
+    "PrefixSiteCollectionTags", String = "Site: ", true, "Prefix for Site Collection Names (The Site name will be appended to this value)", "StashPlexAgent preference.";
+    "CreateStudioCollectionTags", Boolean = true, true, "Auto create Plex Collection tags for scene Studio", "StashPlexAgent preference: a collection '<prefix><parent studio>' (Stash's parent studio is the agent's studio). collectionParentStudio is its alias.";
+    "UseSiteForStudioCollectionTags", Boolean = false, true, "If Studio is not defined, use Site instead (In Stash, Studio is the parent of the scene Studio)", "StashPlexAgent preference.";
+    "CustomStudioCollectionPrefix", Boolean = true, true, "Use a custom prefix for studio collections?  If False the box below is ignored.", "StashPlexAgent preference; off: the studio collection is the bare parent studio name.";
+    "PrefixStudioCollectionTags", String = "Studio: ", true, "Prefix for Studio Collection Names (The Studio name (if available) will be appended to this value)", "StashPlexAgent preference.";
+    "CreateMovieCollectionTags", Boolean = false, true, "Auto create Plex Collection tags for associated scene Movie", "StashPlexAgent preference: a collection per Stash group (Stash's movies are now groups).";
+    "PrefixMovieCollectionTags", String = "Movie: ", true, "Prefix for Movie Collection Names (The Movie title (if available) will be appended to this value)", "StashPlexAgent preference.";
+    "CreatePerformerCollectionTags", Boolean = false, true, "Auto create Plex Collection tags for associated Performers", "StashPlexAgent preference: a collection per performer.";
+    "PrefixPerformerCollectionTags", String = "Actor: ", true, "Prefix for Performer Collection Names (The performer (if available) will be appended to this value)", "StashPlexAgent preference.";
+    "CreateRatingTags", Boolean = false, true, "Auto create Plex Collection tags for Stash star rating", "StashPlexAgent preference: a collection 'Rating: <n> Stars', n being Stash's rating100 / 10 rounded down.";
+    "SaveUserRatings", Boolean = false, true, "Auto sync Stash ratings to Plex user ratings", "StashPlexAgent preference: Stash's rating also becomes the Plex user rating of the plexToken's user, and is cleared with it.";
+    "RequireURL", Boolean = false, true, "Require scene URL to be set in Stash to pull metadata", "StashPlexAgent preference: scenes without a URL are not synced.";
+    "RequireStashID", Boolean = false, true, "Require a scene StashID to be set in Stash to pull metadata", "StashPlexAgent preference: scenes without a stash-box id are not synced.";
+    "AddPlexURL", Boolean = false, true, "Adds the Plex media ID to the scene in Stash; allows Stash to update Plex metadata.", "StashPlexAgent preference: plex/library/metadata/<ratingKey> is added to the scene's URLs once per Plex item.";
+    "healthOutageSecs", Number = 300 in 0..=2592000, false, "Outage before unhealthy", "Daemon: seconds Plex may be unreachable before /healthz answers 503.";
+}
+
+/// The table's row for `key`. A key missing from the table (a test
+/// forbids it) reads as text without a default rather than panicking.
+fn def(key: &str) -> &'static SettingDef {
+    static UNLISTED: SettingDef = SettingDef {
+        key: "",
+        kind: Kind::String,
+        default: DefaultValue::Text(""),
+        display: "",
+        description: "",
+        in_stash: false,
+    };
+    SETTINGS.iter().find(|d| d.key == key).unwrap_or(&UNLISTED)
+}
+
+impl SettingDef {
+    /// The text default, when there is one.
+    fn text(&self) -> Option<String> {
+        match self.default {
+            DefaultValue::Text(t) if !t.is_empty() => Some(t.to_string()),
+            _ => None,
+        }
+    }
+
+    /// A number's (default, min, max); zeros for a setting that is no number.
+    fn range(&self) -> (f64, f64, f64) {
+        match self.default {
+            DefaultValue::Number { value, min, max } => (value, min, max),
+            _ => (0.0, 0.0, 0.0),
+        }
+    }
+}
+
+/// A text setting's default, at compile time, for the constants other
+/// modules name (so the table stays the one place it is written).
+const fn table_text(key: &str) -> &'static str {
+    let mut i = 0;
+    while i < SETTINGS.len() {
+        if let DefaultValue::Text(text) = SETTINGS[i].default {
+            if same_str(SETTINGS[i].key, key) {
+                return text;
+            }
+        }
+        i += 1;
+    }
+    panic!("no text setting of that name in the settings table")
+}
+
+/// `a == b` where `==` is not allowed (in a `const fn`).
+const fn same_str(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 /// Push (write metadata) or refresh (old behaviour: ask the agent to pull).
@@ -292,40 +396,15 @@ pub struct AgentPrefs {
 }
 
 impl Default for AgentPrefs {
-    /// The agent's `DefaultPrefs.json`, and `XXX` as it always wrote.
+    /// The agent's `DefaultPrefs.json`, and `XXX` as it always wrote: the
+    /// settings table's defaults.
     fn default() -> Self {
-        Self {
-            content_rating: "XXX".into(),
-            formatted_title: false,
-            remove_performer_from_title: true,
-            title_format: DEFAULT_TITLE_FORMAT.into(),
-            gallery_images: false,
-            sort_gallery_images: false,
-            append_performer_tags: false,
-            ignore_tags: Vec::new(),
-            tag_collections: Vec::new(),
-            all_tag_collections: false,
-            organized_collection: None,
-            site_collection: Some(SITE_PREFIX.into()),
-            studio_collection: Some(STUDIO_PREFIX.into()),
-            site_for_studio: false,
-            movie_collection: None,
-            performer_collection: None,
-            rating_collection: false,
-            user_ratings: false,
-            require_url: false,
-            require_stash_id: false,
-            add_plex_url: false,
-        }
+        Settings::default().agent
     }
 }
 
-pub(crate) const DEFAULT_TITLE_FORMAT: &str = "{performer} - {title}";
-const SITE_PREFIX: &str = "Site: ";
-const STUDIO_PREFIX: &str = "Studio: ";
-const MOVIE_PREFIX: &str = "Movie: ";
-const PERFORMER_PREFIX: &str = "Actor: ";
-const ORGANIZED_COLLECTION: &str = "Organized";
+/// The Plex title's format when `TitleFormat` is unset (the table's).
+pub(crate) const DEFAULT_TITLE_FORMAT: &str = table_text("TitleFormat");
 
 /// Old names read as another setting: (alias, setting). Within one layer
 /// the setting's own name wins over its alias.
@@ -364,53 +443,17 @@ pub struct RetrySettings {
 }
 
 impl Default for RetrySettings {
+    /// The settings table's defaults.
     fn default() -> Self {
-        Self {
-            partial_scan: true,
-            not_in_plex_window: Duration::from_secs(24 * 3600),
-            outage_max_age: Duration::from_secs(7 * 86_400),
-            drain_per_sec: 10.0,
-            concurrency: 8,
-            scale: 1.0,
-            lease: Duration::from_secs(300),
-            worker_idle: Duration::from_secs(600),
-        }
+        Settings::default().retry
     }
 }
 
 impl Default for Settings {
+    /// What no settings at all resolve to, so that a default is written in
+    /// one place: the settings table.
     fn default() -> Self {
-        Self {
-            plex_url: None,
-            plex_token: None,
-            libraries: Vec::new(),
-            path_maps: Vec::new(),
-            mode: Mode::Push,
-            fields: Field::ALL.to_vec(),
-            actor_images: false,
-            agent: AgentPrefs::default(),
-            tagline: TaglineSource::None,
-            preserve_plex_edits: false,
-            skip_unorganized: true,
-            clean_titles: false,
-            tag_stash_ids: false,
-            stash_id_tags: StashIdTags::default(),
-            plex_http: HttpOptions::default(),
-            stash_url: None,
-            stash_api_key: None,
-            stash_session: None,
-            data_dir: None,
-            retry: RetrySettings::default(),
-            daemon: DaemonSettings {
-                listen: "127.0.0.1:9977".into(),
-                token: None,
-                reconcile_every: Duration::from_secs(24 * 3600),
-                outage_unhealthy_after: Duration::from_secs(300),
-                hosts: Vec::new(),
-                provider: false,
-                provider_secret: None,
-            },
-        }
+        load(&[]).settings
     }
 }
 
@@ -452,6 +495,21 @@ pub(crate) fn load_over(from_stash: Map<String, Value>, local: &[Map<String, Val
 
 /// Reads `layers`, lowest precedence first.
 pub fn load(layers: &[Map<String, Value>]) -> Loaded {
+    resolve(layers).0
+}
+
+/// `load`, plus the keys the resolver looked up (tests hold them to the
+/// table).
+fn resolve(layers: &[Map<String, Value>]) -> (Loaded, BTreeSet<&'static str>) {
+    let (values, warnings) = merge(layers);
+    let mut r = Reader { values, warnings, read: BTreeSet::new() };
+    let settings = r.settings();
+    (Loaded { settings, warnings: r.warnings }, r.read)
+}
+
+/// The layers as one map by setting name, later layers winning, and a
+/// warning for each name that is no setting.
+fn merge(layers: &[Map<String, Value>]) -> (Map<String, Value>, Vec<String>) {
     let mut merged: Map<String, Value> = Map::new();
     let mut warnings = Vec::new();
     for layer in layers {
@@ -469,9 +527,7 @@ pub fn load(layers: &[Map<String, Value>]) -> Loaded {
             }
         }
     }
-    let mut r = Reader { values: merged, warnings };
-    let settings = r.settings();
-    Loaded { settings, warnings: r.warnings }
+    (merged, warnings)
 }
 
 /// The setting `key` names, itself or through an alias.
@@ -489,32 +545,48 @@ fn is_alias(key: &str) -> bool {
     ALIASES.iter().any(|(alias, _)| canonical(alias) == canon)
 }
 
+/// The merged values, read setting by setting, defaults from the table.
 struct Reader {
     values: Map<String, Value>,
     warnings: Vec<String>,
+    /// Every key looked up, so a test can hold the resolver to the table.
+    read: BTreeSet<&'static str>,
 }
 
 impl Reader {
-    fn string(&mut self, key: &str) -> Option<String> {
+    /// The value set for `key`; `None` when unset or blank (Stash keeps an
+    /// emptied field as ""), which is when the table's default applies.
+    fn set(&mut self, key: &'static str) -> Option<Value> {
+        self.read.insert(key);
         match self.values.get(key)? {
             Value::String(s) if s.trim().is_empty() => None,
-            Value::String(s) => Some(s.trim().to_string()),
-            Value::Number(n) => Some(n.to_string()),
-            other => {
+            v => Some(v.clone()),
+        }
+    }
+
+    /// Text, trimmed; the table's default when unset or not text.
+    fn string(&mut self, key: &'static str) -> Option<String> {
+        let default = def(key).text();
+        match self.set(key) {
+            None => default,
+            Some(Value::String(s)) => Some(s.trim().to_string()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            Some(other) => {
                 self.warnings.push(format!("setting '{key}' must be text, got {other}; it is ignored"));
-                None
+                default
             }
         }
     }
 
-    fn boolean(&mut self, key: &str, default: bool) -> bool {
-        match self.values.get(key) {
+    /// On or off; the table's default when unset or not a switch.
+    fn boolean(&mut self, key: &'static str) -> bool {
+        let default = def(key).default == DefaultValue::Flag(true);
+        match self.set(key) {
             None => default,
-            Some(Value::Bool(b)) => *b,
+            Some(Value::Bool(b)) => b,
             Some(Value::String(s)) => match s.trim().to_ascii_lowercase().as_str() {
                 "true" | "1" | "yes" | "on" => true,
                 "false" | "0" | "no" | "off" => false,
-                "" => default,
                 other => {
                     self.warnings
                         .push(format!("setting '{key}' must be true or false, got '{other}'; using {default}"));
@@ -529,11 +601,12 @@ impl Reader {
         }
     }
 
-    fn number(&mut self, key: &str, default: f64, min: f64, max: f64) -> f64 {
-        let value = match self.values.get(key) {
+    /// A number in the table's range; its default when unset or outside.
+    fn number(&mut self, key: &'static str) -> f64 {
+        let (default, min, max) = def(key).range();
+        let value = match self.set(key) {
             None => return default,
             Some(Value::Number(n)) => n.as_f64(),
-            Some(Value::String(s)) if s.trim().is_empty() => return default,
             Some(Value::String(s)) => s.trim().parse::<f64>().ok(),
             Some(_) => None,
         };
@@ -546,7 +619,12 @@ impl Reader {
         }
     }
 
-    fn url(&mut self, key: &str) -> Option<Url> {
+    /// A number setting counted in `unit` seconds (3600 for hours).
+    fn duration(&mut self, key: &'static str, unit: f64) -> Duration {
+        Duration::from_secs_f64(self.number(key) * unit)
+    }
+
+    fn url(&mut self, key: &'static str) -> Option<Url> {
         let raw = self.string(key)?;
         match Url::parse(&raw) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(u),
@@ -568,7 +646,7 @@ impl Reader {
             return Some(url);
         }
         let host = self.string("plexHost")?;
-        let port = self.string("plexPort").unwrap_or_else(|| "32400".into());
+        let port = self.string("plexPort").unwrap_or_default();
         // The old plugin's form; built with the URL library, not by concatenation.
         let mut url = Url::parse("https://localhost/").expect("static URL parses");
         let port_ok = port.parse::<u16>().ok();
@@ -584,11 +662,11 @@ impl Reader {
         Some(url)
     }
 
-    /// Text kept as written (a prefix's trailing space is part of it);
-    /// `None` when empty or blank.
-    fn verbatim(&mut self, key: &str) -> Option<String> {
-        match self.values.get(key) {
-            Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
+    /// Text kept as written (a prefix's trailing space is part of it); the
+    /// table's default when unset or blank.
+    fn verbatim(&mut self, key: &'static str) -> Option<String> {
+        match self.set(key) {
+            Some(Value::String(s)) => Some(s),
             _ => self.string(key),
         }
     }
@@ -596,20 +674,20 @@ impl Reader {
     /// A collection kind's prefix when the kind is on: the agent used the
     /// prefix setting when its `Custom…Prefix` switch was on (its default
     /// when the box was empty), and no prefix when it was off.
-    fn prefix(&mut self, on: (&str, bool), custom: Option<&str>, key: &str, default: &str) -> Option<String> {
-        if !self.boolean(on.0, on.1) {
+    fn prefix(&mut self, on: &'static str, custom: Option<&'static str>, key: &'static str) -> Option<String> {
+        if !self.boolean(on) {
             return None;
         }
         if let Some(custom) = custom {
-            if !self.boolean(custom, true) {
+            if !self.boolean(custom) {
                 return Some(String::new());
             }
         }
-        Some(self.verbatim(key).unwrap_or_else(|| default.to_string()))
+        Some(self.verbatim(key).unwrap_or_default())
     }
 
     /// A comma list of Stash ids, where the agent's `0` means none.
-    fn id_list(&mut self, key: &str) -> Vec<String> {
+    fn id_list(&mut self, key: &'static str) -> Vec<String> {
         let mut ids = Vec::new();
         for id in self.list(key) {
             if !id.chars().all(|c| c.is_ascii_digit()) {
@@ -624,59 +702,54 @@ impl Reader {
         ids
     }
 
-    fn agent(&mut self) -> AgentPrefs {
-        let organized = self.boolean("AddOrganizedCollectionTag", false);
-        AgentPrefs {
-            content_rating: match self.values.get("contentRating") {
-                // Set but empty: leave Plex's field alone.
-                Some(Value::String(s)) if s.trim().is_empty() => String::new(),
-                _ => self.string("contentRating").unwrap_or_else(|| "XXX".into()),
-            },
-            formatted_title: self.boolean("UseFormattedTitle", false),
-            remove_performer_from_title: self.boolean("RemovePerformerFromTitle", true),
-            title_format: self.verbatim("TitleFormat").unwrap_or_else(|| DEFAULT_TITLE_FORMAT.into()),
-            gallery_images: self.boolean("IncludeGalleryImages", false),
-            sort_gallery_images: self.boolean("SortGalleryImages", false),
-            append_performer_tags: self.boolean("AppendPerformerTags", false),
-            ignore_tags: self.id_list("IgnoreTags"),
-            tag_collections: self.id_list("CreateTagCollectionTags"),
-            all_tag_collections: self.boolean("CreateAllTagCollectionTags", false),
-            organized_collection: organized
-                .then(|| self.verbatim("OrganizedCollectionTagName").unwrap_or_else(|| ORGANIZED_COLLECTION.into())),
-            site_collection: self.prefix(
-                ("CreateSiteCollectionTags", true),
-                Some("CustomSiteCollectionPrefix"),
-                "PrefixSiteCollectionTags",
-                SITE_PREFIX,
-            ),
-            studio_collection: self.prefix(
-                ("CreateStudioCollectionTags", true),
-                Some("CustomStudioCollectionPrefix"),
-                "PrefixStudioCollectionTags",
-                STUDIO_PREFIX,
-            ),
-            site_for_studio: self.boolean("UseSiteForStudioCollectionTags", false),
-            movie_collection: self.prefix(
-                ("CreateMovieCollectionTags", false),
-                None,
-                "PrefixMovieCollectionTags",
-                MOVIE_PREFIX,
-            ),
-            performer_collection: self.prefix(
-                ("CreatePerformerCollectionTags", false),
-                None,
-                "PrefixPerformerCollectionTags",
-                PERFORMER_PREFIX,
-            ),
-            rating_collection: self.boolean("CreateRatingTags", false),
-            user_ratings: self.boolean("SaveUserRatings", false),
-            require_url: self.boolean("RequireURL", false),
-            require_stash_id: self.boolean("RequireStashID", false),
-            add_plex_url: self.boolean("AddPlexURL", false),
+    /// The content rating written; set but empty leaves Plex's field
+    /// alone, so here (only) blank is not the default.
+    fn content_rating(&mut self) -> String {
+        let blank = matches!(self.values.get("contentRating"), Some(Value::String(s)) if s.trim().is_empty());
+        let rating = self.string("contentRating").unwrap_or_default();
+        if blank {
+            String::new()
+        } else {
+            rating
         }
     }
 
-    fn list(&mut self, key: &str) -> Vec<String> {
+    fn agent(&mut self) -> AgentPrefs {
+        let organized = self.boolean("AddOrganizedCollectionTag");
+        AgentPrefs {
+            content_rating: self.content_rating(),
+            formatted_title: self.boolean("UseFormattedTitle"),
+            remove_performer_from_title: self.boolean("RemovePerformerFromTitle"),
+            title_format: self.verbatim("TitleFormat").unwrap_or_default(),
+            gallery_images: self.boolean("IncludeGalleryImages"),
+            sort_gallery_images: self.boolean("SortGalleryImages"),
+            append_performer_tags: self.boolean("AppendPerformerTags"),
+            ignore_tags: self.id_list("IgnoreTags"),
+            tag_collections: self.id_list("CreateTagCollectionTags"),
+            all_tag_collections: self.boolean("CreateAllTagCollectionTags"),
+            organized_collection: organized.then(|| self.verbatim("OrganizedCollectionTagName").unwrap_or_default()),
+            site_collection: self.prefix(
+                "CreateSiteCollectionTags",
+                Some("CustomSiteCollectionPrefix"),
+                "PrefixSiteCollectionTags",
+            ),
+            studio_collection: self.prefix(
+                "CreateStudioCollectionTags",
+                Some("CustomStudioCollectionPrefix"),
+                "PrefixStudioCollectionTags",
+            ),
+            site_for_studio: self.boolean("UseSiteForStudioCollectionTags"),
+            movie_collection: self.prefix("CreateMovieCollectionTags", None, "PrefixMovieCollectionTags"),
+            performer_collection: self.prefix("CreatePerformerCollectionTags", None, "PrefixPerformerCollectionTags"),
+            rating_collection: self.boolean("CreateRatingTags"),
+            user_ratings: self.boolean("SaveUserRatings"),
+            require_url: self.boolean("RequireURL"),
+            require_stash_id: self.boolean("RequireStashID"),
+            add_plex_url: self.boolean("AddPlexURL"),
+        }
+    }
+
+    fn list(&mut self, key: &'static str) -> Vec<String> {
         self.string(key)
             .map(|s| s.split(',').map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect())
             .unwrap_or_default()
@@ -719,19 +792,19 @@ impl Reader {
         maps
     }
 
-    fn choice<T: Copy>(&mut self, key: &str, default: T, options: &[(&str, T)]) -> T {
+    /// One of `options` by name; the table's default when unset or unknown.
+    fn choice<T: Copy>(&mut self, key: &'static str, options: &[(&str, T)]) -> T {
+        let find = |name: &str| options.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| *v);
+        let default = def(key).text().and_then(|d| find(&d)).unwrap_or(options[0].1);
         let Some(raw) = self.string(key) else { return default };
-        match options.iter().find(|(name, _)| name.eq_ignore_ascii_case(&raw)) {
-            Some((_, v)) => *v,
-            None => {
-                let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
-                self.warnings.push(format!("setting '{key}' must be one of {}, got '{raw}'", names.join(", ")));
-                default
-            }
-        }
+        find(&raw).unwrap_or_else(|| {
+            let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+            self.warnings.push(format!("setting '{key}' must be one of {}, got '{raw}'", names.join(", ")));
+            default
+        })
     }
 
-    fn tag_id(&mut self, key: &str) -> Option<String> {
+    fn tag_id(&mut self, key: &'static str) -> Option<String> {
         let id = self.string(key)?;
         if id.chars().all(|c| c.is_ascii_digit()) {
             Some(id)
@@ -741,13 +814,7 @@ impl Reader {
         }
     }
 
-    fn settings(&mut self) -> Settings {
-        let plex_http = HttpOptions {
-            request_timeout: Duration::from_secs_f64(self.number("requestTimeoutSecs", 30.0, 1.0, 600.0)),
-            ca_file: self.string("plexCaFile").map(PathBuf::from),
-            insecure: self.boolean("plexInsecure", false),
-            ..HttpOptions::default()
-        };
+    fn stash_id_tags(&mut self) -> StashIdTags {
         let mut by_endpoint = Vec::new();
         for (key, host) in [
             ("tagID_stashdb", "stashdb.org"),
@@ -760,18 +827,55 @@ impl Reader {
                 by_endpoint.push((host, id));
             }
         }
+        StashIdTags { empty: self.tag_id("tagID_emptystashid"), by_endpoint }
+    }
+
+    fn plex_http(&mut self) -> HttpOptions {
+        HttpOptions {
+            request_timeout: self.duration("requestTimeoutSecs", 1.0),
+            ca_file: self.string("plexCaFile").map(PathBuf::from),
+            insecure: self.boolean("plexInsecure"),
+            ..HttpOptions::default()
+        }
+    }
+
+    fn retry(&mut self) -> RetrySettings {
+        RetrySettings {
+            partial_scan: self.boolean("partialScan"),
+            not_in_plex_window: self.duration("notInPlexHours", 3600.0),
+            outage_max_age: self.duration("outageMaxDays", 86_400.0),
+            drain_per_sec: self.number("drainPerSec"),
+            concurrency: crate::units::to_usize(crate::units::round(self.number("plexConcurrency"))),
+            scale: self.number("retryScale"),
+            lease: self.duration("leaseSecs", 1.0),
+            worker_idle: self.duration("workerIdleSecs", 1.0),
+        }
+    }
+
+    fn daemon(&mut self) -> DaemonSettings {
+        DaemonSettings {
+            listen: self.string("daemonListen").unwrap_or_default(),
+            token: self.string("daemonToken").map(Secret::new),
+            hosts: self.list("daemonHosts"),
+            provider: self.boolean("provider"),
+            provider_secret: self.string("providerSecret").map(Secret::new),
+            reconcile_every: self.duration("reconcileHours", 3600.0),
+            outage_unhealthy_after: self.duration("healthOutageSecs", 1.0),
+        }
+    }
+
+    fn settings(&mut self) -> Settings {
         Settings {
             plex_url: self.plex_url(),
             plex_token: self.string("plexToken").map(Secret::new),
             libraries: self.list("plexLibraries"),
             path_maps: self.path_maps(),
-            mode: self.choice("syncMode", Mode::Push, &[("push", Mode::Push), ("refresh", Mode::Refresh)]),
+            mode: self.choice("syncMode", &[("push", Mode::Push), ("refresh", Mode::Refresh)]),
             fields: self.fields(),
-            actor_images: self.boolean("actorImages", false),
+            actor_images: self.boolean("actorImages"),
             agent: self.agent(),
             tagline: self.choice(
                 "taglineSource",
-                TaglineSource::None,
                 &[
                     ("none", TaglineSource::None),
                     ("code", TaglineSource::Code),
@@ -779,44 +883,18 @@ impl Reader {
                     ("director", TaglineSource::Director),
                 ],
             ),
-            preserve_plex_edits: self.boolean("preservePlexEdits", false),
-            skip_unorganized: self.boolean("skipUnorganized", true),
-            clean_titles: self.boolean("cleanTitles", false),
-            tag_stash_ids: self.boolean("tagStashIDs", false),
-            stash_id_tags: StashIdTags { empty: self.tag_id("tagID_emptystashid"), by_endpoint },
-            plex_http,
+            preserve_plex_edits: self.boolean("preservePlexEdits"),
+            skip_unorganized: self.boolean("skipUnorganized"),
+            clean_titles: self.boolean("cleanTitles"),
+            tag_stash_ids: self.boolean("tagStashIDs"),
+            stash_id_tags: self.stash_id_tags(),
+            plex_http: self.plex_http(),
             stash_url: self.url("stashUrl"),
             stash_api_key: self.string("stashApiKey").map(Secret::new),
             stash_session: self.string("stashSession").map(Secret::new),
             data_dir: self.string("dataDir").map(PathBuf::from),
-            retry: RetrySettings {
-                partial_scan: self.boolean("partialScan", true),
-                not_in_plex_window: Duration::from_secs_f64(
-                    self.number("notInPlexHours", 24.0, 0.0, 24.0 * 365.0) * 3600.0,
-                ),
-                outage_max_age: Duration::from_secs_f64(self.number("outageMaxDays", 7.0, 0.0, 365.0) * 86_400.0),
-                drain_per_sec: self.number("drainPerSec", 10.0, 0.1, 10_000.0),
-                concurrency: crate::units::to_usize(crate::units::round(self.number("plexConcurrency", 8.0, 1.0, 32.0))),
-                scale: self.number("retryScale", 1.0, 0.0001, 100.0),
-                lease: Duration::from_secs_f64(self.number("leaseSecs", 300.0, 0.1, 86_400.0)),
-                worker_idle: Duration::from_secs_f64(self.number("workerIdleSecs", 600.0, 0.0, 86_400.0)),
-            },
-            daemon: DaemonSettings {
-                listen: self.string("daemonListen").unwrap_or_else(|| "127.0.0.1:9977".into()),
-                token: self.string("daemonToken").map(Secret::new),
-                hosts: self.list("daemonHosts"),
-                provider: self.boolean("provider", false),
-                provider_secret: self.string("providerSecret").map(Secret::new),
-                reconcile_every: Duration::from_secs_f64(
-                    self.number("reconcileHours", 24.0, 0.0, 24.0 * 365.0) * 3600.0,
-                ),
-                outage_unhealthy_after: Duration::from_secs_f64(self.number(
-                    "healthOutageSecs",
-                    300.0,
-                    0.0,
-                    86_400.0 * 30.0,
-                )),
-            },
+            retry: self.retry(),
+            daemon: self.daemon(),
         }
     }
 }
@@ -905,6 +983,161 @@ mod tests {
             let shown = key.starts_with("tagID_") || docs.contains(&format!("`{key}`"));
             assert!(shown, "docs/settings.md does not name `{key}`");
         }
+    }
+
+    /// Settings read only when another one is on, turned on.
+    fn everything_on() -> Map<String, Value> {
+        layer(json!({"plexHost": "plex.lan", "AddOrganizedCollectionTag": true,
+            "CreateMovieCollectionTags": true, "CreatePerformerCollectionTags": true}))
+    }
+
+    /// A setting's table default as a value a user could set.
+    fn as_set(def: &SettingDef) -> Value {
+        match def.default {
+            DefaultValue::Text(t) => json!(t),
+            DefaultValue::Flag(b) => json!(b),
+            DefaultValue::Number { value, .. } => json!(value),
+        }
+    }
+
+    #[test]
+    fn each_table_default_is_what_the_setting_resolves_to_when_unset() {
+        let shown = |l: &Loaded| format!("{:?}", l.settings);
+        let defaults = format!("{:?}", Settings::default());
+        let on = load(&[everything_on()]);
+        for def in SETTINGS {
+            let explicit = layer(json!({def.key: as_set(def)}));
+            let l = load(std::slice::from_ref(&explicit));
+            assert!(l.warnings.is_empty(), "{}'s default is not a valid value: {:?}", def.key, l.warnings);
+            assert_eq!(shown(&l), defaults, "{} set to the table's default differs from unset", def.key);
+            if !everything_on().contains_key(def.key) {
+                let l = load(&[everything_on(), explicit]);
+                assert_eq!(shown(&l), shown(&on), "{} set to the table's default differs from unset", def.key);
+            }
+        }
+        assert_eq!(Settings::default().retry.concurrency, 8, "a default reaches Settings::default()");
+        assert_eq!(Settings::default().daemon.listen, "127.0.0.1:9977");
+    }
+
+    #[test]
+    fn the_resolver_reads_every_setting_in_the_table_and_no_other() {
+        let (_, read) = resolve(&[everything_on()]);
+        let table: BTreeSet<&str> = SETTINGS.iter().map(|d| d.key).collect();
+        let unread: Vec<_> = table.difference(&read).collect();
+        let strays: Vec<_> = read.difference(&table).collect();
+        assert!(unread.is_empty(), "settings in the table the resolver never reads: {unread:?}");
+        assert!(strays.is_empty(), "keys the resolver reads that are not in the table: {strays:?}");
+    }
+
+    #[test]
+    fn each_description_ends_with_the_table_default() {
+        for def in SETTINGS {
+            let shown = match def.default {
+                DefaultValue::Text("") => continue,
+                DefaultValue::Text(t) => format!("'{t}'"),
+                DefaultValue::Flag(b) => on_off(b).to_string(),
+                DefaultValue::Number { value, min, max } => format!("{value} ({min} to {max})"),
+            };
+            let tail = format!(" Default: {shown}.");
+            assert!(def.description.ends_with(&tail), "{}: {:?} should end with {tail:?}", def.key, def.description);
+        }
+    }
+
+    #[test]
+    fn out_of_range_numbers_name_the_setting_and_its_range() {
+        let l = load(&[layer(json!({"plexConcurrency": 33, "leaseSecs": "soon"}))]);
+        let all = l.warnings.join("\n");
+        assert!(all.contains("setting 'plexConcurrency' must be a number from 1 to 32; using 8"), "{all}");
+        assert!(all.contains("setting 'leaseSecs' must be a number from 0.1 to 86400; using 300"), "{all}");
+        assert_eq!(l.settings.retry, RetrySettings::default());
+    }
+
+    fn on_off(b: bool) -> &'static str {
+        if b {
+            "on"
+        } else {
+            "off"
+        }
+    }
+
+    /// `cell` without a trailing ` (note)`.
+    fn without_note(cell: &str) -> &str {
+        cell.strip_suffix(')').and_then(|c| c.rsplit_once(" (")).map_or(cell, |(value, _)| value.trim())
+    }
+
+    /// Whether a docs cell shows `def`'s default: a number with its range,
+    /// a switch as on/off, a text as code; a setting without a default is
+    /// described in words (what unset means), never as a value.
+    fn documents(cell: &str, def: &SettingDef) -> bool {
+        let cell = cell.replace("**", "");
+        let cell = cell.trim();
+        let is_code = |c: &str| c.len() > 1 && c.starts_with('`') && c.ends_with('`') && c.matches('`').count() == 2;
+        match def.default {
+            DefaultValue::Number { value, min, max } => cell == format!("{value} ({min} to {max})"),
+            DefaultValue::Flag(b) => without_note(cell) == on_off(b),
+            DefaultValue::Text("") => !is_code(without_note(cell)) && !["on", "off"].contains(&without_note(cell)),
+            DefaultValue::Text(t) => without_note(cell) == format!("`{t}`"),
+        }
+    }
+
+    /// `cell` split at the commas outside code and brackets.
+    fn split_top(cell: &str) -> Vec<&str> {
+        let (mut parts, mut start, mut depth, mut code) = (Vec::new(), 0, 0, false);
+        for (i, c) in cell.char_indices() {
+            match c {
+                '`' => code = !code,
+                '(' if !code => depth += 1,
+                ')' if !code => depth -= 1,
+                ',' if !code && depth == 0 => {
+                    parts.push(cell[start..i].trim());
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        parts.push(cell[start..].trim());
+        parts
+    }
+
+    /// The rows of the docs' settings tables: (setting names, default cell).
+    fn docs_rows(docs: &str) -> Vec<(Vec<&str>, &str)> {
+        docs.lines()
+            .filter(|l| l.starts_with("| `"))
+            .map(|l| {
+                let cells: Vec<&str> = l.split('|').collect();
+                let names = cells[1].split('`').skip(1).step_by(2).collect();
+                (names, cells[2].trim())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_settings_docs_show_each_default_and_range_as_the_table() {
+        let docs = include_str!("../../../docs/settings.md");
+        let mut documented = BTreeSet::new();
+        for (names, cell) in docs_rows(docs) {
+            let cells = if names.len() == 1 { vec![cell] } else { split_top(cell) };
+            assert!(cells.len() == 1 || cells.len() == names.len(), "{names:?}: one default, or one per setting");
+            for (i, name) in names.iter().enumerate() {
+                let cell = cells[i.min(cells.len() - 1)];
+                let defs: Vec<&SettingDef> = match name.strip_suffix('*') {
+                    Some(prefix) => SETTINGS.iter().filter(|d| d.key.starts_with(prefix)).collect(),
+                    None => SETTINGS.iter().filter(|d| d.key == *name).collect(),
+                };
+                assert!(!defs.is_empty(), "docs/settings.md lists `{name}`, which is no setting");
+                for def in defs {
+                    assert!(
+                        documents(cell, def),
+                        "docs/settings.md: `{}` shows {cell:?}, the table {:?}",
+                        def.key,
+                        def.default
+                    );
+                    documented.insert(def.key);
+                }
+            }
+        }
+        let missing: Vec<&str> = SETTINGS.iter().map(|d| d.key).filter(|k| !documented.contains(k)).collect();
+        assert!(missing.is_empty(), "docs/settings.md's tables lack {missing:?}");
     }
 
     #[test]
