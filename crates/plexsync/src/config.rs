@@ -180,6 +180,18 @@ impl SettingDef {
         }
     }
 
+    /// The default as Stash stores a value of its kind (whole numbers as
+    /// integers; an empty text as no value), to show beside a set one.
+    pub(crate) fn default_json(&self) -> serde_json::Value {
+        match self.default {
+            DefaultValue::Text("") => serde_json::Value::Null,
+            DefaultValue::Text(t) => t.into(),
+            DefaultValue::Flag(b) => b.into(),
+            DefaultValue::Number { value, .. } if value.fract() == 0.0 => crate::units::round(value).into(),
+            DefaultValue::Number { value, .. } => value.into(),
+        }
+    }
+
     /// A number's (default, min, max); zeros for a setting that is no number.
     fn range(&self) -> (f64, f64, f64) {
         match self.default {
@@ -187,37 +199,6 @@ impl SettingDef {
             _ => (0.0, 0.0, 0.0),
         }
     }
-}
-
-/// A text setting's default, at compile time, for the constants other
-/// modules name (so the table stays the one place it is written).
-const fn table_text(key: &str) -> &'static str {
-    let mut i = 0;
-    while i < SETTINGS.len() {
-        if let DefaultValue::Text(text) = SETTINGS[i].default {
-            if same_str(SETTINGS[i].key, key) {
-                return text;
-            }
-        }
-        i += 1;
-    }
-    panic!("no text setting of that name in the settings table")
-}
-
-/// `a == b` where `==` is not allowed (in a `const fn`).
-const fn same_str(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len() != b.len() {
-        return false;
-    }
-    let mut i = 0;
-    while i < a.len() {
-        if a[i] != b[i] {
-            return false;
-        }
-        i += 1;
-    }
-    true
 }
 
 /// Push (write metadata) or refresh (old behaviour: ask the agent to pull).
@@ -402,9 +383,6 @@ impl Default for AgentPrefs {
         Settings::default().agent
     }
 }
-
-/// The Plex title's format when `TitleFormat` is unset (the table's).
-pub(crate) const DEFAULT_TITLE_FORMAT: &str = table_text("TitleFormat");
 
 /// Old names read as another setting: (alias, setting). Within one layer
 /// the setting's own name wins over its alias.

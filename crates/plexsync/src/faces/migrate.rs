@@ -428,25 +428,7 @@ fn now_value(current: &Map<String, Value>, setting: &str, effective: &config::Se
         "skipUnorganized" => json!(effective.skip_unorganized),
         "CreateStudioCollectionTags" => json!(prefs.studio_collection.is_some()),
         "CreateSiteCollectionTags" => json!(prefs.site_collection.is_some()),
-        _ => config::SETTINGS.iter().find(|d| d.key == setting).map_or(Value::Null, |d| default_of(d.key, d.kind)),
-    }
-}
-
-/// A setting's default as its kind, for the side-by-side view.
-fn default_of(key: &str, kind: Kind) -> Value {
-    match (key, kind) {
-        ("RemovePerformerFromTitle" | "CustomSiteCollectionPrefix" | "CustomStudioCollectionPrefix", _) => json!(true),
-        ("TitleFormat", _) => json!(config::DEFAULT_TITLE_FORMAT),
-        ("PrefixSiteCollectionTags", _) => json!("Site: "),
-        ("PrefixStudioCollectionTags", _) => json!("Studio: "),
-        ("PrefixMovieCollectionTags", _) => json!("Movie: "),
-        ("PrefixPerformerCollectionTags", _) => json!("Actor: "),
-        ("OrganizedCollectionTagName", _) => json!("Organized"),
-        ("IgnoreTags" | "CreateTagCollectionTags", _) => json!("0"),
-        ("syncFields", _) => json!("all"),
-        ("reconcileHours", _) => json!(24),
-        (_, Kind::Boolean) => json!(false),
-        (_, Kind::Number | Kind::String) => Value::Null,
+        _ => config::SETTINGS.iter().find(|d| d.key == setting).map_or(Value::Null, config::SettingDef::default_json),
     }
 }
 
