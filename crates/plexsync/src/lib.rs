@@ -8,7 +8,7 @@
 //! 2. [`pipeline`]: the delivery engine: capture → queue → fetch → match →
 //!    sanitize → diff → write → record, and the worker that drives it.
 //! 3. [`clients`] (Stash, Plex over HTTP) and the [`store`] (SQLite).
-//! 4. Settings ([`config`]), [`error`]s, [`secret`]s, [`logging`],
+//! 4. Settings ([`config`]), [`error`]s, Stash's [`ids`], [`secret`]s, [`logging`],
 //!    [`metrics`] counters, [`progress`] and `units` (integer conversions
 //!    that saturate).
 //!
@@ -21,6 +21,7 @@ pub mod clients;
 pub mod config;
 pub mod error;
 pub mod faces;
+pub mod ids;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;

@@ -11,6 +11,7 @@ use plexsync::error::ErrorClass;
 use plexsync::faces::context::{Context, Sources};
 use plexsync::faces::operations::{self, Operation, StoreOp};
 use plexsync::faces::plugin;
+use plexsync::ids::SceneId;
 use plexsync::logging;
 use plexsync::pipeline::worker::{self, WorkerOptions};
 
@@ -58,8 +59,8 @@ enum Command {
         #[arg(long, conflicts_with = "scene")]
         recent: bool,
         /// These scene ids.
-        #[arg(long, num_args = 1..)]
-        scene: Vec<String>,
+        #[arg(long, num_args = 1.., value_parser = scene_id)]
+        scene: Vec<SceneId>,
     },
     /// Run for good: the worker, change capture, a daily reconcile, and
     /// HTTP health (/healthz), metrics (/metrics) and a status page (/).
@@ -227,6 +228,11 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A `--scene` value: a Stash scene id, in its one spelling (`007` is `7`).
+fn scene_id(s: &str) -> Result<SceneId, String> {
+    SceneId::parse(s.trim()).ok_or_else(|| format!("'{s}' is not a Stash scene id (digits, not 0)"))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {

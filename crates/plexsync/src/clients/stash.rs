@@ -12,6 +12,7 @@ use url::Url;
 
 use crate::config::HttpOptions;
 use crate::error::{Error, ErrorClass, Server};
+use crate::ids::SceneId;
 use crate::secret::Secret;
 
 /// How we authenticate to Stash.
@@ -537,14 +538,14 @@ impl StashClient {
     pub(crate) async fn each_scene_id_page(
         &self,
         progress: &mut (dyn FnMut(usize, usize) + Send),
-        mut page: impl FnMut(Vec<String>) -> Result<(), Error>,
+        mut page: impl FnMut(Vec<SceneId>) -> Result<(), Error>,
     ) -> Result<(), Error> {
         #[derive(Deserialize)]
         struct Row {
             id: String,
         }
         self.each_page("list scene ids", queries::ROW_FIELDS[0], None, |rows: Vec<Row>, taken, total| {
-            page(rows.into_iter().map(|r| r.id).collect())?;
+            page(scene_ids(rows.into_iter().map(|r| r.id)))?;
             progress(taken, total);
             Ok(())
         })
@@ -556,17 +557,17 @@ impl StashClient {
         &self,
         since: Option<DateTime<Utc>>,
         mut progress: impl FnMut(usize, usize) + Send,
-    ) -> Result<Vec<String>, Error> {
+    ) -> Result<Vec<SceneId>, Error> {
         let Some(since) = since else {
             return self.ids_where("list scene ids", None, &mut progress).await;
         };
         let rows = self.changed_since(&superset_cursor(since)).await?;
-        Ok(rows.into_iter().filter(|(_, at)| updated_after(at, since)).map(|(id, _)| id).collect())
+        Ok(scene_ids(rows.into_iter().filter(|(_, at)| updated_after(at, since)).map(|(id, _)| id)))
     }
 
     /// Ids of every scene that shows `object` (a performer, a studio or one
     /// of its children, a tag), paged.
-    pub(crate) async fn scenes_showing(&self, object: &Related) -> Result<Vec<String>, Error> {
+    pub(crate) async fn scenes_showing(&self, object: &Related) -> Result<Vec<SceneId>, Error> {
         let (key, depth) = match object.kind {
             RelatedKind::Performer => ("performers", None),
             RelatedKind::Studio => ("studios", Some(-1)),
@@ -587,13 +588,13 @@ impl StashClient {
         what: &str,
         filter: Option<Value>,
         progress: &mut (dyn FnMut(usize, usize) + Send),
-    ) -> Result<Vec<String>, Error> {
+    ) -> Result<Vec<SceneId>, Error> {
         #[derive(Deserialize)]
         struct Row {
             id: String,
         }
         let rows: Vec<Row> = self.all_rows(what, queries::ROW_FIELDS[0], filter, progress).await?;
-        Ok(rows.into_iter().map(|r| r.id).collect())
+        Ok(scene_ids(rows.into_iter().map(|r| r.id)))
     }
 
     /// Hands every file of every scene to `file` (path, size), a page
@@ -933,16 +934,6 @@ pub(crate) enum RelatedKind {
 }
 
 impl RelatedKind {
-    /// From a hook type's prefix (`Performer.Update.Post`).
-    pub(crate) fn of_hook(hook_type: &str) -> Option<Self> {
-        match hook_type.split('.').next()? {
-            "Performer" => Some(Self::Performer),
-            "Studio" => Some(Self::Studio),
-            "Tag" => Some(Self::Tag),
-            _ => None,
-        }
-    }
-
     pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Performer => "performer",
@@ -950,6 +941,22 @@ impl RelatedKind {
             Self::Tag => "tag",
         }
     }
+}
+
+/// Scene ids as Stash listed them; one that is no id is left out, said once.
+fn scene_ids(ids: impl Iterator<Item = String>) -> Vec<SceneId> {
+    let mut bad = 0usize;
+    let parsed = ids
+        .filter_map(|id| {
+            let parsed = SceneId::parse(&id);
+            bad += usize::from(parsed.is_none());
+            parsed
+        })
+        .collect();
+    if bad > 0 {
+        tracing::warn!("Stash listed {bad} scene ids that are not ids (digits); they are left out");
+    }
+    parsed
 }
 
 #[cfg(test)]

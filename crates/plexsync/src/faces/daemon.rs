@@ -29,6 +29,7 @@ use crate::faces::operations::{self, StoreOp};
 use crate::faces::page;
 use crate::faces::provider::{self, Provider};
 use crate::faces::web;
+use crate::ids::SceneId;
 use crate::pipeline::breaker;
 use crate::pipeline::requests::{self, Work};
 use crate::pipeline::worker::{self, WorkerOptions};
@@ -498,8 +499,8 @@ async fn action(
         Err(e) => return internal(e),
     };
     let op = match action.as_str() {
-        "sync" => match form.get("scene").map(|s| s.trim()).filter(|s| crate::faces::protocol::is_id(s)) {
-            Some(id) => StoreOp::QueueScenes(vec![id.to_string()]),
+        "sync" => match form.get("scene").and_then(|s| SceneId::parse(s.trim())) {
+            Some(id) => StoreOp::QueueScenes(vec![id]),
             None => return (StatusCode::BAD_REQUEST, "scene: a Stash scene id (digits) is required\n").into_response(),
         },
         "retry-dead" => StoreOp::RetryDead { class: None },
@@ -546,10 +547,16 @@ async fn status_page(
         .map(|(title, state)| (title, queue.rows(state, 50).unwrap_or_default()))
         .into();
     let delivered = queue.recent_deliveries(20).unwrap_or_default();
-    let scene = query.get("scene").map(|id| (id.trim().to_string(), queue.scene_state(id.trim())));
+    let scene = query.get("scene").map(|raw| {
+        SceneId::parse(raw.trim()).map(|id| {
+            let state = queue.scene_state(id.as_str());
+            (id, state)
+        })
+    });
     drop(queue);
     let scene = match scene {
-        Some((id, state)) => Some(scene_section(&ctx, state, id).await),
+        Some(Some((id, state))) => Some(scene_section(&ctx, state, id).await),
+        Some(None) => Some(page::Scene::NotAnId),
         None => None,
     };
     let provider = sh.provider_url(&ctx).map(|url| url.map(String::from).map_err(|e| e.to_string()));
@@ -567,13 +574,10 @@ async fn status_page(
 
 /// One scene: where it stands in the queue, its Plex items, and how
 /// matching decides today (the `explain` trace, asked of Stash and Plex).
-async fn scene_section(ctx: &Context, state: Result<crate::store::SceneState, Error>, id: String) -> page::Scene {
-    if !crate::faces::protocol::is_id(&id) {
-        return page::Scene::NotAnId;
-    }
-    let trace = crate::faces::operations::explain(ctx, &id)
+async fn scene_section(ctx: &Context, state: Result<crate::store::SceneState, Error>, id: SceneId) -> page::Scene {
+    let trace = crate::faces::operations::explain(ctx, id.as_str())
         .await
         .map(|out| out["trace"].as_array().into_iter().flatten().filter_map(Value::as_str).map(String::from).collect())
         .map_err(|e| e.to_string());
-    page::Scene::Shown(Box::new(page::SceneView { id, state: state.map_err(|e| e.to_string()), trace }))
+    page::Scene::Shown(Box::new(page::SceneView { id: id.to_string(), state: state.map_err(|e| e.to_string()), trace }))
 }

@@ -36,7 +36,7 @@ pub async fn run(scenes: usize, seed: u64, outage: Duration) -> anyhow::Result<(
     let ctx = Context::new(&stash.url(), creds, data_dir.clone(), &Sources::default()).await?;
     let queue = ctx.store()?;
     let ids = ctx.stash.scene_ids(None, |_, _| {}).await?;
-    queue.enqueue_many(ids.iter().map(String::as_str), Reason::Manual)?;
+    queue.enqueue_many(&ids, Reason::Manual)?;
     println!("queued {} scenes; Plex is down for the first {:.1?} (a simulated restart)", ids.len(), outage);
 
     let started = Instant::now();

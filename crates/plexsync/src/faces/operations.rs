@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use crate::error::{Error, ErrorClass};
 use crate::faces::context::Context;
+use crate::ids::SceneId;
 use crate::pipeline::matching::LibraryIndex;
 use crate::pipeline::requests::Work;
 use crate::pipeline::worker::{self, WorkerOptions};
@@ -56,7 +57,7 @@ pub enum Operation {
 #[derive(Clone, Debug, PartialEq)]
 pub enum StoreOp {
     /// Queue these scenes.
-    QueueScenes(Vec<String>),
+    QueueScenes(Vec<SceneId>),
     ClearQueue,
     /// Dead letters (all, or of one class) back into the queue.
     RetryDead {
@@ -158,7 +159,7 @@ pub async fn run(
 /// Runs what the store alone answers.
 pub(crate) fn run_on_store(store: &Store, op: &StoreOp) -> Result<Value, Error> {
     match op {
-        StoreOp::QueueScenes(ids) => store.enqueue_many(ids.iter().map(String::as_str), Reason::Manual).map(|n| {
+        StoreOp::QueueScenes(ids) => store.enqueue_many(ids, Reason::Manual).map(|n| {
             tracing::info!("queued {n} scenes for Plex");
             json!({"queued": n})
         }),

@@ -12,7 +12,8 @@ use serde_json::{json, Value};
 use crate::error::StoreFault;
 use crate::faces::context::{open_queue, Context, Sources};
 use crate::faces::operations::{self, Operation, StoreOp, TASKS};
-use crate::faces::protocol::{self, HookContext, PluginInput, ServerConnection};
+use crate::faces::protocol::{self, HookContext, HookType, PluginInput, ServerConnection};
+use crate::ids::StashId;
 use crate::pipeline::breaker;
 use crate::pipeline::requests::{self, Work};
 use crate::pipeline::worker;
@@ -41,8 +42,8 @@ pub fn manifest() -> String {
     let _ = writeln!(m, "hooks:\n  - name: Queue scene for Plex");
     let _ = writeln!(m, "    description: {}", q("Records the scene (or the performer, studio or tag whose scenes change) for delivery to Plex and returns at once."));
     let _ = writeln!(m, "    triggeredBy:");
-    for hook in HOOKS {
-        let _ = writeln!(m, "      - {hook}");
+    for hook in HookType::ALL {
+        let _ = writeln!(m, "      - {}", hook.name());
     }
     // The badge on scene pages and cards (files beside this manifest).
     let _ = writeln!(m, "ui:\n  javascript:\n    - {UI_SCRIPT}\n  css:\n    - {UI_STYLE}");
@@ -110,43 +111,30 @@ fn data_dir(conn: &ServerConnection) -> PathBuf {
     })
 }
 
-/// Hooks this plugin handles (the manifest's `triggeredBy`).
-pub(crate) const HOOKS: [&str; 10] = [
-    "Scene.Create.Post",
-    "Scene.Update.Post",
-    "Scene.Destroy.Post",
-    "Performer.Update.Post",
-    "Performer.Destroy.Post",
-    "Studio.Update.Post",
-    "Studio.Destroy.Post",
-    "Tag.Update.Post",
-    "Tag.Destroy.Post",
-    "Tag.Merge.Post",
-];
-
 /// A hook runs inside the person's request (a bulk edit runs one per scene,
 /// in a row), so it only writes to the queue and makes sure a worker runs:
 /// no Stash or Plex request, whatever the size of the edit.
 async fn handle_hook(input: &PluginInput, hook: &HookContext) -> Result<Value, String> {
-    if !HOOKS.contains(&hook.hook_type.as_str()) {
+    let Some(kind) = HookType::parse(&hook.hook_type) else {
+        let handled: Vec<&str> = HookType::ALL.iter().map(|h| h.name()).collect();
         return Err(format!(
             "PlexSync does not handle the hook {}; the manifest should only route {} to it",
             hook.hook_type,
-            HOOKS.join(", ")
+            handled.join(", ")
         ));
-    }
-    let related = crate::clients::stash::RelatedKind::of_hook(&hook.hook_type);
+    };
+    let related = kind.related();
     let what = related.map_or("scene", crate::clients::stash::RelatedKind::name);
     let id =
         hook.scene_id().ok_or_else(|| format!("hook {} came without a {what} id (got {})", hook.hook_type, hook.id))?;
-    if hook.hook_type == "Scene.Update.Post" && crate::pipeline::legacy::only_plex_urls_added(&hook.input) {
+    if kind == HookType::SceneUpdate && crate::pipeline::legacy::only_plex_urls_added(&hook.input) {
         return Ok(json!(format!("scene {id}: only Plex links added (AddPlexURL); nothing to deliver")));
     }
     let conn = &input.server_connection;
     let dir = data_dir(conn);
-    match queue_hook(hook, &id, related, &dir) {
+    match queue_hook(hook, kind, &id, &dir) {
         // A forgotten scene needs no worker.
-        Ok((_, message)) if hook.hook_type == "Scene.Destroy.Post" => Ok(json!(message)),
+        Ok((_, message)) if kind == HookType::SceneDestroy => Ok(json!(message)),
         Ok((queue, message)) => {
             hand_session(&queue, conn);
             ensure_worker(&dir, conn)?;
@@ -170,28 +158,31 @@ async fn handle_hook(input: &PluginInput, hook: &HookContext) -> Result<Value, S
 /// tell Stash.
 fn queue_hook(
     hook: &HookContext,
-    id: &str,
-    related: Option<crate::clients::stash::RelatedKind>,
+    kind: HookType,
+    id: &StashId,
     dir: &Path,
 ) -> Result<(Store, String), crate::error::Error> {
     let queue = open_queue(dir)?;
-    if hook.hook_type == "Scene.Destroy.Post" {
-        queue.forget(id)?;
+    if kind == HookType::SceneDestroy {
+        queue.forget(id.as_str())?;
         // A waiting row delivers as "gone" and ends there.
         return Ok((queue, format!("scene {id} forgotten")));
     }
-    let message = match related {
-        Some(kind) => {
+    let message = match kind.related() {
+        Some(object) => {
             // Which scenes show it is the worker's question: one row here
             // per object. A merge names the merged-away tags only in its
             // input: Stash forgets them, our records still know their scenes.
-            let mut ids = vec![id.to_string()];
-            ids.extend(merged_sources(hook));
+            let mut ids = vec![id.clone()];
+            if kind == HookType::TagMerge {
+                ids.extend(merged_sources(hook));
+            }
             for id in &ids {
-                let work = Work::Related(crate::clients::stash::Related { kind, id: id.clone() });
+                let work = Work::Related(crate::clients::stash::Related { kind: object, id: id.to_string() });
                 requests::request(&queue, &work)?;
             }
-            format!("scenes showing {} {} queued for Plex", kind.name(), ids.join(", "))
+            let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+            format!("scenes showing {} {} queued for Plex", object.name(), ids.join(", "))
         }
         None => {
             queue.enqueue(id, Reason::Hook)?;
@@ -202,12 +193,9 @@ fn queue_hook(
 }
 
 /// The `source` ids of a `Tag.Merge.Post` input (`TagsMergeInput`).
-fn merged_sources(hook: &HookContext) -> Vec<String> {
-    if !hook.hook_type.ends_with(".Merge.Post") {
-        return Vec::new();
-    }
+fn merged_sources(hook: &HookContext) -> Vec<StashId> {
     let sources = hook.input.get("source").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
-    sources.iter().filter_map(protocol::id_in).collect()
+    sources.iter().filter_map(StashId::from_json).collect()
 }
 
 /// Leaves the session cookie Stash just gave us for a running worker,
@@ -395,8 +383,10 @@ fn ui_operation(input: &PluginInput, mode: &str) -> Result<Value, String> {
     let queue = open_queue(&dir).map_err(|e| e.to_string())?;
     let extra = &input.args.extra;
     if mode == "sync_scene" {
-        let id =
-            extra.get("scene_id").and_then(protocol::id_in).ok_or("scene_id: a Stash scene id (digits) is required")?;
+        let id = extra
+            .get("scene_id")
+            .and_then(StashId::from_json)
+            .ok_or("scene_id: a Stash scene id (digits) is required")?;
         operations::run_on_store(&queue, &StoreOp::QueueScenes(vec![id.clone()]))
             .map_err(|e| format!("cannot queue scene {id}: {e}"))?;
         hand_session(&queue, conn);
@@ -404,9 +394,9 @@ fn ui_operation(input: &PluginInput, mode: &str) -> Result<Value, String> {
         let (message, now) = (format!("scene {id} queued for Plex"), crate::store::now_ms());
         return Ok(json!({"message": message, "now": now, "scene": scene_state(&queue, &id)?}));
     }
-    let ids: Vec<String> = match extra.get("scene_ids") {
-        Some(Value::Array(list)) => list.iter().map(|v| protocol::id_in(v).ok_or(v.to_string())).collect(),
-        Some(one) => protocol::id_in(one).map(|id| vec![id]).ok_or(one.to_string()),
+    let ids: Vec<StashId> = match extra.get("scene_ids") {
+        Some(Value::Array(list)) => list.iter().map(|v| StashId::from_json(v).ok_or(v.to_string())).collect(),
+        Some(one) => StashId::from_json(one).map(|id| vec![id]).ok_or(one.to_string()),
         None => Err("nothing".to_string()),
     }
     .map_err(|bad| format!("scene_ids: a list of Stash scene ids (digits) is required; got {bad}"))?;
@@ -420,8 +410,8 @@ fn ui_operation(input: &PluginInput, mode: &str) -> Result<Value, String> {
     Ok(json!({"now": crate::store::now_ms(), "plex_down_since": plex_down_since, "scenes": scenes}))
 }
 
-fn scene_state(queue: &crate::store::Store, id: &str) -> Result<crate::store::SceneState, String> {
-    queue.scene_state(id).map_err(|e| format!("cannot read scene {id} from the queue: {e}"))
+fn scene_state(queue: &crate::store::Store, id: &StashId) -> Result<crate::store::SceneState, String> {
+    queue.scene_state(id.as_str()).map_err(|e| format!("cannot read scene {id} from the queue: {e}"))
 }
 
 /// How long "Process queue" shows the worker's progress before it hands

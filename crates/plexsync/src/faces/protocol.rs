@@ -1,6 +1,8 @@
 //! Stash's `raw` plugin protocol: the JSON Stash writes to stdin, the log
 //! lines it reads from stderr, and the JSON it reads from stdout.
 
+use crate::clients::stash::RelatedKind;
+use crate::ids::StashId;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -62,6 +64,69 @@ impl ServerConnection {
     }
 }
 
+/// The hooks PlexSync handles (the manifest's `triggeredBy`), told apart
+/// once where Stash's text arrives instead of compared as strings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HookType {
+    SceneCreate,
+    SceneUpdate,
+    SceneDestroy,
+    PerformerUpdate,
+    PerformerDestroy,
+    StudioUpdate,
+    StudioDestroy,
+    TagUpdate,
+    TagDestroy,
+    TagMerge,
+}
+
+impl HookType {
+    pub(crate) const ALL: [HookType; 10] = [
+        Self::SceneCreate,
+        Self::SceneUpdate,
+        Self::SceneDestroy,
+        Self::PerformerUpdate,
+        Self::PerformerDestroy,
+        Self::StudioUpdate,
+        Self::StudioDestroy,
+        Self::TagUpdate,
+        Self::TagDestroy,
+        Self::TagMerge,
+    ];
+
+    /// Stash's name of the hook.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::SceneCreate => "Scene.Create.Post",
+            Self::SceneUpdate => "Scene.Update.Post",
+            Self::SceneDestroy => "Scene.Destroy.Post",
+            Self::PerformerUpdate => "Performer.Update.Post",
+            Self::PerformerDestroy => "Performer.Destroy.Post",
+            Self::StudioUpdate => "Studio.Update.Post",
+            Self::StudioDestroy => "Studio.Destroy.Post",
+            Self::TagUpdate => "Tag.Update.Post",
+            Self::TagDestroy => "Tag.Destroy.Post",
+            Self::TagMerge => "Tag.Merge.Post",
+        }
+    }
+
+    /// The hook named `name`, if PlexSync handles it.
+    pub(crate) fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|h| h.name() == name)
+    }
+
+    /// The kind of object whose scenes the hook concerns; none for a
+    /// scene's own hook.
+    pub(crate) fn related(self) -> Option<RelatedKind> {
+        match self {
+            Self::SceneCreate | Self::SceneUpdate | Self::SceneDestroy => None,
+            Self::PerformerUpdate | Self::PerformerDestroy => Some(RelatedKind::Performer),
+            Self::StudioUpdate | Self::StudioDestroy => Some(RelatedKind::Studio),
+            Self::TagUpdate | Self::TagDestroy | Self::TagMerge => Some(RelatedKind::Tag),
+        }
+    }
+}
+
 /// A hook event's context.
 #[derive(Debug, Deserialize)]
 pub struct HookContext {
@@ -77,22 +142,8 @@ pub struct HookContext {
 impl HookContext {
     /// The scene's (or performer's, studio's, tag's) id, whether Stash
     /// sent it as a number or a string.
-    pub(crate) fn scene_id(&self) -> Option<String> {
-        id_in(&self.id)
-    }
-}
-
-/// Whether `s` is a Stash object id (digits only).
-pub(crate) fn is_id(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_digit())
-}
-
-/// A Stash object id sent as a number or as a string of digits.
-pub(crate) fn id_in(value: &Value) -> Option<String> {
-    match value {
-        Value::Number(n) => n.as_u64().map(|n| n.to_string()),
-        Value::String(s) if is_id(s) => Some(s.clone()),
-        _ => None,
+    pub(crate) fn scene_id(&self) -> Option<StashId> {
+        StashId::from_json(&self.id)
     }
 }
 
@@ -183,7 +234,7 @@ mod tests {
         assert_eq!(input.server_connection.url().unwrap().as_str(), "http://localhost:9999/");
         assert_eq!(input.server_connection.credentials().session_cookie.unwrap().expose(), "abc");
         let hook = input.args.hook.unwrap();
-        assert_eq!(hook.scene_id().as_deref(), Some("42"));
+        assert_eq!(hook.scene_id().unwrap().as_str(), "42");
         assert_eq!(hook.input_fields, ["id", "title"]);
     }
 
@@ -204,5 +255,16 @@ mod tests {
         let task = parse_input(r#"{"server_connection": {"Port": 1}, "args": {"mode": "sync_all"}}"#).unwrap();
         assert_eq!(task.args.mode.as_deref(), Some("sync_all"));
         assert!(task.args.hook.is_none());
+    }
+
+    #[test]
+    fn each_hook_is_told_by_its_name_and_others_are_not_hooks_we_handle() {
+        for hook in HookType::ALL {
+            assert_eq!(HookType::parse(hook.name()), Some(hook));
+        }
+        assert_eq!(HookType::parse("Scene.Update.Pre"), None);
+        assert_eq!(HookType::parse("scene.update.post"), None, "Stash's names are exact");
+        assert_eq!(HookType::TagMerge.related(), Some(RelatedKind::Tag));
+        assert_eq!(HookType::SceneDestroy.related(), None);
     }
 }

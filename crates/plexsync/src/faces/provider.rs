@@ -47,6 +47,7 @@ use crate::clients::stash::{Image, Scene};
 use crate::config::Settings;
 use crate::error::{Error, ErrorClass};
 use crate::faces::context::{open_queue, Context};
+use crate::ids::SceneId;
 use crate::pipeline::desired::{self, Value as Wanted};
 use crate::pipeline::picture;
 use crate::pipeline::reverse::{Candidate, Query, SceneIndex};
@@ -262,8 +263,9 @@ impl Provider {
         let (dir, to_push, to_match) = (ctx.data_dir.clone(), pulled.clone(), rematch.clone());
         let queued = tokio::task::spawn_blocking(move || {
             let store = open_queue(&dir)?;
-            store.enqueue_many_after(to_push.iter().map(String::as_str), Reason::Provider, UPLOAD_AFTER)?;
-            store.enqueue_many(to_match.iter().map(String::as_str), Reason::Rematch)?;
+            let ids = |set: &BTreeSet<String>| set.iter().filter_map(|id| SceneId::exact(id)).collect::<Vec<_>>();
+            store.enqueue_many_after(&ids(&to_push), Reason::Provider, UPLOAD_AFTER)?;
+            store.enqueue_many(&ids(&to_match), Reason::Rematch)?;
             Ok::<_, Error>(())
         })
         .await
@@ -603,7 +605,7 @@ fn image_mac(secret: &str, named: &str) -> Hmac<Sha256> {
 /// A scene id as Stash writes it: digits without a leading zero, within
 /// SQLite's integers (so `7` and `007` are never two answers).
 fn is_scene_id(s: &str) -> bool {
-    s.bytes().all(|b| b.is_ascii_digit()) && !s.starts_with('0') && s.parse::<i64>().is_ok()
+    SceneId::exact(s).is_some()
 }
 
 /// The daemon as Plex reached it (its `Host`, which `web.rs` admitted),

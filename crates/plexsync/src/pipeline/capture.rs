@@ -40,6 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clients::stash::StashClient;
 use crate::error::Error;
+use crate::ids::SceneId;
 use crate::store::kv;
 use crate::store::{now_ms, Reason, Store};
 
@@ -125,11 +126,12 @@ pub(crate) async fn capture(stash: &StashClient, queue: &Store, look: Look) -> R
     let after = |at: &DateTime<FixedOffset>| at.with_timezone(&Utc) > window_from;
     for (id, updated) in &rows {
         let Some(at) = parse(updated).filter(after) else { continue };
+        let Some(scene) = SceneId::parse(id) else { continue };
         if taken_care_of(queue, id, at)? {
             continue;
         }
         if !queue.is_pending(id)? {
-            queue.enqueue(id, Reason::Watermark)?;
+            queue.enqueue(&scene, Reason::Watermark)?;
             queued += 1;
         }
         queue.mark_seen(id, updated, now)?;

@@ -12,6 +12,7 @@ use crate::clients::plex::PlexItem;
 use crate::clients::stash::Scene;
 use crate::config::Settings;
 use crate::error::Error;
+use crate::ids::SceneId;
 use crate::pipeline::sync::Pipeline;
 use crate::store::{Reason, Store, SyncRecord};
 
@@ -69,11 +70,12 @@ pub(crate) async fn reconcile(
         };
         let (verdicts, next) = tokio::join!(compare_page(pipeline, queue, waiting), next);
         for (id, verdict) in verdicts? {
+            let Some(id) = SceneId::parse(&id) else { continue };
             match verdict {
                 Verdict::Same => {}
                 Verdict::Differs => {
                     differ += 1;
-                    queue.reset_hashes(&id)?;
+                    queue.reset_hashes(id.as_str())?;
                     queue.enqueue(&id, Reason::Reconcile)?;
                 }
                 Verdict::Missing => {

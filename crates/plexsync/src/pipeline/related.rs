@@ -21,7 +21,7 @@ pub(crate) async fn enqueue_ids(
             let mut n = 0;
             stash
                 .each_scene_id_page(progress, |ids| {
-                    n += queue.enqueue_many(ids.iter().map(String::as_str), Reason::Manual)?;
+                    n += queue.enqueue_many(&ids, Reason::Manual)?;
                     Ok(())
                 })
                 .await?;
@@ -29,7 +29,7 @@ pub(crate) async fn enqueue_ids(
         }
         Some(_) => {
             let ids = stash.scene_ids(since, &mut *progress).await?;
-            queue.enqueue_many(ids.iter().map(String::as_str), Reason::Manual)?
+            queue.enqueue_many(&ids, Reason::Manual)?
         }
     };
     tracing::info!("queued {n} scenes for Plex");
@@ -45,7 +45,7 @@ pub(crate) async fn enqueue_showing(stash: &StashClient, queue: &Store, object: 
     ids.extend(queue.scenes_recorded_showing(object.kind.name(), &object.id)?);
     ids.sort();
     ids.dedup();
-    let n = queue.enqueue_many(ids.iter().map(String::as_str), Reason::Hook)?;
+    let n = queue.enqueue_many(&ids, Reason::Hook)?;
     tracing::info!("{} {} changed: queued {n} scenes that show it", object.kind.name(), object.id);
     Ok(n)
 }

@@ -52,7 +52,7 @@ mod tests {
         let (_dir, q) = crate::store::tests::store();
         let hour = 3_600_000;
         let before = now_ms() + hour; // the clock read this before it went back
-        q.enqueue("1", Reason::Hook).unwrap();
+        q.enqueue(&crate::ids::SceneId::parse("1").unwrap(), Reason::Hook).unwrap();
         q.conn
             .execute(
                 "UPDATE queue SET next_due = ?1, enqueued_at = ?2",
@@ -61,7 +61,7 @@ mod tests {
             .unwrap();
         q.set_kv(kv::BREAKER_UNTIL, &(before + 30_000).to_string()).unwrap();
         q.set_kv(kv::OUTAGE_SINCE, "0").unwrap();
-        q.enqueue("2", Reason::Hook).unwrap(); // after the jump
+        q.enqueue(&crate::ids::SceneId::parse("2").unwrap(), Reason::Hook).unwrap(); // after the jump
         let now = now_ms();
         q.shift_clock(-hour, now).unwrap();
         let due = |id: &str| -> (i64, i64) {
@@ -85,7 +85,7 @@ mod tests {
     fn a_clock_that_went_forward_a_day_keeps_leases_and_ages() {
         let (_dir, q) = crate::store::tests::store();
         let day = 86_400_000;
-        q.enqueue("1", Reason::Hook).unwrap();
+        q.enqueue(&crate::ids::SceneId::parse("1").unwrap(), Reason::Hook).unwrap();
         let claimed = q.claim("w", std::time::Duration::from_secs(60), 10).unwrap();
         assert_eq!(claimed.len(), 1);
         let now = now_ms() + day;

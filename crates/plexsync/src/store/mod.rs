@@ -368,8 +368,8 @@ pub(crate) mod tests {
         let path = dir.path().join("queue.sqlite");
         {
             let q = Store::open(&path).unwrap();
-            let ids: Vec<String> = (0..3000).map(|i| format!("scene-{i}")).collect();
-            q.enqueue_many(ids.iter().map(String::as_str), Reason::Manual).unwrap();
+            let ids: Vec<_> = (0..3000).filter_map(|i| crate::ids::SceneId::parse(&format!("1000{i:06}"))).collect();
+            q.enqueue_many(&ids, Reason::Manual).unwrap();
             q.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
         }
         let mut bytes = std::fs::read(&path).unwrap();

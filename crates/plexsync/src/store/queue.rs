@@ -4,6 +4,7 @@
 //! themselves; a row is completed only if its generation did not change
 //! while it was delivered.
 
+use crate::ids::SceneId;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -127,14 +128,16 @@ pub(super) fn row_info(r: &rusqlite::Row<'_>) -> rusqlite::Result<RowInfo> {
 impl Store {
     /// Marks a scene dirty: a new row, or the waiting row's generation bumped
     /// and made due now. A dead row comes back to life with fresh attempts.
-    pub fn enqueue(&self, scene_id: &str, reason: Reason) -> Result<()> {
+    /// Rows are keyed by the id's one spelling ([`SceneId`]), so one scene
+    /// is one row whoever names it.
+    pub fn enqueue(&self, scene_id: &SceneId, reason: Reason) -> Result<()> {
         let now = now_ms();
-        self.exec(ENQUEUE, params![scene_id, reason.as_str(), now, now])?;
+        self.exec(ENQUEUE, params![scene_id.as_str(), reason.as_str(), now, now])?;
         Ok(())
     }
 
     /// Enqueues many scenes in one transaction.
-    pub fn enqueue_many<'a>(&self, ids: impl IntoIterator<Item = &'a str>, reason: Reason) -> Result<usize> {
+    pub fn enqueue_many<'a>(&self, ids: impl IntoIterator<Item = &'a SceneId>, reason: Reason) -> Result<usize> {
         self.enqueue_many_after(ids, reason, Duration::ZERO)
     }
 
@@ -142,18 +145,18 @@ impl Store {
     /// already due sooner stays so).
     pub fn enqueue_many_after<'a>(
         &self,
-        ids: impl IntoIterator<Item = &'a str>,
+        ids: impl IntoIterator<Item = &'a SceneId>,
         reason: Reason,
         delay: Duration,
     ) -> Result<usize> {
         let tx = self.conn.unchecked_transaction()?;
         let now = now_ms();
-        let due = now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+        let due = now.saturating_add(crate::units::millis(delay));
         let mut n = 0;
         {
             let mut stmt = tx.prepare(ENQUEUE)?;
             for id in ids {
-                stmt.execute(params![id, reason.as_str(), now, due])?;
+                stmt.execute(params![id.as_str(), reason.as_str(), now, due])?;
                 n += 1;
             }
         }
@@ -344,8 +347,8 @@ mod tests {
     #[test]
     fn second_event_coalesces_into_one_row() {
         let (_d, q) = store();
-        q.enqueue("1", Reason::Hook).unwrap();
-        q.enqueue("1", Reason::Hook).unwrap();
+        q.enqueue(&crate::ids::SceneId::parse("1").unwrap(), Reason::Hook).unwrap();
+        q.enqueue(&crate::ids::SceneId::parse("1").unwrap(), Reason::Hook).unwrap();
         let claimed = q.claim("w", Duration::from_secs(60), 10).unwrap();
         assert_eq!(claimed.len(), 1);
         assert_eq!(claimed[0].generation, 2);
@@ -357,9 +360,9 @@ mod tests {
     #[test]
     fn update_during_delivery_runs_again() {
         let (_d, q) = store();
-        q.enqueue("1", Reason::Hook).unwrap();
+        q.enqueue(&crate::ids::SceneId::parse("1").unwrap(), Reason::Hook).unwrap();
         let row = q.claim("w", Duration::from_secs(60), 10).unwrap().remove(0);
-        q.enqueue("1", Reason::Hook).unwrap();
+        q.enqueue(&crate::ids::SceneId::parse("1").unwrap(), Reason::Hook).unwrap();
         assert!(!q.complete(&row).unwrap());
         let again = q.claim("w", Duration::from_secs(60), 10).unwrap();
         assert_eq!(again[0].generation, 2);
@@ -368,7 +371,7 @@ mod tests {
     #[test]
     fn expired_leases_come_back_and_failures_are_recorded() {
         let (_d, q) = store();
-        q.enqueue("1", Reason::Hook).unwrap();
+        q.enqueue(&crate::ids::SceneId::parse("1").unwrap(), Reason::Hook).unwrap();
         let row = q.claim("dead-worker", Duration::from_millis(0), 10).unwrap().remove(0);
         std::thread::sleep(Duration::from_millis(5));
         let again = q.claim("w", Duration::from_secs(60), 10).unwrap();
@@ -379,7 +382,7 @@ mod tests {
         assert_eq!(stats.due_now, 0);
         q.fail(&row, ErrorClass::NotInPlex, "no item", true, now_ms(), true).unwrap();
         assert_eq!(q.stats().unwrap().dead, 1);
-        q.enqueue("1", Reason::Hook).unwrap();
+        q.enqueue(&crate::ids::SceneId::parse("1").unwrap(), Reason::Hook).unwrap();
         let revived = q.rows("pending", 10).unwrap();
         assert_eq!(revived[0].attempts, 0, "a new event revives a dead row");
         // A bulk enqueue revives the same way, with a fresh age.
@@ -387,9 +390,19 @@ mod tests {
         q.fail(&again, ErrorClass::NotInPlex, "no item", true, now_ms(), true).unwrap();
         std::thread::sleep(Duration::from_millis(5));
         let before = now_ms();
-        q.enqueue_many(["1"], Reason::Manual).unwrap();
+        q.enqueue_many(&[crate::ids::SceneId::parse("1").unwrap()], Reason::Manual).unwrap();
         let fresh = q.claim("w", Duration::from_secs(60), 10).unwrap().remove(0);
         assert_eq!(fresh.attempts, 0);
         assert!(fresh.enqueued_at >= before, "the dead row's old age is gone");
+    }
+
+    #[test]
+    fn one_scene_is_one_row_however_its_id_is_spelled() {
+        let (_d, q) = store();
+        for spelling in ["007", "7", "0007"] {
+            q.enqueue(&crate::ids::SceneId::parse(spelling).unwrap(), Reason::Hook).unwrap();
+        }
+        assert_eq!(q.pending_count().unwrap(), 1);
+        assert!(q.is_pending("7").unwrap());
     }
 }

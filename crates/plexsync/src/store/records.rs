@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 
+use crate::ids::SceneId;
+
 use super::queue::{row_info, RowInfo, ROW_INFO};
 use super::{Result, Store};
 
@@ -100,12 +102,12 @@ impl Store {
     /// Forgets the stored hashes of a scene, so its next delivery writes
     /// every field again (reconcile found Plex different).
     /// Scenes written to any of the ratingKeys `keys`.
-    pub(crate) fn scenes_recorded_at(&self, keys: &[String]) -> Result<Vec<String>> {
+    pub(crate) fn scenes_recorded_at(&self, keys: &[String]) -> Result<Vec<SceneId>> {
         let mut stmt = self.conn.prepare_cached("SELECT DISTINCT scene_id FROM synced_items WHERE rating_key = ?1")?;
         let mut out = Vec::new();
         for key in keys {
             for id in stmt.query_map(params![key], |r| r.get::<_, String>(0))? {
-                let id = id?;
+                let Some(id) = SceneId::parse(&id?) else { continue };
                 if !out.contains(&id) {
                     out.push(id);
                 }
@@ -219,7 +221,7 @@ mod tests {
     fn scene_state_follows_the_row_then_the_record() {
         let (_d, q) = store();
         assert_eq!(q.scene_state("1").unwrap().state, "unknown");
-        q.enqueue("1", Reason::Hook).unwrap();
+        q.enqueue(&crate::ids::SceneId::parse("1").unwrap(), Reason::Hook).unwrap();
         assert_eq!(q.scene_state("1").unwrap().state, "waiting");
         let row = q.claim("w", Duration::from_secs(60), 1).unwrap().remove(0);
         q.fail(&row, ErrorClass::NotInPlex, "no item", true, now_ms() + 1000, false).unwrap();
@@ -228,7 +230,7 @@ mod tests {
         q.fail(&row, ErrorClass::BadData, "Plex said 400", true, now_ms(), true).unwrap();
         let dead = q.scene_state("1").unwrap();
         assert_eq!((dead.state, dead.row.unwrap().last_error.as_deref()), ("dead", Some("Plex said 400")));
-        q.enqueue("1", Reason::Manual).unwrap();
+        q.enqueue(&crate::ids::SceneId::parse("1").unwrap(), Reason::Manual).unwrap();
         let row = q.claim("w", Duration::from_secs(60), 1).unwrap().remove(0);
         q.save_record("1", &SyncRecord { rating_key: "42".into(), synced_at: 7, ..SyncRecord::default() }).unwrap();
         assert!(q.complete(&row).unwrap());

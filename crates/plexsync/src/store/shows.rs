@@ -4,6 +4,8 @@
 
 use rusqlite::params;
 
+use crate::ids::SceneId;
+
 use super::{Result, Store};
 
 impl Store {
@@ -35,10 +37,11 @@ impl Store {
     }
 
     /// Scenes that showed the object when last delivered.
-    pub(crate) fn scenes_recorded_showing(&self, kind: &str, object_id: &str) -> Result<Vec<String>> {
+    pub(crate) fn scenes_recorded_showing(&self, kind: &str, object_id: &str) -> Result<Vec<SceneId>> {
         let mut stmt = self.conn.prepare_cached("SELECT scene_id FROM shows WHERE kind = ?1 AND object_id = ?2")?;
-        let rows = stmt.query_map(params![kind, object_id], |r| r.get(0))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let rows = stmt.query_map(params![kind, object_id], |r| r.get::<_, String>(0))?;
+        let ids: Vec<String> = rows.collect::<rusqlite::Result<_>>()?;
+        Ok(ids.iter().filter_map(|id| SceneId::parse(id)).collect())
     }
 }
 
@@ -46,17 +49,21 @@ impl Store {
 mod tests {
     use crate::store::tests::store;
 
+    fn ids(ids: Vec<crate::ids::SceneId>) -> Vec<String> {
+        ids.iter().map(ToString::to_string).collect()
+    }
+
     #[test]
     fn objects_shown_are_remembered_per_scene() {
         let (_d, q) = store();
         q.save_shows("1", &[("tag", "5".into()), ("performer", "9".into())]).unwrap();
         q.save_shows("2", &[("tag", "5".into())]).unwrap();
-        assert_eq!(q.scenes_recorded_showing("tag", "5").unwrap(), ["1", "2"]);
+        assert_eq!(ids(q.scenes_recorded_showing("tag", "5").unwrap()), ["1", "2"]);
         q.save_shows("1", &[("performer", "9".into())]).unwrap();
-        assert_eq!(q.scenes_recorded_showing("tag", "5").unwrap(), ["2"], "replaced, not added to");
+        assert_eq!(ids(q.scenes_recorded_showing("tag", "5").unwrap()), ["2"], "replaced, not added to");
         q.save_shows("2", &[("tag", "5".into()), ("tag", "5".into())]).unwrap();
         q.save_shows("2", &[("tag", "5".into())]).unwrap();
-        assert_eq!(q.scenes_recorded_showing("tag", "5").unwrap(), ["2"], "the same again");
+        assert_eq!(ids(q.scenes_recorded_showing("tag", "5").unwrap()), ["2"], "the same again");
         q.save_shows("1", &[]).unwrap();
         assert!(q.scenes_recorded_showing("performer", "9").unwrap().is_empty(), "none shown now");
         q.forget("2").unwrap();

@@ -3,10 +3,9 @@
 //! a waiting, a dead-letter and a never-delivered scene. Screenshots are
 //! kept under `target/browser/`.
 //!
-//! Needs Debian's Chromium and `npm ci` in `tests/browser` (`.ci/run` does
-//! both). Without them these tests say so and pass, unless
-//! `REQUIRE_BROWSER_TESTS` is set (as in CI), where they fail. (Not a
-//! `PLEXSYNC_` variable: those are settings.)
+//! Needs Debian's Chromium and `npm ci` in `tests/browser` (`.ci/setup`
+//! does both); without them, [`crate::common::tool`]'s policy: skipped
+//! with the reason, or failed where `REQUIRE_TEST_TOOLS` is set (CI).
 #![cfg(unix)]
 
 use std::path::{Path, PathBuf};
@@ -24,15 +23,11 @@ fn chromium() -> PathBuf {
     std::env::var_os("CHROMIUM").map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from)
 }
 
-/// Whether the browser is here; panics when it is required and missing.
+/// Whether the browser is here (see [`crate::common::tool`]).
 fn browser_ready() -> bool {
     let ready = browser_dir().join("node_modules/playwright-core").exists() && chromium().exists();
-    if !ready {
-        let how = "install Debian's chromium and run `npm ci` in crates/plexsync/tests/browser";
-        assert!(std::env::var_os("REQUIRE_BROWSER_TESTS").is_none(), "no browser: {how}");
-        eprintln!("skipped: no browser ({how})");
-    }
-    ready
+    let how = "install Debian's chromium and run `npm ci` in crates/plexsync/tests/browser";
+    crate::common::tool(ready.then_some(()), "the browser", how).is_some()
 }
 
 /// Where screenshots go: `target/browser/<name>.png`.

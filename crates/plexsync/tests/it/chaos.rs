@@ -20,7 +20,7 @@ fn env_num(name: &str, default: u64) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
+#[ignore = "a long randomized run (CHAOS_SECS, CHAOS_SEED): cargo test --test it chaos -- --ignored"]
 async fn chaos() {
     let secs = env_num("CHAOS_SECS", 45);
     let seed = env_num("CHAOS_SEED", 1);

@@ -383,7 +383,10 @@ async fn hooks_return_before_delivery_and_leave_no_pipe_open() {
     let id = bed.scenes_in_plex()[0];
     let run = bed.update_hook(id).await;
     assert!(!run.failed());
-    assert!(run.elapsed < Duration::from_millis(1_000), "hook took {:?}", run.elapsed);
+    // Returned before delivery: the row still waits (a delivery takes
+    // Plex's 1.5 s at least). How fast a hook answers is measured by the
+    // startup benchmark, not asserted here.
+    assert!(bed.queue().is_pending(&id.to_string()).unwrap(), "the hook returned after delivery ({:?})", run.elapsed);
     let started = std::time::Instant::now();
     while !plexsync::pipeline::worker::is_running(&bed.data_dir()) {
         assert!(started.elapsed() < Duration::from_secs(5), "a worker was started");

@@ -247,18 +247,19 @@ async fn a_queue_file_locked_for_30_s_fails_hooks_in_bounded_time_and_the_worker
 /// libfaketime, which moves a process's wall clock (not its monotonic one)
 /// to what a file says, read again every second.
 #[cfg(target_os = "linux")]
-fn faketime_library() -> PathBuf {
+fn faketime_library() -> Option<PathBuf> {
     let found = std::fs::read_dir("/usr/lib")
         .unwrap()
         .filter_map(Result::ok)
         .map(|e| e.path().join("faketime/libfaketimeMT.so.1"))
         .find(|p| p.exists());
-    found.expect("libfaketime (Debian package faketime) is needed for the clock tests; .ci/run installs it")
+    crate::common::tool(found, "libfaketime", "Debian's package faketime; .ci/setup installs it")
 }
 
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clock_jumping_back_an_hour_and_forward_a_day_delays_no_retry_and_loses_nothing() {
+    let Some(faketime) = faketime_library() else { return };
     let bed = synced_bed(20, settings()).await;
     bed.configure(json!({"retryScale": 0.02, "drainPerSec": 1000, "workerIdleSecs": 600}));
     let ids = bed.scenes_in_plex();
@@ -269,7 +270,7 @@ async fn a_clock_jumping_back_an_hour_and_forward_a_day_delays_no_retry_and_lose
         .arg(bed.data_dir())
         .env("PLEXSYNC_STASH_URL", bed.stash.url().as_str())
         .env("PLEXSYNC_STASH_SESSION", bed.session())
-        .env("LD_PRELOAD", faketime_library())
+        .env("LD_PRELOAD", faketime)
         .env("FAKETIME_TIMESTAMP_FILE", &clock)
         .env("FAKETIME_CACHE_DURATION", "1")
         .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
@@ -286,7 +287,9 @@ async fn a_clock_jumping_back_an_hour_and_forward_a_day_delays_no_retry_and_lose
     let queue = bed.queue();
     let edit = |id: u64, title: &str| {
         bed.stash.update_scene(id, |s| s.title = Some(title.into()));
-        queue.enqueue(&id.to_string(), plexsync::store::Reason::Manual).unwrap();
+        queue
+            .enqueue(&plexsync::ids::SceneId::parse(&id.to_string()).unwrap(), plexsync::store::Reason::Manual)
+            .unwrap();
     };
 
     // Plex is down: the breaker holds the rows, due again in seconds.
@@ -326,9 +329,14 @@ async fn a_clock_jumping_back_an_hour_and_forward_a_day_delays_no_retry_and_lose
     assert_eq!(edits, forward.len(), "each scene written once: no lease was taken over early");
     let stats = queue.stats().unwrap();
     assert_eq!(stats.dead, 0, "no row aged a day by the jump");
-    let _ = worker.start_kill();
-    let log = std::fs::read_to_string(bed.dir.path().join("faked.log")).unwrap();
+    // The worker looks at its clocks between turns of its loop: the jump
+    // made during the batch's slow deliveries is said once the batch ends.
+    let log_path = bed.dir.path().join("faked.log");
     for jump in ["jumped back by 1h", "jumped forward by 1h", "jumped forward by 24h"] {
-        assert!(log.contains(jump), "the worker says it {jump}: {log}");
+        eventually_or_log(Duration::from_secs(20), &format!("the worker says it {jump}"), &log_path, || {
+            std::fs::read_to_string(&log_path).unwrap_or_default().contains(jump)
+        })
+        .await;
     }
+    let _ = worker.start_kill();
 }

@@ -138,7 +138,9 @@ async fn without_an_api_key_an_expired_session_says_what_to_set_and_a_new_hook_r
     // The worker's session expires while it idles; then work arrives that
     // no hook brought (as after an outage), so no fresh session comes with it.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    bed.queue().enqueue(&ids[1].to_string(), plexsync::store::Reason::Manual).unwrap();
+    bed.queue()
+        .enqueue(&plexsync::ids::SceneId::parse(&ids[1].to_string()).unwrap(), plexsync::store::Reason::Manual)
+        .unwrap();
     let log_path = bed.data_dir().join("worker.log");
     let started = Instant::now();
     while !std::fs::read_to_string(&log_path).unwrap_or_default().contains("Settings → Security → API Key") {

@@ -82,7 +82,7 @@ impl Pipeline {
         let Some(queue) = self.store() else { return };
         let requeued = queue.scenes_recorded_at(&moved).and_then(|ids| {
             for id in &ids {
-                queue.reset_hashes(id)?;
+                queue.reset_hashes(id.as_str())?;
                 queue.enqueue(id, crate::store::Reason::Reconcile)?;
             }
             Ok(ids.len())

@@ -36,6 +36,20 @@ pub struct Bed {
     pub plugin_dir: PathBuf,
 }
 
+/// The one policy for a test whose tool this machine lacks (Chromium,
+/// libfaketime): `None`, said on stderr as skipped with what to install,
+/// so `cargo test` on a fresh clone passes; a failure where
+/// `REQUIRE_TEST_TOOLS` is set (CI and the release workflow), so no check
+/// passes there by being skipped. (Not a `PLEXSYNC_` variable: those are
+/// settings.)
+pub fn tool<T>(found: Option<T>, what: &str, install: &str) -> Option<T> {
+    if found.is_none() {
+        assert!(std::env::var_os("REQUIRE_TEST_TOOLS").is_none(), "{what} is missing ({install}); CI requires it");
+        eprintln!("skipped: {what} is missing ({install})");
+    }
+    found
+}
+
 /// Installs PlexSync as README's install step does: the binary,
 /// `PlexSync.yml` and the UI files in `<config>/plugins/PlexSync/`. Returns that folder.
 pub fn install_files(config_dir: &Path) -> PathBuf {
