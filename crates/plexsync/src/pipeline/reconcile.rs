@@ -100,7 +100,8 @@ async fn compare_page(pipeline: &Pipeline, queue: &Store, scenes: Vec<Scene>) ->
     for scene in scenes {
         let ours = queue.records(&scene.id)?;
         let recorded: Vec<String> = ours.iter().map(|r| r.rating_key.clone()).collect();
-        let keys: Vec<String> = pipeline.find(&scene, &recorded).await?.items().into_iter().map(|(rk, _)| rk).collect();
+        let keys: Vec<String> =
+            pipeline.find(&scene, &recorded).await?.items().into_iter().map(|i| i.rating_key).collect();
         found.push((scene, ours, keys));
     }
     let keys: Vec<String> = found.iter().flat_map(|(_, _, keys)| keys.iter().cloned()).collect();

@@ -51,16 +51,23 @@ pub enum Confidence {
     High,
 }
 
+/// A Plex item a scene is delivered to: its ratingKey and its section.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct MatchedItem {
+    pub rating_key: String,
+    pub section: String,
+}
+
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub enum Match {
-    /// The scene's item; `also` lists more items (ratingKey, section) when
-    /// the scene's files are separate items in Plex: each gets the metadata.
+    /// The scene's item; `also` lists more items when the scene's files
+    /// are separate items in Plex: each gets the metadata.
     Found {
         rating_key: String,
         section: String,
         confidence: Confidence,
         reason: String,
-        also: Vec<(String, String)>,
+        also: Vec<MatchedItem>,
     },
     Ambiguous {
         candidates: Vec<String>,
@@ -72,12 +79,12 @@ pub enum Match {
 }
 
 impl Match {
-    /// The matched items (ratingKey, section), the main one first; none
-    /// unless found.
-    pub(crate) fn items(&self) -> Vec<(String, String)> {
+    /// The matched items, the main one first; none unless found.
+    pub(crate) fn items(&self) -> Vec<MatchedItem> {
         match self {
             Match::Found { rating_key, section, also, .. } => {
-                std::iter::once((rating_key.clone(), section.clone())).chain(also.iter().cloned()).collect()
+                let main = MatchedItem { rating_key: rating_key.clone(), section: section.clone() };
+                std::iter::once(main).chain(also.iter().cloned()).collect()
             }
             _ => Vec::new(),
         }
@@ -191,10 +198,11 @@ fn holds_any(index: &impl Lookup, rk: &str, scene: &Scene, maps: &[PathMap]) -> 
 fn found(index: &impl Lookup, items: &[String], confidence: Confidence, reason: String) -> Result<Match, Error> {
     let mut with_section = Vec::with_capacity(items.len());
     for rk in items {
-        with_section.push((rk.clone(), index.item(rk)?.map(|i| i.section.to_string()).unwrap_or_default()));
+        let section = index.item(rk)?.map(|i| i.section.to_string()).unwrap_or_default();
+        with_section.push(MatchedItem { rating_key: rk.clone(), section });
     }
     let mut with_section = with_section.into_iter();
-    let Some((rating_key, section)) = with_section.next() else {
+    let Some(MatchedItem { rating_key, section }) = with_section.next() else {
         return Err(Error::new(ErrorClass::Bug, format!("a match of no item ({reason})")));
     };
     Ok(Match::Found { rating_key, section, confidence, reason, also: with_section.collect() })
@@ -304,7 +312,7 @@ fn decided(decision: Match, mut trace: Vec<String>) -> (Match, Vec<String>) {
 pub(crate) fn decision_line(decision: &Match) -> String {
     match decision {
         Match::Found { rating_key, confidence, reason, also, .. } if !also.is_empty() => {
-            let more: Vec<&str> = also.iter().map(|(rk, _)| rk.as_str()).collect();
+            let more: Vec<&str> = also.iter().map(|i| i.rating_key.as_str()).collect();
             format!("decision: items {rating_key}, {} ({confidence:?} confidence: {reason})", more.join(", "))
         }
         Match::Found { rating_key, confidence, reason, .. } => {

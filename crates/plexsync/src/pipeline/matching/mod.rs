@@ -13,7 +13,7 @@ mod paths;
 mod suggestions;
 
 pub(crate) use decision::decision_line;
-pub use decision::{Confidence, Match};
+pub use decision::{Confidence, Match, MatchedItem};
 pub use index::LibraryIndex;
 pub(crate) use paths::{file_name_of, is_file, map_path, normalize, percent_decoded, rating_key_in_url};
 pub use suggestions::{suggest_mappings, MappingTally, Suggestion};

@@ -12,7 +12,7 @@ use crate::config::{Field, Mode, Settings};
 use crate::error::{Error, ErrorClass};
 use crate::pipeline::legacy;
 use crate::pipeline::library::{self};
-use crate::pipeline::matching::{LibraryIndex, Match};
+use crate::pipeline::matching::{LibraryIndex, Match, MatchedItem};
 use crate::store::{now_ms, Closing, Reason, Store, SyncRecord};
 
 /// What the metadata provider's items leave out, for push to write after
@@ -286,7 +286,7 @@ impl Pipeline {
             forget(&scene.id);
         }
         let mut records = queue.records(&scene.id)?;
-        for (rk, section) in &targets {
+        for MatchedItem { rating_key: rk, section } in &targets {
             plex.refresh(rk).await?;
             self.tally(|s| s.plex_writes += 1);
             // Recorded so change capture knows this version was delivered;
@@ -306,7 +306,7 @@ impl Pipeline {
             };
             queue.save_record(&scene.id, &record)?;
         }
-        let keys: Vec<String> = targets.into_iter().map(|(rk, _)| rk).collect();
+        let keys: Vec<String> = targets.into_iter().map(|i| i.rating_key).collect();
         queue.keep_records(&scene.id, &keys)?;
         Ok(Outcome::Refreshed(keys.join(",")))
     }
@@ -339,7 +339,7 @@ impl Pipeline {
         let mut slot = self.index.lock().await;
         let index = self.ensure_index(&mut slot).await?;
         Ok(match index.find(scene, &[], &self.settings.path_maps) {
-            Ok(found @ Match::Found { .. }) => found.items().into_iter().map(|(rk, _)| rk).collect(),
+            Ok(found @ Match::Found { .. }) => found.items().into_iter().map(|i| i.rating_key).collect(),
             _ => Vec::new(),
         })
     }

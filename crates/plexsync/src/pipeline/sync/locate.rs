@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::clients::plex::{PlexClient, PlexItem};
 use crate::clients::stash::Scene;
 use crate::error::{Error, ErrorClass};
-use crate::pipeline::matching::{rating_key_in_url, LibraryIndex, Match};
+use crate::pipeline::matching::{rating_key_in_url, LibraryIndex, Match, MatchedItem};
 use crate::store::{now_ms, Store};
 
 use super::delivery::Pipeline;
@@ -153,7 +153,7 @@ impl Pipeline {
         scene: &Scene,
         recorded: &[String],
         attempts: i64,
-    ) -> Result<Vec<(String, String)>, Error> {
+    ) -> Result<Vec<MatchedItem>, Error> {
         match self.find(scene, recorded).await? {
             found @ Match::Found { .. } => Ok(found.items()),
             Match::Ambiguous { candidates, reason } => {
@@ -285,7 +285,7 @@ impl Pipeline {
             let slot = self.index.lock().await;
             let Some(index) = slot.as_ref() else { return Ok((found, trace)) };
             let mut foreign = Vec::new();
-            for (rk, _) in found.items() {
+            for MatchedItem { rating_key: rk, .. } in found.items() {
                 let files = index.foreign_files(&rk, scene, maps)?;
                 foreign.extend(files.into_iter().map(|(path, size)| (rk.clone(), path, size)));
             }

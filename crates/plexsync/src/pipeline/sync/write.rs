@@ -8,6 +8,7 @@ use crate::config::{Field, Settings};
 use crate::error::{Error, ErrorClass};
 use crate::pipeline::desired::{self, Desired, Value};
 use crate::pipeline::library::Managed;
+use crate::pipeline::matching::MatchedItem;
 use crate::pipeline::picture;
 use crate::store::{now_ms, Closing, Store, SyncRecord};
 
@@ -143,7 +144,7 @@ impl Pipeline {
             let records = queue.records(&scene.id)?;
             let recorded: Vec<String> = records.iter().map(|r| r.rating_key.clone()).collect();
             let targets = self.targets(queue, scene, &recorded, attempts).await?;
-            for (rk, section) in &targets {
+            for MatchedItem { rating_key: rk, section } in &targets {
                 if let Some(done) = last.take() {
                     queue.save_record(&scene.id, &done)?;
                 }
@@ -166,7 +167,7 @@ impl Pipeline {
             }
             break targets;
         };
-        let keys: Vec<String> = targets.into_iter().map(|(rk, _)| rk).collect();
+        let keys: Vec<String> = targets.into_iter().map(|i| i.rating_key).collect();
         let outcome = if wrote { Outcome::Synced { rating_key: keys.join(","), fields } } else { Outcome::Unchanged };
         let closing = Closing { scene_id: scene.id.clone(), record: last, keep: keys, shows: shown_objects(scene) };
         Ok((outcome, closing))
