@@ -168,7 +168,7 @@ pub(crate) fn explain(
         (None, [(rk, confidence, reason)]) => found(index, std::slice::from_ref(rk), *confidence, reason.clone())?,
         (None, many) => {
             let keys: Vec<String> = many.iter().map(|c| c.0.clone()).collect();
-            let confidence = many.iter().map(|c| c.1).min().expect("several");
+            let confidence = many.iter().map(|c| c.1).min().unwrap_or(Confidence::Low);
             let reasons: Vec<&str> = many.iter().map(|c| c.2.as_str()).collect();
             found(index, &keys, confidence, format!("one item per file: {}", reasons.join("; ")))?
         }
@@ -242,7 +242,7 @@ fn file_candidates(
         return Ok(with(&folded, Confidence::Medium, format!("path {mapped} (ignoring case)")));
     }
     trace.push("  path ignoring case: none".into());
-    let decoded = keys.last().expect("at least the mapped path");
+    let decoded = keys.last().unwrap_or(&mapped);
     let name = file_name(decoded).to_lowercase();
     let size = Some(file.size);
     let rks = index.lookup(Key::NameSize, key_hash((&name, &file.size)), |f, s| f.name == name && s == size)?;

@@ -138,12 +138,12 @@ impl Pipeline {
 
     /// The totals so far.
     pub fn stats(&self) -> Stats {
-        self.stats.lock().expect("stats lock").clone()
+        self.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// Adds to the totals.
     pub(crate) fn tally(&self, add: impl FnOnce(&mut Stats)) {
-        add(&mut self.stats.lock().expect("stats lock"));
+        add(&mut self.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
     }
 
     /// Reads PlexSync's settings from Stash again (a long-lived worker must
