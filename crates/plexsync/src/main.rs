@@ -1,6 +1,6 @@
 //! `plexsync`: one binary, several faces (see ARCHITECTURE.md).
 
-use std::io::{IsTerminal, Read};
+use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -217,7 +217,7 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("plexsync: cannot start: {e}");
+            let _ = writeln!(std::io::stderr(), "plexsync: cannot start: {e}");
             return ExitCode::FAILURE;
         }
     };

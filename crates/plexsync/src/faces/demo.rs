@@ -1,6 +1,16 @@
 //! `plexsync demo`: the bundled emulators, a sample library, a real sync
 //! through a simulated Plex outage, and what happened.
 
+
+/// A line for the person watching; a closed stdout (`plexsync demo | head`)
+/// loses it instead of ending the demo, as `println!` would.
+macro_rules! say {
+    ($($line:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($line)*);
+    }};
+}
+
 use std::time::{Duration, Instant};
 
 use emulators::{Library, PlexEmulator, PlexState, StashAuth, StashEmulator, StashState};
@@ -28,8 +38,8 @@ pub async fn run(scenes: usize, seed: u64, outage: Duration) -> anyhow::Result<(
             "taglineSource": "code",
         }),
     );
-    println!("Stash emulator: {} with {} scenes", stash.url(), lib.scenes.len());
-    println!("Plex emulator:  {} with {} items", plex.url(), plex.with_state(|s| s.items.len()));
+    say!("Stash emulator: {} with {} scenes", stash.url(), lib.scenes.len());
+    say!("Plex emulator:  {} with {} items", plex.url(), plex.with_state(|s| s.items.len()));
 
     let data_dir = std::env::temp_dir().join(format!("plexsync-demo-{}", std::process::id()));
     let creds = StashCredentials { api_key: Some(Secret::new(api_key)), session_cookie: None };
@@ -37,7 +47,7 @@ pub async fn run(scenes: usize, seed: u64, outage: Duration) -> anyhow::Result<(
     let queue = ctx.store()?;
     let ids = ctx.stash.scene_ids(None, |_, _| {}).await?;
     queue.enqueue_many(&ids, Reason::Manual)?;
-    println!("queued {} scenes; Plex is down for the first {:.1?} (a simulated restart)", ids.len(), outage);
+    say!("queued {} scenes; Plex is down for the first {:.1?} (a simulated restart)", ids.len(), outage);
 
     let started = Instant::now();
     plex.down_for(outage);
@@ -48,7 +58,7 @@ pub async fn run(scenes: usize, seed: u64, outage: Duration) -> anyhow::Result<(
     let mut last_shown = 0;
     worker::run(&mut pipeline, &queue, &options, |done, total| {
         if done * 10 / total.max(1) != last_shown * 10 / total.max(1) {
-            println!("  {done}/{total} delivered after {:.1?}", started.elapsed());
+            say!("  {done}/{total} delivered after {:.1?}", started.elapsed());
         }
         last_shown = done;
     })
@@ -67,15 +77,15 @@ pub async fn run(scenes: usize, seed: u64, outage: Duration) -> anyhow::Result<(
                 .is_some_and(|i| i.field("title") == Some(s.title.as_str()))
         })
         .count();
-    println!();
-    println!("summary after {elapsed:.1?}:");
-    println!("  scenes synced:          {}", stats.synced);
-    println!("  already up to date:     {}", stats.unchanged);
-    println!("  fields written:         {}", stats.fields_written);
-    println!("  Plex write requests:    {}", stats.plex_writes);
-    println!("  tries failed (outage, not in Plex): {}", stats.failed);
-    println!("  still waiting:          {} (not in Plex yet: retried until Plex scans them)", waiting.pending);
-    println!("  Plex titles equal to Stash: {matching_titles} of {}", lib.scenes.len());
+    say!();
+    say!("summary after {elapsed:.1?}:");
+    say!("  scenes synced:          {}", stats.synced);
+    say!("  already up to date:     {}", stats.unchanged);
+    say!("  fields written:         {}", stats.fields_written);
+    say!("  Plex write requests:    {}", stats.plex_writes);
+    say!("  tries failed (outage, not in Plex): {}", stats.failed);
+    say!("  still waiting:          {} (not in Plex yet: retried until Plex scans them)", waiting.pending);
+    say!("  Plex titles equal to Stash: {matching_titles} of {}", lib.scenes.len());
     let _ = std::fs::remove_dir_all(&data_dir);
     Ok(())
 }
