@@ -1,7 +1,6 @@
 //! `plexsync demo`: the bundled emulators, a sample library, a real sync
 //! through a simulated Plex outage, and what happened.
 
-
 /// A line for the person watching; a closed stdout (`plexsync demo | head`)
 /// loses it instead of ending the demo, as `println!` would.
 macro_rules! say {
