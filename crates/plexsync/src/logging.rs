@@ -79,3 +79,57 @@ impl std::io::Write for AboveBars {
         std::io::stderr().flush()
     }
 }
+/// A warning a client can cause as often as it sends requests (a Stash
+/// outage under a flood of provider calls), said at most once per
+/// interval: the first of an interval in full, and with the next one after
+/// it, how many were left unsaid. A log line count is then bounded by the
+/// clock, not by the client.
+pub(crate) struct Summarized {
+    every: std::time::Duration,
+    /// When the current interval began, and the warnings left unsaid in it.
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl Summarized {
+    pub(crate) const fn new(every: std::time::Duration) -> Self {
+        Self { every, state: std::sync::Mutex::new((None, 0)) }
+    }
+
+    /// Says `line()` (made only when it is said), or counts it.
+    pub(crate) fn warn(&self, line: impl FnOnce() -> String) {
+        if let Some(unsaid) = self.take_turn() {
+            if unsaid > 0 {
+                tracing::warn!("{unsaid} more like the last were not logged in {} s", self.every.as_secs());
+            }
+            tracing::warn!("{}", line());
+        }
+    }
+
+    /// The count left unsaid when this warning is to be said; `None` when
+    /// it is to be counted.
+    fn take_turn(&self) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (began, unsaid) = &mut *state;
+        if began.is_some_and(|t| t.elapsed() < self.every) {
+            *unsaid += 1;
+            return None;
+        }
+        *began = Some(std::time::Instant::now());
+        Some(std::mem::take(unsaid))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_of_warnings_is_one_line_per_interval_and_a_count() {
+        let w = Summarized::new(std::time::Duration::from_millis(200));
+        assert_eq!(w.take_turn(), Some(0), "the first is said");
+        assert_eq!((0..1000).filter_map(|_| w.take_turn()).count(), 0, "the rest of the interval is counted");
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        assert_eq!(w.take_turn(), Some(1000), "the next interval's first says how many were not");
+        assert_eq!(w.take_turn(), None);
+    }
+}

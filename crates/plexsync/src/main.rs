@@ -214,7 +214,18 @@ fn main() -> ExitCode {
         }
         logging::init_plain(level, matches!(cli.command, Command::Worker { .. }), bars);
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    // The daemon answers Plex and monitors while its worker waits on SQLite
+    // or on a slow Stash: several threads, so one blocked call stalls no
+    // answer. Every other command is one task at a time.
+    let mut builder = match cli.command {
+        Command::Daemon { .. } => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(DAEMON_THREADS);
+            b
+        }
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "plexsync: cannot start: {e}");
@@ -229,6 +240,10 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// The daemon's runtime threads: more than a small NAS's cores on purpose,
+/// as they wait (on SQLite's lock, on Stash) more than they compute.
+const DAEMON_THREADS: usize = 4;
 
 /// A `--scene` value: a Stash scene id, in its one spelling (`007` is `7`).
 fn scene_id(s: &str) -> Result<SceneId, String> {

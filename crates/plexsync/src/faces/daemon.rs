@@ -28,6 +28,7 @@ use crate::faces::context::{open_queue, Context, Sources};
 use crate::faces::operations::{self, StoreOp};
 use crate::faces::page;
 use crate::faces::provider::{self, Provider};
+use crate::faces::serve;
 use crate::faces::web;
 use crate::ids::SceneId;
 use crate::pipeline::breaker;
@@ -47,6 +48,18 @@ const LOCK_RETRY: Duration = Duration::from_secs(5);
 /// How often Stash's side of the settings is read again: an edit in
 /// Stash's plugin settings reaches a daemon that never restarts.
 const SETTINGS_EVERY: Duration = Duration::from_secs(30);
+/// How long `/healthz` waits for the queue file before it answers from its
+/// last reading: a read takes milliseconds unless another program holds
+/// the file's lock, and a monitor's probe gives up after a few seconds.
+const HEALTH_WAIT: Duration = Duration::from_secs(1);
+/// A queue file that has not answered for this long is named in
+/// `/healthz` (unhealthy): a worker's batch commit or SQLite's checkpoint
+/// holds it for well under a second, a backup copying it for seconds; half
+/// a minute is a program holding it, which stops every delivery.
+const LOCK_NAMED_AFTER: Duration = Duration::from_secs(30);
+/// How long `/healthz`'s probe waits for the queue's write lock: longer
+/// than our own worker's batch commits hold it, shorter than a probe.
+const WRITE_PROBE_WAIT: Duration = Duration::from_millis(250);
 
 /// What the worker loop and the HTTP handlers share.
 struct Shared {
@@ -66,6 +79,17 @@ struct Shared {
     listen: String,
     /// The names it answers to (`web.rs`).
     names: Arc<web::Names>,
+    /// `/healthz`'s readings of the queue (see [`HealthMemo`]).
+    health: std::sync::Mutex<HealthMemo>,
+}
+
+/// What `/healthz` last read of the queue, whether a reading is under way
+/// (one at a time), and since when no reading has succeeded.
+#[derive(Default)]
+struct HealthMemo {
+    last: Option<(bool, Value)>,
+    reading: bool,
+    unanswered_since: Option<std::time::Instant>,
 }
 
 impl Shared {
@@ -152,6 +176,7 @@ pub async fn run(sources: Sources) -> Result<(), Error> {
         provider: settings.provider.then(|| Arc::new(Provider::default())),
         listen: bound.to_string(),
         names: Arc::new(web::Names::new(&settings.hosts, bound.port())),
+        health: Default::default(),
     });
     if let Some(p) = &shared.provider {
         tracing::info!("metadata provider on: its URL (http://{bound}/provider/<secret>) is on the page at / and printed by `plexsync provider-url`");
@@ -165,7 +190,7 @@ pub async fn run(sources: Sources) -> Result<(), Error> {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         };
-        axum::serve(listener, router(server_shared)).with_graceful_shutdown(stopped).await
+        serve::serve(listener, router(server_shared), stopped).await
     });
     let connected = connect(&shared, &sources, &stop).await;
     if let Ok(Some(ctx)) = &connected {
@@ -187,9 +212,11 @@ async fn connect(sh: &Shared, sources: &Sources, stop: &AtomicBool) -> Result<Op
                 for w in &ctx.warnings {
                     tracing::warn!("setting: {w}");
                 }
-                tracing::info!("Stash answers; data folder {}", ctx.data_dir.display());
                 let ctx = Arc::new(ctx);
                 sh.set_ctx(Arc::clone(&ctx));
+                // Said once the endpoints answer with it (the log is what
+                // a supervisor, or a test, waits for).
+                tracing::info!("Stash answers; data folder {}", ctx.data_dir.display());
                 return Ok(Some(ctx));
             }
             Err(e) if e.class == ErrorClass::Config => return Err(e),
@@ -375,6 +402,17 @@ fn router(shared: Arc<Shared>) -> Router {
     };
     all.layer(axum::extract::DefaultBodyLimit::max(web::BODY_LIMIT))
         .layer(middleware::from_fn_with_state(names, web::guard))
+        .layer(middleware::from_fn(within_request_time))
+}
+
+/// Every request over within [`serve::REQUEST_WITHIN`] (a body sent a byte
+/// at a time included): `408` then, and the connection closed.
+async fn within_request_time(req: Request, next: Next) -> Response {
+    match tokio::time::timeout(serve::REQUEST_WITHIN, next.run(req)).await {
+        Ok(answer) => answer,
+        Err(_) => (StatusCode::REQUEST_TIMEOUT, [(header::CONNECTION, "close")], "the request took too long\n")
+            .into_response(),
+    }
 }
 
 /// With a token set, every request must carry it (`Authorization: Bearer`).
@@ -441,17 +479,81 @@ fn internal(e: impl std::fmt::Display) -> Response {
     (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()
 }
 
+/// `/healthz`: the queue read off the runtime's threads, answered within
+/// [`HEALTH_WAIT`]; while the file does not answer, the last reading with
+/// how long it has waited, and past [`LOCK_NAMED_AFTER`] the lock named.
 async fn healthz(State(sh): State<Arc<Shared>>) -> Response {
     let Some(ctx) = sh.ready() else { return sh.not_ready() };
-    let queue = match open_queue(&ctx.data_dir) {
-        Ok(q) => q,
-        Err(e) => return internal(e),
-    };
-    match health(&queue, ctx.settings.daemon.outage_unhealthy_after, ctx.settings.delivery_problem().as_deref()) {
-        Ok((true, body)) => (StatusCode::OK, axum::Json(body)).into_response(),
-        Ok((false, body)) => (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response(),
-        Err(e) => internal(e),
+    let reading = start_health_read(&sh, ctx);
+    if let Some(reading) = reading {
+        match tokio::time::timeout(HEALTH_WAIT, reading).await {
+            Ok(Ok(Ok(answer))) => return health_response(answer),
+            Ok(Ok(Err(e))) => return internal(e),
+            Ok(Err(_)) => return internal(Error::new(ErrorClass::Bug, "the health check's reading stopped")),
+            Err(_) => {}
+        }
     }
+    health_response(stale_health(&sh.health.lock().unwrap_or_else(|e| e.into_inner())))
+}
+
+/// Starts a reading of the queue for `/healthz` on a blocking thread,
+/// unless one is already waiting for the file (then none: a flood of
+/// probes during a lock adds no threads).
+fn start_health_read(
+    sh: &Arc<Shared>,
+    ctx: Arc<Context>,
+) -> Option<tokio::task::JoinHandle<Result<(bool, Value), Error>>> {
+    let mut memo = sh.health.lock().unwrap_or_else(|e| e.into_inner());
+    if memo.reading {
+        return None;
+    }
+    memo.reading = true;
+    memo.unanswered_since.get_or_insert_with(std::time::Instant::now);
+    let sh = Arc::clone(sh);
+    Some(tokio::task::spawn_blocking(move || {
+        let read = open_queue(&ctx.data_dir).and_then(|queue| {
+            let answer =
+                health(&queue, ctx.settings.daemon.outage_unhealthy_after, ctx.settings.delivery_problem().as_deref())?;
+            Ok((answer, queue.writable(WRITE_PROBE_WAIT)?))
+        });
+        let mut memo = sh.health.lock().unwrap_or_else(|e| e.into_inner());
+        memo.reading = false;
+        let (answer, writable) = read?;
+        memo.last = Some(answer.clone());
+        if !writable {
+            // Read, but no write could start: what waits on the lock is
+            // the worker, so the lock is what /healthz reports.
+            return Ok(stale_health(&memo));
+        }
+        memo.unanswered_since = None;
+        Ok(answer)
+    }))
+}
+
+/// The last reading while one waits for the queue file, with the wait;
+/// unhealthy once the wait is [`LOCK_NAMED_AFTER`] or more.
+fn stale_health(memo: &HealthMemo) -> (bool, Value) {
+    let waited = memo.unanswered_since.map_or(Duration::ZERO, |t| t.elapsed());
+    let (mut healthy, mut body) = memo.last.clone().unwrap_or_else(|| (true, json!({"status": "ok", "reasons": []})));
+    body["queue_wait_secs"] = json!(waited.as_secs());
+    if waited >= LOCK_NAMED_AFTER {
+        healthy = false;
+        body["status"] = json!("unhealthy");
+        let why = format!(
+            "queue_locked: the queue file has not answered for {} s; another program holds its lock (a backup, a sync tool, a second PlexSync), and nothing is delivered until it lets go",
+            waited.as_secs()
+        );
+        match body["reasons"].as_array_mut() {
+            Some(reasons) => reasons.push(json!(why)),
+            None => body["reasons"] = json!([why]),
+        }
+    }
+    (healthy, body)
+}
+
+fn health_response((healthy, body): (bool, Value)) -> Response {
+    let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(body)).into_response()
 }
 
 async fn metrics(State(sh): State<Arc<Shared>>) -> Response {

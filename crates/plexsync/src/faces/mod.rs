@@ -8,8 +8,9 @@
 //!   it queues, hands long work to the worker and starts the worker.
 //! - [`daemon`]: the worker for good, with HTTP health, metrics and a
 //!   status page; with `provider` on it also serves [`provider`], Plex's
-//!   metadata provider; `web` guards every one of its answers, `page`
-//!   makes its status page's HTML.
+//!   metadata provider; `serve` holds its connections (timeouts, a cap),
+//!   `web` guards every one of its answers, `page` makes its status page's
+//!   HTML.
 //! - [`context`]: settings, clients and the data folder of one run.
 //! - `migrate`: the settings of StashPlexAgent and Stash2Plex carried over.
 //! - `demo`: the bundled emulators and a sample library.
@@ -24,4 +25,5 @@ pub(crate) mod page;
 pub mod plugin;
 pub mod protocol;
 pub mod provider;
+mod serve;
 pub(crate) mod web;

@@ -61,6 +61,14 @@ const TITLE: &str = "PlexSync (Stash)";
 /// Provider requests that may wait on Stash at once; more wait their turn
 /// (Stash's SQLite has answered "database is locked" to floods).
 pub const STASH_AT_ONCE: usize = 4;
+/// Fix Match searches (a title looked for in every scene) running at once;
+/// one more is answered 503 at once. A person types one search at a time:
+/// more are a flood, which must not take the threads Plex's automatic
+/// matches and `/healthz` are answered on.
+pub const SEARCHES_AT_ONCE: usize = 2;
+/// The provider's failures as its log says them: each request can cause
+/// one, so at most one line per 10 s (and the count of the rest).
+static FAILURES: crate::logging::Summarized = crate::logging::Summarized::new(Duration::from_secs(10));
 /// How long a scene read from Stash answers again.
 pub const SCENE_CACHE: Duration = Duration::from_secs(5);
 /// Every answer is given within this: Plex documents no timeout, one
@@ -101,6 +109,8 @@ pub struct Provider {
     index: tokio::sync::RwLock<Option<SceneIndex>>,
     scenes: SceneCache,
     stash_slots: tokio::sync::Semaphore,
+    /// Fix Match searches running (see [`SEARCHES_AT_ONCE`]).
+    searches: tokio::sync::Semaphore,
     last_miss_refresh: Mutex<Option<Instant>>,
     /// What the worker is to be told (see [`Owed`]).
     owed: Mutex<Owed>,
@@ -129,6 +139,7 @@ impl Default for Provider {
             index: tokio::sync::RwLock::new(None),
             scenes: Mutex::new(HashMap::new()),
             stash_slots: tokio::sync::Semaphore::new(STASH_AT_ONCE),
+            searches: tokio::sync::Semaphore::new(SEARCHES_AT_ONCE),
             last_miss_refresh: Mutex::new(None),
             owed: Mutex::new(Owed::default()),
         }
@@ -387,11 +398,16 @@ impl Provider {
 }
 
 impl Provider {
-    /// The scene, when it exists and passes the sync's gates; a gated
-    /// scene is answered as a missing one.
+    /// The scene, when it exists, passes the sync's gates and has a file
+    /// under the path mappings (what Plex could hold); any other is
+    /// answered as a missing one, so the URL opens no more than Plex shows.
     async fn shown_scene(&self, ctx: &Context, id: &str) -> Result<Option<Arc<Scene>>, Error> {
         let scene = self.scene(ctx, id).await?;
-        Ok(scene.filter(|s| crate::pipeline::library::gate(s, &ctx.settings).is_none()))
+        let maps = &ctx.settings.path_maps;
+        Ok(scene.filter(|s| {
+            crate::pipeline::library::gate(s, &ctx.settings).is_none()
+                && s.files.iter().any(|f| crate::pipeline::matching::under_maps(&f.path, maps))
+        }))
     }
 }
 
@@ -403,6 +419,16 @@ pub(crate) fn router(provider: Arc<Provider>) -> Router {
         .route("/provider/{secret}/{*rest}", any(entry))
         .route("/provider-image/{token}/{*rest}", any(image_entry))
         .with_state(provider)
+}
+
+/// 503 with `why`, and when to ask again.
+fn busy(why: &str) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "1"), (header::CONTENT_TYPE, "text/plain")],
+        format!("{why}\n"),
+    )
+        .into_response()
 }
 
 fn not_found() -> Response {
@@ -513,7 +539,7 @@ async fn within<T>(
         }
         Err(_) => {
             owe();
-            tracing::warn!("metadata provider: Stash did not answer within {}s", ANSWER_WITHIN.as_secs());
+            FAILURES.warn(|| format!("metadata provider: Stash did not answer within {}s", ANSWER_WITHIN.as_secs()));
             Err(server_error("Stash did not answer in time"))
         }
     }
@@ -527,7 +553,7 @@ fn owed_for(e: &Error) -> bool {
 
 /// The answer to a failure: 500, and why in PlexSync's log.
 fn failed(e: &Error) -> Response {
-    tracing::warn!("metadata provider: {e}");
+    FAILURES.warn(|| format!("metadata provider: {e}"));
     if owed_for(e) {
         server_error("Stash does not answer; PlexSync will ask Plex to match again")
     } else {
@@ -685,6 +711,15 @@ async fn matches(p: &Provider, ctx: &Context, query: Option<&str>, body: &[u8]) 
         owe();
         return server_error("PlexSync is reading Stash's files; it will ask Plex to match again");
     }
+    // Held until the answer is made; automatic matches (a lookup by file
+    // name) need none.
+    let _search = match manual {
+        true => match p.searches.try_acquire() {
+            Ok(permit) => Some(permit),
+            Err(_) => return busy("too many Fix Match searches at once; search again in a moment"),
+        },
+        false => None,
+    };
     match within(candidates(p, ctx, &q), owe).await {
         Ok(found) => {
             tracing::debug!("metadata provider: match {:?} (manual: {manual}): {} candidates", q.filename, found.len());
@@ -740,7 +775,7 @@ fn candidate_json(c: &Candidate) -> Value {
 /// agent gave a gated scene no metadata, and neither does its successor.
 async fn gated(p: &Provider, ctx: &Context, found: Vec<Candidate>) -> Result<Vec<Candidate>, Error> {
     let prefs = &ctx.settings.agent;
-    if !prefs.require_url && !prefs.require_stash_id {
+    if !prefs.require_url && !prefs.require_stash_id && ctx.settings.path_maps.is_empty() {
         return Ok(found);
     }
     let mut kept = Vec::with_capacity(found.len());
@@ -861,7 +896,7 @@ async fn performer_image(p: &Provider, ctx: &Context, id: &str, pid: &str) -> Re
                     .into_response())
             }
             Err(why) => {
-                tracing::warn!("metadata provider: the photo of performer {pid}: {why}");
+                FAILURES.warn(|| format!("metadata provider: the photo of performer {pid}: {why}"));
                 Ok(not_found())
             }
         },

@@ -35,6 +35,9 @@ pub const AUTOMATIC: u8 = 90;
 #[derive(Clone, Debug)]
 struct Entry {
     title: Box<str>,
+    /// The title in lower case, as Fix Match searches compare it (made
+    /// once, not at every search).
+    folded: Box<str>,
     year: Option<i32>,
     organized: bool,
     /// Its files' paths as Plex would see them (mapped and normalized).
@@ -135,9 +138,10 @@ impl SceneIndex {
                     ids.push(id.clone());
                 }
             }
-            let title = row.title.unwrap_or_default().trim().into();
-            self.scenes
-                .insert(id, Entry { title, year: year_of(row.date.as_deref()), organized: row.organized, files });
+            let title: Box<str> = row.title.unwrap_or_default().trim().into();
+            let folded = title.to_lowercase().into();
+            let year = year_of(row.date.as_deref());
+            self.scenes.insert(id, Entry { title, folded, year, organized: row.organized, files });
         }
     }
 
@@ -277,8 +281,8 @@ impl SceneIndex {
             .iter()
             .filter(|(id, _)| !out.iter().any(|c| *c.scene_id == ***id))
             .filter_map(|(id, e)| {
-                let t = e.title.to_lowercase();
-                t.contains(&title).then_some((&**id, t == title, q.year.is_some() && e.year == q.year))
+                let t = &*e.folded;
+                t.contains(title.as_str()).then_some((&**id, t == title, q.year.is_some() && e.year == q.year))
             })
             .collect();
         hits.sort_by(|a, b| (b.1, b.2).cmp(&(a.1, a.2)).then(a.0.cmp(b.0)));

@@ -208,6 +208,20 @@ impl Store {
         Ok(store)
     }
 
+    /// Whether a write could begin now, waiting at most `wait` for another
+    /// connection's write lock (readers never wait in WAL mode, so a held
+    /// lock shows only here).
+    pub(crate) fn writable(&self, wait: Duration) -> Result<bool> {
+        self.conn.busy_timeout(wait)?;
+        let tried = self.conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK");
+        self.conn.busy_timeout(BUSY_WAIT)?;
+        match tried {
+            Ok(()) => Ok(true),
+            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Sizes the page cache to the file (see [`CACHE_SHARE`]): at open,
     /// and again now and then by a worker whose run grows the file.
     pub(crate) fn fit_cache(&self) -> Result<()> {

@@ -506,6 +506,64 @@ async fn the_provider_answers_a_gated_scene_as_a_missing_one() {
     drop(daemon);
 }
 
+/// Walking ids as an attacker on the LAN would: with `skipUnorganized`,
+/// no unorganized scene's metadata, image list or actor photo is served,
+/// nor a scene whose files lie outside the path mappings; each answers
+/// exactly as an id Stash never had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn walking_every_id_opens_only_what_plex_could_show() {
+    let bed = Bed::new(30, json!({"reconcileHours": 0, "skipUnorganized": true})).await;
+    let ids: Vec<u64> = bed.stash.with_state(|s| s.scenes.keys().copied().collect());
+    let organized = |id: u64| bed.stash.scene(id).is_some_and(|s| s.organized);
+    assert!(ids.iter().any(|id| !organized(*id)) && ids.iter().any(|id| organized(*id)), "both kinds");
+    // One organized scene moves outside the mappings; another's performer
+    // gets a photo.
+    let mut shown_ids = ids.iter().copied().filter(|id| organized(*id));
+    let outside = shown_ids.next().unwrap();
+    bed.stash.update_scene(outside, |s| s.files[0].path = "/elsewhere/private/home-video.mp4".into());
+    let pictured = shown_ids.find(|id| !bed.stash.scene(*id).unwrap().performers.is_empty()).unwrap();
+    let performer = bed.stash.scene(pictured).unwrap().performers[0];
+    bed.stash.with_state(|s| {
+        s.performers.get_mut(&performer).unwrap().image = Some(emulators::stash::state::fixture_image(5))
+    });
+    let (daemon, root) = registered(&bed, &[("PLEXSYNC_ACTOR_IMAGES", "true")]).await;
+    let http = reqwest::Client::new();
+    let get = |path: String| {
+        let http = http.clone();
+        async move {
+            let r = http.get(path).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let missing = get(format!("{root}/library/metadata/999999")).await;
+    assert_eq!(missing.0, 404);
+    let max = ids.iter().max().copied().unwrap_or(0) + 5;
+    for id in 1..=max {
+        let shown = ids.contains(&id) && organized(id) && id != outside;
+        for path in [format!("{root}/library/metadata/{id}"), format!("{root}/library/metadata/{id}/images")] {
+            let answer = get(path.clone()).await;
+            if shown {
+                assert_eq!(answer.0, 200, "{path}: {}", answer.1);
+            } else {
+                assert_eq!(answer, missing, "{path}: answered as a missing scene");
+            }
+        }
+    }
+    // An actor photo's URL stops opening once its scene is unorganized.
+    let (_, body) = get(format!("{root}/library/metadata/{pictured}")).await;
+    let item: Value = serde_json::from_str(&body).unwrap();
+    let roles = item["MediaContainer"]["Metadata"][0]["Role"].as_array().cloned().unwrap_or_default();
+    let url = roles.iter().find_map(|r| r["thumb"].as_str().map(String::from)).expect("the photo's URL");
+    assert_eq!(get(url.clone()).await.0, 200, "{url}");
+    bed.stash.update_scene(pictured, |s| s.organized = false);
+    let started = std::time::Instant::now();
+    while get(url.clone()).await.0 != 404 {
+        assert!(started.elapsed() < Duration::from_secs(20), "the photo of an unorganized scene is still served");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    drop(daemon);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_plex_could_not_be_answered_is_a_500_and_plex_is_asked_to_match_again() {
     let bed = Bed::new(8, json!({"reconcileHours": 0, "retryScale": 0.02})).await;

@@ -15,7 +15,7 @@ mod suggestions;
 pub(crate) use decision::decision_line;
 pub use decision::{Confidence, Match, MatchedItem};
 pub use index::LibraryIndex;
-pub(crate) use paths::{file_name_of, is_file, map_path, normalize, percent_decoded, rating_key_in_url};
+pub(crate) use paths::{file_name_of, is_file, map_path, normalize, percent_decoded, rating_key_in_url, under_maps};
 pub use suggestions::{suggest_mappings, MappingTally, Suggestion};
 
 #[cfg(test)]

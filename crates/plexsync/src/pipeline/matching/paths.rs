@@ -57,6 +57,18 @@ pub(crate) fn map_path(stash_path: &str, maps: &[PathMap], fold_case: bool) -> S
     best.map(|(_, p)| p).unwrap_or(path)
 }
 
+/// Whether `stash_path` lies under one of the mappings' Stash prefixes
+/// (ignoring case, at component boundaries). Without mappings every path
+/// does: Stash and Plex then see the same paths.
+pub(crate) fn under_maps(stash_path: &str, maps: &[PathMap]) -> bool {
+    let path = normalize(stash_path, true);
+    maps.is_empty()
+        || maps.iter().any(|m| {
+            let from = normalize(&m.stash, true);
+            path.strip_prefix(from.trim_end_matches('/')).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
+}
+
 pub(super) fn file_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
