@@ -331,36 +331,6 @@ impl LibraryIndex {
             .map_err(index_error)
     }
 
-    /// Rating keys of the items under `key` of `kind` whose own files
-    /// satisfy `holds` (collisions and moved items drop out here).
-    fn lookup(
-        &self,
-        kind: Key,
-        key: i64,
-        holds: impl Fn(&FileKeys, Option<u64>) -> bool,
-    ) -> Result<Vec<String>, Error> {
-        use std::sync::atomic::Ordering;
-        let db = self.db();
-        if !self.searchable.load(Ordering::Relaxed) {
-            db.execute_batch(KEYS_LOOKUP).map_err(index_error)?;
-            fit_cache(&db).map_err(index_error)?;
-            self.searchable.store(true, Ordering::Relaxed);
-        }
-        // `IN` counts an item once however many of its files share the key.
-        let mut stmt = db
-            .prepare_cached("SELECT item FROM items WHERE id IN (SELECT id FROM keys WHERE kind = ?1 AND hash = ?2)")
-            .map_err(index_error)?;
-        let mut rows = stmt.query(params![kind as i64, key]).map_err(index_error)?;
-        let mut found = Vec::new();
-        while let Some(row) = rows.next().map_err(index_error)? {
-            let item = parse_item(row.get_ref(0).and_then(|v| Ok(v.as_str()?)).map_err(index_error)?)?;
-            if item.files.iter().any(|(p, size)| holds(&FileKeys::of(p), *size)) {
-                found.push(item.rating_key.into());
-            }
-        }
-        Ok(found)
-    }
-
     /// What to store besides the items: which server and libraries, when
     /// read, the newest addition, the sections.
     pub(crate) fn meta(&self, key: &str) -> String {
@@ -522,12 +492,32 @@ impl Lookup for LibraryIndex {
         LibraryIndex::item(self, rk)
     }
 
+    // Collisions and moved items drop out here, by `holds`.
     fn lookup(
         &self,
         kind: Key,
         key: i64,
         holds: impl Fn(&FileKeys, Option<u64>) -> bool,
     ) -> Result<Vec<String>, Error> {
-        LibraryIndex::lookup(self, kind, key, holds)
+        use std::sync::atomic::Ordering;
+        let db = self.db();
+        if !self.searchable.load(Ordering::Relaxed) {
+            db.execute_batch(KEYS_LOOKUP).map_err(index_error)?;
+            fit_cache(&db).map_err(index_error)?;
+            self.searchable.store(true, Ordering::Relaxed);
+        }
+        // `IN` counts an item once however many of its files share the key.
+        let mut stmt = db
+            .prepare_cached("SELECT item FROM items WHERE id IN (SELECT id FROM keys WHERE kind = ?1 AND hash = ?2)")
+            .map_err(index_error)?;
+        let mut rows = stmt.query(params![kind as i64, key]).map_err(index_error)?;
+        let mut found = Vec::new();
+        while let Some(row) = rows.next().map_err(index_error)? {
+            let item = parse_item(row.get_ref(0).and_then(|v| Ok(v.as_str()?)).map_err(index_error)?)?;
+            if item.files.iter().any(|(p, size)| holds(&FileKeys::of(p), *size)) {
+                found.push(item.rating_key.into());
+            }
+        }
+        Ok(found)
     }
 }
